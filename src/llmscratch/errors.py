@@ -1,0 +1,12 @@
+"""The one error type for user mistakes.
+
+Anything the user can fix (a missing file, an unknown config key, a run
+directory that is not a run) raises `LLMScratchError` with a one-line message:
+what is wrong, the value received, and what to do. The CLI prints that line to
+stderr and exits with status 2, without a traceback. Internal invariants use
+`assert`, and real bugs still show their traceback.
+"""
+
+
+class LLMScratchError(Exception):
+    """A user-facing error whose message is one line that says how to fix it."""
