@@ -1,0 +1,105 @@
+"""The GPT-2 model: attention paths agree, causality, initial loss, learning, KV cache."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmscratch.errors import LLMScratchError
+from llmscratch.generation.sampling import SamplingConfig, generate
+from llmscratch.model import GPT, get_preset
+
+
+def tiny(**overrides) -> GPT:
+    torch.manual_seed(0)
+    return GPT(get_preset("gpt2-tiny", **overrides))
+
+
+def test_explicit_attention_equals_sdpa():
+    model = tiny()
+    ids = torch.randint(0, 512, (3, 40))
+    fused = model(ids)
+    for block in model.blocks:
+        block.attn.attn_impl = "explicit"
+    explicit = model(ids)
+    torch.testing.assert_close(explicit, fused, atol=1e-5, rtol=1e-5)
+
+
+def test_future_tokens_do_not_change_earlier_logits():
+    model = tiny()
+    ids = torch.randint(0, 512, (1, 30))
+    changed = ids.clone()
+    changed[0, 20:] = (changed[0, 20:] + 1) % 512
+    torch.testing.assert_close(model(ids)[:, :20], model(changed)[:, :20])
+    assert not torch.allclose(model(ids)[:, 20:], model(changed)[:, 20:])
+
+
+def test_loss_at_initialisation_is_near_uniform():
+    model = tiny()
+    ids = torch.randint(0, 512, (8, 64))
+    logits = model(ids[:, :-1])
+    loss = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+    assert abs(loss.item() - math.log(512)) < 0.1
+
+
+def test_overfits_one_batch():
+    model = tiny()
+    ids = torch.randint(0, 512, (4, 33))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1
+
+
+def test_tied_embeddings_share_one_tensor_and_count_once():
+    tied, untied = tiny(), tiny(tie_embeddings=False)
+    assert tied.lm_head.weight is tied.tok_emb.weight
+    assert untied.num_params() - tied.num_params() == 512 * 32
+
+
+def test_gpt2_preset_has_124m_parameters():
+    with torch.device("meta"):
+        model = GPT(get_preset("gpt2"))
+    assert model.num_params() == 124_439_808  # GPT2LMHeadModel's count
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "explicit"])
+def test_cached_forward_equals_full_forward(impl):
+    model = tiny(attn_impl=impl).eval()
+    ids = torch.randint(0, 512, (2, 24))
+    full = model(ids)
+    cache = model.new_cache(batch_size=2)
+    prefix = model(ids[:, :10], cache)  # prefill
+    middle = model(ids[:, 10:17], cache)  # several tokens after a cached prefix
+    steps = [model(ids[:, t : t + 1], cache) for t in range(17, 24)]  # decode
+    torch.testing.assert_close(torch.cat([prefix, middle, *steps], dim=1), full,
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_greedy_generation_with_cache_equals_without():
+    model = tiny().eval()
+    prompt = [1, 2, 3, 4]
+    cached = generate(model, prompt, SamplingConfig(max_new_tokens=20, temperature=0))
+    ids = list(prompt)
+    for _ in range(20):  # no cache: rerun the whole sequence each step
+        ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    assert cached == ids[len(prompt):]
+
+
+def test_context_length_is_enforced():
+    model = tiny()
+    with pytest.raises(LLMScratchError, match="context length 64"):
+        model(torch.zeros(1, 65, dtype=torch.int64))
+
+
+def test_sampling_is_deterministic_per_seed():
+    model = tiny().eval()
+    cfg = SamplingConfig(max_new_tokens=30, temperature=1.0, top_k=50, top_p=0.9, seed=7)
+    first = generate(model, [5, 6], cfg)
+    assert generate(model, [5, 6], cfg) == first
+    cfg.seed = 8
+    assert generate(model, [5, 6], cfg) != first
