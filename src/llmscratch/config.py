@@ -1,0 +1,234 @@
+"""Typed run configuration: YAML file + dotted command-line overrides.
+
+A run is described by one `RunConfig` made of three sections:
+
+    model:  ModelConfig  (model/config.py) - the architecture
+    data:   DataConfig   - which text, which tokenizer, how it is split
+    train:  TrainConfig  - optimisation, schedule, evaluation, checkpoints
+
+A YAML file gives any subset of fields; `model.preset: NAME` starts the
+model section from a named preset. Overrides on the command line use dotted
+keys, e.g. `train.max_steps=200 model.n_layer=4`; their values are parsed as
+YAML scalars. Unknown keys and values of the wrong type are errors that name
+the key, and suggest the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmscratch.errors import LLMScratchError
+from llmscratch.model.config import ModelConfig, get_preset
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from and how it becomes tokens.
+
+    Fields:
+        files: text files, directories or globs; empty means the embedded
+            Shakespeare corpus (data/corpus.py).
+        val_fraction: final fraction of the UTF-8 bytes held out for validation.
+        tokenizer: directory of a saved tokenizer, or "gpt2"; empty means train
+            one on the training text with the two fields below.
+        vocab_size: vocabulary size when a tokenizer is trained here.
+        pattern: pre-tokenizer regex for training: "gpt2" or "gpt4".
+    """
+
+    files: list[str] = field(default_factory=list)
+    val_fraction: float = 0.1
+    tokenizer: str = ""
+    vocab_size: int = 4096
+    pattern: str = "gpt2"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise LLMScratchError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping of one pretraining run.
+
+    Fields:
+        max_steps: optimizer steps in the whole run.
+        batch_size: sequences per micro-batch.
+        grad_accum: micro-batches summed into one optimizer step.
+        seq_len: tokens per sequence; 0 means the model's context length.
+        lr: peak learning rate, reached after `warmup_steps`.
+        min_lr_ratio: the cosine decay ends at lr * min_lr_ratio.
+        warmup_steps: linear warm-up from 0 to lr.
+        weight_decay: AdamW decay on matrices (not on biases, norms, embeddings' positions).
+        beta1, beta2: AdamW moment coefficients.
+        grad_clip: clip the global gradient norm to this (0 = off).
+        dtype: "bf16" (autocast: matmuls in bfloat16, weights fp32) or "fp32".
+        device: "auto" (cuda if present), "cpu" or "cuda".
+        compile: wrap the model with torch.compile.
+        seed: seeds the weights and the batch order.
+        log_every: steps between metric lines in metrics.jsonl.
+        eval_every: steps between validation passes (0 = only at the end).
+        eval_batches: batches per periodic validation (the final one reads all of it).
+        checkpoint_every: steps between checkpoints (0 = only at the end).
+        sample_every: steps between text samples (0 = only at the end).
+        sample_tokens: length of each sample, in tokens.
+        prompts: sample prompts.
+    """
+
+    max_steps: int = 1000
+    batch_size: int = 16
+    grad_accum: int = 1
+    seq_len: int = 0
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    dtype: str = "bf16"
+    device: str = "auto"
+    compile: bool = False
+    seed: int = 1337
+    log_every: int = 10
+    eval_every: int = 200
+    eval_batches: int = 20
+    checkpoint_every: int = 500
+    sample_every: int = 0
+    sample_tokens: int = 200
+    prompts: list[str] = field(default_factory=lambda: ["ROMEO:\n", "HAMLET:\nTo be"])
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum"):
+            if getattr(self, name) <= 0:
+                raise LLMScratchError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.dtype not in ("bf16", "fp32"):
+            raise LLMScratchError(f"train.dtype must be 'bf16' or 'fp32', got {self.dtype!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise LLMScratchError(
+                f"train.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}"
+            )
+        if self.warmup_steps < 0 or self.lr <= 0:
+            raise LLMScratchError("train.lr must be > 0 and train.warmup_steps >= 0")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run; saved as config.yaml in the run directory."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# --- building dataclasses from plain data, with errors that name the key ----------
+
+
+def _suggest(key: str, valid: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _coerce(value: Any, kind: Any, key: str) -> Any:
+    """Check `value` against the annotation `kind`; int is accepted where float is."""
+    origin = typing.get_origin(kind)
+    if origin is list:
+        (item_kind,) = typing.get_args(kind)
+        if isinstance(value, (str, int, float)):  # a lone value where a list is expected
+            value = [value]
+        if not isinstance(value, list):
+            raise LLMScratchError(f"{key} must be a list, got {value!r}")
+        return [_coerce(v, item_kind, f"{key}[{i}]") for i, v in enumerate(value)]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is float and isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise LLMScratchError(
+            f"{key} must be of type {kind.__name__}, got {value!r} ({type(value).__name__})"
+        )
+    return value
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a dict, checking every key and type."""
+    if not isinstance(data, dict):
+        raise LLMScratchError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise LLMScratchError(f"unknown config key {prefix}{key!r}{_suggest(key, names)}")
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            kwargs[key] = section_from_dict(kind, value or {}, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, kind, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def section_from_dict(cls: type, data: dict, prefix: str) -> Any:
+    """Like `from_dict`, but a model section may start from `preset: NAME`."""
+    if cls is ModelConfig and isinstance(data, dict) and "preset" in data:
+        data = dict(data)
+        preset = data.pop("preset")
+        base = dataclasses.asdict(get_preset(str(preset)))
+        return from_dict(cls, {**base, **data}, prefix)
+    return from_dict(cls, data, prefix)
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def apply_overrides(data: dict, overrides: typing.Sequence[str]) -> dict:
+    """Set dotted keys (`train.lr=3e-4`) in a nested dict, parsing values as YAML."""
+    data = {section: dict(values or {}) for section, values in data.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise LLMScratchError(f"override {item!r} must look like section.key=value")
+        dotted, raw = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        sections = [f.name for f in dataclasses.fields(RunConfig)]
+        if len(parts) != 2 or parts[0] not in sections:
+            raise LLMScratchError(
+                f"unknown config key {dotted!r}{_suggest(parts[0], sections)} "
+                f"(keys look like {'|'.join(sections)}.name)"
+            )
+        data.setdefault(parts[0], {})[parts[1]] = yaml.safe_load(raw) if raw else ""
+    return data
+
+
+def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> RunConfig:
+    """Read a YAML config (or start from defaults), apply overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise LLMScratchError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise LLMScratchError(f"config file {path} is not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise LLMScratchError(f"config file {path} must hold a mapping of sections")
+    return from_dict(RunConfig, apply_overrides(data, overrides))
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    """Write the resolved config as YAML (atomically; see training/checkpoint.py)."""
+    from llmscratch.training.checkpoint import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
