@@ -1,0 +1,40 @@
+"""Byte-level BPE tokenization, written from scratch and compatible with GPT-2.
+
+Where to read what:
+
+    patterns.py       the pre-tokenizer regexes (gpt2, gpt4, none)
+    bpe.py            merging one word's bytes into tokens
+    train.py          the fast, incremental BPE trainer (`train_bpe`)
+    tokenizer.py      `Tokenizer`: encode, decode, special tokens, tiktoken fast path
+    specials.py       special-token rules (which "<|...|>" text becomes an id)
+    streaming.py      `StreamDecoder`, for printing generated text as it comes
+    byte_alphabet.py  GPT-2's printable spelling of bytes, used in files
+    storage.py        our tokenizer.json format (save / load)
+    openai_files.py   GPT-2's encoder.json + vocab.bpe, and .tiktoken files
+
+Typical use::
+
+    from llmscratch.tokenizer import Tokenizer, train_bpe
+    tok = train_bpe(texts, vocab_size=4096)      # or Tokenizer.gpt2()
+    ids = tok.encode("To be, or not to be")
+    text = tok.decode(ids)
+    tok.save("runs/demo/tokenizer")
+
+Nothing here imports torch, so tokenizer commands start fast.
+"""
+
+from llmscratch.tokenizer.patterns import GPT2_PATTERN, GPT4_PATTERN, PATTERNS
+from llmscratch.tokenizer.specials import ENDOFTEXT
+from llmscratch.tokenizer.streaming import StreamDecoder
+from llmscratch.tokenizer.tokenizer import Tokenizer
+from llmscratch.tokenizer.train import train_bpe
+
+__all__ = [
+    "ENDOFTEXT",
+    "GPT2_PATTERN",
+    "GPT4_PATTERN",
+    "PATTERNS",
+    "StreamDecoder",
+    "Tokenizer",
+    "train_bpe",
+]

