@@ -114,7 +114,7 @@ class Tokenizer:
         self.ignore_merges = ignore_merges or merge_rule == "rank"
         self.normalization = normalization
         self.name = name
-        self.train_seconds: float | None = None  # set by train_bpe
+        self.train_stats: dict | None = None  # timings and corpus figures, set by train_bpe
 
         self._splitter = compile_pattern(pattern)
         if merge_rule == "rank":

@@ -40,9 +40,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import operator
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from llmscratch.errors import LLMScratchError
 from llmscratch.tokenizer.patterns import (
@@ -74,7 +76,7 @@ def count_words(
     specials = special_token_regex(special_tokens)
     can_chunk = pattern != resolve_pattern("none")
     counts: Counter[str] = Counter()
-    bar = _progress_bar(progress, desc="counting words", unit="B", unit_scale=True)
+    bar = _progress_bar(progress, desc="counting words", unit="char", unit_scale=True)
     for text in texts:
         if not isinstance(text, str):
             raise LLMScratchError(
@@ -92,14 +94,18 @@ def count_words(
     return counts
 
 
+class LearnedMerges(NamedTuple):
+    tokens: list[bytes]  # tokens[i]: the bytes of token id i; ids 0-255 are the bytes
+    merges: list[Pair]  # merges[k]: the k-th merged pair of ids
+    corpus_tokens: int  # length of the training corpus in tokens, after all merges
+
+
 def learn_merges(
     word_counts: dict[bytes, int], num_tokens: int, progress: bool = False
-) -> tuple[list[bytes], list[Pair]]:
+) -> LearnedMerges:
     """Learn merges until the vocabulary holds `num_tokens` tokens.
 
-    Returns (tokens, merges): ``tokens[i]`` are the bytes of token id i (ids
-    0-255 are the single bytes), and ``merges[k]`` is the k-th merged pair of
-    ids. Stops early when no pair is left to merge.
+    Stops early when no pair is left to merge (every word is one token).
     """
     tokens = [bytes([b]) for b in range(256)]
     token_ids = {token: i for i, token in enumerate(tokens)}
@@ -137,7 +143,9 @@ def learn_merges(
         for grown_pair in grown:
             heapq.heappush(heap, (-pair_counts[grown_pair], grown_pair))
     bar.close()
-    return tokens, merges
+    one_byte_words = sum(count for word, count in word_counts.items() if len(word) == 1)
+    corpus_tokens = one_byte_words + sum(map(operator.mul, map(len, words), counts))
+    return LearnedMerges(tokens, merges, corpus_tokens)
 
 
 def _pop_most_frequent(heap: list, pair_counts: dict[Pair, int]) -> Pair | None:
@@ -222,7 +230,7 @@ def train_bpe(
     "<|endoftext|>" is vocab_size - 1). `pattern` names the pre-tokenizer:
     "gpt2", "gpt4" or "none". The input is streamed: `texts` may be a
     generator over files. With `progress`, bars show counting and merging.
-    The training time is stored in ``tokenizer.train_seconds``.
+    Timings and corpus figures are stored in ``tokenizer.train_stats``.
     """
     specials = check_special_tokens(special_tokens)
     if not isinstance(vocab_size, int) or vocab_size < 256 + len(specials):
@@ -233,16 +241,28 @@ def train_bpe(
     regex_pattern = resolve_pattern(pattern)
     started = time.perf_counter()
     word_counts = count_words(texts, regex_pattern, specials, progress)
-    word_bytes = Counter()
+    word_bytes: Counter[bytes] = Counter()
     for word, count in word_counts.items():
         word_bytes[word.encode("utf-8")] += count
     del word_counts
-    tokens, merges = learn_merges(word_bytes, vocab_size - len(specials), progress)
+    counted = time.perf_counter()
+    learned = learn_merges(word_bytes, vocab_size - len(specials), progress)
+    finished = time.perf_counter()
+
+    tokens = learned.tokens
     ranks = {token: i for i, token in enumerate(tokens)}
     special_ids = {token: len(tokens) + i for i, token in enumerate(specials)}
-    merged_bytes = [(tokens[left], tokens[right]) for left, right in merges]
-    tokenizer = Tokenizer(ranks, special_ids, regex_pattern, merges=merged_bytes)
-    tokenizer.train_seconds = time.perf_counter() - started
+    merges = [(tokens[left], tokens[right]) for left, right in learned.merges]
+    tokenizer = Tokenizer(ranks, special_ids, regex_pattern, merges=merges)
+    tokenizer.train_stats = {
+        "seconds": finished - started,
+        "count_seconds": counted - started,
+        "merge_seconds": finished - counted,
+        "bytes": sum(len(word) * count for word, count in word_bytes.items()),
+        "words": sum(word_bytes.values()),
+        "distinct_words": len(word_bytes),
+        "tokens": learned.corpus_tokens,
+    }
     return tokenizer
 
 
