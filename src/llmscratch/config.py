@@ -130,9 +130,9 @@ class RunConfig:
 # --- building dataclasses from plain data, with errors that name the key ----------
 
 
-def _suggest(key: str, valid: typing.Iterable[str]) -> str:
+def _suggest(key: str, valid: typing.Iterable[str], prefix: str = "") -> str:
     close = difflib.get_close_matches(key, list(valid), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return f"; did you mean '{prefix}{close[0]}'?" if close else ""
 
 
 def _coerce(value: Any, kind: Any, key: str) -> Any:
@@ -170,7 +170,9 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            raise LLMScratchError(f"unknown config key {prefix}{key!r}{_suggest(key, names)}")
+            raise LLMScratchError(
+                f"unknown config key '{prefix}{key}'{_suggest(key, names, prefix)}"
+            )
         kind = hints[key]
         if dataclasses.is_dataclass(kind):
             kwargs[key] = section_from_dict(kind, value or {}, f"{prefix}{key}.")
@@ -204,7 +206,7 @@ def apply_overrides(data: dict, overrides: typing.Sequence[str]) -> dict:
         sections = [f.name for f in dataclasses.fields(RunConfig)]
         if len(parts) != 2 or parts[0] not in sections:
             raise LLMScratchError(
-                f"unknown config key {dotted!r}{_suggest(parts[0], sections)} "
+                f"unknown config key '{dotted}'{_suggest(parts[0], sections)} "
                 f"(keys look like {'|'.join(sections)}.name)"
             )
         data.setdefault(parts[0], {})[parts[1]] = yaml.safe_load(raw) if raw else ""

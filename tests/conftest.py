@@ -1,0 +1,28 @@
+"""Shared fixtures: a small text file and a tiny trained run (built once per session)."""
+
+from pathlib import Path
+
+import pytest
+
+from llmscratch.cli import main
+from llmscratch.data.corpus import shakespeare_text
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = str(REPO / "configs" / "tiny.yaml")
+
+
+@pytest.fixture(scope="session")
+def small_text(tmp_path_factory) -> Path:
+    """About 120 kB of the cleaned corpus: enough to train a 512-token tokenizer."""
+    path = tmp_path_factory.mktemp("text") / "small.txt"
+    path.write_text(shakespeare_text()[:120_000], encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, small_text) -> Path:
+    """A run of configs/tiny.yaml: 20 steps, a checkpoint every 10."""
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(["pretrain", "--config", TINY_CONFIG, "--data", str(small_text),
+                 "--out", str(out)]) == 0
+    return out

@@ -1,0 +1,120 @@
+"""The command line, end to end: pretrain -> eval -> generate, and every bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from llmscratch import __version__
+from llmscratch.cli import main
+from tests.conftest import TINY_CONFIG
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """The installed entry point in a real process, to see exit codes and stderr."""
+    return subprocess.run([sys.executable, "-m", "llmscratch", *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_pretrain_leaves_a_complete_run(tiny_run):
+    for name in ("config.yaml", "tokenizer/tokenizer.json", "metrics.jsonl", "loss.png",
+                 "samples.md", "report.md", "checkpoints/latest"):
+        assert (tiny_run / name).is_file(), name
+    ckpt = tiny_run / "checkpoints" / (tiny_run / "checkpoints" / "latest").read_text().strip()
+    assert ckpt.name == "step-00000020"
+    assert {"model.safetensors", "optimizer.pt", "state.json"} <= {p.name for p in ckpt.iterdir()}
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    assert config["train"]["max_steps"] == 20 and config["model"]["n_embd"] == 32
+    records = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert losses[-1] < losses[0]  # it learned something
+    assert any("final_val_bpb" in r for r in records)
+    assert "validation bits per byte" in (tiny_run / "report.md").read_text()
+
+
+def test_eval_json(tiny_run, small_text):
+    out = run_cli("eval", "--run", str(tiny_run), "--data", str(small_text), "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["bytes"] == len(small_text.read_bytes())
+    assert result["perplexity"] == pytest.approx(2.718281828 ** result["loss"], rel=1e-6)
+    assert result["bpb"] == pytest.approx(
+        result["loss"] * result["tokens"] / 0.6931471805599453 / result["bytes"], rel=1e-6)
+
+
+def test_generate_is_deterministic_per_seed(tiny_run, capsys):
+    def generate(seed: int) -> dict:
+        assert main(["generate", "--run", str(tiny_run), "--prompt", "ROMEO:", "--seed",
+                     str(seed), "--max-new-tokens", "25", "--temperature", "1.0", "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    first = generate(1)
+    assert len(first["token_ids"]) <= 25 and isinstance(first["text"], str)
+    assert generate(1) == first
+    assert generate(2)["token_ids"] != first["token_ids"]
+
+
+def test_version_and_help():
+    assert run_cli("--version").stdout.strip() == f"llmscratch {__version__}"
+    for command in ("demo", "pretrain", "generate", "eval", "tokenizer"):
+        out = run_cli(command, "--help")
+        assert out.returncode == 0 and "example" in out.stdout.lower(), command
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    (tmp_path / "empty.txt").write_text("   \n")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    (tmp_path / "not_a_run").mkdir()
+    return tmp_path
+
+
+BAD_INPUTS = [
+    (["eval", "--run", "{run}", "--data", "{tmp}/missing.txt"], "data file not found"),
+    (["eval", "--run", "{run}", "--data", "{tmp}/empty.txt"], "is empty"),
+    (["eval", "--run", "{run}", "--data", "{tmp}/latin1.txt"], "is not UTF-8"),
+    (["eval", "--run", "{tmp}/not_a_run", "--data", "{text}"], "is not a run directory"),
+    (["generate", "--run", "{run}", "--prompt", ""], "prompt is empty"),
+    (["generate", "--run", "{run}", "--prompt", "word " * 200], "context length is 64"),
+    (["pretrain", "--config", TINY_CONFIG, "--out", "{tmp}/o", "train.max_step=2"],
+     "did you mean 'train.max_steps'"),
+    (["pretrain", "--config", TINY_CONFIG, "--out", "{tmp}/o", "model.preset=gpt7"],
+     "unknown model preset"),
+    (["pretrain", "--config", TINY_CONFIG, "--out", "{tmp}/o", "train.batch_size=big"],
+     "train.batch_size must be of type int"),
+    (["pretrain", "--config", TINY_CONFIG, "--data", "{text}", "--out", "{tmp}/o",
+      "train.seq_len=128"], "longer than model.context_length=64"),
+    (["pretrain", "--config", TINY_CONFIG, "--data", "{tmp}/missing.txt", "--out", "{tmp}/o"],
+     "data file not found"),
+    (["pretrain", "--config", TINY_CONFIG, "--data", "{text}", "--out", "{run}"],
+     "already exists"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
+def test_bad_input_gives_one_line_and_exit_2(argv, message, tiny_run, small_text, bad_files,
+                                             capsys):
+    argv = [a.format(run=tiny_run, tmp=bad_files, text=small_text) for a in argv]
+    before = sorted(p.name for p in tiny_run.rglob("*"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+    assert sorted(p.name for p in tiny_run.rglob("*")) == before  # nothing overwritten
+
+
+def test_corrupt_tokenizer_is_reported(tiny_run, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_run, broken)
+    (broken / "tokenizer" / "tokenizer.json").write_text("{not json")
+    assert main(["generate", "--run", str(broken), "--prompt", "hi"]) == 2
+    assert "tokenizer" in capsys.readouterr().err
+
+
+def test_error_exit_has_no_traceback(tmp_path):
+    out = run_cli("eval", "--run", str(tmp_path), "--data", "x.txt")
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and out.stderr.startswith("error: ")

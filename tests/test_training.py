@@ -1,0 +1,111 @@
+"""Training: schedule, data order, checkpoints, Ctrl-C and bit-exact resume."""
+
+import math
+import signal
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llmscratch.config import TrainConfig, load_config
+from llmscratch.data.batches import TokenBatches
+from llmscratch.model import GPT, get_preset
+from llmscratch.training import pretrain as pretrain_module
+from llmscratch.training.checkpoint import (
+    TrainState,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from llmscratch.training.loop import Trainer, TrainingInterrupted
+from llmscratch.training.optim import build_optimizer, lr_at
+from tests.conftest import TINY_CONFIG
+
+
+def test_warmup_then_cosine_schedule():
+    cfg = TrainConfig(max_steps=110, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1)  # (0 + 1) / 10
+    assert lr_at(4, cfg) == pytest.approx(0.5)
+    assert lr_at(10, cfg) == pytest.approx(1.0)  # peak right after warm-up
+    middle = 10 + (110 - 10 - 1) / 2
+    assert lr_at(middle, cfg) == pytest.approx(0.55)  # halfway down the cosine
+    assert lr_at(109, cfg) == pytest.approx(0.1)  # ends at lr * min_lr_ratio
+    lrs = [lr_at(s, cfg) for s in range(10, 110)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_weight_decay_only_on_matrices():
+    model = GPT(get_preset("gpt2-tiny"))
+    decay, no_decay = build_optimizer(model, TrainConfig()).param_groups
+    assert all(p.dim() == 2 for p in decay["params"]) and decay["weight_decay"] == 0.1
+    assert all(p.dim() == 1 for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
+    assert sum(p.numel() for g in (decay, no_decay) for p in g["params"]) == model.num_params()
+
+
+def test_batches_cover_each_epoch_once_and_are_reproducible():
+    tokens = np.arange(1000, dtype=np.int32)
+    batches = TokenBatches(tokens, seq_len=10, batch_size=9, seed=3)
+    per_epoch = batches.windows_per_epoch
+    starts = [int(x[0]) for i in range(per_epoch // 9) for x in batches.batch(i)[0]]
+    assert len(set(starts)) == len(starts)  # no window twice in an epoch
+    assert len({s % 10 for s in starts}) == 1  # one offset per epoch: non-overlapping
+    inputs, targets = batches.batch(5)
+    assert torch.equal(inputs[:, 1:], targets[:, :-1])  # targets are inputs shifted by one
+    again = TokenBatches(tokens, seq_len=10, batch_size=9, seed=3)
+    assert torch.equal(again.batch(5)[0], inputs)
+
+
+def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(get_preset("gpt2-tiny"))
+    optimizer = build_optimizer(model, TrainConfig())
+    ids = torch.randint(0, 512, (2, 16))
+    model(ids).sum().backward()
+    optimizer.step()
+    save_checkpoint(tmp_path, model, optimizer, TrainState(step=3, tokens_seen=99))
+    (tmp_path / "config.yaml").write_text("{}")
+    restored = GPT(get_preset("gpt2-tiny"))
+    state = load_checkpoint(latest_checkpoint(tmp_path), restored, build_optimizer(restored,
+                                                                                TrainConfig()))
+    assert (state.step, state.tokens_seen) == (3, 99)
+    assert torch.equal(restored(ids), model(ids))
+
+
+def test_only_the_last_checkpoints_are_kept(tmp_path):
+    model = GPT(get_preset("gpt2-tiny"))
+    optimizer = build_optimizer(model, TrainConfig())
+    for step in (10, 20, 30):
+        save_checkpoint(tmp_path, model, optimizer, TrainState(step=step), keep=2)
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*"))
+    assert kept == ["step-00000020", "step-00000030"]
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-00000030"
+
+
+def test_ctrl_c_then_resume_is_bit_exact(tmp_path, small_text, monkeypatch):
+    """An interrupted and resumed run ends with exactly the weights of an uninterrupted one."""
+    config = load_config(TINY_CONFIG, ["train.max_steps=16", "train.eval_every=4",
+                                       "train.checkpoint_every=100", "train.dtype=fp32"])
+    config.data.files = [str(small_text)]
+    pretrain_module.pretrain(config, tmp_path / "straight")
+
+    validate = Trainer._validate
+
+    def ctrl_c_at_step_8(self, state, bar):
+        validate(self, state, bar)
+        if state.step == 8:
+            signal.raise_signal(signal.SIGINT)  # as if the user pressed Ctrl-C
+
+    monkeypatch.setattr(Trainer, "_validate", ctrl_c_at_step_8)
+    with pytest.raises(TrainingInterrupted) as stop:
+        pretrain_module.pretrain(config, tmp_path / "stopped")
+    assert stop.value.step == 8
+    assert latest_checkpoint(tmp_path / "stopped").name == "step-00000008"
+    monkeypatch.setattr(Trainer, "_validate", validate)
+    result = pretrain_module.resume(tmp_path / "stopped")
+
+    straight = load_file(latest_checkpoint(tmp_path / "straight") / "model.safetensors")
+    resumed = load_file(latest_checkpoint(tmp_path / "stopped") / "model.safetensors")
+    assert latest_checkpoint(tmp_path / "stopped").name == "step-00000016"
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert math.isfinite(result.final.bpb)
