@@ -19,7 +19,7 @@ from llmscratch.tokenizer.openai_files import gpt2_files
 from llmscratch.tokenizer.patterns import GPT2_PATTERN, GPT4_PATTERN, split_at_safe_points
 
 # Strings that stress every part of a byte-level tokenizer. Shared by the
-# other tokenizer test files (``from test_tokenizer import BATTERY``).
+# other tokenizer test files (``from tests.test_tokenizer import BATTERY``).
 BATTERY = [
     "",
     "Hello, world! It's a test; we'll see if they're right.",

@@ -31,9 +31,9 @@ equal counts, the pair with the smaller first token id, then the smaller
 second token id. Byte tokens have id = byte value, so the first merges break
 ties in byte order, and later tokens by creation order.
 
-If a merge produces bytes that are already a token (possible, though rare:
-"a"+"bc" and "ab"+"c" both spell "abc"), the existing id is reused, so every
-byte string has one id; the vocabulary then grows by one merge later.
+If a merge ever spells bytes that are already a token (two different splits
+of one string, "a"+"bc" and "ab"+"c"), the existing id is reused, so every
+byte string has exactly one id and encoding by rank stays well defined.
 """
 
 from __future__ import annotations
