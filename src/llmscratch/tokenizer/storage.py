@@ -22,6 +22,9 @@ The vocabulary alone defines encoding under the rank rule; the merges are the
 training record (and the encoding rule for tokenizers imported from Hugging
 Face). The file is written to a temporary name and renamed, so an interrupted
 save never leaves half a file behind.
+
+`load_tokenizer` also accepts a Hugging Face ``tokenizer.json`` (recognised by
+its "model" key) and imports it (`hf_json.py`).
 """
 
 from __future__ import annotations
@@ -144,9 +147,9 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     if not isinstance(document, dict):
         raise LLMScratchError(f"tokenizer file {source!r} is corrupt (not a JSON object)")
     if "model" in document and "format" not in document:
-        raise LLMScratchError(
-            f"{source!r} is a Hugging Face tokenizer.json, not an llmscratch tokenizer file"
-        )
+        from llmscratch.tokenizer.hf_json import tokenizer_from_hf_dict
+
+        return tokenizer_from_hf_dict(document, source)
     return tokenizer_from_dict(document, source)
 
 
