@@ -84,17 +84,19 @@ def resolve_special_sets(
     return allowed, disallowed
 
 
-def raise_if_disallowed(text: str, disallowed: frozenset[str]) -> None:
-    """Raise if `text` contains one of the `disallowed` special tokens."""
-    if not disallowed:
+def raise_if_disallowed(texts: str | Iterable[str], disallowed: frozenset[str]) -> None:
+    """Raise if a text (or any of several) contains one of the `disallowed` tokens."""
+    finder = special_token_regex(disallowed)
+    if finder is None:
         return
-    found = special_token_regex(disallowed).search(text)
-    if found:
-        raise LLMScratchError(
-            f"text contains the special token {found.group()!r} at character {found.start()}; "
-            f"pass allowed_special={{{found.group()!r}}} to encode it as one token, or "
-            "disallowed_special='none' to encode it as plain text"
-        )
+    for text in [texts] if isinstance(texts, str) else texts:
+        found = finder.search(text)
+        if found:
+            raise LLMScratchError(
+                f"text contains the special token {found.group()!r} at character "
+                f"{found.start()}; pass allowed_special={{{found.group()!r}}} to encode it as "
+                "one token, or disallowed_special='none' to encode it as plain text"
+            )
 
 
 def _as_set(value: str | Collection[str], every: frozenset[str], name: str) -> frozenset[str]:
