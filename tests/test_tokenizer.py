@@ -204,6 +204,13 @@ def test_fast_path_equals_pure_path(small_tok, plays):
         assert fast == pure
 
 
+def test_fast_path_on_a_long_text_cut_for_threads(small_tok, plays):
+    text = "<|endoftext|>".join(plays[:9])
+    assert len(text) > 1_100_000  # long enough to be cut into pieces for the threads
+    fast = small_tok.encode_batch([text, "short"], allowed_special="all", num_threads=2)
+    assert fast == [small_tok.encode(text, allowed_special="all"), small_tok.encode("short")]
+
+
 # ------------------------------------------------------------- files
 
 
