@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from llmscratch.config import TrainConfig, load_config
-from llmscratch.data.batches import TokenBatches
+from llmscratch.data.loader import TokenWindows
 from llmscratch.model import GPT, get_preset
 from llmscratch.training import pretrain as pretrain_module
 from llmscratch.training.checkpoint import (
@@ -45,14 +45,14 @@ def test_weight_decay_only_on_matrices():
 
 def test_batches_cover_each_epoch_once_and_are_reproducible():
     tokens = np.arange(1000, dtype=np.int32)
-    batches = TokenBatches(tokens, seq_len=10, batch_size=9, seed=3)
+    batches = TokenWindows([tokens], seq_len=10, batch_size=9, seed=3)
     per_epoch = batches.windows_per_epoch
     starts = [int(x[0]) for i in range(per_epoch // 9) for x in batches.batch(i)[0]]
     assert len(set(starts)) == len(starts)  # no window twice in an epoch
     assert len({s % 10 for s in starts}) == 1  # one offset per epoch: non-overlapping
     inputs, targets = batches.batch(5)
     assert torch.equal(inputs[:, 1:], targets[:, :-1])  # targets are inputs shifted by one
-    again = TokenBatches(tokens, seq_len=10, batch_size=9, seed=3)
+    again = TokenWindows([tokens], seq_len=10, batch_size=9, seed=3)
     assert torch.equal(again.batch(5)[0], inputs)
 
 

@@ -53,7 +53,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         if args.config or args.data or args.out:
             raise LLMScratchError("--resume takes the run's own config and data; "
                                   "give only --resume DIR (and KEY=VALUE overrides)")
-        result = resume(Path(args.resume), overrides)
+        result = resume(Path(args.resume), overrides, fallback=args.fallback)
     else:
         if not args.out:
             raise LLMScratchError("pretrain needs --out DIR (or --resume DIR)")
@@ -147,6 +147,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from llmscratch.data.cli import register as register_data
     from llmscratch.tokenizer.cli import register as register_tokenizer
 
     parser = argparse.ArgumentParser(
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     register_tokenizer(sub)
+    register_data(sub)
 
     p = _parser(sub, "pretrain", "Pretrain a model from scratch (or resume a run).",
                 "  llmscratch pretrain --config configs/demo.yaml --out runs/mine\n"
@@ -177,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="new run directory")
     p.add_argument("--resume", metavar="DIR", help="continue this run from its newest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--fallback", action="store_true", help="with --resume: if the newest "
+                   "checkpoint is corrupt, continue from the newest intact one")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted config overrides, e.g. train.max_steps=200 model.n_layer=4")
     p.set_defaults(func=cmd_pretrain)

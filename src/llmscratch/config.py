@@ -40,6 +40,9 @@ class DataConfig:
             one on the training text with the two fields below.
         vocab_size: vocabulary size when a tokenizer is trained here.
         pattern: pre-tokenizer regex for training: "gpt2" or "gpt4".
+        prepared: a directory written by `llmscratch data prepare`; when set, training
+            reads its token shards (memory-mapped) instead of `files`, and its tokenizer.
+        verify: check each prepared shard's SHA-256 against the manifest at start.
     """
 
     files: list[str] = field(default_factory=list)
@@ -47,6 +50,8 @@ class DataConfig:
     tokenizer: str = ""
     vocab_size: int = 4096
     pattern: str = "gpt2"
+    prepared: str = ""
+    verify: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
@@ -59,23 +64,34 @@ class TrainConfig:
 
     Fields:
         max_steps: optimizer steps in the whole run.
-        batch_size: sequences per micro-batch.
+        batch_size: sequences per micro-batch, in each process.
         grad_accum: micro-batches summed into one optimizer step.
+        global_batch: sequences per optimizer step over all processes; when set, grad_accum
+            is derived from it (it must divide by batch_size x processes). 0 = not set.
         seq_len: tokens per sequence; 0 means the model's context length.
         lr: peak learning rate, reached after `warmup_steps`.
-        min_lr_ratio: the cosine decay ends at lr * min_lr_ratio.
+        schedule: "cosine" (warm-up, cosine decay) or "wsd" (warm-up, stable, decay).
+        min_lr_ratio: the decay ends at lr * min_lr_ratio.
+        decay_fraction: wsd only: the final fraction of steps that decays linearly.
         warmup_steps: linear warm-up from 0 to lr.
         weight_decay: AdamW decay on matrices (not on biases, norms, embeddings' positions).
         beta1, beta2: AdamW moment coefficients.
         grad_clip: clip the global gradient norm to this (0 = off).
         dtype: "bf16" (autocast: matmuls in bfloat16, weights fp32) or "fp32".
         device: "auto" (cuda if present), "cpu" or "cuda".
-        compile: wrap the model with torch.compile.
+        compile: compile the model's forward with torch.compile.
+        activation_checkpointing: recompute each block's activations in backward
+            (less memory, about a third more compute).
+        parallel: under torchrun: "ddp" (replicate the model) or "fsdp" (shard it, FSDP2).
+        peak_flops: peak FLOP/s of one device, for MFU; 0 = known GPUs only (CPUs: measure
+            it, e.g. with bench/train_speed.py, and set it).
         seed: seeds the weights and the batch order.
         log_every: steps between metric lines in metrics.jsonl.
         eval_every: steps between validation passes (0 = only at the end).
         eval_batches: batches per periodic validation (the final one reads all of it).
         checkpoint_every: steps between checkpoints (0 = only at the end).
+        keep_checkpoints: how many of the newest checkpoints to keep.
+        tensorboard: also write TensorBoard event files to RUN/tensorboard.
         sample_every: steps between text samples (0 = only at the end).
         sample_tokens: length of each sample, in tokens.
         prompts: sample prompts.
@@ -84,9 +100,12 @@ class TrainConfig:
     max_steps: int = 1000
     batch_size: int = 16
     grad_accum: int = 1
+    global_batch: int = 0
     seq_len: int = 0
     lr: float = 1e-3
+    schedule: str = "cosine"
     min_lr_ratio: float = 0.1
+    decay_fraction: float = 0.2
     warmup_steps: int = 50
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -95,11 +114,16 @@ class TrainConfig:
     dtype: str = "bf16"
     device: str = "auto"
     compile: bool = False
+    activation_checkpointing: bool = False
+    parallel: str = "ddp"
+    peak_flops: float = 0.0
     seed: int = 1337
     log_every: int = 10
     eval_every: int = 200
     eval_batches: int = 20
     checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    tensorboard: bool = False
     sample_every: int = 0
     sample_tokens: int = 200
     prompts: list[str] = field(default_factory=lambda: ["ROMEO:\n", "HAMLET:\nTo be"])
@@ -116,6 +140,17 @@ class TrainConfig:
             )
         if self.warmup_steps < 0 or self.lr <= 0:
             raise LLMScratchError("train.lr must be > 0 and train.warmup_steps >= 0")
+        if self.schedule not in ("cosine", "wsd"):
+            raise LLMScratchError(
+                f"train.schedule must be 'cosine' or 'wsd', got {self.schedule!r}")
+        if not 0.0 <= self.decay_fraction <= 1.0:
+            raise LLMScratchError(
+                f"train.decay_fraction must be in [0, 1], got {self.decay_fraction}")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise LLMScratchError(f"train.parallel must be 'ddp' or 'fsdp', got {self.parallel!r}")
+        if self.keep_checkpoints < 1 or self.global_batch < 0 or self.peak_flops < 0:
+            raise LLMScratchError("train.keep_checkpoints must be >= 1, train.global_batch and "
+                                  "train.peak_flops >= 0")
 
 
 @dataclass
@@ -189,6 +224,30 @@ def section_from_dict(cls: type, data: dict, prefix: str) -> Any:
         base = dataclasses.asdict(get_preset(str(preset)))
         return from_dict(cls, {**base, **data}, prefix)
     return from_dict(cls, data, prefix)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's description from the class docstring's "Fields:" section (for --help)."""
+    docs: dict[str, str] = {}
+    names: list[str] = []
+    in_fields = False
+    for line in (cls.__doc__ or "").splitlines():
+        stripped = line.strip()
+        if stripped == "Fields:":
+            in_fields = True
+            continue
+        if not in_fields or not stripped:
+            continue
+        head, sep, text = stripped.partition(": ")
+        candidates = [n.strip() for n in head.split(",")]
+        if sep and all(n.isidentifier() for n in candidates):
+            names = candidates
+            for name in names:
+                docs[name] = text
+        else:
+            for name in names:
+                docs[name] += " " + stripped
+    return docs
 
 
 def to_dict(config: Any) -> dict:

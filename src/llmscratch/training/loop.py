@@ -12,6 +12,12 @@ only does the bookkeeping every objective needs, so pretraining and the
 fine-tuning methods share it. Precision is applied here, from outside the
 model: with dtype bf16 the forward runs under `torch.autocast`, so matmuls
 use bfloat16 while weights, gradients and optimizer state stay fp32.
+
+Data comes from a `BatchSource`: `next_batch()` plus a small `state_dict()`
+saved in every checkpoint, so a resumed run reads the batches the
+uninterrupted run would have read. Under torchrun every process runs this
+same loop on its own share of each batch; DDP or FSDP (training/parallel.py)
+keep the copies in step, and only rank 0 logs and writes files.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tqdm import tqdm
@@ -35,6 +41,8 @@ from llmscratch.training.checkpoint import TrainState, save_checkpoint
 from llmscratch.training.metrics import MetricsLog
 from llmscratch.training.objectives import Objective
 from llmscratch.training.optim import lr_at
+from llmscratch.training.parallel import DistInfo, all_reduce_mean
+from llmscratch.training.throughput import memory_gb, mfu, peak_flops
 
 MAX_BAD_STEPS = 10  # non-finite losses in a row before the run is stopped
 
@@ -45,6 +53,14 @@ class TrainingInterrupted(Exception):
     def __init__(self, step: int) -> None:
         super().__init__(f"interrupted at step {step}")
         self.step = step
+
+
+class BatchSource(Protocol):
+    """Where the loop's batches come from (data/loader.py: TokenWindows)."""
+
+    def next_batch(self) -> Any: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 @dataclass
@@ -90,47 +106,69 @@ def autocast_dtype(cfg: TrainConfig) -> torch.dtype | None:
     return torch.bfloat16 if cfg.dtype == "bf16" else None
 
 
+def _is_out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(err, RuntimeError) and "can't allocate memory" in str(err))
+
+
 class Trainer:
-    """Runs `objective` on `next_batch(i)` for steps state.step .. cfg.max_steps."""
+    """Runs `objective` on batches of `data` for steps state.step .. cfg.max_steps."""
 
     def __init__(
         self,
         model: torch.nn.Module,
         objective: Objective,
-        next_batch: Callable[[int], Any],
+        data: BatchSource,
         optimizer: torch.optim.Optimizer,
         cfg: TrainConfig,
         run_dir: Path,
         device: torch.device,
         hooks: Hooks | None = None,
+        info: DistInfo | None = None,
+        grad_accum: int | None = None,
+        flops_per_token: float = 0.0,
     ) -> None:
         self.model = model
         self.objective = objective
-        self.next_batch = next_batch
+        self.data = data
         self.optimizer = optimizer
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.device = device
         self.hooks = hooks or Hooks()
+        self.info = info or DistInfo()
+        self.grad_accum = grad_accum or cfg.grad_accum
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops(device, cfg.peak_flops)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.tensorboard = None
 
     def train_step(self, state: TrainState) -> dict:
         """One optimizer step over `grad_accum` micro-batches; returns its metrics."""
         cfg = self.cfg
         amp = autocast_dtype(cfg)
         total_loss, tokens = 0.0, 0
-        for micro in range(cfg.grad_accum):
-            batch = self.next_batch(state.step * cfg.grad_accum + micro)
-            with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                loss, info = self.objective(self.model, batch)
-            (loss / cfg.grad_accum).backward()
-            total_loss += loss.item() / cfg.grad_accum
+        for micro in range(self.grad_accum):
+            batch = self.data.next_batch()
+            # DDP averages gradients during backward; between micro-batches there is nothing
+            # to average yet, so only the last backward of the step talks to the other ranks.
+            last = micro == self.grad_accum - 1
+            sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") \
+                else self.model.no_sync()
+            with sync:
+                with torch.autocast(self.device.type, dtype=amp or torch.float32,
+                                    enabled=amp is not None):
+                    loss, info = self.objective(self.model, batch)
+                (loss / self.grad_accum).backward()
+            total_loss += loss.item() / self.grad_accum
             tokens += info.get("tokens", 0)
 
         # Clipping returns the norm before clipping: a spike here is the first
         # sign of an unstable run. With grad_clip 0 we only measure it.
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        total_loss = all_reduce_mean(total_loss, self.info)  # every rank decides alike
         lr = lr_at(state.step, cfg)
         finite = math.isfinite(total_loss) and math.isfinite(grad_norm)
         if finite:
@@ -138,26 +176,40 @@ class Trainer:
                 group["lr"] = lr
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": total_loss, "lr": lr, "grad_norm": grad_norm, "tokens": tokens,
-                "finite": finite}
+        return {"loss": total_loss, "lr": lr, "grad_norm": grad_norm,
+                "tokens": tokens * self.info.world_size, "finite": finite}
 
     def fit(self, state: TrainState) -> TrainState:
         """Train until cfg.max_steps; checkpoint at the end, on schedule and on Ctrl-C."""
         cfg = self.cfg
         self.model.train()
+        main = self.info.is_main
+        if main and cfg.tensorboard:
+            self.tensorboard = _tensorboard_writer(self.run_dir)
         bar = tqdm(total=cfg.max_steps, initial=state.step, desc="pretrain", unit="step",
-                   dynamic_ncols=True)
+                   dynamic_ncols=True, disable=not main)
+        first_step = state.step
         bad_in_a_row, window_tokens, window_start = 0, 0, time.perf_counter()
         with stop_on_ctrl_c() as stop_requested:
             while state.step < cfg.max_steps:
-                if stop_requested():
+                if all_reduce_mean(float(stop_requested()), self.info) > 0:
                     bar.close()
-                    save_checkpoint(self.run_dir, self.model, self.optimizer, state)
+                    self._checkpoint(state)
                     raise TrainingInterrupted(state.step)
-                out = self.train_step(state)
+                try:
+                    out = self.train_step(state)
+                except Exception as err:
+                    if state.step == first_step and _is_out_of_memory(err):
+                        raise LLMScratchError(
+                            f"out of memory in the first step (train.batch_size="
+                            f"{cfg.batch_size}); lower train.batch_size and raise "
+                            "train.grad_accum to keep the same batch, or set "
+                            "train.activation_checkpointing=true") from None
+                    raise
                 if not out["finite"]:
                     bad_in_a_row += 1
-                    self.metrics.write({"step": state.step, "skipped": "non-finite loss or grad"})
+                    self._log({"step": state.step, "skipped": "non-finite loss or grad",
+                               "loss": out["loss"], "grad_norm": out["grad_norm"]})
                     if bad_in_a_row >= MAX_BAD_STEPS:
                         raise LLMScratchError(
                             f"{bad_in_a_row} non-finite steps in a row at step {state.step}; "
@@ -173,10 +225,17 @@ class Trainer:
                 if state.step % cfg.log_every == 0 or done:
                     elapsed = time.perf_counter() - window_start
                     tok_per_s = window_tokens / max(elapsed, 1e-9)
-                    self.metrics.write({
+                    record = {
                         "step": state.step, "tokens": state.tokens_seen, "loss": out["loss"],
                         "lr": out["lr"], "grad_norm": out["grad_norm"], "tok_per_s": tok_per_s,
-                    })
+                        "mem_gb": round(memory_gb(self.device), 3),
+                    }
+                    # MFU per device: this process's share of the tokens against one peak.
+                    util = mfu(tok_per_s / self.info.world_size, self.flops_per_token,
+                               self.peak_flops)
+                    if util is not None:
+                        record["mfu"] = util
+                    self._log(record)
                     bar.set_postfix(loss=f"{out['loss']:.3f}", lr=f"{out['lr']:.1e}",
                                     tok_s=f"{tok_per_s:,.0f}")
                     window_tokens, window_start = 0, time.perf_counter()
@@ -185,12 +244,29 @@ class Trainer:
                 if cfg.sample_every and state.step % cfg.sample_every == 0 and self.hooks.sample:
                     self.hooks.sample(self.model, state.step)
                 if self._due(cfg.checkpoint_every, state.step, done):
-                    save_checkpoint(self.run_dir, self.model, self.optimizer, state)
+                    self._checkpoint(state)
                 if any(self._due(e, state.step, done) for e in (cfg.eval_every, cfg.sample_every)):
                     window_start = time.perf_counter()  # don't count evaluation as training time
                     window_tokens = 0
         bar.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         return state
+
+    def _checkpoint(self, state: TrainState) -> None:
+        state.data = self.data.state_dict()
+        save_checkpoint(self.run_dir, self.model, self.optimizer, state,
+                        keep=self.cfg.keep_checkpoints, info=self.info)
+
+    def _log(self, record: dict) -> None:
+        """One metrics record: metrics.jsonl always, TensorBoard when asked; rank 0 only."""
+        if not self.info.is_main:
+            return
+        self.metrics.write(record)
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if key not in ("step", "tokens") and isinstance(value, (int, float)):
+                    self.tensorboard.add_scalar(key, value, record["step"])
 
     @staticmethod
     def _due(every: int, step: int, done: bool) -> bool:
@@ -199,5 +275,16 @@ class Trainer:
     def _validate(self, state: TrainState, bar: tqdm) -> None:
         result = self.hooks.evaluate(self.model)
         state.best_val_loss = min(state.best_val_loss, result["val_loss"])
-        self.metrics.write({"step": state.step, "tokens": state.tokens_seen, **result})
-        bar.write(f"step {state.step:>6}: " + "  ".join(f"{k} {v:.4f}" for k, v in result.items()))
+        self._log({"step": state.step, "tokens": state.tokens_seen, **result})
+        if self.info.is_main:
+            bar.write(f"step {state.step:>6}: "
+                      + "  ".join(f"{k} {v:.4f}" for k, v in result.items()))
+
+
+def _tensorboard_writer(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise LLMScratchError("train.tensorboard=true needs the tensorboard package: "
+                              "pip install 'llmscratch[tensorboard]'") from None
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))

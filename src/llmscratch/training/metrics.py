@@ -51,9 +51,9 @@ def plot_losses(records: list[dict], path: Path, title: str = "") -> None:
     val = [(r["tokens"], r["val_loss"]) for r in records if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     if train:
-        ax.plot(*zip(*train), label="train loss", linewidth=1.2)
+        ax.plot(*zip(*train, strict=True), label="train loss", linewidth=1.2)
     if val:
-        ax.plot(*zip(*val), "o-", label="validation loss", linewidth=1.5, markersize=4)
+        ax.plot(*zip(*val, strict=True), "o-", label="validation loss", linewidth=1.5, markersize=4)
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("cross-entropy (nats / token)")
     ax.set_title(title or "loss")

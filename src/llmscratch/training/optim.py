@@ -1,4 +1,10 @@
-"""AdamW with decay/no-decay parameter groups, and the learning-rate schedule."""
+"""AdamW with decay/no-decay parameter groups, and the learning-rate schedules.
+
+Two schedules, chosen by `train.schedule`: warm-up + cosine decay (GPT-3,
+nanoGPT), and warm-up + stable + decay (WSD). Both start with the same
+linear warm-up; `lr_at` gives the rate of any step from the config alone,
+so a resumed run needs no scheduler state.
+"""
 
 from __future__ import annotations
 
@@ -31,16 +37,32 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate for optimizer step `step` (0-based): linear warm-up, then cosine decay.
-
-    Warm-up rises linearly from lr/warmup to lr over `warmup_steps`; the
-    cosine then falls from lr to lr * min_lr_ratio at the last step
-    (Loshchilov & Hutter, 2017, "SGDR"), the schedule of GPT-3 and nanoGPT.
-    """
+    """Learning rate for optimizer step `step` (0-based), by `cfg.schedule`."""
     if step < cfg.warmup_steps:
+        # Linear warm-up from lr/warmup to lr: Adam's early moment estimates are noisy.
         return cfg.lr * (step + 1) / cfg.warmup_steps
+    min_lr = cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "wsd":
+        return _warmup_stable_decay(step, cfg, min_lr)
     decay_steps = max(cfg.max_steps - cfg.warmup_steps - 1, 1)
     progress = min((step - cfg.warmup_steps) / decay_steps, 1.0)  # 0 -> 1
     cosine = 0.5 * (1.0 + math.cos(math.pi * progress))  # 1 -> 0
-    min_lr = cfg.lr * cfg.min_lr_ratio
     return min_lr + (cfg.lr - min_lr) * cosine
+
+
+def _warmup_stable_decay(step: int, cfg: TrainConfig, min_lr: float) -> float:
+    """Warm-up, then hold lr, then fall linearly to min_lr over the last `decay_fraction`.
+
+    Cosine decay ties the whole schedule to `max_steps`. WSD holds the peak
+    rate for most of the run and decays only at the end, so a run can be
+    extended from any checkpoint of the stable phase, and the short final
+    decay recovers the loss a cosine would reach (Hu et al., 2024, "MiniCPM";
+    Hägele et al., 2024, "Scaling Laws and Compute-Optimal Training Beyond
+    Fixed Training Durations").
+    """
+    decay_steps = round(cfg.max_steps * cfg.decay_fraction)
+    decay_start = max(cfg.max_steps - decay_steps, cfg.warmup_steps)
+    if step < decay_start:
+        return cfg.lr
+    progress = min((step - decay_start + 1) / max(cfg.max_steps - decay_start, 1), 1.0)  # -> 1
+    return cfg.lr + (min_lr - cfg.lr) * progress

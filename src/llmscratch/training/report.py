@@ -47,7 +47,8 @@ def write_report(run_dir: Path, config, result, n_params: int) -> None:
     lines += [
         "## Files",
         "",
-        "- `config.yaml`: the resolved configuration (rerun it with `llmscratch pretrain --config`)",
+        "- `config.yaml`: the resolved configuration "
+        "(rerun it with `llmscratch pretrain --config`)",
         "- `tokenizer/tokenizer.json`: the BPE tokenizer",
         "- `checkpoints/latest` → `checkpoints/step-*/`: `model.safetensors` (weights), "
         "`optimizer.pt` (AdamW state), `state.json` (step, tokens, RNG states)",
