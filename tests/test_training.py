@@ -32,7 +32,7 @@ def test_warmup_then_cosine_schedule():
     assert lr_at(middle, cfg) == pytest.approx(0.55)  # halfway down the cosine
     assert lr_at(109, cfg) == pytest.approx(0.1)  # ends at lr * min_lr_ratio
     lrs = [lr_at(s, cfg) for s in range(10, 110)]
-    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
 
 
 def test_weight_decay_only_on_matrices():

@@ -80,6 +80,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _print_result(result) -> None:
+    if result.rank:  # under torchrun, rank 0 speaks for all
+        return
     final = result.final
     print(f"\nvalidation: loss {final.loss:.4f} nats/token, perplexity {final.perplexity:.2f}, "
           f"{final.bpb:.4f} bits/byte ({final.tokens:,} tokens, {final.bytes:,} bytes)")
@@ -149,6 +151,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from llmscratch.data.cli import register as register_data
     from llmscratch.tokenizer.cli import register as register_tokenizer
+    from llmscratch.training.cli import register as register_training
 
     parser = argparse.ArgumentParser(
         prog="llmscratch", description="Build a large language model from scratch.",
@@ -166,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_tokenizer(sub)
     register_data(sub)
+    register_training(sub)
 
     p = _parser(sub, "pretrain", "Pretrain a model from scratch (or resume a run).",
                 "  llmscratch pretrain --config configs/demo.yaml --out runs/mine\n"

@@ -247,11 +247,7 @@ def load_weights(model: torch.nn.Module, ckpt: Path) -> None:
     if (ckpt / sharded.DCP_DIR).is_dir():
         sharded.load_model(model, ckpt / sharded.DCP_DIR)
         return
-    try:
-        tensors = load_file(ckpt / "model.safetensors")
-    except (SafetensorError, OSError) as err:
-        raise LLMScratchError(f"cannot read weights {ckpt / 'model.safetensors'}: {err}") from None
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing, unexpected = model.load_state_dict(read_weights(ckpt), strict=False)
     # A tied output layer is saved once, under the embedding's name.
     missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_embeddings)]
     if missing or unexpected:
@@ -259,6 +255,14 @@ def load_weights(model: torch.nn.Module, ckpt: Path) -> None:
             f"weights in {ckpt} do not fit the model: missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}"
         )
+
+
+def read_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint's model.safetensors."""
+    try:
+        return load_file(ckpt / "model.safetensors")
+    except (SafetensorError, OSError) as err:
+        raise LLMScratchError(f"cannot read weights {ckpt / 'model.safetensors'}: {err}") from None
 
 
 def load_checkpoint(
@@ -307,6 +311,11 @@ def load_run(run_dir: Path, device: str | torch.device = "cpu"):
     ckpt = latest_checkpoint(run_dir)
     config = load_config(run_dir / "config.yaml")
     tokenizer = Tokenizer.load(run_dir / "tokenizer")
-    model = GPT(config.model)
-    load_weights(model, ckpt)
+    if (ckpt / "model.safetensors").is_file():
+        # Built on the meta device, the model adopts the tensors in their own dtype:
+        # no random initialisation and no second copy (imported models can be large).
+        model = GPT.from_state_dict(config.model, read_weights(ckpt))
+    else:
+        model = GPT(config.model)
+        load_weights(model, ckpt)
     return model.to(device).eval(), tokenizer, config

@@ -209,7 +209,7 @@ class Trainer:
                 if not out["finite"]:
                     bad_in_a_row += 1
                     self._log({"step": state.step, "skipped": "non-finite loss or grad",
-                               "loss": out["loss"], "grad_norm": out["grad_norm"]})
+                               "bad_loss": out["loss"], "bad_grad_norm": out["grad_norm"]})
                     if bad_in_a_row >= MAX_BAD_STEPS:
                         raise LLMScratchError(
                             f"{bad_in_a_row} non-finite steps in a row at step {state.step}; "

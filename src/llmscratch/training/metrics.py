@@ -1,4 +1,9 @@
-"""Metrics: one JSON object per line in metrics.jsonl, and the loss-curve plot."""
+"""Metrics: one JSON object per line in metrics.jsonl, and the plots drawn from it.
+
+`loss.png` shows train and validation loss against tokens seen;
+`training.png` shows what explains a loss curve: learning rate, gradient
+norm, throughput and MFU against steps. `llmscratch plot RUN` redraws both.
+"""
 
 from __future__ import annotations
 
@@ -59,6 +64,32 @@ def plot_losses(records: list[dict], path: Path, title: str = "") -> None:
     ax.set_title(title or "loss")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_training(records: list[dict], path: Path, title: str = "") -> None:
+    """Learning rate, gradient norm, tokens/s and MFU against steps, one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("lr", "learning rate"), ("grad_norm", "gradient norm (before clipping)"),
+              ("tok_per_s", "tokens / s"), ("mfu", "model FLOPs utilisation")]
+    panels = [(key, label) for key, label in panels if any(key in r for r in records)]
+    fig, axes = plt.subplots(len(panels) or 1, 1, figsize=(7, 2.2 * max(len(panels), 1)),
+                             dpi=110, sharex=True, squeeze=False)
+    for ax, (key, label) in zip(axes[:, 0], panels, strict=False):
+        points = [(r["step"], r[key]) for r in records if key in r]
+        ax.plot(*zip(*points, strict=True), linewidth=1.2)
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("step")
+    axes[0, 0].set_title(title or "training")
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp)

@@ -45,7 +45,7 @@ from llmscratch.model import GPT
 from llmscratch.tokenizer import Tokenizer, train_bpe
 from llmscratch.training.checkpoint import TrainState, latest_checkpoint, load_checkpoint
 from llmscratch.training.loop import Hooks, Trainer, autocast_dtype
-from llmscratch.training.metrics import MetricsLog, plot_losses
+from llmscratch.training.metrics import MetricsLog, plot_losses, plot_training
 from llmscratch.training.objectives import NextTokenPrediction
 from llmscratch.training.optim import build_optimizer
 from llmscratch.training.parallel import (
@@ -66,6 +66,7 @@ class PretrainResult:
     train_seconds: float
     tokens_per_second: float
     samples: list[tuple[str, str]]  # (prompt, completion)
+    rank: int = 0  # under torchrun, only rank 0 reports
 
 
 @dataclass
@@ -294,7 +295,8 @@ def _run(config: RunConfig, run_dir: Path, data: RunData, ckpt: Path | None, inf
                        "final_val_loss": final.loss, "final_val_bpb": final.bpb,
                        "final_val_perplexity": final.perplexity})
         plot_losses(metrics.read(), run_dir / "loss.png", title=f"{run_dir.name}: loss")
-    result = PretrainResult(run_dir, final, train_seconds, tok_per_s, samples)
+        plot_training(metrics.read(), run_dir / "training.png", title=run_dir.name)
+    result = PretrainResult(run_dir, final, train_seconds, tok_per_s, samples, info.rank)
     if info.is_main:
         write_report(run_dir, config, result, n_params)
     return result
