@@ -229,6 +229,14 @@ def test_save_load_same_ids(small_tok, tmp_path):
             )
 
 
+def test_pickle_round_trip(small_tok):
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(small_tok))
+    assert copy.encode(BATTERY[2]) == small_tok.encode(BATTERY[2])
+    assert copy.special_tokens == small_tok.special_tokens
+
+
 @pytest.mark.parametrize(
     "content",
     [

@@ -332,6 +332,12 @@ class Tokenizer:
 
         return gpt2_tokenizer()
 
+    def __reduce__(self):
+        """Pickle as the saved-file document (compiled regexes and caches are rebuilt)."""
+        from llmscratch.tokenizer.storage import tokenizer_from_dict, tokenizer_to_dict
+
+        return (tokenizer_from_dict, (tokenizer_to_dict(self), "pickled tokenizer"))
+
     def __repr__(self) -> str:
         pattern = self.pattern_name or "custom"
         return (
