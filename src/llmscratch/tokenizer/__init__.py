@@ -3,14 +3,21 @@
 Where to read what:
 
     patterns.py       the pre-tokenizer regexes (gpt2, gpt4, none)
-    bpe.py            merging one word's bytes into tokens
     train.py          the fast, incremental BPE trainer (`train_bpe`)
-    tokenizer.py      `Tokenizer`: encode, decode, special tokens, tiktoken fast path
+    reference.py      the textbook trainer it is tested against
+    bpe.py            merging one word's bytes into tokens
+    tokenizer.py      `Tokenizer`: encode, decode, special tokens
+    fast_path.py      the same encoding by tiktoken's Rust code, on all cores
     specials.py       special-token rules (which "<|...|>" text becomes an id)
     streaming.py      `StreamDecoder`, for printing generated text as it comes
     byte_alphabet.py  GPT-2's printable spelling of bytes, used in files
     storage.py        our tokenizer.json format (save / load)
     openai_files.py   GPT-2's encoder.json + vocab.bpe, and .tiktoken files
+    hf_json.py        Hugging Face tokenizer.json, import and export
+    text_files.py     streaming training text from files
+    cli.py, display.py  `llmscratch tokenizer train|encode|decode|inspect|convert`
+
+The guide is docs/tokenizer.md.
 
 Typical use::
 
