@@ -1,0 +1,156 @@
+"""Checkpoints you can trust: manifests, corruption, fallback, and bit-exact resume after SIGKILL.
+
+Also the loop's optional features that a run records: WSD schedule, MFU and
+memory, TensorBoard, activation checkpointing, `llmscratch plot`.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llmscratch.cli import main
+from llmscratch.config import TrainConfig
+from llmscratch.errors import LLMScratchError
+from llmscratch.model import GPT, get_preset
+from llmscratch.training.checkpoint import latest_checkpoint
+from llmscratch.training.optim import lr_at
+from llmscratch.training.parallel import apply_activation_checkpointing
+from tests.conftest import TINY_CONFIG
+
+QUIET = ["train.sample_every=0", "train.prompts=[]", "train.dtype=fp32", "train.log_every=1"]
+
+
+def records(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, small_text):
+    """8 steps with every optional feature on; a checkpoint every 2 steps, 3 kept."""
+    out = tmp_path_factory.mktemp("ckpt") / "run"
+    assert main(["pretrain", "--config", TINY_CONFIG, "--data", str(small_text), "--out", str(out),
+                 *QUIET, "train.max_steps=8", "train.checkpoint_every=2",
+                 "train.keep_checkpoints=3", "train.eval_every=4", "train.schedule=wsd",
+                 "train.tensorboard=true", "train.peak_flops=1e11",
+                 "train.activation_checkpointing=true"]) == 0
+    return out
+
+
+def test_wsd_schedule():
+    cfg = TrainConfig(max_steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1,
+                      schedule="wsd", decay_fraction=0.2)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert all(lr_at(s, cfg) == 1.0 for s in range(10, 80))  # stable until the last 20%
+    assert lr_at(89, cfg) == pytest.approx(1.0 - 0.9 * 10 / 20)  # halfway down
+    assert lr_at(99, cfg) == pytest.approx(0.1)  # ends at lr * min_lr_ratio
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    plain = GPT(get_preset("gpt2-tiny"))
+    recomputed = GPT(get_preset("gpt2-tiny"))
+    recomputed.load_state_dict(plain.state_dict())
+    apply_activation_checkpointing(recomputed)
+    ids = torch.randint(0, 512, (2, 16))
+    for model in (plain, recomputed):
+        model(ids).logsumexp(-1).mean().backward()
+    assert list(recomputed.state_dict()) == list(plain.state_dict())  # names unchanged
+    for a, b in zip(plain.parameters(), recomputed.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-7)
+
+
+def test_run_records_metrics_tensorboard_and_keeps_three_checkpoints(run, capsys):
+    kept = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
+    assert kept == ["step-00000004", "step-00000006", "step-00000008"]
+    steps = [r for r in records(run) if "loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, 9))
+    assert all(r["mfu"] > 0 and r["mem_gb"] > 0 for r in steps)
+    assert [r["lr"] for r in steps][5:] == sorted([r["lr"] for r in steps][5:], reverse=True)
+    assert any(p.name.startswith("events.out.tfevents") for p in (run / "tensorboard").iterdir())
+    (run / "training.png").unlink()
+    assert main(["plot", str(run)]) == 0 and (run / "training.png").is_file()
+    manifest = json.loads((run / "checkpoints/step-00000008/manifest.json").read_text())
+    assert set(manifest["files"]) == {"model.safetensors", "optimizer.pt", "state.json"}
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_corrupt_checkpoint_is_detected_and_fallback_only_when_asked(run, tmp_path, capsys,
+                                                                     damage):
+    broken = tmp_path / "broken"
+    shutil.copytree(run, broken)
+    weights = broken / "checkpoints/step-00000008/model.safetensors"
+    data = bytearray(weights.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+    else:
+        del data[len(data) // 2 :]
+    weights.write_bytes(bytes(data))
+    expected = "does not match its SHA-256" if damage == "flip" else "is truncated"
+    with pytest.raises(LLMScratchError, match=expected):
+        latest_checkpoint(broken)
+    assert main(["pretrain", "--resume", str(broken)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and "--fallback" in err and "\n" not in err
+    assert main(["pretrain", "--resume", str(broken), "--fallback", "train.max_steps=8"]) == 0
+    assert "falling back to step-00000006" in capsys.readouterr().err
+    assert latest_checkpoint(broken).name == "step-00000008"  # rewritten, intact
+
+
+# --- SIGKILL at an arbitrary step, then resume: bit-identical to an uninterrupted run ------
+
+# Runs the real CLI; each step is slowed by a sleep (which changes no number) so that the
+# test's kill lands while training, not after the run has finished.
+SLOW_CLI = """
+import sys, time
+from llmscratch.training import loop
+step = loop.Trainer.train_step
+def slow_step(self, state):
+    time.sleep(0.05)
+    return step(self, state)
+loop.Trainer.train_step = slow_step
+from llmscratch.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def cli(*args, slow=False, **kwargs):
+    command = [sys.executable, "-c", SLOW_CLI] if slow else [sys.executable, "-m", "llmscratch"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same threads in every run
+    return subprocess.Popen([*command, *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_sigkill_then_resume_is_bit_exact(tmp_path, small_text):
+    args = ["--config", TINY_CONFIG, "--data", str(small_text), *QUIET, "train.max_steps=30",
+            "train.checkpoint_every=4", "train.eval_every=0"]
+    straight = cli("pretrain", *args, "--out", str(tmp_path / "straight"))
+    killed_dir = tmp_path / "killed"
+    killed = cli("pretrain", *args, "--out", str(killed_dir), slow=True)
+    kill_after = 13  # not a checkpoint step: the resumed run must redo steps 13.. from step 12
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and killed.poll() is None:
+        log = killed_dir / "metrics.jsonl"
+        if log.is_file() and any(r.get("step", 0) >= kill_after for r in records(killed_dir)):
+            killed.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    assert killed.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert straight.wait() == 0, straight.stderr.read()
+    stopped_at = latest_checkpoint(killed_dir).name
+    assert "step-00000012" <= stopped_at < "step-00000030"
+
+    resumed = cli("pretrain", "--resume", str(killed_dir))
+    assert resumed.wait() == 0, resumed.stderr.read()
+    final = "checkpoints/step-00000030/model.safetensors"
+    a, b = load_file(tmp_path / "straight" / final), load_file(killed_dir / final)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    losses = {r["step"]: r["loss"] for r in records(tmp_path / "straight") if "loss" in r}
+    assert {r["step"]: r["loss"] for r in records(killed_dir) if "loss" in r} == losses
