@@ -17,8 +17,9 @@ What is compared (all on the same text):
   Hugging Face `tokenizers` (one string, and a batch of lines), and tiktoken
   called directly on one thread.
 
-Times are wall-clock seconds on whatever machine runs this; the header
-prints its CPU, core count and load average, since a busy shared machine
+Times are wall-clock seconds (MB/s is computed from them) on whatever
+machine runs this, plus the CPU seconds used by all threads; the header
+prints the CPU, core count and load average, since a busy shared machine
 slows everything. `--json` prints the same figures as one JSON object.
 """
 
@@ -37,11 +38,11 @@ from llmscratch.tokenizer.hf_json import save_hf_tokenizer
 from llmscratch.tokenizer.patterns import resolve_pattern
 
 
-def timed(function: Callable[[], object]) -> tuple[float, object]:
-    """Seconds one call takes, and what it returned."""
-    started = time.perf_counter()
+def timed(function: Callable[[], object]) -> tuple[tuple[float, float], object]:
+    """(wall seconds, CPU seconds of all threads) one call takes, and what it returned."""
+    started, cpu_started = time.perf_counter(), time.process_time()
     result = function()
-    return time.perf_counter() - started, result
+    return (time.perf_counter() - started, time.process_time() - cpu_started), result
 
 
 def load_corpus(patterns: list[str] | None) -> tuple[str, str]:
@@ -101,13 +102,15 @@ def run(text: str, vocab_size: int, pattern: str, tmp_dir: str) -> list[dict]:
     lines = text.splitlines(keepends=True)
     rows = []
 
-    def row(step: str, tool: str, seconds: float, per_mb: bool = True) -> None:
+    def row(step: str, tool: str, seconds: tuple[float, float]) -> None:
+        wall, cpu = seconds
         rows.append(
             {
                 "step": step,
                 "tool": tool,
-                "seconds": round(seconds, 3),
-                "mb_per_s": round(megabytes / seconds, 2) if per_mb else None,
+                "seconds": round(wall, 3),
+                "cpu_seconds": round(cpu, 3),
+                "mb_per_s": round(megabytes / wall, 2),
             }
         )
 
@@ -169,12 +172,13 @@ def print_table(result: dict) -> None:
         f"pattern {result['pattern']}\nmachine: {m['cpu']}, {m['cores']} cores, "
         f"load average {m['load_average_1min']} at start; Python {result['python']}\n"
     )
-    print("| step | tool | seconds | MB/s | ours (pure) vs this | ours (fast) vs this |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| step | tool | seconds | CPU s | MB/s | ours (pure) vs this | ours (fast) vs this |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for r in result["rows"]:
         fast = r.get("fast_path_speed_ratio")
         print(
-            f"| {r['step']} | {r['tool']} | {r['seconds']:.2f} | {r['mb_per_s']:.2f} | "
+            f"| {r['step']} | {r['tool']} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | "
+            f"{r['mb_per_s']:.2f} | "
             f"{r['ours_speed_ratio']:.2f}x | {f'{fast:.2f}x' if fast else ''} |"
         )
     print("\nratios: above 1 means llmscratch is faster (train: their time / ours; encode: "
