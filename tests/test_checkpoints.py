@@ -154,3 +154,19 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path, small_text):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     losses = {r["step"]: r["loss"] for r in records(tmp_path / "straight") if "loss" in r}
     assert {r["step"]: r["loss"] for r in records(killed_dir) if "loss" in r} == losses
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 1e3])
+def test_clip_gradients_matches_torch_bit_for_bit(max_norm):
+    from llmscratch.training.loop import clip_gradients
+
+    torch.manual_seed(0)
+    models = [GPT(get_preset("gpt2-tiny")) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    ids = torch.randint(0, 512, (2, 16))
+    for model in models:
+        model(ids).logsumexp(-1).mean().backward()
+    expected = torch.nn.utils.clip_grad_norm_(models[0].parameters(), max_norm)
+    assert clip_gradients(models[1].parameters(), max_norm) == float(expected)
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert torch.equal(a.grad, b.grad)
