@@ -1,13 +1,37 @@
-"""Causal multi-head self-attention, written out and fused.
+"""Causal self-attention: multi-head, grouped-query or multi-query; written out and fused.
 
 Legend: B batch, T tokens (queries), S keys (T, or more with a KV cache),
-D width (n_embd), H heads, Dh head width (D / H).
+D width (n_embd), H query heads, Hkv key/value heads, G = H / Hkv query heads
+per key/value head, Dh head width.
 
-Each token's vector is projected to a query, a key and a value per head. A
-token attends to itself and to every earlier token: its output is the
-average of their values, weighted by softmax(q . k / sqrt(Dh)). The causal
-mask hides later tokens, so the model can be trained on every position of a
-sequence at once without seeing the answer (Vaswani et al., 2017).
+Each token's vector is projected to queries, keys and values. A token attends
+to itself and to earlier tokens: its output is the average of their values,
+weighted by softmax(q . k / sqrt(Dh)). The causal mask hides later tokens, so
+a model trains on every position of a sequence at once without seeing the
+answer (Vaswani et al., 2017).
+
+Keys and values may have fewer heads than queries (Ainslie et al., 2023):
+
+    multi-head      H = Hkv       q q q q      every query head has its own k, v
+                                  | | | |
+                                  k k k k
+    grouped-query   Hkv = 2       q q q q      G = 2 query heads share one k, v
+                                   \\| |/
+                                  k     k
+    multi-query     Hkv = 1       q q q q      all query heads share one k, v
+                                   \\ | /
+                                     k
+
+Fewer key/value heads shrink the KV cache by G at a small cost in quality.
+
+Which keys a query may see (x: visible), causal and with a sliding window of 3:
+
+        k0 k1 k2 k3 k4              k0 k1 k2 k3 k4
+    q0  x  .  .  .  .           q0  x  .  .  .  .
+    q1  x  x  .  .  .           q1  x  x  .  .  .
+    q2  x  x  x  .  .           q2  x  x  x  .  .
+    q3  x  x  x  x  .           q3  .  x  x  x  .
+    q4  x  x  x  x  x           q4  .  .  x  x  x
 """
 
 from __future__ import annotations
@@ -20,66 +44,125 @@ from torch import nn
 
 from llmscratch.model.config import ModelConfig
 from llmscratch.model.kv_cache import KVCache
+from llmscratch.model.norms import RMSNorm
+from llmscratch.model.rope import apply_rope
 
 
-def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Attention spelled out: scores, causal mask, softmax, weighted sum.
+def visible_keys(
+    T: int,
+    S: int,
+    device: torch.device,
+    window: int = 0,
+    key_padding: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Which keys each query may attend to (True = visible).
 
-    q: (B, H, T, Dh); k, v: (B, H, S, Dh) with S >= T, where the T queries are
-    the last T of the S positions (S > T when earlier keys come from a cache).
-    Returns (B, H, T, Dh).
+    The T queries are the last T of the S positions: query i sits at position
+    S - T + i and sees key j when j <= that position (causal) and, with a
+    `window` W > 0, when j > position - W. `key_padding` (B, S), True for real
+    tokens, also hides padding keys - except a query's own position, so a
+    padding query always sees one key and its (ignored) output stays finite.
+    Returns (T, S), or (B, 1, T, S) with `key_padding`.
+    """
+    query_pos = torch.arange(S - T, S, device=device).unsqueeze(1)  # (T, 1)
+    key_pos = torch.arange(S, device=device).unsqueeze(0)  # (1, S)
+    visible = key_pos <= query_pos  # (T, S)
+    if window:
+        visible = visible & (key_pos > query_pos - window)  # (T, S)
+    if key_padding is not None:
+        is_self = key_pos == query_pos  # (T, S)
+        real_key = key_padding.bool()[:, None, None, :]  # (B, 1, 1, S)
+        visible = visible & (real_key | is_self)  # (B, 1, T, S)
+    return visible
+
+
+def explicit_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Attention spelled out: scores, mask, softmax, weighted sum.
+
+    q: (B, H, T, Dh); k, v: (B, H, S, Dh) with S >= T, the T queries being the
+    last T of the S positions. `visible` is a mask from `visible_keys`; None
+    means plain causal. Returns (B, H, T, Dh).
     """
     T, S = q.size(-2), k.size(-2)
+    if visible is None:
+        visible = visible_keys(T, S, q.device)  # (T, S)
     attn_scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, S)
-    # Query i sits at absolute position S - T + i and may see keys 0 .. S - T + i.
-    query_pos = torch.arange(S - T, S, device=q.device).unsqueeze(1)  # (T, 1)
-    key_pos = torch.arange(S, device=q.device).unsqueeze(0)  # (1, S)
-    future = key_pos > query_pos  # (T, S), True where the key is in the query's future
-    attn_scores = attn_scores.masked_fill(future, float("-inf"))
+    attn_scores = attn_scores.masked_fill(~visible, float("-inf"))
     attn_weights = torch.softmax(attn_scores.float(), dim=-1).to(v.dtype)  # (B, H, T, S)
     return attn_weights @ v  # (B, H, T, Dh)
 
 
-def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def fused_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor | None = None
+) -> torch.Tensor:
     """The same function through PyTorch's fused kernel (flash / memory-efficient)."""
+    if visible is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
     T, S = q.size(-2), k.size(-2)
     if T == S:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     if T == 1:  # one new token may see every cached key: no mask needed
         return F.scaled_dot_product_attention(q, k, v)
-    # Several new tokens after a cached prefix: the mask is offset by S - T.
-    query_pos = torch.arange(S - T, S, device=q.device).unsqueeze(1)
-    visible = torch.arange(S, device=q.device).unsqueeze(0) <= query_pos  # (T, S)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
+    # Several new tokens after a cached prefix: the causal mask is offset by S - T.
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=visible_keys(T, S, q.device))
 
 
 class CausalSelfAttention(nn.Module):
-    """GPT-2 attention: one fused q/k/v projection, H heads, an output projection."""
+    """One fused q/k/v projection, optional QK-norm and RoPE, H heads, an output projection."""
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         self.n_head = config.n_head
+        self.n_kv_head = config.kv_heads
         self.head_dim = config.head_dim
         self.layer_idx = layer_idx
         self.attn_impl = config.attn_impl
-        # One matmul makes queries, keys and values for all heads: (D) -> (3 D).
-        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        q_width = config.n_head * config.head_dim  # H Dh
+        kv_width = config.kv_heads * config.head_dim  # Hkv Dh
+        # One matmul makes queries, keys and values for all heads: (D) -> (H + 2 Hkv) Dh.
+        self.qkv = nn.Linear(config.n_embd, q_width + 2 * kv_width,
+                             bias=config.bias or config.qkv_bias)
+        self.split_sizes = [q_width, kv_width, kv_width]
+        # QK-norm (Qwen3): each head's query and key get unit RMS and a learned
+        # gain, which bounds the attention logits (Henry et al., 2020; Dehghani et al., 2023).
+        self.q_norm = RMSNorm(config.head_dim, config.norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(config.head_dim, config.norm_eps) if config.qk_norm else None
+        self.proj = nn.Linear(q_width, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        B, T, D = x.shape  # (B, T, D)
-        qkv = self.qkv(x)  # (B, T, 3D)
-        qkv = qkv.view(B, T, 3, self.n_head, self.head_dim)  # (B, T, 3, H, Dh)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, Dh)
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: KVCache | None = None,
+        visible: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x: (B, T, D); `rope`: (cos, sin) from rope.rope_angles, or None for
+        learned positions; `visible`: a mask from `visible_keys`, None for plain
+        causal. Returns (B, T, D)."""
+        B, T, _ = x.shape  # (B, T, D)
+        H, Hkv, Dh = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.qkv(x).split(self.split_sizes, dim=-1)  # (B, T, H Dh), 2 x (B, T, Hkv Dh)
+        q = q.view(B, T, H, Dh).transpose(1, 2)  # (B, H, T, Dh)
+        k = k.view(B, T, Hkv, Dh).transpose(1, 2)  # (B, Hkv, T, Dh)
+        v = v.view(B, T, Hkv, Dh).transpose(1, 2)  # (B, Hkv, T, Dh)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)  # (B, H, S, Dh), S = cached + T
+            k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, S, Dh), S = cached + T
+        if Hkv != H:  # grouped-query: each key/value head serves G query heads in a row
+            k = k.repeat_interleave(H // Hkv, dim=1)  # (B, H, S, Dh)
+            v = v.repeat_interleave(H // Hkv, dim=1)  # (B, H, S, Dh)
 
         if self.attn_impl == "explicit":
-            context = explicit_attention(q, k, v)  # (B, H, T, Dh)
+            context = explicit_attention(q, k, v, visible)  # (B, H, T, Dh)
         else:
-            context = fused_attention(q, k, v)  # (B, H, T, Dh)
+            context = fused_attention(q, k, v, visible)  # (B, H, T, Dh)
 
-        context = context.transpose(1, 2).reshape(B, T, D)  # (B, T, D): heads side by side
+        context = context.transpose(1, 2).reshape(B, T, H * Dh)  # (B, T, H Dh): heads side by side
         out = self.proj(context)  # (B, T, D)
         return F.dropout(out, self.dropout, self.training)

@@ -1,32 +1,80 @@
 """The model's architecture, as one typed config, and named presets.
 
-`ModelConfig` says everything needed to build `GPT` (model/transformer.py):
-sizes (vocabulary, context, width, depth, heads) and the few switches that
-change the architecture. Presets are looked up by exact name.
+`ModelConfig` says everything needed to build `GPT` (model/transformer.py).
+GPT-2, Llama 3, Qwen3 and Qwen3-MoE are one model with different switches:
+
+    field            GPT-2        Llama 3          Qwen3             Qwen3-MoE
+    positions        learned      rope (+llama3    rope              rope
+                                  scaling)
+    norm             layernorm    rmsnorm          rmsnorm           rmsnorm
+    mlp              gelu         swiglu           swiglu            moe
+    n_kv_head        = n_head     8 (grouped)      8 (grouped)       4 (grouped)
+    head_size        D / H        D / H            128               128
+    qk_norm          no           no               yes               yes
+    bias             yes          no               no                no
+    tie_embeddings   yes          1B, 3B: yes      up to 4B: yes     no
+
+Sizes that are usually derived have a 0 default meaning "derive it", read
+through a property: `n_kv_head` -> `kv_heads`, `head_size` -> `head_dim`,
+`mlp_hidden` -> `mlp_dim`. Presets are looked up by exact name.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+import torch
+
 from llmscratch.errors import LLMScratchError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass
 class ModelConfig:
-    """Architecture of a decoder-only transformer (GPT-2 family).
+    """Architecture of a decoder-only transformer (GPT-2, Llama 3, Qwen3, Qwen3-MoE).
 
     Fields:
         vocab_size: number of token ids the embedding and output layer cover.
-        context_length: longest sequence the model accepts (learned positions).
+        context_length: longest sequence the model accepts.
         n_layer: number of transformer blocks.
-        n_head: attention heads per block; `n_embd` must divide by it.
+        n_head: query heads per block.
         n_embd: width of the residual stream (d_model).
-        mlp_hidden: width of the MLP's hidden layer; 0 means 4 * n_embd (GPT-2).
-        dropout: dropout probability (0.0 for pretraining small models on CPU).
+        n_kv_head: key/value heads; 0 means n_head (multi-head attention),
+            1 is multi-query, anything between is grouped-query. Must divide n_head.
+        head_size: width of each head; 0 means n_embd / n_head. Qwen3 fixes it
+            at 128 whatever the width.
+        mlp_hidden: hidden width of the MLP (of each expert, for "moe");
+            0 means 4 * n_embd (GPT-2).
+        positions: "learned" (a position embedding table, GPT-2) or "rope"
+            (rotary embeddings of q and k, Su et al., 2021).
+        rope_theta: RoPE base; the slowest rotation has period ~2 pi theta.
+        rope_scaling: "none" or "llama3" (Llama 3.1's stretch of the slow
+            frequencies, set by the four fields below; see rope.py).
+        rope_factor: llama3 scaling: how much the slow frequencies are slowed.
+        rope_low_freq_factor: llama3 scaling: wavelengths above
+            rope_original_context / this are fully slowed.
+        rope_high_freq_factor: llama3 scaling: wavelengths below
+            rope_original_context / this are kept.
+        rope_original_context: llama3 scaling: the context length of pretraining.
+        norm: "layernorm" (GPT-2) or "rmsnorm" (Llama, Qwen).
+        norm_eps: epsilon of every norm (GPT-2 and Llama 3: 1e-5; Qwen3: 1e-6).
+        mlp: "gelu" (GPT-2), "swiglu" (Llama, Qwen) or "moe" (Qwen3-MoE: a
+            router and n_expert SwiGLU experts; see moe.py).
+        n_expert: experts per MoE layer (0 unless mlp is "moe").
+        n_expert_active: experts each token is routed to (top-k).
+        moe_renormalize: rescale the top-k router weights to sum to 1
+            (Qwen3-MoE: yes; Hugging Face calls it norm_topk_prob).
+        qk_norm: RMSNorm on each head's queries and keys before RoPE (Qwen3).
         bias: biases in Linear layers and LayerNorms (GPT-2: True).
+        qkv_bias: biases on the q/k/v projection even when `bias` is False.
+        sliding_window: each token sees itself and this many - 1 earlier tokens;
+            0 means all earlier tokens.
         tie_embeddings: the output layer reuses the token embedding matrix.
-        norm_eps: LayerNorm epsilon (GPT-2: 1e-5).
+        dtype: "fp32" or "bf16": the dtype weights are stored in (checkpoints,
+            converted models) and loaded in for inference. Training keeps fp32
+            weights and chooses its compute dtype itself (train.dtype).
+        dropout: dropout probability (0.0 for pretraining small models on CPU).
         attn_impl: "sdpa" (fused kernel, for speed) or "explicit" (mask + softmax,
             for reading). Both compute the same function; weights don't change.
     """
@@ -36,43 +84,131 @@ class ModelConfig:
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
+    n_kv_head: int = 0
+    head_size: int = 0
     mlp_hidden: int = 0
-    dropout: float = 0.0
-    bias: bool = True
-    tie_embeddings: bool = True
+    positions: str = "learned"
+    rope_theta: float = 10000.0
+    rope_scaling: str = "none"
+    rope_factor: float = 8.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_context: int = 8192
+    norm: str = "layernorm"
     norm_eps: float = 1e-5
+    mlp: str = "gelu"
+    n_expert: int = 0
+    n_expert_active: int = 0
+    moe_renormalize: bool = True
+    qk_norm: bool = False
+    bias: bool = True
+    qkv_bias: bool = False
+    sliding_window: int = 0
+    tie_embeddings: bool = True
+    dtype: str = "fp32"
+    dropout: float = 0.0
     attn_impl: str = "sdpa"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) <= 0:
-                raise LLMScratchError(
-                    f"model.{name} must be positive, got {getattr(self, name)}"
-                )
-        if self.n_embd % self.n_head:
-            raise LLMScratchError(
-                f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}; "
-                "pick a head count that divides the width"
-            )
-        if self.attn_impl not in ("sdpa", "explicit"):
-            raise LLMScratchError(
-                f"model.attn_impl must be 'sdpa' or 'explicit', got {self.attn_impl!r}"
-            )
+                _fail(name, getattr(self, name), "give a positive number")
+        for name in ("n_kv_head", "head_size", "mlp_hidden", "sliding_window"):
+            if getattr(self, name) < 0:
+                _fail(name, getattr(self, name), "give 0 (derive it) or a positive number")
+        if self.head_size == 0 and self.n_embd % self.n_head:
+            _fail("n_embd", self.n_embd, f"make it divisible by n_head={self.n_head}, "
+                  "or set head_size")
+        if self.n_head % self.kv_heads:
+            _fail("n_kv_head", self.n_kv_head, f"it must divide n_head={self.n_head}")
+        _check_choice("positions", self.positions, ("learned", "rope"))
+        _check_choice("rope_scaling", self.rope_scaling, ("none", "llama3"))
+        _check_choice("norm", self.norm, ("layernorm", "rmsnorm"))
+        _check_choice("mlp", self.mlp, ("gelu", "swiglu", "moe"))
+        _check_choice("dtype", self.dtype, tuple(DTYPES))
+        _check_choice("attn_impl", self.attn_impl, ("sdpa", "explicit"))
+        if self.positions == "rope" and self.head_dim % 2:
+            _fail("head_size", self.head_dim, "RoPE rotates pairs of features: use an even width")
+        if self.rope_theta <= 0:
+            _fail("rope_theta", self.rope_theta, "give a positive base such as 10000")
+        if self.rope_scaling == "llama3" and not (
+            self.rope_factor >= 1 and 0 < self.rope_low_freq_factor < self.rope_high_freq_factor
+            and self.rope_original_context > 0
+        ):
+            _fail("rope_factor", self.rope_factor, "llama3 scaling needs rope_factor >= 1, "
+                  "0 < rope_low_freq_factor < rope_high_freq_factor, rope_original_context > 0")
+        if self.norm_eps <= 0:
+            _fail("norm_eps", self.norm_eps, "give a small positive number such as 1e-5")
+        if self.mlp == "moe":
+            if self.n_expert < 1:
+                _fail("n_expert", self.n_expert, "a 'moe' MLP needs at least one expert")
+            if not 1 <= self.n_expert_active <= self.n_expert:
+                _fail("n_expert_active", self.n_expert_active,
+                      f"route each token to between 1 and n_expert={self.n_expert} experts")
+        elif self.n_expert or self.n_expert_active:
+            _fail("n_expert", self.n_expert, "experts need mlp='moe'; set both expert counts to 0")
         if not 0.0 <= self.dropout < 1.0:
-            raise LLMScratchError(f"model.dropout must be in [0, 1), got {self.dropout}")
+            _fail("dropout", self.dropout, "give a probability in [0, 1)")
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: `n_kv_head`, or one per query head when it is 0."""
+        return self.n_kv_head or self.n_head
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        """Width of each head: `head_size`, or n_embd / n_head when it is 0."""
+        return self.head_size or self.n_embd // self.n_head
 
     @property
     def mlp_dim(self) -> int:
         """Hidden width of the MLP: `mlp_hidden`, or GPT-2's 4 * n_embd when it is 0."""
         return self.mlp_hidden or 4 * self.n_embd
 
+    @property
+    def attention_kind(self) -> str:
+        if self.kv_heads == self.n_head:
+            return "multi-head"
+        return "multi-query" if self.kv_heads == 1 else "grouped-query"
 
-# GPT-2 sizes are those of OpenAI's release (and Hugging Face's GPT2LMHeadModel).
-# The small presets are for the CPU demo and for fast tests.
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+
+def _fail(name: str, value, fix: str):
+    raise LLMScratchError(f"model.{name}={value!r} is not valid: {fix}")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        _fail(name, value, "choose one of " + ", ".join(repr(c) for c in choices))
+
+
+def _llama3(**sizes) -> ModelConfig:
+    """Llama 3.x: 128k vocabulary, GQA with 8 kv heads, RoPE with llama3 scaling."""
+    family = dict(
+        vocab_size=128256, context_length=131072, n_kv_head=8, positions="rope",
+        rope_theta=500000.0, rope_scaling="llama3", rope_low_freq_factor=1.0,
+        rope_high_freq_factor=4.0, rope_original_context=8192, norm="rmsnorm", norm_eps=1e-5,
+        mlp="swiglu", bias=False, dtype="bf16",
+    )
+    return ModelConfig(**{**family, **sizes})
+
+
+def _qwen3(**sizes) -> ModelConfig:
+    """Qwen3: 152k vocabulary, 128-wide heads with QK-norm, GQA with 8 kv heads."""
+    family = dict(
+        vocab_size=151936, context_length=40960, n_kv_head=8, head_size=128, positions="rope",
+        rope_theta=1000000.0, norm="rmsnorm", norm_eps=1e-6, mlp="swiglu", qk_norm=True,
+        bias=False, dtype="bf16",
+    )
+    return ModelConfig(**{**family, **sizes})
+
+
+# Sizes are those of the released checkpoints (their config.json on the Hugging
+# Face hub); tests/test_families.py checks every parameter count against
+# `transformers`. The demo and tiny presets are for the CPU demo and for tests.
 PRESETS: dict[str, ModelConfig] = {
     "gpt2": ModelConfig(n_layer=12, n_head=12, n_embd=768),
     "gpt2-medium": ModelConfig(n_layer=24, n_head=16, n_embd=1024),
@@ -82,6 +218,32 @@ PRESETS: dict[str, ModelConfig] = {
     "gpt2-demo": ModelConfig(vocab_size=4096, context_length=256, n_layer=6, n_head=6, n_embd=192),
     # A few thousand parameters: for tests that must run in milliseconds.
     "gpt2-tiny": ModelConfig(vocab_size=512, context_length=64, n_layer=2, n_head=2, n_embd=32),
+    "llama-3.2-1b": _llama3(n_layer=16, n_head=32, n_embd=2048, mlp_hidden=8192,
+                            rope_factor=32.0, tie_embeddings=True),
+    "llama-3.2-3b": _llama3(n_layer=28, n_head=24, n_embd=3072, mlp_hidden=8192,
+                            rope_factor=32.0, tie_embeddings=True),
+    "llama-3.1-8b": _llama3(n_layer=32, n_head=32, n_embd=4096, mlp_hidden=14336,
+                            rope_factor=8.0, tie_embeddings=False),
+    "llama-3-tiny": _llama3(vocab_size=512, context_length=256, n_layer=2, n_head=4, n_embd=64,
+                            n_kv_head=2, mlp_hidden=128, rope_factor=8.0,
+                            rope_original_context=64, tie_embeddings=False, dtype="fp32"),
+    "qwen3-0.6b": _qwen3(n_layer=28, n_head=16, n_embd=1024, mlp_hidden=3072,
+                         tie_embeddings=True),
+    "qwen3-1.7b": _qwen3(n_layer=28, n_head=16, n_embd=2048, mlp_hidden=6144,
+                         tie_embeddings=True),
+    "qwen3-4b": _qwen3(n_layer=36, n_head=32, n_embd=2560, mlp_hidden=9728, tie_embeddings=True),
+    "qwen3-8b": _qwen3(n_layer=36, n_head=32, n_embd=4096, mlp_hidden=12288,
+                       tie_embeddings=False),
+    "qwen3-tiny": _qwen3(vocab_size=512, context_length=256, n_layer=2, n_head=4, n_embd=64,
+                         n_kv_head=2, head_size=32, mlp_hidden=128, tie_embeddings=True,
+                         dtype="fp32"),
+    # 30.5B parameters in all, 3.3B active per token: 8 of 128 experts.
+    "qwen3-30b-a3b": _qwen3(n_layer=48, n_head=32, n_embd=2048, n_kv_head=4, mlp="moe",
+                            mlp_hidden=768, n_expert=128, n_expert_active=8,
+                            tie_embeddings=False),
+    "qwen3-moe-tiny": _qwen3(vocab_size=512, context_length=256, n_layer=2, n_head=4, n_embd=64,
+                             n_kv_head=2, head_size=32, mlp="moe", mlp_hidden=32, n_expert=8,
+                             n_expert_active=2, tie_embeddings=False, dtype="fp32"),
 }
 
 

@@ -8,7 +8,8 @@ The buffers are allocated once at their full size and written by position,
 so tensor shapes never change between decode steps (friendly to
 `torch.compile` and to the allocator).
 
-Legend: B batch, H heads, T new tokens, Tmax cache capacity, Dh head width.
+Legend: B batch, Hkv key/value heads, T new tokens, Tmax cache capacity,
+Dh head width.
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ class KVCache:
         self,
         n_layer: int,
         batch_size: int,
-        n_head: int,
+        n_kv_head: int,
         max_len: int,
         head_dim: int,
         dtype: torch.dtype,
         device: torch.device | str,
     ) -> None:
-        shape = (batch_size, n_head, max_len, head_dim)  # (B, H, Tmax, Dh)
+        shape = (batch_size, n_kv_head, max_len, head_dim)  # (B, Hkv, Tmax, Dh)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
         self.max_len = max_len
@@ -42,9 +43,9 @@ class KVCache:
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this step's k, v (B, H, T, Dh) and return all keys/values so far.
+        """Store this step's k, v (B, Hkv, T, Dh) and return all keys/values so far.
 
-        Returns tensors of shape (B, H, pos + T, Dh): views into the buffers.
+        Returns tensors of shape (B, Hkv, pos + T, Dh): views into the buffers.
         """
         new_len = self.pos + k.size(2)
         if new_len > self.max_len:

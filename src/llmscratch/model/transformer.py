@@ -1,13 +1,19 @@
-"""The GPT-2 decoder-only transformer, top to bottom.
+"""The decoder-only transformer, top to bottom: GPT-2, Llama 3, Qwen3 and Qwen3-MoE.
 
-Legend: B batch, T tokens, D width (n_embd), V vocabulary, F MLP width.
+Legend: B batch, T tokens, S keys (cached + T), D width (n_embd), V vocabulary,
+F MLP width.
 
     token ids (B, T)
-      -> token embedding + learned position embedding     (B, T, D)
-      -> n_layer x Block:  x = x + attn(ln_1(x))            pre-LayerNorm residual
-                           x = x + mlp(ln_2(x))
-      -> final LayerNorm                                    (B, T, D)
-      -> output layer (tied to the token embedding)         (B, T, V) logits
+      -> token embedding (+ learned position embedding, GPT-2)  (B, T, D)
+      -> n_layer x Block:  x = x + attn(norm_1(x))              pre-norm residual
+                           x = x + mlp(norm_2(x))
+      -> final norm                                             (B, T, D)
+      -> output layer (optionally tied to the token embedding)  (B, T, V) logits
+
+The config's switches choose the parts (docs/families.md shows each switch):
+`positions` learned table or RoPE inside attention; `norm` LayerNorm or
+RMSNorm; `mlp` GELU, SwiGLU or Mixture of Experts; `n_kv_head`, `qk_norm`,
+`sliding_window` shape the attention.
 
 `forward` is only the math, in whatever dtype it is given: mixed precision,
 `torch.compile` and parallelism are applied from outside (training/).
@@ -22,13 +28,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmscratch.errors import LLMScratchError
-from llmscratch.model.attention import CausalSelfAttention
+from llmscratch.model.attention import CausalSelfAttention, visible_keys
 from llmscratch.model.config import ModelConfig
 from llmscratch.model.kv_cache import KVCache
+from llmscratch.model.moe import MoE
+from llmscratch.model.norms import RMSNorm, make_norm
+from llmscratch.model.rope import rope_angles, rope_frequencies
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: widen to F, GELU, project back to D."""
+    """GPT-2's feed-forward: widen to F, GELU, project back to D."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -41,52 +50,115 @@ class MLP(nn.Module):
         return F.dropout(self.proj(hidden), self.dropout, self.training)  # (B, T, D)
 
 
+class SwiGLU(nn.Module):
+    """Llama's and Qwen's feed-forward: a SiLU-gated linear unit (Shazeer, 2020).
+
+    Two projections to F: one passes through SiLU and gates the other
+    elementwise; a third projects back to D.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.gate = nn.Linear(config.n_embd, config.mlp_dim, bias=config.bias)
+        self.up = nn.Linear(config.n_embd, config.mlp_dim, bias=config.bias)
+        self.proj = nn.Linear(config.mlp_dim, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = F.silu(self.gate(x)) * self.up(x)  # (B, T, F)
+        return F.dropout(self.proj(hidden), self.dropout, self.training)  # (B, T, D)
+
+
+MLPS = {"gelu": MLP, "swiglu": SwiGLU, "moe": MoE}
+
+
 class Block(nn.Module):
     """One transformer block: attention then MLP, each as a pre-norm residual branch."""
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+        self.ln_1 = make_norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config, layer_idx)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
-        self.mlp = MLP(config)
+        self.ln_2 = make_norm(config, config.n_embd)
+        self.mlp = MLPS[config.mlp](config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache)  # (B, T, D)
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: KVCache | None = None,
+        visible: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, cache, visible)  # (B, T, D)
         x = x + self.mlp(self.ln_2(x))  # (B, T, D)
         return x
 
 
 class GPT(nn.Module):
-    """A GPT-2 language model: token ids in, next-token logits out."""
+    """A decoder-only language model: token ids in, next-token logits out."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
-        self.pos_emb = nn.Embedding(config.context_length, config.n_embd)
+        self.pos_emb = (
+            nn.Embedding(config.context_length, config.n_embd)
+            if config.positions == "learned" else None
+        )
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+        self.ln_f = make_norm(config, config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.init_weights()
 
+    @classmethod
+    def from_state_dict(cls, config: ModelConfig, tensors: dict[str, torch.Tensor]) -> GPT:
+        """A model whose parameters are `tensors` themselves: no copy, no initialisation.
+
+        The model is built on the meta device (shapes only, no memory), then
+        each parameter is replaced by its tensor, in that tensor's dtype and
+        device. A tied output layer may be absent from `tensors`.
+        """
+        with torch.device("meta"):
+            model = cls(config)
+        expected = dict(model.state_dict())
+        if config.tie_embeddings:
+            expected.pop("lm_head.weight")
+            tensors = {k: v for k, v in tensors.items() if k != "lm_head.weight"}
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        if missing or unexpected:
+            raise LLMScratchError(
+                f"weights do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
+        for name, tensor in tensors.items():
+            if tensor.shape != expected[name].shape:
+                raise LLMScratchError(
+                    f"tensor {name} has shape {tuple(tensor.shape)}, the model expects "
+                    f"{tuple(expected[name].shape)}; the config does not match the weights"
+                )
+        model.load_state_dict(tensors, strict=False, assign=True)
+        if config.tie_embeddings:  # assign replaced the embedding: share it again
+            model.lm_head.weight = model.tok_emb.weight
+        return model
+
     @torch.no_grad()
     def init_weights(self) -> None:
-        """GPT-2 initialisation, all in one place.
+        """GPT-2 initialisation, for every family, all in one place.
 
-        | parameter                             | init                        |
-        |---------------------------------------|-----------------------------|
-        | embeddings, Linear weights            | normal(0, 0.02)             |
-        | residual projections (attn.proj,      | normal(0, 0.02/sqrt(2 L))   |
-        |   mlp.proj)                           |                             |
-        | biases                                | 0                           |
-        | LayerNorm weight / bias               | 1 / 0                       |
+        | parameter                               | init                      |
+        |-----------------------------------------|---------------------------|
+        | embeddings, Linear weights, experts     | normal(0, 0.02)           |
+        | residual projections (attn.proj,        | normal(0, 0.02/sqrt(2 L)) |
+        |   mlp.proj, experts' proj)              |                           |
+        | biases                                  | 0                         |
+        | LayerNorm / RMSNorm weight, bias        | 1 / 0                     |
 
         Each of the 2 L residual branches adds to the stream; shrinking their
         output projections keeps the stream's variance from growing with depth
         (Radford et al., 2019, "Language Models are Unsupervised Multitask Learners").
+        On the meta device every step is free: nothing is allocated.
         """
         residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
         for name, module in self.named_modules():
@@ -95,32 +167,66 @@ class GPT(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+            elif isinstance(module, MoE):
+                nn.init.normal_(module.gate, mean=0.0, std=0.02)
+                nn.init.normal_(module.up, mean=0.0, std=0.02)
+                nn.init.normal_(module.proj, mean=0.0, std=residual_std)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            elif isinstance(module, nn.LayerNorm):
+            elif isinstance(module, (nn.LayerNorm, RMSNorm)):
                 nn.init.ones_(module.weight)
-                if module.bias is not None:
+                if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
 
-    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits for the next token at every position.
 
         input_ids: (B, T) int64. With a `cache`, these are the tokens that follow
         the `cache.pos` tokens already stored, and the cache is advanced by T.
+        attention_mask: optional (B, S), S = cache.pos + T: 1 for real tokens, 0
+        for padding. Padding keys are hidden and positions count real tokens
+        only, so each row of a padded batch (left or right) gets the logits it
+        would get alone; logits at padding positions are meaningless.
         Returns logits (B, T, V).
         """
+        c = self.config
         B, T = input_ids.shape
         start = cache.pos if cache is not None else 0
-        if start + T > self.config.context_length:
+        S = start + T
+        if S > c.context_length:
             raise LLMScratchError(
-                f"sequence of {start + T} tokens is longer than the model's context "
-                f"length {self.config.context_length}; shorten the input"
+                f"sequence of {S} tokens is longer than the model's context "
+                f"length {c.context_length}; shorten the input"
             )
-        positions = torch.arange(start, start + T, device=input_ids.device)  # (T,)
-        x = self.tok_emb(input_ids) + self.pos_emb(positions)  # (B, T, D)
-        x = F.dropout(x, self.config.dropout, self.training)
+        device = input_ids.device
+        if attention_mask is None:
+            positions = torch.arange(start, S, device=device)  # (T,)
+        else:
+            if attention_mask.shape != (B, S):
+                raise ValueError(f"attention_mask must have shape {(B, S)}, "
+                                 f"got {tuple(attention_mask.shape)}")
+            # A token's position is the number of real tokens before it.
+            real_before = attention_mask.long().cumsum(dim=-1) - 1  # (B, S)
+            positions = real_before[:, start:].clamp(min=0)  # (B, T)
+
+        x = self.tok_emb(input_ids)  # (B, T, D)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)  # (B, T, D)
+        rope = None
+        if c.positions == "rope":
+            rope = rope_angles(positions, rope_frequencies(c, device))  # 2 x (T, Dh) or (B,1,T,Dh)
+        # Plain causal attention needs no mask tensor (the fused kernel makes its own).
+        visible = None
+        if attention_mask is not None or c.sliding_window:
+            visible = visible_keys(T, S, device, c.sliding_window, attention_mask)
+        x = F.dropout(x, c.dropout, self.training)
         for block in self.blocks:
-            x = block(x, cache)  # (B, T, D)
+            x = block(x, rope, cache, visible)  # (B, T, D)
         if cache is not None:
             cache.advance(T)
         x = self.ln_f(x)  # (B, T, D)
@@ -131,35 +237,51 @@ class GPT(nn.Module):
         param = self.lm_head.weight
         c = self.config
         return KVCache(
-            c.n_layer, batch_size, c.n_head, max_len or c.context_length, c.head_dim,
+            c.n_layer, batch_size, c.kv_heads, max_len or c.context_length, c.head_dim,
             dtype=param.dtype, device=param.device,
         )
 
-    def num_params(self, non_embedding: bool = False) -> int:
+    def num_params(self, non_embedding: bool = False, active: bool = False) -> int:
         """Parameter count (tied weights counted once).
 
         With `non_embedding`, position and token embeddings are left out, the
         convention of scaling-law papers (Kaplan et al., 2020). With tied
         embeddings the output layer shares the token embedding, so it goes too.
+        With `active`, a Mixture of Experts counts only the K experts a token
+        uses in each layer, not all E.
         """
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= self.pos_emb.weight.numel() + self.tok_emb.weight.numel()
+            n -= self.tok_emb.weight.numel()
+            if self.pos_emb is not None:
+                n -= self.pos_emb.weight.numel()
             if not self.config.tie_embeddings:
                 n -= self.lm_head.weight.numel()
+        if active and self.config.mlp == "moe":
+            idle = self.config.n_expert - self.config.n_expert_active
+            n -= sum(idle * block.mlp.expert_params() for block in self.blocks)
         return n
 
-    def flops_per_token(self, seq_len: int | None = None) -> int:
-        """Training FLOPs per token: 6 N for the weights + 12 L T D for attention.
+    def flops_per_token(self, seq_len: int | None = None, training: bool = True) -> int:
+        """FLOPs per token: 2 N_active for the weights + 4 L T' H Dh for attention,
+        forward; training is 3 x forward (the backward pass costs two forwards).
 
-        Forward is 2 FLOPs per weight per token, backward twice that (Kaplan et
-        al., 2020, appendix; PaLM, Chowdhery et al., 2022, appendix B).
+        Every weight is one multiply-add (2 FLOPs) per token; attention scores
+        and the weighted sum cost 2 T' H Dh each, where T' is the number of
+        keys a token reads: T, or the sliding window. With H Dh = D this is
+        6 N + 12 L T D for training (Kaplan et al., 2020, appendix; PaLM,
+        Chowdhery et al., 2022, appendix B).
         """
         c = self.config
-        T = seq_len or c.context_length
+        keys = seq_len or c.context_length
+        if c.sliding_window:
+            keys = min(keys, c.sliding_window)
         # Every weight is used in a matmul except the embedding lookups; a tied
         # token embedding is still used once, as the output layer.
-        n_matmul = self.num_params() - self.pos_emb.weight.numel()
+        n_matmul = self.num_params(active=True)
+        if self.pos_emb is not None:
+            n_matmul -= self.pos_emb.weight.numel()
         if not c.tie_embeddings:
             n_matmul -= self.tok_emb.weight.numel()
-        return 6 * n_matmul + 12 * c.n_layer * T * c.n_embd
+        forward = 2 * n_matmul + 4 * c.n_layer * keys * c.n_head * c.head_dim
+        return 3 * forward if training else forward

@@ -1,0 +1,40 @@
+"""Normalisation layers: LayerNorm (GPT-2) and RMSNorm (Llama, Qwen).
+
+Legend: ... any leading dimensions, D the width being normalised.
+
+Both rescale each vector so that its size no longer depends on the layer
+before it. LayerNorm subtracts the mean and divides by the standard
+deviation, then applies a gain and a bias (Ba et al., 2016). RMSNorm skips
+the centring and the bias and divides by the root mean square alone (Zhang &
+Sennrich, 2019): cheaper, and in practice as good.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llmscratch.model.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight, over the last dimension."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The mean of squares is taken in fp32 even for bf16 inputs: squaring
+        # small bf16 numbers loses most of their digits.
+        x32 = x.float()  # (..., D)
+        inv_rms = torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)  # (..., 1)
+        return self.weight * (x32 * inv_rms).to(x.dtype)  # (..., D)
+
+
+def make_norm(config: ModelConfig, dim: int) -> nn.Module:
+    """The norm the config asks for (`config.norm`), over vectors of width `dim`."""
+    if config.norm == "rmsnorm":
+        return RMSNorm(dim, config.norm_eps)
+    return nn.LayerNorm(dim, eps=config.norm_eps, bias=config.bias)

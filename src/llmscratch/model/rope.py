@@ -1,0 +1,87 @@
+"""Rotary position embeddings (RoPE), with Llama 3's frequency scaling.
+
+Legend: B batch, H heads, T tokens, Dh head width, P = Dh / 2 rotated pairs.
+
+RoPE (Su et al., 2021, "RoFormer") gives attention a sense of order without a
+position table: before q and k meet, each pair of their features is rotated
+by an angle proportional to the token's position, pair p at frequency
+
+    freq_p = theta ** (-2 p / Dh),        p = 0 .. P-1
+
+so fast pairs turn almost a radian per token and slow ones barely move. A
+rotation by angle a of q and by b of k changes their dot product only through
+b - a: attention scores depend on how far apart two tokens are, not where.
+
+Pairing: feature p is paired with feature p + P (the "rotate half" layout of
+Hugging Face checkpoints). Meta's original code pairs neighbours 2p, 2p + 1;
+the two agree after permuting the rows of the q and k projections, which the
+Hugging Face conversion did once, so its weights load here unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from llmscratch.model.config import ModelConfig
+
+
+def rope_frequencies(config: ModelConfig, device: torch.device | str | None = None) -> torch.Tensor:
+    """Rotation frequency of each feature pair, in radians per token: (P,) float32."""
+    exponents = torch.arange(0, config.head_dim, 2, device=device, dtype=torch.float32)  # (P,)
+    freqs = 1.0 / config.rope_theta ** (exponents / config.head_dim)  # (P,)
+    if config.rope_scaling == "llama3":
+        freqs = llama3_scaled(freqs, config)
+    return freqs
+
+
+def llama3_scaled(freqs: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """Llama 3.1's frequency scaling, for contexts longer than pretraining's.
+
+    A pair's wavelength (2 pi / freq) is the number of tokens per full turn.
+    With L = `rope_original_context` tokens seen in pretraining:
+
+    - short wavelengths (< L / high_freq_factor) turn many times within L and
+      encode local order: they are kept;
+    - long wavelengths (> L / low_freq_factor) never completed a turn within L:
+      they are slowed by `rope_factor`, so the longer context maps onto angles
+      the model has seen;
+    - in between, the two are blended linearly in L / wavelength.
+
+    (Meta, 2024, "The Llama 3 Herd of Models"; reference code in llama-models.)
+    """
+    c = config
+    wavelengths = 2 * math.pi / freqs  # (P,) tokens per turn
+    # 1 = keep the frequency, 0 = divide it by the factor, fractions blend.
+    keep = (c.rope_original_context / wavelengths - c.rope_low_freq_factor) / (
+        c.rope_high_freq_factor - c.rope_low_freq_factor
+    )
+    keep = keep.clamp(0.0, 1.0)  # (P,)
+    return keep * freqs + (1 - keep) * freqs / c.rope_factor
+
+
+def rope_angles(positions: torch.Tensor, freqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of every rotation angle, laid out to match the features.
+
+    positions: (T,) or (B, T) integer positions; freqs: (P,).
+    Returns cos, sin: (T, Dh), or (B, 1, T, Dh) for per-row positions (padding),
+    ready to broadcast against q and k of shape (B, H, T, Dh).
+    """
+    angles = positions.float().unsqueeze(-1) * freqs  # (..., T, P)
+    angles = torch.cat([angles, angles], dim=-1)  # (..., T, Dh): pair p and p + P share an angle
+    if angles.dim() == 3:
+        angles = angles.unsqueeze(1)  # (B, 1, T, Dh): one angle for every head
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair (x_p, x_{p+P}) of x (B, H, T, Dh) by its angle; same shape out.
+
+    The rotation [[cos, -sin], [sin, cos]] applied to (a, b) gives
+    (a cos - b sin, b cos + a sin): x * cos plus the "rotated half" (-b, a) * sin.
+    """
+    half = x.size(-1) // 2
+    first, second = x[..., :half], x[..., half:]  # (B, H, T, P) each
+    rotated_half = torch.cat([-second, first], dim=-1)  # (B, H, T, Dh)
+    return x * cos.to(x.dtype) + rotated_half * sin.to(x.dtype)
