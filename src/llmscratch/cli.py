@@ -150,6 +150,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from llmscratch.data.cli import register as register_data
+    from llmscratch.model.cli import register as register_model
     from llmscratch.tokenizer.cli import register as register_tokenizer
     from llmscratch.training.cli import register as register_training
 
@@ -168,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     register_tokenizer(sub)
+    register_model(sub)
     register_data(sub)
     register_training(sub)
 

@@ -1,0 +1,103 @@
+"""Parameters, FLOPs and memory of a model, from its config alone.
+
+Legend: B batch, T tokens, L layers, D width, H heads, Hkv key/value heads,
+Dh head width, F MLP width, V vocabulary, E experts, K active experts.
+
+Parameters are counted on a model built on the meta device: exact, and free
+even for a 30B model. Memory is estimated from them and from the shapes:
+
+    weights       N x bytes per value
+    gradients     N x bytes (one per weight)
+    optimizer     2 N x bytes (AdamW's two moments; PyTorch keeps them in the
+                  weights' dtype)
+    activations   B T x [L x per_layer + D + V] x bytes + B T V x 4: the
+                  tensors autograd keeps for the backward pass, with fused
+                  attention (no T x T scores), plus the logits' fp32 softmax.
+                  per_layer = 4 D + (2 H + 3 Hkv) Dh + mlp, where mlp is
+                  2 F (GELU), 4 F (SwiGLU) or K (D + 4 F) + E (MoE)
+    KV cache      2 L B T Hkv Dh x bytes (inference)
+
+Training needs weights + gradients + optimizer + activations; inference
+needs weights + KV cache. Activations are an estimate (within tens of
+percent); the weights are exact.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llmscratch.model.config import DTYPES, ModelConfig
+from llmscratch.model.transformer import GPT
+
+
+def footprint(config: ModelConfig, batch: int = 1, seq: int = 0, dtype: str = "") -> dict:
+    """Parameter counts, FLOPs per token and memory estimates as one JSON-able dict.
+
+    seq: tokens per sequence (0 = the context length); dtype: "fp32" or "bf16"
+    for weights and activations ("" = the config's).
+    """
+    c = config
+    T = seq or c.context_length
+    dtype = dtype or c.dtype
+    nbytes = DTYPES[dtype].itemsize
+    with torch.device("meta"):
+        model = GPT(c)
+    total = model.num_params()
+    non_embedding = model.num_params(non_embedding=True)
+    active = model.num_params(active=True)
+
+    if c.mlp == "gelu":
+        mlp = 2 * c.mlp_dim
+    elif c.mlp == "swiglu":
+        mlp = 4 * c.mlp_dim
+    else:
+        mlp = c.n_expert_active * (c.n_embd + 4 * c.mlp_dim) + c.n_expert
+    per_layer = 4 * c.n_embd + (2 * c.n_head + 3 * c.kv_heads) * c.head_dim + mlp
+    per_token = c.n_layer * per_layer + c.n_embd + c.vocab_size
+    memory = {
+        "weights": total * nbytes,
+        "gradients": total * nbytes,
+        "optimizer": 2 * total * nbytes,
+        "activations": batch * T * (per_token * nbytes + c.vocab_size * 4),
+        "kv_cache": 2 * c.n_layer * batch * T * c.kv_heads * c.head_dim * nbytes,
+    }
+    memory["training_total"] = sum(memory[k] for k in ("weights", "gradients", "optimizer",
+                                                       "activations"))
+    memory["inference_total"] = memory["weights"] + memory["kv_cache"]
+    return {
+        "architecture": describe(c),
+        "batch": batch,
+        "seq": T,
+        "dtype": dtype,
+        "parameters": {
+            "total": total,
+            "embedding": total - non_embedding,
+            "non_embedding": non_embedding,
+            "active": active,
+        },
+        "flops_per_token": {
+            "training": model.flops_per_token(T, training=True),
+            "inference": model.flops_per_token(T, training=False),
+        },
+        "memory_bytes": memory,
+    }
+
+
+def describe(c: ModelConfig) -> str:
+    """One line naming the architecture's parts."""
+    attention = f"{c.n_head} heads of width {c.head_dim} ({c.attention_kind}"
+    attention += f", {c.kv_heads} kv heads)" if c.kv_heads != c.n_head else ")"
+    mlp = f"{c.mlp} MLP of width {c.mlp_dim}"
+    if c.mlp == "moe":
+        mlp = f"MoE of {c.n_expert} experts ({c.n_expert_active} active) of width {c.mlp_dim}"
+    positions = "learned positions" if c.positions == "learned" else f"RoPE theta {c.rope_theta:g}"
+    if c.rope_scaling == "llama3":
+        positions += f" (llama3 scaling x{c.rope_factor:g})"
+    parts = [f"{c.n_layer} layers of width {c.n_embd}", attention, mlp, c.norm, positions,
+             f"vocabulary {c.vocab_size}", f"context {c.context_length}"]
+    if c.qk_norm:
+        parts.append("QK-norm")
+    if c.sliding_window:
+        parts.append(f"sliding window {c.sliding_window}")
+    parts.append("tied embeddings" if c.tie_embeddings else "untied embeddings")
+    return ", ".join(parts)

@@ -1,0 +1,86 @@
+"""Tiny random Hugging Face models of each family, built locally (never downloaded).
+
+Each family's sizes are shrunk but keep its distinguishing features: GQA,
+Llama 3 rope scaling (with an original context shorter than the test
+sequences, so the scaling matters), Qwen3's head width independent of the
+width and its tied embeddings, and Qwen3-MoE's renormalised top-k routing.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import torch
+
+from llmscratch.tokenizer import Tokenizer, train_bpe
+from llmscratch.tokenizer.hf_json import save_hf_tokenizer
+
+FAMILIES = ["gpt2", "llama", "qwen3", "qwen3_moe"]
+VOCAB = 320
+SPECIALS = {
+    "gpt2": ("<|endoftext|>",),
+    "llama": ("<|begin_of_text|>", "<|end_of_text|>"),
+    "qwen3": ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+    "qwen3_moe": ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+}
+TEXT = (
+    "First Citizen: Before we proceed any further, hear me speak.\n"
+    "All: Speak, speak.\nFirst Citizen: You are all resolved rather to die than to famish?\n"
+    "All: Resolved. resolved.\nFirst Citizen: First, you know Caius Marcius is chief enemy "
+    "to the people.\nAll: We know't, we know't.\n"
+) * 20
+
+
+def hf_config(family: str, **overrides):
+    """A tiny `transformers` config of `family` (no bos/eos, so generation never stops)."""
+    from transformers import GPT2Config, LlamaConfig, Qwen3Config, Qwen3MoeConfig
+
+    no_specials = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+    if family == "gpt2":
+        return GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                          **no_specials, **overrides)
+    common = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=128, **no_specials)
+    if family == "llama":
+        rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+        return LlamaConfig(**{**common, "intermediate_size": 64, "rope_theta": 500000.0,
+                              "rope_scaling": rope, "rms_norm_eps": 1e-5,
+                              "tie_word_embeddings": False, **overrides})
+    if family == "qwen3":
+        return Qwen3Config(**{**common, "intermediate_size": 64, "head_dim": 16,
+                              "tie_word_embeddings": True, **overrides})
+    return Qwen3MoeConfig(**{**common, "moe_intermediate_size": 16, "head_dim": 16,
+                             "num_experts": 8, "num_experts_per_tok": 2, "norm_topk_prob": True,
+                             **overrides})
+
+
+def hf_model(family: str, seed: int = 0, **overrides):
+    """A tiny random `transformers` model of `family`, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(hf_config(family, **overrides))
+    with torch.no_grad():  # wider than the 0.02 init, so logits differ clearly between tokens
+        for param in model.parameters():
+            if param.dim() >= 2:
+                param.normal_(0.0, 0.1)
+    return model.eval()
+
+
+@functools.cache
+def tokenizer(family: str) -> Tokenizer:
+    """A byte-level BPE of VOCAB ids with the family's special tokens."""
+    return train_bpe([TEXT], vocab_size=VOCAB, special_tokens=SPECIALS[family])
+
+
+def save_folder(model, family: str, folder: Path, **save_options) -> Path:
+    """Save `model` as a Hugging Face folder with a tokenizer, as downloads look."""
+    model.save_pretrained(folder, **save_options)
+    save_hf_tokenizer(tokenizer(family), folder)
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"})
+    )
+    return folder

@@ -1,0 +1,201 @@
+"""Hugging Face checkpoints in and out, proven against `transformers` on tiny local models.
+
+For each family: import a random HF model and compare logits (fp32, max abs
+1e-4), greedy generation and parameter counts; export it back and reload it
+with transformers; generate and eval through the CLI on the imported run.
+Then every bad input gives one line and exit code 2.
+"""
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from llmscratch.cli import main
+from llmscratch.errors import LLMScratchError
+from llmscratch.generation.sampling import SamplingConfig, generate
+from llmscratch.model import get_preset
+from llmscratch.model.hf_config import family_of
+from llmscratch.model.hf_convert import load_hf_model
+from llmscratch.training.checkpoint import load_run
+from tests.hf_tiny import FAMILIES, TEXT, VOCAB, hf_model, save_folder, tokenizer
+
+transformers = pytest.importorskip("transformers", reason="the hf extra is not installed")
+TOLERANCE = 1e-4  # max abs logit difference, fp32
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.float() - b.float()).abs().max().item()
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """family -> (HF model, its folder, the run directory converted from it)."""
+    root = tmp_path_factory.mktemp("hf")
+    result = {}
+    for family in FAMILIES:
+        model = hf_model(family)
+        folder = save_folder(model, family, root / family)
+        run = root / f"{family}-run"
+        assert main(["convert", "from-hf", str(folder), str(run)]) == 0
+        result[family] = (model, folder, run)
+    return result
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_import_matches_transformers(folders, family):
+    hf, folder, _ = folders[family]
+    ours = load_hf_model(folder)
+    ids = torch.randint(0, VOCAB, (2, 40))
+    with torch.no_grad():
+        assert max_diff(ours(ids), hf(ids).logits) <= TOLERANCE
+    assert ours.num_params() == sum(p.numel() for p in hf.parameters())
+
+    prompt = ids[0, :5].tolist()
+    with torch.no_grad():
+        theirs = hf.generate(ids[:1, :5], max_new_tokens=20, do_sample=False,
+                             attention_mask=torch.ones(1, 5, dtype=torch.int64))
+    ours_new = generate(ours, prompt, SamplingConfig(max_new_tokens=20, temperature=0))
+    assert ours_new == theirs[0, 5:].tolist()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_export_reloads_in_transformers(folders, family, tmp_path):
+    hf, _, run = folders[family]
+    out = tmp_path / "exported"
+    assert main(["convert", "to-hf", str(run), str(out)]) == 0
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.randint(0, VOCAB, (2, 40))
+    with torch.no_grad():
+        assert max_diff(reloaded(ids).logits, hf(ids).logits) <= TOLERANCE
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    text = TEXT[:300]
+    assert hf_tokenizer.encode(text, add_special_tokens=False) == tokenizer(family).encode(text)
+
+
+def test_converted_run_works_with_generate_and_eval(folders, tmp_path, capsys):
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(TEXT[:2000])
+    for family in ("gpt2", "qwen3_moe"):
+        run = folders[family][2]
+        assert main(["generate", "--run", str(run), "--prompt", "First Citizen:",
+                     "--max-new-tokens", "10", "--temperature", "0", "--json"]) == 0
+        assert len(json.loads(capsys.readouterr().out)["token_ids"]) == 10
+    for family in FAMILIES:
+        assert main(["eval", "--run", str(folders[family][2]), "--data", str(text_file),
+                     "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["tokens"] > 100
+
+
+def test_sharded_checkpoint_and_bf16(tmp_path):
+    hf = hf_model("llama")
+    folder = save_folder(hf, "llama", tmp_path / "sharded", max_shard_size="20KB")
+    assert (folder / "model.safetensors.index.json").is_file()
+    ids = torch.randint(0, VOCAB, (1, 30))
+    with torch.no_grad():
+        expected = hf(ids).logits
+        assert max_diff(load_hf_model(folder)(ids), expected) <= TOLERANCE
+        half = load_hf_model(folder, dtype="bf16")
+        assert half.tok_emb.weight.dtype == torch.bfloat16
+        assert max_diff(half(ids), expected) < 0.1 * expected.abs().max().item()
+
+
+def test_our_pretrained_run_exports_to_gpt2(tiny_run, tmp_path):
+    out = tmp_path / "demo-hf"
+    assert main(["convert", "to-hf", str(tiny_run), str(out)]) == 0
+    model, _, _ = load_run(tiny_run)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(reloaded).__name__ == "GPT2LMHeadModel"
+    ids = torch.randint(0, model.config.vocab_size, (2, 30))
+    with torch.no_grad():
+        assert max_diff(reloaded(ids).logits, model(ids)) <= TOLERANCE
+
+
+# --- bad input: one line, exit code 2 ------------------------------------------------
+
+
+def convert_error(capsys, *args: str) -> str:
+    capsys.readouterr()  # drop what building the fixture printed
+    assert main(["convert", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+@pytest.fixture
+def qwen_folder(tmp_path):
+    return save_folder(hf_model("qwen3"), "qwen3", tmp_path / "qwen3")
+
+
+def test_unknown_architecture_lists_the_supported_ones(qwen_folder, tmp_path, capsys):
+    config = json.loads((qwen_folder / "config.json").read_text())
+    config["architectures"] = ["MistralForCausalLM"]
+    (qwen_folder / "config.json").write_text(json.dumps(config))
+    err = convert_error(capsys, "from-hf", str(qwen_folder), str(tmp_path / "out"))
+    assert "MistralForCausalLM" in err and "LlamaForCausalLM" in err and "GPT2LMHeadModel" in err
+
+
+def test_missing_shard(tmp_path, capsys):
+    folder = save_folder(hf_model("qwen3"), "qwen3", tmp_path / "q", max_shard_size="20KB")
+    shard = sorted(folder.glob("model-*.safetensors"))[-1]
+    shard.unlink()
+    err = convert_error(capsys, "from-hf", str(folder), str(tmp_path / "out"))
+    assert "missing shard" in err and shard.name in err
+
+
+def rewrite_weights(folder, edit) -> None:
+    path = folder / "model.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    edit(tensors)
+    save_file(tensors, path)
+
+
+def test_missing_tensor_is_named(qwen_folder, tmp_path, capsys):
+    name = "model.layers.1.self_attn.k_norm.weight"
+    rewrite_weights(qwen_folder, lambda t: t.pop(name))
+    err = convert_error(capsys, "from-hf", str(qwen_folder), str(tmp_path / "out"))
+    assert name in err and "missing" in err
+
+
+def test_shape_mismatch_names_tensor_and_both_shapes(qwen_folder, tmp_path, capsys):
+    name = "model.layers.0.mlp.up_proj.weight"
+    rewrite_weights(qwen_folder, lambda t: t.update({name: torch.zeros(60, 32)}))
+    err = convert_error(capsys, "from-hf", str(qwen_folder), str(tmp_path / "out"))
+    assert name in err and "(60, 32)" in err and "(64, 32)" in err
+
+
+def test_unsupported_dtype(qwen_folder, tmp_path, capsys):
+    err = convert_error(capsys, "from-hf", str(qwen_folder), str(tmp_path / "out"),
+                        "--dtype", "fp16")
+    assert "fp16" in err and "bf16" in err
+    name = "model.norm.weight"
+    rewrite_weights(qwen_folder, lambda t: t.update({name: torch.ones(32, dtype=torch.int8)}))
+    err = convert_error(capsys, "from-hf", str(qwen_folder), str(tmp_path / "out"))
+    assert name in err and "I8" in err
+
+
+def test_corrupt_safetensors_header(qwen_folder, tmp_path, capsys):
+    path = qwen_folder / "model.safetensors"
+    path.write_bytes(b"\xff" * 8 + path.read_bytes()[8:])  # header length: absurd
+    err = convert_error(capsys, "from-hf", str(qwen_folder), str(tmp_path / "out"))
+    assert "model.safetensors" in err and "corrupt" in err
+
+
+def test_existing_output_and_offline_hub_id(qwen_folder, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "taken"
+    out.mkdir()
+    assert "already exists" in convert_error(capsys, "from-hf", str(qwen_folder), str(out))
+    assert list(out.iterdir()) == []  # nothing written into it
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    new = tmp_path / "new"
+    assert "HF_HUB_OFFLINE" in convert_error(capsys, "from-hf", "Qwen/Qwen3-0.6B", str(new))
+    assert not new.exists()
+
+
+def test_export_refuses_an_architecture_without_hf_equivalent():
+    with pytest.raises(LLMScratchError, match="qk_norm=True") as err:
+        family_of(get_preset("gpt2-tiny", qk_norm=True))  # GPT-2 with QK-norm: no HF class
+    assert "\n" not in str(err.value)

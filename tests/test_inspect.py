@@ -1,0 +1,71 @@
+"""`llmscratch inspect`: parameter counts, FLOPs and memory, checked against real tensors."""
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from llmscratch.cli import main
+from llmscratch.model import GPT, get_preset
+from tests.hf_tiny import hf_model, save_folder
+
+
+def inspect_json(capsys, *args: str) -> dict:
+    assert main(["inspect", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def tensor_bytes(*files) -> int:
+    total = 0
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                tensor = f.get_tensor(name)
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def test_moe_preset_reports_total_and_active(capsys):
+    report = inspect_json(capsys, "qwen3-30b-a3b", "--seq", "4096", "--batch", "2")
+    params = report["parameters"]
+    assert params["total"] == 30_532_122_624 and params["active"] == 3_353_032_704
+    assert params["embedding"] + params["non_embedding"] == params["total"]
+    assert report["dtype"] == "bf16" and report["seq"] == 4096
+    memory = report["memory_bytes"]
+    assert memory["weights"] == 2 * params["total"]
+    # 48 layers x 2 (k and v) x 2 sequences x 4096 tokens x 4 kv heads x 128 x 2 bytes
+    assert memory["kv_cache"] == 48 * 2 * 2 * 4096 * 4 * 128 * 2
+    assert report["flops_per_token"]["training"] == 3 * report["flops_per_token"]["inference"]
+
+
+def test_gpt2_flops_follow_6n_plus_12ltd(capsys):
+    report = inspect_json(capsys, "gpt2")
+    with torch.device("meta"):
+        model = GPT(get_preset("gpt2"))
+    n_matmul = model.num_params() - model.pos_emb.weight.numel()  # lookups cost no FLOPs
+    assert report["flops_per_token"]["training"] == 6 * n_matmul + 12 * 12 * 1024 * 768
+
+
+def test_weight_estimate_matches_real_tensors(capsys, tmp_path):
+    hf_dir = save_folder(hf_model("qwen3_moe"), "qwen3_moe", tmp_path / "hf")
+    run = tmp_path / "run"
+    assert main(["convert", "from-hf", str(hf_dir), str(run), "--dtype", "bf16"]) == 0
+    capsys.readouterr()
+    checkpoint = run / "checkpoints" / "step-00000000" / "model.safetensors"
+    estimate = inspect_json(capsys, str(run))["memory_bytes"]["weights"]
+    assert estimate == pytest.approx(tensor_bytes(checkpoint), rel=0.01)
+    estimate = inspect_json(capsys, str(hf_dir))["memory_bytes"]["weights"]  # fp32 folder
+    assert estimate == pytest.approx(tensor_bytes(hf_dir / "model.safetensors"), rel=0.01)
+
+
+def test_text_report_and_bad_input(capsys):
+    assert main(["inspect", "llama-3.2-1b", "--seq", "2048"]) == 0
+    text = capsys.readouterr().out
+    for word in ("parameters", "non-embedding", "FLOPs per token", "kv cache", "training total"):
+        assert word in text
+    assert "1,235,814,400" in text
+    for args in (["no-such-model"], ["gpt2", "--dtype", "fp8"], ["gpt2", "--batch", "0"]):
+        assert main(["inspect", *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err
