@@ -171,3 +171,11 @@ def test_bad_data_gives_one_line(argv, message, prepared, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_prepare_help_comes_from_the_config_fields(capsys):
+    with pytest.raises(SystemExit):
+        main(["data", "prepare", "--help"])
+    out = capsys.readouterr().out
+    assert "--text-field" in out and "field (.jsonl) or column (.parquet)" in out
+    assert "examples:" in out

@@ -120,13 +120,14 @@ def _encode_chunk(pieces: list[Piece]) -> EncodedChunk:
     """Encode one chunk: ids of every piece, <|endoftext|> after each document."""
     tokenizer = _worker_state["tokenizer"]
     eot = tokenizer.eot_id
+    dtype = _worker_state["dtype"]
     encoded = tokenizer.encode_batch([p.text for p in pieces], num_threads=1)
     parts = []
-    for piece, ids in zip(pieces, encoded, strict=True):
-        parts.append(ids)
+    for piece, piece_ids in zip(pieces, encoded, strict=True):
+        parts.append(np.asarray(piece_ids, dtype=dtype))
         if piece.ends_document:
-            parts.append([eot])
-    ids = np.fromiter((i for part in parts for i in part), dtype=_worker_state["dtype"])
+            parts.append(np.array([eot], dtype=dtype))
+    ids = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
     n_val = round(len(ids) * _worker_state["val_fraction"])
     train, val = ids[: len(ids) - n_val], ids[len(ids) - n_val :]
     text_bytes = sum(len(p.text.encode("utf-8")) for p in pieces)
