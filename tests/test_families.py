@@ -1,0 +1,203 @@
+"""One model, four families: sizes equal transformers', attention paths agree, padding,
+KV cache, RoPE, Mixture of Experts against a dense run of every expert, config errors."""
+
+import math
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmscratch.errors import LLMScratchError
+from llmscratch.generation.sampling import SamplingConfig, generate
+from llmscratch.model import GPT, get_preset
+from llmscratch.model.rope import apply_rope, rope_angles, rope_frequencies
+
+TINY = ["gpt2-tiny", "llama-3-tiny", "qwen3-tiny", "qwen3-moe-tiny"]
+# Parameter counts of the released checkpoints (the Hugging Face model cards
+# round them: 124M, 1.24B, 3.21B, 8.03B, 0.6B, 1.7B, 4.0B, 8.2B, 30.5B).
+RELEASED = {
+    "gpt2": 124_439_808, "gpt2-medium": 354_823_168, "gpt2-large": 774_030_080,
+    "gpt2-xl": 1_557_611_200, "llama-3.2-1b": 1_235_814_400, "llama-3.2-3b": 3_212_749_824,
+    "llama-3.1-8b": 8_030_261_248, "qwen3-0.6b": 596_049_920, "qwen3-1.7b": 1_720_574_976,
+    "qwen3-4b": 4_022_468_096, "qwen3-8b": 8_190_735_360, "qwen3-30b-a3b": 30_532_122_624,
+}
+
+
+def tiny(name: str, **overrides) -> GPT:
+    torch.manual_seed(0)
+    model = GPT(get_preset(name, **overrides)).eval()
+    with torch.no_grad():  # norms start at 1 and biases at 0: perturb them so they matter
+        for param in model.parameters():
+            if param.dim() == 1:
+                param.add_(0.1 * torch.randn_like(param))
+    return model
+
+
+def meta_hf_count(preset: str) -> int:
+    """Parameters of the transformers model for `preset`, built on the meta device."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from llmscratch.model.hf_config import config_to_hf
+
+    hf = config_to_hf(get_preset(preset))
+    config = AutoConfig.for_model(hf.pop("model_type"), **hf)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())  # tied weights are one parameter
+
+
+@pytest.mark.parametrize("preset", list(RELEASED))
+def test_preset_parameter_counts_equal_transformers(preset):
+    with torch.device("meta"):
+        ours = GPT(get_preset(preset)).num_params()
+    assert ours == meta_hf_count(preset) == RELEASED[preset]
+
+
+def test_moe_active_parameters():
+    with torch.device("meta"):
+        model = GPT(get_preset("qwen3-30b-a3b"))
+    # 8 of 128 experts per layer: 48 layers x 120 idle experts x 3 matrices of 2048 x 768.
+    idle = 48 * 120 * 3 * 2048 * 768
+    assert model.num_params(active=True) == model.num_params() - idle == 3_353_032_704
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_explicit_attention_equals_sdpa(name):
+    ids = torch.randint(0, 512, (2, 40))
+    fused = tiny(name)(ids)
+    explicit = tiny(name, attn_impl="explicit")(ids)
+    torch.testing.assert_close(explicit, fused, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "explicit"])
+def test_sliding_window_hides_distant_tokens(impl):
+    model = tiny("qwen3-tiny", sliding_window=8, attn_impl=impl)
+    ids = torch.randint(0, 512, (1, 30))
+    changed = ids.clone()
+    changed[0, 0] = (changed[0, 0] + 1) % 512
+    # Two layers of a window of 8 reach back 14 tokens: token 0 reaches position 14 at most.
+    torch.testing.assert_close(model(ids)[:, 15:], model(changed)[:, 15:])
+    assert not torch.allclose(model(ids)[:, 1:8], model(changed)[:, 1:8])
+    torch.testing.assert_close(model(ids), tiny("qwen3-tiny", sliding_window=8)(ids),
+                               atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_equals_each_row_alone(name, side):
+    model = tiny(name)
+    rows = [torch.randint(0, 512, (n,)) for n in (12, 7, 3)]
+    width, pad_id = max(len(r) for r in rows), 0
+    batch = torch.full((len(rows), width), pad_id)
+    mask = torch.zeros(len(rows), width, dtype=torch.int64)
+    for i, row in enumerate(rows):
+        where = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        batch[i, where], mask[i, where] = row, 1
+    logits = model(batch, attention_mask=mask)  # (3, width, V)
+    for i, row in enumerate(rows):
+        alone = model(row.unsqueeze(0))[0]  # (n, V)
+        torch.testing.assert_close(logits[i][mask[i].bool()], alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_cached_forward_equals_full_forward(name):
+    model = tiny(name, sliding_window=6) if name == "qwen3-tiny" else tiny(name)
+    ids = torch.randint(0, 512, (2, 24))
+    full = model(ids)
+    cache = model.new_cache(batch_size=2)
+    pieces = [model(ids[:, :10], cache), model(ids[:, 10:17], cache)]  # prefill, then a chunk
+    pieces += [model(ids[:, t : t + 1], cache) for t in range(17, 24)]  # decode
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_greedy_generation_with_cache_equals_without(name):
+    model = tiny(name)
+    prompt = [1, 2, 3, 4]
+    cached = generate(model, prompt, SamplingConfig(max_new_tokens=20, temperature=0))
+    ids = list(prompt)
+    for _ in range(20):
+        ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    assert cached == ids[len(prompt):]
+
+
+def test_moe_equals_a_dense_run_of_every_expert():
+    torch.manual_seed(0)
+    config = get_preset("qwen3-moe-tiny")
+    for renormalize in (True, False):
+        moe = GPT(replace(config, moe_renormalize=renormalize)).blocks[0].mlp
+        x = torch.randn(3, 11, config.n_embd)
+        # Every expert on every token, then the router's top-k weights (others zero).
+        probs = torch.softmax(x @ moe.router.weight.T, dim=-1)  # (B, T, E)
+        top = probs.topk(config.n_expert_active, dim=-1)
+        weights = torch.zeros_like(probs).scatter(-1, top.indices, top.values)
+        if renormalize:
+            weights = weights / weights.sum(-1, keepdim=True)
+        every = torch.stack([
+            (F.silu(x @ moe.gate[e].T) * (x @ moe.up[e].T)) @ moe.proj[e].T
+            for e in range(config.n_expert)
+        ], dim=-2)  # (B, T, E, D)
+        dense = (weights.unsqueeze(-1) * every).sum(dim=-2)  # (B, T, D)
+        torch.testing.assert_close(moe(x), dense, atol=1e-5, rtol=1e-5)
+
+
+def test_rope_scores_depend_only_on_distance():
+    config = get_preset("llama-3-tiny")
+    freqs = rope_frequencies(config)
+    q, k = torch.randn(1, 1, 1, config.head_dim), torch.randn(1, 1, 1, config.head_dim)
+
+    def score(q_pos: int, k_pos: int) -> torch.Tensor:
+        cos_q, sin_q = rope_angles(torch.tensor([q_pos]), freqs)
+        cos_k, sin_k = rope_angles(torch.tensor([k_pos]), freqs)
+        return (apply_rope(q, cos_q, sin_q) * apply_rope(k, cos_k, sin_k)).sum()
+
+    torch.testing.assert_close(score(7, 3), score(107, 103), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(score(7, 3), score(7, 5))
+
+
+def test_llama3_scaling_keeps_fast_and_slows_slow_frequencies():
+    config = get_preset("llama-3.2-1b")
+    plain = rope_frequencies(get_preset("llama-3.2-1b", rope_scaling="none"))
+    scaled = rope_frequencies(config)
+    wavelengths = 2 * math.pi / plain
+    fast = wavelengths < config.rope_original_context / config.rope_high_freq_factor
+    slow = wavelengths > config.rope_original_context / config.rope_low_freq_factor
+    assert fast.any() and slow.any()
+    torch.testing.assert_close(scaled[fast], plain[fast])
+    torch.testing.assert_close(scaled[slow], plain[slow] / config.rope_factor)
+
+
+def test_kv_cache_stores_only_the_kv_heads():
+    model = tiny("llama-3-tiny")
+    cache = model.new_cache(batch_size=1, max_len=16)
+    assert cache.keys[0].shape == (1, 2, 16, 16)  # (B, Hkv, Tmax, Dh): 2 kv heads, not 4
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"n_kv_head": 3}, "n_kv_head"),
+    ({"positions": "alibi"}, "positions"),
+    ({"norm": "batchnorm"}, "norm"),
+    ({"mlp": "moe"}, "n_expert"),
+    ({"n_expert": 4}, "n_expert"),
+    ({"positions": "rope", "head_size": 15}, "head_size"),
+    ({"dtype": "fp16"}, "dtype"),
+])
+def test_bad_configs_name_the_field_and_value(overrides, field):
+    with pytest.raises(LLMScratchError, match=rf"model\.{field}=") as err:
+        get_preset("gpt2-tiny", **overrides)
+    assert "\n" not in str(err.value)
+
+
+def test_docs_snippets_are_the_running_code():
+    """Every code line shown in docs/families.md still appears in the file it names."""
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "families.md").read_text()
+    snippets = re.findall(r"From `model/(\w+\.py)`:\n\n```python\n(.*?)```", doc, re.DOTALL)
+    assert len(snippets) >= 10
+    for file_name, snippet in snippets:
+        source = (root / "src" / "llmscratch" / "model" / file_name).read_text()
+        for line in snippet.strip("\n").splitlines():
+            assert line in source, f"{file_name} no longer has: {line.strip()}"
