@@ -170,3 +170,17 @@ def test_clip_gradients_matches_torch_bit_for_bit(max_norm):
     assert clip_gradients(models[1].parameters(), max_norm) == float(expected)
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         assert torch.equal(a.grad, b.grad)
+
+
+def test_out_of_memory_in_the_first_step_is_one_line(small_text, tmp_path, monkeypatch, capsys):
+    from llmscratch.training.objectives import NextTokenPrediction
+
+    def out_of_memory(self, model, batch):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(NextTokenPrediction, "__call__", out_of_memory)
+    assert main(["pretrain", "--config", TINY_CONFIG, "--data", str(small_text), *QUIET,
+                 "--out", str(tmp_path / "oom")]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert last.startswith("error: out of memory in the first step")
+    assert "train.grad_accum" in last

@@ -205,7 +205,7 @@ class Trainer:
                    dynamic_ncols=True, disable=not main)
         first_step = state.step
         bad_in_a_row, window_tokens, window_start = 0, 0, time.perf_counter()
-        with stop_on_ctrl_c() as stop_requested:
+        with stop_on_ctrl_c() as stop_requested, bar:
             while state.step < cfg.max_steps:
                 if all_reduce_mean(float(stop_requested()), self.info) > 0:
                     bar.close()
@@ -263,7 +263,6 @@ class Trainer:
                 if any(self._due(e, state.step, done) for e in (cfg.eval_every, cfg.sample_every)):
                     window_start = time.perf_counter()  # don't count evaluation as training time
                     window_tokens = 0
-        bar.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
         return state
