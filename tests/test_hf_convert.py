@@ -102,6 +102,15 @@ def test_sharded_checkpoint_and_bf16(tmp_path):
         assert max_diff(half(ids), expected) < 0.1 * expected.abs().max().item()
 
 
+def test_sliding_window_matches_transformers(tmp_path):
+    hf = hf_model("qwen3", use_sliding_window=True, sliding_window=8, max_window_layers=0)
+    ours = load_hf_model(save_folder(hf, "qwen3", tmp_path / "windowed"))
+    assert ours.config.sliding_window == 8
+    ids = torch.randint(0, VOCAB, (2, 40))  # longer than the window
+    with torch.no_grad():
+        assert max_diff(ours(ids), hf(ids).logits) <= TOLERANCE
+
+
 def test_our_pretrained_run_exports_to_gpt2(tiny_run, tmp_path):
     out = tmp_path / "demo-hf"
     assert main(["convert", "to-hf", str(tiny_run), str(out)]) == 0

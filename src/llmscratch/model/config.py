@@ -117,8 +117,10 @@ class ModelConfig:
             if getattr(self, name) < 0:
                 _fail(name, getattr(self, name), "give 0 (derive it) or a positive number")
         if self.head_size == 0 and self.n_embd % self.n_head:
-            _fail("n_embd", self.n_embd, f"make it divisible by n_head={self.n_head}, "
-                  "or set head_size")
+            raise LLMScratchError(
+                f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}; "
+                "pick a head count that divides the width, or set model.head_size"
+            )
         if self.n_head % self.kv_heads:
             _fail("n_kv_head", self.n_kv_head, f"it must divide n_head={self.n_head}")
         _check_choice("positions", self.positions, ("learned", "rope"))

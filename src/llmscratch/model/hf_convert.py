@@ -169,6 +169,8 @@ class SafetensorsFolder:
                 f"no model.safetensors or model.safetensors.index.json in {folder}; "
                 "save the model with safetensors (pickled .bin weights are not loaded)"
             )
+        if not self.shard_of:
+            raise LLMScratchError(f"the safetensors files in {folder} hold no tensors")
         for shard in sorted(set(self.shard_of.values())):
             if not (folder / shard).is_file():
                 raise LLMScratchError(f"missing shard {shard} (listed in {index.name}) in {folder}")
