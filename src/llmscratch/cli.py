@@ -116,7 +116,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     stream = StreamDecoder(tokenizer)
     if not args.json:
         sys.stdout.write(args.prompt)
-    for token in generate_tokens(model, prompt_ids, sampling, tokenizer.eot_id):
+    specials = tokenizer.special_tokens  # Llama 3 (imported) ends a text with <|end_of_text|>
+    stop_id = specials.get("<|endoftext|>", specials.get("<|end_of_text|>"))
+    for token in generate_tokens(model, prompt_ids, sampling, stop_id):
         new_ids.append(token)
         if not args.json:
             sys.stdout.write(stream.push(token))
