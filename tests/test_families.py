@@ -38,6 +38,7 @@ def tiny(name: str, **overrides) -> GPT:
 
 def meta_hf_count(preset: str) -> int:
     """Parameters of the transformers model for `preset`, built on the meta device."""
+    pytest.importorskip("transformers", reason="the hf extra is not installed")
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from llmscratch.model.hf_config import config_to_hf
