@@ -118,3 +118,12 @@ def test_error_exit_has_no_traceback(tmp_path):
     out = run_cli("eval", "--run", str(tmp_path), "--data", "x.txt")
     assert out.returncode == 2
     assert "Traceback" not in out.stderr and out.stderr.startswith("error: ")
+
+
+def test_tokenizer_commands_do_not_load_torch():
+    code = ("import sys; from llmscratch.cli import main; "
+            "rc = main(['tokenizer', 'encode', '--tokenizer', 'gpt2', '--text', 'hi', '--json']); "
+            "assert rc == 0 and 'torch' not in sys.modules, sorted(sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-500:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [5303]

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from llmscratch import __version__
-from llmscratch.errors import LLMScratchError
+from llmscratch.errors import LLMScratchError, TrainingInterrupted
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
@@ -217,8 +217,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from llmscratch.training.loop import TrainingInterrupted
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -10,3 +10,14 @@ stderr and exits with status 2, without a traceback. Internal invariants use
 
 class LLMScratchError(Exception):
     """A user-facing error whose message is one line that says how to fix it."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C during training; a checkpoint of the last finished step was saved.
+
+    Not a mistake, so not an `LLMScratchError`: the CLI reports it and exits 130.
+    """
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"interrupted at step {step}")
+        self.step = step

@@ -23,11 +23,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-import torch
-
 from llmscratch.errors import LLMScratchError
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# Weight dtypes by name. The config is torch-free (tokenizer and data commands
+# read it without loading torch); `torch_dtype` turns a name into a torch dtype.
+DTYPES = ("fp32", "bf16")
+
+
+def torch_dtype(name: str):
+    """The torch dtype called `name` ("fp32" or "bf16")."""
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
 
 
 @dataclass
@@ -174,8 +181,9 @@ class ModelConfig:
         return "multi-query" if self.kv_heads == 1 else "grouped-query"
 
     @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+    def torch_dtype(self):
+        """This config's weight dtype as a torch dtype."""
+        return torch_dtype(self.dtype)
 
 
 def _fail(name: str, value, fix: str):

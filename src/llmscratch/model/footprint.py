@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from llmscratch.model.config import DTYPES, ModelConfig
+from llmscratch.model.config import ModelConfig, torch_dtype
 from llmscratch.model.transformer import GPT
 
 
@@ -39,7 +39,7 @@ def footprint(config: ModelConfig, batch: int = 1, seq: int = 0, dtype: str = ""
     c = config
     T = seq or c.context_length
     dtype = dtype or c.dtype
-    nbytes = DTYPES[dtype].itemsize
+    nbytes = torch_dtype(dtype).itemsize
     with torch.device("meta"):
         model = GPT(c)
     total = model.num_params()

@@ -34,7 +34,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from llmscratch.errors import LLMScratchError
-from llmscratch.model.config import DTYPES, ModelConfig
+from llmscratch.model.config import DTYPES, ModelConfig, torch_dtype
 from llmscratch.model.hf_config import config_from_hf, config_to_hf, family_of
 from llmscratch.model.transformer import GPT
 
@@ -264,12 +264,12 @@ def hf_tensors(model: GPT, dtype: str | None = None) -> dict[str, torch.Tensor]:
     """Our model's weights under Hugging Face's names and layouts."""
     config = model.config
     ours = model.state_dict()
-    torch_dtype = DTYPES[dtype] if dtype else None
+    cast_to = torch_dtype(dtype) if dtype else None
     tensors = {}
     for link in weight_links(config):
         pieces = split_tensor(link, ours[link.ours], config)
         for name, piece in zip(link.theirs, pieces, strict=True):
-            tensors[name] = piece.to(torch_dtype) if torch_dtype else piece
+            tensors[name] = piece.to(cast_to) if cast_to is not None else piece
     if family_of(config) == "gpt2" and not config.bias:  # GPT-2 always has biases: zeros
         for name, piece in list(tensors.items()):
             if name.startswith("transformer.h.") or name.startswith("transformer.ln_f"):
@@ -386,7 +386,7 @@ def convert_to_hf(run: Path, out: Path, dtype: str | None = None, overwrite: boo
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
-    return next((name for name, d in DTYPES.items() if d == dtype), "fp32")
+    return next((name for name in DTYPES if torch_dtype(name) == dtype), "fp32")
 
 
 def _check_out(out: Path, overwrite: bool) -> Path:

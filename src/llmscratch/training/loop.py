@@ -36,7 +36,7 @@ import torch
 from tqdm import tqdm
 
 from llmscratch.config import TrainConfig
-from llmscratch.errors import LLMScratchError
+from llmscratch.errors import LLMScratchError, TrainingInterrupted
 from llmscratch.training.checkpoint import TrainState, save_checkpoint
 from llmscratch.training.metrics import MetricsLog
 from llmscratch.training.objectives import Objective
@@ -45,14 +45,6 @@ from llmscratch.training.parallel import DistInfo, all_reduce_mean
 from llmscratch.training.throughput import memory_gb, mfu, peak_flops
 
 MAX_BAD_STEPS = 10  # non-finite losses in a row before the run is stopped
-
-
-class TrainingInterrupted(Exception):
-    """Ctrl-C during training; a checkpoint of the last finished step was saved."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__(f"interrupted at step {step}")
-        self.step = step
 
 
 class BatchSource(Protocol):
