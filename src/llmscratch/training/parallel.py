@@ -73,6 +73,9 @@ def init_distributed(device: torch.device) -> DistInfo:
 
 def close_distributed() -> None:
     if dist.is_initialized():
+        # Wait until every rank is done communicating: a rank tearing down gloo
+        # while another still sends made the other abort at exit.
+        dist.barrier()
         dist.destroy_process_group()
 
 
