@@ -16,14 +16,48 @@ def tiny(**overrides) -> GPT:
     return GPT(get_preset("gpt2-tiny", **overrides))
 
 
+def set_attn_impl(model: GPT, impl: str) -> None:
+    for block in model.blocks:
+        block.attn.attn_impl = impl
+
+
 def test_explicit_attention_equals_sdpa():
     model = tiny()
     ids = torch.randint(0, 512, (3, 40))
+    set_attn_impl(model, "sdpa")
     fused = model(ids)
-    for block in model.blocks:
-        block.attn.attn_impl = "explicit"
+    set_attn_impl(model, "explicit")
     explicit = model(ids)
     torch.testing.assert_close(explicit, fused, atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_explicit_attention_agrees_with_sdpa_forward_and_backward():
+    """Under CPU bf16 autocast "auto" takes the explicit path; it must match the kernel."""
+    ids = torch.randint(0, 512, (3, 40))
+    results = {}
+    for impl in ("sdpa", "explicit"):
+        model = tiny(attn_impl=impl)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(ids)
+        F.cross_entropy(logits.float().flatten(0, 1), ids.roll(-1, 1).flatten()).backward()
+        results[impl] = (logits.float(), model.blocks[0].attn.qkv.weight.grad)
+    (fused_logits, fused_grad), (explicit_logits, explicit_grad) = results.values()
+    torch.testing.assert_close(explicit_logits, fused_logits, atol=0.05, rtol=0.02)
+    cosine = F.cosine_similarity(explicit_grad.flatten(), fused_grad.flatten(), dim=0)
+    assert cosine > 0.999
+
+
+def test_auto_attention_picks_the_kernel_by_device_dtype_and_length():
+    from llmscratch.model.attention import use_fused_kernel
+
+    def qk(dtype, keys):
+        return torch.zeros(1, 1, 4, 8, dtype=dtype), torch.zeros(1, 1, keys, 8, dtype=dtype)
+
+    assert not use_fused_kernel("auto", *qk(torch.bfloat16, 256))  # CPU bf16, short
+    assert use_fused_kernel("auto", *qk(torch.bfloat16, 1024))  # long: no T x S scores
+    assert use_fused_kernel("auto", *qk(torch.float32, 256))  # fp32: the kernel is faster
+    assert use_fused_kernel("sdpa", *qk(torch.bfloat16, 256))
+    assert not use_fused_kernel("explicit", *qk(torch.float32, 1024))
 
 
 def test_future_tokens_do_not_change_earlier_logits():
@@ -67,7 +101,7 @@ def test_gpt2_preset_has_124m_parameters():
     assert model.num_params() == 124_439_808  # GPT2LMHeadModel's count
 
 
-@pytest.mark.parametrize("impl", ["sdpa", "explicit"])
+@pytest.mark.parametrize("impl", ["sdpa", "explicit", "auto"])
 def test_cached_forward_equals_full_forward(impl):
     model = tiny(attn_impl=impl).eval()
     ids = torch.randint(0, 512, (2, 24))

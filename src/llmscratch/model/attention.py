@@ -84,13 +84,21 @@ def explicit_attention(
     q: (B, H, T, Dh); k, v: (B, H, S, Dh) with S >= T, the T queries being the
     last T of the S positions. `visible` is a mask from `visible_keys`; None
     means plain causal. Returns (B, H, T, Dh).
+
+    Three choices keep it fast without changing the math: the 1/sqrt(Dh)
+    scale is applied to the T x Dh queries rather than the T x S scores; the
+    mask is added as a bias (0 where visible, -inf where hidden) in the same
+    pass that could not be avoided; and the softmax runs in the scores' own
+    dtype, because PyTorch's softmax kernels already accumulate in fp32 for
+    bf16 input (casting to fp32 and back would only add two passes).
     """
     T, S = q.size(-2), k.size(-2)
     if visible is None:
         visible = visible_keys(T, S, q.device)  # (T, S)
-    attn_scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, T, S)
-    attn_scores = attn_scores.masked_fill(~visible, float("-inf"))
-    attn_weights = torch.softmax(attn_scores.float(), dim=-1).to(v.dtype)  # (B, H, T, S)
+    mask_bias = torch.zeros(visible.shape, dtype=q.dtype, device=q.device)
+    mask_bias = mask_bias.masked_fill(~visible, float("-inf"))  # (T, S) or (B, 1, T, S)
+    attn_scores = (q * (1.0 / math.sqrt(q.size(-1)))) @ k.transpose(-2, -1)  # (B, H, T, S)
+    attn_weights = torch.softmax(attn_scores + mask_bias, dim=-1)  # (B, H, T, S)
     return attn_weights @ v  # (B, H, T, Dh)
 
 
@@ -107,6 +115,22 @@ def fused_attention(
         return F.scaled_dot_product_attention(q, k, v)
     # Several new tokens after a cached prefix: the causal mask is offset by S - T.
     return F.scaled_dot_product_attention(q, k, v, attn_mask=visible_keys(T, S, q.device))
+
+
+def use_fused_kernel(attn_impl: str, q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether `attn_impl` ("auto", "sdpa" or "explicit") means the fused kernel for these inputs.
+
+    "auto" picks the faster one. That is the fused kernel, except on CPU in
+    bf16 with up to 512 keys: there PyTorch's CPU flash kernel is slower than
+    the explicit path's few large bf16 matmuls (2.3x slower at 256 keys, forward
+    and backward; about equal at 1024; docs/benchmarks.md, "Attention"). The fused
+    kernel never stores the T x S scores, so it also wins on memory for long
+    sequences, and it is the one to use on GPUs.
+    """
+    if attn_impl != "auto":
+        return attn_impl == "sdpa"
+    short_cpu_bf16 = q.device.type == "cpu" and q.dtype == torch.bfloat16 and k.size(-2) <= 512
+    return not short_cpu_bf16
 
 
 class CausalSelfAttention(nn.Module):
@@ -158,10 +182,10 @@ class CausalSelfAttention(nn.Module):
             k = k.repeat_interleave(H // Hkv, dim=1)  # (B, H, S, Dh)
             v = v.repeat_interleave(H // Hkv, dim=1)  # (B, H, S, Dh)
 
-        if self.attn_impl == "explicit":
-            context = explicit_attention(q, k, v, visible)  # (B, H, T, Dh)
-        else:
+        if use_fused_kernel(self.attn_impl, q, k):
             context = fused_attention(q, k, v, visible)  # (B, H, T, Dh)
+        else:
+            context = explicit_attention(q, k, v, visible)  # (B, H, T, Dh)
 
         context = context.transpose(1, 2).reshape(B, T, H * Dh)  # (B, T, H Dh): heads side by side
         out = self.proj(context)  # (B, T, D)

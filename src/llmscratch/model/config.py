@@ -82,8 +82,9 @@ class ModelConfig:
             converted models) and loaded in for inference. Training keeps fp32
             weights and chooses its compute dtype itself (train.dtype).
         dropout: dropout probability (0.0 for pretraining small models on CPU).
-        attn_impl: "sdpa" (fused kernel, for speed) or "explicit" (mask + softmax,
-            for reading). Both compute the same function; weights don't change.
+        attn_impl: "sdpa" (PyTorch's fused kernel), "explicit" (mask + softmax,
+            for reading) or "auto" (the faster of the two for the inputs: see
+            attention.use_fused_kernel). All compute the same function.
     """
 
     vocab_size: int = 50257
@@ -114,7 +115,7 @@ class ModelConfig:
     tie_embeddings: bool = True
     dtype: str = "fp32"
     dropout: float = 0.0
-    attn_impl: str = "sdpa"
+    attn_impl: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
@@ -135,7 +136,7 @@ class ModelConfig:
         _check_choice("norm", self.norm, ("layernorm", "rmsnorm"))
         _check_choice("mlp", self.mlp, ("gelu", "swiglu", "moe"))
         _check_choice("dtype", self.dtype, tuple(DTYPES))
-        _check_choice("attn_impl", self.attn_impl, ("sdpa", "explicit"))
+        _check_choice("attn_impl", self.attn_impl, ("auto", "sdpa", "explicit"))
         if self.positions == "rope" and self.head_dim % 2:
             _fail("head_size", self.head_dim, "RoPE rotates pairs of features: use an even width")
         if self.rope_theta <= 0:
