@@ -137,3 +137,13 @@ def test_sampling_is_deterministic_per_seed():
     assert generate(model, [5, 6], cfg) == first
     cfg.seed = 8
     assert generate(model, [5, 6], cfg) != first
+
+
+def test_sampling_never_picks_ids_past_the_tokenizers_vocabulary():
+    """A 512-row output layer with a 300-token tokenizer: ids 300..511 mean nothing."""
+    model = tiny().eval()
+    with torch.no_grad():  # make the meaningless ids the most likely ones
+        model.lm_head.weight[300:] *= 50
+    cfg = SamplingConfig(max_new_tokens=60, temperature=2.0, seed=3)
+    assert max(generate(model, [5, 6], cfg)) >= 300  # without the limit they do come up
+    assert max(generate(model, [5, 6], cfg, vocab_size=300)) < 300

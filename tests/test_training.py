@@ -1,5 +1,6 @@
 """Training: schedule, data order, checkpoints, Ctrl-C and bit-exact resume."""
 
+import json
 import math
 import signal
 
@@ -109,3 +110,17 @@ def test_ctrl_c_then_resume_is_bit_exact(tmp_path, small_text, monkeypatch):
     assert latest_checkpoint(tmp_path / "stopped").name == "step-00000016"
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     assert math.isfinite(result.final.bpb)
+
+
+def test_compiled_run_gives_the_losses_of_the_eager_run(tmp_path, small_text):
+    """train.compile=true changes how the forward runs, not what it computes."""
+    losses = {}
+    for compile_ in ("false", "true"):
+        config = load_config(TINY_CONFIG, ["train.max_steps=4", "train.log_every=1",
+                                           "train.dtype=fp32", f"train.compile={compile_}"])
+        config.data.files = [str(small_text)]
+        pretrain_module.pretrain(config, tmp_path / compile_)
+        records = (tmp_path / compile_ / "metrics.jsonl").read_text().splitlines()
+        losses[compile_] = [json.loads(r)["loss"] for r in records if '"loss"' in r]
+    assert len(losses["true"]) == 4
+    np.testing.assert_allclose(losses["true"], losses["false"], rtol=1e-5)

@@ -118,7 +118,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         sys.stdout.write(args.prompt)
     specials = tokenizer.special_tokens  # Llama 3 (imported) ends a text with <|end_of_text|>
     stop_id = specials.get("<|endoftext|>", specials.get("<|end_of_text|>"))
-    for token in generate_tokens(model, prompt_ids, sampling, stop_id):
+    for token in generate_tokens(model, prompt_ids, sampling, stop_id, tokenizer.vocab_size):
         new_ids.append(token)
         if not args.json:
             sys.stdout.write(stream.push(token))

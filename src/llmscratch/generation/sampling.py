@@ -56,11 +56,15 @@ def generate_tokens(
     prompt_ids: list[int],
     cfg: SamplingConfig,
     stop_id: int | None = None,
+    vocab_size: int | None = None,
 ) -> Iterator[int]:
     """Yield new token ids one at a time, until `max_new_tokens` or `stop_id`.
 
     The stop token itself is not yielded. The prompt plus the new tokens must
     fit the model's context length; generation stops early when it is full.
+    `vocab_size` is the tokenizer's: a model's output layer may be wider (a
+    tokenizer that learned fewer merges than asked for, or rows padded for
+    speed), and ids past the tokenizer's last one are never sampled.
     """
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -72,7 +76,7 @@ def generate_tokens(
         cache = model.new_cache(batch_size=1, max_len=min(context_length, len(prompt_ids) + budget))
         tokens = torch.tensor([prompt_ids], dtype=torch.int64, device=device)  # (1, T)
         for _ in range(budget):
-            logits = model(tokens, cache)[:, -1, :]  # (1, V): prefill, then one token a step
+            logits = model(tokens, cache)[:, -1, :vocab_size]  # (1, V): prefill, then one a step
             next_id = sample_next(logits, cfg, gen)  # (1,)
             token = int(next_id.item())
             if token == stop_id:
@@ -84,7 +88,11 @@ def generate_tokens(
 
 
 def generate(
-    model: torch.nn.Module, prompt_ids: list[int], cfg: SamplingConfig, stop_id: int | None = None
+    model: torch.nn.Module,
+    prompt_ids: list[int],
+    cfg: SamplingConfig,
+    stop_id: int | None = None,
+    vocab_size: int | None = None,
 ) -> list[int]:
     """All new token ids at once (see `generate_tokens`)."""
-    return list(generate_tokens(model, prompt_ids, cfg, stop_id))
+    return list(generate_tokens(model, prompt_ids, cfg, stop_id, vocab_size))

@@ -268,7 +268,7 @@ def _run(config: RunConfig, run_dir: Path, data: RunData, ckpt: Path | None, inf
         outs = []
         for prompt in prompts:  # every rank generates (FSDP needs all), rank 0 writes
             ids = generate(raw_model, data.tokenizer.encode(prompt), sampling,
-                           data.tokenizer.eot_id)
+                           data.tokenizer.eot_id, data.tokenizer.vocab_size)
             outs.append((prompt, data.tokenizer.decode(ids)))
         if info.is_main:
             write_samples(run_dir / "samples.md", step, outs)
