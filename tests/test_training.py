@@ -124,3 +124,15 @@ def test_compiled_run_gives_the_losses_of_the_eager_run(tmp_path, small_text):
         losses[compile_] = [json.loads(r)["loss"] for r in records if '"loss"' in r]
     assert len(losses["true"]) == 4
     np.testing.assert_allclose(losses["true"], losses["false"], rtol=1e-5)
+
+
+def test_max_seconds_stops_early_like_a_last_step_and_resume_finishes(tmp_path, small_text):
+    config = load_config(TINY_CONFIG, ["train.max_steps=6", "train.max_seconds=1e-6",
+                                       "train.checkpoint_every=100", "train.dtype=fp32"])
+    config.data.files = [str(small_text)]
+    result = pretrain_module.pretrain(config, tmp_path / "run")
+    assert latest_checkpoint(tmp_path / "run").name == "step-00000001"  # stopped after 1 step
+    assert math.isfinite(result.final.bpb)  # evaluated as at the end
+    # The limit counts seconds of this process; the resumed run goes on to max_steps.
+    pretrain_module.resume(tmp_path / "run", ["train.max_seconds=0"])
+    assert latest_checkpoint(tmp_path / "run").name == "step-00000006"

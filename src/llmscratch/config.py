@@ -64,6 +64,9 @@ class TrainConfig:
 
     Fields:
         max_steps: optimizer steps in the whole run.
+        max_seconds: a safety limit: stop after this many seconds of training in this
+            process, even before max_steps, then evaluate and checkpoint as at the end
+            (0 = no limit). `--resume` continues towards max_steps.
         batch_size: sequences per micro-batch, in each process.
         grad_accum: micro-batches summed into one optimizer step.
         global_batch: sequences per optimizer step over all processes; when set, grad_accum
@@ -98,6 +101,7 @@ class TrainConfig:
     """
 
     max_steps: int = 1000
+    max_seconds: float = 0.0
     batch_size: int = 16
     grad_accum: int = 1
     global_batch: int = 0

@@ -197,8 +197,10 @@ class Trainer:
                    dynamic_ncols=True, disable=not main)
         first_step = state.step
         bad_in_a_row, window_tokens, window_start = 0, 0, time.perf_counter()
+        started = window_start
         with stop_on_ctrl_c() as stop_requested, bar:
-            while state.step < cfg.max_steps:
+            out_of_time = False
+            while state.step < cfg.max_steps and not out_of_time:
                 if all_reduce_mean(float(stop_requested()), self.info) > 0:
                     bar.close()
                     self._checkpoint(state)
@@ -228,7 +230,14 @@ class Trainer:
                 state.tokens_seen += out["tokens"]
                 window_tokens += out["tokens"]
                 bar.update(1)
-                done = state.step == cfg.max_steps
+                # The time limit ends the run like its last step (evaluate, checkpoint);
+                # every rank must stop at the same step, so the ranks vote.
+                out_of_time = cfg.max_seconds > 0 and all_reduce_mean(
+                    float(time.perf_counter() - started >= cfg.max_seconds), self.info) > 0
+                if out_of_time and main:
+                    bar.write(f"train.max_seconds={cfg.max_seconds:g} reached: stopping at step "
+                              f"{state.step} of {cfg.max_steps}")
+                done = state.step == cfg.max_steps or out_of_time
                 if state.step % cfg.log_every == 0 or done:
                     elapsed = time.perf_counter() - window_start
                     tok_per_s = window_tokens / max(elapsed, 1e-9)
