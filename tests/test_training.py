@@ -1,6 +1,5 @@
 """Training: schedule, data order, checkpoints, Ctrl-C and bit-exact resume."""
 
-import json
 import math
 import signal
 
@@ -20,6 +19,7 @@ from llmscratch.training.checkpoint import (
     save_checkpoint,
 )
 from llmscratch.training.loop import Trainer, TrainingInterrupted
+from llmscratch.training.metrics import MetricsLog
 from llmscratch.training.optim import build_optimizer, lr_at
 from tests.conftest import TINY_CONFIG
 
@@ -120,8 +120,8 @@ def test_compiled_run_gives_the_losses_of_the_eager_run(tmp_path, small_text):
                                            "train.dtype=fp32", f"train.compile={compile_}"])
         config.data.files = [str(small_text)]
         pretrain_module.pretrain(config, tmp_path / compile_)
-        records = (tmp_path / compile_ / "metrics.jsonl").read_text().splitlines()
-        losses[compile_] = [json.loads(r)["loss"] for r in records if '"loss"' in r]
+        records = MetricsLog(tmp_path / compile_ / "metrics.jsonl").read()
+        losses[compile_] = [r["loss"] for r in records if "loss" in r]
     assert len(losses["true"]) == 4
     np.testing.assert_allclose(losses["true"], losses["false"], rtol=1e-5)
 

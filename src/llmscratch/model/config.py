@@ -135,7 +135,7 @@ class ModelConfig:
         _check_choice("rope_scaling", self.rope_scaling, ("none", "llama3"))
         _check_choice("norm", self.norm, ("layernorm", "rmsnorm"))
         _check_choice("mlp", self.mlp, ("gelu", "swiglu", "moe"))
-        _check_choice("dtype", self.dtype, tuple(DTYPES))
+        _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("attn_impl", self.attn_impl, ("auto", "sdpa", "explicit"))
         if self.positions == "rope" and self.head_dim % 2:
             _fail("head_size", self.head_dim, "RoPE rotates pairs of features: use an even width")
