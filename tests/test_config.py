@@ -32,7 +32,7 @@ def test_preset_override_replaces_the_model_section():
         ("train.max_steps=true", "train.max_steps must be of type int"),
         ("model.preset=gpt5", "unknown model preset 'gpt5'"),
         ("model.n_head=5", "must be divisible by model.n_head=5"),
-        ("train.dtype=fp8", "train.dtype must be 'bf16' or 'fp32'"),
+        ("train.dtype=fp8", "train.dtype must be 'auto', 'bf16' or 'fp32'"),
         ("lr", "must look like section.key=value"),
     ],
 )

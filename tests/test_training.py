@@ -2,6 +2,7 @@
 
 import math
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from safetensors.torch import load_file
 from llmscratch.config import TrainConfig, load_config
 from llmscratch.data.loader import TokenWindows
 from llmscratch.model import GPT, get_preset
+from llmscratch.training import precision
 from llmscratch.training import pretrain as pretrain_module
 from llmscratch.training.checkpoint import (
     TrainState,
@@ -83,10 +85,12 @@ def test_only_the_last_checkpoints_are_kept(tmp_path):
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-00000030"
 
 
-def test_ctrl_c_then_resume_is_bit_exact(tmp_path, small_text, monkeypatch):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_ctrl_c_then_resume_is_bit_exact(tmp_path, small_text, monkeypatch, optimizer):
     """An interrupted and resumed run ends with exactly the weights of an uninterrupted one."""
     config = load_config(TINY_CONFIG, ["train.max_steps=16", "train.eval_every=4",
-                                       "train.checkpoint_every=100", "train.dtype=fp32"])
+                                       "train.checkpoint_every=100", "train.dtype=fp32",
+                                       f"train.optimizer={optimizer}"])
     config.data.files = [str(small_text)]
     pretrain_module.pretrain(config, tmp_path / "straight")
 
@@ -136,3 +140,57 @@ def test_max_seconds_stops_early_like_a_last_step_and_resume_finishes(tmp_path, 
     # The limit counts seconds of this process; the resumed run goes on to max_steps.
     pretrain_module.resume(tmp_path / "run", ["train.max_seconds=0"])
     assert latest_checkpoint(tmp_path / "run").name == "step-00000006"
+
+
+def test_budget_seconds_sizes_the_run_and_records_its_length(tmp_path, small_text, monkeypatch):
+    # Each step takes at least 20 ms, so a 1-second budget fits at most 50 steps: the
+    # length is decided after 25 steps, when at least 0.5 s is spent.
+    step = Trainer.train_step
+
+    def slow_step(self, state):
+        time.sleep(0.02)
+        return step(self, state)
+
+    monkeypatch.setattr(Trainer, "train_step", slow_step)
+    config = load_config(TINY_CONFIG, ["train.max_steps=1000", "train.budget_seconds=1",
+                                       "train.warmup_steps=30", "train.eval_every=0",
+                                       "train.checkpoint_every=0", "train.dtype=fp32"])
+    config.data.files = [str(small_text)]
+    pretrain_module.pretrain(config, tmp_path / "run")
+    saved = load_config(tmp_path / "run" / "config.yaml")
+    steps = int(latest_checkpoint(tmp_path / "run").name.split("-")[1])
+    assert 25 <= steps <= 50
+    assert saved.train.max_steps == steps  # the chosen length, so a resume keeps it
+    assert saved.train.budget_seconds == 0
+
+
+def test_budget_seconds_never_lengthens_a_run(tmp_path, small_text):
+    config = load_config(TINY_CONFIG, ["train.max_steps=30", "train.budget_seconds=1e6",
+                                       "train.eval_every=0", "train.dtype=fp32"])
+    config.data.files = [str(small_text)]
+    pretrain_module.pretrain(config, tmp_path / "run")
+    assert latest_checkpoint(tmp_path / "run").name == "step-00000030"
+    assert load_config(tmp_path / "run" / "config.yaml").train.max_steps == 30
+
+
+@pytest.mark.parametrize(("speedup", "expected"), [(0.01, "fp32"), (1.0, "fp32"), (2.2, "bf16")])
+def test_auto_dtype_takes_bf16_only_where_it_is_faster(speedup, expected, monkeypatch):
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: speedup)
+    assert precision.resolve_dtype("auto", torch.device("cpu")) == expected
+    assert precision.resolve_dtype("fp32", torch.device("cpu")) == "fp32"  # asked for: kept
+    assert precision.resolve_dtype("bf16", torch.device("cpu")) == "bf16"
+
+
+def test_cpu_bf16_speedup_is_measured():
+    speedup = precision.cpu_bf16_speedup()
+    assert math.isfinite(speedup) and speedup > 0
+
+
+def test_auto_dtype_is_resolved_into_the_saved_config(tmp_path, small_text, monkeypatch):
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: 0.01)  # bf16 slow here
+    config = load_config(TINY_CONFIG, ["train.max_steps=2", "train.dtype=auto"])
+    config.data.files = [str(small_text)]
+    pretrain_module.pretrain(config, tmp_path / "run")
+    assert load_config(tmp_path / "run" / "config.yaml").train.dtype == "fp32"
+    with pytest.raises(ValueError, match="resolved"):
+        precision.autocast_dtype("auto")

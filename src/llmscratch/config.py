@@ -67,6 +67,9 @@ class TrainConfig:
         max_seconds: a safety limit: stop after this many seconds of training in this
             process, even before max_steps, then evaluate and checkpoint as at the end
             (0 = no limit). `--resume` continues towards max_steps.
+        budget_seconds: size the run to this machine: after timing the first steps, lower
+            max_steps so that training takes about this many seconds (never raises it;
+            0 = off). The chosen max_steps is written to the run's config.yaml.
         batch_size: sequences per micro-batch, in each process.
         grad_accum: micro-batches summed into one optimizer step.
         global_batch: sequences per optimizer step over all processes; when set, grad_accum
@@ -77,10 +80,16 @@ class TrainConfig:
         min_lr_ratio: the decay ends at lr * min_lr_ratio.
         decay_fraction: wsd only: the final fraction of steps that decays linearly.
         warmup_steps: linear warm-up from 0 to lr.
+        optimizer: "adamw", or "muon": Muon (training/muon.py) for the weight matrices
+            inside the blocks, AdamW for embeddings, output layer and vectors.
         weight_decay: AdamW decay on matrices (not on biases, norms, embeddings' positions).
         beta1, beta2: AdamW moment coefficients.
+        muon_lr: optimizer=muon: peak learning rate of the block matrices (train.lr is
+            the AdamW parameters'); the schedule scales both alike.
+        muon_momentum: optimizer=muon: the matrices' (Nesterov) momentum.
         grad_clip: clip the global gradient norm to this (0 = off).
-        dtype: "bf16" (autocast: matmuls in bfloat16, weights fp32) or "fp32".
+        dtype: "bf16" (autocast: matmuls in bfloat16, weights fp32), "fp32", or "auto":
+            bf16 where this hardware runs it faster than fp32 (training/precision.py).
         device: "auto" (cuda if present), "cpu" or "cuda".
         compile: compile the model's forward with torch.compile.
         activation_checkpointing: recompute each block's activations in backward
@@ -102,6 +111,7 @@ class TrainConfig:
 
     max_steps: int = 1000
     max_seconds: float = 0.0
+    budget_seconds: float = 0.0
     batch_size: int = 16
     grad_accum: int = 1
     global_batch: int = 0
@@ -111,11 +121,14 @@ class TrainConfig:
     min_lr_ratio: float = 0.1
     decay_fraction: float = 0.2
     warmup_steps: int = 50
+    optimizer: str = "adamw"
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
     grad_clip: float = 1.0
-    dtype: str = "bf16"
+    dtype: str = "auto"
     device: str = "auto"
     compile: bool = False
     activation_checkpointing: bool = False
@@ -136,8 +149,11 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum"):
             if getattr(self, name) <= 0:
                 raise LLMScratchError(f"train.{name} must be positive, got {getattr(self, name)}")
-        if self.dtype not in ("bf16", "fp32"):
-            raise LLMScratchError(f"train.dtype must be 'bf16' or 'fp32', got {self.dtype!r}")
+        if self.dtype not in ("auto", "bf16", "fp32"):
+            raise LLMScratchError(
+                f"train.dtype must be 'auto', 'bf16' or 'fp32', got {self.dtype!r}")
+        if self.max_seconds < 0 or self.budget_seconds < 0:
+            raise LLMScratchError("train.max_seconds and train.budget_seconds must be >= 0")
         if self.device not in ("auto", "cpu", "cuda"):
             raise LLMScratchError(
                 f"train.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}"
@@ -150,6 +166,12 @@ class TrainConfig:
         if not 0.0 <= self.decay_fraction <= 1.0:
             raise LLMScratchError(
                 f"train.decay_fraction must be in [0, 1], got {self.decay_fraction}")
+        if self.optimizer not in ("adamw", "muon"):
+            raise LLMScratchError(
+                f"train.optimizer must be 'adamw' or 'muon', got {self.optimizer!r}")
+        if self.optimizer == "muon" and self.parallel == "fsdp":
+            raise LLMScratchError("train.optimizer=muon needs whole matrices; it does not run "
+                                  "with train.parallel=fsdp yet: use train.parallel=ddp")
         if self.parallel not in ("ddp", "fsdp"):
             raise LLMScratchError(f"train.parallel must be 'ddp' or 'fsdp', got {self.parallel!r}")
         if self.keep_checkpoints < 1 or self.global_batch < 0 or self.peak_flops < 0:

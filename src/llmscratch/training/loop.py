@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,9 +43,14 @@ from llmscratch.training.metrics import MetricsLog
 from llmscratch.training.objectives import Objective
 from llmscratch.training.optim import lr_at
 from llmscratch.training.parallel import DistInfo, all_reduce_mean
+from llmscratch.training.precision import autocast_dtype
 from llmscratch.training.throughput import memory_gb, mfu, peak_flops
 
 MAX_BAD_STEPS = 10  # non-finite losses in a row before the run is stopped
+# train.budget_seconds: the first steps of a process are slow (memory is allocated,
+# kernels are chosen), so these are skipped, and the median of the next ones is timed.
+BUDGET_SKIPPED_STEPS = 5
+BUDGET_TIMED_STEPS = 20
 
 
 class BatchSource(Protocol):
@@ -61,10 +67,12 @@ class Hooks:
 
     evaluate(model) -> dict of metrics (e.g. val_loss, val_bpb)
     sample(model, step) -> None (writes samples somewhere; every train.sample_every steps)
+    planned(max_steps) -> None (once train.budget_seconds has fixed the run's length)
     """
 
     evaluate: Callable[[torch.nn.Module], dict] | None = None
     sample: Callable[[torch.nn.Module, int], None] | None = None
+    planned: Callable[[int], None] | None = None
 
 
 @contextlib.contextmanager
@@ -92,10 +100,6 @@ def stop_on_ctrl_c() -> Iterator[Callable[[], bool]]:
         yield lambda: requested
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def autocast_dtype(cfg: TrainConfig) -> torch.dtype | None:
-    return torch.bfloat16 if cfg.dtype == "bf16" else None
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
@@ -154,7 +158,7 @@ class Trainer:
     def train_step(self, state: TrainState) -> dict:
         """One optimizer step over `grad_accum` micro-batches; returns its metrics."""
         cfg = self.cfg
-        amp = autocast_dtype(cfg)
+        amp = autocast_dtype(cfg.dtype)
         total_loss, tokens = 0.0, 0
         for micro in range(self.grad_accum):
             batch = self.data.next_batch()
@@ -179,8 +183,9 @@ class Trainer:
         lr = lr_at(state.step, cfg)
         finite = math.isfinite(total_loss) and math.isfinite(grad_norm)
         if finite:
+            # Each group's peak (training/optim.py) times the schedule's fraction of train.lr.
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = group.get("initial_lr", cfg.lr) * lr / cfg.lr
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {"loss": total_loss, "lr": lr, "grad_norm": grad_norm,
@@ -197,6 +202,7 @@ class Trainer:
                    dynamic_ncols=True, disable=not main)
         first_step = state.step
         bad_in_a_row, window_tokens, window_start = 0, 0, time.perf_counter()
+        step_seconds: list[float] = []  # this process's step times, for train.budget_seconds
         started = window_start
         with stop_on_ctrl_c() as stop_requested, bar:
             out_of_time = False
@@ -206,7 +212,9 @@ class Trainer:
                     self._checkpoint(state)
                     raise TrainingInterrupted(state.step)
                 try:
+                    step_started = time.perf_counter()
                     out = self.train_step(state)
+                    step_seconds.append(time.perf_counter() - step_started)
                 except Exception as err:
                     if state.step == first_step and _is_out_of_memory(err):
                         raise LLMScratchError(
@@ -230,6 +238,10 @@ class Trainer:
                 state.tokens_seen += out["tokens"]
                 window_tokens += out["tokens"]
                 bar.update(1)
+                if cfg.budget_seconds and len(step_seconds) == (BUDGET_SKIPPED_STEPS
+                                                                + BUDGET_TIMED_STEPS):
+                    self._fit_to_budget(state, step_seconds[BUDGET_SKIPPED_STEPS:],
+                                        time.perf_counter() - started, bar)
                 # The time limit ends the run like its last step (evaluate, checkpoint);
                 # every rank must stop at the same step, so the ranks vote.
                 out_of_time = cfg.max_seconds > 0 and all_reduce_mean(
@@ -267,6 +279,30 @@ class Trainer:
         if self.tensorboard is not None:
             self.tensorboard.close()
         return state
+
+    def _fit_to_budget(self, state: TrainState, timed: list[float], elapsed: float,
+                       bar: tqdm) -> None:
+        """Lower cfg.max_steps so that training takes about cfg.budget_seconds in all.
+
+        Called after the first 25 steps of a process. In a new run with a
+        warm-up of 25 steps or more that is still inside the warm-up, whose
+        learning rates do not depend on the run's length, so every step
+        follows the schedule of the length chosen here. Processes may time
+        differently; they agree on the mean of their answers.
+        """
+        cfg = self.cfg
+        per_step = statistics.median(timed)
+        fits = state.step + max(cfg.budget_seconds - elapsed, 0.0) / per_step
+        fits = int(all_reduce_mean(fits, self.info))
+        planned = min(cfg.max_steps, max(fits, state.step))
+        if self.info.is_main:
+            bar.write(f"train.budget_seconds={cfg.budget_seconds:g}: {per_step:.3f} s per step "
+                      f"here, so {planned} steps (train.max_steps was {cfg.max_steps})")
+        cfg.max_steps, cfg.budget_seconds = planned, 0.0  # decided: a resume keeps this length
+        bar.total = planned
+        bar.refresh()
+        if self.hooks.planned:
+            self.hooks.planned(planned)
 
     def _checkpoint(self, state: TrainState) -> None:
         state.data = self.data.state_dict()

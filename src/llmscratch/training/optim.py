@@ -1,4 +1,4 @@
-"""AdamW with decay/no-decay parameter groups, and the learning-rate schedules.
+"""The optimizer (AdamW with decay/no-decay groups, or Muon) and the learning-rate schedules.
 
 Two schedules, chosen by `train.schedule`: warm-up + cosine decay (GPT-3,
 nanoGPT), and warm-up + stable + decay (WSD). Both start with the same
@@ -13,9 +13,23 @@ import math
 import torch
 
 from llmscratch.config import TrainConfig
+from llmscratch.training.muon import Muon
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer `train.optimizer` names: "adamw" or "muon" (training/muon.py).
+
+    Each parameter group records its peak learning rate as "initial_lr";
+    the loop multiplies it by the schedule (`lr_at(step) / train.lr`), so
+    Muon's matrices and AdamW's other weights follow one schedule, each
+    from its own peak.
+    """
+    if cfg.optimizer == "muon":
+        return build_muon(model, cfg)
+    return build_adamw(model, cfg)
+
+
+def build_adamw(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW where only matrices (Linear and token-embedding weights) are decayed.
 
     Weight decay pulls weights towards zero. That regularises the big
@@ -27,13 +41,36 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": cfg.weight_decay, "initial_lr": cfg.lr},
+        {"params": no_decay, "weight_decay": 0.0, "initial_lr": cfg.lr},
     ]
     # The fused kernel does the whole update in one pass over memory (CPU and CUDA).
     return torch.optim.AdamW(
         groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=True
     )
+
+
+def build_muon(model: torch.nn.Module, cfg: TrainConfig) -> Muon:
+    """Muon (lr `train.muon_lr`) for the blocks' weight matrices, AdamW for the rest.
+
+    "The rest" is the token and position embeddings, the output layer (decayed
+    like any matrix under AdamW), and the vectors (not decayed). Newton-Schulz
+    runs in bf16 when the run computes in bf16, else in fp32.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    hidden = [p for n, p in named if p.dim() == 2 and ".blocks." in f".{n}"]
+    hidden_ids = {id(p) for p in hidden}
+    others = [p for n, p in named if id(p) not in hidden_ids]
+    groups = [
+        {"params": hidden, "muon": True, "lr": cfg.muon_lr, "initial_lr": cfg.muon_lr},
+        {"params": [p for p in others if p.dim() >= 2], "weight_decay": cfg.weight_decay,
+         "initial_lr": cfg.lr},
+        {"params": [p for p in others if p.dim() < 2], "weight_decay": 0.0,
+         "initial_lr": cfg.lr},
+    ]
+    ns_dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
+    return Muon(groups, lr=cfg.lr, momentum=cfg.muon_momentum, betas=(cfg.beta1, cfg.beta2),
+                ns_dtype=ns_dtype)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

@@ -44,18 +44,20 @@ from llmscratch.generation.sampling import SamplingConfig, generate
 from llmscratch.model import GPT
 from llmscratch.tokenizer import Tokenizer, train_bpe
 from llmscratch.training.checkpoint import TrainState, latest_checkpoint, load_checkpoint
-from llmscratch.training.loop import Hooks, Trainer, autocast_dtype
+from llmscratch.training.loop import Hooks, Trainer
 from llmscratch.training.metrics import MetricsLog, plot_losses, plot_training
 from llmscratch.training.objectives import NextTokenPrediction
 from llmscratch.training.optim import build_optimizer
 from llmscratch.training.parallel import (
     DistInfo,
+    all_reduce_mean,
     barrier,
     check_global_batch,
     close_distributed,
     init_distributed,
     parallelize,
 )
+from llmscratch.training.precision import autocast_dtype, resolve_dtype
 from llmscratch.training.report import write_report, write_samples
 
 
@@ -183,10 +185,21 @@ def load_data(config: RunConfig, run_dir: Path, first_time: bool, info: DistInfo
 
 @contextlib.contextmanager
 def _processes(config: RunConfig) -> Iterator[tuple[DistInfo, torch.device]]:
-    """Join torchrun's process group (if launched by it) for the length of a run."""
+    """Join torchrun's process group (if launched by it) for the length of a run.
+
+    Also settles `train.dtype=auto` (training/precision.py) to what this
+    hardware computes fastest; every process must use the same, so bf16 is
+    chosen only where all of them would choose it.
+    """
     info = init_distributed(resolve_device(config.train.device))
     try:
-        yield info, resolve_device(config.train.device, info)
+        device = resolve_device(config.train.device, info)
+        if config.train.dtype == "auto":
+            bf16 = float(resolve_dtype("auto", device) == "bf16")
+            config.train.dtype = "bf16" if all_reduce_mean(bf16, info) == 1.0 else "fp32"
+            if info.is_main:
+                print(f"train.dtype=auto: computing in {config.train.dtype} on {device.type}")
+        yield info, device
     finally:
         close_distributed()
 
@@ -245,7 +258,7 @@ def _run(config: RunConfig, run_dir: Path, data: RunData, ckpt: Path | None, inf
         if info.is_main:
             metrics.truncate_after(train_state.step)
         say(f"resuming from {ckpt.name} (step {train_state.step} of {cfg.max_steps})")
-    amp = autocast_dtype(cfg)
+    amp = autocast_dtype(cfg.dtype)
     step_tokens = batches.global_batch * grad_accum * seq_len
     say(f"model: {n_params / 1e6:.2f}M parameters; {cfg.max_steps} steps of "
         f"{step_tokens:,} tokens ({batches.epochs(cfg.max_steps * grad_accum):.2f} epochs) on "
@@ -274,9 +287,13 @@ def _run(config: RunConfig, run_dir: Path, data: RunData, ckpt: Path | None, inf
             write_samples(run_dir / "samples.md", step, outs)
         return outs
 
+    def planned(max_steps: int) -> None:  # train.budget_seconds chose the run's length
+        if info.is_main:
+            save_config(config, run_dir / "config.yaml")
+
     trainer = Trainer(model, NextTokenPrediction(device), batches, optimizer, cfg, run_dir,
-                      device, Hooks(evaluate=evaluate, sample=sample), info, grad_accum,
-                      flops_per_token)
+                      device, Hooks(evaluate=evaluate, sample=sample, planned=planned), info,
+                      grad_accum, flops_per_token)
     started = time.perf_counter()
     tokens_before = train_state.tokens_seen
     train_state = trainer.fit(train_state)

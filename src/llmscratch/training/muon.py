@@ -1,0 +1,112 @@
+"""Muon: momentum, then orthogonalize the update of each hidden weight matrix.
+
+AdamW scales every weight's step by its own gradient history. Muon (Jordan
+et al., 2024, "Muon: An optimizer for hidden layers in neural networks";
+Bernstein & Newhouse, 2024, "Old optimizer, new norm") treats a weight
+matrix as a whole: it takes the momentum of the gradient, G (out x in), and
+replaces it by the nearest semi-orthogonal matrix, U V^T from G's singular
+value decomposition U S V^T. Every direction the gradient points in then
+moves by the same amount, instead of the few largest ones taking over the
+step. On small GPTs this reaches a given loss in markedly fewer tokens
+than AdamW (docs/benchmarks.md, "Demo quality", measures it here).
+
+An SVD per step is slow; a Newton-Schulz iteration gets close enough in five
+matrix polynomials: with X normalised so that its singular values are at
+most 1, each step X <- a X + b (X X^T) X + c (X X^T)^2 X pushes every
+singular value towards 1 (the quintic's coefficients are tuned to do that
+fast, not exactly: values that are not tiny end between about 0.7 and 1.2,
+which trains as well as exact orthogonalization).
+
+Muon is for the matrices inside the transformer blocks. The token embedding
+(a lookup, not a matmul on a dense input), the output layer, and vectors
+(biases, norm gains) are trained by AdamW, as in the papers above: this
+optimizer holds both kinds of parameter groups, `"muon": True` or not.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# Quintic Newton-Schulz coefficients from Jordan et al. (2024).
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+NS_STEPS = 5
+
+
+def orthogonalize(update: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """An approximately semi-orthogonal matrix with the singular vectors of `update`.
+
+    update: (rows, cols). Returns the same shape, in `dtype` (bf16 is accurate
+    enough and twice as fast where the hardware has it).
+    """
+    a, b, c = NS_COEFFICIENTS
+    x = update.to(dtype)
+    wide = x.size(0) <= x.size(1)
+    if not wide:
+        x = x.T  # iterate on the (small x large) side: X X^T is then the smaller square
+    x = x / (x.norm() + 1e-7)  # Frobenius norm >= largest singular value, so all <= 1
+    for _ in range(NS_STEPS):
+        gram = x @ x.T  # (small, small)
+        x = a * x + (b * gram + c * (gram @ gram)) @ x
+    return x if wide else x.T
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for groups marked `"muon": True`, AdamW for the others.
+
+    Muon groups: lr, momentum (Nesterov), and no weight decay. AdamW groups:
+    lr, betas, eps, weight_decay (decoupled, as torch.optim.AdamW).
+    `ns_dtype` is the dtype of the Newton-Schulz iteration.
+    """
+
+    def __init__(self, param_groups: list[dict], lr: float = 0.02, momentum: float = 0.95,
+                 betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
+                 weight_decay: float = 0.0, ns_dtype: torch.dtype = torch.float32) -> None:
+        defaults = dict(lr=lr, momentum=momentum, betas=betas, eps=eps,
+                        weight_decay=weight_decay, muon=False)
+        super().__init__(param_groups, defaults)
+        self.ns_dtype = ns_dtype
+        for group in self.param_groups:
+            if group["muon"] and any(p.dim() != 2 for p in group["params"]):
+                raise ValueError("Muon groups may only hold 2-D weight matrices")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if group["muon"]:
+                    self._muon_update(p, group)
+                else:
+                    self._adamw_update(p, group)
+
+    def _muon_update(self, p: torch.Tensor, group: dict) -> None:
+        state = self.state[p]
+        if "momentum" not in state:
+            state["momentum"] = torch.zeros_like(p)
+        momentum, beta = state["momentum"], group["momentum"]
+        momentum.lerp_(p.grad, 1 - beta)  # m = beta m + (1 - beta) g
+        nesterov = p.grad.lerp(momentum, beta)  # look ahead: (1 - beta) g + beta m
+        update = orthogonalize(nesterov, self.ns_dtype).to(p.dtype)  # (out, in)
+        # A semi-orthogonal (out x in) matrix has entries of RMS 1/sqrt(max(out, in));
+        # scaling tall matrices by sqrt(out / in) gives every layer a comparable step.
+        scale = math.sqrt(max(1.0, p.size(0) / p.size(1)))
+        p.add_(update, alpha=-group["lr"] * scale)
+
+    def _adamw_update(self, p: torch.Tensor, group: dict) -> None:
+        state = self.state[p]
+        if "step" not in state:
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        state["step"] += 1
+        t = float(state["step"])
+        beta1, beta2 = group["betas"]
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        exp_avg.lerp_(p.grad, 1 - beta1)  # first moment
+        exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)  # second moment
+        p.mul_(1 - group["lr"] * group["weight_decay"])  # decoupled weight decay
+        denom = (exp_avg_sq / (1 - beta2**t)).sqrt_().add_(group["eps"])
+        p.addcdiv_(exp_avg, denom, value=-group["lr"] / (1 - beta1**t))

@@ -1,0 +1,66 @@
+"""Which precision a run computes in: `train.dtype` = "auto", "bf16" or "fp32".
+
+With "bf16" the forward runs under `torch.autocast`: matmuls in bfloat16,
+weights, gradients and optimizer state in fp32 (training/loop.py). That is
+only worth it where bfloat16 matmuls are fast:
+
+- CUDA GPUs from Ampere on (A100, H100, RTX 30xx/40xx) have bf16 tensor
+  cores: bf16 is the right choice there;
+- CPUs differ. Those with bf16 dot-product instructions (x86 AVX512_BF16 or
+  AMX, recent Arm cores) multiply bf16 about twice as fast as fp32; on one
+  without them, PyTorch falls back to a plain loop that can be a hundred
+  times *slower* than fp32 (measured: 0.8 against 85 GFLOP/s on an AVX2-only
+  2-core EPYC; docs/benchmarks.md).
+
+So "auto" asks the hardware: `torch.cuda.is_bf16_supported()` on a GPU,
+and on a CPU a few milliseconds of timing the same matmul in both dtypes.
+The choice is made once, when a run starts, and written into the run's
+config.yaml, so a resumed run keeps the precision it started with.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+
+# bf16 must beat fp32 by this much on a CPU to be chosen: it also costs accuracy.
+CPU_BF16_MIN_SPEEDUP = 1.2
+
+
+def _best_matmul_seconds(a: torch.Tensor, b: torch.Tensor, repeats: int = 3) -> float:
+    a @ b  # the first call may pick kernels and allocate
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+@functools.cache
+def cpu_bf16_speedup() -> float:
+    """How many times faster a (256 x 512) @ (512 x 256) matmul runs in bf16 than in fp32 here."""
+    a, b = torch.randn(256, 512), torch.randn(512, 256)
+    fp32 = _best_matmul_seconds(a, b)
+    bf16 = _best_matmul_seconds(a.bfloat16(), b.bfloat16())
+    return fp32 / max(bf16, 1e-9)
+
+
+def resolve_dtype(name: str, device: torch.device) -> str:
+    """The concrete compute dtype ("bf16" or "fp32") that `train.dtype=name` means on `device`."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_bf16_speedup() >= CPU_BF16_MIN_SPEEDUP else "fp32"
+    return "fp32"
+
+
+def autocast_dtype(name: str) -> torch.dtype | None:
+    """The dtype to autocast to for a resolved `train.dtype`, or None for plain fp32."""
+    if name == "auto":
+        raise ValueError("train.dtype 'auto' must be resolved (resolve_dtype) before training")
+    return torch.bfloat16 if name == "bf16" else None

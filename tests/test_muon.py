@@ -1,0 +1,76 @@
+"""Muon: the Newton-Schulz orthogonalization, the parameter split, and its AdamW half."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmscratch.config import TrainConfig
+from llmscratch.model import GPT, get_preset
+from llmscratch.training.muon import Muon, orthogonalize
+from llmscratch.training.optim import build_optimizer
+
+
+@pytest.mark.parametrize("shape", [(64, 256), (256, 64), (96, 384)])
+def test_orthogonalize_brings_every_singular_value_near_one(shape):
+    torch.manual_seed(0)
+    # A gradient-like matrix: a few strong directions on top of noise.
+    update = torch.randn(*shape) + 20 * torch.randn(shape[0], 1) @ torch.randn(1, shape[1])
+    before = torch.linalg.svdvals(update)
+    assert before.max() / before.min() > 50  # badly conditioned to begin with
+    ortho = orthogonalize(update)
+    assert ortho.shape == update.shape
+    after = torch.linalg.svdvals(ortho)
+    assert after.min() > 0.6 and after.max() < 1.25
+    # Same singular vectors: U^T O V is (nearly) diagonal.
+    u, _, vh = torch.linalg.svd(update, full_matrices=False)
+    core = u.T @ ortho @ vh.T
+    off_diagonal = core - torch.diag(torch.diagonal(core))
+    assert off_diagonal.abs().max() < 0.05
+
+
+def test_muon_takes_the_block_matrices_and_adamw_the_rest():
+    model = GPT(get_preset("gpt2-tiny"))
+    opt = build_optimizer(model, TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.02))
+    muon_group = next(g for g in opt.param_groups if g["muon"])
+    names = {id(p): n for n, p in model.named_parameters()}
+    in_muon = {names[id(p)] for p in muon_group["params"]}
+    expected = {n for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2}
+    assert in_muon == expected and "blocks.0.attn.qkv.weight" in in_muon
+    assert muon_group["initial_lr"] == 0.02
+    others = [g for g in opt.param_groups if not g["muon"]]
+    assert all(g["initial_lr"] == 1e-3 for g in others)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
+def test_adamw_groups_match_torch_adamw():
+    torch.manual_seed(0)
+    ours_params = [torch.nn.Parameter(torch.randn(8, 4)), torch.nn.Parameter(torch.randn(4))]
+    ref_params = [torch.nn.Parameter(p.detach().clone()) for p in ours_params]
+    ours = Muon([{"params": ours_params, "weight_decay": 0.1}], lr=1e-2, betas=(0.9, 0.95))
+    ref = torch.optim.AdamW(ref_params, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    for step in range(5):
+        grads = [torch.randn_like(p) for p in ours_params]
+        for p, q, g in zip(ours_params, ref_params, grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        ours.step()
+        ref.step()
+    for p, q in zip(ours_params, ref_params, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_muon_overfits_one_batch():
+    torch.manual_seed(0)
+    model = GPT(get_preset("gpt2-tiny"))
+    opt = build_optimizer(model, TrainConfig(optimizer="muon", lr=3e-3, muon_lr=0.02))
+    ids = torch.randint(0, 512, (4, 33))
+    for _ in range(100):
+        loss = F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1
+
+
+def test_muon_refuses_vectors():
+    with pytest.raises(ValueError, match="2-D"):
+        Muon([{"params": [torch.nn.Parameter(torch.zeros(3))], "muon": True}])
