@@ -53,6 +53,9 @@ def main() -> int:
         "wall_seconds": round(wall, 1),
         "train_seconds": round(result.train_seconds, 1),
         "train_tokens_per_second": round(result.tokens_per_second),
+        # pretrain settles dtype "auto" in the config; steps are those that fit the budget
+        "dtype": config.train.dtype,
+        "steps": result.steps,
         "target_bpb": 1.95,
         "target_seconds": 600,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -66,6 +69,7 @@ def main() -> int:
          f"{1.95 / figures['val_bpb']:.3f}x"),
         ("wall time (s)", f"{wall:.0f}", "<= 600", f"{600 / wall:.2f}x"),
         ("training tokens/s", f"{result.tokens_per_second:,.0f}", "", ""),
+        ("steps, precision", f"{result.steps} {config.train.dtype}", "", ""),
     ]
     print(f"\ndemo benchmark ({figures['machine']})\n")
     print(f"| {'figure':<22} | {'ours':>10} | {'target':>8} | {'target/ours':>11} |")

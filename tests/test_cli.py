@@ -31,7 +31,11 @@ def test_pretrain_leaves_a_complete_run(tiny_run):
     losses = [r["loss"] for r in records if "loss" in r]
     assert losses[-1] < losses[0]  # it learned something
     assert any("final_val_bpb" in r for r in records)
-    assert "validation bits per byte" in (tiny_run / "report.md").read_text()
+    report = (tiny_run / "report.md").read_text()
+    assert "validation bits per byte" in report
+    # train.dtype was auto: the report and config.yaml name what it became
+    assert config["train"]["dtype"] in ("bf16", "fp32")
+    assert f"| steps, optimizer, precision | 20, adamw, {config['train']['dtype']} |" in report
 
 
 def test_eval_json(tiny_run, small_text):

@@ -48,7 +48,7 @@ def test_adamw_groups_match_torch_adamw():
     ref_params = [torch.nn.Parameter(p.detach().clone()) for p in ours_params]
     ours = Muon([{"params": ours_params, "weight_decay": 0.1}], lr=1e-2, betas=(0.9, 0.95))
     ref = torch.optim.AdamW(ref_params, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
-    for step in range(5):
+    for _ in range(5):
         grads = [torch.randn_like(p) for p in ours_params]
         for p, q, g in zip(ours_params, ref_params, grads, strict=True):
             p.grad, q.grad = g.clone(), g.clone()

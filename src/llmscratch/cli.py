@@ -85,7 +85,8 @@ def _print_result(result) -> None:
     final = result.final
     print(f"\nvalidation: loss {final.loss:.4f} nats/token, perplexity {final.perplexity:.2f}, "
           f"{final.bpb:.4f} bits/byte ({final.tokens:,} tokens, {final.bytes:,} bytes)")
-    print(f"training: {result.train_seconds:.0f} s, {result.tokens_per_second:,.0f} tokens/s")
+    print(f"training: {result.steps:,} steps in {result.train_seconds:.0f} s, "
+          f"{result.tokens_per_second:,.0f} tokens/s")
     for prompt, completion in result.samples:
         print("\n--- sample " + "-" * 50 + "\n" + prompt + completion)
     print(f"\nrun directory: {result.run_dir}  (report: {result.run_dir / 'report.md'})")

@@ -69,6 +69,7 @@ class PretrainResult:
     tokens_per_second: float
     samples: list[tuple[str, str]]  # (prompt, completion)
     rank: int = 0  # under torchrun, only rank 0 reports
+    steps: int = 0  # optimizer steps done in all (train.max_steps unless stopped early)
 
 
 @dataclass
@@ -313,7 +314,8 @@ def _run(config: RunConfig, run_dir: Path, data: RunData, ckpt: Path | None, inf
                        "final_val_perplexity": final.perplexity})
         plot_losses(metrics.read(), run_dir / "loss.png", title=f"{run_dir.name}: loss")
         plot_training(metrics.read(), run_dir / "training.png", title=run_dir.name)
-    result = PretrainResult(run_dir, final, train_seconds, tok_per_s, samples, info.rank)
+    result = PretrainResult(run_dir, final, train_seconds, tok_per_s, samples, info.rank,
+                            train_state.step)
     if info.is_main:
         write_report(run_dir, config, result, n_params)
     return result

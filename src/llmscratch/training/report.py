@@ -34,6 +34,8 @@ def write_report(run_dir: Path, config, result, n_params: int) -> None:
         f"| validation tokens / bytes | {final.tokens:,} / {final.bytes:,} |",
         f"| training time | {result.train_seconds:.0f} s |",
         f"| training throughput | {result.tokens_per_second:,.0f} tokens/s |",
+        f"| steps, optimizer, precision | {result.steps:,}, {config.train.optimizer}, "
+        f"{config.train.dtype} |",
         "",
         "## Loss",
         "",
@@ -51,7 +53,7 @@ def write_report(run_dir: Path, config, result, n_params: int) -> None:
         "(rerun it with `llmscratch pretrain --config`)",
         "- `tokenizer/tokenizer.json`: the BPE tokenizer",
         "- `checkpoints/latest` → `checkpoints/step-*/`: `model.safetensors` (weights), "
-        "`optimizer.pt` (AdamW state), `state.json` (step, tokens, RNG states)",
+        "`optimizer.pt` (optimizer state), `state.json` (step, tokens, RNG states)",
         "- `metrics.jsonl`: one JSON object per logged step and per validation",
         "- `loss.png`, `samples.md`",
         "",
