@@ -6,9 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from llmscratch.config import TrainConfig
 from llmscratch.errors import LLMScratchError
 from llmscratch.generation.sampling import SamplingConfig, generate
 from llmscratch.model import GPT, get_preset
+from llmscratch.training.optim import build_optimizer
 
 
 def tiny(**overrides) -> GPT:
@@ -77,10 +79,14 @@ def test_loss_at_initialisation_is_near_uniform():
     assert abs(loss.item() - math.log(512)) < 0.1
 
 
-def test_overfits_one_batch():
+@pytest.mark.parametrize("make_optimizer", [
+    lambda model: torch.optim.AdamW(model.parameters(), lr=3e-3),
+    lambda model: build_optimizer(model, TrainConfig(optimizer="muon", lr=3e-3, muon_lr=0.02)),
+], ids=["adamw", "muon"])
+def test_overfits_one_batch(make_optimizer):
     model = tiny()
     ids = torch.randint(0, 512, (4, 33))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    opt = make_optimizer(model)
     for _ in range(150):
         loss = F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
         opt.zero_grad()

@@ -284,9 +284,9 @@ class Trainer:
                        bar: tqdm) -> None:
         """Lower cfg.max_steps so that training takes about cfg.budget_seconds in all.
 
-        Called after the first 25 steps of a process. In a new run with a
-        warm-up of 25 steps or more that is still inside the warm-up, whose
-        learning rates do not depend on the run's length, so every step
+        Called after a process's first 25 steps. In a new run whose warm-up
+        lasts 25 steps or more, that is still inside the warm-up, where the
+        learning rate does not depend on the run's length: so every step
         follows the schedule of the length chosen here. Processes may time
         differently; they agree on the mean of their answers.
         """
