@@ -1,7 +1,7 @@
 """`llmscratch pretrain` under torchrun on CPU (gloo): 2 processes train like 1.
 
 The same global batch (8 sequences: 8 in one process, or 4 in each of two)
-must give the same losses, within 1e-5, with DDP and with FSDP2; an FSDP
+must give the same losses, within 1e-5, with DDP (AdamW or Muon) and with FSDP2; an FSDP
 run must resume from its sharded checkpoint with 2 processes and with 1.
 """
 
@@ -121,3 +121,10 @@ def test_fsdp_run_resumes_with_two_processes_or_one(processes, fsdp_run, one_pro
     got = load_file(export)
     for name, tensor in ref.items():
         torch.testing.assert_close(got[name], tensor, rtol=0, atol=1e-5)
+
+
+def test_muon_under_ddp_two_processes_match_one(tmp_path, data):
+    """Muon orthogonalizes the averaged gradient: every rank takes the one-process step."""
+    pretrain(tmp_path / "one", data, 1, "train.optimizer=muon")
+    pretrain(tmp_path / "ddp", data, 2, "train.optimizer=muon", "train.parallel=ddp")
+    assert_same_losses(tmp_path / "ddp", tmp_path / "one")
