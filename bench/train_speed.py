@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from llmscratch.config import TrainConfig
 from llmscratch.model import GPT, ModelConfig
+from llmscratch.model.config import torch_dtype
 from llmscratch.training.checkpoint import TrainState
 from llmscratch.training.loop import Trainer
 from llmscratch.training.objectives import NextTokenPrediction
@@ -215,7 +216,7 @@ def main() -> None:
     dtypes = args.precision.split(",")
     peers = [p for p in args.peers.split(",") if p]
     # Only the precisions asked for: without bf16 instructions, a bf16 peak takes minutes.
-    peaks = {d: matmul_peak({"fp32": torch.float32, "bf16": torch.bfloat16}[d]) for d in dtypes}
+    peaks = {d: matmul_peak(torch_dtype(d)) for d in dtypes}
     rows = []
     for name in args.shapes.split(","):
         rows += run_shape(SHAPES[name], dtypes, args.rounds, args.steps, peers)

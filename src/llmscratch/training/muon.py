@@ -15,7 +15,8 @@ matrix polynomials: with X normalised so that its singular values are at
 most 1, each step X <- a X + b (X X^T) X + c (X X^T)^2 X pushes every
 singular value towards 1 (the quintic's coefficients are tuned to do that
 fast, not exactly: values that are not tiny end between about 0.7 and 1.2,
-which trains as well as exact orthogonalization).
+tests/test_muon.py checks it; Jordan et al. report that this trains as well
+as exact orthogonalization).
 
 Muon is for the matrices inside the transformer blocks. The token embedding
 (a lookup, not a matmul on a dense input), the output layer, and vectors
