@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from llmscratch.config import TrainConfig
 from llmscratch.errors import LLMScratchError
 from llmscratch.generation.sampling import SamplingConfig, generate
-from llmscratch.model import GPT, get_preset
+from llmscratch.model import GPT, fused_loss, get_preset
 from llmscratch.training.optim import build_optimizer
 
 
@@ -77,6 +77,46 @@ def test_loss_at_initialisation_is_near_uniform():
     logits = model(ids[:, :-1])
     loss = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
     assert abs(loss.item() - math.log(512)) < 0.1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_chunked_output_loss_equals_the_plain_one(monkeypatch, dtype):
+    # Small chunks, so the 300 rows span several of them and the last is shorter.
+    monkeypatch.setattr(fused_loss, "CHUNK_ELEMENTS", 64 * 700)
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(300, 48), torch.randn(700, 48) * 0.1
+    targets = torch.randint(0, 700, (300,))
+    targets[::7] = fused_loss.IGNORE_INDEX  # some rows predict nothing
+    results = []
+    for loss_fn in (fused_loss.plain_cross_entropy, fused_loss.linear_cross_entropy):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            loss = loss_fn(h, w, targets)
+        (3.0 * loss).backward()  # a scale other than 1 reaches backward
+        results.append((loss.detach(), h.grad, w.grad))
+    (plain, plain_dh, plain_dw), (fused, fused_dh, fused_dw) = results
+    tol = 1e-5 if dtype == torch.float32 else 1e-2  # bf16: per-chunk rounding of the matmuls
+    assert fused.item() == pytest.approx(plain.item(), rel=1e-6)
+    assert torch.allclose(fused_dh, plain_dh, atol=tol * plain_dh.abs().max())
+    assert torch.allclose(fused_dw, plain_dw, atol=tol * plain_dw.abs().max())
+
+
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+def test_model_loss_with_targets_equals_cross_entropy_of_its_logits(tie):
+    model = tiny(tie_embeddings=tie)
+    ids = torch.randint(0, 512, (4, 33))
+    inputs, targets = ids[:, :-1], ids[:, 1:]
+    loss = model(inputs, targets=targets)
+    loss.backward()
+    fused_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    reference = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
+    reference.backward()
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
+    for fused_grad, p in zip(fused_grads, model.parameters(), strict=True):
+        assert torch.allclose(fused_grad, p.grad, atol=1e-6)
+    with torch.no_grad():  # evaluation takes the same chunks without computing gradients
+        assert model(inputs, targets=targets).item() == pytest.approx(reference.item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("make_optimizer", [

@@ -10,9 +10,11 @@ even for a 30B model. Memory is estimated from them and from the shapes:
     gradients     N x bytes (one per weight)
     optimizer     2 N x bytes (AdamW's two moments; PyTorch keeps them in the
                   weights' dtype)
-    activations   B T x [L x per_layer + D + V] x bytes + B T V x 4: the
-                  tensors autograd keeps for the backward pass, with fused
-                  attention (no T x T scores), plus the logits' fp32 softmax.
+    activations   B T x [L x per_layer + 2 D] x bytes: the tensors autograd
+                  keeps for the backward pass, with fused attention (no T x T
+                  scores). No B T V logits: training computes the output layer
+                  and its loss a chunk of rows at a time (model/fused_loss.py)
+                  and keeps only the gradient of the final hidden states (D).
                   per_layer = 4 D + (2 H + 3 Hkv) Dh + mlp, where mlp is
                   2 F (GELU), 4 F (SwiGLU) or K (D + 4 F) + E (MoE)
     KV cache      2 L B T Hkv Dh x bytes (inference)
@@ -53,12 +55,12 @@ def footprint(config: ModelConfig, batch: int = 1, seq: int = 0, dtype: str = ""
     else:
         mlp = c.n_expert_active * (c.n_embd + 4 * c.mlp_dim) + c.n_expert
     per_layer = 4 * c.n_embd + (2 * c.n_head + 3 * c.kv_heads) * c.head_dim + mlp
-    per_token = c.n_layer * per_layer + c.n_embd + c.vocab_size
+    per_token = c.n_layer * per_layer + 2 * c.n_embd
     memory = {
         "weights": total * nbytes,
         "gradients": total * nbytes,
         "optimizer": 2 * total * nbytes,
-        "activations": batch * T * (per_token * nbytes + c.vocab_size * 4),
+        "activations": batch * T * per_token * nbytes,
         "kv_cache": 2 * c.n_layer * batch * T * c.kv_heads * c.head_dim * nbytes,
     }
     memory["training_total"] = sum(memory[k] for k in ("weights", "gradients", "optimizer",

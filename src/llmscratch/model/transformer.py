@@ -30,6 +30,7 @@ from torch import nn
 from llmscratch.errors import LLMScratchError
 from llmscratch.model.attention import CausalSelfAttention, visible_keys
 from llmscratch.model.config import ModelConfig
+from llmscratch.model.fused_loss import linear_cross_entropy
 from llmscratch.model.kv_cache import KVCache
 from llmscratch.model.moe import MoE
 from llmscratch.model.norms import RMSNorm, make_norm
@@ -183,8 +184,9 @@ class GPT(nn.Module):
         input_ids: torch.Tensor,
         cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits for the next token at every position.
+        """Logits for the next token at every position, or, given `targets`, the loss.
 
         input_ids: (B, T) int64. With a `cache`, these are the tokens that follow
         the `cache.pos` tokens already stored, and the cache is advanced by T.
@@ -192,7 +194,10 @@ class GPT(nn.Module):
         for padding. Padding keys are hidden and positions count real tokens
         only, so each row of a padded batch (left or right) gets the logits it
         would get alone; logits at padding positions are meaningless.
-        Returns logits (B, T, V).
+        Returns logits (B, T, V); with `targets` (B, T) int64 (-100 where
+        nothing is predicted), the mean next-token cross-entropy instead, computed
+        with the output layer a chunk at a time (model/fused_loss.py) so the
+        whole (B, T, V) logit matrix never exists.
         """
         c = self.config
         B, T = input_ids.shape
@@ -230,6 +235,8 @@ class GPT(nn.Module):
         if cache is not None:
             cache.advance(T)
         x = self.ln_f(x)  # (B, T, D)
+        if targets is not None:
+            return linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
         return self.lm_head(x)  # (B, T, V)
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:

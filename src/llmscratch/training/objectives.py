@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 
 
 class Objective(Protocol):
@@ -38,7 +37,7 @@ class NextTokenPrediction:
         self, model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
     ) -> tuple[torch.Tensor, dict]:
         inputs, targets = (t.to(self.device, non_blocking=True) for t in batch)  # (B, T) each
-        logits = model(inputs)  # (B, T, V)
-        # Softmax in fp32 even under bf16 autocast: the log of small probabilities needs it.
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        # The model computes the loss itself, with its output layer, a chunk at a time
+        # (model/fused_loss.py): the (B, T, V) logits are never all held at once.
+        loss = model(inputs, targets=targets)  # scalar: mean over the B x T tokens
         return loss, {"tokens": targets.numel()}
