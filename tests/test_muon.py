@@ -60,3 +60,20 @@ def test_adamw_groups_match_torch_adamw():
 def test_muon_refuses_vectors():
     with pytest.raises(ValueError, match="2-D"):
         Muon([{"params": [torch.nn.Parameter(torch.zeros(3))], "muon": True}])
+
+
+def test_muon_weight_decay_shrinks_the_matrices_by_lr_times_decay():
+    torch.manual_seed(0)
+    start = torch.randn(6, 4)
+    steps = {}
+    for decay in (0.0, 0.5):
+        weight = torch.nn.Parameter(start.clone())
+        opt = Muon([{"params": [weight], "muon": True, "weight_decay": decay}], lr=0.1)
+        weight.grad = torch.randn(6, 4, generator=torch.Generator().manual_seed(1))
+        opt.step()
+        steps[decay] = weight.detach()
+    # Same update; with decay the old weights were first scaled by 1 - 0.1 x 0.5.
+    torch.testing.assert_close(steps[0.5], steps[0.0] - 0.05 * start)
+    model = GPT(get_preset("gpt2-tiny"))
+    opt = build_optimizer(model, TrainConfig(optimizer="muon", muon_weight_decay=0.3))
+    assert next(g for g in opt.param_groups if g["muon"])["weight_decay"] == 0.3

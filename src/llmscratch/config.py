@@ -87,6 +87,8 @@ class TrainConfig:
         muon_lr: optimizer=muon: peak learning rate of the block matrices (train.lr is
             the AdamW parameters'); the schedule scales both alike.
         muon_momentum: optimizer=muon: the matrices' (Nesterov) momentum.
+        muon_weight_decay: optimizer=muon: decoupled decay of the block matrices
+            (each step shrinks them by muon_lr x this).
         grad_clip: clip the global gradient norm to this (0 = off).
         dtype: "bf16" (autocast: matmuls in bfloat16, weights fp32), "fp32", or "auto":
             bf16 where this hardware runs it faster than fp32 (training/precision.py).
@@ -127,6 +129,7 @@ class TrainConfig:
     beta2: float = 0.95
     muon_lr: float = 0.02
     muon_momentum: float = 0.95
+    muon_weight_decay: float = 0.0
     grad_clip: float = 1.0
     dtype: str = "auto"
     device: str = "auto"

@@ -56,7 +56,7 @@ def orthogonalize(update: torch.Tensor, dtype: torch.dtype = torch.float32) -> t
 class Muon(torch.optim.Optimizer):
     """Muon for groups marked `"muon": True`, AdamW for the others.
 
-    Muon groups: lr, momentum (Nesterov), and no weight decay. AdamW groups:
+    Muon groups: lr, momentum (Nesterov), weight_decay (decoupled). AdamW groups:
     lr, betas, eps, weight_decay (decoupled, as torch.optim.AdamW).
     `ns_dtype` is the dtype of the Newton-Schulz iteration.
     """
@@ -94,6 +94,7 @@ class Muon(torch.optim.Optimizer):
         # A semi-orthogonal (out x in) matrix has entries of RMS 1/sqrt(max(out, in));
         # scaling tall matrices by sqrt(out / in) gives every layer a comparable step.
         scale = math.sqrt(max(1.0, p.size(0) / p.size(1)))
+        p.mul_(1 - group["lr"] * group["weight_decay"])  # decoupled decay, as AdamW's
         p.add_(update, alpha=-group["lr"] * scale)
 
     def _adamw_update(self, p: torch.Tensor, group: dict) -> None:

@@ -62,7 +62,8 @@ def build_muon(model: torch.nn.Module, cfg: TrainConfig) -> Muon:
     hidden_ids = {id(p) for p in hidden}
     others = [p for n, p in named if id(p) not in hidden_ids]
     groups = [
-        {"params": hidden, "muon": True, "lr": cfg.muon_lr, "initial_lr": cfg.muon_lr},
+        {"params": hidden, "muon": True, "lr": cfg.muon_lr, "initial_lr": cfg.muon_lr,
+         "weight_decay": cfg.muon_weight_decay},
         {"params": [p for p in others if p.dim() >= 2], "weight_decay": cfg.weight_decay,
          "initial_lr": cfg.lr},
         {"params": [p for p in others if p.dim() < 2], "weight_decay": 0.0,
