@@ -30,12 +30,15 @@ def test_orthogonalize_brings_every_singular_value_near_one(shape):
 def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     model = GPT(get_preset("gpt2-tiny"))
     opt = build_optimizer(model, TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.02))
-    muon_group = next(g for g in opt.param_groups if g["muon"])
+    muon_groups = [g for g in opt.param_groups if g["muon"]]
     names = {id(p): n for n, p in model.named_parameters()}
-    in_muon = {names[id(p)] for p in muon_group["params"]}
+    in_muon = {names[id(p)]: g["row_splits"] for g in muon_groups for p in g["params"]}
     expected = {n for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2}
-    assert in_muon == expected and "blocks.0.attn.qkv.weight" in in_muon
-    assert muon_group["initial_lr"] == 0.02
+    assert set(in_muon) == expected
+    width = model.config.n_embd
+    assert in_muon["blocks.0.attn.qkv.weight"] == [width, width, width]  # q, k, v apart
+    assert in_muon["blocks.0.mlp.fc.weight"] == []  # one matrix
+    assert all(g["initial_lr"] == 0.02 for g in muon_groups)
     others = [g for g in opt.param_groups if not g["muon"]]
     assert all(g["initial_lr"] == 1e-3 for g in others)
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
@@ -76,4 +79,17 @@ def test_muon_weight_decay_shrinks_the_matrices_by_lr_times_decay():
     torch.testing.assert_close(steps[0.5], steps[0.0] - 0.05 * start)
     model = GPT(get_preset("gpt2-tiny"))
     opt = build_optimizer(model, TrainConfig(optimizer="muon", muon_weight_decay=0.3))
-    assert next(g for g in opt.param_groups if g["muon"])["weight_decay"] == 0.3
+    assert all(g["weight_decay"] == 0.3 for g in opt.param_groups if g["muon"])
+
+
+def test_stacked_matrices_are_orthogonalized_piece_by_piece():
+    torch.manual_seed(0)
+    start, grad = torch.randn(12, 8), torch.randn(12, 8)
+    weight = torch.nn.Parameter(start.clone())
+    opt = Muon([{"params": [weight], "muon": True, "row_splits": [8, 2, 2]}], lr=0.1,
+               momentum=0.0)
+    weight.grad = grad.clone()
+    opt.step()
+    # 8 x 8 is square (scale 1); 2 x 8 is wide (scale 1).
+    expected = start - 0.1 * torch.cat([orthogonalize(g) for g in grad.split([8, 2, 2])])
+    torch.testing.assert_close(weight.detach(), expected)

@@ -90,12 +90,17 @@ class Muon(torch.optim.Optimizer):
         momentum, beta = state["momentum"], group["momentum"]
         momentum.lerp_(p.grad, 1 - beta)  # m = beta m + (1 - beta) g
         nesterov = p.grad.lerp(momentum, beta)  # look ahead: (1 - beta) g + beta m
-        update = orthogonalize(nesterov, self.ns_dtype).to(p.dtype)  # (out, in)
-        # A semi-orthogonal (out x in) matrix has entries of RMS 1/sqrt(max(out, in));
-        # scaling tall matrices by sqrt(out / in) gives every layer a comparable step.
-        scale = math.sqrt(max(1.0, p.size(0) / p.size(1)))
         p.mul_(1 - group["lr"] * group["weight_decay"])  # decoupled decay, as AdamW's
-        p.add_(update, alpha=-group["lr"] * scale)
+        # A matrix that is several matrices stacked by rows (attention's fused
+        # query/key/value projection) is orthogonalized piece by piece, as if the
+        # pieces were separate layers. group["row_splits"]: the pieces' heights.
+        splits = group.get("row_splits") or [p.size(0)]
+        for piece, grad in zip(p.split(splits), nesterov.split(splits), strict=True):
+            update = orthogonalize(grad, self.ns_dtype).to(p.dtype)  # (out, in)
+            # A semi-orthogonal (out x in) matrix has entries of RMS 1/sqrt(max(out, in));
+            # scaling tall matrices by sqrt(out / in) gives every layer a comparable step.
+            scale = math.sqrt(max(1.0, piece.size(0) / piece.size(1)))
+            piece.add_(update, alpha=-group["lr"] * scale)  # a view: updates p in place
 
     def _adamw_update(self, p: torch.Tensor, group: dict) -> None:
         state = self.state[p]

@@ -61,9 +61,19 @@ def build_muon(model: torch.nn.Module, cfg: TrainConfig) -> Muon:
     hidden = [p for n, p in named if p.dim() == 2 and ".blocks." in f".{n}"]
     hidden_ids = {id(p) for p in hidden}
     others = [p for n, p in named if id(p) not in hidden_ids]
+    # Attention's fused query/key/value weight is three matrices stacked by rows:
+    # Muon orthogonalizes each piece on its own (its own group, with the heights).
+    qkv_splits = {id(m.qkv.weight): list(m.split_sizes) for m in model.modules()
+                  if hasattr(m, "split_sizes") and id(m.qkv.weight) in hidden_ids}
+    by_split: dict[tuple, list] = {}
+    for p in hidden:
+        by_split.setdefault(tuple(qkv_splits.get(id(p), ())), []).append(p)
     groups = [
-        {"params": hidden, "muon": True, "lr": cfg.muon_lr, "initial_lr": cfg.muon_lr,
-         "weight_decay": cfg.muon_weight_decay},
+        {"params": params, "muon": True, "lr": cfg.muon_lr, "initial_lr": cfg.muon_lr,
+         "weight_decay": cfg.muon_weight_decay, "row_splits": list(split)}
+        for split, params in by_split.items()
+    ]
+    groups += [
         {"params": [p for p in others if p.dim() >= 2], "weight_decay": cfg.weight_decay,
          "initial_lr": cfg.lr},
         {"params": [p for p in others if p.dim() < 2], "weight_decay": 0.0,
