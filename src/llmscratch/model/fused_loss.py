@@ -18,8 +18,9 @@ log-sum-exp (the loss), the softmax minus the one-hot (the gradient), and the
 two matmuls that carry that gradient to `hidden` and to `weight`. Only the
 two gradients, of the size of `hidden` and of `weight`, are kept for the
 backward pass, which just scales them by the incoming gradient (1 for a loss).
-A chunk's logits fit in cache; on this project's CPU the output layer plus
-loss runs about twice as fast this way (docs/benchmarks.md, "Training speed").
+A chunk's logits stay in the CPU's caches. Measured on this project's 2-core
+CPU (docs/benchmarks.md, "Output layer and loss"): the output layer plus loss
+of 4,096 tokens at vocabulary 4,096 took 159 ms instead of 331 ms.
 This is the idea of Liger Kernel's fused linear cross-entropy (Hsu et al.,
 2024) and Apple's Cut Cross-Entropy (Wijmans et al., 2024), in plain PyTorch.
 
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100  # targets with this value are not predicted (as in F.cross_entropy)
-CHUNK_ELEMENTS = 2**20  # logits per chunk: 4 MB in fp32, about a CPU core's L2 cache
+CHUNK_ELEMENTS = 2**20  # logits per chunk: 4 MB in fp32, small enough to stay in cache
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor,

@@ -13,6 +13,7 @@ import math
 import torch
 
 from llmscratch.config import TrainConfig
+from llmscratch.model.attention import CausalSelfAttention
 from llmscratch.training.muon import Muon
 
 
@@ -54,7 +55,8 @@ def build_muon(model: torch.nn.Module, cfg: TrainConfig) -> Muon:
     """Muon (lr `train.muon_lr`) for the blocks' weight matrices, AdamW for the rest.
 
     "The rest" is the token and position embeddings, the output layer (decayed
-    like any matrix under AdamW), and the vectors (not decayed). Newton-Schulz
+    like any matrix under AdamW), and the vectors (not decayed). Attention's
+    fused q/k/v weight is orthogonalized as its three pieces. Newton-Schulz
     runs in bf16 when the run computes in bf16, else in fp32.
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -63,8 +65,8 @@ def build_muon(model: torch.nn.Module, cfg: TrainConfig) -> Muon:
     others = [p for n, p in named if id(p) not in hidden_ids]
     # Attention's fused query/key/value weight is three matrices stacked by rows:
     # Muon orthogonalizes each piece on its own (its own group, with the heights).
-    qkv_splits = {id(m.qkv.weight): list(m.split_sizes) for m in model.modules()
-                  if hasattr(m, "split_sizes") and id(m.qkv.weight) in hidden_ids}
+    qkv_splits = {id(m.qkv.weight): m.split_sizes for m in model.modules()
+                  if isinstance(m, CausalSelfAttention)}
     by_split: dict[tuple, list] = {}
     for p in hidden:
         by_split.setdefault(tuple(qkv_splits.get(id(p), ())), []).append(p)
