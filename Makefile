@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-done
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint bench-setup clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,11 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/pytest -n 2
+
+# The book's package, a peer in bench/train_speed.py and bench/model_speed.py;
+# its declared dependencies are pins the benchmarks do not need.
+bench-setup: setup
+	$(PY) -m pip install --quiet --no-deps llms-from-scratch==1.0.19
 
 lint: setup
 	$(VENV)/bin/ruff check .

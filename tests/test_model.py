@@ -82,7 +82,7 @@ def test_loss_at_initialisation_is_near_uniform():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_chunked_output_loss_equals_the_plain_one(monkeypatch, dtype):
     # Small chunks, so the 300 rows span several of them and the last is shorter.
-    monkeypatch.setattr(fused_loss, "CHUNK_ELEMENTS", 64 * 700)
+    monkeypatch.setattr(fused_loss, "ROWS_PER_CHUNK", 64)
     torch.manual_seed(0)
     hidden, weight = torch.randn(300, 48), torch.randn(700, 48) * 0.1
     targets = torch.randint(0, 700, (300,))
@@ -99,6 +99,17 @@ def test_chunked_output_loss_equals_the_plain_one(monkeypatch, dtype):
     assert fused.item() == pytest.approx(plain.item(), rel=1e-6)
     assert torch.allclose(fused_dh, plain_dh, atol=tol * plain_dh.abs().max())
     assert torch.allclose(fused_dw, plain_dw, atol=tol * plain_dw.abs().max())
+
+
+def test_chunked_output_loss_refuses_a_second_backward_rather_than_double_scaling():
+    # Backward scales the gradients saved by forward in place; going through the
+    # same graph again must be an error, not gradients scaled twice.
+    hidden = torch.randn(10, 8, requires_grad=True)
+    weight = torch.randn(20, 8, requires_grad=True)
+    loss = fused_loss.linear_cross_entropy(hidden, weight, torch.randint(0, 20, (10,)))
+    (2.0 * loss).backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
 
 
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
