@@ -14,7 +14,9 @@ even for a 30B model. Memory is estimated from them and from the shapes:
                   keeps for the backward pass, with fused attention (no T x T
                   scores). No B T V logits: training computes the output layer
                   and its loss a chunk of rows at a time (model/fused_loss.py)
-                  and keeps only the gradient of the final hidden states (D).
+                  and keeps only the gradient of the final hidden states (D),
+                  plus, while it runs, one chunk: R x V x (4 + bytes) with
+                  R = min(B T, 1,024) rows (fp32 softmax, logits and gradient)
                   per_layer = 4 D + (2 H + 3 Hkv) Dh + mlp, where mlp is
                   2 F (GELU), 4 F (SwiGLU) or K (D + 4 F) + E (MoE)
     KV cache      2 L B T Hkv Dh x bytes (inference)
@@ -29,6 +31,7 @@ from __future__ import annotations
 import torch
 
 from llmscratch.model.config import ModelConfig, torch_dtype
+from llmscratch.model.fused_loss import ROWS_PER_CHUNK
 from llmscratch.model.transformer import GPT
 
 
@@ -60,7 +63,8 @@ def footprint(config: ModelConfig, batch: int = 1, seq: int = 0, dtype: str = ""
         "weights": total * nbytes,
         "gradients": total * nbytes,
         "optimizer": 2 * total * nbytes,
-        "activations": batch * T * per_token * nbytes,
+        "activations": batch * T * per_token * nbytes
+                       + min(batch * T, ROWS_PER_CHUNK) * c.vocab_size * (4 + nbytes),
         "kv_cache": 2 * c.n_layer * batch * T * c.kv_heads * c.head_dim * nbytes,
     }
     memory["training_total"] = sum(memory[k] for k in ("weights", "gradients", "optimizer",

@@ -48,8 +48,12 @@ def orthogonalize(update: torch.Tensor, dtype: torch.dtype = torch.float32) -> t
         x = x.T  # iterate on the (small x large) side: X X^T is then the smaller square
     x = x / (x.norm() + 1e-7)  # Frobenius norm >= largest singular value, so all <= 1
     for _ in range(NS_STEPS):
+        # x <- a x + (b G + c G^2) x, with G = x x^T. Written with addmm
+        # (beta * input + alpha * m1 @ m2): the scaling and the sum happen inside
+        # the matmul, instead of as separate passes over the matrices.
         gram = x @ x.T  # (small, small)
-        x = a * x + (b * gram + c * (gram @ gram)) @ x
+        poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)  # b G + c G^2
+        x = torch.addmm(x, poly, x, beta=a)  # a x + poly x
     return x if wide else x.T
 
 
