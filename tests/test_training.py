@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from llmscratch.config import TrainConfig, load_config
 from llmscratch.data.loader import TokenWindows
 from llmscratch.model import GPT, get_preset
+from llmscratch.training import loop as loop_module
 from llmscratch.training import precision
 from llmscratch.training import pretrain as pretrain_module
 from llmscratch.training.checkpoint import (
@@ -162,6 +163,34 @@ def test_budget_seconds_sizes_the_run_and_records_its_length(tmp_path, small_tex
     assert 25 <= steps <= 50
     assert saved.train.max_steps == steps  # the chosen length, so a resume keeps it
     assert saved.train.budget_seconds == 0
+
+
+def test_budget_seconds_plans_a_wsd_run_again_when_the_machine_slows_down(
+        tmp_path, small_text, monkeypatch):
+    # Steps take 20 ms, then 60 ms from step 30 on. A cosine run keeps the length
+    # planned at step 25; a WSD run plans again (here every 10 steps) until its
+    # decay begins, so it ends with fewer steps, near its budget.
+    step = Trainer.train_step
+
+    def slowing_step(self, state):
+        time.sleep(0.02 if state.step < 30 else 0.06)
+        return step(self, state)
+
+    monkeypatch.setattr(Trainer, "train_step", slowing_step)
+    monkeypatch.setattr(loop_module, "BUDGET_REPLAN_EVERY", 10)
+    steps = {}
+    for schedule in ("cosine", "wsd"):
+        config = load_config(TINY_CONFIG, [
+            "train.max_steps=1000", "train.budget_seconds=2.5", "train.warmup_steps=30",
+            f"train.schedule={schedule}", "train.decay_fraction=0.3", "train.eval_every=0",
+            "train.checkpoint_every=0", "train.dtype=fp32"])
+        config.data.files = [str(small_text)]
+        pretrain_module.pretrain(config, tmp_path / schedule)
+        steps[schedule] = int(latest_checkpoint(tmp_path / schedule).name.split("-")[1])
+        saved = load_config(tmp_path / schedule / "config.yaml")
+        assert saved.train.max_steps == steps[schedule]  # a resume keeps the last plan
+        assert saved.train.budget_seconds == 0
+    assert steps["wsd"] < 0.8 * steps["cosine"]
 
 
 def test_budget_seconds_never_lengthens_a_run(tmp_path, small_text):

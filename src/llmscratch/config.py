@@ -69,7 +69,9 @@ class TrainConfig:
             (0 = no limit). `--resume` continues towards max_steps.
         budget_seconds: size the run to this machine: after timing the first steps, lower
             max_steps so that training takes about this many seconds (never raises it;
-            0 = off). The chosen max_steps is written to the run's config.yaml.
+            0 = off). With schedule "wsd" the length is planned again every 100 steps
+            until the decay begins. The chosen max_steps is written to the run's
+            config.yaml.
         batch_size: sequences per micro-batch, in each process.
         grad_accum: micro-batches summed into one optimizer step.
         global_batch: sequences per optimizer step over all processes; when set, grad_accum

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
-import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,16 +40,19 @@ from llmscratch.errors import LLMScratchError, TrainingInterrupted
 from llmscratch.training.checkpoint import TrainState, save_checkpoint
 from llmscratch.training.metrics import MetricsLog
 from llmscratch.training.objectives import Objective
-from llmscratch.training.optim import lr_at
+from llmscratch.training.optim import lr_at, wsd_decay_start
 from llmscratch.training.parallel import DistInfo, all_reduce_mean
 from llmscratch.training.precision import autocast_dtype
 from llmscratch.training.throughput import memory_gb, mfu, peak_flops
 
 MAX_BAD_STEPS = 10  # non-finite losses in a row before the run is stopped
 # train.budget_seconds: the first steps of a process are slow (memory is allocated,
-# kernels are chosen), so these are skipped, and the median of the next ones is timed.
+# kernels are chosen), so these are skipped, and the next ones are timed.
 BUDGET_SKIPPED_STEPS = 5
 BUDGET_TIMED_STEPS = 20
+# With the WSD schedule the run's length is planned again every this many steps
+# until its decay begins: a machine whose speed changes still ends on time.
+BUDGET_REPLAN_EVERY = 100
 
 
 class BatchSource(Protocol):
@@ -202,8 +204,10 @@ class Trainer:
                    dynamic_ncols=True, disable=not main)
         first_step = state.step
         bad_in_a_row, window_tokens, window_start = 0, 0, time.perf_counter()
-        step_seconds: list[float] = []  # this process's step times, for train.budget_seconds
+        step_seconds: list[float] = []  # this process's step times
         started = window_start
+        step_cap = cfg.max_steps  # train.budget_seconds may shorten the run, never lengthen it
+        timing_from = started  # for train.budget_seconds: after this process's first steps
         with stop_on_ctrl_c() as stop_requested, bar:
             out_of_time = False
             while state.step < cfg.max_steps and not out_of_time:
@@ -238,10 +242,15 @@ class Trainer:
                 state.tokens_seen += out["tokens"]
                 window_tokens += out["tokens"]
                 bar.update(1)
-                if cfg.budget_seconds and len(step_seconds) == (BUDGET_SKIPPED_STEPS
-                                                                + BUDGET_TIMED_STEPS):
-                    self._fit_to_budget(state, step_seconds[BUDGET_SKIPPED_STEPS:],
-                                        time.perf_counter() - started, bar)
+                if len(step_seconds) == BUDGET_SKIPPED_STEPS:
+                    timing_from = time.perf_counter()
+                timed = len(step_seconds) - BUDGET_SKIPPED_STEPS
+                if cfg.budget_seconds and timed >= BUDGET_TIMED_STEPS and (
+                        (timed - BUDGET_TIMED_STEPS) % BUDGET_REPLAN_EVERY == 0):
+                    # Seconds per step so far, evaluation and checkpoints included.
+                    per_step = (time.perf_counter() - timing_from) / timed
+                    self._fit_to_budget(state, per_step, time.perf_counter() - started,
+                                        step_cap, first=timed == BUDGET_TIMED_STEPS, bar=bar)
                 # The time limit ends the run like its last step (evaluate, checkpoint);
                 # every rank must stop at the same step, so the ranks vote.
                 out_of_time = cfg.max_seconds > 0 and all_reduce_mean(
@@ -280,25 +289,30 @@ class Trainer:
             self.tensorboard.close()
         return state
 
-    def _fit_to_budget(self, state: TrainState, timed: list[float], elapsed: float,
-                       bar: tqdm) -> None:
-        """Lower cfg.max_steps so that training takes about cfg.budget_seconds in all.
+    def _fit_to_budget(self, state: TrainState, per_step: float, elapsed: float,
+                       step_cap: int, first: bool, bar: tqdm) -> None:
+        """Set cfg.max_steps (at most step_cap) so that training takes about cfg.budget_seconds.
 
-        Called after a process's first 25 steps. In a new run whose warm-up
-        lasts 25 steps or more, that is still inside the warm-up, where the
-        learning rate does not depend on the run's length: so every step
-        follows the schedule of the length chosen here. Processes may time
+        First called after a process's first 25 steps. In a new run whose
+        warm-up lasts 25 steps or more, that is still inside the warm-up, where
+        the learning rate does not depend on the run's length: so every step
+        follows the schedule of the length chosen here. A cosine schedule
+        depends on the length at every step, so its length is fixed then. With
+        WSD the learning rate holds its peak until the decay, so the length is
+        planned again every BUDGET_REPLAN_EVERY steps from the speed so far,
+        and fixed when the decay is about to begin. Processes may time
         differently; they agree on the mean of their answers.
         """
         cfg = self.cfg
-        per_step = statistics.median(timed)
         fits = state.step + max(cfg.budget_seconds - elapsed, 0.0) / per_step
         fits = int(all_reduce_mean(fits, self.info))
-        planned = min(cfg.max_steps, max(fits, state.step))
-        if self.info.is_main:
+        planned = min(step_cap, max(fits, state.step))
+        if self.info.is_main and (first or planned != cfg.max_steps):
             bar.write(f"train.budget_seconds={cfg.budget_seconds:g}: {per_step:.3f} s per step "
-                      f"here, so {planned} steps (train.max_steps was {cfg.max_steps})")
-        cfg.max_steps, cfg.budget_seconds = planned, 0.0  # decided: a resume keeps this length
+                      f"so far, so {planned} steps (train.max_steps was {cfg.max_steps})")
+        cfg.max_steps = planned
+        if cfg.schedule != "wsd" or state.step + BUDGET_REPLAN_EVERY >= wsd_decay_start(cfg):
+            cfg.budget_seconds = 0.0  # decided: a resume keeps this length
         bar.total = planned
         bar.refresh()
         if self.hooks.planned:

@@ -110,9 +110,14 @@ def _warmup_stable_decay(step: int, cfg: TrainConfig, min_lr: float) -> float:
     Hägele et al., 2024, "Scaling Laws and Compute-Optimal Training Beyond
     Fixed Training Durations").
     """
-    decay_steps = round(cfg.max_steps * cfg.decay_fraction)
-    decay_start = max(cfg.max_steps - decay_steps, cfg.warmup_steps)
+    decay_start = wsd_decay_start(cfg)
     if step < decay_start:
         return cfg.lr
     progress = min((step - decay_start + 1) / max(cfg.max_steps - decay_start, 1), 1.0)  # -> 1
     return cfg.lr + (min_lr - cfg.lr) * progress
+
+
+def wsd_decay_start(cfg: TrainConfig) -> int:
+    """The first step of the WSD schedule's decay: until then, lr does not depend on max_steps."""
+    decay_steps = round(cfg.max_steps * cfg.decay_fraction)
+    return max(cfg.max_steps - decay_steps, cfg.warmup_steps)

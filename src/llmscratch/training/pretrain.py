@@ -24,6 +24,7 @@ rank trains on its share of each batch (training/parallel.py).
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import shutil
 import time
@@ -289,8 +290,10 @@ def _run(config: RunConfig, run_dir: Path, data: RunData, ckpt: Path | None, inf
         return outs
 
     def planned(max_steps: int) -> None:  # train.budget_seconds chose the run's length
-        if info.is_main:
-            save_config(config, run_dir / "config.yaml")
+        if info.is_main:  # saved without the budget: a resume keeps the length planned last
+            saved = copy.deepcopy(config)
+            saved.train.budget_seconds = 0.0
+            save_config(saved, run_dir / "config.yaml")
 
     trainer = Trainer(model, NextTokenPrediction(device), batches, optimizer, cfg, run_dir,
                       device, Hooks(evaluate=evaluate, sample=sample, planned=planned), info,
