@@ -167,16 +167,25 @@ def test_budget_seconds_sizes_the_run_and_records_its_length(tmp_path, small_tex
 
 def test_budget_seconds_plans_a_wsd_run_again_when_the_machine_slows_down(
         tmp_path, small_text, monkeypatch):
-    # Steps take 20 ms, then 60 ms from step 30 on. A cosine run keeps the length
-    # planned at step 25; a WSD run plans again (here every 10 steps) until its
-    # decay begins, so it ends with fewer steps, near its budget.
+    # The loop's clock is replaced by one that only the training steps move: 1/64 s
+    # a step, then 1/16 s from step 30 on (sums exact in binary). A cosine run keeps
+    # the length planned at step 25; a WSD run plans again (here every 10 steps)
+    # until its decay begins, so it ends with fewer steps.
+    clock = [0.0]
+
+    class StepClock:
+        @staticmethod
+        def perf_counter() -> float:
+            return clock[0]
+
     step = Trainer.train_step
 
     def slowing_step(self, state):
-        time.sleep(0.02 if state.step < 30 else 0.06)
+        clock[0] += 1 / 64 if state.step < 30 else 1 / 16
         return step(self, state)
 
     monkeypatch.setattr(Trainer, "train_step", slowing_step)
+    monkeypatch.setattr(loop_module, "time", StepClock)
     monkeypatch.setattr(loop_module, "BUDGET_REPLAN_EVERY", 10)
     steps = {}
     for schedule in ("cosine", "wsd"):
@@ -190,6 +199,8 @@ def test_budget_seconds_plans_a_wsd_run_again_when_the_machine_slows_down(
         saved = load_config(tmp_path / schedule / "config.yaml")
         assert saved.train.max_steps == steps[schedule]  # a resume keeps the last plan
         assert saved.train.budget_seconds == 0
+    # cosine: 25 + (2.5 - 25/64) x 64 = 160 steps; WSD: shortened at steps 35 and 45.
+    assert steps["cosine"] == 160
     assert steps["wsd"] < 0.8 * steps["cosine"]
 
 
