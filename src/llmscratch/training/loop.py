@@ -204,7 +204,7 @@ class Trainer:
                    dynamic_ncols=True, disable=not main)
         first_step = state.step
         bad_in_a_row, window_tokens, window_start = 0, 0, time.perf_counter()
-        step_seconds: list[float] = []  # this process's step times
+        steps_here = 0  # optimizer steps taken by this process (for train.budget_seconds)
         started = window_start
         step_cap = cfg.max_steps  # train.budget_seconds may shorten the run, never lengthen it
         timing_from = started  # for train.budget_seconds: after this process's first steps
@@ -216,9 +216,8 @@ class Trainer:
                     self._checkpoint(state)
                     raise TrainingInterrupted(state.step)
                 try:
-                    step_started = time.perf_counter()
                     out = self.train_step(state)
-                    step_seconds.append(time.perf_counter() - step_started)
+                    steps_here += 1
                 except Exception as err:
                     if state.step == first_step and _is_out_of_memory(err):
                         raise LLMScratchError(
@@ -242,9 +241,9 @@ class Trainer:
                 state.tokens_seen += out["tokens"]
                 window_tokens += out["tokens"]
                 bar.update(1)
-                if len(step_seconds) == BUDGET_SKIPPED_STEPS:
+                if steps_here == BUDGET_SKIPPED_STEPS:
                     timing_from = time.perf_counter()
-                timed = len(step_seconds) - BUDGET_SKIPPED_STEPS
+                timed = steps_here - BUDGET_SKIPPED_STEPS
                 if cfg.budget_seconds and timed >= BUDGET_TIMED_STEPS and (
                         (timed - BUDGET_TIMED_STEPS) % BUDGET_REPLAN_EVERY == 0):
                     # Seconds per step so far, evaluation and checkpoints included.
