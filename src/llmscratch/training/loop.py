@@ -69,7 +69,7 @@ class Hooks:
 
     evaluate(model) -> dict of metrics (e.g. val_loss, val_bpb)
     sample(model, step) -> None (writes samples somewhere; every train.sample_every steps)
-    planned(max_steps) -> None (once train.budget_seconds has fixed the run's length)
+    planned(max_steps) -> None (each time train.budget_seconds plans the run's length)
     """
 
     evaluate: Callable[[torch.nn.Module], dict] | None = None
