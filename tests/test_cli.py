@@ -9,6 +9,7 @@ import yaml
 
 from llmscratch import __version__
 from llmscratch.cli import main
+from llmscratch.errors import LLMScratchError
 from tests.conftest import TINY_CONFIG
 
 
@@ -65,6 +66,28 @@ def test_version_and_help():
     for command in ("demo", "pretrain", "generate", "eval", "tokenizer"):
         out = run_cli(command, "--help")
         assert out.returncode == 0 and "example" in out.stdout.lower(), command
+
+
+@pytest.mark.parametrize("dtype, user, shape", [
+    ("bf16", [], (4, 256)),                   # configs/demo.yaml as written
+    ("fp32", [], (2, 192)),                   # fewer tokens fit: the smaller preset
+    ("fp32", ["model.n_layer=5"], (5, 192)),  # the user's own override still wins
+])
+def test_demo_sizes_its_model_to_the_precision(monkeypatch, tmp_path, dtype, user, shape):
+    import llmscratch.training.precision as precision
+    import llmscratch.training.pretrain as pretrain
+
+    chosen = {}
+
+    def fake_pretrain(config, out_dir, overwrite):  # stop before any training
+        chosen["model"] = config.model
+        raise LLMScratchError("stopped by the test")
+
+    monkeypatch.setattr(precision, "resolve_dtype", lambda name, device: dtype)
+    monkeypatch.setattr(pretrain, "pretrain", fake_pretrain)
+    assert main(["demo", "--out", str(tmp_path / "demo"), *user]) == 2
+    assert (chosen["model"].n_layer, chosen["model"].n_embd) == shape
+    assert chosen["model"].vocab_size == 2048  # the rest of configs/demo.yaml stays
 
 
 @pytest.fixture
