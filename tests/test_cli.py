@@ -1,5 +1,6 @@
 """The command line, end to end: pretrain -> eval -> generate, and every bad input."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -68,26 +69,46 @@ def test_version_and_help():
         assert out.returncode == 0 and "example" in out.stdout.lower(), command
 
 
-@pytest.mark.parametrize("dtype, user, shape", [
-    ("bf16", [], (4, 256)),                   # configs/demo.yaml as written
-    ("fp32", [], (2, 192)),                   # fewer tokens fit: the smaller preset
-    ("fp32", ["model.n_layer=5"], (5, 192)),  # the user's own override still wins
+@pytest.mark.parametrize("seconds, user, shape", [
+    (0.2, [], (4, 256)),                     # 2,725 steps fit in 545 s: configs/demo.yaml
+    (0.4, [], (2, 192)),                     # 1,362 fit: fewer than 2,000, the smaller preset
+    (0.4, ["model.n_layer=5"], (5, 192)),    # the user's own override still wins
 ])
-def test_demo_sizes_its_model_to_the_precision(monkeypatch, tmp_path, dtype, user, shape):
-    import llmscratch.training.precision as precision
+def test_demo_sizes_its_model_to_the_steps_that_fit(monkeypatch, tmp_path, seconds, user, shape):
     import llmscratch.training.pretrain as pretrain
+    import llmscratch.training.throughput as throughput
 
-    chosen = {}
+    chosen, timed = {}, []
+
+    def fake_timing(model_config, train, device):
+        timed.append((model_config.n_layer, model_config.n_embd))
+        return seconds
 
     def fake_pretrain(config, out_dir, overwrite):  # stop before any training
         chosen["model"] = config.model
         raise LLMScratchError("stopped by the test")
 
-    monkeypatch.setattr(precision, "resolve_dtype", lambda name, device: dtype)
+    monkeypatch.setattr(throughput, "seconds_per_step", fake_timing)
     monkeypatch.setattr(pretrain, "pretrain", fake_pretrain)
     assert main(["demo", "--out", str(tmp_path / "demo"), *user]) == 2
+    assert timed[0][1] == 256  # it timed configs/demo.yaml's own model
     assert (chosen["model"].n_layer, chosen["model"].n_embd) == shape
     assert chosen["model"].vocab_size == 2048  # the rest of configs/demo.yaml stays
+
+
+def test_seconds_per_step_times_a_real_step():
+    import torch
+
+    from llmscratch.config import TrainConfig
+    from llmscratch.model.config import get_preset
+    from llmscratch.training.throughput import seconds_per_step
+
+    model = get_preset("gpt2-tiny")
+    train = TrainConfig(batch_size=1, dtype="fp32")
+    small = seconds_per_step(model, train, torch.device("cpu"), steps=3)
+    bigger = seconds_per_step(model, dataclasses.replace(train, batch_size=128),
+                              torch.device("cpu"), steps=3)
+    assert 0 < small < bigger  # 128 times the tokens take longer
 
 
 @pytest.fixture

@@ -65,30 +65,53 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-# configs/demo.yaml is tuned for a CPU with fast bf16 matmuls. Without them the demo
-# computes in fp32 and gets through a third to a fifth of the tokens in the same
-# time, and a smaller model learns more from those (model/config.py, gpt2-demo-fp32).
-DEMO_FP32_OVERRIDES = ["model.preset=gpt2-demo-fp32"]
+# configs/demo.yaml's model, gpt2-demo (4 layers x 256), learns more per step than
+# gpt2-demo-small (2 x 192), whose steps take a third to two fifths of the time. Which
+# learns more in the demo's budget depends on how many steps fit (docs/benchmarks.md,
+# "Demo quality", seventh and ninth rounds): with about 2,800 steps of gpt2-demo (a CPU
+# with fast bf16), gpt2-demo: 1.94 bpb at 2,700 steps against 1.96 for gpt2-demo-small
+# at 6,000; with about 1,300 (a slower CPU) or 900 (fp32), gpt2-demo-small: 1.99 against
+# 2.08, and 2.02 against 2.15. So the demo times a few steps of its model first, and
+# trains gpt2-demo-small where fewer than DEMO_MIN_STEPS of them fit.
+DEMO_MIN_STEPS = 2000
+DEMO_SMALL_OVERRIDES = ["model.preset=gpt2-demo-small"]
+
+
+def demo_config(overrides: list[str], say=print):
+    """configs/demo.yaml with `overrides`, its model swapped for the smaller one if needed."""
+    from llmscratch.config import load_config
+    from llmscratch.training.pretrain import resolve_device
+    from llmscratch.training.throughput import seconds_per_step
+
+    config = load_config(DEMO_CONFIG, overrides)
+    budget = config.train.budget_seconds
+    if not budget:
+        return config
+    per_step = seconds_per_step(config.model, config.train, resolve_device(config.train.device))
+    fits = int(budget / per_step)
+    if fits >= DEMO_MIN_STEPS:
+        return config
+    big_model = config.model
+    # The user's own overrides come last, so they still win.
+    config = load_config(DEMO_CONFIG, DEMO_SMALL_OVERRIDES + list(overrides))
+    say(f"{_shape(big_model)}: {per_step:.2f} s a step here, so about {fits:,} steps fit in "
+        f"{budget:g} s (fewer than {DEMO_MIN_STEPS:,}): the demo trains a smaller model, "
+        f"{_shape(config.model)} ({', '.join(DEMO_SMALL_OVERRIDES)})")
+    return config
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from llmscratch.config import load_config
-    from llmscratch.training.precision import resolve_dtype
-    from llmscratch.training.pretrain import pretrain, resolve_device
+    from llmscratch.training.pretrain import pretrain
 
     config_path = Path(args.config) if args.config else DEMO_CONFIG
-    config = load_config(config_path, args.overrides)
     print(f"llmscratch demo: config {config_path}, run directory {args.out}\n"
           "1) train a BPE tokenizer  2) tokenize and split the corpus  3) pretrain a GPT\n"
           "4) evaluate on held-out text  5) generate samples  6) write the run report\n")
-    device = resolve_device(config.train.device)
-    if not args.config and resolve_dtype(config.train.dtype, device) == "fp32":
-        bf16_model = config.model
-        # The user's own overrides come last, so they still win.
-        config = load_config(config_path, DEMO_FP32_OVERRIDES + list(args.overrides))
-        print(f"no fast bf16 on this {device.type}, so fp32: fewer tokens fit in the time, "
-              f"and the demo trains a smaller model, {_shape(config.model)} instead of "
-              f"{_shape(bf16_model)} ({', '.join(DEMO_FP32_OVERRIDES)})")
+    if args.config:  # the user's own config: trained as written
+        config = load_config(config_path, args.overrides)
+    else:
+        config = demo_config(args.overrides)
     result = pretrain(config, Path(args.out), overwrite=True)
     _print_result(result)
     return 0

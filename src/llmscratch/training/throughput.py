@@ -9,14 +9,26 @@ measures useful work, and 40-55% is good for a GPT on modern GPUs.
 The peak is a datasheet number for GPUs (dense bf16 tensor cores, no
 sparsity). A CPU has no such number worth trusting: measure its matmul peak
 (bench/train_speed.py prints it) and set `train.peak_flops`.
+
+Before a run starts, `seconds_per_step` times a few steps of a model on
+random tokens: the demo uses it to choose a model that fits its time budget.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import resource
+import statistics
 import sys
+import time
 
 import torch
+
+from llmscratch.config import TrainConfig
+from llmscratch.model.config import ModelConfig
+from llmscratch.model.transformer import GPT
+from llmscratch.training.optim import build_optimizer
+from llmscratch.training.precision import autocast_dtype, resolve_dtype
 
 # Dense bf16 FLOP/s per GPU from vendor datasheets; first substring match of the device name.
 GPU_PEAK_BF16 = [
@@ -66,3 +78,34 @@ def memory_gb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 1e9
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
     return peak / (1e9 if sys.platform == "darwin" else 1e6)
+
+
+def seconds_per_step(model_config: ModelConfig, train: TrainConfig, device: torch.device,
+                     steps: int = 4) -> float:
+    """Median seconds of one training step of a new `model_config` model on this device.
+
+    A step as the loop takes it with `train`'s optimizer, batch and precision
+    (forward, backward, optimizer step) on random tokens; one untimed step first
+    (it allocates memory and picks kernels). The model is thrown away afterwards.
+    """
+    dtype = resolve_dtype(train.dtype, device)
+    train = dataclasses.replace(train, dtype=dtype)  # the optimizer reads the precision
+    model = GPT(model_config).to(device)
+    optimizer = build_optimizer(model, train)
+    amp = autocast_dtype(dtype)
+    seq_len = train.seq_len or model_config.context_length
+    tokens = torch.randint(0, model_config.vocab_size, (train.batch_size, seq_len + 1),
+                           device=device)  # (B, T + 1)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]  # (B, T) each
+    times = []
+    for _ in range(steps + 1):
+        started = time.perf_counter()
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            loss = model(inputs, targets=targets)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[1:])
