@@ -68,11 +68,12 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 # configs/demo.yaml's model, gpt2-demo (4 layers x 256), learns more per step than
 # gpt2-demo-small (2 x 192), whose steps take a third to two fifths of the time. Which
 # learns more in the demo's budget depends on how many steps fit (docs/benchmarks.md,
-# "Demo quality", seventh and ninth rounds): with about 2,800 steps of gpt2-demo (a CPU
-# with fast bf16), gpt2-demo: 1.94 bpb at 2,700 steps against 1.96 for gpt2-demo-small
-# at 6,000; with about 1,300 (a slower CPU) or 900 (fp32), gpt2-demo-small: 1.99 against
-# 2.08, and 2.02 against 2.15. So the demo times a few steps of its model first, and
-# trains gpt2-demo-small where fewer than DEMO_MIN_STEPS of them fit.
+# "Demo quality", seventh and ninth rounds). With about 2,800 steps of gpt2-demo (a CPU
+# with fast bf16) gpt2-demo is at least as good: 1.94 to 1.97 bpb at 2,700 steps (seeds,
+# threads) against 1.96 for gpt2-demo-small at 6,000. With about 1,300 (a slower CPU)
+# or 900 (fp32), gpt2-demo-small wins: 1.99 against 2.08, and 2.02 against 2.15. So the
+# demo times a few steps of its model first, and trains gpt2-demo-small where fewer
+# than DEMO_MIN_STEPS of them fit.
 DEMO_MIN_STEPS = 2000
 DEMO_SMALL_OVERRIDES = ["model.preset=gpt2-demo-small"]
 
