@@ -39,7 +39,7 @@ def main() -> int:
     args = parser.parse_args()
 
     started = time.perf_counter()
-    if Path(args.config) == DEMO_CONFIG:  # as `llmscratch demo` does: the model that fits
+    if Path(args.config).resolve() == DEMO_CONFIG.resolve():  # as `llmscratch demo` does
         config = demo_config(args.overrides, say=lambda line: print(line, file=sys.stderr))
     else:
         config = load_config(args.config, args.overrides)

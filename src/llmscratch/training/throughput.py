@@ -85,7 +85,8 @@ def seconds_per_step(model_config: ModelConfig, train: TrainConfig, device: torc
     """Median seconds of one training step of a new `model_config` model on this device.
 
     A step as the loop takes it with `train`'s optimizer, batch and precision
-    (forward, backward, optimizer step) on random tokens; one untimed step first
+    (forward, backward, optimizer step; one micro-batch of `train.batch_size`,
+    no clipping) on random tokens; one untimed step first
     (it allocates memory and picks kernels). The model is thrown away afterwards.
     """
     dtype = resolve_dtype(train.dtype, device)
