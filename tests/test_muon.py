@@ -93,3 +93,29 @@ def test_stacked_matrices_are_orthogonalized_piece_by_piece():
     # 8 x 8 is square (scale 1); 2 x 8 is wide (scale 1).
     expected = start - 0.1 * torch.cat([orthogonalize(g) for g in grad.split([8, 2, 2])])
     torch.testing.assert_close(weight.detach(), expected)
+
+
+def test_a_batch_of_matrices_is_orthogonalized_matrix_by_matrix():
+    torch.manual_seed(0)
+    batch = torch.randn(3, 16, 40)
+    one_by_one = torch.stack([orthogonalize(m) for m in batch])
+    torch.testing.assert_close(orthogonalize(batch), one_by_one, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(orthogonalize(batch.mT), one_by_one.mT, rtol=1e-5, atol=1e-6)
+
+
+def test_matrices_batched_by_shape_take_the_steps_they_take_alone():
+    """Muon groups same-shape matrices (a tall one as its transpose) into one batch."""
+    torch.manual_seed(0)
+    shapes = [(8, 24), (24, 8), (8, 24), (5, 5)]
+    starts = [torch.randn(*s) for s in shapes]
+    grads = [torch.randn(*s) for s in shapes]
+    together = [torch.nn.Parameter(s.clone()) for s in starts]
+    opt = Muon([{"params": together, "muon": True}], lr=0.1, momentum=0.0)
+    for p, g in zip(together, grads, strict=True):
+        p.grad = g.clone()
+    opt.step()
+    for start, grad, p in zip(starts, grads, together, strict=True):
+        alone = torch.nn.Parameter(start.clone())
+        alone.grad = grad.clone()
+        Muon([{"params": [alone], "muon": True}], lr=0.1, momentum=0.0).step()
+        torch.testing.assert_close(p.detach(), alone.detach(), rtol=1e-5, atol=1e-6)

@@ -38,23 +38,30 @@ NS_STEPS = 5
 def orthogonalize(update: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """An approximately semi-orthogonal matrix with the singular vectors of `update`.
 
-    update: (rows, cols). Returns the same shape, in `dtype` (bf16 is accurate
-    enough and twice as fast where the hardware has it).
+    update: (rows, cols), or a batch (n, rows, cols) of matrices of one shape,
+    each orthogonalized on its own. Returns the same shape, in `dtype` (bf16 is
+    accurate enough and twice as fast where the hardware has it).
     """
     a, b, c = NS_COEFFICIENTS
     x = update.to(dtype)
-    wide = x.size(0) <= x.size(1)
+    single = x.dim() == 2
+    if single:
+        x = x.unsqueeze(0)  # (1, rows, cols): one code path for one matrix and for many
+    wide = x.size(-2) <= x.size(-1)
     if not wide:
-        x = x.T  # iterate on the (small x large) side: X X^T is then the smaller square
-    x = x / (x.norm() + 1e-7)  # Frobenius norm >= largest singular value, so all <= 1
+        x = x.mT  # iterate on the (small x large) side: X X^T is then the smaller square
+    # Frobenius norm >= largest singular value, so every singular value starts <= 1.
+    x = x / (torch.linalg.matrix_norm(x, keepdim=True) + 1e-7)  # (n, small, large)
     for _ in range(NS_STEPS):
-        # x <- a x + (b G + c G^2) x, with G = x x^T. Written with addmm
-        # (beta * input + alpha * m1 @ m2): the scaling and the sum happen inside
-        # the matmul, instead of as separate passes over the matrices.
-        gram = x @ x.T  # (small, small)
-        poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)  # b G + c G^2
-        x = torch.addmm(x, poly, x, beta=a)  # a x + poly x
-    return x if wide else x.T
+        # x <- a x + (b G + c G^2) x, with G = x x^T. Written with baddbmm
+        # (beta * input + alpha * m1 @ m2, per matrix of the batch): the scaling
+        # and the sum happen inside the matmul, not as separate passes.
+        gram = x @ x.mT  # (n, small, small)
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b G + c G^2
+        x = torch.baddbmm(x, poly, x, beta=a)  # a x + poly x
+    if not wide:
+        x = x.mT
+    return x[0] if single else x
 
 
 class Muon(torch.optim.Optimizer):
@@ -78,16 +85,19 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        pending = []  # (matrix, its Nesterov momentum, lr) of every Muon matrix
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 if group["muon"]:
-                    self._muon_update(p, group)
+                    pending += self._muon_momentum(p, group)
                 else:
                     self._adamw_update(p, group)
+        self._orthogonalized_steps(pending)
 
-    def _muon_update(self, p: torch.Tensor, group: dict) -> None:
+    def _muon_momentum(self, p: torch.Tensor, group: dict) -> list[tuple]:
+        """Update p's momentum and decay p; return its pieces with their step directions."""
         state = self.state[p]
         if "momentum" not in state:
             state["momentum"] = torch.zeros_like(p)
@@ -99,12 +109,31 @@ class Muon(torch.optim.Optimizer):
         # query/key/value projection) is orthogonalized piece by piece, as if the
         # pieces were separate layers. group["row_splits"]: the pieces' heights.
         splits = group.get("row_splits") or [p.size(0)]
-        for piece, grad in zip(p.split(splits), nesterov.split(splits), strict=True):
-            update = orthogonalize(grad, self.ns_dtype).to(p.dtype)  # (out, in)
-            # A semi-orthogonal (out x in) matrix has entries of RMS 1/sqrt(max(out, in));
-            # scaling tall matrices by sqrt(out / in) gives every layer a comparable step.
-            scale = math.sqrt(max(1.0, piece.size(0) / piece.size(1)))
-            piece.add_(update, alpha=-group["lr"] * scale)  # a view: updates p in place
+        return [(piece, direction, group["lr"])  # pieces are views: updating them updates p
+                for piece, direction in zip(p.split(splits), nesterov.split(splits), strict=True)]
+
+    def _orthogonalized_steps(self, pending: list[tuple]) -> None:
+        """Step every matrix along its orthogonalized direction, same shapes as one batch.
+
+        A small model has dozens of small matrices; Newton-Schulz on each alone
+        spends much of its time starting matmuls. Matrices of one shape (a tall
+        one counted as its transpose) go through it together, as a batch: 17
+        instead of 39 ms a step for the demo model in bf16 (docs/benchmarks.md).
+        """
+        by_shape: dict[tuple[int, int], list[tuple]] = {}
+        for piece, direction, lr in pending:
+            tall = piece.size(0) > piece.size(1)
+            wide_direction = direction.T if tall else direction  # (small, large)
+            by_shape.setdefault(tuple(wide_direction.shape), []).append(
+                (piece, wide_direction, lr, tall))
+        for batch in by_shape.values():
+            updates = orthogonalize(torch.stack([d for _, d, _, _ in batch]), self.ns_dtype)
+            for (piece, _, lr, tall), update in zip(batch, updates, strict=True):
+                update = (update.T if tall else update).to(piece.dtype)  # (out, in)
+                # A semi-orthogonal (out x in) matrix has entries of RMS 1/sqrt(max(out, in));
+                # scaling tall matrices by sqrt(out / in) gives every layer a comparable step.
+                scale = math.sqrt(max(1.0, piece.size(0) / piece.size(1)))
+                piece.add_(update, alpha=-lr * scale)
 
     def _adamw_update(self, p: torch.Tensor, group: dict) -> None:
         state = self.state[p]
