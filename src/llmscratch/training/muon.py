@@ -122,14 +122,13 @@ class Muon(torch.optim.Optimizer):
         """
         by_shape: dict[tuple[int, int], list[tuple]] = {}
         for piece, direction, lr in pending:
-            tall = piece.size(0) > piece.size(1)
-            wide_direction = direction.T if tall else direction  # (small, large)
+            wide_direction = direction.T if _is_tall(piece) else direction  # (small, large)
             by_shape.setdefault(tuple(wide_direction.shape), []).append(
-                (piece, wide_direction, lr, tall))
+                (piece, wide_direction, lr))
         for batch in by_shape.values():
-            updates = orthogonalize(torch.stack([d for _, d, _, _ in batch]), self.ns_dtype)
-            for (piece, _, lr, tall), update in zip(batch, updates, strict=True):
-                update = (update.T if tall else update).to(piece.dtype)  # (out, in)
+            updates = orthogonalize(torch.stack([d for _, d, _ in batch]), self.ns_dtype)
+            for (piece, _, lr), update in zip(batch, updates, strict=True):
+                update = (update.T if _is_tall(piece) else update).to(piece.dtype)  # (out, in)
                 # A semi-orthogonal (out x in) matrix has entries of RMS 1/sqrt(max(out, in));
                 # scaling tall matrices by sqrt(out / in) gives every layer a comparable step.
                 scale = math.sqrt(max(1.0, piece.size(0) / piece.size(1)))
@@ -150,3 +149,8 @@ class Muon(torch.optim.Optimizer):
         p.mul_(1 - group["lr"] * group["weight_decay"])  # decoupled weight decay
         denom = (exp_avg_sq / (1 - beta2**t)).sqrt_().add_(group["eps"])
         p.addcdiv_(exp_avg, denom, value=-group["lr"] / (1 - beta1**t))
+
+
+def _is_tall(matrix: torch.Tensor) -> bool:
+    """More rows than columns: Newton-Schulz then runs on the transpose."""
+    return matrix.size(0) > matrix.size(1)
