@@ -1,10 +1,13 @@
-"""Checkpoints you can trust: manifests, corruption, fallback, and bit-exact resume after SIGKILL.
+"""Checkpoints you can trust: manifests, corruption, fallback, bit-exact resume after SIGKILL,
+and the NaN/inf guard that stops a diverging run with its last checkpoint intact.
 
 Also the loop's optional features that a run records: WSD schedule, MFU and
 memory, TensorBoard, activation checkpointing, `llmscratch plot`.
 """
 
+import itertools
 import json
+import math
 import os
 import shutil
 import signal
@@ -20,8 +23,10 @@ from llmscratch.cli import main
 from llmscratch.config import TrainConfig
 from llmscratch.errors import LLMScratchError
 from llmscratch.model import GPT, get_preset
-from llmscratch.training.checkpoint import latest_checkpoint
-from llmscratch.training.optim import lr_at
+from llmscratch.training.checkpoint import TrainState, latest_checkpoint
+from llmscratch.training.loop import Trainer
+from llmscratch.training.objectives import NextTokenPrediction
+from llmscratch.training.optim import build_optimizer, lr_at
 from llmscratch.training.parallel import apply_activation_checkpointing
 from tests.conftest import TINY_CONFIG
 
@@ -156,6 +161,89 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path, small_text):
     assert {r["step"]: r["loss"] for r in records(killed_dir) if "loss" in r} == losses
 
 
+# --- The NaN/inf guard: a bad step changes nothing; ten in a row stop the run ------------
+
+class InfiniteGradient(torch.autograd.Function):
+    """The identity, whose backward makes every gradient non-finite: a finite loss, bad grads."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
+def poison(monkeypatch, bad_calls, how="loss"):
+    """Make the pretraining objective's calls numbered in `bad_calls` (from 0) non-finite."""
+    real = NextTokenPrediction.__call__
+    calls = itertools.count()
+
+    def call(self, model, batch):
+        loss, info = real(self, model, batch)
+        if next(calls) in bad_calls:
+            loss = loss * float("nan") if how == "loss" else InfiniteGradient.apply(loss)
+        return loss, info
+
+    monkeypatch.setattr(NextTokenPrediction, "__call__", call)
+
+
+class OneBatch:
+    """A batch source that always gives the same batch."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def next_batch(self):
+        return self.batch
+
+
+@pytest.mark.parametrize("how", ["loss", "grad"])
+def test_a_non_finite_step_leaves_weights_and_optimizer_untouched(tmp_path, monkeypatch, how):
+    torch.manual_seed(0)
+    model = GPT(get_preset("gpt2-tiny"))
+    cfg = TrainConfig(dtype="fp32", warmup_steps=0)
+    optimizer = build_optimizer(model, cfg)
+    ids = torch.randint(0, 512, (2, 17))
+    trainer = Trainer(model, NextTokenPrediction(torch.device("cpu")),
+                      OneBatch((ids[:, :-1], ids[:, 1:])), optimizer, cfg, tmp_path,
+                      torch.device("cpu"))
+    poison(monkeypatch, bad_calls={1}, how=how)
+    state = TrainState()
+    assert trainer.train_step(state)["finite"]  # call 0: a normal step moves the weights
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = [s["exp_avg"].clone() for s in optimizer.state.values()]
+    out = trainer.train_step(state)  # call 1: poisoned
+    assert not out["finite"] and not math.isfinite(out["loss" if how == "loss" else "grad_norm"])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    after = [s["exp_avg"] for s in optimizer.state.values()]
+    assert all(torch.equal(a, b) for a, b in zip(moments, after, strict=True))
+    assert all(p.grad is None for p in model.parameters())  # nothing left for the next step
+    assert trainer.train_step(state)["finite"]  # call 2: training goes on
+    assert not all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_ten_non_finite_steps_in_a_row_stop_the_run_with_its_checkpoint_intact(
+        tmp_path, small_text, monkeypatch, capsys):
+    out = tmp_path / "run"
+    # Call 2 alone is skipped and training goes on; from call 5 every step is bad.
+    poison(monkeypatch, bad_calls={2} | set(range(5, 100)))
+    assert main(["pretrain", "--config", TINY_CONFIG, "--data", str(small_text), *QUIET,
+                 "--out", str(out), "train.max_steps=8", "train.checkpoint_every=2",
+                 "train.eval_every=0"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert last == ("error: 10 non-finite steps in a row trying step 5; lower train.lr or "
+                    "use train.dtype=fp32 (the last checkpoint is intact)")
+    skipped = [(r["step"], r["bad_loss"]) for r in records(out) if "skipped" in r]
+    assert skipped == [(3, "nan")] + [(5, "nan")] * 10
+    assert [r["step"] for r in records(out) if "loss" in r] == [1, 2, 3, 4]
+    assert latest_checkpoint(out).name == "step-00000004"  # its hashes are checked here
+    monkeypatch.undo()  # the cause is gone (say, a lower learning rate): resume
+    assert main(["pretrain", "--resume", str(out)]) == 0
+    assert latest_checkpoint(out).name == "step-00000008"
+
+
 @pytest.mark.parametrize("max_norm", [1e-3, 1e3])
 def test_clip_gradients_matches_torch_bit_for_bit(max_norm):
     from llmscratch.training.loop import clip_gradients
@@ -173,8 +261,6 @@ def test_clip_gradients_matches_torch_bit_for_bit(max_norm):
 
 
 def test_out_of_memory_in_the_first_step_is_one_line(small_text, tmp_path, monkeypatch, capsys):
-    from llmscratch.training.objectives import NextTokenPrediction
-
     def out_of_memory(self, model, batch):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 

@@ -227,13 +227,18 @@ class Trainer:
                             "train.activation_checkpointing=true") from None
                     raise
                 if not out["finite"]:
+                    # The weights were not touched; the batch is spent, the step is tried
+                    # again with the next one. Logged under the step it tried to take, and
+                    # as text: JSON has no NaN or infinity.
                     bad_in_a_row += 1
-                    self._log({"step": state.step, "skipped": "non-finite loss or grad",
-                               "bad_loss": out["loss"], "bad_grad_norm": out["grad_norm"]})
+                    self._log({"step": state.step + 1, "skipped": "non-finite loss or grad",
+                               "bad_loss": str(out["loss"]),
+                               "bad_grad_norm": str(out["grad_norm"])})
                     if bad_in_a_row >= MAX_BAD_STEPS:
                         raise LLMScratchError(
-                            f"{bad_in_a_row} non-finite steps in a row at step {state.step}; "
-                            "lower train.lr or use train.dtype=fp32 (last checkpoint is intact)"
+                            f"{bad_in_a_row} non-finite steps in a row trying step "
+                            f"{state.step + 1}; lower train.lr or use train.dtype=fp32 "
+                            "(the last checkpoint is intact)"
                         )
                     continue
                 bad_in_a_row = 0
