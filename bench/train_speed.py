@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/train_speed.py                      # both shapes, fp32 and bf16
     .venv/bin/python bench/train_speed.py --shapes small --json
+    python bench/train_speed.py --device cuda --shapes 124m-1k --precision bf16 --compile
 
 Peers (same shapes, same data, same optimizer algorithm):
 - `llms_from_scratch` (PyPI `llms-from-scratch`, installed with --no-deps), the
@@ -17,8 +18,12 @@ One step = forward, cross-entropy over every position, backward, AdamW step.
 Dropout is 0 everywhere. Models are timed in interleaved rounds (each model
 runs a few steps per round), so a machine shared with other work slows all
 of them alike; the table shows each model's median tokens/s over rounds and
-its ratio to the fastest peer at the same precision. MFU is against the
-matmul peak measured here at the start (a large square matmul, per dtype).
+its ratio to the fastest peer at the same precision. On a CPU, MFU is
+against the matmul peak measured here at the start (a large square matmul,
+per dtype); on a known GPU, against its datasheet bf16 peak
+(`training/throughput.py`), the usual convention, with the measured peak
+printed beside it. `--compile` compiles every model's forward, ours and the
+peers' alike.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from llmscratch.training.checkpoint import TrainState
 from llmscratch.training.loop import Trainer
 from llmscratch.training.objectives import NextTokenPrediction
 from llmscratch.training.optim import build_optimizer
+from llmscratch.training.throughput import peak_flops
 
 
 @dataclass
@@ -61,20 +67,34 @@ class Shape:
 SHAPES = {
     "small": Shape("small", 4096, 256, 256, 256, 6, 8, 16),
     "124m": Shape("124m", 50257, 1024, 256, 768, 12, 12, 4),
+    # GPT-2 124M as trained on GPUs (nanoGPT's sequence length): for MFU on one GPU.
+    "124m-1k": Shape("124m-1k", 50257, 1024, 1024, 768, 12, 12, 16),
 }
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 8) -> float:
-    """FLOP/s of an n x n matmul in `dtype` on this CPU: the practical peak."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_peak(dtype: torch.dtype, device: torch.device, reps: int = 8) -> float:
+    """FLOP/s of an n x n matmul in `dtype` on `device`: the practical peak.
+
+    n is 2,048 on a CPU and 8,192 on a GPU (a smaller one leaves a GPU idle).
+    """
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
     a @ b  # warm-up
     best = float("inf")
     for _ in range(3):
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(reps):
             a @ b
+        synchronize(device)
         best = min(best, (time.perf_counter() - start) / reps)
     return 2 * n**3 / best
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for a GPU's queued work (a CPU has none) so that a timer reads the real end."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class FixedBatch:
@@ -93,24 +113,29 @@ class FixedBatch:
         pass
 
 
-def ours(shape: Shape, dtype: str, batch, run_dir: Path):
+def ours(shape: Shape, dtype: str, batch, run_dir: Path, device: torch.device):
     cfg = TrainConfig(batch_size=shape.batch, lr=3e-4, warmup_steps=0, dtype=dtype,
-                      device="cpu", max_steps=10**9)
+                      device=device.type, max_steps=10**9)
     model = GPT(ModelConfig(vocab_size=shape.vocab, context_length=shape.context,
                             n_layer=shape.layers, n_head=shape.heads, n_embd=shape.width))
-    trainer = Trainer(model, NextTokenPrediction(torch.device("cpu")), FixedBatch(batch),
-                      build_optimizer(model, cfg), cfg, run_dir, torch.device("cpu"))
+    model.to(device)
+    trainer = Trainer(model, NextTokenPrediction(device), FixedBatch(batch),
+                      build_optimizer(model, cfg), cfg, run_dir, device)
     state = TrainState()
     return model, lambda: trainer.train_step(state)
 
 
-def peer_step(model, dtype: str, batch):
-    """The training step of the peers' own examples: AdamW from torch.optim, as they use it."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
+def peer_step(model, dtype: str, batch, device: torch.device):
+    """The training step of the peers' own examples: AdamW from torch.optim, as they use it.
+
+    On a GPU the optimizer is fused, as a GPU user would run it (ours is fused everywhere).
+    """
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1,
+                                  fused=device.type == "cuda")
     inputs, targets = batch
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
             logits = model(inputs)
             if not isinstance(logits, torch.Tensor):  # Hugging Face returns an output object
                 logits = logits.logits
@@ -141,30 +166,38 @@ def hf_model(shape: Shape):
     return GPT2LMHeadModel(config)
 
 
-def run_shape(shape: Shape, dtypes: list[str], rounds: int, steps: int, peers: list[str]
-              ) -> list[dict]:
+def run_shape(shape: Shape, dtypes: list[str], rounds: int, steps: int, peers: list[str],
+              device: torch.device, compile_: bool) -> list[dict]:
     gen = torch.Generator().manual_seed(0)
     windows = torch.randint(0, shape.vocab, (shape.batch, shape.seq + 1), generator=gen)
-    batch = (windows[:, :-1].contiguous(), windows[:, 1:].contiguous())
+    batch = (windows[:, :-1].contiguous().to(device),
+             windows[:, 1:].contiguous().to(device))  # (B, T) each
     tokens = shape.batch * shape.seq
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in dtypes:
             torch.manual_seed(0)
-            model, step = ours(shape, dtype, batch, Path(tmp))
+            model, step = ours(shape, dtype, batch, Path(tmp), device)
             candidates = {"llmscratch": (model, step)}
             builders = {"GPTModel": lambda: book_model(shape, fast=False),
                         "GPTModelFast": lambda: book_model(shape, fast=True),
                         "GPT2LMHeadModel": lambda: hf_model(shape)}
             for name in peers:
                 torch.manual_seed(0)
-                peer = builders[name]()
-                candidates[name] = (peer, peer_step(peer, dtype, batch))
-            for _, step in candidates.values():
-                step()  # warm-up: allocator, kernels, optimizer state
+                peer = builders[name]().to(device)
+                candidates[name] = (peer, peer_step(peer, dtype, batch, device))
+            for candidate, step in candidates.values():
+                if compile_:
+                    candidate.compile()  # the forward, in place, as train.compile does
+                # Warm-up: allocator, kernels, optimizer state; compiling may take two steps.
+                for _ in range(3 if compile_ else 1):
+                    step()
             times: dict[str, list[float]] = {name: [] for name in candidates}
             for _ in range(rounds):
                 for name, (_, step) in candidates.items():
+                    # The clock starts on an idle device; every step ends with loss.item(),
+                    # which waits for the device, so the clock also stops at the real end.
+                    synchronize(device)
                     start = time.perf_counter()
                     for _ in range(steps):
                         step()
@@ -183,6 +216,7 @@ def run_shape(shape: Shape, dtypes: list[str], rounds: int, steps: int, peers: l
 
 
 def add_ratios(rows: list[dict], peaks: dict[str, float]) -> None:
+    """Each row's ratio to the fastest peer of its shape and precision, and its MFU."""
     for row in rows:
         same = [r for r in rows if (r["shape"], r["precision"]) == (row["shape"], row["precision"])]
         fastest_peer = max((r["tokens_per_s"] for r in same if r["model"] != "llmscratch"),
@@ -191,7 +225,9 @@ def add_ratios(rows: list[dict], peaks: dict[str, float]) -> None:
         row["mfu"] = row["tokens_per_s"] * row["flops_per_token"] / peaks[row["precision"]]
 
 
-def machine() -> str:
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -206,26 +242,40 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shapes", default="small,124m", help="comma list of: small, 124m")
+    parser.add_argument("--shapes", default="small,124m",
+                        help="comma list of: small, 124m, 124m-1k (the GPU shape)")
     parser.add_argument("--precision", default="fp32,bf16", help="comma list of: fp32, bf16")
     parser.add_argument("--peers", default="GPTModel,GPTModelFast,GPT2LMHeadModel")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per model")
     parser.add_argument("--steps", type=int, default=2, help="steps per model per round")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile every model's forward")
     args = parser.parse_args()
+    device = torch.device(args.device)
     dtypes = args.precision.split(",")
     peers = [p for p in args.peers.split(",") if p]
     # Only the precisions asked for: without bf16 instructions, a bf16 peak takes minutes.
-    peaks = {d: matmul_peak(torch_dtype(d)) for d in dtypes}
+    measured = {d: matmul_peak(torch_dtype(d), device) for d in dtypes}
+    datasheet = peak_flops(device, 0.0)  # a known GPU's dense bf16 peak; 0 on a CPU
+    peaks = {d: datasheet if datasheet and d == "bf16" else measured[d] for d in dtypes}
     rows = []
     for name in args.shapes.split(","):
-        rows += run_shape(SHAPES[name], dtypes, args.rounds, args.steps, peers)
+        rows += run_shape(SHAPES[name], dtypes, args.rounds, args.steps, peers, device,
+                          args.compile)
     add_ratios(rows, peaks)
     if args.json:
-        print(json.dumps({"machine": machine(), "matmul_peak_flops": peaks, "rows": rows}))
+        print(json.dumps({"machine": machine(device), "compile": args.compile,
+                          "matmul_peak_flops": measured, "mfu_peak_flops": peaks,
+                          "rows": rows}))
         return
-    print(f"machine: {machine()}")
-    print("matmul peak: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()))
+    print(f"machine: {machine(device)}" + (", compiled" if args.compile else ""))
+    print("matmul peak: " + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in measured.items()))
+    if peaks != measured:
+        print("MFU against: " + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s (datasheet)"
+                                          if v != measured[k] else f"{k} measured"
+                                          for k, v in peaks.items()))
     print(f"{'shape':<6} {'precision':<9} {'model':<16} {'params':>8} {'tokens/s':>9} "
           f"{'vs fastest peer':>15} {'MFU':>6}")
     for r in rows:
