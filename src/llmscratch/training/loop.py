@@ -125,6 +125,20 @@ def clip_gradients(parameters, max_norm: float) -> float:
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
+@dataclass
+class _Clocks:
+    """The timing of one `Trainer.fit` call in this process (time.perf_counter seconds)."""
+
+    started: float  # fit began: train.max_seconds and train.budget_seconds count from here
+    budget_from: float  # train.budget_seconds times the steps after BUDGET_SKIPPED_STEPS
+    window_start: float  # tokens/s is measured over a window of training time only
+    window_tokens: int = 0
+    steps: int = 0  # optimizer steps this process has tried, skipped ones included
+
+    def restart_window(self) -> None:
+        self.window_start, self.window_tokens = time.perf_counter(), 0
+
+
 class Trainer:
     """Runs `objective` on batches of `data` for steps state.step .. cfg.max_steps."""
 
@@ -194,104 +208,126 @@ class Trainer:
                 "tokens": tokens * self.info.world_size, "finite": finite}
 
     def fit(self, state: TrainState) -> TrainState:
-        """Train until cfg.max_steps; checkpoint at the end, on schedule and on Ctrl-C."""
+        """Train until cfg.max_steps; checkpoint at the end, on schedule and on Ctrl-C.
+
+        Each pass tries one optimizer step. A non-finite one changes nothing and
+        is skipped (`_skip_bad_step`); a good one is counted, the time limits
+        are applied (`_keep_time`), then whatever is due follows: a metrics
+        record, validation, samples, a checkpoint (`_after_step`).
+        """
         cfg = self.cfg
         self.model.train()
-        main = self.info.is_main
-        if main and cfg.tensorboard:
+        if self.info.is_main and cfg.tensorboard:
             self.tensorboard = _tensorboard_writer(self.run_dir)
         bar = tqdm(total=cfg.max_steps, initial=state.step, desc="pretrain", unit="step",
-                   dynamic_ncols=True, disable=not main)
-        first_step = state.step
-        bad_in_a_row, window_tokens, window_start = 0, 0, time.perf_counter()
-        steps_here = 0  # optimizer steps taken by this process (for train.budget_seconds)
-        started = window_start
+                   dynamic_ncols=True, disable=not self.info.is_main)
+        now = time.perf_counter()
+        clocks = _Clocks(started=now, budget_from=now, window_start=now)
         step_cap = cfg.max_steps  # train.budget_seconds may shorten the run, never lengthen it
-        timing_from = started  # for train.budget_seconds: after this process's first steps
+        first_step, bad_in_a_row, out_of_time = state.step, 0, False
         with stop_on_ctrl_c() as stop_requested, bar:
-            out_of_time = False
             while state.step < cfg.max_steps and not out_of_time:
                 if all_reduce_mean(float(stop_requested()), self.info) > 0:
                     bar.close()
                     self._checkpoint(state)
                     raise TrainingInterrupted(state.step)
-                try:
-                    out = self.train_step(state)
-                    steps_here += 1
-                except Exception as err:
-                    if state.step == first_step and _is_out_of_memory(err):
-                        raise LLMScratchError(
-                            f"out of memory in the first step (train.batch_size="
-                            f"{cfg.batch_size}); lower train.batch_size and raise "
-                            "train.grad_accum to keep the same batch, or set "
-                            "train.activation_checkpointing=true") from None
-                    raise
+                out = self._try_step(state, first_step)
+                clocks.steps += 1
                 if not out["finite"]:
-                    # The weights were not touched; the batch is spent, the step is tried
-                    # again with the next one. Logged under the step it tried to take, and
-                    # as text: JSON has no NaN or infinity.
                     bad_in_a_row += 1
-                    self._log({"step": state.step + 1, "skipped": "non-finite loss or grad",
-                               "bad_loss": str(out["loss"]),
-                               "bad_grad_norm": str(out["grad_norm"])})
-                    if bad_in_a_row >= MAX_BAD_STEPS:
-                        raise LLMScratchError(
-                            f"{bad_in_a_row} non-finite steps in a row trying step "
-                            f"{state.step + 1}; lower train.lr or use train.dtype=fp32 "
-                            "(the last checkpoint is intact)"
-                        )
+                    self._skip_bad_step(state, out, bad_in_a_row)
                     continue
                 bad_in_a_row = 0
                 state.step += 1
                 state.tokens_seen += out["tokens"]
-                window_tokens += out["tokens"]
+                clocks.window_tokens += out["tokens"]
                 bar.update(1)
-                if steps_here == BUDGET_SKIPPED_STEPS:
-                    timing_from = time.perf_counter()
-                timed = steps_here - BUDGET_SKIPPED_STEPS
-                if cfg.budget_seconds and timed >= BUDGET_TIMED_STEPS and (
-                        (timed - BUDGET_TIMED_STEPS) % BUDGET_REPLAN_EVERY == 0):
-                    # Seconds per step so far, evaluation and checkpoints included.
-                    per_step = (time.perf_counter() - timing_from) / timed
-                    self._fit_to_budget(state, per_step, time.perf_counter() - started,
-                                        step_cap, first=timed == BUDGET_TIMED_STEPS, bar=bar)
-                # The time limit ends the run like its last step (evaluate, checkpoint);
-                # every rank must stop at the same step, so the ranks vote.
-                out_of_time = cfg.max_seconds > 0 and all_reduce_mean(
-                    float(time.perf_counter() - started >= cfg.max_seconds), self.info) > 0
-                if out_of_time and main:
-                    bar.write(f"train.max_seconds={cfg.max_seconds:g} reached: stopping at step "
-                              f"{state.step} of {cfg.max_steps}")
-                done = state.step == cfg.max_steps or out_of_time
-                if state.step % cfg.log_every == 0 or done:
-                    elapsed = time.perf_counter() - window_start
-                    tok_per_s = window_tokens / max(elapsed, 1e-9)
-                    record = {
-                        "step": state.step, "tokens": state.tokens_seen, "loss": out["loss"],
-                        "lr": out["lr"], "grad_norm": out["grad_norm"], "tok_per_s": tok_per_s,
-                        "mem_gb": round(memory_gb(self.device), 3),
-                    }
-                    # MFU per device: this process's share of the tokens against one peak.
-                    util = mfu(tok_per_s / self.info.world_size, self.flops_per_token,
-                               self.peak_flops)
-                    if util is not None:
-                        record["mfu"] = util
-                    self._log(record)
-                    bar.set_postfix(loss=f"{out['loss']:.3f}", lr=f"{out['lr']:.1e}",
-                                    tok_s=f"{tok_per_s:,.0f}")
-                    window_tokens, window_start = 0, time.perf_counter()
-                if self._due(cfg.eval_every, state.step, done) and self.hooks.evaluate:
-                    self._validate(state, bar)
-                if cfg.sample_every and state.step % cfg.sample_every == 0 and self.hooks.sample:
-                    self.hooks.sample(self.model, state.step)
-                if self._due(cfg.checkpoint_every, state.step, done):
-                    self._checkpoint(state)
-                if any(self._due(e, state.step, done) for e in (cfg.eval_every, cfg.sample_every)):
-                    window_start = time.perf_counter()  # don't count evaluation as training time
-                    window_tokens = 0
+                out_of_time = self._keep_time(state, clocks, step_cap, bar)
+                self._after_step(state, out, clocks, bar,
+                                 done=state.step == cfg.max_steps or out_of_time)
         if self.tensorboard is not None:
             self.tensorboard.close()
         return state
+
+    def _try_step(self, state: TrainState, first_step: int) -> dict:
+        """`train_step`; running out of memory in a run's first step becomes one line."""
+        try:
+            return self.train_step(state)
+        except Exception as err:
+            if state.step == first_step and _is_out_of_memory(err):
+                raise LLMScratchError(
+                    f"out of memory in the first step (train.batch_size="
+                    f"{self.cfg.batch_size}); lower train.batch_size and raise "
+                    "train.grad_accum to keep the same batch, or set "
+                    "train.activation_checkpointing=true") from None
+            raise
+
+    def _skip_bad_step(self, state: TrainState, out: dict, bad_in_a_row: int) -> None:
+        """Log a step that had a non-finite loss or gradient; stop after MAX_BAD_STEPS in a row.
+
+        `train_step` has not touched the weights; the batch is spent and the
+        step is tried again with the next one. The record goes under the step
+        it tried to take, its values as text: JSON has no NaN or infinity.
+        """
+        self._log({"step": state.step + 1, "skipped": "non-finite loss or grad",
+                   "bad_loss": str(out["loss"]), "bad_grad_norm": str(out["grad_norm"])})
+        if bad_in_a_row >= MAX_BAD_STEPS:
+            raise LLMScratchError(
+                f"{bad_in_a_row} non-finite steps in a row trying step {state.step + 1}; "
+                "lower train.lr or use train.dtype=fp32 (the last checkpoint is intact)")
+
+    def _keep_time(self, state: TrainState, clocks: _Clocks, step_cap: int, bar: tqdm) -> bool:
+        """Apply train.budget_seconds and train.max_seconds after a step; True when time is up."""
+        cfg = self.cfg
+        if clocks.steps == BUDGET_SKIPPED_STEPS:
+            clocks.budget_from = time.perf_counter()
+        timed = clocks.steps - BUDGET_SKIPPED_STEPS
+        if cfg.budget_seconds and timed >= BUDGET_TIMED_STEPS and (
+                (timed - BUDGET_TIMED_STEPS) % BUDGET_REPLAN_EVERY == 0):
+            # Seconds per step so far, evaluation and checkpoints included.
+            per_step = (time.perf_counter() - clocks.budget_from) / timed
+            self._fit_to_budget(state, per_step, time.perf_counter() - clocks.started,
+                                step_cap, first=timed == BUDGET_TIMED_STEPS, bar=bar)
+        # The time limit ends the run like its last step (evaluate, checkpoint);
+        # every rank must stop at the same step, so the ranks vote.
+        out_of_time = cfg.max_seconds > 0 and all_reduce_mean(
+            float(time.perf_counter() - clocks.started >= cfg.max_seconds), self.info) > 0
+        if out_of_time and self.info.is_main:
+            bar.write(f"train.max_seconds={cfg.max_seconds:g} reached: stopping at step "
+                      f"{state.step} of {cfg.max_steps}")
+        return out_of_time
+
+    def _after_step(self, state: TrainState, out: dict, clocks: _Clocks, bar: tqdm,
+                    done: bool) -> None:
+        """What is due after a good step: a metrics record, validation, samples, a checkpoint."""
+        cfg = self.cfg
+        if state.step % cfg.log_every == 0 or done:
+            self._log_step(state, out, clocks, bar)
+        if self._due(cfg.eval_every, state.step, done) and self.hooks.evaluate:
+            self._validate(state, bar)
+        if cfg.sample_every and state.step % cfg.sample_every == 0 and self.hooks.sample:
+            self.hooks.sample(self.model, state.step)
+        if self._due(cfg.checkpoint_every, state.step, done):
+            self._checkpoint(state)
+        if any(self._due(e, state.step, done) for e in (cfg.eval_every, cfg.sample_every)):
+            clocks.restart_window()  # evaluation and sampling are not training time
+
+    def _log_step(self, state: TrainState, out: dict, clocks: _Clocks, bar: tqdm) -> None:
+        """The step's metrics record, tokens/s measured since the previous record."""
+        tok_per_s = clocks.window_tokens / max(time.perf_counter() - clocks.window_start, 1e-9)
+        record = {
+            "step": state.step, "tokens": state.tokens_seen, "loss": out["loss"],
+            "lr": out["lr"], "grad_norm": out["grad_norm"], "tok_per_s": tok_per_s,
+            "mem_gb": round(memory_gb(self.device), 3),
+        }
+        # MFU per device: this process's share of the tokens against one peak.
+        util = mfu(tok_per_s / self.info.world_size, self.flops_per_token, self.peak_flops)
+        if util is not None:
+            record["mfu"] = util
+        self._log(record)
+        bar.set_postfix(loss=f"{out['loss']:.3f}", lr=f"{out['lr']:.1e}",
+                        tok_s=f"{tok_per_s:,.0f}")
+        clocks.restart_window()
 
     def _fit_to_budget(self, state: TrainState, per_step: float, elapsed: float,
                        step_cap: int, first: bool, bar: tqdm) -> None:
