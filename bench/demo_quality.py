@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from llmscratch.cli import DEMO_CONFIG, demo_config
-from llmscratch.config import load_config
-from llmscratch.training.pretrain import pretrain
+from llmscratch.recipes.demo import DEMO_CONFIG, demo_config
+from llmscratch.recipes.pretrain import pretrain
+from llmscratch.runs.config import load_config
 
 
 def main() -> int:

@@ -54,7 +54,8 @@ def time_steps(model, ids: torch.Tensor, steps: int) -> float:
     start = time.perf_counter()
     for _ in range(steps):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model(ids[:, :-1])  # (B, T, V)
+            out = model(ids[:, :-1])  # (B, T, V), or (B, T, D) from a model with heads
+            logits = model.logits(out) if hasattr(model, "logits") else out
         loss = F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
         loss.backward()
         model.zero_grad(set_to_none=True)

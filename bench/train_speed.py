@@ -42,13 +42,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from llmscratch.config import TrainConfig
 from llmscratch.model import GPT, ModelConfig
 from llmscratch.model.config import torch_dtype
-from llmscratch.training.checkpoint import TrainState
-from llmscratch.training.loop import Trainer
+from llmscratch.runs.checkpoint import TrainState
+from llmscratch.runs.config import TrainConfig
+from llmscratch.runs.run import Run
+from llmscratch.training.loop import LoopConfig, Trainer
 from llmscratch.training.objectives import NextTokenPrediction
-from llmscratch.training.optim import build_optimizer
+from llmscratch.training.optim import Schedule, build_optimizer
 from llmscratch.training.throughput import peak_flops
 
 
@@ -103,7 +104,7 @@ class FixedBatch:
     def __init__(self, batch):
         self.batch = batch
 
-    def next_batch(self):
+    def next_batch(self, policy=None):
         return self.batch
 
     def state_dict(self) -> dict:
@@ -120,7 +121,8 @@ def ours(shape: Shape, dtype: str, batch, run_dir: Path, device: torch.device):
                             n_layer=shape.layers, n_head=shape.heads, n_embd=shape.width))
     model.to(device)
     trainer = Trainer(model, NextTokenPrediction(device), FixedBatch(batch),
-                      build_optimizer(model, cfg), cfg, run_dir, device)
+                      build_optimizer(model, cfg), Schedule.from_train(cfg),
+                      LoopConfig.from_train(cfg), Run(run_dir), device)
     state = TrainState()
     return model, lambda: trainer.train_step(state)
 

@@ -6,6 +6,10 @@ import pytest
 
 from llmscratch.cli import main
 from llmscratch.data.corpus import shakespeare_text
+from llmscratch.model import get_preset
+from llmscratch.runs.config import RunConfig
+from llmscratch.runs.run import Run, RunInfo
+from llmscratch.tokenizer import train_bpe
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = str(REPO / "configs" / "tiny.yaml")
@@ -26,3 +30,10 @@ def tiny_run(tmp_path_factory, small_text) -> Path:
     assert main(["pretrain", "--config", TINY_CONFIG, "--data", str(small_text),
                  "--out", str(out)]) == 0
     return out
+
+
+def new_run(path: Path, preset: str = "gpt2-tiny", **info) -> Run:
+    """An empty run directory (config, run.json, a small tokenizer) for tests of checkpoints."""
+    tokenizer = train_bpe(["a few words to learn a few merges from, a few times"], 260)
+    config = RunConfig(model=get_preset(preset))
+    return Run.create(path, config, RunInfo(**info), tokenizer)

@@ -20,15 +20,16 @@ import torch
 from safetensors.torch import load_file
 
 from llmscratch.cli import main
-from llmscratch.config import TrainConfig
 from llmscratch.errors import LLMScratchError
 from llmscratch.model import GPT, get_preset
-from llmscratch.training.checkpoint import TrainState, latest_checkpoint
-from llmscratch.training.loop import Trainer
-from llmscratch.training.objectives import NextTokenPrediction
-from llmscratch.training.optim import build_optimizer, lr_at
+from llmscratch.runs.checkpoint import TrainState, latest_checkpoint
+from llmscratch.runs.config import TrainConfig
+from llmscratch.runs.run import Run
+from llmscratch.training.loop import LoopConfig, Trainer
+from llmscratch.training.objectives import NextTokenPrediction, ObjectiveOutput
+from llmscratch.training.optim import Schedule, build_optimizer
 from llmscratch.training.parallel import apply_activation_checkpointing
-from tests.conftest import TINY_CONFIG
+from tests.conftest import TINY_CONFIG, new_run
 
 QUIET = ["train.sample_every=0", "train.prompts=[]", "train.dtype=fp32", "train.log_every=1"]
 
@@ -50,12 +51,16 @@ def run(tmp_path_factory, small_text):
 
 
 def test_wsd_schedule():
-    cfg = TrainConfig(max_steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1,
-                      schedule="wsd", decay_fraction=0.2)
-    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
-    assert all(lr_at(s, cfg) == 1.0 for s in range(10, 80))  # stable until the last 20%
-    assert lr_at(89, cfg) == pytest.approx(1.0 - 0.9 * 10 / 20)  # halfway down
-    assert lr_at(99, cfg) == pytest.approx(0.1)  # ends at lr * min_lr_ratio
+    schedule = Schedule(peak_lr=1.0, warmup_steps=10, kind="wsd", min_lr_ratio=0.1,
+                        decay_fraction=0.2)
+
+    def lr_at(step):
+        return schedule.lr_at(step, 100)
+
+    assert lr_at(0) == pytest.approx(0.1) and lr_at(9) == pytest.approx(1.0)
+    assert all(lr_at(s) == 1.0 for s in range(10, 80))  # stable until the last 20%
+    assert lr_at(89) == pytest.approx(1.0 - 0.9 * 10 / 20)  # halfway down
+    assert lr_at(99) == pytest.approx(0.1)  # ends at lr * min_lr_ratio
 
 
 def test_activation_checkpointing_gives_the_same_gradients():
@@ -66,7 +71,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
     apply_activation_checkpointing(recomputed)
     ids = torch.randint(0, 512, (2, 16))
     for model in (plain, recomputed):
-        model(ids).logsumexp(-1).mean().backward()
+        model.logits(model(ids)).logsumexp(-1).mean().backward()
     assert list(recomputed.state_dict()) == list(plain.state_dict())  # names unchanged
     for a, b in zip(plain.parameters(), recomputed.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-7)
@@ -83,7 +88,9 @@ def test_run_records_metrics_tensorboard_and_keeps_three_checkpoints(run, capsys
     (run / "training.png").unlink()
     assert main(["plot", str(run)]) == 0 and (run / "training.png").is_file()
     manifest = json.loads((run / "checkpoints/step-00000008/manifest.json").read_text())
-    assert set(manifest["files"]) == {"model.safetensors", "optimizer.pt", "state.json"}
+    assert set(manifest["files"]) == {"model.safetensors", "optimizer.pt", "state.json",
+                                      "config.yaml"}
+    assert set(manifest["run_files"]) == {"tokenizer/tokenizer.json"}
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
@@ -100,13 +107,13 @@ def test_corrupt_checkpoint_is_detected_and_fallback_only_when_asked(run, tmp_pa
     weights.write_bytes(bytes(data))
     expected = "does not match its SHA-256" if damage == "flip" else "is truncated"
     with pytest.raises(LLMScratchError, match=expected):
-        latest_checkpoint(broken)
+        latest_checkpoint(Run(broken))
     assert main(["pretrain", "--resume", str(broken)]) == 2
     err = capsys.readouterr().err.strip()
     assert expected in err and "--fallback" in err and "\n" not in err
     assert main(["pretrain", "--resume", str(broken), "--fallback", "train.max_steps=8"]) == 0
     assert "falling back to step-00000006" in capsys.readouterr().err
-    assert latest_checkpoint(broken).name == "step-00000008"  # rewritten, intact
+    assert latest_checkpoint(Run(broken)).name == "step-00000008"  # rewritten, intact
 
 
 # --- SIGKILL at an arbitrary step, then resume: bit-identical to an uninterrupted run ------
@@ -149,7 +156,7 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path, small_text):
         time.sleep(0.01)
     assert killed.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     assert straight.wait() == 0, straight.stderr.read()
-    stopped_at = latest_checkpoint(killed_dir).name
+    stopped_at = latest_checkpoint(Run(killed_dir)).name
     assert "step-00000012" <= stopped_at < "step-00000030"
 
     resumed = cli("pretrain", "--resume", str(killed_dir))
@@ -181,10 +188,12 @@ def poison(monkeypatch, bad_calls, how="loss"):
     calls = itertools.count()
 
     def call(self, model, batch):
-        loss, info = real(self, model, batch)
+        out = real(self, model, batch)
         if next(calls) in bad_calls:
+            loss = out.loss_sum
             loss = loss * float("nan") if how == "loss" else InfiniteGradient.apply(loss)
-        return loss, info
+            out = ObjectiveOutput(loss, out.units, out.tokens)
+        return out
 
     monkeypatch.setattr(NextTokenPrediction, "__call__", call)
 
@@ -195,8 +204,11 @@ class OneBatch:
     def __init__(self, batch):
         self.batch = batch
 
-    def next_batch(self):
+    def next_batch(self, policy=None):
         return self.batch
+
+    def state_dict(self):
+        return {}
 
 
 @pytest.mark.parametrize("how", ["loss", "grad"])
@@ -207,7 +219,8 @@ def test_a_non_finite_step_leaves_weights_and_optimizer_untouched(tmp_path, monk
     optimizer = build_optimizer(model, cfg)
     ids = torch.randint(0, 512, (2, 17))
     trainer = Trainer(model, NextTokenPrediction(torch.device("cpu")),
-                      OneBatch((ids[:, :-1], ids[:, 1:])), optimizer, cfg, tmp_path,
+                      OneBatch((ids[:, :-1], ids[:, 1:])), optimizer, Schedule.from_train(cfg),
+                      LoopConfig.from_train(cfg), new_run(tmp_path / "run"),
                       torch.device("cpu"))
     poison(monkeypatch, bad_calls={1}, how=how)
     state = TrainState()
@@ -238,10 +251,10 @@ def test_ten_non_finite_steps_in_a_row_stop_the_run_with_its_checkpoint_intact(
     skipped = [(r["step"], r["bad_loss"]) for r in records(out) if "skipped" in r]
     assert skipped == [(3, "nan")] + [(5, "nan")] * 10
     assert [r["step"] for r in records(out) if "loss" in r] == [1, 2, 3, 4]
-    assert latest_checkpoint(out).name == "step-00000004"  # its hashes are checked here
+    assert latest_checkpoint(Run(out)).name == "step-00000004"  # its hashes are checked here
     monkeypatch.undo()  # the cause is gone (say, a lower learning rate): resume
     assert main(["pretrain", "--resume", str(out)]) == 0
-    assert latest_checkpoint(out).name == "step-00000008"
+    assert latest_checkpoint(Run(out)).name == "step-00000008"
 
 
 @pytest.mark.parametrize("max_norm", [1e-3, 1e3])
@@ -253,7 +266,7 @@ def test_clip_gradients_matches_torch_bit_for_bit(max_norm):
     models[1].load_state_dict(models[0].state_dict())
     ids = torch.randint(0, 512, (2, 16))
     for model in models:
-        model(ids).logsumexp(-1).mean().backward()
+        model.logits(model(ids)).logsumexp(-1).mean().backward()
     expected = torch.nn.utils.clip_grad_norm_(models[0].parameters(), max_norm)
     assert clip_gradients(models[1].parameters(), max_norm) == float(expected)
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):

@@ -75,8 +75,7 @@ def test_version_and_help():
     (0.4, ["model.n_layer=5"], (5, 192)),    # the user's own override still wins
 ])
 def test_demo_sizes_its_model_to_the_steps_that_fit(monkeypatch, tmp_path, seconds, user, shape):
-    import llmscratch.training.pretrain as pretrain
-    import llmscratch.training.throughput as throughput
+    import llmscratch.recipes.demo as demo
 
     chosen, timed = {}, []
 
@@ -88,8 +87,8 @@ def test_demo_sizes_its_model_to_the_steps_that_fit(monkeypatch, tmp_path, secon
         chosen["model"] = config.model
         raise LLMScratchError("stopped by the test")
 
-    monkeypatch.setattr(throughput, "seconds_per_step", fake_timing)
-    monkeypatch.setattr(pretrain, "pretrain", fake_pretrain)
+    monkeypatch.setattr(demo, "seconds_per_step", fake_timing)
+    monkeypatch.setattr(demo, "pretrain", fake_pretrain)
     assert main(["demo", "--out", str(tmp_path / "demo"), *user]) == 2
     assert timed[0][1] == 256  # it timed configs/demo.yaml's own model
     assert (chosen["model"].n_layer, chosen["model"].n_embd) == shape
@@ -99,8 +98,8 @@ def test_demo_sizes_its_model_to_the_steps_that_fit(monkeypatch, tmp_path, secon
 def test_seconds_per_step_times_a_real_step():
     import torch
 
-    from llmscratch.config import TrainConfig
     from llmscratch.model.config import get_preset
+    from llmscratch.runs.config import TrainConfig
     from llmscratch.training.throughput import seconds_per_step
 
     model = get_preset("gpt2-tiny")

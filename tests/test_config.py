@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from llmscratch.config import load_config
 from llmscratch.errors import LLMScratchError
+from llmscratch.runs.config import load_config
 from tests.conftest import TINY_CONFIG
 
 

@@ -18,8 +18,9 @@ from safetensors.torch import load_file
 
 from llmscratch.cli import main
 from llmscratch.data.prepare import PrepareConfig, prepare
+from llmscratch.runs.checkpoint import latest_checkpoint
+from llmscratch.runs.run import Run
 from llmscratch.tokenizer import train_bpe
-from llmscratch.training.checkpoint import latest_checkpoint
 from tests.conftest import TINY_CONFIG
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
@@ -90,7 +91,7 @@ def test_ddp_two_processes_match_one(tmp_path, data, one_process):
 
 def test_fsdp_two_processes_match_one(fsdp_run, one_process):
     assert_same_losses(fsdp_run, one_process)
-    ckpt = latest_checkpoint(fsdp_run)
+    ckpt = latest_checkpoint(Run(fsdp_run))
     assert (ckpt / "dcp" / ".metadata").is_file()  # sharded, through torch.distributed.checkpoint
 
 

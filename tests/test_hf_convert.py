@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+import transformers  # never skipped: these tests catch a wrong GQA layout or RoPE pairing
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -18,16 +19,19 @@ from llmscratch.errors import LLMScratchError
 from llmscratch.generation.sampling import SamplingConfig, generate
 from llmscratch.model import get_preset
 from llmscratch.model.hf_config import family_of
-from llmscratch.model.hf_convert import load_hf_model
-from llmscratch.training.checkpoint import load_run
+from llmscratch.runs.hf_import import load_hf_model
+from llmscratch.runs.load import load_for_inference
 from tests.hf_tiny import FAMILIES, TEXT, VOCAB, hf_model, save_folder, tokenizer
 
-transformers = pytest.importorskip("transformers", reason="the hf extra is not installed")
 TOLERANCE = 1e-4  # max abs logit difference, fp32
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
+
+
+def logits(model, ids: torch.Tensor) -> torch.Tensor:
+    return model.logits(model(ids))
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +54,7 @@ def test_import_matches_transformers(folders, family):
     ours = load_hf_model(folder)
     ids = torch.randint(0, VOCAB, (2, 40))
     with torch.no_grad():
-        assert max_diff(ours(ids), hf(ids).logits) <= TOLERANCE
+        assert max_diff(logits(ours, ids), hf(ids).logits) <= TOLERANCE
     assert ours.num_params() == sum(p.numel() for p in hf.parameters())
 
     prompt = ids[0, :5].tolist()
@@ -95,10 +99,10 @@ def test_sharded_checkpoint_and_bf16(tmp_path):
     ids = torch.randint(0, VOCAB, (1, 30))
     with torch.no_grad():
         expected = hf(ids).logits
-        assert max_diff(load_hf_model(folder)(ids), expected) <= TOLERANCE
+        assert max_diff(logits(load_hf_model(folder), ids), expected) <= TOLERANCE
         half = load_hf_model(folder, dtype="bf16")
         assert half.tok_emb.weight.dtype == torch.bfloat16
-        assert max_diff(half(ids), expected) < 0.1 * expected.abs().max().item()
+        assert max_diff(logits(half, ids), expected) < 0.1 * expected.abs().max().item()
 
 
 def test_sliding_window_matches_transformers(tmp_path):
@@ -107,18 +111,18 @@ def test_sliding_window_matches_transformers(tmp_path):
     assert ours.config.sliding_window == 8
     ids = torch.randint(0, VOCAB, (2, 40))  # longer than the window
     with torch.no_grad():
-        assert max_diff(ours(ids), hf(ids).logits) <= TOLERANCE
+        assert max_diff(logits(ours, ids), hf(ids).logits) <= TOLERANCE
 
 
 def test_our_pretrained_run_exports_to_gpt2(tiny_run, tmp_path):
     out = tmp_path / "demo-hf"
     assert main(["convert", "to-hf", str(tiny_run), str(out)]) == 0
-    model, _, _ = load_run(tiny_run)
+    model, _, _ = load_for_inference(tiny_run)
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     assert type(reloaded).__name__ == "GPT2LMHeadModel"
     ids = torch.randint(0, model.config.vocab_size, (2, 30))
     with torch.no_grad():
-        assert max_diff(reloaded(ids).logits, model(ids)) <= TOLERANCE
+        assert max_diff(reloaded(ids).logits, logits(model, ids)) <= TOLERANCE
 
 
 # --- bad input: one line, exit code 2 ------------------------------------------------
@@ -193,10 +197,17 @@ def test_corrupt_safetensors_header(qwen_folder, tmp_path, capsys):
 
 
 def test_existing_output_and_offline_hub_id(qwen_folder, tmp_path, capsys, monkeypatch):
-    out = tmp_path / "taken"
-    out.mkdir()
-    assert "already exists" in convert_error(capsys, "from-hf", str(qwen_folder), str(out))
-    assert list(out.iterdir()) == []  # nothing written into it
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    for overwrite in ([], ["--overwrite"]):  # a folder that is not a run: never replaced
+        err = convert_error(capsys, "from-hf", str(qwen_folder), str(taken), *overwrite)
+        assert "is not a run directory" in err
+        assert [p.name for p in taken.iterdir()] == ["notes.txt"]
+    run = tmp_path / "run"
+    assert main(["convert", "from-hf", str(qwen_folder), str(run)]) == 0
+    assert "already exists" in convert_error(capsys, "from-hf", str(qwen_folder), str(run))
+    assert main(["convert", "from-hf", str(qwen_folder), str(run), "--overwrite"]) == 0
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     new = tmp_path / "new"
     assert "HF_HUB_OFFLINE" in convert_error(capsys, "from-hf", "Qwen/Qwen3-0.6B", str(new))

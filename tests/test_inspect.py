@@ -48,7 +48,6 @@ def test_gpt2_flops_follow_6n_plus_12ltd(capsys):
 
 
 def test_weight_estimate_matches_real_tensors(capsys, tmp_path):
-    pytest.importorskip("transformers", reason="the hf extra is not installed")
     hf_dir = save_folder(hf_model("qwen3_moe"), "qwen3_moe", tmp_path / "hf")
     run = tmp_path / "run"
     assert main(["convert", "from-hf", str(hf_dir), str(run), "--dtype", "bf16"]) == 0

@@ -6,16 +6,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmscratch.config import TrainConfig
 from llmscratch.errors import LLMScratchError
 from llmscratch.generation.sampling import SamplingConfig, generate
-from llmscratch.model import GPT, fused_loss, get_preset
+from llmscratch.model import GPT, SequenceHead, get_preset, heads
+from llmscratch.runs.config import TrainConfig
 from llmscratch.training.optim import build_optimizer
 
 
 def tiny(**overrides) -> GPT:
     torch.manual_seed(0)
     return GPT(get_preset("gpt2-tiny", **overrides))
+
+
+def logits(model: GPT, ids: torch.Tensor, *args) -> torch.Tensor:
+    """The next-token logits: the trunk's hidden states through the output layer."""
+    return model.logits(model(ids, *args))
 
 
 def set_attn_impl(model: GPT, impl: str) -> None:
@@ -27,9 +32,9 @@ def test_explicit_attention_equals_sdpa():
     model = tiny()
     ids = torch.randint(0, 512, (3, 40))
     set_attn_impl(model, "sdpa")
-    fused = model(ids)
+    fused = logits(model, ids)
     set_attn_impl(model, "explicit")
-    explicit = model(ids)
+    explicit = logits(model, ids)
     torch.testing.assert_close(explicit, fused, atol=1e-5, rtol=1e-5)
 
 
@@ -40,9 +45,9 @@ def test_bf16_explicit_attention_agrees_with_sdpa_forward_and_backward():
     for impl in ("sdpa", "explicit"):
         model = tiny(attn_impl=impl)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model(ids)
-        F.cross_entropy(logits.float().flatten(0, 1), ids.roll(-1, 1).flatten()).backward()
-        results[impl] = (logits.float(), model.blocks[0].attn.qkv.weight.grad)
+            out = logits(model, ids)
+        F.cross_entropy(out.float().flatten(0, 1), ids.roll(-1, 1).flatten()).backward()
+        results[impl] = (out.float(), model.blocks[0].attn.qkv.weight.grad)
     (fused_logits, fused_grad), (explicit_logits, explicit_grad) = results.values()
     torch.testing.assert_close(explicit_logits, fused_logits, atol=0.05, rtol=0.02)
     cosine = F.cosine_similarity(explicit_grad.flatten(), fused_grad.flatten(), dim=0)
@@ -67,31 +72,31 @@ def test_future_tokens_do_not_change_earlier_logits():
     ids = torch.randint(0, 512, (1, 30))
     changed = ids.clone()
     changed[0, 20:] = (changed[0, 20:] + 1) % 512
-    torch.testing.assert_close(model(ids)[:, :20], model(changed)[:, :20])
-    assert not torch.allclose(model(ids)[:, 20:], model(changed)[:, 20:])
+    torch.testing.assert_close(logits(model, ids)[:, :20], logits(model, changed)[:, :20])
+    assert not torch.allclose(logits(model, ids)[:, 20:], logits(model, changed)[:, 20:])
 
 
 def test_loss_at_initialisation_is_near_uniform():
     model = tiny()
     ids = torch.randint(0, 512, (8, 64))
-    logits = model(ids[:, :-1])
-    loss = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+    loss = F.cross_entropy(logits(model, ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
     assert abs(loss.item() - math.log(512)) < 0.1
 
 
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_chunked_output_loss_equals_the_plain_one(monkeypatch, dtype):
+def test_chunked_output_loss_equals_the_plain_one(monkeypatch, dtype, reduction):
     # Small chunks, so the 300 rows span several of them and the last is shorter.
-    monkeypatch.setattr(fused_loss, "ROWS_PER_CHUNK", 64)
+    monkeypatch.setattr(heads, "ROWS_PER_CHUNK", 64)
     torch.manual_seed(0)
     hidden, weight = torch.randn(300, 48), torch.randn(700, 48) * 0.1
     targets = torch.randint(0, 700, (300,))
-    targets[::7] = fused_loss.IGNORE_INDEX  # some rows predict nothing
+    targets[::7] = heads.IGNORE_INDEX  # some rows predict nothing
     results = []
-    for loss_fn in (fused_loss.plain_cross_entropy, fused_loss.linear_cross_entropy):
+    for loss_fn in (heads.plain_cross_entropy, heads.linear_cross_entropy):
         h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            loss = loss_fn(h, w, targets)
+            loss = loss_fn(h, w, targets, reduction)
         (3.0 * loss).backward()  # a scale other than 1 reaches backward
         results.append((loss.detach(), h.grad, w.grad))
     (plain, plain_dh, plain_dw), (fused, fused_dh, fused_dw) = results
@@ -106,28 +111,90 @@ def test_chunked_output_loss_refuses_a_second_backward_rather_than_double_scalin
     # same graph again must be an error, not gradients scaled twice.
     hidden = torch.randn(10, 8, requires_grad=True)
     weight = torch.randn(20, 8, requires_grad=True)
-    loss = fused_loss.linear_cross_entropy(hidden, weight, torch.randint(0, 20, (10,)))
+    loss = heads.linear_cross_entropy(hidden, weight, torch.randint(0, 20, (10,)))
     (2.0 * loss).backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
 
 
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
-def test_model_loss_with_targets_equals_cross_entropy_of_its_logits(tie):
+def test_next_token_loss_is_the_summed_cross_entropy_of_the_logits_and_its_count(tie):
     model = tiny(tie_embeddings=tie)
     ids = torch.randint(0, 512, (4, 33))
-    inputs, targets = ids[:, :-1], ids[:, 1:]
-    loss = model(inputs, targets=targets)
-    loss.backward()
+    inputs, targets = ids[:, :-1], ids[:, 1:].clone()
+    targets[0, :10] = -100  # a prompt that is not trained on: neither summed nor counted
+    loss_sum, count = model.next_token_loss(model(inputs), targets)
+    loss_sum.backward()
     fused_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    reference = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
+    reference = F.cross_entropy(logits(model, inputs).flatten(0, 1), targets.flatten(),
+                                reduction="sum")
     reference.backward()
-    assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
+    assert int(count) == 4 * 32 - 10
+    assert loss_sum.item() == pytest.approx(reference.item(), rel=1e-6)
     for fused_grad, p in zip(fused_grads, model.parameters(), strict=True):
-        assert torch.allclose(fused_grad, p.grad, atol=1e-6)
+        assert torch.allclose(fused_grad, p.grad, atol=1e-5)
     with torch.no_grad():  # evaluation takes the same chunks without computing gradients
-        assert model(inputs, targets=targets).item() == pytest.approx(reference.item(), rel=1e-6)
+        assert model.next_token_loss(model(inputs), targets)[0].item() == pytest.approx(
+            reference.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_token_log_probs_equal_log_softmax_with_gradients(monkeypatch, dtype):
+    """Chunked log p(target), gradients recomputed in backward, against the whole log-softmax."""
+    monkeypatch.setattr(heads, "ROWS_PER_CHUNK", 64)  # 300 rows: several chunks, a short last
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(300, 48), torch.randn(700, 48) * 0.1
+    targets = torch.randint(0, 700, (300,))
+    targets[::7] = heads.IGNORE_INDEX
+    upstream = torch.randn(300)  # what a DPO or RL loss would send back, row by row
+    results = []
+    for chunked in (False, True):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            if chunked:
+                log_probs = heads.linear_log_probs(h, w, targets)
+            else:
+                all_log_probs = torch.log_softmax((h @ w.T).float(), dim=-1)
+                log_probs = all_log_probs.gather(1, targets.clamp(min=0)[:, None]).squeeze(1)
+                log_probs = log_probs.masked_fill(targets == heads.IGNORE_INDEX, 0.0)
+        (log_probs * upstream).sum().backward()
+        results.append((log_probs.detach(), h.grad, w.grad))
+    (plain, plain_dh, plain_dw), (ours, dh, dw) = results
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert torch.allclose(ours, plain, atol=tol * plain.abs().max())
+    assert (ours[targets == heads.IGNORE_INDEX] == 0).all()
+    assert torch.allclose(dh, plain_dh, atol=tol * plain_dh.abs().max())
+    assert torch.allclose(dw, plain_dw, atol=tol * plain_dw.abs().max())
+
+
+def test_model_token_log_probs_sum_to_minus_the_loss():
+    model = tiny()
+    ids = torch.randint(0, 512, (2, 21))
+    hidden = model(ids[:, :-1])
+    log_probs = model.token_log_probs(hidden, ids[:, 1:])  # (B, T)
+    loss_sum, _ = model.next_token_loss(hidden, ids[:, 1:])
+    assert log_probs.shape == (2, 20)
+    assert (-log_probs.sum()).item() == pytest.approx(loss_sum.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_sequence_head_reads_the_same_from_a_padded_batch_as_alone(pooling, side):
+    """A classifier or reward head on a padded batch: each row as if it were alone."""
+    model = tiny().eval()
+    head = SequenceHead(32, 3, pooling)
+    rows = [torch.randint(0, 512, (n,)) for n in (9, 5)]
+    alone = torch.cat([head(model(r[None])) for r in rows])  # (2, 3)
+    ids = torch.zeros(2, 9, dtype=torch.int64)
+    mask = torch.zeros(2, 9, dtype=torch.int64)
+    for i, r in enumerate(rows):
+        span = slice(9 - len(r), 9) if side == "left" else slice(0, len(r))
+        ids[i, span], mask[i, span] = r, 1
+    batched = head(model(ids, attention_mask=mask), mask)
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+    if side == "right" or pooling == "mean":  # ignoring the mask reads padding there
+        assert not torch.allclose(head(model(ids, attention_mask=mask)), alone, atol=1e-3)
 
 
 @pytest.mark.parametrize("make_optimizer", [
@@ -139,7 +206,7 @@ def test_overfits_one_batch(make_optimizer):
     ids = torch.randint(0, 512, (4, 33))
     opt = make_optimizer(model)
     for _ in range(150):
-        loss = F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
+        loss = F.cross_entropy(logits(model, ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten())
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -162,11 +229,11 @@ def test_gpt2_preset_has_124m_parameters():
 def test_cached_forward_equals_full_forward(impl):
     model = tiny(attn_impl=impl).eval()
     ids = torch.randint(0, 512, (2, 24))
-    full = model(ids)
+    full = logits(model, ids)
     cache = model.new_cache(batch_size=2)
-    prefix = model(ids[:, :10], cache)  # prefill
-    middle = model(ids[:, 10:17], cache)  # several tokens after a cached prefix
-    steps = [model(ids[:, t : t + 1], cache) for t in range(17, 24)]  # decode
+    prefix = logits(model, ids[:, :10], cache)  # prefill
+    middle = logits(model, ids[:, 10:17], cache)  # several tokens after a cached prefix
+    steps = [logits(model, ids[:, t : t + 1], cache) for t in range(17, 24)]  # decode
     torch.testing.assert_close(torch.cat([prefix, middle, *steps], dim=1), full,
                                atol=1e-5, rtol=1e-5)
 
@@ -177,7 +244,7 @@ def test_greedy_generation_with_cache_equals_without():
     cached = generate(model, prompt, SamplingConfig(max_new_tokens=20, temperature=0))
     ids = list(prompt)
     for _ in range(20):  # no cache: rerun the whole sequence each step
-        ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+        ids.append(int(logits(model, torch.tensor([ids]))[0, -1].argmax()))
     assert cached == ids[len(prompt):]
 
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from llmscratch.config import TrainConfig
 from llmscratch.model import GPT, get_preset
+from llmscratch.runs.config import TrainConfig
 from llmscratch.training.muon import Muon, orthogonalize
 from llmscratch.training.optim import build_optimizer
 

@@ -68,7 +68,6 @@ def small_tok(plays) -> Tokenizer:
 @pytest.fixture(scope="module")
 def tiktoken_gpt2(tmp_path_factory):
     """tiktoken's own gpt2 encoding, offline: its files placed in its cache dir."""
-    tiktoken = pytest.importorskip("tiktoken")
     cache = tmp_path_factory.mktemp("tiktoken_cache")
     base = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
     for path in gpt2_files():

@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import tokenizers  # the references: never skipped
+import transformers
+from tiktoken.load import load_tiktoken_bpe
 
 from llmscratch.errors import LLMScratchError
 from llmscratch.tokenizer import Tokenizer, train_bpe
@@ -19,8 +22,6 @@ from llmscratch.tokenizer.bpe import rank_by_token, simple_split_piece, split_pi
 from llmscratch.tokenizer.hf_json import merges_from_ranks, save_hf_tokenizer
 from llmscratch.tokenizer.openai_files import gpt2_files, load_tiktoken_file, save_tiktoken_file
 from tests.test_tokenizer import BATTERY, shakespeare_texts
-
-tokenizers = pytest.importorskip("tokenizers")
 
 LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -184,7 +185,6 @@ def test_trained_tokenizer_exports_to_tokenizers_and_transformers(tmp_path, patt
     texts = hf_battery() + CHAT[1:]
     assert_same_ids(tok, tokenizers.Tokenizer.from_file(str(path)), texts)
 
-    transformers = pytest.importorskip("transformers")
     fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path))
     for text in texts:
         ids = fast(text, add_special_tokens=False)["input_ids"]
@@ -206,7 +206,6 @@ def test_merges_from_ranks_reproduce_the_rank_rule():
 
 
 def test_tiktoken_file_round_trip_and_tiktoken_reads_ours(tmp_path, shakespeare_vocab):
-    load_tiktoken_bpe = pytest.importorskip("tiktoken.load").load_tiktoken_bpe
     path = save_tiktoken_file(shakespeare_vocab, tmp_path / "shakespeare.tiktoken")
     assert load_tiktoken_bpe(str(path)) == shakespeare_vocab.mergeable_ranks
     back = load_tiktoken_file(path, pattern=shakespeare_vocab.pattern, special_tokens={})

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from llmscratch.data.text_files import iter_files, iter_text_blocks
 from llmscratch.tokenizer import train_bpe
 from llmscratch.tokenizer.patterns import GPT2_PATTERN
 from llmscratch.tokenizer.reference import merge_word, reference_merges, train_bpe_reference
-from llmscratch.tokenizer.text_files import iter_files, iter_text_blocks
 from llmscratch.tokenizer.train import count_words, learn_merges
 from tests.test_tokenizer import shakespeare_texts
 

@@ -9,33 +9,39 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llmscratch.config import TrainConfig, load_config
 from llmscratch.data.loader import TokenWindows
+from llmscratch.errors import TrainingInterrupted
 from llmscratch.model import GPT, get_preset
-from llmscratch.training import loop as loop_module
-from llmscratch.training import precision
-from llmscratch.training import pretrain as pretrain_module
-from llmscratch.training.checkpoint import (
+from llmscratch.recipes import budget as budget_module
+from llmscratch.recipes import pretrain as pretrain_module
+from llmscratch.runs.checkpoint import (
     TrainState,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
-from llmscratch.training.loop import Trainer, TrainingInterrupted
-from llmscratch.training.metrics import MetricsLog
-from llmscratch.training.optim import build_optimizer, lr_at
-from tests.conftest import TINY_CONFIG
+from llmscratch.runs.config import TrainConfig, load_config
+from llmscratch.runs.metrics import MetricsLog
+from llmscratch.runs.run import Run
+from llmscratch.training import precision
+from llmscratch.training.loop import Trainer
+from llmscratch.training.optim import Schedule, build_optimizer
+from tests.conftest import TINY_CONFIG, new_run
+
+
+def latest(path) -> str:
+    return latest_checkpoint(Run(path)).name
 
 
 def test_warmup_then_cosine_schedule():
-    cfg = TrainConfig(max_steps=110, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
-    assert lr_at(0, cfg) == pytest.approx(0.1)  # (0 + 1) / 10
-    assert lr_at(4, cfg) == pytest.approx(0.5)
-    assert lr_at(10, cfg) == pytest.approx(1.0)  # peak right after warm-up
+    schedule = Schedule(peak_lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert schedule.lr_at(0, 110) == pytest.approx(0.1)  # (0 + 1) / 10
+    assert schedule.lr_at(4, 110) == pytest.approx(0.5)
+    assert schedule.lr_at(10, 110) == pytest.approx(1.0)  # peak right after warm-up
     middle = 10 + (110 - 10 - 1) / 2
-    assert lr_at(middle, cfg) == pytest.approx(0.55)  # halfway down the cosine
-    assert lr_at(109, cfg) == pytest.approx(0.1)  # ends at lr * min_lr_ratio
-    lrs = [lr_at(s, cfg) for s in range(10, 110)]
+    assert schedule.lr_at(middle, 110) == pytest.approx(0.55)  # halfway down the cosine
+    assert schedule.lr_at(109, 110) == pytest.approx(0.1)  # ends at lr * min_lr_ratio
+    lrs = [schedule.lr_at(s, 110) for s in range(10, 110)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
 
 
@@ -61,29 +67,29 @@ def test_batches_cover_each_epoch_once_and_are_reproducible():
 
 
 def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
+    run = new_run(tmp_path / "run")
     torch.manual_seed(0)
     model = GPT(get_preset("gpt2-tiny"))
     optimizer = build_optimizer(model, TrainConfig())
     ids = torch.randint(0, 512, (2, 16))
-    model(ids).sum().backward()
+    model.logits(model(ids)).sum().backward()
     optimizer.step()
-    save_checkpoint(tmp_path, model, optimizer, TrainState(step=3, tokens_seen=99))
-    (tmp_path / "config.yaml").write_text("{}")
+    save_checkpoint(run, model, optimizer, TrainState(step=3, tokens_seen=99))
     restored = GPT(get_preset("gpt2-tiny"))
-    state = load_checkpoint(latest_checkpoint(tmp_path), restored, build_optimizer(restored,
-                                                                                TrainConfig()))
+    state = load_checkpoint(latest_checkpoint(run), restored, build_optimizer(restored,
+                                                                              TrainConfig()))
     assert (state.step, state.tokens_seen) == (3, 99)
     assert torch.equal(restored(ids), model(ids))
 
 
 def test_only_the_last_checkpoints_are_kept(tmp_path):
+    run = new_run(tmp_path / "run")
     model = GPT(get_preset("gpt2-tiny"))
     optimizer = build_optimizer(model, TrainConfig())
     for step in (10, 20, 30):
-        save_checkpoint(tmp_path, model, optimizer, TrainState(step=step), keep=2)
-    kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*"))
-    assert kept == ["step-00000020", "step-00000030"]
-    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-00000030"
+        save_checkpoint(run, model, optimizer, TrainState(step=step), keep=2)
+    assert [p.name for p in run.checkpoint_dirs()] == ["step-00000020", "step-00000030"]
+    assert latest_checkpoint(run).name == "step-00000030"
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
@@ -97,8 +103,8 @@ def test_ctrl_c_then_resume_is_bit_exact(tmp_path, small_text, monkeypatch, opti
 
     validate = Trainer._validate
 
-    def ctrl_c_at_step_8(self, state, bar):
-        validate(self, state, bar)
+    def ctrl_c_at_step_8(self, state):
+        validate(self, state)
         if state.step == 8:
             signal.raise_signal(signal.SIGINT)  # as if the user pressed Ctrl-C
 
@@ -106,13 +112,13 @@ def test_ctrl_c_then_resume_is_bit_exact(tmp_path, small_text, monkeypatch, opti
     with pytest.raises(TrainingInterrupted) as stop:
         pretrain_module.pretrain(config, tmp_path / "stopped")
     assert stop.value.step == 8
-    assert latest_checkpoint(tmp_path / "stopped").name == "step-00000008"
+    assert latest(tmp_path / "stopped") == "step-00000008"
     monkeypatch.setattr(Trainer, "_validate", validate)
     result = pretrain_module.resume(tmp_path / "stopped")
 
-    straight = load_file(latest_checkpoint(tmp_path / "straight") / "model.safetensors")
-    resumed = load_file(latest_checkpoint(tmp_path / "stopped") / "model.safetensors")
-    assert latest_checkpoint(tmp_path / "stopped").name == "step-00000016"
+    straight = load_file(latest_checkpoint(Run(tmp_path / "straight")) / "model.safetensors")
+    resumed = load_file(latest_checkpoint(Run(tmp_path / "stopped")) / "model.safetensors")
+    assert latest(tmp_path / "stopped") == "step-00000016"
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     assert math.isfinite(result.final.bpb)
 
@@ -136,11 +142,11 @@ def test_max_seconds_stops_early_like_a_last_step_and_resume_finishes(tmp_path, 
                                        "train.checkpoint_every=100", "train.dtype=fp32"])
     config.data.files = [str(small_text)]
     result = pretrain_module.pretrain(config, tmp_path / "run")
-    assert latest_checkpoint(tmp_path / "run").name == "step-00000001"  # stopped after 1 step
+    assert latest(tmp_path / "run") == "step-00000001"  # stopped after 1 step
     assert math.isfinite(result.final.bpb)  # evaluated as at the end
     # The limit counts seconds of this process; the resumed run goes on to max_steps.
     pretrain_module.resume(tmp_path / "run", ["train.max_seconds=0"])
-    assert latest_checkpoint(tmp_path / "run").name == "step-00000006"
+    assert latest(tmp_path / "run") == "step-00000006"
 
 
 def test_budget_seconds_sizes_the_run_and_records_its_length(tmp_path, small_text, monkeypatch):
@@ -159,7 +165,7 @@ def test_budget_seconds_sizes_the_run_and_records_its_length(tmp_path, small_tex
     config.data.files = [str(small_text)]
     pretrain_module.pretrain(config, tmp_path / "run")
     saved = load_config(tmp_path / "run" / "config.yaml")
-    steps = int(latest_checkpoint(tmp_path / "run").name.split("-")[1])
+    steps = int(latest(tmp_path / "run").split("-")[1])
     assert 25 <= steps <= 50
     assert saved.train.max_steps == steps  # the chosen length, so a resume keeps it
     assert saved.train.budget_seconds == 0
@@ -167,7 +173,7 @@ def test_budget_seconds_sizes_the_run_and_records_its_length(tmp_path, small_tex
 
 def test_budget_seconds_plans_a_wsd_run_again_when_the_machine_slows_down(
         tmp_path, small_text, monkeypatch):
-    # The loop's clock is replaced by one that only the training steps move: 1/64 s
+    # The budget's clock is replaced by one that only the training steps move: 1/64 s
     # a step, then 1/16 s from step 30 on (sums exact in binary). A cosine run keeps
     # the length planned at step 25; a WSD run plans again (here every 10 steps)
     # until its decay begins, so it ends with fewer steps.
@@ -185,8 +191,8 @@ def test_budget_seconds_plans_a_wsd_run_again_when_the_machine_slows_down(
         return step(self, state)
 
     monkeypatch.setattr(Trainer, "train_step", slowing_step)
-    monkeypatch.setattr(loop_module, "time", StepClock)
-    monkeypatch.setattr(loop_module, "BUDGET_REPLAN_EVERY", 10)
+    monkeypatch.setattr(budget_module, "time", StepClock)
+    monkeypatch.setattr(budget_module, "REPLAN_EVERY", 10)
     steps = {}
     for schedule in ("cosine", "wsd"):
         config = load_config(TINY_CONFIG, [
@@ -195,7 +201,7 @@ def test_budget_seconds_plans_a_wsd_run_again_when_the_machine_slows_down(
             "train.checkpoint_every=0", "train.dtype=fp32"])
         config.data.files = [str(small_text)]
         pretrain_module.pretrain(config, tmp_path / schedule)
-        steps[schedule] = int(latest_checkpoint(tmp_path / schedule).name.split("-")[1])
+        steps[schedule] = int(latest(tmp_path / schedule).split("-")[1])
         saved = load_config(tmp_path / schedule / "config.yaml")
         assert saved.train.max_steps == steps[schedule]  # a resume keeps the last plan
         assert saved.train.budget_seconds == 0
@@ -209,7 +215,7 @@ def test_budget_seconds_never_lengthens_a_run(tmp_path, small_text):
                                        "train.eval_every=0", "train.dtype=fp32"])
     config.data.files = [str(small_text)]
     pretrain_module.pretrain(config, tmp_path / "run")
-    assert latest_checkpoint(tmp_path / "run").name == "step-00000030"
+    assert latest(tmp_path / "run") == "step-00000030"
     assert load_config(tmp_path / "run" / "config.yaml").train.max_steps == 30
 
 

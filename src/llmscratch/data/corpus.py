@@ -20,12 +20,12 @@ folder), and the final 10% of the UTF-8 bytes is validation.
 
 from __future__ import annotations
 
-import glob
 import importlib.util
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from llmscratch.data.documents import find_files
 from llmscratch.errors import LLMScratchError
 
 VALIDATION_FRACTION = 0.1
@@ -84,20 +84,8 @@ def split_train_val(text: str, val_fraction: float = VALIDATION_FRACTION) -> tup
 
 
 def expand_paths(patterns: Sequence[str]) -> list[Path]:
-    """Files named by paths, directories (their *.txt files) or glob patterns."""
-    paths: list[Path] = []
-    for pattern in patterns:
-        p = Path(pattern)
-        if p.is_dir():
-            found = sorted(p.rglob("*.txt"))
-        elif any(ch in pattern for ch in "*?["):
-            found = sorted(Path(m) for m in glob.glob(pattern, recursive=True))
-        else:
-            found = [p]
-        if not found:
-            raise LLMScratchError(f"no files match {pattern!r}; check the --data path")
-        paths.extend(found)
-    return paths
+    """Text files named by paths, directories (their *.txt files) or glob patterns."""
+    return find_files(patterns, (".txt",))
 
 
 def read_text_file(path: Path) -> str:

@@ -6,7 +6,7 @@ text, whether the document ends with it, and how many bytes of the input
 file it stands for (for the progress bar's MB/s).
 
 - `.txt`: the whole file is one document. A big file arrives in blocks of a
-  few MB cut just before a space (tokenizer/text_files.py), where the gpt2
+  few MB cut just before a space (data/text_files.py), where the gpt2
   and gpt4 pre-tokenizers never join two pieces, so encoding block by block
   gives the same ids as encoding the whole file.
 - `.jsonl`: one JSON object per line; its `text_field` is one document.
@@ -21,8 +21,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmscratch.data.text_files import iter_text_blocks
 from llmscratch.errors import LLMScratchError
-from llmscratch.tokenizer.text_files import iter_text_blocks
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")
 
@@ -34,27 +34,38 @@ class Piece:
     source_bytes: int  # bytes of the input file this piece accounts for
 
 
-def find_inputs(patterns: Sequence[str]) -> list[Path]:
-    """Files named by paths, directories (their .txt/.jsonl/.parquet files) or globs."""
+def find_files(patterns: Sequence[str], suffixes: Sequence[str]) -> list[Path]:
+    """Files named by paths, directories (their files ending in one of `suffixes`) or globs.
+
+    Every pattern must name at least one file, and every file must exist:
+    a typo in --data is an error, never an empty corpus.
+    """
     paths: list[Path] = []
     for pattern in patterns:
         p = Path(pattern)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix in SUFFIXES and f.is_file())
+            found = sorted(f for f in p.rglob("*") if f.suffix in suffixes and f.is_file())
         elif any(ch in pattern for ch in "*?["):
             found = sorted(Path(m) for m in glob.glob(pattern, recursive=True))
         else:
             found = [p]
         if not found:
-            raise LLMScratchError(f"no .txt/.jsonl/.parquet files match {pattern!r}; "
+            raise LLMScratchError(f"no {'/'.join(suffixes)} files match {pattern!r}; "
                                   "check the --data path")
         for path in found:
             if not path.is_file():
                 raise LLMScratchError(f"data file not found: {path}; check the --data path")
-            if path.suffix not in SUFFIXES:
-                raise LLMScratchError(f"cannot read {path}: its suffix is not one of "
-                                      f"{', '.join(SUFFIXES)}; rename or convert it")
         paths.extend(found)
+    return paths
+
+
+def find_inputs(patterns: Sequence[str]) -> list[Path]:
+    """Files for `data prepare`: .txt, .jsonl or .parquet (read differently, by suffix)."""
+    paths = find_files(patterns, SUFFIXES)
+    for path in paths:
+        if path.suffix not in SUFFIXES:
+            raise LLMScratchError(f"cannot read {path}: its suffix is not one of "
+                                  f"{', '.join(SUFFIXES)}; rename or convert it")
     return paths
 
 
@@ -101,7 +112,7 @@ def _jsonl_pieces(path: Path, text_field: str) -> Iterator[Piece]:
 
 
 def _parquet_pieces(path: Path, text_field: str) -> Iterator[Piece]:
-    try:
+    try:  # an optional dependency (the data extra), so imported only for .parquet files
         import pyarrow.parquet as pq
     except ImportError:
         raise LLMScratchError("reading .parquet needs pyarrow: pip install 'llmscratch[data]'"

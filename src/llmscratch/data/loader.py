@@ -95,8 +95,12 @@ class TokenWindows:
         windows = torch.from_numpy(np.stack(rows).astype(np.int64))  # (B, T + 1)
         return windows[:, :-1], windows[:, 1:]  # inputs (B, T), targets (B, T)
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch at the current position; advances the position by one."""
+    def next_batch(self, policy: object = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch at the current position; advances the position by one.
+
+        `policy`, the model being trained, is what the training loop offers every
+        data source (RL samples from it); windows of text do not depend on it.
+        """
         batch = self.batch(self.position)
         self.position += 1
         return batch

@@ -33,14 +33,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from llmscratch.errors import LLMScratchError
+from llmscratch.io import atomic_write_json, read_json, sha256_file
+from llmscratch.tokenizer import Tokenizer
+from llmscratch.tokenizer.storage import tokenizer_to_dict
 
 FORMAT = "llmscratch-tokens"
 VERSION = 1
@@ -50,8 +51,6 @@ TOKENIZER_DIR = "tokenizer"
 
 def tokenizer_hash(tokenizer) -> str:
     """SHA-256 of the tokenizer's canonical JSON: equal hashes mean equal ids for any text."""
-    from llmscratch.tokenizer.storage import tokenizer_to_dict
-
     document = tokenizer_to_dict(tokenizer)
     document.pop("name", None)  # a label, not part of the encoding
     canonical = json.dumps(document, sort_keys=True, ensure_ascii=False)
@@ -61,14 +60,6 @@ def tokenizer_hash(tokenizer) -> str:
 def ids_dtype(vocab_size: int) -> str:
     """The narrowest unsigned type that holds every id: 2 bytes per token up to 65,536 ids."""
     return "uint16" if vocab_size <= 1 << 16 else "uint32"
-
-
-def file_sha256(path: Path, block: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -110,7 +101,7 @@ class Manifest:
                     f"shard {path} is truncated or missing ({size} bytes, manifest says "
                     f"{expected}); run `llmscratch data prepare` again"
                 )
-            if verify and file_sha256(path) != shard["sha256"]:
+            if verify and sha256_file(path) != shard["sha256"]:
                 raise LLMScratchError(
                     f"shard {path} does not match its SHA-256 in {self.root / MANIFEST}; "
                     "the file changed since it was prepared: run `llmscratch data prepare` again"
@@ -119,21 +110,13 @@ class Manifest:
                 arrays.append(np.memmap(path, dtype=self.dtype, mode="r"))
         return arrays
 
-    def tokenizer(self):
-        from llmscratch.tokenizer import Tokenizer
-
+    def tokenizer(self) -> Tokenizer:
         return Tokenizer.load(self.root / TOKENIZER_DIR)
 
 
 def write_manifest(root: Path, document: dict) -> None:
-    """Write manifest.json atomically (temporary file, then rename): it marks the data complete."""
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{MANIFEST}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(document, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; data is meant to be shared
-    os.replace(tmp, Path(root) / MANIFEST)
+    """Write manifest.json atomically: it marks the data complete."""
+    atomic_write_json(Path(root) / MANIFEST, document)
 
 
 def read_manifest(directory: str | Path) -> Manifest:
@@ -147,11 +130,8 @@ def read_manifest(directory: str | Path) -> Manifest:
             f"{root} has no {MANIFEST}: it is not prepared data (or preparing it did not "
             f"finish); run `llmscratch data prepare --data FILES --tokenizer DIR --out {root}`"
         )
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise LLMScratchError(f"cannot read {path}: {err}") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
+    document = read_json(path)
+    if document.get("format") != FORMAT:
         raise LLMScratchError(f"{path} is not an llmscratch token manifest (format {FORMAT!r})")
     if document.get("version") != VERSION:
         raise LLMScratchError(f"{path} has version {document.get('version')!r}; this llmscratch "

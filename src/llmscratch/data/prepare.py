@@ -41,6 +41,7 @@ from tqdm import tqdm
 from llmscratch.data.documents import Piece, find_inputs, iter_pieces
 from llmscratch.data.manifest import (
     FORMAT,
+    MANIFEST,
     TOKENIZER_DIR,
     VERSION,
     ids_dtype,
@@ -48,6 +49,7 @@ from llmscratch.data.manifest import (
     write_manifest,
 )
 from llmscratch.errors import LLMScratchError
+from llmscratch.tokenizer import Tokenizer, open_tokenizer
 
 
 @dataclass
@@ -84,10 +86,8 @@ class PrepareConfig:
                                   "--workers >= 0")
 
 
-def load_tokenizer(name: str):
+def load_tokenizer(name: str) -> Tokenizer:
     """The tokenizer named on the command line: gpt2, a directory, a .json or .tiktoken file."""
-    from llmscratch.tokenizer.cli import open_tokenizer
-
     if not name:
         raise LLMScratchError("data prepare needs --tokenizer DIR (or gpt2); train one with "
                               "`llmscratch tokenizer train`")
@@ -100,8 +100,6 @@ _worker_state: dict = {}
 
 
 def _init_worker(tokenizer_dir: str, val_fraction: float, dtype: str) -> None:
-    from llmscratch.tokenizer import Tokenizer
-
     _worker_state.update(tokenizer=Tokenizer.load(tokenizer_dir), val_fraction=val_fraction,
                          dtype=np.dtype(dtype))
 
@@ -211,12 +209,13 @@ def prepare(cfg: PrepareConfig) -> dict:
     tokenizer = load_tokenizer(cfg.tokenizer)
     eot = tokenizer.eot_id  # fails clearly if the tokenizer has no <|endoftext|>
     out = Path(cfg.out)
-    if out.exists() and any(out.iterdir()):
-        if not cfg.overwrite:
-            raise LLMScratchError(f"output directory {out} already exists; use --overwrite to "
-                                  "replace it, or choose another --out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_out(out, cfg.overwrite)
+    if out.exists():
+        shutil.rmtree(out)  # prepared data, and the user asked to replace it
+    try:
+        out.mkdir(parents=True)
+    except OSError as err:
+        raise LLMScratchError(f"cannot create {out}: {err.strerror}") from None
     tokenizer.save(out / TOKENIZER_DIR)
 
     dtype = np.dtype(ids_dtype(tokenizer.vocab_size))
@@ -253,6 +252,20 @@ def prepare(cfg: PrepareConfig) -> dict:
     }
     write_manifest(out, manifest)
     return manifest
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Fail, changing nothing, unless `out` is new, empty, or prepared data to replace."""
+    if out.exists() and not out.is_dir():
+        raise LLMScratchError(f"--out {out} is a file; give a directory")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not (out / MANIFEST).is_file():
+        raise LLMScratchError(f"{out} exists and is not prepared data (no {MANIFEST}); nothing "
+                              "was changed: choose another --out")
+    if not overwrite:
+        raise LLMScratchError(f"output directory {out} already exists; use --overwrite to "
+                              "replace it, or choose another --out")
 
 
 def _encode_all(chunks: Iterator[list[Piece]], workers: int, init_args: tuple

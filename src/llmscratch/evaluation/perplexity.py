@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from llmscratch.errors import LLMScratchError
+
 
 @dataclass
 class EvalResult:
@@ -48,6 +50,8 @@ def score_windows(
     the last, shorter one is scored on its own. `max_windows` scores only the
     first full windows (a quick estimate during training).
     """
+    if batch_size < 1:
+        raise LLMScratchError(f"the batch size must be at least 1, got {batch_size}")
     device = next(model.parameters()).device
     n_full = (len(token_ids) - 1) // window if len(token_ids) > 1 else 0
     if max_windows is not None:
@@ -61,10 +65,10 @@ def score_windows(
         windows = windows.to(device)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                             enabled=autocast_dtype is not None):
-            # The mean loss, computed a chunk of rows at a time (no (B, W-1, V) logits).
-            mean_nats = model(windows[:, :-1], targets=windows[:, 1:])
-        total_nats += mean_nats.item() * windows[:, 1:].numel()
-        total_tokens += windows[:, 1:].numel()
+            # Summed over the tokens, a chunk of rows at a time (no (B, W-1, V) logits).
+            nats, count = model.next_token_loss(model(windows[:, :-1]), windows[:, 1:])
+        total_nats += nats.item()
+        total_tokens += int(count)
 
     # Each slice holds a window's inputs plus one more token, the last target; that
     # token is also the first input of the next window.
@@ -88,6 +92,9 @@ def evaluate_text(
 ) -> EvalResult:
     """Score `text` with the definition in the module docstring."""
     ids = torch.tensor(tokenizer.encode_batch([text])[0], dtype=torch.int64)
+    if len(ids) < 2:
+        raise LLMScratchError(f"the text is {len(ids)} token(s) long: at least 2 are needed to "
+                              "predict one from another; give a longer text")
     nats, n_tokens = score_windows(model, ids, model.config.context_length, batch_size,
                                    autocast_dtype)
     n_bytes = len(text.encode("utf-8"))

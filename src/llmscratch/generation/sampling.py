@@ -16,19 +16,43 @@ Sampling uses its own `torch.Generator`, so the same seed gives the same text.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 import torch
 
+from llmscratch.errors import LLMScratchError
+
 
 @dataclass
 class SamplingConfig:
+    """How to pick each new token, and how many.
+
+    Fields:
+        max_new_tokens: the most tokens to generate (at least 1).
+        temperature: divides the logits; 0 = greedy (always the most likely token).
+        top_k: keep the k most likely tokens (0 = all).
+        top_p: keep the most likely tokens up to this probability mass (1 = all).
+        seed: the same seed gives the same text.
+    """
+
     max_new_tokens: int = 200
-    temperature: float = 0.8  # 0 = greedy
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1.0 = off
+    temperature: float = 0.8
+    top_k: int = 0
+    top_p: float = 1.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise LLMScratchError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise LLMScratchError(f"temperature must be a finite number >= 0 (0 = greedy), got "
+                                  f"{self.temperature}")
+        if self.top_k < 0:
+            raise LLMScratchError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:  # also false for nan
+            raise LLMScratchError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
 
 
 def sample_next(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator) -> torch.Tensor:
@@ -55,13 +79,14 @@ def generate_tokens(
     model: torch.nn.Module,
     prompt_ids: list[int],
     cfg: SamplingConfig,
-    stop_id: int | None = None,
+    stop_ids: Collection[int] = (),
     vocab_size: int | None = None,
 ) -> Iterator[int]:
-    """Yield new token ids one at a time, until `max_new_tokens` or `stop_id`.
+    """Yield new token ids one at a time, until `max_new_tokens` or one of `stop_ids`.
 
-    The stop token itself is not yielded. The prompt plus the new tokens must
-    fit the model's context length; generation stops early when it is full.
+    The stop token itself is not yielded (a run's stop ids: runs/run.py). The
+    prompt plus the new tokens must fit the model's context length; generation
+    stops early when it is full.
     `vocab_size` is the tokenizer's: a model's output layer may be wider (a
     tokenizer that learned fewer merges than asked for, or rows padded for
     speed), and ids past the tokenizer's last one are never sampled.
@@ -76,10 +101,11 @@ def generate_tokens(
         cache = model.new_cache(batch_size=1, max_len=min(context_length, len(prompt_ids) + budget))
         tokens = torch.tensor([prompt_ids], dtype=torch.int64, device=device)  # (1, T)
         for _ in range(budget):
-            logits = model(tokens, cache)[:, -1, :vocab_size]  # (1, V): prefill, then one a step
+            hidden = model(tokens, cache)[:, -1]  # (1, D): the last position's, prefill or decode
+            logits = model.logits(hidden)[:, :vocab_size]  # (1, V)
             next_id = sample_next(logits, cfg, gen)  # (1,)
             token = int(next_id.item())
-            if token == stop_id:
+            if token in stop_ids:
                 return
             yield token
             tokens = next_id.view(1, 1)  # (1, 1)
@@ -91,8 +117,8 @@ def generate(
     model: torch.nn.Module,
     prompt_ids: list[int],
     cfg: SamplingConfig,
-    stop_id: int | None = None,
+    stop_ids: Collection[int] = (),
     vocab_size: int | None = None,
 ) -> list[int]:
     """All new token ids at once (see `generate_tokens`)."""
-    return list(generate_tokens(model, prompt_ids, cfg, stop_id, vocab_size))
+    return list(generate_tokens(model, prompt_ids, cfg, stop_ids, vocab_size))

@@ -23,17 +23,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+import torch
+
 from llmscratch.errors import LLMScratchError
 
-# Weight dtypes by name. The config is torch-free (tokenizer and data commands
-# read it without loading torch); `torch_dtype` turns a name into a torch dtype.
+# Weight dtypes by name, as configs and the command line spell them.
 DTYPES = ("fp32", "bf16")
 
 
-def torch_dtype(name: str):
+def torch_dtype(name: str) -> torch.dtype:
     """The torch dtype called `name` ("fp32" or "bf16")."""
-    import torch
-
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
 
 
@@ -182,9 +181,14 @@ class ModelConfig:
         return "multi-query" if self.kv_heads == 1 else "grouped-query"
 
     @property
-    def torch_dtype(self):
+    def torch_dtype(self) -> torch.dtype:
         """This config's weight dtype as a torch dtype."""
         return torch_dtype(self.dtype)
+
+    @classmethod
+    def from_preset(cls, name: str) -> ModelConfig:
+        """The preset `name` (a YAML model section may start with `preset: NAME`)."""
+        return get_preset(name)
 
 
 def _fail(name: str, value, fix: str):
@@ -228,14 +232,14 @@ PRESETS: dict[str, ModelConfig] = {
     # 4.3M parameters: the 10-minute CPU demo's model (configs/demo.yaml). On a 2-core
     # CPU, 4 layers of width 256 ran faster per token than 6 of width 192 and
     # reached a lower validation loss for the same tokens; a 2,048-token vocabulary
-    # and an untied output layer each lowered it further (docs/benchmarks.md).
+    # and an untied output layer each lowered it further (docs/benchmarks.md, "Demo").
     "gpt2-demo": ModelConfig(vocab_size=2048, context_length=256, n_layer=4, n_head=4,
                              n_embd=256, tie_embeddings=False),
     # 1.7M parameters: the demo's model where fewer than 2,000 steps of gpt2-demo fit in
-    # its budget (cli.py): in fp32, or on a slow CPU. A smaller model learns more from
-    # the time then: 2 layers of width 192 reached 2.02 bpb against 2.15 for gpt2-demo
+    # its budget (recipes/demo.py): in fp32, or on a slow CPU. A smaller model learns more
+    # from the time then: 2 layers of width 192 reached 2.02 bpb against 2.15 for gpt2-demo
     # in the same 515 s in fp32, and 1.99 against 2.08 in bf16 on a CPU where 1,300
-    # steps of gpt2-demo fit (docs/benchmarks.md, "Demo quality", seventh and ninth rounds).
+    # steps of gpt2-demo fit (docs/benchmarks.md, "Demo").
     "gpt2-demo-small": ModelConfig(vocab_size=2048, context_length=256, n_layer=2, n_head=3,
                                    n_embd=192, tie_embeddings=False),
     # A few thousand parameters: for tests that must run in milliseconds.

@@ -13,7 +13,7 @@ even for a 30B model. Memory is estimated from them and from the shapes:
     activations   B T x [L x per_layer + 2 D] x bytes: the tensors autograd
                   keeps for the backward pass, with fused attention (no T x T
                   scores). No B T V logits: training computes the output layer
-                  and its loss a chunk of rows at a time (model/fused_loss.py)
+                  and its loss a chunk of rows at a time (model/heads.py)
                   and keeps only the gradient of the final hidden states (D),
                   plus, while it runs, one chunk: R x V x (4 + bytes) with
                   R = min(B T, 1,024) rows (fp32 softmax, logits and gradient)
@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 
 from llmscratch.model.config import ModelConfig, torch_dtype
-from llmscratch.model.fused_loss import ROWS_PER_CHUNK
+from llmscratch.model.heads import ROWS_PER_CHUNK
 from llmscratch.model.transformer import GPT
 
 

@@ -7,8 +7,21 @@ F MLP width.
       -> token embedding (+ learned position embedding, GPT-2)  (B, T, D)
       -> n_layer x Block:  x = x + attn(norm_1(x))              pre-norm residual
                            x = x + mlp(norm_2(x))
-      -> final norm                                             (B, T, D)
-      -> output layer (optionally tied to the token embedding)  (B, T, V) logits
+      -> final norm                                             (B, T, D) hidden states
+      -> a head: the output layer (optionally tied to the
+         token embedding) gives next-token logits               (B, T, V)
+
+`model(ids)` runs the trunk and returns the final hidden states. Heads turn
+them into what a task needs (model/heads.py):
+
+    model.logits(hidden)                    (B, T, V) next-token logits
+    model.next_token_loss(hidden, targets)  (sum of cross-entropies, tokens predicted)
+    model.token_log_probs(hidden, targets)  (B, T) log p(target), for DPO, RL, evaluation
+    SequenceHead(D, C)(hidden, mask)        (B, C) class logits or a reward
+
+The last three never build the (B, T, V) logits. Training calls the model
+itself for the trunk, because data parallelism (DDP, FSDP2) hooks the
+model's forward; the heads then read the output layer's weight.
 
 The config's switches choose the parts (docs/families.md shows each switch):
 `positions` learned table or RoPE inside attention; `norm` LayerNorm or
@@ -30,7 +43,7 @@ from torch import nn
 from llmscratch.errors import LLMScratchError
 from llmscratch.model.attention import CausalSelfAttention, visible_keys
 from llmscratch.model.config import ModelConfig
-from llmscratch.model.fused_loss import linear_cross_entropy
+from llmscratch.model.heads import linear_cross_entropy, linear_log_probs
 from llmscratch.model.kv_cache import KVCache
 from llmscratch.model.moe import MoE
 from llmscratch.model.norms import RMSNorm, make_norm
@@ -96,7 +109,7 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """A decoder-only language model: token ids in, next-token logits out."""
+    """A decoder-only language model: token ids in, hidden states out; heads on top."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -184,20 +197,15 @@ class GPT(nn.Module):
         input_ids: torch.Tensor,
         cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
-        targets: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits for the next token at every position, or, given `targets`, the loss.
+        """The final hidden states (B, T, D) of the trunk: every layer, then the final norm.
 
         input_ids: (B, T) int64. With a `cache`, these are the tokens that follow
         the `cache.pos` tokens already stored, and the cache is advanced by T.
         attention_mask: optional (B, S), S = cache.pos + T: 1 for real tokens, 0
         for padding. Padding keys are hidden and positions count real tokens
-        only, so each row of a padded batch (left or right) gets the logits it
-        would get alone; logits at padding positions are meaningless.
-        Returns logits (B, T, V); with `targets` (B, T) int64 (-100 where
-        nothing is predicted), the mean next-token cross-entropy instead, computed
-        with the output layer a chunk at a time (model/fused_loss.py) so the
-        whole (B, T, V) logit matrix never exists.
+        only, so each row of a padded batch (left or right) gets the hidden
+        states it would get alone; those at padding positions are meaningless.
         """
         c = self.config
         B, T = input_ids.shape
@@ -234,10 +242,38 @@ class GPT(nn.Module):
             x = block(x, rope, cache, visible)  # (B, T, D)
         if cache is not None:
             cache.advance(T)
-        x = self.ln_f(x)  # (B, T, D)
-        if targets is not None:
-            return linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.flatten())
-        return self.lm_head(x)  # (B, T, V)
+        return self.ln_f(x)  # (B, T, D)
+
+    # --- heads on the hidden states --------------------------------------------------
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits from hidden states: (..., D) -> (..., V)."""
+        return self.lm_head(hidden)
+
+    def next_token_loss(self, hidden: torch.Tensor, targets: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed next-token cross-entropy (nats) and the number of tokens it covers.
+
+        hidden: (B, T, D); targets: (B, T) int64, -100 where nothing is
+        predicted (padding, a prompt that is not trained on). Returns a scalar
+        fp32 sum and a scalar int64 count: the training loop divides once,
+        after gradient accumulation and across processes, so every token
+        weighs the same however the batch was split. Computed with the output
+        layer a chunk of rows at a time (model/heads.py).
+        """
+        flat_targets = targets.flatten()  # (B T,)
+        loss_sum = linear_cross_entropy(hidden.flatten(0, 1), self.lm_head.weight, flat_targets)
+        return loss_sum, (flat_targets != -100).sum()
+
+    def token_log_probs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """log p(targets[b, t]) under the model's next-token distribution at (b, t): (B, T) fp32.
+
+        0 where the target is -100. Differentiable, and computed a chunk of rows
+        at a time, so preference and RL objectives never hold (B, T, V) logits.
+        """
+        B, T = targets.shape
+        flat = linear_log_probs(hidden.flatten(0, 1), self.lm_head.weight, targets.flatten())
+        return flat.view(B, T)
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty KV cache sized for this model, on its device and in its dtype."""

@@ -14,8 +14,11 @@ Where to read what:
     storage.py        our tokenizer.json format (save / load)
     openai_files.py   GPT-2's encoder.json + vocab.bpe, and .tiktoken files
     hf_json.py        Hugging Face tokenizer.json, import and export
-    text_files.py     streaming training text from files
-    cli.py, display.py  `llmscratch tokenizer train|encode|decode|inspect|convert`
+    named.py          `open_tokenizer`: gpt2, a directory, a tokenizer.json or .tiktoken file
+    display.py        coloured token boundaries, for `llmscratch tokenizer inspect`
+
+Its command line is cli/tokenizer.py; reading training text from files is
+data/text_files.py.
 
 The guide is docs/tokenizer.md.
 
@@ -30,6 +33,7 @@ Typical use::
 Nothing here imports torch, so tokenizer commands start fast.
 """
 
+from llmscratch.tokenizer.named import open_tokenizer
 from llmscratch.tokenizer.patterns import GPT2_PATTERN, GPT4_PATTERN, PATTERNS
 from llmscratch.tokenizer.specials import ENDOFTEXT
 from llmscratch.tokenizer.streaming import StreamDecoder
@@ -43,5 +47,6 @@ __all__ = [
     "PATTERNS",
     "StreamDecoder",
     "Tokenizer",
+    "open_tokenizer",
     "train_bpe",
 ]

@@ -23,6 +23,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 
+import tiktoken
+
 from llmscratch.tokenizer.patterns import GPT2_PATTERN, GPT4_PATTERN, split_at_safe_points
 
 _PIECE_CHARS = 1 << 20
@@ -30,8 +32,6 @@ _PIECE_CHARS = 1 << 20
 
 def build_encoding(ranks: dict[bytes, int], pattern: str, specials: dict[str, int], name: str):
     """A `tiktoken.Encoding` with our ranks, pattern and special tokens."""
-    import tiktoken
-
     return tiktoken.Encoding(
         name=name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials
     )

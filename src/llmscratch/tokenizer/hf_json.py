@@ -34,6 +34,7 @@ import os
 from pathlib import Path
 
 from llmscratch.errors import LLMScratchError
+from llmscratch.io import atomic_write_text, read_json
 from llmscratch.tokenizer.byte_alphabet import bytes_to_printable, printable_to_bytes
 from llmscratch.tokenizer.patterns import GPT2_PATTERN, resolve_pattern
 from llmscratch.tokenizer.tokenizer import Tokenizer
@@ -49,15 +50,7 @@ def load_hf_tokenizer(path: str | os.PathLike) -> Tokenizer:
     path = Path(path)
     if path.is_dir():
         path = path / "tokenizer.json"
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise LLMScratchError(f"cannot read tokenizer file {str(path)!r}: {exc.strerror}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LLMScratchError(
-            f"tokenizer file {str(path)!r} is corrupt (not JSON: {exc})"
-        ) from None
-    return tokenizer_from_hf_dict(document, str(path))
+    return tokenizer_from_hf_dict(read_json(path, "tokenizer file"), str(path))
 
 
 def tokenizer_from_hf_dict(document: dict, source: str) -> Tokenizer:
@@ -233,12 +226,7 @@ def save_hf_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike) -> Pat
     The folder then loads with ``tokenizers.Tokenizer.from_file`` and
     ``transformers.PreTrainedTokenizerFast(tokenizer_file=...)``.
     """
-    directory = Path(directory)
-    path = directory / "tokenizer.json"
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(tokenizer_to_hf_dict(tokenizer), ensure_ascii=False, indent=1)
-        path.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise LLMScratchError(f"cannot write {str(path)!r}: {exc.strerror}") from None
+    path = Path(directory) / "tokenizer.json"
+    atomic_write_text(path, json.dumps(tokenizer_to_hf_dict(tokenizer), ensure_ascii=False,
+                                       indent=1))
     return path

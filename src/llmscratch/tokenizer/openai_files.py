@@ -27,11 +27,11 @@ import base64
 import binascii
 import functools
 import importlib.util
-import json
 import os
 from pathlib import Path
 
 from llmscratch.errors import LLMScratchError
+from llmscratch.io import atomic_write_bytes, read_json
 from llmscratch.tokenizer.byte_alphabet import printable_to_bytes
 from llmscratch.tokenizer.patterns import GPT2_PATTERN
 from llmscratch.tokenizer.specials import ENDOFTEXT
@@ -61,7 +61,7 @@ def load_gpt2_files(
     encoder_json: str | os.PathLike, vocab_bpe: str | os.PathLike, name: str | None = None
 ) -> Tokenizer:
     """A tokenizer from GPT-2-format ``encoder.json`` and ``vocab.bpe`` files."""
-    encoder = _read_json(Path(encoder_json))
+    encoder = read_json(Path(encoder_json))
     merges = _read_merges(Path(vocab_bpe))
     ranks: dict[bytes, int] = {}
     specials: dict[str, int] = {}
@@ -126,24 +126,8 @@ def save_tiktoken_file(tokenizer: Tokenizer, path: str | os.PathLike) -> Path:
         base64.b64encode(token) + b" " + str(rank).encode()
         for token, rank in sorted(tokenizer.mergeable_ranks.items(), key=lambda item: item[1])
     ]
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"\n".join(lines) + b"\n")
-    except OSError as exc:
-        raise LLMScratchError(f"cannot write {str(path)!r}: {exc.strerror}") from None
+    atomic_write_bytes(path, b"\n".join(lines) + b"\n")
     return path
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise LLMScratchError(f"cannot read {str(path)!r}: {exc.strerror}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LLMScratchError(f"{str(path)!r} is corrupt (not valid JSON: {exc})") from None
-    if not isinstance(document, dict):
-        raise LLMScratchError(f"{str(path)!r} is corrupt: expected a JSON object of token -> id")
-    return document
 
 
 def _read_merges(path: Path) -> list[tuple[bytes, bytes]]:

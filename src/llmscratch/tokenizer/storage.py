@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from llmscratch.errors import LLMScratchError
+from llmscratch.io import atomic_write_text, read_json
 from llmscratch.tokenizer.byte_alphabet import bytes_to_printable, printable_to_bytes
+from llmscratch.tokenizer.hf_json import tokenizer_from_hf_dict
 from llmscratch.tokenizer.tokenizer import Tokenizer
 
 FORMAT = "llmscratch-bpe"
@@ -114,13 +115,8 @@ def save_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike) -> Path:
             f"save() takes a directory, got the file name {str(directory)!r}; "
             "pass its folder (the file is always named tokenizer.json)"
         )
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / FILE_NAME
-        text = json.dumps(tokenizer_to_dict(tokenizer), ensure_ascii=False, indent=1)
-        _write_atomically(path, text)
-    except OSError as exc:
-        raise LLMScratchError(f"cannot write tokenizer to {str(directory)!r}: {exc}") from None
+    path = directory / FILE_NAME
+    atomic_write_text(path, json.dumps(tokenizer_to_dict(tokenizer), ensure_ascii=False, indent=1))
     return path
 
 
@@ -135,33 +131,10 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
             f"tokenizer file {source!r} does not exist; train one with "
             "`llmscratch tokenizer train` or use the built-in name gpt2"
         )
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise LLMScratchError(f"cannot read tokenizer file {source!r}: {exc.strerror}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LLMScratchError(
-            f"tokenizer file {source!r} is corrupt (not valid JSON: {exc}); "
-            "re-create it with `llmscratch tokenizer train`"
-        ) from None
-    if not isinstance(document, dict):
-        raise LLMScratchError(f"tokenizer file {source!r} is corrupt (not a JSON object)")
+    document = read_json(path, "tokenizer file")
     if "model" in document and "format" not in document:
-        from llmscratch.tokenizer.hf_json import tokenizer_from_hf_dict
-
         return tokenizer_from_hf_dict(document, source)
     return tokenizer_from_dict(document, source)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _as_id(value) -> int:

@@ -28,6 +28,7 @@ from itertools import chain
 from pathlib import Path
 
 from llmscratch.errors import LLMScratchError
+from llmscratch.tokenizer import fast_path
 from llmscratch.tokenizer.bpe import rank_by_merge_list, rank_by_token, split_piece
 from llmscratch.tokenizer.patterns import compile_pattern, pattern_name
 from llmscratch.tokenizer.specials import (
@@ -222,9 +223,7 @@ class Tokenizer:
         raise_if_disallowed(texts, disallowed)
         if not self.has_fast_path:
             return [self.encode(text, allowed, "none") for text in texts]
-        from llmscratch.tokenizer.fast_path import encode_many
-
-        return encode_many(self.to_tiktoken(), texts, allowed, self.pattern, num_threads)
+        return fast_path.encode_many(self.to_tiktoken(), texts, allowed, self.pattern, num_threads)
 
     @property
     def has_fast_path(self) -> bool:
@@ -239,9 +238,7 @@ class Tokenizer:
                 "supports vocabularies ranked by merge order"
             )
         if self._tiktoken is None:
-            from llmscratch.tokenizer.fast_path import build_encoding
-
-            self._tiktoken = build_encoding(
+            self._tiktoken = fast_path.build_encoding(
                 self._ranks, self.pattern, self._special_tokens, self.name or "llmscratch"
             )
         return self._tiktoken

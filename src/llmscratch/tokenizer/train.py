@@ -46,6 +46,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from tqdm.auto import tqdm
+
 from llmscratch.errors import LLMScratchError
 from llmscratch.tokenizer.patterns import (
     compile_pattern,
@@ -266,18 +268,6 @@ def train_bpe(
     return tokenizer
 
 
-def _progress_bar(enabled: bool, **kwargs):
-    """A tqdm bar, or a do-nothing stand-in (tqdm is imported only if shown)."""
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(**kwargs)
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+def _progress_bar(enabled: bool, **kwargs) -> tqdm:
+    """A tqdm bar, shown only when `enabled`."""
+    return tqdm(disable=not enabled, **kwargs)

@@ -7,37 +7,64 @@ reinforcement-learning objectives plug into the same loop.
 
 The interface is one call:
 
-    loss, metrics = objective(model, batch)
+    out = objective(model, batch)      -> ObjectiveOutput
 
+- `model` is the model as training runs it (possibly wrapped by DDP or
+  FSDP2: call it for the hidden states, `unwrap(model)` for its heads);
 - `batch` is whatever the objective's data source yields (moved to the
   device by the objective);
-- `loss` is a scalar tensor, the mean over the batch's units (tokens here);
-- `metrics` is a dict of floats to log; "tokens" counts the tokens the batch
-  trained on (used for tokens/s and the x-axis of the loss curve).
+- `out.loss_sum` is the *sum* of the per-unit losses and `out.units` how many
+  units there were: tokens for language modelling, sequences for a
+  classifier, pairs for DPO. The loop adds both over gradient-accumulation
+  micro-batches and over processes and divides once, so every unit weighs
+  the same however the batch was split. (Averaging per-micro-batch means
+  instead would give a short, heavily masked sequence the weight of a long
+  one.)
+- `out.metrics` are other numbers worth logging, each as (sum, count): the
+  loop adds both the same way and writes their ratio to metrics.jsonl;
+- `out.tokens` counts the tokens the model read (tokens/s, and the x-axis of
+  the loss curve).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
+from llmscratch.distributed import unwrap
+
+
+@dataclass
+class ObjectiveOutput:
+    """What an objective returns for one micro-batch (see the module docstring)."""
+
+    loss_sum: torch.Tensor  # scalar: the sum of the per-unit losses, with gradients
+    units: int  # how many units the sum covers
+    tokens: int = 0  # tokens the model read
+    metrics: dict[str, tuple[float, float]] = field(default_factory=dict)  # name -> (sum, count)
+
 
 class Objective(Protocol):
-    def __call__(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict]: ...
+    def __call__(self, model: torch.nn.Module, batch: Any) -> ObjectiveOutput: ...
 
 
 class NextTokenPrediction:
-    """Pretraining: mean cross-entropy of every next token in a batch of windows."""
+    """Pretraining: the cross-entropy of every next token in a batch of windows.
+
+    A target of -100 is not predicted (padding, or a prompt that supervised
+    fine-tuning does not train on); units are the predicted tokens.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
 
-    def __call__(
-        self, model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict]:
+    def __call__(self, model: torch.nn.Module,
+                 batch: tuple[torch.Tensor, torch.Tensor]) -> ObjectiveOutput:
         inputs, targets = (t.to(self.device, non_blocking=True) for t in batch)  # (B, T) each
-        # The model computes the loss itself, with its output layer, a chunk at a time
-        # (model/fused_loss.py): the (B, T, V) logits are never all held at once.
-        loss = model(inputs, targets=targets)  # scalar: mean over the B x T tokens
-        return loss, {"tokens": targets.numel()}
+        hidden = model(inputs)  # (B, T, D): through DDP/FSDP, which hook the forward
+        # The output layer and the loss a chunk of rows at a time (model/heads.py):
+        # the (B, T, V) logits are never all held at once.
+        loss_sum, predicted = unwrap(model).next_token_loss(hidden, targets)
+        return ObjectiveOutput(loss_sum, int(predicted), tokens=inputs.numel())

@@ -2,18 +2,19 @@
 
 Two schedules, chosen by `train.schedule`: warm-up + cosine decay (GPT-3,
 nanoGPT), and warm-up + stable + decay (WSD). Both start with the same
-linear warm-up; `lr_at` gives the rate of any step from the config alone,
-so a resumed run needs no scheduler state.
+linear warm-up; `Schedule.lr_at` gives the rate of any step from the config
+alone, so a resumed run needs no scheduler state.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-from llmscratch.config import TrainConfig
 from llmscratch.model.attention import CausalSelfAttention
+from llmscratch.runs.config import TrainConfig
 from llmscratch.training.muon import Muon
 
 
@@ -21,7 +22,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     """The optimizer `train.optimizer` names: "adamw" or "muon" (training/muon.py).
 
     Each parameter group records its peak learning rate as "initial_lr";
-    the loop multiplies it by the schedule (`lr_at(step) / train.lr`), so
+    the loop multiplies it by the schedule's fraction (`Schedule.factor`), so
     Muon's matrices and AdamW's other weights follow one schedule, each
     from its own peak.
     """
@@ -38,7 +39,7 @@ def build_adamw(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     fights the scale they are there to learn, so they get none (as in GPT-2
     and nanoGPT). A tied embedding/output matrix is one parameter, decayed once.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]  # frozen ones do not train
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [
@@ -86,38 +87,60 @@ def build_muon(model: torch.nn.Module, cfg: TrainConfig) -> Muon:
                 ns_dtype=ns_dtype)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate for optimizer step `step` (0-based), by `cfg.schedule`."""
-    if step < cfg.warmup_steps:
-        # Linear warm-up from lr/warmup to lr: Adam's early moment estimates are noisy.
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    min_lr = cfg.lr * cfg.min_lr_ratio
-    if cfg.schedule == "wsd":
-        return _warmup_stable_decay(step, cfg, min_lr)
-    decay_steps = max(cfg.max_steps - cfg.warmup_steps - 1, 1)
-    progress = min((step - cfg.warmup_steps) / decay_steps, 1.0)  # 0 -> 1
-    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))  # 1 -> 0
-    return min_lr + (cfg.lr - min_lr) * cosine
+@dataclass
+class Schedule:
+    """The learning rate of every step, as a fraction of each parameter group's peak.
 
-
-def _warmup_stable_decay(step: int, cfg: TrainConfig, min_lr: float) -> float:
-    """Warm-up, then hold lr, then fall linearly to min_lr over the last `decay_fraction`.
-
-    Cosine decay ties the whole schedule to `max_steps`. WSD holds the peak
-    rate for most of the run and decays only at the end, so a run can be
-    extended from any checkpoint of the stable phase, and the short final
-    decay recovers the loss a cosine would reach (Hu et al., 2024, "MiniCPM";
-    Hägele et al., 2024, "Scaling Laws and Compute-Optimal Training Beyond
-    Fixed Training Durations").
+    kind: "cosine" (warm-up, cosine decay) or "wsd" (warm-up, stable, decay).
+    peak_lr: train.lr, the rate metrics report (each group scales its own peak).
+    The run's length, max_steps, is an argument: a time budget may change it.
     """
-    decay_start = wsd_decay_start(cfg)
-    if step < decay_start:
-        return cfg.lr
-    progress = min((step - decay_start + 1) / max(cfg.max_steps - decay_start, 1), 1.0)  # -> 1
-    return cfg.lr + (min_lr - cfg.lr) * progress
 
+    peak_lr: float
+    warmup_steps: int = 50
+    kind: str = "cosine"
+    min_lr_ratio: float = 0.1
+    decay_fraction: float = 0.2
 
-def wsd_decay_start(cfg: TrainConfig) -> int:
-    """The first step of the WSD schedule's decay: until then, lr does not depend on max_steps."""
-    decay_steps = round(cfg.max_steps * cfg.decay_fraction)
-    return max(cfg.max_steps - decay_steps, cfg.warmup_steps)
+    @classmethod
+    def from_train(cls, train: TrainConfig) -> Schedule:
+        return cls(train.lr, train.warmup_steps, train.schedule, train.min_lr_ratio,
+                   train.decay_fraction)
+
+    def lr_at(self, step: int, max_steps: int) -> float:
+        """The learning rate for optimizer step `step` (0-based) of a run of `max_steps`."""
+        return self.peak_lr * self.factor(step, max_steps)
+
+    def factor(self, step: int, max_steps: int) -> float:
+        """The fraction of the peak learning rate at `step`."""
+        if step < self.warmup_steps:
+            # Linear warm-up from peak/warmup to the peak: Adam's early moment estimates
+            # are noisy.
+            return (step + 1) / self.warmup_steps
+        if self.kind == "wsd":
+            return self._warmup_stable_decay(step, max_steps)
+        decay_steps = max(max_steps - self.warmup_steps - 1, 1)
+        progress = min((step - self.warmup_steps) / decay_steps, 1.0)  # 0 -> 1
+        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))  # 1 -> 0
+        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine
+
+    def _warmup_stable_decay(self, step: int, max_steps: int) -> float:
+        """Warm-up, then hold the peak, then fall linearly over the last `decay_fraction`.
+
+        Cosine decay ties the whole schedule to `max_steps`. WSD holds the peak
+        rate for most of the run and decays only at the end, so a run can be
+        extended from any checkpoint of the stable phase, and the short final
+        decay recovers the loss a cosine would reach (Hu et al., 2024, "MiniCPM";
+        Hägele et al., 2024, "Scaling Laws and Compute-Optimal Training Beyond
+        Fixed Training Durations").
+        """
+        decay_start = self.decay_start(max_steps)
+        if step < decay_start:
+            return 1.0
+        progress = min((step - decay_start + 1) / max(max_steps - decay_start, 1), 1.0)  # -> 1
+        return 1.0 + (self.min_lr_ratio - 1.0) * progress
+
+    def decay_start(self, max_steps: int) -> int:
+        """The first step of the WSD decay: until then, the rate does not depend on max_steps."""
+        decay_steps = round(max_steps * self.decay_fraction)
+        return max(max_steps - decay_steps, self.warmup_steps)

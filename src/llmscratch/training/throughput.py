@@ -11,7 +11,8 @@ sparsity). A CPU has no such number worth trusting: measure its matmul peak
 (bench/train_speed.py prints it) and set `train.peak_flops`.
 
 Before a run starts, `seconds_per_step` times a few steps of a model on
-random tokens: the demo uses it to choose a model that fits its time budget.
+random tokens: the demo uses it to choose a model that fits its time budget
+(recipes/demo.py).
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ import time
 
 import torch
 
-from llmscratch.config import TrainConfig
-from llmscratch.model.config import ModelConfig
-from llmscratch.model.transformer import GPT
+from llmscratch.model import GPT, ModelConfig
+from llmscratch.runs.config import TrainConfig
 from llmscratch.training.optim import build_optimizer
 from llmscratch.training.precision import autocast_dtype, resolve_dtype
 
@@ -104,8 +104,8 @@ def seconds_per_step(model_config: ModelConfig, train: TrainConfig, device: torc
     for _ in range(warmup + steps):
         started = time.perf_counter()
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            loss = model(inputs, targets=targets)
-        loss.backward()
+            loss_sum, _ = model.next_token_loss(model(inputs), targets)
+        loss_sum.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":

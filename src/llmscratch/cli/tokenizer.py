@@ -1,10 +1,7 @@
 """`llmscratch tokenizer ...`: train, encode, decode, inspect and convert tokenizers.
 
-`register(subparsers)` adds the ``tokenizer`` command group to the main
-parser (`llmscratch/cli.py`); each leaf sets ``func``, a function from the
-parsed arguments to an exit code. Errors are raised as `LLMScratchError` and
-printed by the main entry point as one line. This module imports neither
-torch nor the model, so tokenizer commands start in a fraction of a second.
+This module imports neither torch nor the model, so tokenizer commands
+start in a fraction of a second.
 
 Wherever a tokenizer is named (``--tokenizer``), it may be the built-in
 ``gpt2``, a directory holding ``tokenizer.json``, a ``tokenizer.json`` file
@@ -18,39 +15,31 @@ import json
 import sys
 from pathlib import Path
 
+from llmscratch.cli.common import add_command, add_group
+from llmscratch.data.corpus import expand_paths, shakespeare_text
+from llmscratch.data.text_files import check_files, iter_files
 from llmscratch.errors import LLMScratchError
-from llmscratch.tokenizer.tokenizer import Tokenizer
+from llmscratch.tokenizer import open_tokenizer, train_bpe
+from llmscratch.tokenizer.display import inspect_text, render_tokens
+from llmscratch.tokenizer.hf_json import save_hf_tokenizer
+from llmscratch.tokenizer.openai_files import save_tiktoken_file
+from llmscratch.tokenizer.patterns import resolve_pattern
 
 
 def register(subparsers) -> None:
     """Add ``tokenizer`` and its sub-commands to an argparse sub-parser set."""
-    group = subparsers.add_parser(
-        "tokenizer",
-        help="train, encode, decode, inspect and convert BPE tokenizers",
-        description="Byte-level BPE tokenizers: train your own, or use GPT-2's offline.",
-        epilog="examples:\n"
+    commands = add_group(
+        subparsers, "tokenizer",
+        "Byte-level BPE tokenizers: train your own, or use GPT-2's offline.",
         "  llmscratch tokenizer train --vocab-size 4096 --out runs/tok\n"
         "  echo 'To be, or not to be' | llmscratch tokenizer encode --tokenizer gpt2\n"
         "  llmscratch tokenizer inspect --tokenizer runs/tok --text 'Wherefore art thou'\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    commands = group.add_subparsers(dest="tokenizer_command", metavar="COMMAND")
-    group.set_defaults(func=lambda args: _usage(group))
+        dest="tokenizer_command")
     _add_train(commands)
     _add_encode(commands)
     _add_decode(commands)
     _add_inspect(commands)
     _add_convert(commands)
-
-
-def _leaf(commands, name: str, summary: str, examples: str) -> argparse.ArgumentParser:
-    return commands.add_parser(
-        name,
-        help=summary,
-        description=summary,
-        epilog="examples:\n" + examples,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
 
 
 def _add_tokenizer_arg(parser: argparse.ArgumentParser) -> None:
@@ -69,7 +58,7 @@ def _add_tokenizer_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_train(commands) -> None:
-    p = _leaf(
+    p = add_command(
         commands,
         "train",
         "Train a byte-level BPE tokenizer on text files (default: the Shakespeare corpus).",
@@ -99,7 +88,7 @@ def _add_train(commands) -> None:
 
 
 def _add_encode(commands) -> None:
-    p = _leaf(
+    p = add_command(
         commands,
         "encode",
         "Encode text (from --text or standard input) to token ids.",
@@ -126,7 +115,7 @@ def _add_encode(commands) -> None:
 
 
 def _add_decode(commands) -> None:
-    p = _leaf(
+    p = add_command(
         commands,
         "decode",
         "Decode token ids (a JSON list, or numbers separated by spaces) to text.",
@@ -146,7 +135,7 @@ def _add_decode(commands) -> None:
 
 
 def _add_inspect(commands) -> None:
-    p = _leaf(
+    p = add_command(
         commands,
         "inspect",
         "Show how text splits into tokens (coloured), with bytes/token and tokens/word.",
@@ -168,7 +157,7 @@ def _add_inspect(commands) -> None:
 
 
 def _add_convert(commands) -> None:
-    p = _leaf(
+    p = add_command(
         commands,
         "convert",
         "Convert a tokenizer between formats: ours, Hugging Face tokenizer.json, .tiktoken.",
@@ -195,12 +184,10 @@ def _add_convert(commands) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from llmscratch.tokenizer.patterns import resolve_pattern
-    from llmscratch.tokenizer.text_files import check_files, iter_files
-    from llmscratch.tokenizer.train import train_bpe
-
     resolve_pattern(args.pattern)  # fail on a bad name before reading anything
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise LLMScratchError(f"--out {out} is a file; give a directory for tokenizer.json")
     if (out / "tokenizer.json").exists() and not args.overwrite:
         raise LLMScratchError(
             f"{out / 'tokenizer.json'} already exists; pass --overwrite to replace it "
@@ -210,14 +197,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise LLMScratchError("--no-special conflicts with --special; give one of them")
     specials = [] if args.no_special else (args.special or ["<|endoftext|>"])
     if args.data:
-        from llmscratch.data.corpus import expand_paths
-
         paths = check_files(expand_paths(args.data))
         texts = iter_files(paths, whole=args.pattern == "none")
         source = f"{len(paths)} file(s)"
     else:
-        from llmscratch.data.corpus import shakespeare_text
-
         texts = [shakespeare_text()]
         source = "the embedded Shakespeare corpus"
     show_progress = not (args.quiet or args.json)
@@ -272,8 +255,6 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from llmscratch.tokenizer.display import inspect_text, render_tokens
-
     tokenizer = open_tokenizer(args.tokenizer, args.pattern)
     text = _input_text(args.text)
     report = inspect_text(tokenizer, text)
@@ -299,12 +280,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.to == "llmscratch":
         path = tokenizer.save(out)
     elif args.to == "hf":
-        from llmscratch.tokenizer.hf_json import save_hf_tokenizer
-
         path = save_hf_tokenizer(tokenizer, out)
     else:
-        from llmscratch.tokenizer.openai_files import save_tiktoken_file
-
         path = save_tiktoken_file(tokenizer, out)
     if args.json:
         print(json.dumps({"out": str(path), "format": args.to, "vocab_size": tokenizer.vocab_size}))
@@ -314,18 +291,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def open_tokenizer(spec: str, pattern: str = "gpt2") -> Tokenizer:
-    """The tokenizer named by `spec`: "gpt2", a directory, a .json or a .tiktoken file."""
-    if spec == "gpt2":
-        return Tokenizer.gpt2()
-    if spec.endswith(".tiktoken"):
-        from llmscratch.tokenizer.openai_files import load_tiktoken_file
-        from llmscratch.tokenizer.patterns import resolve_pattern
-
-        return load_tiktoken_file(spec, pattern=resolve_pattern(pattern))
-    return Tokenizer.load(spec)
 
 
 def _input_text(text: str | None) -> str:
@@ -355,8 +320,3 @@ def _parse_ids(raw: str) -> list[int]:
     if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
         raise LLMScratchError(f"token ids must be a list of integers, got {raw[:40]!r}")
     return ids
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2

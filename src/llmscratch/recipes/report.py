@@ -7,7 +7,8 @@ from pathlib import Path
 import yaml
 
 from llmscratch.config import to_dict
-from llmscratch.training.checkpoint import atomic_write_text
+from llmscratch.io import atomic_write_text
+from llmscratch.runs.run import Run
 
 
 def write_samples(path: Path, step: int, samples: list[tuple[str, str]]) -> None:
@@ -19,11 +20,15 @@ def write_samples(path: Path, step: int, samples: list[tuple[str, str]]) -> None
     atomic_write_text(path, "\n".join(parts))
 
 
-def write_report(run_dir: Path, config, result, n_params: int) -> None:
+def write_report(run: Run, config, result, n_params: int) -> None:
     """A short report: results table, loss plot, last samples, files, config."""
     final = result.final
+
+    def rel(path: Path) -> str:
+        return path.relative_to(run.path).as_posix()
+
     lines = [
-        f"# Run report: {run_dir.name}",
+        f"# Run report: {run.path.name}",
         "",
         "| metric | value |",
         "|---|---|",
@@ -39,7 +44,7 @@ def write_report(run_dir: Path, config, result, n_params: int) -> None:
         "",
         "## Loss",
         "",
-        "![loss curve](loss.png)",
+        f"![loss curve]({rel(run.loss_plot_path)})",
         "",
         "## Samples",
         "",
@@ -49,13 +54,15 @@ def write_report(run_dir: Path, config, result, n_params: int) -> None:
     lines += [
         "## Files",
         "",
-        "- `config.yaml`: the resolved configuration "
+        f"- `{rel(run.config_path)}`: the resolved configuration "
         "(rerun it with `llmscratch pretrain --config`)",
-        "- `tokenizer/tokenizer.json`: the BPE tokenizer",
-        "- `checkpoints/latest` → `checkpoints/step-*/`: `model.safetensors` (weights), "
-        "`optimizer.pt` (optimizer state), `state.json` (step, tokens, RNG states)",
-        "- `metrics.jsonl`: one JSON object per logged step and per validation",
-        "- `loss.png`, `samples.md`",
+        f"- `{rel(run.tokenizer_dir)}/`: the BPE tokenizer",
+        f"- `{rel(run.latest_path)}` names the newest checkpoint in "
+        f"`{rel(run.checkpoints_dir)}/`: weights, optimizer state, step, tokens and RNG "
+        "states, with a manifest of their hashes (`llmscratch checkpoint verify`)",
+        f"- `{rel(run.metrics.path)}`: one JSON object per logged step and per validation",
+        f"- `{rel(run.loss_plot_path)}`, `{rel(run.training_plot_path)}`, "
+        f"`{rel(run.samples_path)}`",
         "",
         "## Configuration",
         "",
@@ -64,4 +71,4 @@ def write_report(run_dir: Path, config, result, n_params: int) -> None:
         "```",
         "",
     ]
-    atomic_write_text(run_dir / "report.md", "\n".join(lines))
+    atomic_write_text(run.report_path, "\n".join(lines))

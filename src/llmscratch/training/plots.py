@@ -1,57 +1,26 @@
-"""Metrics: one JSON object per line in metrics.jsonl, and the plots drawn from it.
+"""Plots drawn from a run's metrics records (runs/metrics.py).
 
-`loss.png` shows train and validation loss against tokens seen;
-`training.png` shows what explains a loss curve: learning rate, gradient
+The loss plot shows train and validation loss against tokens seen; the
+training plot shows what explains a loss curve: learning rate, gradient
 norm, throughput and MFU against steps. `llmscratch plot RUN` redraws both.
+Each is written to a temporary file and renamed into place.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from llmscratch.training.checkpoint import atomic_write_text
+import matplotlib
 
+matplotlib.use("Agg")  # no screen needed; set before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402
 
-class MetricsLog:
-    """Append-only metrics.jsonl; each record is written with a single `write` call."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-
-    def write(self, record: dict) -> None:
-        line = (json.dumps(record) + "\n").encode("utf-8")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
-
-    def read(self) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        records = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a kill: ignore it
-                continue
-        return records
-
-    def truncate_after(self, step: int) -> None:
-        """On resume, drop records of steps the checkpoint had not reached."""
-        kept = [r for r in self.read() if r.get("step", 0) <= step]
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+from llmscratch.errors import LLMScratchError
 
 
 def plot_losses(records: list[dict], path: Path, title: str = "") -> None:
     """Train and validation loss against tokens seen, saved as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no screen needed
-    import matplotlib.pyplot as plt
-
     train = [(r["tokens"], r["loss"]) for r in records if "loss" in r]
     val = [(r["tokens"], r["val_loss"]) for r in records if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
@@ -64,20 +33,11 @@ def plot_losses(records: list[dict], path: Path, title: str = "") -> None:
     ax.set_title(title or "loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save_png(fig, path)
 
 
 def plot_training(records: list[dict], path: Path, title: str = "") -> None:
     """Learning rate, gradient norm, tokens/s and MFU against steps, one panel each."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = [("lr", "learning rate"), ("grad_norm", "gradient norm (before clipping)"),
               ("tok_per_s", "tokens / s"), ("mfu", "model FLOPs utilisation")]
     panels = [(key, label) for key, label in panels if any(key in r for r in records)]
@@ -90,8 +50,18 @@ def plot_training(records: list[dict], path: Path, title: str = "") -> None:
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("step")
     axes[0, 0].set_title(title or "training")
+    _save_png(fig, path)
+
+
+def _save_png(fig, path: Path) -> None:
+    """Write the figure to `path` through a temporary file, so a reader never sees half."""
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise LLMScratchError(f"cannot write {path}: {err.strerror}") from None
+    finally:
+        plt.close(fig)

@@ -3,7 +3,6 @@
     llmscratch data prepare --data FILES --tokenizer DIR --out DIR
     llmscratch data inspect DIR
 
-`register(subparsers)` adds the group to the main parser (llmscratch/cli.py).
 The options of `prepare` are the fields of `PrepareConfig`, and their help
 is those fields' documentation.
 """
@@ -14,34 +13,27 @@ import argparse
 import dataclasses
 import json
 
+from llmscratch.cli.common import add_command, add_group
 from llmscratch.config import field_docs
-from llmscratch.data.prepare import PrepareConfig
+from llmscratch.data.manifest import read_manifest
+from llmscratch.data.prepare import PrepareConfig, prepare
 
 
 def register(subparsers) -> None:
     """Add `data` and its sub-commands to an argparse sub-parser set."""
-    group = subparsers.add_parser(
-        "data", help="prepare token shards for training, inspect them",
-        description="Tokenize corpora once into shards that training memory-maps.",
-        epilog="examples:\n"
+    commands = add_group(
+        subparsers, "data", "Tokenize corpora once into shards that training memory-maps.",
         "  llmscratch data prepare --data 'books/*.txt' --tokenizer runs/tok --out data/books\n"
-        "  llmscratch data inspect data/books\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    commands = group.add_subparsers(dest="data_command", metavar="COMMAND")
-    group.set_defaults(func=lambda args: group.print_help() or 2)
+        "  llmscratch data inspect data/books\n", dest="data_command")
 
-    p = commands.add_parser(
-        "prepare", help="tokenize .txt/.jsonl/.parquet files into shards + manifest.json",
-        description="Tokenize .txt/.jsonl/.parquet files into token shards and a manifest, "
-        "with several processes, streaming (memory does not grow with the corpus).",
-        epilog="examples:\n"
+    p = add_command(
+        commands, "prepare",
+        "Tokenize .txt/.jsonl/.parquet files into token shards and a manifest, with several "
+        "processes, streaming (memory does not grow with the corpus).",
         "  llmscratch data prepare --data corpus/ --tokenizer runs/demo/tokenizer --out data/c\n"
         "  llmscratch data prepare --data 'web/*.parquet' --tokenizer gpt2 --out data/web "
         "--text-field content --workers 8\n"
-        "  llmscratch pretrain --config configs/demo.yaml --out runs/c data.prepared=data/c\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+        "  llmscratch pretrain --config configs/demo.yaml --out runs/c data.prepared=data/c\n")
     docs = field_docs(PrepareConfig)
     for f in dataclasses.fields(PrepareConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -58,20 +50,15 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the manifest as one JSON object")
     p.set_defaults(func=cmd_prepare)
 
-    p = commands.add_parser(
-        "inspect", help="check a prepared directory (sizes, SHA-256) and print its counts",
-        description="Check every shard of a prepared directory against its manifest.",
-        epilog="examples:\n  llmscratch data inspect data/books --json\n",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_command(commands, "inspect",
+                    "Check every shard of a prepared directory against its manifest.",
+                    "  llmscratch data inspect data/books --json\n")
     p.add_argument("dir", help="a directory written by `llmscratch data prepare`")
     p.add_argument("--json", action="store_true", help="print the manifest as one JSON object")
     p.set_defaults(func=cmd_inspect)
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from llmscratch.data.prepare import prepare
-
     names = [f.name for f in dataclasses.fields(PrepareConfig)]
     cfg = PrepareConfig(**{name: getattr(args, name) for name in names})
     manifest = prepare(cfg)
@@ -80,8 +67,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from llmscratch.data.manifest import read_manifest
-
     manifest = read_manifest(args.dir)
     for split in ("train", "val"):
         manifest.shards(split, verify=True)

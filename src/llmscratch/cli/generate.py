@@ -1,0 +1,85 @@
+"""`llmscratch generate` and `llmscratch eval`: use a run's model (generation/, evaluation/)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from llmscratch.cli.common import add_command, say
+from llmscratch.errors import LLMScratchError
+
+
+def register(sub) -> None:
+    p = add_command(sub, "generate", "Generate text from a trained or imported model.",
+                    "  llmscratch generate --run runs/demo --prompt 'ROMEO:'\n"
+                    "  llmscratch generate --run runs/demo --prompt 'To be' --temperature 0 "
+                    "--json\n")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="at most this many tokens")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same text")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_generate)
+
+    p = add_command(sub, "eval", "Loss, perplexity and bits per byte of a model on a text file.",
+                    "  llmscratch eval --run runs/demo --data my_text.txt --json\n")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--data", required=True, help="a UTF-8 text file")
+    p.add_argument("--batch-size", type=int, default=8, help="windows scored at once (>= 1)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from llmscratch.generation.sampling import SamplingConfig, generate_tokens
+    from llmscratch.runs.load import load_for_inference
+    from llmscratch.tokenizer import StreamDecoder
+
+    if not args.prompt:
+        raise LLMScratchError("the prompt is empty; give some text with --prompt")
+    sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                              args.seed)  # checks every value before the model is loaded
+    model, tokenizer, settings = load_for_inference(args.run)
+    prompt_ids = tokenizer.encode(args.prompt)
+    if len(prompt_ids) >= model.config.context_length:
+        raise LLMScratchError(
+            f"the prompt is {len(prompt_ids)} tokens; the model's context length is "
+            f"{model.config.context_length}; shorten the prompt")
+    new_ids = []
+    stream = StreamDecoder(tokenizer)
+    if not args.json:
+        say(args.prompt, end="")
+    for token in generate_tokens(model, prompt_ids, sampling, settings.stop_token_ids,
+                                 tokenizer.vocab_size):
+        new_ids.append(token)
+        if not args.json:
+            say(stream.push(token), end="")
+    if args.json:
+        print(json.dumps({"prompt": args.prompt, "text": tokenizer.decode(new_ids),
+                          "token_ids": new_ids, "prompt_token_ids": prompt_ids}))
+    else:
+        sys.stdout.write(stream.flush() + "\n")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from llmscratch.data.corpus import read_text_file
+    from llmscratch.evaluation.perplexity import evaluate_text
+    from llmscratch.runs.load import load_for_inference
+
+    if args.batch_size < 1:
+        raise LLMScratchError(f"--batch-size must be at least 1, got {args.batch_size}")
+    text = read_text_file(Path(args.data))
+    model, tokenizer, _ = load_for_inference(args.run)
+    result = evaluate_text(model, tokenizer, text, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(vars(result)))
+    else:
+        print(f"loss {result.loss:.4f} nats/token  perplexity {result.perplexity:.2f}  "
+              f"bpb {result.bpb:.4f}  ({result.tokens:,} tokens, {result.bytes:,} bytes)")
+    return 0

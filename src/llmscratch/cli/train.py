@@ -1,0 +1,82 @@
+"""`llmscratch demo` and `llmscratch pretrain`: train a model from scratch (recipes/)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from llmscratch.cli.common import add_command, say, split_overrides
+from llmscratch.errors import LLMScratchError
+
+
+def register(sub) -> None:
+    p = add_command(sub, "demo", "Train a tokenizer and a small GPT on Shakespeare, offline, "
+                    "on CPU.",
+                    "  llmscratch demo\n  llmscratch demo --out runs/demo2 train.max_steps=100\n")
+    p.add_argument("--out", default="runs/demo",
+                   help="run directory (an earlier demo run there is replaced; any other "
+                   "folder is refused)")
+    p.add_argument("--config", help="config file (default: configs/demo.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.set_defaults(func=cmd_demo)
+
+    p = add_command(sub, "pretrain", "Pretrain a model from scratch (or resume a run).",
+                    "  llmscratch pretrain --config configs/demo.yaml --out runs/mine\n"
+                    "  llmscratch pretrain --config configs/demo.yaml --data 'books/*.txt' "
+                    "--out runs/books model.n_layer=4\n"
+                    "  llmscratch pretrain --resume runs/mine\n"
+                    "  llmscratch pretrain --resume runs/mine train.max_steps=4000   "
+                    "# train longer\n")
+    p.add_argument("--config", help="YAML config (sections model, data, train)")
+    p.add_argument("--data", nargs="+", metavar="FILE", help="text files, directories or globs "
+                   "(default: the config's data.files, else the embedded Shakespeare corpus)")
+    p.add_argument("--out", help="new run directory")
+    p.add_argument("--resume", metavar="DIR", help="continue this run from its newest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it is a run")
+    p.add_argument("--fallback", action="store_true", help="with --resume: if the newest "
+                   "checkpoint is corrupt, continue from the newest intact one")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted config overrides, e.g. train.max_steps=200 model.n_layer=4")
+    p.set_defaults(func=cmd_pretrain)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from llmscratch.recipes.demo import run_demo
+
+    config = Path(args.config) if args.config else None
+    _print_result(run_demo(Path(args.out), config, args.overrides))
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from llmscratch.recipes.pretrain import pretrain, resume
+    from llmscratch.runs.config import load_config
+
+    overrides = split_overrides(args)
+    if args.resume:
+        if args.config or args.data or args.out:
+            raise LLMScratchError("--resume takes the run's own config and data; "
+                                  "give only --resume DIR (and KEY=VALUE overrides)")
+        result = resume(Path(args.resume), overrides, fallback=args.fallback)
+    else:
+        if not args.out:
+            raise LLMScratchError("pretrain needs --out DIR (or --resume DIR)")
+        config = load_config(args.config, overrides)
+        if args.data:
+            config.data.files = list(args.data)
+        result = pretrain(config, Path(args.out), overwrite=args.overwrite)
+    _print_result(result)
+    return 0
+
+
+def _print_result(result) -> None:
+    if result.rank:  # under torchrun, rank 0 speaks for all
+        return
+    final = result.final
+    say(f"\nvalidation: loss {final.loss:.4f} nats/token, perplexity {final.perplexity:.2f}, "
+        f"{final.bpb:.4f} bits/byte ({final.tokens:,} tokens, {final.bytes:,} bytes)")
+    say(f"training: {result.steps:,} steps in {result.train_seconds:.0f} s, "
+        f"{result.tokens_per_second:,.0f} tokens/s")
+    for prompt, completion in result.samples:
+        say("\n--- sample " + "-" * 50 + "\n" + prompt + completion)
+    say(f"\nrun directory: {result.run_dir}")

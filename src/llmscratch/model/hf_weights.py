@@ -1,0 +1,176 @@
+"""Our tensors <-> Hugging Face's: one table of names and layouts, for both directions.
+
+For every tensor of our model, `weight_links` lists the Hugging Face tensors
+it is made of. Most are the same matrix under another name. Three kinds are
+not: our fused q/k/v projection is Hugging Face's q_proj, k_proj and v_proj
+concatenated; our stacked MoE experts are its E per-expert matrices stacked;
+and GPT-2's `Conv1D` layers store (in, out), the transpose of a Linear weight.
+
+    hf_tensors(model)               ours -> Hugging Face names (export)
+    model_from_hf(config, read)     Hugging Face tensors -> a GPT (import)
+
+Reading and writing Hugging Face folders (safetensors shards, the hub) is
+the runs package's job (runs/hf_import.py, runs/hf_export.py); this module
+knows only the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+from llmscratch.errors import LLMScratchError
+from llmscratch.model.config import ModelConfig, torch_dtype
+from llmscratch.model.hf_config import family_of
+from llmscratch.model.transformer import GPT
+
+# Non-weight tensors some checkpoints carry: GPT-2's causal-mask buffers, RoPE tables.
+IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
+
+
+@dataclass
+class Link:
+    """Our tensor `ours` is made of the Hugging Face tensors `theirs`.
+
+    join: "same" (one tensor, the same matrix), "cat" (concatenated along dim
+    0: q, k, v) or "stack" (stacked along a new dim 0: one per expert).
+    transpose: stored as (in, out) by GPT-2's Conv1D, the transpose of ours.
+    """
+
+    ours: str
+    theirs: list[str]
+    join: str = "same"
+    transpose: bool = False
+
+
+def weight_links(config: ModelConfig) -> list[Link]:
+    """For every tensor of our model, the Hugging Face tensors it is made of."""
+    family, c = family_of(config), config
+    links: list[Link] = []
+
+    def same(ours: str, theirs: str, transpose: bool = False, bias: bool = False) -> None:
+        links.append(Link(f"{ours}.weight", [f"{theirs}.weight"], transpose=transpose))
+        if bias:
+            links.append(Link(f"{ours}.bias", [f"{theirs}.bias"]))
+
+    if family == "gpt2":
+        same("tok_emb", "transformer.wte")
+        same("pos_emb", "transformer.wpe")
+        for i in range(c.n_layer):
+            ours, theirs = f"blocks.{i}", f"transformer.h.{i}"
+            same(f"{ours}.ln_1", f"{theirs}.ln_1", bias=c.bias)
+            same(f"{ours}.attn.qkv", f"{theirs}.attn.c_attn", transpose=True, bias=c.bias)
+            same(f"{ours}.attn.proj", f"{theirs}.attn.c_proj", transpose=True, bias=c.bias)
+            same(f"{ours}.ln_2", f"{theirs}.ln_2", bias=c.bias)
+            same(f"{ours}.mlp.fc", f"{theirs}.mlp.c_fc", transpose=True, bias=c.bias)
+            same(f"{ours}.mlp.proj", f"{theirs}.mlp.c_proj", transpose=True, bias=c.bias)
+        same("ln_f", "transformer.ln_f", bias=c.bias)
+    else:
+        same("tok_emb", "model.embed_tokens")
+        for i in range(c.n_layer):
+            ours, theirs = f"blocks.{i}", f"model.layers.{i}"
+            attn = f"{theirs}.self_attn"
+            same(f"{ours}.ln_1", f"{theirs}.input_layernorm")
+            for kind in ["weight", "bias"] if c.bias or c.qkv_bias else ["weight"]:
+                qkv = [f"{attn}.{p}_proj.{kind}" for p in "qkv"]
+                links.append(Link(f"{ours}.attn.qkv.{kind}", qkv, join="cat"))
+            if c.qk_norm:
+                same(f"{ours}.attn.q_norm", f"{attn}.q_norm")
+                same(f"{ours}.attn.k_norm", f"{attn}.k_norm")
+            same(f"{ours}.attn.proj", f"{attn}.o_proj", bias=c.bias)
+            same(f"{ours}.ln_2", f"{theirs}.post_attention_layernorm")
+            if c.mlp == "moe":
+                same(f"{ours}.mlp.router", f"{theirs}.mlp.gate")
+                for ours_name, theirs_name in [("gate", "gate_proj"), ("up", "up_proj"),
+                                               ("proj", "down_proj")]:
+                    experts = [f"{theirs}.mlp.experts.{e}.{theirs_name}.weight"
+                               for e in range(c.n_expert)]
+                    links.append(Link(f"{ours}.mlp.{ours_name}", experts, join="stack"))
+            else:
+                same(f"{ours}.mlp.gate", f"{theirs}.mlp.gate_proj", bias=c.bias)
+                same(f"{ours}.mlp.up", f"{theirs}.mlp.up_proj", bias=c.bias)
+                same(f"{ours}.mlp.proj", f"{theirs}.mlp.down_proj", bias=c.bias)
+        same("ln_f", "model.norm")
+    if not c.tie_embeddings:
+        same("lm_head", "lm_head")
+    return links
+
+
+def their_shapes(link: Link, our_shape: torch.Size, config: ModelConfig) -> list[tuple]:
+    """The shape each Hugging Face tensor of `link` must have, given our tensor's shape."""
+    if link.join == "stack":
+        return [tuple(our_shape[1:])] * len(link.theirs)
+    if link.join == "cat":  # q, k, v rows: H Dh, Hkv Dh, Hkv Dh
+        rows = [config.n_head * config.head_dim] + [config.kv_heads * config.head_dim] * 2
+        return [(r, *our_shape[1:]) for r in rows]
+    return [tuple(reversed(our_shape)) if link.transpose else tuple(our_shape)]
+
+
+def join_tensors(link: Link, pieces: list[torch.Tensor]) -> torch.Tensor:
+    """Hugging Face tensors -> ours."""
+    if link.join == "cat":
+        return torch.cat(pieces, dim=0)
+    if link.join == "stack":
+        return torch.stack(pieces, dim=0)
+    return pieces[0].t() if link.transpose else pieces[0]
+
+
+def split_tensor(link: Link, tensor: torch.Tensor, config: ModelConfig) -> list[torch.Tensor]:
+    """Ours -> Hugging Face tensors (contiguous, ready to save)."""
+    if link.join == "cat":
+        rows = [shape[0] for shape in their_shapes(link, tensor.shape, config)]
+        pieces = list(tensor.split(rows, dim=0))
+    elif link.join == "stack":
+        pieces = list(tensor.unbind(0))
+    else:
+        pieces = [tensor.t() if link.transpose else tensor]
+    return [p.contiguous() for p in pieces]
+
+
+def model_from_hf(config: ModelConfig, read: Callable[[str, tuple], torch.Tensor],
+                  names: Iterable[str]) -> GPT:
+    """A GPT whose tensors are Hugging Face's, joined and renamed, in `config.dtype`.
+
+    `read(name, shape)` returns the Hugging Face tensor `name`, checked to have
+    `shape`; `names` are all the tensor names the checkpoint holds, so that
+    tensors this architecture would not use are refused rather than ignored.
+    The model is built on the meta device: no memory beyond the tensors.
+    """
+    with torch.device("meta"):
+        shapes = {name: t.shape for name, t in GPT(config).state_dict().items()}
+    tensors, used = {}, set()
+    for link in weight_links(config):
+        expected = their_shapes(link, shapes[link.ours], config)
+        pieces = [read(name, shape) for name, shape in zip(link.theirs, expected, strict=True)]
+        tensors[link.ours] = join_tensors(link, pieces).to(config.torch_dtype).contiguous()
+        used.update(link.theirs)
+    unknown = sorted(
+        name for name in set(names) - used
+        if not name.endswith(IGNORED_SUFFIXES) and not (name == "lm_head.weight"
+                                                        and config.tie_embeddings)
+    )
+    if unknown:
+        raise LLMScratchError(f"the checkpoint has tensors this architecture does not use, "
+                              f"e.g. {unknown[0]} ({len(unknown)} in all)")
+    return GPT.from_state_dict(config, tensors)
+
+
+def hf_tensors(model: GPT, dtype: str | None = None) -> dict[str, torch.Tensor]:
+    """Our model's weights under Hugging Face's names and layouts."""
+    config = model.config
+    ours = model.state_dict()
+    cast_to = torch_dtype(dtype) if dtype else None
+    tensors = {}
+    for link in weight_links(config):
+        pieces = split_tensor(link, ours[link.ours], config)
+        for name, piece in zip(link.theirs, pieces, strict=True):
+            tensors[name] = piece.to(cast_to) if cast_to is not None else piece
+    if family_of(config) == "gpt2" and not config.bias:  # GPT-2 always has biases: zeros
+        for name, piece in list(tensors.items()):
+            if name.startswith("transformer.h.") or name.startswith("transformer.ln_f"):
+                bias = name.removesuffix(".weight") + ".bias"
+                width = piece.shape[-1] if piece.dim() == 2 else piece.shape[0]
+                tensors[bias] = torch.zeros(width, dtype=piece.dtype)
+    return tensors

@@ -1,0 +1,217 @@
+"""Importing a Hugging Face model as a run: `llmscratch convert from-hf`.
+
+A Hugging Face model folder holds `config.json` (the architecture), its
+weights as safetensors (one `model.safetensors`, or shards listed in
+`model.safetensors.index.json`), its tokenizer (`tokenizer.json`) and, for
+chat models, a chat template (`tokenizer_config.json`). Importing is
+
+    config.json                -> ModelConfig            (model/hf_config.py)
+    safetensors                -> our tensors            (model/hf_weights.py)
+    tokenizer.json             -> our Tokenizer          (tokenizer/hf_json.py)
+    eos ids, chat template     -> the run's generation settings (run.json)
+
+and the result is a run like any other (runs/run.py), of kind "import":
+`generate`, `eval` and fine-tuning take it. Loading never needs the model's
+memory twice: shards are opened memory-mapped and each of our tensors is
+built from them (copied only to change dtype or to fuse q/k/v). Pickled
+`pytorch_model.bin` weights are never loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from llmscratch.errors import LLMScratchError
+from llmscratch.io import read_json
+from llmscratch.model.config import DTYPES, ModelConfig
+from llmscratch.model.hf_config import config_from_hf
+from llmscratch.model.hf_weights import model_from_hf
+from llmscratch.model.transformer import GPT
+from llmscratch.runs.checkpoint import save_weights
+from llmscratch.runs.config import RunConfig
+from llmscratch.runs.run import END_OF_TEXT_TOKENS, GenerationSettings, Run, RunInfo
+from llmscratch.tokenizer import Tokenizer
+from llmscratch.tokenizer.hf_json import load_hf_tokenizer
+
+# Tensor dtypes in safetensors headers that hold plain (unquantized) weights.
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+# Files of a Hugging Face folder besides the weights and config.json: the tokenizer,
+# its special tokens and chat template, generation defaults. Kept as they are.
+HF_SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "generation_config.json", "chat_template.jinja", "chat_template.json",
+                 "vocab.json", "merges.txt")
+
+
+class SafetensorsFolder:
+    """The tensors of a folder's safetensors files, opened memory-mapped, read on demand."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._handles: dict[str, object] = {}  # shard file name -> open safetensors file
+        index = folder / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise LLMScratchError(f"{index} has no weight_map")
+            self.shard_of = dict(weight_map)
+        elif (folder / "model.safetensors").is_file():
+            self.shard_of = dict.fromkeys(self._open("model.safetensors").keys(),
+                                          "model.safetensors")
+        else:
+            raise LLMScratchError(
+                f"no model.safetensors or model.safetensors.index.json in {folder}; "
+                "save the model with safetensors (pickled .bin weights are not loaded)"
+            )
+        if not self.shard_of:
+            raise LLMScratchError(f"the safetensors files in {folder} hold no tensors")
+        for shard in sorted(set(self.shard_of.values())):
+            if not (folder / shard).is_file():
+                raise LLMScratchError(f"missing shard {shard} (listed in {index.name}) in {folder}")
+
+    def _open(self, shard: str):
+        if shard not in self._handles:
+            try:
+                self._handles[shard] = safe_open(str(self.folder / shard), framework="pt")
+            except (SafetensorError, OSError) as err:
+                reason = " ".join(str(err).split())
+                raise LLMScratchError(f"cannot read {self.folder / shard}: corrupt or not a "
+                                      f"safetensors file ({reason})") from None
+        return self._handles[shard]
+
+    def dtype_of(self, name: str) -> str:
+        """The dtype of tensor `name` as safetensors spells it ("BF16", "F32", ...)."""
+        return self._open(self.shard_of[name]).get_slice(name).get_dtype()
+
+    def read(self, name: str, shape: tuple) -> torch.Tensor:
+        """Tensor `name`, after checking it exists, has `shape` and holds plain floats."""
+        if name not in self.shard_of:
+            raise LLMScratchError(f"tensor {name} is missing from the checkpoint in {self.folder}")
+        tensor_slice = self._open(self.shard_of[name]).get_slice(name)
+        found, dtype = tuple(tensor_slice.get_shape()), tensor_slice.get_dtype()
+        if found != shape:
+            raise LLMScratchError(f"tensor {name} has shape {found}, expected {shape} "
+                                  "from config.json")
+        if dtype not in FLOAT_DTYPES:
+            raise LLMScratchError(f"tensor {name} has unsupported dtype {dtype} "
+                                  "(quantized checkpoints are not loaded)")
+        return self._open(self.shard_of[name]).get_tensor(name)
+
+def read_hf_config(folder: Path) -> ModelConfig:
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise LLMScratchError(f"{folder} is not a Hugging Face model folder (no config.json)")
+    return config_from_hf(read_json(path), str(path))
+
+
+def check_dtype(dtype: str | None) -> str | None:
+    """`dtype` if we can convert to it (None = keep the checkpoint's), else a clear error."""
+    if dtype is not None and dtype not in DTYPES:
+        raise LLMScratchError(f"unsupported dtype {dtype!r}; choose {' or '.join(DTYPES)}")
+    return dtype
+
+
+def load_hf_model(folder: str | os.PathLike, dtype: str | None = None) -> GPT:
+    """A Hugging Face model folder as our `GPT`, in `dtype` ("fp32", "bf16"; default:
+    the checkpoint's own, with fp16 widened to fp32)."""
+    folder = Path(folder)
+    config = read_hf_config(folder)
+    weights = SafetensorsFolder(folder)
+    stored = weights.dtype_of(next(iter(weights.shard_of)))
+    config = replace(config, dtype=dtype or ("bf16" if stored == "BF16" else "fp32"))
+    return model_from_hf(config, weights.read, weights.shard_of)
+
+
+def generation_settings(folder: Path, tokenizer: Tokenizer) -> GenerationSettings:
+    """Stop ids and chat template from a Hugging Face folder's own files.
+
+    Stop ids: `eos_token_id` of generation_config.json, else of config.json
+    (an id or a list); where neither names one, the tokenizer's end-of-text
+    token. The chat template: chat_template.jinja, else tokenizer_config.json's
+    `chat_template` (a string, or a list of named templates: "default").
+    """
+    stop_ids: list[int] = []
+    for name in ("generation_config.json", "config.json"):
+        if (folder / name).is_file():
+            eos = read_json(folder / name).get("eos_token_id")
+            stop_ids = [eos] if isinstance(eos, int) else [i for i in eos or []
+                                                           if isinstance(i, int)]
+            if stop_ids:
+                break
+    if not stop_ids:
+        specials = tokenizer.special_tokens
+        stop_ids = [specials[t] for t in END_OF_TEXT_TOKENS if t in specials]
+    template = None
+    if (folder / "chat_template.jinja").is_file():
+        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    elif (folder / "tokenizer_config.json").is_file():
+        template = read_json(folder / "tokenizer_config.json").get("chat_template")
+        if isinstance(template, list):  # [{"name": "default", "template": "..."}, ...]
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default")
+    return GenerationSettings(stop_ids, template if isinstance(template, str) else None)
+
+
+def resolve_source(source: str) -> Path:
+    """A local Hugging Face folder, or a hub id ("org/name") downloaded when online."""
+    path = Path(source)
+    if path.is_dir():
+        return path
+    if path.exists() or source.count("/") != 1 or source.startswith((".", "/", "~")):
+        raise LLMScratchError(f"{source} is not a folder (nor a hub id like org/name)")
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise LLMScratchError(f"{source} is not a local folder, and HF_HUB_OFFLINE forbids "
+                              "downloading it; give the path of a downloaded copy")
+    try:  # an optional dependency (the hf extra), so imported only when downloading
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise LLMScratchError("downloading needs huggingface_hub: pip install 'llmscratch[hf]'"
+                              ) from None
+    try:
+        patterns = ["config.json", "*.safetensors", "model.safetensors.index.json",
+                    *HF_SIDE_FILES]
+        return Path(snapshot_download(source, allow_patterns=patterns))
+    except Exception as err:  # network, authentication, unknown repo: all one line
+        reason = " ".join(str(err).split())[:200]
+        raise LLMScratchError(f"cannot download {source} from the hub: {reason}") from None
+
+
+def convert_from_hf(source: str, out: Path, dtype: str | None = None,
+                    overwrite: bool = False) -> Path:
+    """Write a Hugging Face model as a run directory (kind "import").
+
+    Everything is read and checked before `out` is touched; the run keeps the
+    source's tokenizer files and chat template in RUN/hf/ for `convert to-hf`.
+    """
+    check_dtype(dtype)
+    Run.check_new(out, overwrite)
+    folder = resolve_source(source)
+    if not (folder / "tokenizer.json").is_file():
+        raise LLMScratchError(f"no tokenizer.json in {folder}; a converted model needs its "
+                              "tokenizer to generate or evaluate")
+    model = load_hf_model(folder, dtype)
+    tokenizer = load_hf_tokenizer(folder)
+    info = RunInfo(kind="import", source=str(source),
+                   generation=generation_settings(folder, tokenizer))
+
+    def fill(run: Run) -> None:
+        save_weights(run, model)
+        copy_side_files(folder, run.hf_dir)
+
+    return Run.create(out, RunConfig(model=model.config), info, tokenizer, overwrite, fill).path
+
+
+def copy_side_files(source: Path, target: Path) -> None:
+    """A Hugging Face folder's tokenizer files, chat template and generation defaults."""
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        for name in HF_SIDE_FILES:
+            if (source / name).is_file():
+                shutil.copyfile(source / name, target / name)
+    except OSError as err:
+        raise LLMScratchError(f"cannot write {target}: {err.strerror}") from None
