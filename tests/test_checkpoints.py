@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -118,26 +117,30 @@ def test_corrupt_checkpoint_is_detected_and_fallback_only_when_asked(run, tmp_pa
 
 # --- SIGKILL at an arbitrary step, then resume: bit-identical to an uninterrupted run ------
 
-# Runs the real CLI; each step is slowed by a sleep (which changes no number) so that the
-# test's kill lands while training, not after the run has finished.
-SLOW_CLI = """
-import sys, time
+# Runs the real CLI, which SIGKILLs itself as it begins step KILL_AT + 1: a kill at an
+# arbitrary step, mid-run, with no race between the test and the training process.
+KILLED_CLI = """
+import os, signal, sys
 from llmscratch.training import loop
 step = loop.Trainer.train_step
-def slow_step(self, state):
-    time.sleep(0.05)
+def step_or_die(self, state):
+    if state.step == int(os.environ["KILL_AT"]):
+        os.kill(os.getpid(), signal.SIGKILL)
     return step(self, state)
-loop.Trainer.train_step = slow_step
+loop.Trainer.train_step = step_or_die
 from llmscratch.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
-def cli(*args, slow=False, **kwargs):
-    command = [sys.executable, "-c", SLOW_CLI] if slow else [sys.executable, "-m", "llmscratch"]
+def cli(*args, kill_at=None):
+    command = [sys.executable, "-m", "llmscratch"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same threads in every run
+    if kill_at is not None:
+        command = [sys.executable, "-c", KILLED_CLI]
+        env["KILL_AT"] = str(kill_at)
     return subprocess.Popen([*command, *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+                            stderr=subprocess.PIPE, text=True)
 
 
 def test_sigkill_then_resume_is_bit_exact(tmp_path, small_text):
@@ -145,19 +148,12 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path, small_text):
             "train.checkpoint_every=4", "train.eval_every=0"]
     straight = cli("pretrain", *args, "--out", str(tmp_path / "straight"))
     killed_dir = tmp_path / "killed"
-    killed = cli("pretrain", *args, "--out", str(killed_dir), slow=True)
-    kill_after = 13  # not a checkpoint step: the resumed run must redo steps 13.. from step 12
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and killed.poll() is None:
-        log = killed_dir / "metrics.jsonl"
-        if log.is_file() and any(r.get("step", 0) >= kill_after for r in records(killed_dir)):
-            killed.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    assert killed.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    # Killed after step 13, not a checkpoint step: the resumed run redoes 13.. from 12.
+    killed = cli("pretrain", *args, "--out", str(killed_dir), kill_at=13)
+    assert killed.wait() == -signal.SIGKILL, killed.stderr.read()
     assert straight.wait() == 0, straight.stderr.read()
-    stopped_at = latest_checkpoint(Run(killed_dir)).name
-    assert "step-00000012" <= stopped_at < "step-00000030"
+    assert latest_checkpoint(Run(killed_dir)).name == "step-00000012"
+    assert max(r["step"] for r in records(killed_dir) if "loss" in r) == 13
 
     resumed = cli("pretrain", "--resume", str(killed_dir))
     assert resumed.wait() == 0, resumed.stderr.read()

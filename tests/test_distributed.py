@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from safetensors.torch import load_file
 
 from llmscratch.cli import main
 from llmscratch.data.prepare import PrepareConfig, prepare
+from llmscratch.model import GPT, get_preset
 from llmscratch.runs.checkpoint import latest_checkpoint
 from llmscratch.runs.run import Run
 from llmscratch.tokenizer import train_bpe
@@ -129,3 +131,73 @@ def test_muon_under_ddp_two_processes_match_one(tmp_path, data):
     pretrain(tmp_path / "one", data, 1, "train.optimizer=muon")
     pretrain(tmp_path / "ddp", data, 2, "train.optimizer=muon", "train.parallel=ddp")
     assert_same_losses(tmp_path / "ddp", tmp_path / "one")
+
+
+# --- the loop divides by the units of every rank, not by a count per rank ---------------
+
+MASKED_STEP = """
+import json, sys
+from pathlib import Path
+import torch
+from safetensors.torch import save_file
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from llmscratch.distributed import close_distributed, init_distributed
+from llmscratch.model import GPT, get_preset
+from llmscratch.runs.checkpoint import TrainState
+from llmscratch.runs.config import TrainConfig
+from llmscratch.runs.run import Run
+from llmscratch.training.loop import LoopConfig, Trainer
+from llmscratch.training.objectives import NextTokenPrediction
+from llmscratch.training.optim import Schedule
+from llmscratch.training.parallel import parallelize
+from tests.test_loop import Batches, masked_batches
+
+out, parallel = Path(sys.argv[1]), sys.argv[2]
+cpu = torch.device("cpu")
+info = init_distributed(cpu)
+torch.manual_seed(1)
+model = GPT(get_preset("gpt2-tiny"))  # the same start on every rank
+model = parallelize(model, TrainConfig(parallel=parallel), info, cpu)
+optimizer = torch.optim.SGD([{"params": list(model.parameters()), "initial_lr": 0.1}], lr=0.1)
+trainer = Trainer(model, NextTokenPrediction(cpu), Batches([masked_batches()[info.rank]]),
+                  optimizer, Schedule(peak_lr=0.1, warmup_steps=0),
+                  LoopConfig(max_steps=1, grad_clip=0.0), Run(out), cpu, info)
+loss = trainer.train_step(TrainState())["loss"]
+weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+if info.is_main:
+    save_file({k: v.contiguous() for k, v in weights.items() if k != "lm_head.weight"},
+              out / "weights.safetensors")
+    (out / "loss.json").write_text(json.dumps(loss))
+close_distributed()
+"""
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_ranks_with_different_masks_step_like_one_process_with_the_whole_batch(
+        tmp_path, parallel):
+    """Rank 0 trains on 3 tokens and rank 1 on 28: the step must be the mean over all 31,
+    as one process computes it from both micro-batches (tests/test_loop.py)."""
+    from tests.test_loop import masked_batches
+
+    script = tmp_path / "masked_step.py"
+    script.write_text(MASKED_STEP)
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": repo}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node=2", str(script), str(tmp_path), parallel],
+                          env=env, capture_output=True, text=True, timeout=300, cwd=repo)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    first, second = masked_batches()
+    inputs, targets = torch.cat([first[0], second[0]]), torch.cat([first[1], second[1]])
+    torch.manual_seed(1)
+    reference = GPT(get_preset("gpt2-tiny"))
+    loss = torch.nn.functional.cross_entropy(reference.logits(reference(inputs)).flatten(0, 1),
+                                             targets.flatten(), ignore_index=-100)
+    loss.backward()
+    assert json.loads((tmp_path / "loss.json").read_text()) == pytest.approx(loss.item(),
+                                                                               rel=1e-6)
+    got = load_file(tmp_path / "weights.safetensors")
+    for name, param in reference.named_parameters():
+        torch.testing.assert_close(got[name], param.detach() - 0.1 * param.grad,
+                                   atol=1e-6, rtol=1e-5)

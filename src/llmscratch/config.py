@@ -95,6 +95,10 @@ def to_dict(config: Any) -> dict:
 
 def apply_overrides(data: dict, overrides: Sequence[str], sections: Sequence[str]) -> dict:
     """Set dotted keys (`train.lr=3e-4`) in a nested dict, parsing values as YAML scalars."""
+    for section, values in data.items():
+        if values is not None and not isinstance(values, dict):
+            raise LLMScratchError(f"config section {section!r} must be a mapping of keys to "
+                                  f"values, got {values!r}")
     data = {section: dict(values or {}) for section, values in data.items()}
     for item in overrides:
         if "=" not in item:

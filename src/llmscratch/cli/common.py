@@ -11,6 +11,8 @@ import argparse
 import re
 import sys
 
+from llmscratch.errors import LLMScratchError
+
 _OVERRIDE = re.compile(r"^(model|data|train)\.\w+=")
 
 
@@ -35,9 +37,8 @@ def add_group(subparsers, name: str, summary: str, examples: str, dest: str):
     commands = group.add_subparsers(dest=dest, metavar="COMMAND")
 
     def missing(args: argparse.Namespace) -> int:
-        choices = ", ".join(commands.choices)
-        group.error(f"{name} needs a command: {choices}")
-        return 2
+        raise LLMScratchError(f"{name} needs a command: {', '.join(commands.choices)} "
+                              f"(see `{group.prog} --help`)")
 
     group.set_defaults(func=missing)
     return commands

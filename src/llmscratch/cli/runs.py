@@ -2,7 +2,7 @@
 
     llmscratch checkpoint verify RUN          check every checkpoint against its manifest
     llmscratch checkpoint export RUN --out F  the newest weights as one safetensors file
-    llmscratch plot RUN                       redraw the plots from metrics.jsonl
+    llmscratch plot RUN                       redraw the plots from the run's metrics
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from llmscratch.errors import LLMScratchError
 
 
 def register(sub) -> None:
-    p = add_command(sub, "plot", "Redraw a run's plots from its metrics.jsonl.",
+    p = add_command(sub, "plot", "Redraw a run's plots from its metrics.",
                     "  llmscratch plot runs/demo\n")
     p.add_argument("run", help="run directory")
     p.set_defaults(func=cmd_plot)

@@ -78,7 +78,7 @@ def split_train_val(text: str, val_fraction: float = VALIDATION_FRACTION) -> tup
     """
     data = text.encode("utf-8")
     cut = len(data) - int(len(data) * val_fraction)
-    while cut > 0 and (data[cut] & 0xC0) == 0x80:  # a UTF-8 continuation byte
+    while 0 < cut < len(data) and (data[cut] & 0xC0) == 0x80:  # a UTF-8 continuation byte
         cut -= 1
     return data[:cut].decode("utf-8"), data[cut:].decode("utf-8")
 

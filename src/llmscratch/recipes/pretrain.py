@@ -118,6 +118,7 @@ def pretrain(config: RunConfig, out_dir: Path, overwrite: bool = False) -> Pretr
         # with it; the other ranks read the tokenizer from there.
         data = load_data(config, info) if info.is_main else None
         if info.is_main:
+            _check_windows(config, data)
             stop_ids = [data.tokenizer.special_tokens[t] for t in END_OF_TEXT_TOKENS
                         if t in data.tokenizer.special_tokens]
             Run.create(out_dir, config, RunInfo(kind="pretrain",
@@ -150,6 +151,13 @@ def _check_seq_len(config: RunConfig) -> None:
         raise LLMScratchError(
             f"train.seq_len={config.train.seq_len} is longer than model.context_length="
             f"{config.model.context_length}; lower train.seq_len")
+
+
+def _check_windows(config: RunConfig, data: RunData) -> None:
+    """Fail now, before the run exists, if the training text holds no window to train on."""
+    cfg = config.train
+    TokenWindows(data.train_arrays, cfg.seq_len or config.model.context_length, cfg.batch_size,
+                 cfg.seed)
 
 
 def _check_same_model(model: ModelConfig, saved: RunConfig | None, ckpt: Path) -> None:

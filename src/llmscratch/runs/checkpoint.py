@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 import random
 import shutil
 import sys
@@ -389,6 +390,9 @@ def load_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.O
         load_weights(unwrap(model), ckpt, manifest)
         try:
             optimizer.load_state_dict(torch.load(ckpt / OPTIMIZER, weights_only=True))
+        except pickle.UnpicklingError as err:  # not tensors and numbers: never unpickled
+            raise LLMScratchError(f"{ckpt / OPTIMIZER} holds more than optimizer state "
+                                  f"({_reason(err)}); refusing to load it") from None
         except (ValueError, KeyError, RuntimeError) as err:
             raise LLMScratchError(f"the optimizer state in {ckpt} does not fit this run "
                                   f"({_reason(err)}); resume with the run's own "

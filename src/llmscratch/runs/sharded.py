@@ -72,21 +72,28 @@ class _MetadataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"{module}.{name} is not checkpoint metadata")
 
 
+def read_metadata(folder: Path) -> dcp_metadata.Metadata:
+    """A sharded checkpoint's metadata, read by `_MetadataUnpickler`; anything else refused."""
+    path = Path(folder) / ".metadata"
+    try:
+        with path.open("rb") as f:
+            metadata = _MetadataUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError) as err:
+        raise LLMScratchError(
+            f"{path} is not a sharded checkpoint's metadata ({err}); refusing to load it "
+            "(sharded checkpoints are for runs you trust)") from None
+    if not isinstance(metadata, dcp_metadata.Metadata) or not all(
+            isinstance(v, _StorageInfo) for v in (metadata.storage_data or {}).values()):
+        raise LLMScratchError(f"{path} is not a sharded checkpoint's metadata; refusing to "
+                              "load it")
+    return metadata
+
+
 class _SafeReader(FileSystemReader):
-    """DCP's file reader, with the metadata read by `_MetadataUnpickler`."""
+    """DCP's file reader, with the metadata read by `read_metadata`."""
 
     def read_metadata(self, *args, **kwargs) -> dcp_metadata.Metadata:
-        path = Path(self.path) / ".metadata"
-        try:
-            with path.open("rb") as f:
-                metadata = _MetadataUnpickler(f).load()
-        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as err:
-            raise LLMScratchError(
-                f"{path} is not a sharded checkpoint's metadata ({err}); refusing to load it "
-                "(sharded checkpoints are for runs you trust)") from None
-        if not isinstance(metadata, dcp_metadata.Metadata) or not all(
-                isinstance(v, _StorageInfo) for v in (metadata.storage_data or {}).values()):
-            raise LLMScratchError(f"{path} is not a sharded checkpoint's metadata")
+        metadata = read_metadata(Path(self.path))
         if metadata.storage_meta is None:
             metadata.storage_meta = dcp_metadata.StorageMeta()
         metadata.storage_meta.load_id = self.load_id
@@ -105,6 +112,7 @@ class _WeightsOnlyPlanner(DefaultLoadPlanner):
 
 
 def _load(state: dict, path: Path) -> None:
+    read_metadata(path)  # refused here, in one clear line, before DCP reads anything
     dcp.load(state, storage_reader=_SafeReader(str(path)), planner=_WeightsOnlyPlanner())
 
 
