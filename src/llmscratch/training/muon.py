@@ -118,7 +118,7 @@ class Muon(torch.optim.Optimizer):
         A small model has dozens of small matrices; Newton-Schulz on each alone
         spends much of its time starting matmuls. Matrices of one shape (a tall
         one counted as its transpose) go through it together, as a batch: 17
-        instead of 39 ms a step for the demo model in bf16 (docs/benchmarks.md).
+        instead of 39 ms a step for the demo model in bf16 (docs/benchmarks.md, "Demo quality").
         """
         by_shape: dict[tuple[int, int], list[tuple]] = {}
         for piece, direction, lr in pending:

@@ -8,10 +8,10 @@ only worth it where bfloat16 matmuls are fast:
   cores: bf16 is the right choice there;
 - CPUs differ. Those with bf16 dot-product instructions (x86 AVX512_BF16 or
   AMX, Arm's BF16 extension) can multiply bf16 faster than fp32 (about 2.2x
-  on the AVX512_BF16 EPYC of docs/benchmarks.md); on one without them,
+  on the AVX512_BF16 EPYC of docs/benchmarks.md, "Machines"); on one without them,
   PyTorch falls back to a plain loop that can be a hundred times *slower*
   than fp32 (measured: 0.8 against 85 GFLOP/s on an AVX2-only
-  2-core EPYC; docs/benchmarks.md).
+  2-core EPYC; docs/benchmarks.md, "Machines").
 
 So "auto" asks the hardware: `torch.cuda.is_bf16_supported()` on a GPU,
 and on a CPU a few milliseconds of timing the same matmul in both dtypes.
