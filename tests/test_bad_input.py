@@ -88,6 +88,9 @@ CASES = {
     "resume with lr nan": (["pretrain", "--resume", "{run}", "train.lr=nan"], "finite"),
     "export over an existing file": (
         ["checkpoint", "export", "{run}", "--out", "{w}"], "already exists"),
+    "data prepare --overwrite of a folder that is not prepared data": (
+        ["data", "prepare", "--data", "{text}", "--tokenizer", "gpt2", "--out", "{notrun}",
+         "--overwrite"], "is not prepared data"),
     "to-hf into a folder that is not a model": (
         ["convert", "to-hf", "{run}", "{notrun}", "--overwrite"], "not a Hugging Face model"),
     # values that mean nothing

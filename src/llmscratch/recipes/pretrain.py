@@ -77,6 +77,35 @@ class PretrainResult:
     steps: int = 0  # optimizer steps done in all (train.max_steps unless stopped early)
 
 
+class SampleText(Callback):
+    """Text from the model for each of `prompts`, every `every` steps (0: only at the end),
+    appended to the run's samples.md."""
+
+    def __init__(self, model: GPT, data: RunData, run: Run, prompts: list[str], tokens: int,
+                 seed: int, every: int, info: DistInfo) -> None:
+        self.model, self.tokenizer, self.run, self.info = model, data.tokenizer, run, info
+        self.prompts = [p for p in prompts if p] if tokens > 0 else []
+        self.every = every
+        self.sampling = SamplingConfig(max_new_tokens=max(tokens, 1), temperature=0.8, top_k=50,
+                                       seed=seed)
+        self.stop_ids = run.generation_settings().stop_token_ids
+
+    def on_step_end(self, trainer: Trainer, state: TrainState) -> None:
+        if self.every and state.step % self.every == 0:
+            self.sample(state.step)
+            trainer.restart_throughput_window()  # sampling is not training time
+
+    def sample(self, step: int) -> list[tuple[str, str]]:
+        outs = []
+        for prompt in self.prompts:  # every rank generates (FSDP needs all), rank 0 writes
+            ids = generate(self.model, self.tokenizer.encode(prompt), self.sampling,
+                           self.stop_ids, self.tokenizer.vocab_size)
+            outs.append((prompt, self.tokenizer.decode(ids)))
+        if self.info.is_main and outs:
+            write_samples(self.run.samples_path, step, outs)
+        return outs
+
+
 def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -262,32 +291,3 @@ def _finish(config: RunConfig, run: Run, model: GPT, data: RunData, samples: Sam
         plot_training(records, run.training_plot_path, title=run.path.name)
         write_report(run, config, result, model.num_params())
     return result
-
-
-class SampleText(Callback):
-    """Text from the model for each of `prompts`, every `every` steps (0: only at the end),
-    appended to the run's samples.md."""
-
-    def __init__(self, model: GPT, data: RunData, run: Run, prompts: list[str], tokens: int,
-                 seed: int, every: int, info: DistInfo) -> None:
-        self.model, self.tokenizer, self.run, self.info = model, data.tokenizer, run, info
-        self.prompts = [p for p in prompts if p] if tokens > 0 else []
-        self.every = every
-        self.sampling = SamplingConfig(max_new_tokens=max(tokens, 1), temperature=0.8, top_k=50,
-                                       seed=seed)
-        self.stop_ids = run.generation_settings().stop_token_ids
-
-    def on_step_end(self, trainer: Trainer, state: TrainState) -> None:
-        if self.every and state.step % self.every == 0:
-            self.sample(state.step)
-            trainer.restart_throughput_window()  # sampling is not training time
-
-    def sample(self, step: int) -> list[tuple[str, str]]:
-        outs = []
-        for prompt in self.prompts:  # every rank generates (FSDP needs all), rank 0 writes
-            ids = generate(self.model, self.tokenizer.encode(prompt), self.sampling,
-                           self.stop_ids, self.tokenizer.vocab_size)
-            outs.append((prompt, self.tokenizer.decode(ids)))
-        if self.info.is_main and outs:
-            write_samples(self.run.samples_path, step, outs)
-        return outs
