@@ -1,0 +1,233 @@
+"""A run's configuration: the typed sections of its config.yaml.
+
+    model:  ModelConfig  (model/config.py) - the architecture
+    data:   DataConfig   - which text, which tokenizer, how it is split
+    train:  TrainConfig  - optimisation, schedule, evaluation, checkpoints
+
+A YAML file gives any subset of fields; `model.preset: NAME` starts the
+model section from a named preset. Overrides on the command line use dotted
+keys, e.g. `train.max_steps=200 model.n_layer=4` (config.py: how they are
+checked). A run saves its resolved config as config.yaml (runs/run.py);
+an imported model's run holds only its model section.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from llmscratch.config import apply_overrides, from_dict, read_yaml, to_dict
+from llmscratch.errors import LLMScratchError
+from llmscratch.io import atomic_write_text
+from llmscratch.model.config import ModelConfig
+from llmscratch.tokenizer.patterns import PATTERNS
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from and how it becomes tokens.
+
+    Fields:
+        files: text files, directories or globs; empty means the embedded
+            Shakespeare corpus (data/corpus.py).
+        val_fraction: final fraction of the UTF-8 bytes held out for validation.
+        tokenizer: directory of a saved tokenizer, or "gpt2"; empty means train
+            one on the training text with the two fields below.
+        vocab_size: vocabulary size when a tokenizer is trained here.
+        pattern: pre-tokenizer regex for training: "gpt2" or "gpt4".
+        prepared: a directory written by `llmscratch data prepare`; when set, training
+            reads its token shards (memory-mapped) instead of `files`, and its tokenizer.
+        verify: check each prepared shard's SHA-256 against the manifest at start.
+    """
+
+    files: list[str] = field(default_factory=list)
+    val_fraction: float = 0.1
+    tokenizer: str = ""
+    vocab_size: int = 4096
+    pattern: str = "gpt2"
+    prepared: str = ""
+    verify: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise LLMScratchError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.pattern not in PATTERNS:
+            raise LLMScratchError(f"data.pattern must be one of {', '.join(PATTERNS)}, "
+                                  f"got {self.pattern!r}")
+        if self.vocab_size < 257:
+            raise LLMScratchError(f"data.vocab_size must be at least 257 (the 256 bytes and "
+                                  f"<|endoftext|>), got {self.vocab_size}")
+
+
+@dataclass
+class TrainConfig:
+    """How a run trains: the train section of its config.yaml.
+
+    The loop reads its share as a `LoopConfig` (training/loop.py: steps,
+    accumulation, clipping, precision, logging, validation, checkpoints, the
+    time limit), the optimizer and schedule theirs (training/optim.py). A few
+    fields are the pretraining recipe's alone: budget_seconds, the samples
+    (sample_every, sample_tokens, prompts) and the parallel setup.
+
+    Fields:
+        max_steps: optimizer steps in the whole run.
+        max_seconds: a safety limit: stop after this many seconds of training in this
+            process, even before max_steps, then evaluate and checkpoint as at the end
+            (0 = no limit). `--resume` continues towards max_steps.
+        budget_seconds: size the run to this machine: after timing the first steps, lower
+            max_steps so that training takes about this many seconds (never raises it;
+            0 = off). With schedule "wsd" the length is planned again every 100 steps
+            until the decay begins. The chosen max_steps is written to the run's
+            config.yaml.
+        batch_size: sequences per micro-batch, in each process.
+        grad_accum: micro-batches summed into one optimizer step.
+        global_batch: sequences per optimizer step over all processes; when set, grad_accum
+            is derived from it (it must divide by batch_size x processes). 0 = not set.
+        seq_len: tokens per sequence; 0 means the model's context length.
+        lr: peak learning rate, reached after `warmup_steps`.
+        schedule: "cosine" (warm-up, cosine decay) or "wsd" (warm-up, stable, decay).
+        min_lr_ratio: the decay ends at lr * min_lr_ratio.
+        decay_fraction: wsd only: the final fraction of steps that decays linearly.
+        warmup_steps: linear warm-up from 0 to lr.
+        optimizer: "adamw", or "muon": Muon (training/muon.py) for the weight matrices
+            inside the blocks, AdamW for embeddings, output layer and vectors.
+        weight_decay: AdamW decay on matrices (not on biases, norms, embeddings' positions).
+        beta1, beta2: AdamW moment coefficients.
+        muon_lr: optimizer=muon: peak learning rate of the block matrices (train.lr is
+            the AdamW parameters'); the schedule scales both alike.
+        muon_momentum: optimizer=muon: the matrices' (Nesterov) momentum.
+        muon_weight_decay: optimizer=muon: decoupled decay of the block matrices
+            (each step shrinks them by muon_lr x this).
+        grad_clip: clip the global gradient norm to this (0 = off).
+        dtype: "bf16" (autocast: matmuls in bfloat16, weights fp32), "fp32", or "auto":
+            bf16 where this hardware runs it faster than fp32 (training/precision.py).
+        device: "auto" (cuda if present), "cpu" or "cuda".
+        compile: compile the model's forward with torch.compile.
+        activation_checkpointing: recompute each block's activations in backward
+            (less memory, about a third more compute).
+        parallel: under torchrun: "ddp" (replicate the model) or "fsdp" (shard it, FSDP2).
+        peak_flops: peak FLOP/s of one device, for MFU; 0 = known GPUs only (CPUs: measure
+            it, e.g. with bench/train_speed.py, and set it).
+        seed: seeds the weights and the batch order.
+        log_every: steps between metric lines in metrics.jsonl.
+        eval_every: steps between validation passes (0 = only at the end).
+        eval_batches: batches per periodic validation (the final one reads all of it).
+        checkpoint_every: steps between checkpoints (0 = only at the end).
+        keep_checkpoints: how many of the newest checkpoints to keep.
+        tensorboard: also write TensorBoard event files to RUN/tensorboard.
+        sample_every: steps between text samples (0 = only at the end).
+        sample_tokens: length of each sample, in tokens.
+        prompts: sample prompts.
+    """
+
+    max_steps: int = 1000
+    max_seconds: float = 0.0
+    budget_seconds: float = 0.0
+    batch_size: int = 16
+    grad_accum: int = 1
+    global_batch: int = 0
+    seq_len: int = 0
+    lr: float = 1e-3
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    decay_fraction: float = 0.2
+    warmup_steps: int = 50
+    optimizer: str = "adamw"
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
+    muon_weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    dtype: str = "auto"
+    device: str = "auto"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    parallel: str = "ddp"
+    peak_flops: float = 0.0
+    seed: int = 1337
+    log_every: int = 10
+    eval_every: int = 200
+    eval_batches: int = 20
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    tensorboard: bool = False
+    sample_every: int = 0
+    sample_tokens: int = 200
+    prompts: list[str] = field(default_factory=lambda: ["ROMEO:\n", "HAMLET:\nTo be"])
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "grad_accum"):
+            if getattr(self, name) <= 0:
+                raise LLMScratchError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.dtype not in ("auto", "bf16", "fp32"):
+            raise LLMScratchError(
+                f"train.dtype must be 'auto', 'bf16' or 'fp32', got {self.dtype!r}")
+        if self.max_seconds < 0 or self.budget_seconds < 0:
+            raise LLMScratchError("train.max_seconds and train.budget_seconds must be >= 0")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise LLMScratchError(
+                f"train.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}"
+            )
+        if self.warmup_steps < 0 or self.lr <= 0:
+            raise LLMScratchError("train.lr must be > 0 and train.warmup_steps >= 0")
+        if self.schedule not in ("cosine", "wsd"):
+            raise LLMScratchError(
+                f"train.schedule must be 'cosine' or 'wsd', got {self.schedule!r}")
+        if not 0.0 <= self.decay_fraction <= 1.0:
+            raise LLMScratchError(
+                f"train.decay_fraction must be in [0, 1], got {self.decay_fraction}")
+        if self.optimizer not in ("adamw", "muon"):
+            raise LLMScratchError(
+                f"train.optimizer must be 'adamw' or 'muon', got {self.optimizer!r}")
+        if self.optimizer == "muon" and self.parallel == "fsdp":
+            raise LLMScratchError("train.optimizer=muon needs whole matrices; it does not run "
+                                  "with train.parallel=fsdp yet: use train.parallel=ddp")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise LLMScratchError(f"train.parallel must be 'ddp' or 'fsdp', got {self.parallel!r}")
+        if self.keep_checkpoints < 1 or self.global_batch < 0 or self.peak_flops < 0:
+            raise LLMScratchError("train.keep_checkpoints must be >= 1, train.global_batch and "
+                                  "train.peak_flops >= 0")
+        for name in ("log_every", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise LLMScratchError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_every", "checkpoint_every", "sample_every", "sample_tokens",
+                     "seq_len", "grad_clip", "weight_decay", "muon_weight_decay"):
+            if getattr(self, name) < 0:
+                raise LLMScratchError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.muon_lr <= 0:
+            raise LLMScratchError(f"train.muon_lr must be > 0, got {self.muon_lr}")
+        for name in ("beta1", "beta2", "muon_momentum"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise LLMScratchError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise LLMScratchError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run; saved as config.yaml in the run directory."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+SECTIONS = tuple(f.name for f in fields(RunConfig))
+
+
+def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> RunConfig:
+    """Read a YAML config (or start from defaults), apply overrides, validate."""
+    data = read_yaml(path) if path is not None else {}
+    return from_dict(RunConfig, apply_overrides(data, overrides, SECTIONS))
+
+
+def save_config(config: RunConfig, path: Path, sections: typing.Sequence[str] = SECTIONS
+                ) -> None:
+    """Write the resolved config (its `sections`) as YAML, atomically."""
+    document = {name: value for name, value in to_dict(config).items() if name in sections}
+    atomic_write_text(path, yaml.safe_dump(document, sort_keys=False))

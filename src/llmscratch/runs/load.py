@@ -1,0 +1,81 @@
+"""A run's newest model, ready for inference: what `generate`, `eval` and export read.
+
+    model = load_model(run)                        # eval mode, on the CPU, in its own dtype
+    model, tokenizer, settings = load_for_inference("runs/demo", device="cuda", dtype="bf16")
+
+The weights come from the newest checkpoint, verified against its manifest,
+and the architecture from the config that checkpoint was written with (so an
+edited config.yaml cannot make the weights be read as another model). A run
+whose checkpoints hold only what it trained (a fine-tuned head, LoRA
+adapters) names a base run in run.json: the base model is loaded first and
+the run's tensors replace those it holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from llmscratch.errors import LLMScratchError
+from llmscratch.model import GPT
+from llmscratch.model.config import DTYPES, torch_dtype
+from llmscratch.runs import sharded
+from llmscratch.runs.checkpoint import (
+    checkpoint_config,
+    is_sharded_checkpoint,
+    latest_checkpoint,
+    load_weights,
+    read_weights,
+    verify_checkpoint,
+)
+from llmscratch.runs.run import GenerationSettings, Run
+from llmscratch.tokenizer import Tokenizer
+
+MAX_BASE_DEPTH = 8  # a run built on a run built on ...: more than this is a cycle
+
+
+def load_model(run: Run, checkpoint: str | None = None, _depth: int = 0) -> GPT:
+    """The model of `run`'s newest checkpoint (or the one named), on the CPU, in eval mode."""
+    if _depth > MAX_BASE_DEPTH:
+        raise LLMScratchError(f"{run.path}: base runs nest more than {MAX_BASE_DEPTH} deep "
+                              "(a cycle in run.json?)")
+    if checkpoint is None:
+        ckpt = latest_checkpoint(run)
+        manifest = verify_checkpoint(ckpt, run)
+    else:
+        ckpt = run.checkpoints_dir / checkpoint
+        if not ckpt.is_dir():
+            raise LLMScratchError(f"{run.path} has no checkpoint {checkpoint}")
+        manifest = verify_checkpoint(ckpt, run)
+    config = (checkpoint_config(ckpt) or run.read_config()).model
+    base = run.base_run()
+    if base is not None:
+        model = load_model(*base, _depth=_depth + 1)
+        load_weights(model, ckpt, manifest)  # the run's own tensors over the base's
+    elif is_sharded_checkpoint(manifest):
+        model = GPT(config)
+        sharded.load_model(model, ckpt / sharded.DCP_DIR)
+    else:
+        # Built on the meta device, the model adopts the tensors in their own dtype:
+        # no random initialisation and no second copy (imported models can be large).
+        model = GPT.from_state_dict(config, read_weights(ckpt))
+    return model.eval()
+
+
+def load_for_inference(path: str | Path, device: str | torch.device = "cpu",
+                       dtype: str | None = None) -> tuple[GPT, Tokenizer, GenerationSettings]:
+    """(model, tokenizer, generation settings) of the run at `path`.
+
+    The model is in eval mode on `device`, its weights in `dtype` ("fp32",
+    "bf16"; None keeps the checkpoint's).
+    """
+    if dtype is not None and dtype not in DTYPES:
+        raise LLMScratchError(f"unsupported dtype {dtype!r}; choose {' or '.join(DTYPES)}")
+    run = Run.open(path)
+    model = load_model(run)
+    if dtype is not None:
+        model = model.to(torch_dtype(dtype))
+        model.config = replace(model.config, dtype=dtype)
+    return model.to(device), run.tokenizer(), run.generation_settings()

@@ -1,0 +1,364 @@
+"""A run directory, and the one place that knows its layout.
+
+    RUN/
+      run.json                    what the run is: its kind, its base run, generation settings
+      config.yaml                 the resolved RunConfig (an imported model: its model section)
+      tokenizer/tokenizer.json    the tokenizer the model reads
+      checkpoints/step-NNNNNNNN/  complete checkpoints (runs/checkpoint.py)
+      checkpoints/latest          the name of the newest one
+      metrics.jsonl               one JSON record per logged step (runs/metrics.py)
+      loss.png, training.png      plots of the metrics
+      samples.md, report.md       what a pretraining run wrote about itself
+      tensorboard/                event files, when asked for
+      hf/                         an imported model's own tokenizer files and chat template
+      .lock                       held by the process that trains the run
+
+Every command that reads or writes a run goes through `Run`: nothing else
+spells these names. A directory is a run when it holds config.yaml and
+either run.json or checkpoints/latest (runs made before run.json existed).
+
+Creating never destroys what is not ours. `Run.create` refuses a folder
+that is not a run, replaces a run only when asked, and builds the new run
+in a temporary folder beside it that is renamed into place at the end: a
+failure or a kill leaves the old run, or nothing, never half of each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmscratch.errors import LLMScratchError
+from llmscratch.io import atomic_write_json, read_json
+from llmscratch.runs.config import SECTIONS, RunConfig, load_config, save_config
+from llmscratch.runs.metrics import MetricsLog
+from llmscratch.tokenizer import Tokenizer
+
+INFO_FORMAT = "llmscratch-run"
+INFO_VERSION = 1
+# Special tokens that end a text, for runs that do not name their own stop ids
+# (ours: <|endoftext|>; Llama 3's base models: <|end_of_text|>).
+END_OF_TEXT_TOKENS = ("<|endoftext|>", "<|end_of_text|>")
+
+
+@dataclass
+class GenerationSettings:
+    """How to generate with a run's model: when to stop, and how to lay out a chat.
+
+    stop_token_ids: generation ends at any of these (the token itself is not output).
+    chat_template: a Jinja chat template (an imported model's own), or None.
+    """
+
+    stop_token_ids: list[int] = field(default_factory=list)
+    chat_template: str | None = None
+
+
+@dataclass
+class BaseRun:
+    """The run whose weights a run builds on, when its checkpoints hold only what it trains.
+
+    run: the base run's directory: relative to this run's directory, or absolute.
+    checkpoint: the base checkpoint's name (step-NNNNNNNN).
+    """
+
+    run: str
+    checkpoint: str
+
+
+@dataclass
+class RunInfo:
+    """run.json: what a run is.
+
+    kind: "pretrain" (trained here) or "import" (converted from Hugging Face).
+    source: where an imported model came from.
+    base: the run this one builds on (fine-tuning), or None.
+    """
+
+    kind: str = "pretrain"
+    source: str = ""
+    base: BaseRun | None = None
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+
+    def to_json(self) -> dict:
+        return {
+            "format": INFO_FORMAT, "version": INFO_VERSION, "kind": self.kind,
+            "source": self.source,
+            "base": None if self.base is None else vars(self.base),
+            "generation": vars(self.generation),
+        }
+
+    @classmethod
+    def from_json(cls, document: dict, path: Path) -> RunInfo:
+        if document.get("format") != INFO_FORMAT or document.get("version") != INFO_VERSION:
+            raise LLMScratchError(f"{path} is not a version-{INFO_VERSION} {INFO_FORMAT} file")
+        try:
+            base = document.get("base")
+            generation = GenerationSettings(**document.get("generation") or {})
+            if not all(isinstance(i, int) for i in generation.stop_token_ids):
+                raise TypeError("stop_token_ids must be integers")
+            return cls(kind=str(document["kind"]), source=str(document.get("source", "")),
+                       base=BaseRun(**base) if base else None, generation=generation)
+        except (KeyError, TypeError) as err:
+            raise LLMScratchError(f"{path} is corrupt ({err})") from None
+
+
+class Run:
+    """A run directory: its files by role, and how to create, open and lock it."""
+
+    CONFIG = "config.yaml"
+    INFO = "run.json"
+    TOKENIZER = "tokenizer"
+    CHECKPOINTS = "checkpoints"
+    LATEST = "latest"
+    METRICS = "metrics.jsonl"
+    LOCK = ".lock"
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    # --- the layout ------------------------------------------------------------------
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def info_path(self) -> Path:
+        return self.path / self.INFO
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.path / self.TOKENIZER
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / self.CHECKPOINTS
+
+    @property
+    def latest_path(self) -> Path:
+        return self.checkpoints_dir / self.LATEST
+
+    @property
+    def metrics(self) -> MetricsLog:
+        return MetricsLog(self.path / self.METRICS)
+
+    @property
+    def loss_plot_path(self) -> Path:
+        return self.path / "loss.png"
+
+    @property
+    def training_plot_path(self) -> Path:
+        return self.path / "training.png"
+
+    @property
+    def samples_path(self) -> Path:
+        return self.path / "samples.md"
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / "report.md"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def hf_dir(self) -> Path:
+        """An imported model's own tokenizer files and chat template, kept for export."""
+        return self.path / "hf"
+
+    def checkpoint_dir(self, step: int) -> Path:
+        return self.checkpoints_dir / f"step-{step:08d}"
+
+    def checkpoint_dirs(self) -> list[Path]:
+        """Every checkpoint folder, oldest first (hidden, half-written ones excluded)."""
+        if not self.checkpoints_dir.is_dir():
+            return []
+        return sorted(p for p in self.checkpoints_dir.glob("step-*") if p.is_dir())
+
+    # --- what is a run ---------------------------------------------------------------
+
+    @classmethod
+    def is_run(cls, path: str | os.PathLike) -> bool:
+        path = Path(path)
+        return (path / cls.CONFIG).is_file() and (
+            (path / cls.INFO).is_file() or (path / cls.CHECKPOINTS / cls.LATEST).is_file())
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> Run:
+        """An existing run, or one line saying why `path` is not one."""
+        path = Path(path)
+        if not path.exists():
+            raise LLMScratchError(f"run directory {path} not found")
+        if not cls.is_run(path):
+            raise LLMScratchError(
+                f"{path} is not a run directory (no config.yaml with run.json or "
+                "checkpoints/latest); give the --out directory of a pretrain run or of "
+                "`llmscratch convert from-hf`")
+        return cls(path)
+
+    @classmethod
+    def check_new(cls, path: str | os.PathLike, overwrite: bool) -> None:
+        """Fail, changing nothing, unless a run may be created at `path`.
+
+        An empty or missing folder is fine; a run is replaced only with
+        `overwrite` and when no process holds it; anything else is refused.
+        """
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise LLMScratchError(f"{path} is a file, not a directory; choose another --out")
+        if not path.is_dir() or not any(path.iterdir()):
+            return
+        if not cls.is_run(path):
+            raise LLMScratchError(
+                f"{path} exists and is not a run directory; nothing was changed: choose "
+                "another --out (only a run is ever replaced)")
+        if not overwrite:
+            raise LLMScratchError(
+                f"output directory {path} already exists; use --resume {path} to continue it, "
+                "--overwrite to replace it, or choose another --out")
+        cls(path).check_unlocked()
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, config: RunConfig, info: RunInfo,
+               tokenizer: Tokenizer, overwrite: bool = False,
+               fill: Callable[[Run], None] | None = None) -> Run:
+        """A new run at `path` with its run.json, config.yaml, tokenizer, and whatever
+        `fill(run)` writes into it (an imported model's weights).
+
+        Call it once everything the run needs has been checked: it is the
+        first step that changes anything. The run is written in a temporary
+        folder beside `path`, then renamed into place (replacing an old run
+        only with `overwrite`; see `check_new`).
+        """
+        path = Path(path)
+        cls.check_new(path, overwrite)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.new-"))
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a run is not
+        except OSError as err:
+            raise LLMScratchError(f"cannot create run directory {path}: {err.strerror}"
+                                  ) from None
+        try:
+            new = cls(tmp)
+            new.write_info(info)
+            new.save_config(config, info)
+            tokenizer.save(new.tokenizer_dir)
+            if fill is not None:
+                fill(new)
+            _move_into_place(tmp, path)
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise LLMScratchError(f"cannot create run directory {path}: {err.strerror}"
+                                  ) from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return cls(path)
+
+    # --- contents --------------------------------------------------------------------
+
+    def read_config(self, overrides=()) -> RunConfig:
+        return load_config(self.config_path, overrides)
+
+    def save_config(self, config: RunConfig, info: RunInfo | None = None) -> None:
+        """config.yaml; an imported model's run keeps only the model section (nothing of
+        pretraining, such as sample prompts, applies to it)."""
+        kind = (info or self.read_info()).kind
+        save_config(config, self.config_path, ("model",) if kind == "import" else SECTIONS)
+
+    def read_info(self) -> RunInfo:
+        """run.json; for a run made before run.json existed, what it must have been."""
+        if not self.info_path.is_file():
+            return RunInfo(generation=GenerationSettings(self._end_of_text_ids()))
+        return RunInfo.from_json(read_json(self.info_path, "the run's"), self.info_path)
+
+    def write_info(self, info: RunInfo) -> None:
+        atomic_write_json(self.info_path, info.to_json())
+
+    def tokenizer(self) -> Tokenizer:
+        return Tokenizer.load(self.tokenizer_dir)
+
+    def generation_settings(self) -> GenerationSettings:
+        return self.read_info().generation
+
+    def _end_of_text_ids(self) -> list[int]:
+        specials = self.tokenizer().special_tokens
+        return [specials[t] for t in END_OF_TEXT_TOKENS if t in specials]
+
+    def base_run(self) -> tuple[Run, str] | None:
+        """The run this one builds on and its checkpoint's name, or None."""
+        base = self.read_info().base
+        if base is None:
+            return None
+        return Run.open((self.path / base.run).resolve()), base.checkpoint
+
+    # --- one process at a time -------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run for this process; a second process trying to gets one clear line.
+
+        An advisory lock (flock) on RUN/.lock, released when the process ends,
+        however it ends: a killed run never leaves a stale lock behind.
+        """
+        try:
+            fd = os.open(self.path / self.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise LLMScratchError(f"cannot lock run {self.path}: {err.strerror}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                if err.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                raise LLMScratchError(self._in_use_message()) from None
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield
+        finally:
+            os.close(fd)
+
+    def check_unlocked(self) -> None:
+        """Fail if another process holds the run's lock (see `lock`)."""
+        if (self.path / self.LOCK).is_file():
+            with self.lock():
+                pass
+
+    def _in_use_message(self) -> str:
+        try:
+            pid = (self.path / self.LOCK).read_text().strip()
+        except OSError:
+            pid = "?"
+        return (f"run {self.path} is in use by another process (pid {pid}); wait for it to "
+                "finish, or stop it first")
+
+
+def _move_into_place(new: Path, path: Path) -> None:
+    """Rename the finished folder `new` to `path`, replacing what is there."""
+    if path.is_dir() and any(path.iterdir()):  # an old run (Run.check_new said so)
+        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+        os.replace(path, old / "run")
+        os.replace(new, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        if path.is_dir():
+            path.rmdir()
+        os.replace(new, path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
