@@ -171,12 +171,10 @@ def test_budget_seconds_sizes_the_run_and_records_its_length(tmp_path, small_tex
     assert saved.train.budget_seconds == 0
 
 
-def test_budget_seconds_plans_a_wsd_run_again_when_the_machine_slows_down(
-        tmp_path, small_text, monkeypatch):
-    # The budget's clock is replaced by one that only the training steps move: 1/64 s
-    # a step, then 1/16 s from step 30 on (sums exact in binary). A cosine run keeps
-    # the length planned at step 25; a WSD run plans again (here every 10 steps)
-    # until its decay begins, so it ends with fewer steps.
+def budget_runs(tmp_path, small_text, monkeypatch, seconds_per_step) -> dict[str, int]:
+    """Steps a cosine and a WSD run of a 2.5 s budget train, on a clock that only the
+    training steps move: `seconds_per_step(step)` a step (sums exact in binary). Plans are
+    made every 10 steps after the first, at step 25."""
     clock = [0.0]
 
     class StepClock:
@@ -186,11 +184,11 @@ def test_budget_seconds_plans_a_wsd_run_again_when_the_machine_slows_down(
 
     step = Trainer.train_step
 
-    def slowing_step(self, state):
-        clock[0] += 1 / 64 if state.step < 30 else 1 / 16
+    def timed_step(self, state):
+        clock[0] += seconds_per_step(state.step)
         return step(self, state)
 
-    monkeypatch.setattr(Trainer, "train_step", slowing_step)
+    monkeypatch.setattr(Trainer, "train_step", timed_step)
     monkeypatch.setattr(budget_module, "time", StepClock)
     monkeypatch.setattr(budget_module, "REPLAN_EVERY", 10)
     steps = {}
@@ -205,9 +203,28 @@ def test_budget_seconds_plans_a_wsd_run_again_when_the_machine_slows_down(
         saved = load_config(tmp_path / schedule / "config.yaml")
         assert saved.train.max_steps == steps[schedule]  # a resume keeps the last plan
         assert saved.train.budget_seconds == 0
-    # cosine: 25 + (2.5 - 25/64) x 64 = 160 steps; WSD: shortened at steps 35 and 45.
+    return steps
+
+
+def test_budget_seconds_plans_a_wsd_run_again_when_the_machine_slows_down(
+        tmp_path, small_text, monkeypatch):
+    # 1/64 s a step, then 1/16 s from step 30 on. A cosine run keeps the length planned at
+    # step 25: 25 + (2.5 - 25/64) x 64 = 160 steps; a WSD run plans again until its decay
+    # begins, so it ends with fewer steps.
+    steps = budget_runs(tmp_path, small_text, monkeypatch,
+                        lambda step: 1 / 64 if step < 30 else 1 / 16)
     assert steps["cosine"] == 160
     assert steps["wsd"] < 0.8 * steps["cosine"]
+
+
+def test_budget_seconds_plans_a_wsd_run_longer_when_the_machine_speeds_up(
+        tmp_path, small_text, monkeypatch):
+    # 1/32 s a step, then 1/128 s from step 30 on: cosine keeps 25 + (2.5 - 25/32) x 32 = 80
+    # steps; WSD plans again and trains longer (never past train.max_steps).
+    steps = budget_runs(tmp_path, small_text, monkeypatch,
+                        lambda step: 1 / 32 if step < 30 else 1 / 128)
+    assert steps["cosine"] == 80
+    assert 1.5 * steps["cosine"] < steps["wsd"] <= 1000
 
 
 def test_budget_seconds_never_lengthens_a_run(tmp_path, small_text):

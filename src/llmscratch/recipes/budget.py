@@ -13,8 +13,10 @@ step, so its length is fixed at that first plan. With WSD the learning rate
 holds its peak until the decay, so the length is planned again every
 REPLAN_EVERY steps from the speed so far, and fixed when the decay is about
 to begin: a machine whose speed changes still ends on time. Processes may
-time differently; they agree on the mean of their answers. Each plan is
-reported to `on_plan` (the recipe saves it in the run's config.yaml).
+time differently; they agree on the mean of their answers. A later plan may
+lengthen the run again when the machine has sped up, up to the configured
+max_steps. Each plan is reported to `on_plan` (the recipe saves it in the
+run's config.yaml).
 """
 
 from __future__ import annotations
@@ -41,12 +43,14 @@ class TimeBudget(Callback):
     def __init__(self, budget_seconds: float, on_plan: Callable[[int], None]) -> None:
         self.budget = budget_seconds
         self.on_plan = on_plan
+        self.cap = 0  # the configured max_steps: a plan never goes above it
         self.started = self.timed_from = 0.0
         self.steps = 0  # steps this process has trained
         self.decided = False
 
     def on_fit_start(self, trainer: Trainer, state: TrainState) -> None:
         self.started = time.perf_counter()
+        self.cap = trainer.cfg.max_steps
 
     def on_step_end(self, trainer: Trainer, state: TrainState) -> None:
         self.steps += 1
@@ -67,7 +71,7 @@ class TimeBudget(Callback):
         fits = int(all_reduce_mean(fits, trainer.info))
         # At least one more step: the loop's last step is the one that evaluates and
         # checkpoints, so the plan cannot end the run on a step that is already done.
-        planned = min(cfg.max_steps, max(fits, state.step + 1))
+        planned = min(self.cap, max(fits, state.step + 1))
         if first or planned != cfg.max_steps:
             trainer.say(f"train.budget_seconds={self.budget:g}: {per_step:.3f} s per step so "
                         f"far, so {planned} steps (train.max_steps was {cfg.max_steps})")
