@@ -32,12 +32,13 @@ def build_parser() -> Parser:
     )
     parser.add_argument("--version", action="version", version=f"llmscratch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # In the order of the pipeline.
     train.register(sub)
     tokenizer.register(sub)
-    convert.register(sub)
     data.register(sub)
-    runs.register(sub)
     generate.register(sub)
+    convert.register(sub)
+    runs.register(sub)
     return parser
 
 
