@@ -1,0 +1,117 @@
+"""The inference engine: many requests at once, continuous batching over a paged KV cache.
+
+    engine = Engine(model)
+    outputs = engine.generate([prompt_a, prompt_b], SamplingConfig(temperature=0))
+
+Each `step` asks the scheduler which sequences run (scheduler.py), builds
+one batch for the model (every sequence's not-yet-computed tokens, left
+padded; a `BatchCache` view of the paged cache, paged_cache.py), runs the
+model's forward pass, samples one token for each sequence from its last
+position, and lets finished sequences go. The model is the same one that
+trains: its attention reads and writes the cache through the view.
+
+Legend: B sequences in the step, T new tokens of the longest, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from collections.abc import Sequence as Seq
+
+import torch
+
+from llmscratch.errors import LLMScratchError
+from llmscratch.generation.block_manager import BlockManager
+from llmscratch.generation.paged_cache import BatchCache, PagedKVCache
+from llmscratch.generation.sampling import SamplingConfig, sample_next
+from llmscratch.generation.scheduler import Scheduler
+from llmscratch.generation.sequence import Sequence
+from llmscratch.model import GPT
+
+DEFAULT_BLOCK_SIZE = 16
+
+
+class Engine:
+    """Generates for many requests at once with one model (see the module docstring).
+
+    num_blocks: KV-cache blocks of `block_size` positions (default: room for
+    `max_batch` sequences of the full context length). vocab_size: the
+    tokenizer's, when the output layer is wider (ids past it are never drawn).
+    """
+
+    def __init__(self, model: GPT, num_blocks: int | None = None,
+                 block_size: int = DEFAULT_BLOCK_SIZE, max_batch: int = 32,
+                 max_batch_tokens: int = 4096, vocab_size: int | None = None) -> None:
+        self.model = model.eval()
+        self.device = model.lm_head.weight.device
+        context = model.config.context_length
+        blocks_per_sequence = -(-context // block_size)
+        num_blocks = num_blocks or max_batch * blocks_per_sequence
+        self.cache = PagedKVCache(model.config, num_blocks, block_size,
+                                  model.lm_head.weight.dtype, self.device)
+        self.blocks = BlockManager(num_blocks, block_size)
+        self.scheduler = Scheduler(self.blocks, max_batch, max_batch_tokens)
+        self.vocab_size = vocab_size
+
+    def add(self, prompt_ids: list[int], sampling: SamplingConfig,
+            stop_ids: Collection[int] = ()) -> Sequence:
+        """Queue a request; it joins the running batch as soon as there is room."""
+        context = self.model.config.context_length
+        if not prompt_ids:
+            raise LLMScratchError("the prompt is empty: give at least one token")
+        if len(prompt_ids) >= context:
+            raise LLMScratchError(f"the prompt is {len(prompt_ids)} tokens; the model's context "
+                                  f"length is {context}; shorten the prompt")
+        # A request must fit the cache on its own, or it could never run.
+        most_tokens = min(len(prompt_ids) + sampling.max_new_tokens, context)
+        if self.blocks.blocks_needed(most_tokens) > len(self.blocks.blocks):
+            raise LLMScratchError(f"a request of {most_tokens} tokens needs more KV-cache blocks "
+                                  f"than the engine has ({len(self.blocks.blocks)})")
+        seq = Sequence(list(prompt_ids), sampling, stop_ids)
+        self.scheduler.add(seq)
+        return seq
+
+    @torch.no_grad()
+    def step(self) -> list[tuple[Sequence, int]]:
+        """One forward pass over the scheduled sequences; returns each one's new token."""
+        seqs, _ = self.scheduler.schedule()
+        if not seqs:
+            return []
+        new = [seq.num_tokens - seq.num_computed for seq in seqs]
+        T = max(new)
+        inputs = torch.zeros(len(seqs), T, dtype=torch.int64)  # (B, T), left padded
+        for i, (seq, n) in enumerate(zip(seqs, new, strict=True)):
+            inputs[i, T - n:] = torch.tensor(seq.token_ids[seq.num_computed:])
+        view = BatchCache(self.cache, [s.block_table for s in seqs],
+                          [s.num_computed for s in seqs], new, self.device)
+        hidden = self.model(inputs.to(self.device), view, view.attention_mask)  # (B, T, D)
+        logits = self.model.logits(hidden[:, -1])[:, :self.vocab_size].float().cpu()  # (B, V)
+        produced = []
+        for seq, n, row in zip(seqs, new, logits, strict=True):
+            seq.num_computed += n
+            self.blocks.commit(seq)
+            token = int(sample_next(row[None], seq.sampling, seq.generator))
+            produced.append((seq, token))
+            self._append(seq, token)
+        return produced
+
+    def _append(self, seq: Sequence, token: int) -> None:
+        """Add a sampled token, or end the sequence (the stop token itself is not output)."""
+        context = self.model.config.context_length
+        if token in seq.stop_ids:
+            seq.finish_reason = "stop"
+        else:
+            seq.output_ids.append(token)
+            if len(seq.output_ids) >= seq.sampling.max_new_tokens or seq.num_tokens >= context:
+                seq.finish_reason = "length"
+        if seq.finish_reason is not None:
+            self.scheduler.finish(seq)
+
+    def generate(self, prompts: Seq[list[int]], sampling: SamplingConfig | Seq[SamplingConfig],
+                 stop_ids: Collection[int] = ()) -> list[list[int]]:
+        """Every prompt's new tokens, all generated together (in the prompts' order)."""
+        settings = [sampling] * len(prompts) if isinstance(sampling, SamplingConfig) else sampling
+        seqs = [self.add(p, s, stop_ids) for p, s in zip(prompts, settings, strict=True)]
+        while not self.scheduler.idle:
+            self.step()
+        return [seq.output_ids for seq in seqs]

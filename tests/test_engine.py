@@ -1,0 +1,123 @@
+"""The engine: continuous batching over a paged KV cache gives each request the tokens it
+would get alone, for every family, batched, preempted, sharing a prefix or joining late."""
+
+import pytest
+import torch
+
+from llmscratch.errors import LLMScratchError
+from llmscratch.generation.engine import Engine
+from llmscratch.generation.sampling import SamplingConfig
+from llmscratch.model import GPT, get_preset
+
+FAMILIES = ["gpt2-tiny", "llama-3-tiny", "qwen3-tiny", "qwen3-moe-tiny"]
+GREEDY = SamplingConfig(max_new_tokens=16, temperature=0)
+
+
+def tiny(name: str, **overrides) -> GPT:
+    torch.manual_seed(0)
+    model = GPT(get_preset(name, **overrides)).eval()
+    with torch.no_grad():  # norms start at 1 and biases at 0: perturb them so they matter
+        for param in model.parameters():
+            if param.dim() == 1:
+                param.add_(0.1 * torch.randn_like(param))
+    return model
+
+
+def uncached_greedy(model: GPT, prompt: list[int], n: int) -> list[int]:
+    """The reference: the whole sequence through the model at every step, no cache at all."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(model.logits(model(torch.tensor([ids])))[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+def prompts(lengths, seed=1) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 512, (n,), generator=gen).tolist() for n in lengths]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_batch_of_mixed_lengths_gives_each_request_its_uncached_greedy_output(name):
+    model = tiny(name, sliding_window=6) if name == "qwen3-tiny" else tiny(name)
+    batch = prompts([3, 17, 9, 30, 1])
+    expected = [uncached_greedy(model, p, 16) for p in batch]
+    engine = Engine(model, block_size=4, max_batch=8)
+    assert engine.generate(batch, GREEDY) == expected
+    assert [engine.generate([p], GREEDY)[0] for p in batch] == expected  # and alone
+    assert engine.blocks.used == 0  # every block given back
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_preempted_requests_are_computed_again_to_the_same_tokens(name):
+    model = tiny(name)
+    batch = prompts([12, 20, 7, 15])
+    expected = [uncached_greedy(model, p, 16) for p in batch]
+    # 16 blocks of 4 slots: two of these requests at full length fill the cache.
+    engine = Engine(model, num_blocks=16, block_size=4, max_batch=8)
+    assert engine.generate(batch, GREEDY) == expected
+    assert engine.scheduler.preemptions > 0
+    assert engine.blocks.used == 0
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_requests_sharing_a_prefix_share_its_blocks_and_their_answers_do_not_change(name):
+    model = tiny(name)
+    system = prompts([24], seed=2)[0]  # a "system prompt": 6 full blocks of 4
+    batch = [system + tail for tail in prompts([5, 9, 2], seed=3)]
+    expected = [uncached_greedy(model, p, 16) for p in batch]
+    engine = Engine(model, block_size=4, max_batch=1)  # one at a time: each finds the last's
+    assert engine.generate(batch, GREEDY) == expected
+    assert engine.blocks.cache_hits == 2 * 6  # the second and third reuse all 6 blocks
+
+
+def test_requests_join_a_running_batch_and_leave_it_when_done():
+    model = tiny("llama-3-tiny")
+    first, late = prompts([10, 6])
+    engine = Engine(model, block_size=4)
+    long = engine.add(first, SamplingConfig(max_new_tokens=30, temperature=0))
+    for _ in range(5):
+        engine.step()  # the first request is decoding
+    short = engine.add(late, SamplingConfig(max_new_tokens=4, temperature=0))
+    steps = 0
+    while not short.finished:
+        engine.step()
+        steps += 1
+        assert not long.finished
+    assert steps == 4  # one step to prefill (and draw the first token), then one a token
+    assert len(engine.scheduler.running) == 1  # it left; the long one goes on
+    while not engine.scheduler.idle:
+        engine.step()
+    assert long.output_ids == uncached_greedy(model, first, 30)
+    assert short.output_ids == uncached_greedy(model, late, 4)
+    assert (long.finish_reason, short.finish_reason) == ("length", "length")
+
+
+def test_the_same_seed_gives_the_same_text_whatever_shares_the_batch():
+    model = tiny("qwen3-tiny")
+    target = prompts([8])[0]
+    sampling = SamplingConfig(max_new_tokens=20, temperature=1.0, top_k=50, seed=7)
+    alone = Engine(model, block_size=4).generate([target], sampling)[0]
+    others = [SamplingConfig(max_new_tokens=n, temperature=1.0, seed=n) for n in (5, 30)]
+    crowded = Engine(model, block_size=4).generate(
+        prompts([3, 19]) + [target], others + [sampling])[2]
+    assert crowded == alone
+    reseeded = SamplingConfig(max_new_tokens=20, temperature=1.0, top_k=50, seed=8)
+    assert Engine(model, block_size=4).generate([target], reseeded)[0] != alone
+
+
+def test_a_stop_id_ends_a_request_without_being_output():
+    model = tiny("gpt2-tiny")
+    prompt = prompts([5])[0]
+    expected = uncached_greedy(model, prompt, 16)
+    stop = expected[3]
+    out = Engine(model).generate([prompt], GREEDY, stop_ids={stop})[0]
+    assert out == expected[:expected.index(stop)]
+
+
+def test_a_request_that_can_never_fit_is_refused_when_added():
+    engine = Engine(tiny("gpt2-tiny"), num_blocks=2, block_size=4)
+    with pytest.raises(LLMScratchError, match="needs more KV-cache blocks"):
+        engine.add(prompts([5])[0], SamplingConfig(max_new_tokens=10))
+    with pytest.raises(LLMScratchError, match="context length is 64"):
+        engine.add(prompts([64])[0], SamplingConfig())
