@@ -15,6 +15,7 @@ Where to read what:
     openai_files.py   GPT-2's encoder.json + vocab.bpe, and .tiktoken files
     hf_json.py        Hugging Face tokenizer.json, import and export
     named.py          `open_tokenizer`: gpt2, a directory, a tokenizer.json or .tiktoken file
+    chat.py           chat templates: a conversation as the text a chat model continues
     display.py        coloured token boundaries, for `llmscratch tokenizer inspect`
 
 Its command line is cli/tokenizer.py; reading training text from files is
