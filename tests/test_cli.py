@@ -174,3 +174,21 @@ def test_tokenizer_commands_do_not_load_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-500:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [5303]
+
+
+def test_generate_and_eval_take_a_device_and_a_dtype(tiny_run, small_text, capsys):
+    scores = {}
+    for dtype in ("fp32", "bf16"):
+        assert main(["eval", "--run", str(tiny_run), "--data", str(small_text), "--json",
+                     "--device", "cpu", "--dtype", dtype]) == 0
+        scores[dtype] = json.loads(capsys.readouterr().out)["loss"]
+    assert scores["bf16"] == pytest.approx(scores["fp32"], rel=1e-2)  # bf16 weights: close
+    assert main(["generate", "--run", str(tiny_run), "--prompt", "To be", "--dtype", "bf16",
+                 "--max-new-tokens", "5", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["token_ids"]) <= 5
+    import torch
+
+    if not torch.cuda.is_available():
+        assert main(["eval", "--run", str(tiny_run), "--data", str(small_text),
+                     "--device", "cuda"]) == 2
+        assert "no CUDA GPU is visible" in capsys.readouterr().err

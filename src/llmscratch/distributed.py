@@ -1,4 +1,4 @@
-"""Where this process sits among a run's processes, and the few collectives we use.
+"""Where this process sits among a run's processes, its device, and the collectives we use.
 
 `torchrun --nproc-per-node N` starts N processes and tells each its rank and
 the world size through environment variables; `init_distributed` reads them
@@ -22,6 +22,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from llmscratch.errors import LLMScratchError
+
 
 @dataclass
 class DistInfo:
@@ -39,6 +41,20 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+
+def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
+    """The device `name` ("auto": a CUDA GPU if there is one, else "cpu"; "cpu"; "cuda")
+    means for this process: under torchrun, its own GPU."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise LLMScratchError(f"unknown device {name!r}; choose auto, cpu or cuda")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LLMScratchError("device cuda was asked for, but no CUDA GPU is visible; use cpu")
+    if name == "cuda" and info is not None:
+        return torch.device("cuda", info.local_rank)
+    return torch.device(name)
 
 
 def init_distributed(device: torch.device) -> DistInfo:

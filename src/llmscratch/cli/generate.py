@@ -24,6 +24,7 @@ def register(sub) -> None:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same text")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_device_options(p)
     p.set_defaults(func=cmd_generate)
 
     p = add_command(sub, "eval", "Loss, perplexity and bits per byte of a model on a text file.",
@@ -32,10 +33,19 @@ def register(sub) -> None:
     p.add_argument("--data", required=True, help="a UTF-8 text file")
     p.add_argument("--batch-size", type=int, default=8, help="windows scored at once (>= 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_device_options(p)
     p.set_defaults(func=cmd_eval)
 
 
+def add_device_options(p) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the model runs (auto: a CUDA GPU if there is one)")
+    p.add_argument("--dtype", choices=["fp32", "bf16"],
+                   help="the weights' dtype (default: the checkpoint's)")
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
+    from llmscratch.distributed import resolve_device
     from llmscratch.generation.sampling import SamplingConfig, generate_tokens
     from llmscratch.runs.load import load_for_inference
     from llmscratch.tokenizer import StreamDecoder
@@ -44,7 +54,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise LLMScratchError("the prompt is empty; give some text with --prompt")
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                               args.seed)  # checks every value before the model is loaded
-    model, tokenizer, settings = load_for_inference(args.run)
+    model, tokenizer, settings = load_for_inference(args.run, resolve_device(args.device),
+                                                    args.dtype)
     prompt_ids = tokenizer.encode(args.prompt)
     if len(prompt_ids) >= model.config.context_length:
         raise LLMScratchError(
@@ -69,13 +80,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from llmscratch.data.corpus import read_text_file
+    from llmscratch.distributed import resolve_device
     from llmscratch.evaluation.perplexity import evaluate_text
     from llmscratch.runs.load import load_for_inference
 
     if args.batch_size < 1:
         raise LLMScratchError(f"--batch-size must be at least 1, got {args.batch_size}")
     text = read_text_file(Path(args.data))
-    model, tokenizer, _ = load_for_inference(args.run)
+    model, tokenizer, _ = load_for_inference(args.run, resolve_device(args.device), args.dtype)
     result = evaluate_text(model, tokenizer, text, batch_size=args.batch_size)
     if args.json:
         print(json.dumps(vars(result)))

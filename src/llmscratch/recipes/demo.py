@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from llmscratch.distributed import resolve_device
 from llmscratch.model import ModelConfig
-from llmscratch.recipes.pretrain import PretrainResult, pretrain, resolve_device
+from llmscratch.recipes.pretrain import PretrainResult, pretrain
 from llmscratch.runs.config import RunConfig, load_config
 from llmscratch.runs.run import Run
 from llmscratch.training.throughput import seconds_per_step

@@ -39,6 +39,7 @@ from llmscratch.distributed import (
     barrier,
     close_distributed,
     init_distributed,
+    resolve_device,
 )
 from llmscratch.errors import LLMScratchError
 from llmscratch.evaluation.perplexity import EvalResult, score_windows
@@ -104,16 +105,6 @@ class SampleText(Callback):
         if self.info.is_main and outs:
             write_samples(self.run.samples_path, step, outs)
         return outs
-
-
-def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise LLMScratchError("train.device=cuda but no CUDA GPU is visible; use train.device=cpu")
-    if name == "cuda" and info is not None:
-        return torch.device("cuda", info.local_rank)
-    return torch.device(name)
 
 
 @contextlib.contextmanager
