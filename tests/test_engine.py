@@ -121,3 +121,36 @@ def test_a_request_that_can_never_fit_is_refused_when_added():
         engine.add(prompts([5])[0], SamplingConfig(max_new_tokens=10))
     with pytest.raises(LLMScratchError, match="context length is 64"):
         engine.add(prompts([64])[0], SamplingConfig())
+
+
+def test_penalties_in_the_engine_equal_those_of_the_single_request_loop():
+    """The engine gives each sequence its own prompt and output to penalise, as `generate` does."""
+    from llmscratch.generation.sampling import generate
+
+    model = tiny("llama-3-tiny")
+    batch = prompts([6, 11, 3])
+    sampling = SamplingConfig(max_new_tokens=24, temperature=0, repetition_penalty=1.5,
+                              frequency_penalty=0.4, presence_penalty=0.3)
+    expected = [generate(model, p, sampling) for p in batch]
+    assert expected != [generate(model, p, GREEDY) for p in batch]  # the penalties matter here
+    assert Engine(model, block_size=4).generate(batch, sampling) == expected
+
+
+def test_logprobs_are_the_models_own_for_the_chosen_and_the_likeliest_tokens():
+    model = tiny("qwen3-tiny")
+    prompt = prompts([7])[0]
+    engine = Engine(model, block_size=4)
+    seq = engine.add(prompt, SamplingConfig(max_new_tokens=5, temperature=1.0, top_k=3, seed=3,
+                                            logprobs=4))
+    while not engine.scheduler.idle:
+        engine.step()
+    ids = list(prompt)
+    for step in seq.logprobs:  # against the uncached forward pass, by hand
+        with torch.no_grad():
+            reference = torch.log_softmax(model.logits(model(torch.tensor([ids])))[0, -1], -1)
+        assert step.logprob == pytest.approx(float(reference[step.token]), abs=1e-5)
+        best = reference.topk(4)
+        assert [t for t, _ in step.top] == best.indices.tolist()
+        assert [lp for _, lp in step.top] == pytest.approx(best.values.tolist(), abs=1e-5)
+        ids.append(step.token)
+    assert [s.token for s in seq.logprobs] == seq.output_ids

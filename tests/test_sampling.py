@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from llmscratch.errors import LLMScratchError
-from llmscratch.generation.sampling import SamplingConfig, sample_next
+from llmscratch.generation.sampling import SamplingConfig, apply_penalties, sample_next
 
 LOGITS = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])  # 6 tokens, most likely first
 DRAWS = 40_000
@@ -90,8 +90,42 @@ def test_temperature_zero_is_greedy():
     ("top_k", -1, "top_k must be >= 0"),
     ("max_new_tokens", 0, "max_new_tokens must be at least 1"),
     ("max_new_tokens", -1, "max_new_tokens must be at least 1"),
+    ("min_p", 1.5, "min_p must be in [0, 1]"),
+    ("repetition_penalty", 0.0, "repetition_penalty must be a finite number > 0"),
+    ("repetition_penalty", float("nan"), "repetition_penalty must be a finite number > 0"),
+    ("frequency_penalty", 3.0, "frequency_penalty must be in [-2, 2]"),
+    ("presence_penalty", float("nan"), "presence_penalty must be in [-2, 2]"),
 ])
 def test_sampling_settings_that_mean_nothing_are_refused(field, value, message):
     with pytest.raises(LLMScratchError) as err:
         SamplingConfig(**{field: value})
     assert message in str(err.value)
+
+
+def test_penalties_by_hand():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 0.0]])
+    cfg = SamplingConfig(repetition_penalty=2.0)
+    # Tokens 0 (positive logit: halved) and 1 (negative: doubled) have been seen; 2, 3 not.
+    got = apply_penalties(logits, cfg, prompt_ids=[1], output_ids=[0])
+    torch.testing.assert_close(got, torch.tensor([[1.0, -2.0, 0.5, 0.0]]))
+    cfg = SamplingConfig(frequency_penalty=0.5, presence_penalty=1.0)
+    # Generated: token 0 twice, token 2 once; the prompt's token 3 is not penalised.
+    got = apply_penalties(logits, cfg, prompt_ids=[3], output_ids=[0, 2, 0])
+    torch.testing.assert_close(got, torch.tensor([[2.0 - 1.0 - 1.0, -1.0, 0.5 - 0.5 - 1.0, 0.0]]))
+    assert apply_penalties(logits, SamplingConfig(), [0, 1], [2]) is logits  # off: untouched
+
+
+def test_penalties_apply_before_greedy_decoding():
+    logits = torch.tensor([[2.0, 1.9, 0.0]])
+    greedy = SamplingConfig(temperature=0, presence_penalty=0.5)
+    assert int(sample_next(logits, greedy, torch.Generator(), output_ids=[1])) == 0
+    assert int(sample_next(logits, greedy, torch.Generator(), output_ids=[0])) == 1
+
+
+def test_min_p_keeps_tokens_at_least_that_fraction_as_likely_as_the_best():
+    got = frequencies(SamplingConfig(temperature=1.0, min_p=0.2))
+    probs = torch.softmax(LOGITS.double(), dim=-1)
+    kept = probs >= 0.2 * probs.max()
+    want = torch.where(kept, probs, torch.zeros_like(probs))
+    torch.testing.assert_close(got, want / want.sum(), atol=0.01, rtol=0)
+    assert (~kept).any() and (got[~kept] == 0).all()

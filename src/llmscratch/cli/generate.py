@@ -22,6 +22,14 @@ def register(sub) -> None:
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = all)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    p.add_argument("--min-p", type=float, default=0.0,
+                   help="keep tokens at least this fraction as likely as the best (0 = off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="> 1 discourages tokens already seen (1 = off)")
+    p.add_argument("--frequency-penalty", type=float, default=0.0,
+                   help="per repeat of a generated token, in [-2, 2] (0 = off)")
+    p.add_argument("--presence-penalty", type=float, default=0.0,
+                   help="once for any generated token, in [-2, 2] (0 = off)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same text")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_device_options(p)
@@ -52,8 +60,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     if not args.prompt:
         raise LLMScratchError("the prompt is empty; give some text with --prompt")
-    sampling = SamplingConfig(args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                              args.seed)  # checks every value before the model is loaded
+    sampling = SamplingConfig(  # checks every value before the model is loaded
+        args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, args.min_p,
+        args.repetition_penalty, args.frequency_penalty, args.presence_penalty)
     model, tokenizer, settings = load_for_inference(args.run, resolve_device(args.device),
                                                     args.dtype)
     prompt_ids = tokenizer.encode(args.prompt)

@@ -25,7 +25,7 @@ from llmscratch.generation.block_manager import BlockManager
 from llmscratch.generation.paged_cache import BatchCache, PagedKVCache
 from llmscratch.generation.sampling import SamplingConfig, sample_next
 from llmscratch.generation.scheduler import Scheduler
-from llmscratch.generation.sequence import Sequence
+from llmscratch.generation.sequence import Sequence, TokenLogprobs
 from llmscratch.model import GPT
 
 DEFAULT_BLOCK_SIZE = 16
@@ -90,7 +90,10 @@ class Engine:
         for seq, n, row in zip(seqs, new, logits, strict=True):
             seq.num_computed += n
             self.blocks.commit(seq)
-            token = int(sample_next(row[None], seq.sampling, seq.generator))
+            token = int(sample_next(row[None], seq.sampling, seq.generator, seq.prompt_ids,
+                                    seq.output_ids))
+            if seq.sampling.logprobs is not None:
+                seq.logprobs.append(token_logprobs(row, token, seq.sampling.logprobs))
             produced.append((seq, token))
             self._append(seq, token)
         return produced
@@ -115,3 +118,11 @@ class Engine:
         while not self.scheduler.idle:
             self.step()
         return [seq.output_ids for seq in seqs]
+
+
+def token_logprobs(logits: torch.Tensor, token: int, k: int) -> TokenLogprobs:
+    """log softmax of one position's logits (V,): the chosen token's, and the k best."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)  # (V,)
+    top = torch.topk(log_probs, min(k, log_probs.numel()))
+    return TokenLogprobs(token, float(log_probs[token]),
+                         list(zip(top.indices.tolist(), top.values.tolist(), strict=True)))

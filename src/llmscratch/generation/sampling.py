@@ -3,13 +3,25 @@
 Generation runs the model once on the whole prompt (prefill), which fills a
 KV cache, then once per new token on that token alone (decode). Each step
 turns the last position's logits into a probability distribution and draws
-the next token from it:
+the next token from it. First the penalties, which discourage repeating
+(applied before greedy decoding too):
+
+- repetition_penalty r (Keskar et al., 2019, "CTRL"): the logit of a token
+  already in the prompt or the output is divided by r if positive and
+  multiplied by r if negative;
+- frequency_penalty f and presence_penalty p (as OpenAI's API defines them):
+  a token's logit drops by f times the number of times it was generated,
+  and by p once if it was generated at all;
+
+then the distribution:
 
 - temperature T divides the logits: T < 1 sharpens, T > 1 flattens, and
   T = 0 means greedy (always the most likely token);
 - top-k keeps only the k most likely tokens;
 - top-p (nucleus sampling, Holtzman et al., 2019) keeps the smallest set of
-  most likely tokens whose probabilities add up to at least p.
+  most likely tokens whose probabilities add up to at least p;
+- min-p (Nguyen et al., 2024) keeps the tokens at least min_p times as likely
+  as the most likely one.
 
 Sampling uses its own `torch.Generator`, so the same seed gives the same text.
 """
@@ -34,7 +46,13 @@ class SamplingConfig:
         temperature: divides the logits; 0 = greedy (always the most likely token).
         top_k: keep the k most likely tokens (0 = all).
         top_p: keep the most likely tokens up to this probability mass (1 = all).
+        min_p: keep tokens at least this fraction as likely as the most likely (0 = all).
+        repetition_penalty: > 1 discourages tokens of the prompt and output (1 = off).
+        frequency_penalty: subtracted from a logit per time its token was generated.
+        presence_penalty: subtracted once from the logit of any token generated.
         seed: the same seed gives the same text.
+        logprobs: None, or k: report each chosen token's log-probability under the model
+            and the k most likely alternatives' (engine only; 0 to 20).
     """
 
     max_new_tokens: int = 200
@@ -42,6 +60,11 @@ class SamplingConfig:
     top_k: int = 0
     top_p: float = 1.0
     seed: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -53,10 +76,54 @@ class SamplingConfig:
             raise LLMScratchError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if not 0 < self.top_p <= 1:  # also false for nan
             raise LLMScratchError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+        if not 0 <= self.min_p <= 1:
+            raise LLMScratchError(f"min_p must be in [0, 1] (0 = off), got {self.min_p}")
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
+            raise LLMScratchError(f"repetition_penalty must be a finite number > 0 (1 = off), "
+                                  f"got {self.repetition_penalty}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
+            raise LLMScratchError(f"logprobs must be between 0 and 20, got {self.logprobs}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if not -2 <= getattr(self, name) <= 2:  # OpenAI's range; also false for nan
+                raise LLMScratchError(f"{name} must be in [-2, 2] (0 = off), got "
+                                      f"{getattr(self, name)}")
+
+    @property
+    def penalizes(self) -> bool:
+        return (self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0
+                or self.presence_penalty != 0.0)
 
 
-def sample_next(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator) -> torch.Tensor:
-    """Pick the next token for each row of `logits` (B, V); returns (B,) int64."""
+def apply_penalties(logits: torch.Tensor, cfg: SamplingConfig, prompt_ids: Collection[int],
+                    output_ids: Collection[int]) -> torch.Tensor:
+    """Logits (B, V) with the repetition, frequency and presence penalties of one sequence
+    applied (see the module docstring); every row gets the same."""
+    if not cfg.penalizes:
+        return logits
+    logits = logits.float().clone()  # (B, V)
+    V = logits.size(-1)
+    if cfg.repetition_penalty != 1.0:
+        seen = torch.tensor(sorted({t for t in [*prompt_ids, *output_ids] if t < V}),
+                            dtype=torch.int64, device=logits.device)
+        picked = logits[:, seen]  # (B, n)
+        logits[:, seen] = torch.where(picked > 0, picked / cfg.repetition_penalty,
+                                      picked * cfg.repetition_penalty)
+    if output_ids and (cfg.frequency_penalty or cfg.presence_penalty):
+        counts = torch.bincount(torch.tensor([t for t in output_ids if t < V],
+                                             dtype=torch.int64, device=logits.device),
+                                minlength=V).float()  # (V,)
+        logits -= cfg.frequency_penalty * counts + cfg.presence_penalty * (counts > 0).float()
+    return logits
+
+
+def sample_next(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator,
+                prompt_ids: Collection[int] = (), output_ids: Collection[int] = ()
+                ) -> torch.Tensor:
+    """Pick the next token for each row of `logits` (B, V); returns (B,) int64.
+
+    prompt_ids, output_ids: the sequence so far, for the penalties.
+    """
+    logits = apply_penalties(logits, cfg, prompt_ids, output_ids)
     if cfg.temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / cfg.temperature  # (B, V)
@@ -71,6 +138,9 @@ def sample_next(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator)
         sorted_logits = sorted_logits.masked_fill(mass_before >= cfg.top_p, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = torch.softmax(logits, dim=-1)  # (B, V)
+    if cfg.min_p > 0:
+        top_prob = probs.amax(dim=-1, keepdim=True)  # (B, 1)
+        probs = probs.masked_fill(probs < cfg.min_p * top_prob, 0.0)  # multinomial renormalises
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)  # (B,)
 
 
@@ -100,13 +170,15 @@ def generate_tokens(
     try:
         cache = model.new_cache(batch_size=1, max_len=min(context_length, len(prompt_ids) + budget))
         tokens = torch.tensor([prompt_ids], dtype=torch.int64, device=device)  # (1, T)
+        new_ids: list[int] = []
         for _ in range(budget):
             hidden = model(tokens, cache)[:, -1]  # (1, D): the last position's, prefill or decode
             logits = model.logits(hidden)[:, :vocab_size]  # (1, V)
-            next_id = sample_next(logits, cfg, gen)  # (1,)
+            next_id = sample_next(logits, cfg, gen, prompt_ids, new_ids)  # (1,)
             token = int(next_id.item())
             if token in stop_ids:
                 return
+            new_ids.append(token)
             yield token
             tokens = next_id.view(1, 1)  # (1, 1)
     finally:

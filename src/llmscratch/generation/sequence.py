@@ -14,6 +14,16 @@ from llmscratch.generation.sampling import SamplingConfig
 _ids = itertools.count()
 
 
+@dataclass
+class TokenLogprobs:
+    """A generated token's log-probability under the model (before any sampling setting
+    reshapes it), and the most likely tokens at that step with theirs, best first."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
 class Status(Enum):
     WAITING = "waiting"  # not yet prefilled (or preempted: to be prefilled again)
     RUNNING = "running"  # its K/V are in the cache; it decodes a token each step
@@ -41,6 +51,8 @@ class Sequence:
     num_computed: int = 0
     block_table: list[int] = field(default_factory=list)
     finish_reason: str | None = None  # "stop" (a stop id) or "length"
+    # With sampling.logprobs = k: per new token, its log-probability and the k likeliest.
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
     generator: torch.Generator = field(init=False)
 
     def __post_init__(self) -> None:
