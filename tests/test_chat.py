@@ -77,3 +77,60 @@ def test_a_template_is_sandboxed_and_its_errors_are_one_line():
         render_chat(CONVERSATIONS[0], refusing)
     with pytest.raises(LLMScratchError, match="the chat template failed"):
         render_chat(CONVERSATIONS[0], "{% for %}")
+
+
+def chat(monkeypatch, capsys, run, lines: list[str], *options: str) -> str:
+    """`llmscratch chat` with `lines` typed in; returns what it printed."""
+    import io
+
+    from llmscratch.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("".join(line + "\n" for line in lines)))
+    assert main(["chat", "--run", str(run), "--temperature", "0", "--max-new-tokens", "4",
+                 *options]) == 0
+    return capsys.readouterr().out
+
+
+def test_the_chat_command_keeps_the_conversation_and_obeys_its_commands(
+        tiny_run, monkeypatch, capsys):
+    import llmscratch.tokenizer.chat as chat_module
+
+    rendered = []
+    encode = chat_module.encode_chat
+
+    def spy(tokenizer, messages, *args, **kwargs):
+        rendered.append([m["role"] for m in messages])
+        return encode(tokenizer, messages, *args, **kwargs)
+
+    monkeypatch.setattr(chat_module, "encode_chat", spy)
+    out = chat(monkeypatch, capsys, tiny_run,
+               ["hi", "ok", "/system Be brief.", "yo", "/reset", "go", "/nope"])
+    assert rendered == [
+        ["user"],
+        ["user", "assistant", "user"],  # the first turn is kept
+        ["system", "user"],  # a new system message starts the conversation over
+        ["system", "user"],  # /reset forgets the turns, keeps the system message
+    ]
+    assert out.count("model> ") == 4 and "unknown command /nope" in out
+    # A conversation that outgrows the context is one line, and the chat goes on.
+    out = chat(monkeypatch, capsys, tiny_run, ["a long question " * 20, "/reset", "hi"])
+    assert "context length is 64" in out and "/reset to start over" in out
+    assert out.count("model> ") == 1
+
+
+def test_ctrl_c_stops_the_reply_not_the_chat(tiny_run, monkeypatch, capsys):
+    from llmscratch.tokenizer.streaming import StopText
+
+    pushed = []
+    real_push = StopText.push
+
+    def interrupted(self, token):
+        pushed.append(token)
+        if len(pushed) == 2:  # the user presses Ctrl-C during the first reply
+            raise KeyboardInterrupt
+        return real_push(self, token)
+
+    monkeypatch.setattr(StopText, "push", interrupted)
+    out = chat(monkeypatch, capsys, tiny_run, ["hello", "and now?"])
+    assert "[stopped]" in out and out.count("model> ") == 2  # the chat went on
+    assert len(pushed) == 2 + 4  # the second reply ran to its 4 tokens

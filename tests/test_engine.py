@@ -154,3 +154,18 @@ def test_logprobs_are_the_models_own_for_the_chosen_and_the_likeliest_tokens():
         assert [lp for _, lp in step.top] == pytest.approx(best.values.tolist(), abs=1e-5)
         ids.append(step.token)
     assert [s.token for s in seq.logprobs] == seq.output_ids
+
+
+def test_streaming_yields_the_tokens_and_stopping_early_frees_the_blocks():
+    model = tiny("gpt2-tiny")
+    prompt = prompts([9])[0]
+    engine = Engine(model, block_size=4)
+    assert list(engine.stream(prompt, GREEDY)) == uncached_greedy(model, prompt, 16)
+    other = engine.add(prompts([5])[0], SamplingConfig(max_new_tokens=40, temperature=0))
+    stream = engine.stream(prompt, GREEDY)
+    first = [next(stream) for _ in range(3)]
+    assert first == uncached_greedy(model, prompt, 3)
+    stream.close()  # the client went away: its request is aborted at once
+    assert len(engine.scheduler.running) == 1 and not other.finished
+    engine.abort(other)
+    assert other.finish_reason == "abort" and engine.blocks.used == 0

@@ -237,12 +237,15 @@ def test_an_imported_run_keeps_only_its_model_and_the_sources_generation_setting
     (qwen_folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [first, 7]}))
     template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
                 "<|im_end|>\n{% endfor %}")
-    (qwen_folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    (qwen_folder / "tokenizer_config.json").write_text(json.dumps({
+        "chat_template": template, "bos_token": None,
+        "eos_token": {"content": "<|im_end|>", "special": True}}))
     assert main(["convert", "from-hf", str(qwen_folder), str(run_dir), "--overwrite"]) == 0
     run = Run(run_dir)
     assert list(yaml.safe_load(run.config_path.read_text())) == ["model"]
     settings = run.generation_settings()
     assert settings.stop_token_ids == [first, 7] and settings.chat_template == template
+    assert (settings.bos_token, settings.eos_token) == ("", "<|im_end|>")
     capsys.readouterr()
     assert main(prompt) == 0
     assert json.loads(capsys.readouterr().out)["token_ids"] == []  # stopped at once

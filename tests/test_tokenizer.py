@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmscratch.errors import LLMScratchError
-from llmscratch.tokenizer import StreamDecoder, Tokenizer, train_bpe
+from llmscratch.tokenizer import StopText, StreamDecoder, Tokenizer, train_bpe
 from llmscratch.tokenizer.openai_files import gpt2_files
 from llmscratch.tokenizer.patterns import GPT2_PATTERN, GPT4_PATTERN, split_at_safe_points
 
@@ -336,3 +336,43 @@ def test_stream_decoder_never_emits_half_a_character():
     truncated = StreamDecoder(tok)
     truncated.push_many(tok.encode("😀")[:1])
     assert truncated.pending_bytes > 0 and truncated.flush() == "\ufffd"
+
+
+def stop_text_pieces(tok, text: str, stop: list[str]) -> tuple[list[str], bool]:
+    """Feed `text`'s tokens to a StopText as generation would; return its outputs."""
+    stream = StopText(tok, stop)
+    pieces = []
+    for token in tok.encode(text):
+        pieces.append(stream.push(token))
+        if stream.stopped:
+            break
+    pieces.append(stream.flush())
+    return pieces, stream.stopped
+
+
+def test_stop_text_cuts_at_a_stop_string_spanning_tokens_and_holds_back_only_what_may_be_one():
+    tok = Tokenizer.gpt2()
+    text = "The answer is 4.\n\nUser: and 5?"
+    assert len(tok.encode("\n\nUser:")) > 1  # the stop string spans several tokens
+    pieces, stopped = stop_text_pieces(tok, text, ["\n\nUser:"])
+    assert stopped and "".join(pieces) == "The answer is 4."
+    # "\n\nUs" could begin the stop string and is held back; when "ed" follows, it comes out.
+    pieces, stopped = stop_text_pieces(tok, "Done.\n\nUsed twice.", ["\n\nUser:"])
+    assert not stopped and "".join(pieces) == "Done.\n\nUsed twice." and pieces[-1] == ""
+    # At the end of generation, text held back is released by flush.
+    pieces, stopped = stop_text_pieces(tok, "Done.\n\nUs", ["\n\nUser:"])
+    assert not stopped and "".join(pieces[:-1]) == "Done." and pieces[-1] == "\n\nUs"
+    # The earliest of several stop strings wins; characters are never split.
+    pieces, _ = stop_text_pieces(tok, "中文 😀 END and STOP", ["STOP", " END"])
+    assert "".join(pieces) == "中文 😀" and not any("\ufffd" in p for p in pieces)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet="ab \nxyz😀", max_size=40), st.text(alphabet="ab \nz", min_size=1,
+                                                          max_size=4))
+def test_stop_text_is_the_text_up_to_the_first_stop_string(text, stop):
+    """For any text and stop string: what comes out is the text cut at the stop string."""
+    tok = Tokenizer.gpt2()
+    pieces, stopped = stop_text_pieces(tok, text, [stop])
+    assert stopped == (stop in text)
+    assert "".join(pieces) == (text[:text.find(stop)] if stop in text else text)

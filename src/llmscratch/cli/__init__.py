@@ -2,6 +2,7 @@
 
     llmscratch demo | pretrain               cli/train.py      recipes/
     llmscratch generate | eval               cli/generate.py   generation/, evaluation/
+    llmscratch chat                          cli/chat.py       generation/engine.py
     llmscratch tokenizer train|encode|...    cli/tokenizer.py  tokenizer/
     llmscratch data prepare|inspect          cli/data.py       data/
     llmscratch convert from-hf|to-hf, inspect  cli/convert.py  runs/, model/
@@ -20,7 +21,7 @@ from __future__ import annotations
 import sys
 
 from llmscratch import __version__
-from llmscratch.cli import convert, data, generate, runs, tokenizer, train
+from llmscratch.cli import chat, convert, data, generate, runs, tokenizer, train
 from llmscratch.cli.common import Parser
 from llmscratch.errors import LLMScratchError, TrainingInterrupted
 
@@ -37,6 +38,7 @@ def build_parser() -> Parser:
     tokenizer.register(sub)
     data.register(sub)
     generate.register(sub)
+    chat.register(sub)
     convert.register(sub)
     runs.register(sub)
     return parser

@@ -15,7 +15,7 @@ Legend: B sequences in the step, T new tokens of the longest, V vocabulary.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from collections.abc import Sequence as Seq
 
 import torch
@@ -97,6 +97,30 @@ class Engine:
             produced.append((seq, token))
             self._append(seq, token)
         return produced
+
+    def abort(self, seq: Sequence) -> None:
+        """Drop a request (its client left, or its text hit a stop string): blocks freed now."""
+        if not seq.finished:
+            seq.finish_reason = "abort"
+            self.scheduler.finish(seq)
+
+    def stream(self, prompt_ids: list[int], sampling: SamplingConfig,
+               stop_ids: Collection[int] = ()) -> Iterator[int]:
+        """A request's new tokens as they come, stepping the engine (and whatever else it runs).
+
+        The request is checked and queued at once; stopping the iteration early
+        (a stop string, Ctrl-C) aborts it.
+        """
+        return self._follow(self.add(prompt_ids, sampling, stop_ids))
+
+    def _follow(self, seq: Sequence) -> Iterator[int]:
+        try:
+            while not seq.finished:
+                for owner, token in self.step():
+                    if owner is seq and token not in seq.stop_ids:
+                        yield token
+        finally:
+            self.abort(seq)
 
     def _append(self, seq: Sequence, token: int) -> None:
         """Add a sampled token, or end the sequence (the stop token itself is not output)."""

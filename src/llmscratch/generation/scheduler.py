@@ -95,7 +95,10 @@ class Scheduler:
         self.preemptions += 1
 
     def finish(self, seq: Sequence) -> None:
-        """A sequence is done: it leaves the batch and gives back its blocks."""
-        self.running.remove(seq)
-        self.blocks.free_blocks(seq)
+        """A sequence is done (or abandoned): it leaves the queues and gives back its blocks."""
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+        elif seq in self.running:
+            self.running.remove(seq)
+            self.blocks.free_blocks(seq)
         seq.status = Status.FINISHED

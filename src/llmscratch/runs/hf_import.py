@@ -146,15 +146,25 @@ def generation_settings(folder: Path, tokenizer: Tokenizer) -> GenerationSetting
     if not stop_ids:
         specials = tokenizer.special_tokens
         stop_ids = [specials[t] for t in END_OF_TEXT_TOKENS if t in specials]
-    template = None
+    config = {}
+    if (folder / "tokenizer_config.json").is_file():
+        config = read_json(folder / "tokenizer_config.json")
+    template = config.get("chat_template")
     if (folder / "chat_template.jinja").is_file():
         template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
-    elif (folder / "tokenizer_config.json").is_file():
-        template = read_json(folder / "tokenizer_config.json").get("chat_template")
-        if isinstance(template, list):  # [{"name": "default", "template": "..."}, ...]
-            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-            template = named.get("default")
-    return GenerationSettings(stop_ids, template if isinstance(template, str) else None)
+    if isinstance(template, list):  # [{"name": "default", "template": "..."}, ...]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return GenerationSettings(stop_ids, template if isinstance(template, str) else None,
+                              _token_text(config.get("bos_token")),
+                              _token_text(config.get("eos_token")))
+
+
+def _token_text(token) -> str:
+    """A special token as tokenizer_config.json gives it: a string, or {"content": ...}."""
+    if isinstance(token, dict):
+        token = token.get("content")
+    return token if isinstance(token, str) else ""
 
 
 def resolve_source(source: str) -> Path:

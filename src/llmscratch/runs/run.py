@@ -53,11 +53,15 @@ class GenerationSettings:
     """How to generate with a run's model: when to stop, and how to lay out a chat.
 
     stop_token_ids: generation ends at any of these (the token itself is not output).
-    chat_template: a Jinja chat template (an imported model's own), or None.
+    chat_template: a Jinja chat template (an imported model's own), or None: ours
+        (tokenizer/chat.py).
+    bos_token, eos_token: the special tokens' text, which templates may name.
     """
 
     stop_token_ids: list[int] = field(default_factory=list)
     chat_template: str | None = None
+    bos_token: str = ""
+    eos_token: str = ""
 
 
 @dataclass

@@ -9,7 +9,7 @@ Where to read what:
     tokenizer.py      `Tokenizer`: encode, decode, special tokens
     fast_path.py      the same encoding by tiktoken's Rust code, on all cores
     specials.py       special-token rules (which "<|...|>" text becomes an id)
-    streaming.py      `StreamDecoder`, for printing generated text as it comes
+    streaming.py      `StreamDecoder`, `StopText`: generated text as it comes, stop strings
     byte_alphabet.py  GPT-2's printable spelling of bytes, used in files
     storage.py        our tokenizer.json format (save / load)
     openai_files.py   GPT-2's encoder.json + vocab.bpe, and .tiktoken files
@@ -37,7 +37,7 @@ Nothing here imports torch, so tokenizer commands start fast.
 from llmscratch.tokenizer.named import open_tokenizer
 from llmscratch.tokenizer.patterns import GPT2_PATTERN, GPT4_PATTERN, PATTERNS
 from llmscratch.tokenizer.specials import ENDOFTEXT
-from llmscratch.tokenizer.streaming import StreamDecoder
+from llmscratch.tokenizer.streaming import StopText, StreamDecoder
 from llmscratch.tokenizer.tokenizer import Tokenizer
 from llmscratch.tokenizer.train import train_bpe
 
@@ -46,6 +46,7 @@ __all__ = [
     "GPT2_PATTERN",
     "GPT4_PATTERN",
     "PATTERNS",
+    "StopText",
     "StreamDecoder",
     "Tokenizer",
     "open_tokenizer",

@@ -24,7 +24,10 @@ worse answers. So:
   it; generation stops at that token (the run's stop id).
 
 Serving renders a conversation and continues it; fine-tuning renders the
-whole conversation and learns its assistant parts: both call `render_chat`.
+whole conversation and learns its assistant parts: both call `render_chat`
+(`encode_chat` also turns the text into ids, the markers into their special
+tokens; like `transformers` and vLLM, special-token text inside a message is
+read as that token, so a model served to strangers should not trust it).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from llmscratch.errors import LLMScratchError
+from llmscratch.tokenizer.tokenizer import Tokenizer
 
 ROLES = ("system", "user", "assistant")
 DEFAULT_TEMPLATE = (
@@ -102,3 +106,10 @@ def render_chat(messages: Sequence[dict], template: str | None = None,
                                **special_tokens)
     except jinja2.exceptions.TemplateError as err:  # syntax, or the template's own refusal
         raise LLMScratchError(f"the chat template failed: {err}") from None
+
+
+def encode_chat(tokenizer: Tokenizer, messages: Sequence[dict], template: str | None = None,
+                add_generation_prompt: bool = True, **special_tokens: str) -> list[int]:
+    """`render_chat`, then the token ids of that text, special tokens included."""
+    text = render_chat(messages, template, add_generation_prompt, **special_tokens)
+    return tokenizer.encode(text, allowed_special="all")
