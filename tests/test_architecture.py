@@ -18,6 +18,7 @@ LAYERS = [
     {"generation"},
     {"evaluation"},
     {"recipes"},
+    {"serving"},
     {"cli", "__main__"},
 ]
 

@@ -3,6 +3,7 @@
     llmscratch demo | pretrain               cli/train.py      recipes/
     llmscratch generate | eval               cli/generate.py   generation/, evaluation/
     llmscratch chat                          cli/chat.py       generation/engine.py
+    llmscratch serve                         cli/serve.py      serving/
     llmscratch tokenizer train|encode|...    cli/tokenizer.py  tokenizer/
     llmscratch data prepare|inspect          cli/data.py       data/
     llmscratch convert from-hf|to-hf, inspect  cli/convert.py  runs/, model/
@@ -21,7 +22,7 @@ from __future__ import annotations
 import sys
 
 from llmscratch import __version__
-from llmscratch.cli import chat, convert, data, generate, runs, tokenizer, train
+from llmscratch.cli import chat, convert, data, generate, runs, serve, tokenizer, train
 from llmscratch.cli.common import Parser
 from llmscratch.errors import LLMScratchError, TrainingInterrupted
 
@@ -39,6 +40,7 @@ def build_parser() -> Parser:
     data.register(sub)
     generate.register(sub)
     chat.register(sub)
+    serve.register(sub)
     convert.register(sub)
     runs.register(sub)
     return parser

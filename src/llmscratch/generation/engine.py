@@ -56,6 +56,13 @@ class Engine:
     def add(self, prompt_ids: list[int], sampling: SamplingConfig,
             stop_ids: Collection[int] = ()) -> Sequence:
         """Queue a request; it joins the running batch as soon as there is room."""
+        self.check(prompt_ids, sampling)
+        seq = Sequence(list(prompt_ids), sampling, stop_ids)
+        self.scheduler.add(seq)
+        return seq
+
+    def check(self, prompt_ids: list[int], sampling: SamplingConfig) -> None:
+        """Fail in one line unless the request could run (it reads only the configuration)."""
         context = self.model.config.context_length
         if not prompt_ids:
             raise LLMScratchError("the prompt is empty: give at least one token")
@@ -67,9 +74,6 @@ class Engine:
         if self.blocks.blocks_needed(most_tokens) > len(self.blocks.blocks):
             raise LLMScratchError(f"a request of {most_tokens} tokens needs more KV-cache blocks "
                                   f"than the engine has ({len(self.blocks.blocks)})")
-        seq = Sequence(list(prompt_ids), sampling, stop_ids)
-        self.scheduler.add(seq)
-        return seq
 
     @torch.no_grad()
     def step(self) -> list[tuple[Sequence, int]]:

@@ -1,0 +1,161 @@
+"""OpenAI's request bodies, checked and turned into our settings; its error shape.
+
+Every field is checked before anything is queued, and a wrong one is a 400
+naming it (`APIError`), in the JSON shape OpenAI clients read:
+
+    {"error": {"message": "...", "type": "invalid_request_error",
+               "param": "temperature", "code": null}}
+
+Beyond OpenAI's fields, `top_k`, `min_p` and `repetition_penalty` are
+accepted, as vLLM accepts them.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmscratch.errors import LLMScratchError
+from llmscratch.generation.sampling import SamplingConfig
+from llmscratch.tokenizer.chat import ROLES
+
+MAX_N = 16
+MAX_STOP_STRINGS = 4
+
+
+class APIError(Exception):
+    """An error answered in OpenAI's shape, with its HTTP status."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 kind: str = "invalid_request_error", code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind, self.code = (
+            status, message, param, kind, code)
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param,
+                          "code": self.code}}
+
+
+@dataclass
+class Params:
+    """What a completion or chat request asks for, besides its prompt."""
+
+    max_tokens: int | None  # None: up to the end of the context
+    sampling: dict  # SamplingConfig's fields, but max_new_tokens and seed
+    seed: int | None
+    n: int = 1
+    stop: list[str] = field(default_factory=list)
+    stream: bool = False
+    include_usage: bool = False
+    logprobs: int | None = None  # chosen token + this many alternatives; None: none
+
+    def sampling_for(self, choice: int, max_new_tokens: int) -> SamplingConfig:
+        """The settings of choice `choice` of `n`: each its own seed, so n choices differ."""
+        seed = (self.seed if self.seed is not None else secrets.randbits(31)) + choice
+        try:
+            return SamplingConfig(max_new_tokens=max_new_tokens, seed=seed,
+                                  logprobs=self.logprobs, **self.sampling)
+        except LLMScratchError as err:  # a combination the checks below let through
+            raise APIError(400, str(err)) from None
+
+
+def _get(body: dict, name: str, kind: type | tuple, default: Any = None) -> Any:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        names = " or ".join(k.__name__ for k in kinds)
+        raise APIError(400, f"{name} must be a {names}, got {value!r}", name)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise APIError(400, f"{name} must be a finite number, got {value!r}", name)
+    return value
+
+
+def _in_range(body: dict, name: str, low: float, high: float, default: float) -> float:
+    value = _get(body, name, (int, float), default)
+    if not low <= value <= high:
+        raise APIError(400, f"{name} must be between {low} and {high}, got {value}", name)
+    return float(value)
+
+
+def parse_params(body: dict, max_tokens_field: str = "max_tokens",
+                 default_max_tokens: int | None = None) -> Params:
+    """The generation fields common to completions and chat completions."""
+    max_tokens = _get(body, max_tokens_field, int, default_max_tokens)
+    if max_tokens is not None and max_tokens < 1:
+        raise APIError(400, f"{max_tokens_field} must be at least 1, got {max_tokens}",
+                       max_tokens_field)
+    top_p = _in_range(body, "top_p", 0.0, 1.0, 1.0)
+    if top_p == 0:
+        raise APIError(400, "top_p must be greater than 0", "top_p")
+    top_k = _get(body, "top_k", int, 0)
+    if top_k < 0 and top_k != -1:  # vLLM's -1 means off, as 0 does here
+        raise APIError(400, f"top_k must be >= 0, got {top_k}", "top_k")
+    sampling = {
+        "temperature": _in_range(body, "temperature", 0.0, 2.0, 1.0),
+        "top_p": top_p, "top_k": max(top_k, 0),
+        "min_p": _in_range(body, "min_p", 0.0, 1.0, 0.0),
+        "repetition_penalty": _in_range(body, "repetition_penalty", 0.01, 10.0, 1.0),
+        "frequency_penalty": _in_range(body, "frequency_penalty", -2.0, 2.0, 0.0),
+        "presence_penalty": _in_range(body, "presence_penalty", -2.0, 2.0, 0.0),
+    }
+    n = _get(body, "n", int, 1)
+    if not 1 <= n <= MAX_N:
+        raise APIError(400, f"n must be between 1 and {MAX_N}, got {n}", "n")
+    stop = _get(body, "stop", (str, list), [])
+    stop = [stop] if isinstance(stop, str) else stop
+    if len(stop) > MAX_STOP_STRINGS or not all(isinstance(s, str) for s in stop):
+        raise APIError(400, f"stop must be a string or a list of at most {MAX_STOP_STRINGS} "
+                       "strings", "stop")
+    options = _get(body, "stream_options", dict, {})
+    return Params(max_tokens=max_tokens, sampling=sampling, seed=_get(body, "seed", int),
+                  n=n, stop=stop, stream=_get(body, "stream", bool, False),
+                  include_usage=bool(options.get("include_usage", False)))
+
+
+def parse_completion(body: dict) -> tuple[str, Params]:
+    """POST /v1/completions: the prompt (one string) and its parameters."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise APIError(400, "prompt must be a non-empty string", "prompt")
+    params = parse_params(body, default_max_tokens=16)  # OpenAI's default for completions
+    logprobs = _get(body, "logprobs", int)
+    if logprobs is not None and not 0 <= logprobs <= 5:
+        raise APIError(400, f"logprobs must be between 0 and 5, got {logprobs}", "logprobs")
+    params.logprobs = logprobs
+    return prompt, params
+
+
+def parse_chat(body: dict) -> tuple[list[dict], Params]:
+    """POST /v1/chat/completions: the messages and their parameters."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise APIError(400, "messages must be a non-empty list", "messages")
+    checked = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            role = message.get("role") if isinstance(message, dict) else message
+            raise APIError(400, f"messages[{i}]: unknown role {role!r}; roles are "
+                           f"{', '.join(ROLES)}", "messages")
+        content = message.get("content")
+        if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+            content = "".join(part.get("text", "") for part in content
+                              if isinstance(part, dict) and part.get("type") == "text")
+        if not isinstance(content, str):
+            raise APIError(400, f"messages[{i}].content must be text", "messages")
+        checked.append({"role": message["role"], "content": content})
+    field_name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    params = parse_params(body, field_name)
+    if _get(body, "logprobs", bool, False):
+        top = _get(body, "top_logprobs", int, 0)
+        if not 0 <= top <= 20:
+            raise APIError(400, f"top_logprobs must be between 0 and 20, got {top}",
+                           "top_logprobs")
+        params.logprobs = top
+    return checked, params
