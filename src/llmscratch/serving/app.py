@@ -5,6 +5,7 @@
     POST /v1/chat/completions   messages in (rendered with the run's chat template)
     GET  /health                {"status": "ok"}
     GET  /metrics               Prometheus text: requests, tokens, queue, KV blocks
+    GET  /                      a chat page (static/index.html) that uses the API above
 
 Both generation endpoints stream with `"stream": true`: server-sent events,
 one `data: {json}` a chunk, then `data: [DONE]`. Each request's tokens come
@@ -27,7 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.background import BackgroundTask
 
 from llmscratch.distributed import resolve_device
@@ -40,6 +47,7 @@ from llmscratch.tokenizer import StopText, Tokenizer
 from llmscratch.tokenizer.chat import encode_chat
 
 MAX_BODY_BYTES = 1 << 20
+CHAT_PAGE = Path(__file__).parent / "static" / "index.html"
 
 
 @dataclass
@@ -79,6 +87,10 @@ def create_app(state: ServerState) -> FastAPI:
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok"}
+
+    @app.get("/")
+    async def chat_page() -> HTMLResponse:
+        return HTMLResponse(CHAT_PAGE.read_text(encoding="utf-8"))
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
