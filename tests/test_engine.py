@@ -7,20 +7,11 @@ import torch
 from llmscratch.errors import LLMScratchError
 from llmscratch.generation.engine import Engine
 from llmscratch.generation.sampling import SamplingConfig
-from llmscratch.model import GPT, get_preset
+from llmscratch.model import GPT
+from tests.test_families import tiny  # a tiny model of a family, its norms perturbed
 
 FAMILIES = ["gpt2-tiny", "llama-3-tiny", "qwen3-tiny", "qwen3-moe-tiny"]
 GREEDY = SamplingConfig(max_new_tokens=16, temperature=0)
-
-
-def tiny(name: str, **overrides) -> GPT:
-    torch.manual_seed(0)
-    model = GPT(get_preset(name, **overrides)).eval()
-    with torch.no_grad():  # norms start at 1 and biases at 0: perturb them so they matter
-        for param in model.parameters():
-            if param.dim() == 1:
-                param.add_(0.1 * torch.randn_like(param))
-    return model
 
 
 def uncached_greedy(model: GPT, prompt: list[int], n: int) -> list[int]:

@@ -217,3 +217,25 @@ def test_over_the_concurrency_limit_is_429(tiny_run, monkeypatch):
                 client.completions.create(model="tiny", prompt="x", max_tokens=1)
     finally:
         server.close()
+
+
+def test_a_failing_step_ends_its_requests_and_the_server_goes_on(server, monkeypatch):
+    from llmscratch.generation.engine import Engine
+
+    step = Engine.step
+    calls = []
+
+    def fails_once(self):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in a step")
+        return step(self)
+
+    monkeypatch.setattr(Engine, "step", fails_once)
+    client = server.client()
+    broken = client.completions.create(model="tiny", prompt="x", max_tokens=5, temperature=0)
+    assert broken.choices[0].text == ""  # ended, not hung
+    monkeypatch.undo()
+    assert client.completions.create(model="tiny", prompt="x", max_tokens=3,
+                                     temperature=0).usage.completion_tokens == 3
+    assert server.metrics()["llmscratch_kv_blocks_used"] == 0

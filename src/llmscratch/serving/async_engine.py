@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import queue
 import threading
+import traceback
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 
@@ -104,8 +105,19 @@ class AsyncEngine:
                 self._wake.wait()
                 self._wake.clear()
                 continue
-            for seq, token in self.engine.step():
+            try:
+                produced = self.engine.step()
+            except Exception:  # a bug: say so, end every request, keep serving
+                traceback.print_exc()
+                self._fail_all()
+                continue
+            for seq, token in produced:
                 self._deliver(seq, token)
+
+    def _fail_all(self) -> None:
+        for request in list(self._requests.values()):
+            self.engine.abort(request.seq)
+            self._finish(request, "error")
 
     def _read_inbox(self) -> None:
         while True:
