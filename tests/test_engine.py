@@ -1,10 +1,13 @@
 """The engine: continuous batching over a paged KV cache gives each request the tokens it
 would get alone, for every family, batched, preempted, sharing a prefix or joining late."""
 
+import copy
+
 import pytest
 import torch
 
 from llmscratch.errors import LLMScratchError
+from llmscratch.generation.cpu_weights import pack_linear_weights
 from llmscratch.generation.engine import Engine
 from llmscratch.generation.sampling import SamplingConfig
 from llmscratch.model import GPT
@@ -160,3 +163,27 @@ def test_streaming_yields_the_tokens_and_stopping_early_frees_the_blocks():
     assert len(engine.scheduler.running) == 1 and not other.finished
     engine.abort(other)
     assert other.finish_reason == "abort" and engine.blocks.used == 0
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_linear_weights_compute_the_same_model(name, dtype):
+    """CPU packing (cpu_weights.py) swaps every nn.Linear, biases and a tied output layer
+    included, for oneDNN's kernel: the logits stay those of the model as it was."""
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this PyTorch has no oneDNN: packing does not apply")
+    model = tiny(name).to(dtype)
+    packed = copy.deepcopy(model)
+    linears = sum(type(m) is torch.nn.Linear for m in model.modules())
+    assert pack_linear_weights(packed) == linears > 0
+    assert not any(type(m) is torch.nn.Linear for m in packed.modules())
+    ids = torch.tensor(prompts([11, 11]))
+    with torch.no_grad():
+        expected = model.logits(model(ids)).float()
+        got = packed.logits(packed(ids)).float()
+    tolerance = 1e-4 if dtype == torch.float32 else 3e-2 * expected.abs().max().item()
+    assert (got - expected).abs().max().item() < tolerance
+    if dtype == torch.float32:  # and the engine over the packed model decodes the same tokens
+        batch = prompts([3, 17, 9])
+        expected_tokens = [uncached_greedy(model, p, 16) for p in batch]
+        assert Engine(packed, block_size=4).generate(batch, GREEDY) == expected_tokens

@@ -54,6 +54,7 @@ def add_device_options(p) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from llmscratch.distributed import resolve_device
+    from llmscratch.generation.cpu_weights import pack_linear_weights
     from llmscratch.generation.sampling import SamplingConfig, generate_tokens
     from llmscratch.runs.load import load_for_inference
     from llmscratch.tokenizer import StreamDecoder
@@ -65,6 +66,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.repetition_penalty, args.frequency_penalty, args.presence_penalty)
     model, tokenizer, settings = load_for_inference(args.run, resolve_device(args.device),
                                                     args.dtype)
+    pack_linear_weights(model)  # on the CPU: oneDNN's faster kernels (only inference follows)
     prompt_ids = tokenizer.encode(args.prompt)
     if len(prompt_ids) >= model.config.context_length:
         raise LLMScratchError(

@@ -3,12 +3,14 @@
     engine = Engine(model)
     outputs = engine.generate([prompt_a, prompt_b], SamplingConfig(temperature=0))
 
-Each `step` asks the scheduler which sequences run (scheduler.py), builds
-one batch for the model (every sequence's not-yet-computed tokens, left
-padded; a `BatchCache` view of the paged cache, paged_cache.py), runs the
-model's forward pass, samples one token for each sequence from its last
-position, and lets finished sequences go. The model is the same one that
-trains: its attention reads and writes the cache through the view.
+Each `step` asks the scheduler which sequences run (scheduler.py) and runs
+the model over their not-yet-computed tokens, with a `BatchCache` view of
+the paged cache (paged_cache.py): in a decode step, all the sequences' newest
+tokens in one batch; in a prefill step, each new prompt in a forward pass of
+its own, so no prompt is padded to the longest. It then samples one token
+for each sequence from its last position and lets finished sequences go.
+The model is the same one that trains: its attention reads and writes the
+cache through the view.
 
 Legend: B sequences in the step, T new tokens of the longest, V vocabulary.
 """
@@ -43,12 +45,13 @@ class Engine:
                  block_size: int = DEFAULT_BLOCK_SIZE, max_batch: int = 32,
                  max_batch_tokens: int = 4096, vocab_size: int | None = None) -> None:
         self.model = model.eval()
-        self.device = model.lm_head.weight.device
+        embedding = model.tok_emb.weight  # (the linear layers' may be packed: cpu_weights.py)
+        self.device = embedding.device
         context = model.config.context_length
         blocks_per_sequence = -(-context // block_size)
         num_blocks = num_blocks or max_batch * blocks_per_sequence
         self.cache = PagedKVCache(model.config, num_blocks, block_size,
-                                  model.lm_head.weight.dtype, self.device)
+                                  embedding.dtype, self.device)
         self.blocks = BlockManager(num_blocks, block_size)
         self.scheduler = Scheduler(self.blocks, max_batch, max_batch_tokens)
         self.vocab_size = vocab_size
@@ -78,21 +81,17 @@ class Engine:
     @torch.no_grad()
     def step(self) -> list[tuple[Sequence, int]]:
         """One forward pass over the scheduled sequences; returns each one's new token."""
-        seqs, _ = self.scheduler.schedule()
+        seqs, prefill = self.scheduler.schedule()
         if not seqs:
             return []
-        new = [seq.num_tokens - seq.num_computed for seq in seqs]
-        T = max(new)
-        inputs = torch.zeros(len(seqs), T, dtype=torch.int64)  # (B, T), left padded
-        for i, (seq, n) in enumerate(zip(seqs, new, strict=True)):
-            inputs[i, T - n:] = torch.tensor(seq.token_ids[seq.num_computed:])
-        view = BatchCache(self.cache, [s.block_table for s in seqs],
-                          [s.num_computed for s in seqs], new, self.device)
-        hidden = self.model(inputs.to(self.device), view, view.attention_mask)  # (B, T, D)
-        logits = self.model.logits(hidden[:, -1])[:, :self.vocab_size].float().cpu()  # (B, V)
+        # Prompts differ in length, and padding them to the longest would compute the padding:
+        # each prompt runs alone (its many tokens already share each read of the weights).
+        # Decoding sequences add one token each and run together.
+        groups = [[seq] for seq in seqs] if prefill else [seqs]
+        logits = torch.cat([self._forward(group) for group in groups])  # (B, V)
         produced = []
-        for seq, n, row in zip(seqs, new, logits, strict=True):
-            seq.num_computed += n
+        for seq, row in zip(seqs, logits, strict=True):
+            seq.num_computed = seq.num_tokens
             self.blocks.commit(seq)
             token = int(sample_next(row[None], seq.sampling, seq.generator, seq.prompt_ids,
                                     seq.output_ids))
@@ -101,6 +100,18 @@ class Engine:
             produced.append((seq, token))
             self._append(seq, token)
         return produced
+
+    def _forward(self, seqs: list[Sequence]) -> torch.Tensor:
+        """The model over each sequence's uncomputed tokens; next-token logits (B, V) in fp32."""
+        new = [seq.num_tokens - seq.num_computed for seq in seqs]
+        T = max(new)
+        inputs = torch.zeros(len(seqs), T, dtype=torch.int64)  # (B, T), left padded
+        for i, (seq, n) in enumerate(zip(seqs, new, strict=True)):
+            inputs[i, T - n:] = torch.tensor(seq.token_ids[seq.num_computed:])
+        view = BatchCache(self.cache, [s.block_table for s in seqs],
+                          [s.num_computed for s in seqs], new, self.device)
+        hidden = self.model(inputs.to(self.device), view, view.attention_mask)  # (B, T, D)
+        return self.model.logits(hidden[:, -1])[:, :self.vocab_size].float().cpu()  # (B, V)
 
     def abort(self, seq: Sequence) -> None:
         """Drop a request (its client left, or its text hit a stop string): blocks freed now."""

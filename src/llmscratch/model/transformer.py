@@ -277,7 +277,7 @@ class GPT(nn.Module):
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty KV cache sized for this model, on its device and in its dtype."""
-        param = self.lm_head.weight
+        param = self.tok_emb.weight  # (the linear layers' weights may be packed for inference)
         c = self.config
         return KVCache(
             c.n_layer, batch_size, c.kv_heads, max_len or c.context_length, c.head_dim,
