@@ -103,6 +103,23 @@ def test_padded_batch_equals_each_row_alone(name, side):
 
 
 @pytest.mark.parametrize("name", TINY)
+def test_sequences_packed_in_one_row_each_equal_their_forward_alone(name):
+    """Packing (fine-tuning): sequences numbered 1, 2, 3 in the mask, then padding. Each
+    sees only itself and its positions restart, whatever the family's positions and window."""
+    model = tiny(name, sliding_window=4) if name == "qwen3-tiny" else tiny(name)
+    rows = [torch.randint(0, 512, (n,)) for n in (5, 9, 3)]
+    packed = torch.cat(rows + [torch.zeros(2, dtype=torch.int64)])[None]  # (1, 19)
+    segments = torch.cat([torch.full((len(r),), i + 1) for i, r in enumerate(rows)]
+                         + [torch.zeros(2, dtype=torch.int64)])[None]  # 1..1 2..2 3..3 0 0
+    hidden = model(packed, attention_mask=segments)[0]  # (19, D)
+    start = 0
+    for row in rows:
+        alone = model(row.unsqueeze(0))[0]  # (n, D)
+        torch.testing.assert_close(hidden[start:start + len(row)], alone, atol=1e-5, rtol=1e-5)
+        start += len(row)
+
+
+@pytest.mark.parametrize("name", TINY)
 def test_cached_forward_equals_full_forward(name):
     model = tiny(name, sliding_window=6) if name == "qwen3-tiny" else tiny(name)
     ids = torch.randint(0, 512, (2, 24))

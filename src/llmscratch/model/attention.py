@@ -53,26 +53,31 @@ def visible_keys(
     S: int,
     device: torch.device,
     window: int = 0,
-    key_padding: torch.Tensor | None = None,
+    segments: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Which keys each query may attend to (True = visible).
 
     The T queries are the last T of the S positions: query i sits at position
     S - T + i and sees key j when j <= that position (causal) and, with a
-    `window` W > 0, when j > position - W. `key_padding` (B, S), True for real
-    tokens, also hides padding keys - except a query's own position, so a
-    padding query always sees one key and its (ignored) output stays finite.
-    Returns (T, S), or (B, 1, T, S) with `key_padding`.
+    `window` W > 0, when j > position - W. `segments` (B, S) is an attention
+    mask: 0 for padding, and for real tokens the number of the sequence they
+    belong to (all 1 for one sequence per row; 1, 2, 3, ... for several
+    sequences packed into one row). A query sees only keys of its own
+    sequence - and its own position always, so a padding query sees one key
+    and its (ignored) output stays finite. Returns (T, S), or (B, 1, T, S)
+    with `segments`.
     """
     query_pos = torch.arange(S - T, S, device=device).unsqueeze(1)  # (T, 1)
     key_pos = torch.arange(S, device=device).unsqueeze(0)  # (1, S)
     visible = key_pos <= query_pos  # (T, S)
     if window:
         visible = visible & (key_pos > query_pos - window)  # (T, S)
-    if key_padding is not None:
+    if segments is not None:
         is_self = key_pos == query_pos  # (T, S)
-        real_key = key_padding.bool()[:, None, None, :]  # (B, 1, 1, S)
-        visible = visible & (real_key | is_self)  # (B, 1, T, S)
+        query_segment = segments[:, None, S - T:, None]  # (B, 1, T, 1)
+        key_segment = segments[:, None, None, :]  # (B, 1, 1, S)
+        same = (key_segment == query_segment) & (key_segment > 0)  # (B, 1, T, S)
+        visible = visible & (same | is_self)  # (B, 1, T, S)
     return visible
 
 

@@ -84,6 +84,10 @@ class ModelConfig:
         attn_impl: "sdpa" (PyTorch's fused kernel), "explicit" (mask + softmax,
             for reading) or "auto" (the faster of the two for the inputs: see
             attention.use_fused_kernel). All compute the same function.
+        head_outputs: a sequence head beside the output layer (heads.SequenceHead):
+            the number of classes of a classifier, 1 for a reward model; 0 = none.
+        head_pooling: what the sequence head reads: "last" (the last real token)
+            or "mean" (the mean over real tokens).
     """
 
     vocab_size: int = 50257
@@ -115,6 +119,8 @@ class ModelConfig:
     dtype: str = "fp32"
     dropout: float = 0.0
     attn_impl: str = "auto"
+    head_outputs: int = 0
+    head_pooling: str = "last"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
@@ -136,6 +142,9 @@ class ModelConfig:
         _check_choice("mlp", self.mlp, ("gelu", "swiglu", "moe"))
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("attn_impl", self.attn_impl, ("auto", "sdpa", "explicit"))
+        _check_choice("head_pooling", self.head_pooling, ("last", "mean"))
+        if self.head_outputs < 0:
+            _fail("head_outputs", self.head_outputs, "give 0 (no head) or a positive number")
         if self.positions == "rope" and self.head_dim % 2:
             _fail("head_size", self.head_dim, "RoPE rotates pairs of features: use an even width")
         if self.rope_theta <= 0:

@@ -43,7 +43,7 @@ from torch import nn
 from llmscratch.errors import LLMScratchError
 from llmscratch.model.attention import CausalSelfAttention, visible_keys
 from llmscratch.model.config import ModelConfig
-from llmscratch.model.heads import linear_cross_entropy, linear_log_probs
+from llmscratch.model.heads import SequenceHead, linear_cross_entropy, linear_log_probs
 from llmscratch.model.kv_cache import KVCache
 from llmscratch.model.moe import MoE
 from llmscratch.model.norms import RMSNorm, make_norm
@@ -108,6 +108,22 @@ class Block(nn.Module):
         return x
 
 
+def segment_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each token's position within its sequence (B, S), from a mask of sequence numbers.
+
+    A sequence is a run of equal non-zero values in a row (padding is 0):
+    mask [0, 0, 1, 1, 1] gives positions [., ., 0, 1, 2], mask [1, 1, 2, 2, 2]
+    gives [0, 1, 0, 1, 2]. Positions at padding are meaningless (the tokens
+    there are ignored) and kept non-negative.
+    """
+    mask = attention_mask.long()  # (B, S)
+    index = torch.arange(mask.size(1), device=mask.device).expand_as(mask)  # (B, S)
+    starts = torch.ones_like(mask, dtype=torch.bool)  # where a run of equal values begins
+    starts[:, 1:] = mask[:, 1:] != mask[:, :-1]
+    run_start = torch.where(starts, index, 0).cummax(dim=1).values  # (B, S)
+    return index - run_start  # (B, S)
+
+
 class GPT(nn.Module):
     """A decoder-only language model: token ids in, hidden states out; heads on top."""
 
@@ -124,6 +140,10 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
+        # A classifier's or a reward model's head (fine-tuning, alignment): one vector per
+        # sequence -> head_outputs numbers. The output layer stays, for generation.
+        self.head = (SequenceHead(config.n_embd, config.head_outputs, config.head_pooling)
+                     if config.head_outputs else None)
         self.init_weights()
 
     @classmethod
@@ -206,6 +226,9 @@ class GPT(nn.Module):
         for padding. Padding keys are hidden and positions count real tokens
         only, so each row of a padded batch (left or right) gets the hidden
         states it would get alone; those at padding positions are meaningless.
+        Several sequences may share a row ("packing"): number their tokens 1,
+        2, 3, ... in the mask, and each sees only its own tokens, its positions
+        starting again from 0, as if it were alone.
         """
         c = self.config
         B, T = input_ids.shape
@@ -223,9 +246,7 @@ class GPT(nn.Module):
             if attention_mask.shape != (B, S):
                 raise ValueError(f"attention_mask must have shape {(B, S)}, "
                                  f"got {tuple(attention_mask.shape)}")
-            # A token's position is the number of real tokens before it.
-            real_before = attention_mask.long().cumsum(dim=-1) - 1  # (B, S)
-            positions = real_before[:, start:].clamp(min=0)  # (B, T)
+            positions = segment_positions(attention_mask)[:, start:]  # (B, T)
 
         x = self.tok_emb(input_ids)  # (B, T, D)
         if self.pos_emb is not None:
