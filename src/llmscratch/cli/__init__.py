@@ -1,6 +1,7 @@
 """The `llmscratch` command: one entry point, a module per command group.
 
     llmscratch demo | pretrain               cli/train.py      recipes/
+    llmscratch finetune, classify, lora      cli/finetune.py   recipes/finetune.py, adapters.py
     llmscratch generate | eval               cli/generate.py   generation/, evaluation/
     llmscratch chat                          cli/chat.py       generation/engine.py
     llmscratch serve                         cli/serve.py      serving/
@@ -22,7 +23,17 @@ from __future__ import annotations
 import sys
 
 from llmscratch import __version__
-from llmscratch.cli import chat, convert, data, generate, runs, serve, tokenizer, train
+from llmscratch.cli import (
+    chat,
+    convert,
+    data,
+    finetune,
+    generate,
+    runs,
+    serve,
+    tokenizer,
+    train,
+)
 from llmscratch.cli.common import Parser
 from llmscratch.errors import LLMScratchError, TrainingInterrupted
 
@@ -36,6 +47,7 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # In the order of the pipeline.
     train.register(sub)
+    finetune.register(sub)
     tokenizer.register(sub)
     data.register(sub)
     generate.register(sub)
@@ -65,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as stop:
         sys.stdout.flush()
         print(f"\ninterrupted at step {stop.step}; checkpoint saved. Continue with "
-              f"`llmscratch pretrain --resume DIR`.", file=sys.stderr)
+              f"`llmscratch pretrain --resume DIR` (a fine-tuning run: "
+              f"`llmscratch finetune resume DIR`).", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         sys.stdout.flush()

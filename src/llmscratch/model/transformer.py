@@ -35,6 +35,7 @@ RMSNorm; `mlp` GELU, SwiGLU or Mixture of Experts; `n_kv_head`, `qk_norm`,
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -176,6 +177,16 @@ class GPT(nn.Module):
         if config.tie_embeddings:  # assign replaced the embedding: share it again
             model.lm_head.weight = model.tok_emb.weight
         return model
+
+    def add_head(self, n_outputs: int, pooling: str = "last") -> SequenceHead:
+        """Put a new sequence head (n_outputs numbers per sequence) on this model, in its
+        dtype and on its device, and record it in the config (fine-tuning a classifier or
+        a reward model from a language model)."""
+        self.config = replace(self.config, head_outputs=n_outputs, head_pooling=pooling)
+        weight = self.tok_emb.weight
+        self.head = SequenceHead(self.config.n_embd, n_outputs, pooling).to(weight.device,
+                                                                            weight.dtype)
+        return self.head
 
     @torch.no_grad()
     def init_weights(self) -> None:

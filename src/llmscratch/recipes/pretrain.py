@@ -26,27 +26,20 @@ import contextlib
 import copy
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from llmscratch.data.loader import TokenWindows
-from llmscratch.distributed import (
-    DistInfo,
-    all_reduce_mean,
-    barrier,
-    close_distributed,
-    init_distributed,
-    resolve_device,
-)
+from llmscratch.distributed import DistInfo, barrier
 from llmscratch.errors import LLMScratchError
 from llmscratch.evaluation.perplexity import EvalResult, score_windows
 from llmscratch.generation.sampling import SamplingConfig, generate
 from llmscratch.model import GPT, ModelConfig
 from llmscratch.recipes.budget import TimeBudget
 from llmscratch.recipes.pretrain_data import RunData, load_data
+from llmscratch.recipes.processes import processes
 from llmscratch.recipes.report import write_report, write_samples
 from llmscratch.runs.checkpoint import (
     TrainState,
@@ -61,7 +54,7 @@ from llmscratch.training.objectives import NextTokenPrediction
 from llmscratch.training.optim import Schedule, build_optimizer
 from llmscratch.training.parallel import check_global_batch, parallelize
 from llmscratch.training.plots import plot_losses, plot_training
-from llmscratch.training.precision import autocast_dtype, resolve_dtype
+from llmscratch.training.precision import autocast_dtype
 
 # Model fields that may change when a run is resumed: they do not change its weights.
 RESUMABLE_MODEL_FIELDS = ("dropout", "attn_impl")
@@ -107,33 +100,12 @@ class SampleText(Callback):
         return outs
 
 
-@contextlib.contextmanager
-def _processes(config: RunConfig) -> Iterator[tuple[DistInfo, torch.device]]:
-    """Join torchrun's process group (if launched by it) for the length of a run.
-
-    Also settles `train.dtype=auto` (training/precision.py) to what this
-    hardware computes fastest; every process must use the same, so bf16 is
-    chosen only where all of them would choose it.
-    """
-    info = init_distributed(resolve_device(config.train.device))
-    try:
-        device = resolve_device(config.train.device, info)
-        if config.train.dtype == "auto":
-            bf16 = float(resolve_dtype("auto", device) == "bf16")
-            config.train.dtype = "bf16" if all_reduce_mean(bf16, info) == 1.0 else "fp32"
-            if info.is_main:
-                print(f"train.dtype=auto: computing in {config.train.dtype} on {device.type}")
-        yield info, device
-    finally:
-        close_distributed()
-
-
 def pretrain(config: RunConfig, out_dir: Path, overwrite: bool = False) -> PretrainResult:
     """Start a new run in `out_dir` (see the module docstring)."""
     out_dir = Path(out_dir)
     _check_seq_len(config)
     Run.check_new(out_dir, overwrite)  # before the data is read: fail fast, change nothing
-    with _processes(config) as (info, device):
+    with processes(config) as (info, device):
         # Rank 0 reads the data and takes (or trains) the tokenizer, then creates the run
         # with it; the other ranks read the tokenizer from there.
         data = load_data(config, info) if info.is_main else None
@@ -160,7 +132,7 @@ def resume(run_dir: Path, overrides: list[str] | tuple = (), fallback: bool = Fa
     _check_seq_len(config)
     ckpt = latest_checkpoint(run, fallback=fallback)
     _check_same_model(config.model, checkpoint_config(ckpt), ckpt)
-    with _processes(config) as (info, device):
+    with processes(config) as (info, device):
         with run.lock() if info.is_main else contextlib.nullcontext():
             data = load_data(config, info, run.tokenizer())
             return _train(config, run, data, ckpt, info, device)

@@ -166,15 +166,17 @@ def _finish(run: Run, tmp: Path, name: str, state: TrainState, trainable_only: b
         shutil.rmtree(old)
 
 
-def save_weights(run: Run, model: torch.nn.Module, step: int = 0) -> Path:
-    """A checkpoint of weights alone (an imported model's): no optimizer, no loop state."""
+def save_weights(run: Run, model: torch.nn.Module, step: int = 0,
+                 trainable_only: bool = False) -> Path:
+    """A checkpoint of weights alone (an imported model's, or imported adapters with
+    `trainable_only`): no optimizer, no loop state."""
     name = run.checkpoint_dir(step).name
     tmp = run.checkpoints_dir / f".{name}.tmp"
     try:
         tmp.mkdir(parents=True)
-        save_file(model_state(model), tmp / WEIGHTS)
+        save_file(model_state(model, trainable_only), tmp / WEIGHTS)
         shutil.copyfile(run.config_path, tmp / CONFIG)
-        write_manifest(tmp, run)
+        write_manifest(tmp, run, trainable_only)
         tmp.rename(run.checkpoints_dir / name)
         atomic_write_text(run.latest_path, name + "\n")
     except (OSError, SafetensorError) as err:
@@ -344,8 +346,9 @@ def read_weights(ckpt: Path) -> dict[str, torch.Tensor]:
         raise LLMScratchError(f"cannot read weights {ckpt / WEIGHTS}: {err}") from None
 
 
-def load_weights(model: torch.nn.Module, ckpt: Path, manifest: dict) -> None:
-    """Copy a verified checkpoint's weights into `model`.
+def load_weights(model: torch.nn.Module, ckpt: Path, manifest: dict,
+                 tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Copy a verified checkpoint's weights (`tensors`, when already read) into `model`.
 
     A full checkpoint must cover every tensor of the model (a tied output
     layer is saved once, under the embedding's name); a trainable-only one
@@ -355,7 +358,7 @@ def load_weights(model: torch.nn.Module, ckpt: Path, manifest: dict) -> None:
     if is_sharded_checkpoint(manifest):
         sharded.load_model(model, ckpt / sharded.DCP_DIR)
         return
-    tensors = read_weights(ckpt)
+    tensors = read_weights(ckpt) if tensors is None else tensors
     expected = model.state_dict()
     unexpected = sorted(set(tensors) - set(expected))
     missing = [] if manifest.get("trainable_only") else sorted(

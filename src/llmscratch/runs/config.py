@@ -1,8 +1,9 @@
 """A run's configuration: the typed sections of its config.yaml.
 
-    model:  ModelConfig  (model/config.py) - the architecture
-    data:   DataConfig   - which text, which tokenizer, how it is split
-    train:  TrainConfig  - optimisation, schedule, evaluation, checkpoints
+    model:     ModelConfig    (model/config.py) - the architecture
+    data:      DataConfig     - which text, which tokenizer, how it is split
+    train:     TrainConfig    - optimisation, schedule, evaluation, checkpoints
+    finetune:  FinetuneConfig - a fine-tuning run's method, data and what trains
 
 A YAML file gives any subset of fields; `model.preset: NAME` starts the
 model section from a named preset. Overrides on the command line use dotted
@@ -23,6 +24,7 @@ from llmscratch.config import apply_overrides, from_dict, read_yaml, to_dict
 from llmscratch.errors import LLMScratchError
 from llmscratch.io import atomic_write_text
 from llmscratch.model.config import ModelConfig
+from llmscratch.model.lora import DEFAULT_TARGETS, LoRAConfig
 from llmscratch.tokenizer.patterns import PATTERNS
 
 
@@ -209,12 +211,125 @@ class TrainConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """How a fine-tuning run adapts its base run's model: the finetune section.
+
+    Fields:
+        method: "classify" (a class head on the last real token) or "sft"
+            (instruction tuning: next-token loss on the answers).
+        data: the training file, or a task shipped with the project: "genres"
+            (classify: which genre a passage of the plays is from) or "synthetic"
+            (sft: checkable instruction tasks, data/synthetic_tasks.py).
+            classify reads .csv, .tsv, .jsonl, or the SMS Spam Collection with
+            data_format "sms"; sft reads Alpaca .json/.jsonl or chat .jsonl.
+        val_data, test_data: held-out files; when empty, the training file is split
+            (classify: 70/10/20 as in the book; sft: val_fraction of it).
+        data_format: "auto" (from the file's extension) or "sms" (label<TAB>text, the
+            book's balancing and split).
+        text_field, label_field: classify: the fields holding the text and its label.
+        val_fraction: sft: the share of a single file held out for validation.
+        trainable: what trains: "auto" (classify: "last:1", as in the book; sft, or
+            init "random": "all"),
+            "all", "head" (classify: the new head alone), "last:N" (the last N blocks,
+            the final norm and the head), or "lora" (adapters only, below).
+        lora_rank, lora_alpha, lora_dropout, lora_targets: the adapters (model/lora.py).
+        pooling: classify: what the head reads: "last" (the last real token) or "mean".
+        prompt_format: sft: "chat" (the model's chat template) or "alpaca" (the book's
+            "### Instruction:" prompt).
+        train_on: sft: "response" (the loss on the answer's tokens only) or "all".
+        packing: sft: lay examples end to end in rows of max_len tokens (each still
+            sees only itself) instead of one padded example per row.
+        max_len: longest example in tokens (0 = the model's context length).
+        overlong: what happens to a longer one: "truncate" or "skip" (counted either way).
+        epochs: passes over the training examples; sets train.max_steps
+            (0 = keep train.max_steps).
+        init: "base" (start from the base run's weights) or "random" (the same
+            architecture and tokenizer, freshly initialised: the control experiment
+            that shows what pretraining brings).
+        synthetic_train, synthetic_heldout: sft with data "synthetic": how many examples.
+        eval_examples: sft: held-out examples answered (greedy) and scored by exact
+            match, before and after training (0 = none).
+    """
+
+    method: str = "sft"
+    data: str = ""
+    val_data: str = ""
+    test_data: str = ""
+    data_format: str = "auto"
+    text_field: str = "text"
+    label_field: str = "label"
+    val_fraction: float = 0.1
+    trainable: str = "auto"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    pooling: str = "last"
+    prompt_format: str = "chat"
+    train_on: str = "response"
+    packing: bool = False
+    max_len: int = 0
+    overlong: str = "truncate"
+    epochs: float = 1.0
+    init: str = "base"
+    synthetic_train: int = 2000
+    synthetic_heldout: int = 200
+    eval_examples: int = 200
+
+    def __post_init__(self) -> None:
+        choices = {"method": ("classify", "sft"), "data_format": ("auto", "sms"),
+                   "pooling": ("last", "mean"), "prompt_format": ("chat", "alpaca"),
+                   "train_on": ("response", "all"), "overlong": ("truncate", "skip"),
+                   "init": ("base", "random")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise LLMScratchError(f"finetune.{name} must be one of {', '.join(allowed)}, "
+                                      f"got {getattr(self, name)!r}")
+        if self.trainable not in ("auto", "all", "head", "lora") and not (
+                self.trainable.startswith("last:") and self.trainable[5:].isdigit()
+                and int(self.trainable[5:]) >= 1):
+            raise LLMScratchError(f"finetune.trainable must be auto, all, head, lora or last:N "
+                                  f"(N >= 1), got {self.trainable!r}")
+        if self.init == "random" and self.what_trains != "all":
+            raise LLMScratchError("finetune.init=random trains every weight: its checkpoints "
+                                  "cannot lie over the base run's; use finetune.trainable=all")
+        if self.trainable == "head" and self.method != "classify":
+            raise LLMScratchError("finetune.trainable=head needs finetune.method=classify")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise LLMScratchError(f"finetune.val_fraction must be in (0, 1), "
+                                  f"got {self.val_fraction}")
+        for name in ("max_len", "epochs", "synthetic_train", "synthetic_heldout",
+                     "eval_examples"):
+            if getattr(self, name) < 0:
+                raise LLMScratchError(f"finetune.{name} must be >= 0, got {getattr(self, name)}")
+        _ = self.lora  # the adapter's fields are checked now, not when training starts
+
+    @property
+    def lora(self) -> LoRAConfig:
+        return LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout,
+                          list(self.lora_targets))
+
+    @property
+    def what_trains(self) -> str:
+        """`trainable`, with "auto" resolved for the method."""
+        if self.trainable != "auto":
+            return self.trainable
+        return "last:1" if self.method == "classify" and self.init == "base" else "all"
+
+
+@dataclass
 class RunConfig:
-    """Everything that defines a run; saved as config.yaml in the run directory."""
+    """Everything that defines a run; saved as config.yaml in the run directory.
+
+    A pretraining run uses model, data and train; a fine-tuning run model,
+    train and finetune (its data is named in finetune); an imported model's
+    run only model.
+    """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
 
 SECTIONS = tuple(f.name for f in fields(RunConfig))

@@ -30,6 +30,7 @@ from llmscratch.io import atomic_write_json
 from llmscratch.model.config import DTYPES, torch_dtype
 from llmscratch.model.hf_config import config_to_hf
 from llmscratch.model.hf_weights import hf_tensors
+from llmscratch.model.lora import remove_lora
 from llmscratch.runs.checkpoint import model_state
 from llmscratch.runs.hf_import import check_dtype, copy_side_files
 from llmscratch.runs.load import load_model
@@ -49,6 +50,7 @@ def convert_to_hf(run_dir: str | Path, out: str | Path, dtype: str | None = None
     _check_target(out, overwrite, folder=True)
     run = Run.open(run_dir)
     model = load_model(run)
+    remove_lora(model)  # a LoRA run exports as its merged model (runs/load.py)
     tokenizer = run.tokenizer()
     config = replace(model.config, dtype=dtype or _dtype_name(model.tok_emb.weight.dtype))
     hf_config = config_to_hf(config)
@@ -75,6 +77,7 @@ def export_safetensors(run_dir: str | Path, out: str | Path, overwrite: bool = F
     out = Path(out)
     _check_target(out, overwrite, folder=False)
     model = load_model(Run.open(run_dir))
+    remove_lora(model)  # a LoRA run's adapters, merged into its weights
 
     def write(tmp: Path) -> None:
         save_file(model_state(model), tmp)

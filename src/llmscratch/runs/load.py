@@ -21,6 +21,7 @@ import torch
 from llmscratch.errors import LLMScratchError
 from llmscratch.model import GPT
 from llmscratch.model.config import DTYPES, torch_dtype
+from llmscratch.model.lora import add_lora_layer, lora_layers, remove_lora
 from llmscratch.runs import sharded
 from llmscratch.runs.checkpoint import (
     checkpoint_config,
@@ -30,6 +31,7 @@ from llmscratch.runs.checkpoint import (
     read_weights,
     verify_checkpoint,
 )
+from llmscratch.runs.config import RunConfig
 from llmscratch.runs.run import GenerationSettings, Run
 from llmscratch.tokenizer import Tokenizer
 
@@ -49,11 +51,14 @@ def load_model(run: Run, checkpoint: str | None = None, _depth: int = 0) -> GPT:
         if not ckpt.is_dir():
             raise LLMScratchError(f"{run.path} has no checkpoint {checkpoint}")
         manifest = verify_checkpoint(ckpt, run)
-    config = (checkpoint_config(ckpt) or run.read_config()).model
+    run_config = checkpoint_config(ckpt) or run.read_config()
+    config = run_config.model
     base = run.base_run()
     if base is not None:
         model = load_model(*base, _depth=_depth + 1)
-        load_weights(model, ckpt, manifest)  # the run's own tensors over the base's
+        tensors = None if is_sharded_checkpoint(manifest) else read_weights(ckpt)
+        adapt(model, run_config, tensors or {})
+        load_weights(model, ckpt, manifest, tensors)  # the run's own tensors over the base's
     elif is_sharded_checkpoint(manifest):
         model = GPT(config)
         sharded.load_model(model, ckpt / sharded.DCP_DIR)
@@ -64,17 +69,36 @@ def load_model(run: Run, checkpoint: str | None = None, _depth: int = 0) -> GPT:
     return model.eval()
 
 
+def adapt(model: GPT, config: RunConfig, tensors: dict[str, torch.Tensor]) -> None:
+    """Give a base run's model what a fine-tuned run adds to it: its head, its adapters.
+
+    The head's size comes from the run's model config. The adapters' layers
+    and ranks come from the checkpoint's tensors (`NAME.lora_A` is (rank, in)),
+    all with the run's scaling, finetune.lora_alpha / finetune.lora_rank: an
+    imported PEFT adapter may have another rank on some layers (runs/peft_adapters.py).
+    """
+    if config.model.head_outputs and model.head is None:
+        model.add_head(config.model.head_outputs, config.model.head_pooling)
+    scaling = config.finetune.lora_alpha / config.finetune.lora_rank
+    for name, tensor in tensors.items():
+        if name.endswith(".lora_A") and name[:-len(".lora_A")] not in lora_layers(model):
+            rank = tensor.shape[0]
+            add_lora_layer(model, name[:-len(".lora_A")], rank, alpha=scaling * rank)
+
+
 def load_for_inference(path: str | Path, device: str | torch.device = "cpu",
                        dtype: str | None = None) -> tuple[GPT, Tokenizer, GenerationSettings]:
     """(model, tokenizer, generation settings) of the run at `path`.
 
     The model is in eval mode on `device`, its weights in `dtype` ("fp32",
-    "bf16"; None keeps the checkpoint's).
+    "bf16"; None keeps the checkpoint's), LoRA adapters merged into them.
     """
     if dtype is not None and dtype not in DTYPES:
         raise LLMScratchError(f"unsupported dtype {dtype!r}; choose {' or '.join(DTYPES)}")
     run = Run.open(path)
     model = load_model(run)
+    if lora_layers(model):  # fold the adapters into the weights: as fast as a full model
+        remove_lora(model)
     if dtype is not None:
         model = model.to(torch_dtype(dtype))
         model.config = replace(model.config, dtype=dtype)

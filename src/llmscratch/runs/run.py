@@ -9,6 +9,7 @@
       metrics.jsonl               one JSON record per logged step (runs/metrics.py)
       loss.png, training.png      plots of the metrics
       samples.md, report.md       what a pretraining run wrote about itself
+      eval/                       evaluation results (JSON) and their plots
       tensorboard/                event files, when asked for
       hf/                         an imported model's own tokenizer files and chat template
       .lock                       held by the process that trains the run
@@ -36,11 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmscratch.errors import LLMScratchError
-from llmscratch.io import atomic_write_json, read_json
-from llmscratch.runs.config import SECTIONS, RunConfig, load_config, save_config
+from llmscratch.io import atomic_write_json, read_json, sha256_file
+from llmscratch.runs.config import RunConfig, load_config, save_config
 from llmscratch.runs.metrics import MetricsLog
 from llmscratch.tokenizer import Tokenizer
 
+# The config.yaml sections each kind of run saves (runs/config.py).
+SECTIONS_OF_KIND = {"import": ("model",), "merged": ("model",),
+                    "finetune": ("model", "train", "finetune"),
+                    "": ("model", "data", "train")}
 INFO_FORMAT = "llmscratch-run"
 INFO_VERSION = 1
 # Special tokens that end a text, for runs that do not name their own stop ids
@@ -70,25 +75,40 @@ class BaseRun:
 
     run: the base run's directory: relative to this run's directory, or absolute.
     checkpoint: the base checkpoint's name (step-NNNNNNNN).
+    manifest_sha256: the SHA-256 of that checkpoint's manifest.json, which lists the
+        hash of each of its files: adapters trained on one base are never laid over
+        another that took its place.
     """
 
     run: str
     checkpoint: str
+    manifest_sha256: str = ""
+
+    @classmethod
+    def of(cls, base: Run, checkpoint: str, new_run_dir: str | os.PathLike) -> BaseRun:
+        """`base`'s checkpoint, named relative to the new run (the two can move together)."""
+        relative = os.path.relpath(base.path.resolve(), Path(new_run_dir).resolve())
+        manifest = base.checkpoints_dir / checkpoint / "manifest.json"
+        return cls(relative, checkpoint, sha256_file(manifest) if manifest.is_file() else "")
 
 
 @dataclass
 class RunInfo:
     """run.json: what a run is.
 
-    kind: "pretrain" (trained here) or "import" (converted from Hugging Face).
+    kind: "pretrain" (trained here), "import" (converted from Hugging Face),
+        "finetune" (adapted from a base run by `llmscratch finetune`) or "merged"
+        (a fine-tuned run's adapters folded into a full model: `llmscratch lora merge`).
     source: where an imported model came from.
     base: the run this one builds on (fine-tuning), or None.
+    labels: a classifier's class names, in the order of its head's outputs.
     """
 
     kind: str = "pretrain"
     source: str = ""
     base: BaseRun | None = None
     generation: GenerationSettings = field(default_factory=GenerationSettings)
+    labels: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {
@@ -96,6 +116,7 @@ class RunInfo:
             "source": self.source,
             "base": None if self.base is None else vars(self.base),
             "generation": vars(self.generation),
+            "labels": self.labels,
         }
 
     @classmethod
@@ -107,8 +128,12 @@ class RunInfo:
             generation = GenerationSettings(**document.get("generation") or {})
             if not all(isinstance(i, int) for i in generation.stop_token_ids):
                 raise TypeError("stop_token_ids must be integers")
+            labels = document.get("labels") or []
+            if not all(isinstance(name, str) for name in labels):
+                raise TypeError("labels must be strings")
             return cls(kind=str(document["kind"]), source=str(document.get("source", "")),
-                       base=BaseRun(**base) if base else None, generation=generation)
+                       base=BaseRun(**base) if base else None, generation=generation,
+                       labels=list(labels))
         except (KeyError, TypeError) as err:
             raise LLMScratchError(f"{path} is corrupt ({err})") from None
 
@@ -171,6 +196,11 @@ class Run:
     @property
     def report_path(self) -> Path:
         return self.path / "report.md"
+
+    @property
+    def eval_dir(self) -> Path:
+        """Evaluation results (JSON) and their plots."""
+        return self.path / "eval"
 
     @property
     def tensorboard_dir(self) -> Path:
@@ -277,10 +307,11 @@ class Run:
         return load_config(self.config_path, overrides)
 
     def save_config(self, config: RunConfig, info: RunInfo | None = None) -> None:
-        """config.yaml; an imported model's run keeps only the model section (nothing of
-        pretraining, such as sample prompts, applies to it)."""
+        """config.yaml, with the sections a run of its kind uses: an imported model's run
+        keeps only the model section (nothing of pretraining, such as sample prompts,
+        applies to it), a fine-tuning run has no data section (its data is in finetune)."""
         kind = (info or self.read_info()).kind
-        save_config(config, self.config_path, ("model",) if kind == "import" else SECTIONS)
+        save_config(config, self.config_path, SECTIONS_OF_KIND.get(kind, SECTIONS_OF_KIND[""]))
 
     def read_info(self) -> RunInfo:
         """run.json; for a run made before run.json existed, what it must have been."""
@@ -306,7 +337,17 @@ class Run:
         base = self.read_info().base
         if base is None:
             return None
-        return Run.open((self.path / base.run).resolve()), base.checkpoint
+        run = Run.open((self.path / base.run).resolve())
+        manifest = run.checkpoints_dir / base.checkpoint / "manifest.json"
+        if not manifest.is_file():
+            raise LLMScratchError(f"{self.path} builds on {run.path} {base.checkpoint}, which "
+                                  "is gone; restore it (or the whole base run)")
+        if base.manifest_sha256 and sha256_file(manifest) != base.manifest_sha256:
+            raise LLMScratchError(f"{self.path} was trained on another {run.path} "
+                                  f"{base.checkpoint} than the one there now (its weights "
+                                  "differ): its tensors apply only to the base they were "
+                                  "trained on")
+        return run, base.checkpoint
 
     # --- one process at a time -------------------------------------------------------
 

@@ -32,7 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 
+from llmscratch.data.examples import Batch
 from llmscratch.distributed import unwrap
 
 
@@ -51,20 +53,51 @@ class Objective(Protocol):
 
 
 class NextTokenPrediction:
-    """Pretraining: the cross-entropy of every next token in a batch of windows.
+    """Language modelling: the cross-entropy of every next token that has a target.
 
-    A target of -100 is not predicted (padding, or a prompt that supervised
-    fine-tuning does not train on); units are the predicted tokens.
+    Pretraining gives (inputs, targets) windows of text. Instruction tuning
+    gives a `Batch` (data/examples.py): padded or packed rows whose attention
+    mask keeps the examples apart, and whose targets are -100 wherever
+    nothing is learned (the prompt, the padding). Units are the predicted
+    tokens, so every answer token weighs the same however long its example.
     """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
 
     def __call__(self, model: torch.nn.Module,
-                 batch: tuple[torch.Tensor, torch.Tensor]) -> ObjectiveOutput:
-        inputs, targets = (t.to(self.device, non_blocking=True) for t in batch)  # (B, T) each
-        hidden = model(inputs)  # (B, T, D): through DDP/FSDP, which hook the forward
+                 batch: tuple[torch.Tensor, torch.Tensor] | Batch) -> ObjectiveOutput:
+        if isinstance(batch, Batch):
+            batch = batch.to(self.device)
+            inputs, targets, mask = batch.input_ids, batch.targets, batch.attention_mask
+        else:
+            inputs, targets = (t.to(self.device, non_blocking=True) for t in batch)  # (B, T)
+            mask = None
+        hidden = model(inputs, attention_mask=mask)  # (B, T, D): through DDP/FSDP's hooks
         # The output layer and the loss a chunk of rows at a time (model/heads.py):
         # the (B, T, V) logits are never all held at once.
         loss_sum, predicted = unwrap(model).next_token_loss(hidden, targets)
         return ObjectiveOutput(loss_sum, int(predicted), tokens=inputs.numel())
+
+
+class SequenceClassification:
+    """A classifier: the cross-entropy of each sequence's label under the model's head.
+
+    The head (model.head, heads.SequenceHead) reads the last real token of
+    each row (or the mean of its tokens) and gives one logit per class.
+    Units are sequences; accuracy is logged beside the loss.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def __call__(self, model: torch.nn.Module, batch: Batch) -> ObjectiveOutput:
+        batch = batch.to(self.device)
+        mask = batch.attention_mask
+        hidden = model(batch.input_ids, attention_mask=mask)  # (B, T, D)
+        logits = unwrap(model).head(hidden, mask).float()  # (B, C)
+        loss_sum = F.cross_entropy(logits, batch.labels, reduction="sum")
+        correct = float((logits.argmax(-1) == batch.labels).sum())
+        n = len(batch.labels)
+        return ObjectiveOutput(loss_sum, n, tokens=int(mask.count_nonzero()),
+                               metrics={"accuracy": (correct, n)})

@@ -33,7 +33,7 @@ def plot_losses(records: list[dict], path: Path, title: str = "") -> None:
     ax.set_title(title or "loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    _save_png(fig, path)
+    save_png(fig, path)
 
 
 def plot_training(records: list[dict], path: Path, title: str = "") -> None:
@@ -50,11 +50,12 @@ def plot_training(records: list[dict], path: Path, title: str = "") -> None:
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("step")
     axes[0, 0].set_title(title or "training")
-    _save_png(fig, path)
+    save_png(fig, path)
 
 
-def _save_png(fig, path: Path) -> None:
-    """Write the figure to `path` through a temporary file, so a reader never sees half."""
+def save_png(fig, path: Path) -> None:
+    """Write a matplotlib figure to `path` through a temporary file, so a reader never
+    sees half of it; the figure is closed."""
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     try:

@@ -1,0 +1,294 @@
+"""Fine-tuning, end to end: a base run -> an adapted model -> a new run and its report.
+
+    llmscratch finetune classify --base runs/demo --data genres --out runs/genres
+    llmscratch finetune sft --base runs/demo --data synthetic --out runs/sft
+
+Every method shares this flow; what differs is a `Method` (classify.py,
+sft.py): how the data is read and tokenized, the objective, how held-out
+data is scored. `finetune(config, base_dir, out_dir)`:
+
+1. open the base run and load its newest model; the method reads and checks
+   all its data (and adds its head); choose what trains (`finetune.trainable`:
+   everything, the last N blocks with the final norm and the head, the head
+   alone, or LoRA adapters, the rest frozen: `set_trainable`). Any mistake
+   stops here, before anything is written;
+2. create the run: run.json names the base run and checkpoint, and the
+   checkpoints hold only what trains (a few MB for LoRA); train it with the
+   one training loop (training/loop.py) and the method's objective, having
+   scored the held-out data before training;
+3. score the held-out data again; write eval/before.json, eval/after.json,
+   the plots and report.md.
+
+`resume(run_dir)` rebuilds the same model and data and continues from the
+newest checkpoint, as pretraining does. Under torchrun the model is
+replicated (DDP); FSDP is for pretraining large models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from llmscratch.config import apply_overrides, from_dict, read_yaml
+from llmscratch.data.examples import Example, ExampleBatches
+from llmscratch.distributed import DistInfo, barrier
+from llmscratch.errors import LLMScratchError
+from llmscratch.io import atomic_write_text, read_json
+from llmscratch.model import GPT
+from llmscratch.model.lora import apply_lora
+from llmscratch.recipes.classify import Classification
+from llmscratch.recipes.processes import processes
+from llmscratch.recipes.sft import InstructionTuning
+from llmscratch.runs.checkpoint import TrainState, latest_checkpoint, load_checkpoint
+from llmscratch.runs.config import SECTIONS, RunConfig
+from llmscratch.runs.load import load_model
+from llmscratch.runs.run import BaseRun, Run, RunInfo
+from llmscratch.tokenizer import Tokenizer
+from llmscratch.training.loop import LoopConfig, Trainer
+from llmscratch.training.objectives import Objective
+from llmscratch.training.optim import Schedule, build_optimizer
+from llmscratch.training.parallel import check_global_batch, parallelize
+from llmscratch.training.plots import plot_losses, plot_training
+
+
+class Method(Protocol):
+    """What a fine-tuning method adds to the shared flow (see the module docstring)."""
+
+    name: str
+    train_examples: list[Example]
+    label_names: list[str]  # a classifier's classes, in the order of its outputs; else []
+
+    def prepare(self, model: GPT, tokenizer: Tokenizer, base: Run) -> None:
+        """Read, check and tokenize the data; add a head to `model` if the method has one."""
+
+    def objective(self, device: torch.device) -> Objective: ...
+
+    def validate(self, model: GPT) -> dict:
+        """Periodic validation: {"val_loss": ..., ...} on the validation examples."""
+
+    def score(self, model: GPT, stage: str, run: Run | None) -> dict:
+        """Held-out scores ("before" or "after" training); plots go into `run`."""
+
+    def report(self, before: dict, after: dict, run: Run) -> list[str]:
+        """report.md's section on the method's data and scores (Markdown lines)."""
+
+
+@dataclass
+class FinetuneResult:
+    run_dir: Path
+    method: str
+    before: dict  # held-out scores of the base model (with a fresh head, for a classifier)
+    after: dict  # the same, after training
+    steps: int
+    train_seconds: float
+    rank: int = 0  # under torchrun, only rank 0 reports
+
+
+# Each method's defaults, under the user's config file and overrides: the book's choices
+# (chapter 6: AdamW, lr 5e-5, weight decay 0.1, batch 8; chapter 7 the same), with
+# validation and checkpoints at a pace that suits runs of a few hundred steps.
+METHOD_DEFAULTS = {
+    "classify": {"train": {"lr": 5e-5, "batch_size": 8, "warmup_steps": 0, "eval_every": 100,
+                           "checkpoint_every": 500, "weight_decay": 0.1},
+                 "finetune": {"epochs": 1.0}},
+    "sft": {"train": {"lr": 5e-5, "batch_size": 8, "warmup_steps": 0, "eval_every": 100,
+                      "checkpoint_every": 500, "weight_decay": 0.1},
+            "finetune": {"epochs": 2.0}},
+}
+
+
+def finetune_config(method: str, path: str | None, data: str | None,
+                    overrides: list[str] | tuple = ()) -> RunConfig:
+    """A fine-tuning run's config: the method's defaults, then the YAML file at `path`
+    (sections train and finetune), then `data` and the command line's overrides."""
+    document = {section: dict(values) for section, values in METHOD_DEFAULTS[method].items()}
+    for section, values in (read_yaml(path) if path else {}).items():
+        if section in ("model", "data"):
+            raise LLMScratchError(f"a fine-tuning config has no {section} section: the model "
+                                  "is the base run's, and the data is finetune.data")
+        document.setdefault(section, {}).update(values or {})
+    document["finetune"]["method"] = method
+    if data:
+        document["finetune"]["data"] = data
+    if any(o.split(".")[0] in ("model", "data") for o in overrides):
+        raise LLMScratchError("fine-tuning takes train.* and finetune.* overrides: the model "
+                              "is the base run's, and the data is finetune.data")
+    return from_dict(RunConfig, apply_overrides(document, overrides, SECTIONS))
+
+
+def new_method(config: RunConfig) -> Method:
+    methods = {"classify": Classification, "sft": InstructionTuning}
+    return methods[config.finetune.method](config)
+
+
+def finetune(config: RunConfig, base_dir: Path, out_dir: Path,
+             overwrite: bool = False) -> FinetuneResult:
+    """Fine-tune the newest model of the run at `base_dir` into a new run at `out_dir`."""
+    out_dir = Path(out_dir)
+    Run.check_new(out_dir, overwrite)  # before anything is read: fail fast, change nothing
+    base = Run.open(base_dir)
+    base_checkpoint = latest_checkpoint(base).name
+    model, method = _model_and_data(config, base)
+    with processes(config) as (info, device):
+        if info.is_main:
+            about = RunInfo(kind="finetune", source=f"{config.finetune.method} on {base.path}",
+                            base=BaseRun.of(base, base_checkpoint, out_dir),
+                            generation=base.generation_settings(),
+                            labels=method.label_names)
+            Run.create(out_dir, config, about, base.tokenizer(), overwrite)
+        barrier(info)
+        run = Run(out_dir)
+        with run.lock() if info.is_main else contextlib.nullcontext():
+            return _train(config, run, method, model, None, info, device)
+
+
+def resume(run_dir: Path, overrides: list[str] | tuple = (), fallback: bool = False
+           ) -> FinetuneResult:
+    """Continue the fine-tuning run in `run_dir` from its newest (good) checkpoint."""
+    run = Run.open(run_dir)
+    if run.read_info().kind != "finetune":
+        raise LLMScratchError(f"{run.path} is not a fine-tuning run; resume it with "
+                              "`llmscratch pretrain --resume`")
+    config = run.read_config(overrides)
+    ckpt = latest_checkpoint(run, fallback=fallback)
+    base, _ = run.base_run()
+    model, method = _model_and_data(config, base)
+    with processes(config) as (info, device):
+        with run.lock() if info.is_main else contextlib.nullcontext():
+            return _train(config, run, method, model, ckpt, info, device)
+
+
+def _model_and_data(config: RunConfig, base: Run) -> tuple[GPT, Method]:
+    """The base run's newest model in fp32, the method's head on it, the data read."""
+    if config.train.parallel == "fsdp":
+        raise LLMScratchError("fine-tuning runs under torchrun with train.parallel=ddp")
+    torch.manual_seed(config.train.seed)  # for the new head's and adapters' first weights
+    model = load_model(base).float()  # fp32 weights; train.dtype=bf16 autocasts the matmuls
+    if config.finetune.init == "random":
+        model.init_weights()  # the control: what the same training does without pretraining
+    if config.finetune.max_len > model.config.context_length:
+        raise LLMScratchError(f"finetune.max_len={config.finetune.max_len} is over the base "
+                              f"model's context length, {model.config.context_length}")
+    method = new_method(config)
+    method.prepare(model, base.tokenizer(), base)
+    config.model = model.config  # the base's architecture, and the method's head
+    set_trainable(model, config)
+    return model, method
+
+
+def set_trainable(model: GPT, config: RunConfig) -> tuple[int, int]:
+    """Freeze what does not train (finetune.trainable); returns (trainable, all) parameters.
+
+    "all": every parameter. "head": the sequence head alone. "last:N": the last
+    N blocks, the final norm and the head (the book's chapter 6 trains the last
+    block and the final norm with the new head). "lora": LoRA adapters on
+    finetune.lora_targets, and the head (model/lora.py).
+    """
+    what = config.finetune.what_trains
+    model.requires_grad_(what == "all")
+    if what == "lora":
+        apply_lora(model, config.finetune.lora)  # adds the adapters, freezes the rest
+    elif what.startswith("last:"):
+        n = int(what[5:])
+        if n > len(model.blocks):
+            raise LLMScratchError(f"finetune.trainable={what}: the model has only "
+                                  f"{len(model.blocks)} blocks")
+        for block in model.blocks[-n:]:
+            block.requires_grad_(True)
+        model.ln_f.requires_grad_(True)
+    if model.head is not None:
+        model.head.requires_grad_(True)
+    return count_parameters(model)
+
+
+def count_parameters(model: GPT) -> tuple[int, int]:
+    """(trainable, all) parameters, tied weights counted once."""
+    counted = {p.data_ptr(): p for p in model.parameters()}.values()
+    return sum(p.numel() for p in counted if p.requires_grad), sum(p.numel() for p in counted)
+
+
+def _train(config: RunConfig, run: Run, method: Method, model: GPT, ckpt: Path | None,
+           info: DistInfo, device: torch.device) -> FinetuneResult:
+    """Train (from `ckpt` if given) with the shared loop; score before and after; report."""
+    cfg, ft = config.train, config.finetune
+    say = print if info.is_main else (lambda *args, **kwargs: None)
+    torch.manual_seed(cfg.seed)
+    trainable, total = count_parameters(model)
+    model.to(device)
+    grad_accum = check_global_batch(cfg, info)
+    pack_len = (ft.max_len or model.config.context_length) if ft.packing else 0
+    batches = ExampleBatches(method.train_examples, cfg.batch_size, cfg.seed, info.rank,
+                             info.world_size, pack_len=pack_len)
+    if ft.epochs:  # the run's length in passes over the data
+        cfg.max_steps = max(1, math.ceil(ft.epochs * len(batches.rows)
+                                         / (batches.global_batch * grad_accum)))
+    before_path = run.eval_dir / "before.json"
+    if ckpt is None:
+        before = method.score(model, "before", run if info.is_main else None)
+        if info.is_main:
+            _write_json(before_path, before)
+            run.save_config(config)  # with the steps the epochs came to
+    else:
+        before = read_json(before_path, "the scores before training") \
+            if before_path.is_file() else {}
+    wrapped = parallelize(model, cfg, info, device)
+    optimizer = build_optimizer(wrapped, cfg)
+    state = TrainState()
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, wrapped, optimizer, info)
+        batches.load_state_dict(state.data)
+        if info.is_main:
+            run.save_config(config)
+            run.metrics.truncate_after(state.step)
+        say(f"resuming from {ckpt.name} (step {state.step} of {cfg.max_steps})")
+    say(f"{ft.method}: {trainable:,} of {total:,} parameters train "
+        f"({ft.what_trains}); {len(method.train_examples):,} examples, {cfg.max_steps} steps "
+        f"({batches.epochs(cfg.max_steps * grad_accum):.2f} epochs) on {info.world_size} x "
+        f"{device}")
+    loop = LoopConfig.from_train(cfg, grad_accum=grad_accum, label=f"finetune {ft.method}",
+                                 trainable_only=ft.what_trains != "all")
+    trainer = Trainer(wrapped, method.objective(device), batches, optimizer,
+                      Schedule.from_train(cfg), loop, run, device, info, method.validate)
+    started = time.perf_counter()
+    state = trainer.fit(state)
+    train_seconds = time.perf_counter() - started
+    after = method.score(model, "after", run if info.is_main else None)
+    if info.is_main:
+        _write_json(run.eval_dir / "after.json", after)
+        records = run.metrics.read()
+        plot_losses(records, run.loss_plot_path, title=f"{run.path.name}: loss")
+        plot_training(records, run.training_plot_path, title=run.path.name)
+        _write_report(run, config, method, before, after, trainable, total, state.step,
+                      train_seconds)
+    return FinetuneResult(run.path, ft.method, before, after, state.step, train_seconds,
+                          info.rank)
+
+
+def _write_json(path: Path, document: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(document, indent=1) + "\n")
+
+
+def _write_report(run: Run, config: RunConfig, method: Method, before: dict, after: dict,
+                  trainable: int, total: int, steps: int, seconds: float) -> None:
+    """report.md: what was adapted from what, the scores before and after, the plots."""
+    ft, base = config.finetune, run.read_info().base
+    lines = [f"# Fine-tuning report: {run.path.name}", "",
+             f"- base: `{base.run}` ({base.checkpoint})",
+             f"- method: {ft.method}; what trains: {ft.what_trains} "
+             f"({trainable:,} of {total:,} parameters, {trainable / total:.2%})",
+             f"- {steps:,} steps in {seconds:.0f} s; batch {config.train.batch_size}, "
+             f"lr {config.train.lr:g}, {config.train.dtype}", ""]
+    lines += method.report(before, after, run)
+    lines += ["", "## Loss", "", f"![loss curve]({run.loss_plot_path.name})", "",
+              "Files: `eval/before.json` and `eval/after.json` hold the scores; the "
+              f"checkpoints hold only what trained, over the base run named in `{run.INFO}`.",
+              ""]
+    atomic_write_text(run.report_path, "\n".join(lines))

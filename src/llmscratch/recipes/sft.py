@@ -1,0 +1,224 @@
+"""Instruction tuning (supervised fine-tuning, the book's chapter 7).
+
+Each example is a prompt (an instruction, or the messages of a chat) and the
+reply the model should write. Both become one token sequence, and the loss
+is the usual next-token cross-entropy, but only on the reply's tokens (and
+the end-of-text token after it): the model learns to answer, not to write
+prompts. With P the prompt's tokens and R the reply's,
+
+    loss = - sum over t in R of log p(token_t | tokens before t)  /  |R|
+
+(finetune.train_on=all also trains on the prompt's tokens, as the book's
+chapter 7 does.) Masking is by target: a target of -100 is not predicted
+(data/examples.py), so changing a prompt token's target changes nothing.
+
+The text is laid out by the model's chat template (tokenizer/chat.py: our
+documented one, or an imported model's Jinja template: the code serving
+uses) or, with finetune.prompt_format=alpaca, by the book's Alpaca prompt
+("### Instruction: ... ### Response:") followed by the reply and the end-of-
+text token. Examples over finetune.max_len tokens are truncated (if some of
+the reply is left) or skipped, and counted. With finetune.packing, several
+examples share a row, each attending only to itself.
+
+Data (finetune.data): Alpaca .json / .jsonl, chat .jsonl (data/
+instruction_files.py), or "synthetic": checkable tasks generated from a seed
+(data/synthetic_tasks.py), whose held-out split is answered greedily before
+and after training and scored by exact match (evaluation/exact_match.py).
+For a file, held-out examples are the last finetune.val_fraction of it
+after a seeded shuffle, and are scored the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from llmscratch.data.examples import IGNORE, Example, collate
+from llmscratch.data.instruction_files import Conversation, alpaca_prompt, read_instructions
+from llmscratch.data.synthetic_tasks import make_tasks
+from llmscratch.errors import LLMScratchError
+from llmscratch.evaluation.exact_match import exact_match
+from llmscratch.model import GPT
+from llmscratch.runs.config import RunConfig
+from llmscratch.runs.run import GenerationSettings, Run
+from llmscratch.tokenizer import Tokenizer
+from llmscratch.tokenizer.chat import render_chat
+from llmscratch.training.objectives import NextTokenPrediction
+from llmscratch.training.precision import autocast_dtype
+
+MAX_ANSWER_TOKENS = 64  # a held-out answer is cut off after this many tokens
+
+
+class InstructionTuning:
+    """The SFT method of recipes/finetune.py (see the module docstring)."""
+
+    name = "sft"
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.train_examples: list[Example] = []
+        self.val_examples: list[Example] = []
+        self.heldout: list[tuple[list[int], str, str]] = []  # prompt ids, reference, task
+        self.counts = {"train": 0, "validation": 0, "truncated": 0, "skipped": 0}
+        self.stop_ids: list[int] = []
+        self.tokenizer: Tokenizer | None = None
+        self.label_names: list[str] = []  # (not a classifier)
+
+    def prepare(self, model: GPT, tokenizer: Tokenizer, base: Run) -> None:
+        ft = self.config.finetune
+        settings = base.generation_settings()
+        self.tokenizer, self.stop_ids = tokenizer, list(settings.stop_token_ids)
+        if not self.stop_ids:
+            raise LLMScratchError(f"the base run {base.path} has no end-of-text token to end "
+                                  f"replies with ({base.INFO}: generation.stop_token_ids)")
+        train, validation, tasks = self._read()
+        limit = ft.max_len or model.config.context_length
+        encode = _Encoder(tokenizer, settings, ft.prompt_format, ft.train_on == "all")
+        self.train_examples = self._fit(encode.examples(train), limit)
+        self.val_examples = self._fit(encode.examples(validation), limit)
+        if not self.train_examples:
+            raise LLMScratchError(f"no training example is left after skipping those over "
+                                  f"{limit} tokens; raise finetune.max_len")
+        self.counts["train"], self.counts["validation"] = len(train), len(validation)
+        kept = validation[:ft.eval_examples]
+        self.heldout = [(encode.prompt_ids(c), c.response, task)
+                        for c, task in zip(kept, tasks, strict=False)]
+
+    def _read(self) -> tuple[list[Conversation], list[Conversation], list[str]]:
+        """Training and held-out conversations, and the held-out ones' task names."""
+        ft, seed = self.config.finetune, self.config.train.seed
+        if ft.data == "synthetic":
+            train = make_tasks(ft.synthetic_train, seed, "train")
+            heldout = make_tasks(ft.synthetic_heldout, seed, "heldout")
+            return ([e.conversation() for e in train], [e.conversation() for e in heldout],
+                    [e.task for e in heldout])
+        if not ft.data:
+            raise LLMScratchError("finetune sft needs --data: an Alpaca .json/.jsonl or chat "
+                                  ".jsonl file, or 'synthetic' (tasks shipped with the project)")
+        records = read_instructions(ft.data)
+        if ft.val_data:
+            validation = read_instructions(ft.val_data)
+        else:
+            order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed))
+            held = max(1, int(len(records) * ft.val_fraction))
+            if len(records) - held < 1:
+                raise LLMScratchError(f"{ft.data} has {len(records)} records: too few to hold "
+                                      "some out; give more, or finetune.val_data")
+            validation = [records[i] for i in order[-held:].tolist()]
+            records = [records[i] for i in order[:-held].tolist()]
+        return records, validation, ["all"] * len(validation)
+
+    def _fit(self, examples: list[Example], limit: int) -> list[Example]:
+        """Examples of at most `limit` input tokens: longer ones truncated or skipped."""
+        kept = []
+        for example in examples:
+            if len(example.ids) > limit:
+                if self.config.finetune.overlong == "skip" or all(
+                        t == IGNORE for t in example.targets[:limit]):
+                    self.counts["skipped"] += 1  # (truncating would leave nothing to learn)
+                    continue
+                self.counts["truncated"] += 1
+                example = Example(example.ids[:limit], example.targets[:limit])
+            kept.append(example)
+        return kept
+
+    def objective(self, device: torch.device) -> NextTokenPrediction:
+        return NextTokenPrediction(device)
+
+    @torch.no_grad()
+    def validate(self, model: GPT) -> dict:
+        """Mean next-token loss over the held-out examples' trained tokens."""
+        if not self.val_examples:
+            return {"val_loss": float("nan")}
+        device = model.tok_emb.weight.device
+        amp = autocast_dtype(self.config.train.dtype)
+        was_training = model.training
+        model.eval()
+        total, count = 0.0, 0
+        size = self.config.train.batch_size
+        for start in range(0, len(self.val_examples), size):
+            batch = collate([[e] for e in self.val_examples[start:start + size]]).to(device)
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                hidden = model(batch.input_ids, attention_mask=batch.attention_mask)
+                loss_sum, n = model.next_token_loss(hidden, batch.targets)
+            total, count = total + float(loss_sum), count + int(n)
+        model.train(was_training)
+        return {"val_loss": total / max(count, 1)}
+
+    def score(self, model: GPT, stage: str, run: Run | None) -> dict:
+        """Exact match of greedy answers to the held-out prompts."""
+        if not self.heldout:
+            return {}
+        prompts, references, tasks = zip(*self.heldout, strict=True)
+        result = exact_match(model, self.tokenizer, list(prompts), list(references),
+                             list(tasks), self.stop_ids, MAX_ANSWER_TOKENS)
+        return {"exact_match": result.accuracy, "correct": result.correct,
+                "total": result.total, "by_task": result.by_task, "samples": result.samples}
+
+    def report(self, before: dict, after: dict, run: Run) -> list[str]:
+        ft, c = self.config.finetune, self.counts
+        lines = ["## Data", "",
+                 f"- {ft.data}: {c['train']:,} training and {c['validation']:,} held-out "
+                 f"examples; prompts as {ft.prompt_format}, loss on "
+                 f"{'every token' if ft.train_on == 'all' else 'the replies'}"
+                 f"{', packed' if ft.packing else ''}",
+                 f"- over {ft.max_len or 'the context length'} tokens: {c['truncated']} "
+                 f"truncated, {c['skipped']} skipped", ""]
+        if not after:
+            return lines
+        lines += ["## Held-out exact match", "", "| task | before | after |", "|---|---:|---:|"]
+        for task, (right, total) in sorted(after["by_task"].items()):
+            was = before.get("by_task", {}).get(task, [0, total])[0]
+            lines.append(f"| {task} | {was}/{total} | {right}/{total} |")
+        lines.append(f"| **all** | **{before.get('exact_match', 0):.1%}** | "
+                     f"**{after['exact_match']:.1%}** |")
+        lines += ["", "Replies after training (greedy):", ""]
+        for sample in after["samples"]:
+            mark = "right" if sample["right"] else "wrong"
+            lines += ["```text", sample["prompt"] + sample["reply"], "```",
+                      f"({mark}; the reference is {sample['reference']!r})", ""]
+        return lines
+
+
+class _Encoder:
+    """Conversations -> token ids with targets on the reply (see the module docstring)."""
+
+    def __init__(self, tokenizer: Tokenizer, settings: GenerationSettings, prompt_format: str,
+                 train_on_all: bool) -> None:
+        self.tokenizer, self.settings = tokenizer, settings
+        self.alpaca, self.train_on_all = prompt_format == "alpaca", train_on_all
+        self.specials = {"bos_token": settings.bos_token, "eos_token": settings.eos_token}
+
+    def prompt_ids(self, conversation: Conversation) -> list[int]:
+        if self.alpaca:
+            return self.tokenizer.encode(alpaca_prompt(conversation), disallowed_special="none")
+        text = render_chat(conversation.prompt, self.settings.chat_template, True,
+                           **self.specials)
+        return self.tokenizer.encode(text, allowed_special="all")
+
+    def reply_ids(self, conversation: Conversation) -> list[int]:
+        """The reply's tokens and what ends it: the end-of-text token, or the template's end."""
+        if self.alpaca:
+            ids = self.tokenizer.encode(conversation.response, disallowed_special="none")
+            return ids + [self.settings.stop_token_ids[0]]
+        prompt = render_chat(conversation.prompt, self.settings.chat_template, True,
+                             **self.specials)
+        whole = render_chat(conversation.messages, self.settings.chat_template, False,
+                            **self.specials)
+        if not whole.startswith(prompt):
+            raise LLMScratchError(f"{conversation.source or 'a conversation'}: the chat template "
+                                  "renders the prompt differently once the reply follows; use "
+                                  "finetune.prompt_format=alpaca")
+        return self.tokenizer.encode(whole[len(prompt):], allowed_special="all")
+
+    def examples(self, conversations: list[Conversation]) -> list[Example]:
+        """Inputs are all tokens but the last; targets are the next tokens, IGNORE (-100)
+        where the next token is part of the prompt (unless training on all tokens)."""
+        examples = []
+        for conversation in conversations:
+            prompt, reply = self.prompt_ids(conversation), self.reply_ids(conversation)
+            ids = prompt + reply
+            targets = ids[1:]
+            if not self.train_on_all:
+                targets = [IGNORE] * (len(prompt) - 1) + targets[len(prompt) - 1:]
+            examples.append(Example(ids[:-1], targets))
+        return examples
