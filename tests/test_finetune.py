@@ -117,6 +117,25 @@ def test_packed_rows_give_the_loss_of_each_example_alone(preset):
     assert packed_sum == pytest.approx(alone, rel=1e-5)
 
 
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-3-tiny"])
+def test_right_padded_rows_need_no_mask(preset):
+    """One example per right-padded row: the model without a mask (the fused causal kernel)
+    gives every real token the hidden state it gets with the mask; left padding or packing
+    does need the mask."""
+    torch.manual_seed(0)
+    model = GPT(get_preset(preset)).eval()
+    rows = [[Example([5, 6, 7, 8, 9])], [Example([3, 4])]]
+    right = collate(rows)
+    assert right.causal_is_enough and right.model_mask is None
+    assert not collate(rows, pad_side="left").causal_is_enough
+    assert not collate([[Example([1, 2]), Example([3])]]).causal_is_enough
+    real = right.attention_mask.bool()
+    with torch.no_grad():
+        masked = model(right.input_ids, attention_mask=right.attention_mask)
+        unmasked = model(right.input_ids)
+    assert torch.allclose(masked[real], unmasked[real], atol=1e-5)
+
+
 def test_example_batches_split_ranks_and_resume():
     examples = [Example([i], label=i % 2) for i in range(20)]
     ranks = [ExampleBatches(examples, 2, seed=3, rank=r, world_size=2) for r in range(2)]

@@ -53,19 +53,30 @@ class Batch:
     the example's number within its row (1, 2, ...) for its tokens.
     targets: (B, T) next-token targets, IGNORE where nothing is learned; or None.
     labels: (B,) class labels; or None.
+    causal_is_enough: each row is one example padded on the right. Causal
+    attention alone then keeps every real token from seeing padding (it all
+    comes later) and positions start at 0 as they should, so the model needs
+    no mask, and takes the fused causal kernel, faster than one given a mask
+    tensor. (A classifier's head still reads the mask to find the last token.)
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     targets: torch.Tensor | None = None
     labels: torch.Tensor | None = None
+    causal_is_enough: bool = False
+
+    @property
+    def model_mask(self) -> torch.Tensor | None:
+        """The attention mask the model needs: None when causal attention is enough."""
+        return None if self.causal_is_enough else self.attention_mask
 
     def to(self, device: torch.device) -> Batch:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device, non_blocking=True)
 
         return Batch(move(self.input_ids), move(self.attention_mask), move(self.targets),
-                     move(self.labels))
+                     move(self.labels), self.causal_is_enough)
 
 
 def pack(examples: Sequence[Example], pack_len: int) -> list[list[Example]]:
@@ -106,7 +117,8 @@ def collate(rows: Sequence[Sequence[Example]], pad_id: int = 0, pad_side: str = 
     labels = None
     if rows[0][0].label is not None:
         labels = torch.tensor([row[0].label for row in rows], dtype=torch.int64)  # (B,)
-    return Batch(ids, mask, targets, labels)
+    one_each = all(len(row) == 1 for row in rows)
+    return Batch(ids, mask, targets, labels, causal_is_enough=one_each and pad_side == "right")
 
 
 class ExampleBatches:

@@ -56,7 +56,7 @@ def predict(model: GPT, examples: Sequence[Example], batch_size: int = 16,
         batch = collate([[e] for e in examples[start:start + batch_size]]).to(device)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                             enabled=autocast_dtype is not None):
-            hidden = model(batch.input_ids, attention_mask=batch.attention_mask)  # (B, T, D)
+            hidden = model(batch.input_ids, attention_mask=batch.model_mask)  # (B, T, D)
             logits = model.head(hidden, batch.attention_mask)  # (B, C)
         probabilities.append(torch.softmax(logits.float(), dim=-1).cpu())
     model.train(was_training)

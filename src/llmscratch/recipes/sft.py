@@ -138,7 +138,7 @@ class InstructionTuning:
         for start in range(0, len(self.val_examples), size):
             batch = collate([[e] for e in self.val_examples[start:start + size]]).to(device)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                hidden = model(batch.input_ids, attention_mask=batch.attention_mask)
+                hidden = model(batch.input_ids, attention_mask=batch.model_mask)
                 loss_sum, n = model.next_token_loss(hidden, batch.targets)
             total, count = total + float(loss_sum), count + int(n)
         model.train(was_training)

@@ -69,7 +69,7 @@ class NextTokenPrediction:
                  batch: tuple[torch.Tensor, torch.Tensor] | Batch) -> ObjectiveOutput:
         if isinstance(batch, Batch):
             batch = batch.to(self.device)
-            inputs, targets, mask = batch.input_ids, batch.targets, batch.attention_mask
+            inputs, targets, mask = batch.input_ids, batch.targets, batch.model_mask
         else:
             inputs, targets = (t.to(self.device, non_blocking=True) for t in batch)  # (B, T)
             mask = None
@@ -94,7 +94,7 @@ class SequenceClassification:
     def __call__(self, model: torch.nn.Module, batch: Batch) -> ObjectiveOutput:
         batch = batch.to(self.device)
         mask = batch.attention_mask
-        hidden = model(batch.input_ids, attention_mask=mask)  # (B, T, D)
+        hidden = model(batch.input_ids, attention_mask=batch.model_mask)  # (B, T, D)
         logits = unwrap(model).head(hidden, mask).float()  # (B, C)
         loss_sum = F.cross_entropy(logits, batch.labels, reduction="sum")
         correct = float((logits.argmax(-1) == batch.labels).sum())
