@@ -193,6 +193,15 @@ def test_classify_last_block_saves_only_what_trains(tiny_run, tmp_path, capsys):
     assert saved and all(k.startswith((f"blocks.{last}.", "ln_f.", "head.")) for k in saved)
     assert any(k.startswith("head.") for k in saved)
 
+    # The split is kept in the run; a resume reads it, not the source (gone now).
+    test_split = [json.loads(line) for line in Run(out).split_path("test").read_text()
+                  .splitlines()]
+    assert len(test_split) == 8 and {r["label"] for r in test_split} <= {"court", "country"}
+    data.unlink()
+    code, printed, _ = run_cli(["finetune", "resume", out, "train.max_steps=4"], capsys)
+    assert code == 0, printed
+    assert latest_checkpoint(Run(out)).name == "step-00000004"
+
 
 # --- instruction tuning and LoRA ------------------------------------------------------------
 

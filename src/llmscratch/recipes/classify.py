@@ -14,6 +14,8 @@ a passage of the plays comes from, split by play: data/genres.py). A single
 file is split 70/10/20 (train / validation / test) as the book splits; with
 finetune.val_data (and test_data) the files given are used. Texts longer than
 finetune.max_len tokens are truncated (their first tokens kept) or skipped.
+The splits, as read, are saved in the run (splits/*.jsonl): a resume reads
+them, not the source again.
 
 Validation reports loss and accuracy during training; the test split is
 scored before and after: accuracy, macro precision / recall / F1 and a
@@ -22,6 +24,7 @@ confusion matrix (evaluation/classification.py).
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 
 import torch
@@ -37,6 +40,7 @@ from llmscratch.data.labeled_files import (
 )
 from llmscratch.errors import LLMScratchError
 from llmscratch.evaluation.classification import plot_confusion, predict, score
+from llmscratch.io import atomic_write_text
 from llmscratch.model import GPT
 from llmscratch.runs.config import RunConfig
 from llmscratch.runs.run import Run
@@ -55,14 +59,15 @@ class Classification:
         self.examples: dict[str, list[Example]] = {}
         self.label_names: list[str] = []
         self.counts = {"truncated": 0, "skipped": 0}
+        self.splits: dict[str, LabeledTexts] = {}
 
     @property
     def train_examples(self) -> list[Example]:
         return self.examples["train"]
 
-    def prepare(self, model: GPT, tokenizer: Tokenizer, base: Run) -> None:
+    def prepare(self, model: GPT, tokenizer: Tokenizer, base: Run, run: Run | None) -> None:
         ft = self.config.finetune
-        splits = self._read()
+        self.splits = splits = self._saved(run) if run is not None else self._read()
         self.label_names = splits["train"].label_names
         if len(self.label_names) < 2:
             raise LLMScratchError(f"{ft.data}: the training data has one label "
@@ -99,6 +104,28 @@ class Classification:
         test = validation if not ft.test_data else check_labels(
             read_labeled(ft.test_data, ft.text_field, ft.label_field), train)
         return {"train": train, "validation": validation, "test": test}
+
+    def save_data(self, run: Run) -> None:
+        """The splits as read, one JSON object a line ({"text", "label"}): the run keeps
+        its test set, and a resume reads exactly the data the run started with."""
+        for name, data in self.splits.items():
+            lines = [json.dumps({"text": text, "label": data.label_names[label]},
+                                ensure_ascii=False) for text, label in zip(
+                         data.texts, data.labels, strict=True)]
+            path = run.split_path(name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, "\n".join(lines) + "\n")
+
+    def _saved(self, run: Run) -> dict[str, LabeledTexts]:
+        """The splits a run saved when it started (`save_data`)."""
+        names = run.read_info().labels
+        splits = {}
+        for name in ("train", "validation", "test"):
+            data = read_labeled(run.split_path(name))
+            splits[name] = LabeledTexts(data.texts, [names.index(data.label_names[i])
+                                                     for i in data.labels], names,
+                                        data.source, data.lines)
+        return splits
 
     def _tokenize(self, data: LabeledTexts, tokenizer: Tokenizer, limit: int) -> list[Example]:
         examples = []

@@ -65,8 +65,12 @@ class Method(Protocol):
     train_examples: list[Example]
     label_names: list[str]  # a classifier's classes, in the order of its outputs; else []
 
-    def prepare(self, model: GPT, tokenizer: Tokenizer, base: Run) -> None:
-        """Read, check and tokenize the data; add a head to `model` if the method has one."""
+    def prepare(self, model: GPT, tokenizer: Tokenizer, base: Run, run: Run | None) -> None:
+        """Read, check and tokenize the data (a resumed `run`'s saved splits, if it has
+        them); add a head to `model` if the method has one."""
+
+    def save_data(self, run: Run) -> None:
+        """Keep in the new run what is needed to read the same data again."""
 
     def objective(self, device: torch.device) -> Objective: ...
 
@@ -135,14 +139,15 @@ def finetune(config: RunConfig, base_dir: Path, out_dir: Path,
     Run.check_new(out_dir, overwrite)  # before anything is read: fail fast, change nothing
     base = Run.open(base_dir)
     base_checkpoint = latest_checkpoint(base).name
-    model, method = _model_and_data(config, base)
+    model, method = _model_and_data(config, base, None)
     with processes(config) as (info, device):
         if info.is_main:
             about = RunInfo(kind="finetune", source=f"{config.finetune.method} on {base.path}",
                             base=BaseRun.of(base, base_checkpoint, out_dir),
                             generation=base.generation_settings(),
                             labels=method.label_names)
-            Run.create(out_dir, config, about, base.tokenizer(), overwrite)
+            Run.create(out_dir, config, about, base.tokenizer(), overwrite,
+                       fill=method.save_data)
         barrier(info)
         run = Run(out_dir)
         with run.lock() if info.is_main else contextlib.nullcontext():
@@ -159,13 +164,13 @@ def resume(run_dir: Path, overrides: list[str] | tuple = (), fallback: bool = Fa
     config = run.read_config(overrides)
     ckpt = latest_checkpoint(run, fallback=fallback)
     base, _ = run.base_run()
-    model, method = _model_and_data(config, base)
+    model, method = _model_and_data(config, base, run)
     with processes(config) as (info, device):
         with run.lock() if info.is_main else contextlib.nullcontext():
             return _train(config, run, method, model, ckpt, info, device)
 
 
-def _model_and_data(config: RunConfig, base: Run) -> tuple[GPT, Method]:
+def _model_and_data(config: RunConfig, base: Run, run: Run | None) -> tuple[GPT, Method]:
     """The base run's newest model in fp32, the method's head on it, the data read."""
     if config.train.parallel == "fsdp":
         raise LLMScratchError("fine-tuning runs under torchrun with train.parallel=ddp")
@@ -177,7 +182,7 @@ def _model_and_data(config: RunConfig, base: Run) -> tuple[GPT, Method]:
         raise LLMScratchError(f"finetune.max_len={config.finetune.max_len} is over the base "
                               f"model's context length, {model.config.context_length}")
     method = new_method(config)
-    method.prepare(model, base.tokenizer(), base)
+    method.prepare(model, base.tokenizer(), base, run)
     config.model = model.config  # the base's architecture, and the method's head
     set_trainable(model, config)
     return model, method

@@ -63,7 +63,7 @@ class InstructionTuning:
         self.tokenizer: Tokenizer | None = None
         self.label_names: list[str] = []  # (not a classifier)
 
-    def prepare(self, model: GPT, tokenizer: Tokenizer, base: Run) -> None:
+    def prepare(self, model: GPT, tokenizer: Tokenizer, base: Run, run: Run | None) -> None:
         ft = self.config.finetune
         settings = base.generation_settings()
         self.tokenizer, self.stop_ids = tokenizer, list(settings.stop_token_ids)
@@ -82,6 +82,10 @@ class InstructionTuning:
         kept = validation[:ft.eval_examples]
         self.heldout = [(encode.prompt_ids(c), c.response, task)
                         for c, task in zip(kept, tasks, strict=False)]
+
+    def save_data(self, run: Run) -> None:
+        """Nothing: synthetic data is generated again from the seed, a file's held-out
+        part is chosen again by the seed, and a resume checks the count of rows."""
 
     def _read(self) -> tuple[list[Conversation], list[Conversation], list[str]]:
         """Training and held-out conversations, and the held-out ones' task names."""

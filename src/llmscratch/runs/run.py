@@ -10,6 +10,7 @@
       loss.png, training.png      plots of the metrics
       samples.md, report.md       what a pretraining run wrote about itself
       eval/                       evaluation results (JSON) and their plots
+      splits/NAME.jsonl           a classifier's train/validation/test texts, as first read
       tensorboard/                event files, when asked for
       hf/                         an imported model's own tokenizer files and chat template
       .lock                       held by the process that trains the run
@@ -201,6 +202,10 @@ class Run:
     def eval_dir(self) -> Path:
         """Evaluation results (JSON) and their plots."""
         return self.path / "eval"
+
+    def split_path(self, name: str) -> Path:
+        """A fine-tuning run's data split `name` (train, validation, test), as first read."""
+        return self.path / "splits" / f"{name}.jsonl"
 
     @property
     def tensorboard_dir(self) -> Path:
