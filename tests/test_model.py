@@ -106,6 +106,19 @@ def test_chunked_output_loss_equals_the_plain_one(monkeypatch, dtype, reduction)
     assert torch.allclose(fused_dw, plain_dw, atol=tol * plain_dw.abs().max())
 
 
+def test_chunked_output_loss_with_a_frozen_output_layer():
+    """LoRA freezes the output layer: the hidden states' gradient is still right, and the
+    layer gets none (nor is one computed)."""
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(30, 16), torch.randn(50, 16)
+    targets = torch.randint(0, 50, (30,))
+    h1, h2 = hidden.clone().requires_grad_(), hidden.clone().requires_grad_()
+    (2.0 * heads.plain_cross_entropy(h1, weight, targets, "sum")).backward()
+    (2.0 * heads.linear_cross_entropy(h2, weight, targets, "sum")).backward()
+    assert torch.allclose(h2.grad, h1.grad, atol=1e-5)
+    assert weight.grad is None
+
+
 def test_chunked_output_loss_refuses_a_second_backward_rather_than_double_scaling():
     # Backward scales the gradients saved by forward in place; going through the
     # same graph again must be an error, not gradients scaled twice.

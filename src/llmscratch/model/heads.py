@@ -86,13 +86,17 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _LinearCrossEntropy.apply(hidden, weight, targets, reduction == "mean")
     with torch.no_grad():
-        return _cross_entropy_chunks(hidden, weight, targets, reduction == "mean", False)[0]
+        return _cross_entropy_chunks(hidden, weight, targets, reduction == "mean")[0]
 
 
 def _cross_entropy_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                          mean: bool, with_grads: bool
+                          mean: bool, hidden_grad: bool = False, weight_grad: bool = False
                           ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Loss, and (with_grads) its gradients for hidden and weight, chunk by chunk."""
+    """Loss, and the gradients asked for (hidden's, weight's), chunk by chunk.
+
+    A frozen output layer (LoRA, a frozen embedding it is tied to) asks for no
+    weight gradient: that skips a (V, D) product per chunk and a (V, D) fp32 buffer.
+    """
     dtype = _compute_dtype(hidden.device, weight.dtype)
     h_all, w = hidden.to(dtype), weight.to(dtype)  # (N, D), (V, D)
     valid = targets != IGNORE_INDEX  # (N,)
@@ -100,8 +104,8 @@ def _cross_entropy_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: t
     row_weight = valid.float() / valid.sum().clamp(min=1) if mean else valid.float()  # (N,)
     safe_targets = targets.masked_fill(~valid, 0)  # any real index; weighted 0 below
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-    grad_hidden = torch.empty_like(hidden) if with_grads else None
-    grad_weight = torch.zeros_like(weight, dtype=torch.float32) if with_grads else None
+    grad_hidden = torch.empty_like(hidden) if hidden_grad else None
+    grad_weight = torch.zeros_like(weight, dtype=torch.float32) if weight_grad else None
     with torch.autocast(hidden.device.type, enabled=False):  # dtypes are explicit here
         for start in range(0, hidden.size(0), ROWS_PER_CHUNK):
             chunk = slice(start, start + ROWS_PER_CHUNK)
@@ -115,13 +119,17 @@ def _cross_entropy_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: t
             row_sum = exps.sum(dim=-1)  # (n,)
             # -log softmax at the target = log(sum of exps) + row_max - target logit
             total += ((row_sum.log() + row_max - target_logit) * scale).sum()
-            if not with_grads:
+            if not (hidden_grad or weight_grad):
                 continue
             # d(loss)/d(logits) = (softmax - one_hot(target)) * the row's weight.
             grad = exps.mul_((scale / row_sum)[:, None])  # softmax * weight, (n, V)
             grad[torch.arange(len(t), device=t.device), t] -= scale
             grad = grad.to(dtype)  # (n, V)
-            grad_hidden[chunk] = (grad @ w).to(hidden.dtype)  # (n, D)
+            del logits, exps  # the fp32 buffer (unless grad is it): freed before two matmuls
+            if hidden_grad:
+                grad_hidden[chunk] = (grad @ w).to(hidden.dtype)  # (n, D)
+            if not weight_grad:
+                continue
             if grad.dtype == grad_weight.dtype:  # fp32: add the product without a temporary
                 grad_weight.addmm_(grad.T, h)  # (V, D)
             else:  # bf16 product, added in place into the fp32 sum
@@ -134,9 +142,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, mean):
-        loss, grad_hidden, grad_weight = _cross_entropy_chunks(hidden, weight, targets, mean,
-                                                               with_grads=True)
-        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        loss, grad_hidden, grad_weight = _cross_entropy_chunks(
+            hidden, weight, targets, mean, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        ctx.save_for_backward(grad_hidden, grad_weight)
         return loss
 
     @staticmethod
@@ -144,7 +154,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.saved_tensors
         # Scaled in place: each is used once. (A second backward through the same
         # graph is refused by autograd, which sees that they were modified.)
-        return grad_hidden.mul_(grad_loss), grad_weight.mul_(grad_loss), None, None
+        return (None if grad_hidden is None else grad_hidden.mul_(grad_loss),
+                None if grad_weight is None else grad_weight.mul_(grad_loss), None, None)
 
 
 def plain_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
