@@ -1,19 +1,34 @@
-"""Inference: decoding speed at batch 1 against `transformers`, and the KV cache's memory.
+"""Inference: decoding at batch 1, throughput of many requests, and the KV cache's memory.
 
-    .venv/bin/python bench/inference_speed.py                  # decode (fp32, bf16) and memory
+    .venv/bin/python bench/inference_speed.py                  # every part, fp32 and bf16
     .venv/bin/python bench/inference_speed.py --parts decode --precision fp32 --json
 
-decode: GPT-2 124M's architecture with random weights (the same weights in
-ours and in `transformers`' GPT2LMHeadModel), a 16-token prompt, greedy, a
-fixed number of new tokens (no stop token), batch 1. Ours twice: the
-single-request loop (`generation/sampling.py: generate`, a dense KV cache)
-and the engine (`generation/engine.py`, a paged one); theirs: `generate`.
-Weights in the dtype measured (fp32, or bf16 weights and activations).
-Rounds are interleaved, so a busy machine slows all alike; the table shows
-median tokens/s, the ratio to `transformers`, and the fraction of the
-memory-bandwidth limit: a decode step must read every weight once, so
-tokens/s can be at most (copy bandwidth) / (weight bytes), with the copy
-bandwidth measured here at the start (a 256 MB tensor copied, read + write).
+Every part uses GPT-2 124M's architecture with random weights, the same
+weights in ours and in `transformers`' GPT2LMHeadModel, greedy decoding and
+no stop token, in the dtype measured (fp32, or bf16 weights and
+activations). Ours runs with its linear layers packed for oneDNN
+(`generation/cpu_weights.py`), as `generate`, `chat` and `serve` run it.
+
+decode: a 16-token prompt, `--new-tokens` new ones, batch 1. Ours twice (the
+single-request loop `generation/sampling.py: generate` over a dense KV cache,
+and the engine over its paged one), ours once more with plain `nn.Linear`
+(what packing is worth), and `transformers`' `generate`. Rounds are
+interleaved, so a busy machine slows all alike; the table shows median
+tokens/s, the ratio to `transformers`, and the fraction of the memory-
+bandwidth limit: a decode step must read every weight once, so tokens/s is
+at most (copy bandwidth) / (weight bytes), with the copy bandwidth measured
+here at the start. The row "weights' products alone" times only the
+matrix products a step needs (oneDNN, packed): the most any decoder can get
+from PyTorch's kernels on this machine.
+
+throughput: 64 requests, prompts of 16 to 512 tokens and outputs of 16 to
+256 (fixed seed), all submitted at once. Ours: the engine (up to 64
+sequences a step). Theirs: `transformers`' continuous batching (its paged
+cache, `init_continuous_batching`, warmed up and reused) and padded static
+batches of `generate` (`--static-batch` requests at a time, each batch run
+to its longest output; only the tokens each request asked for count).
+Output tokens/s, the ratio to the best peer, and to our own batch-1 rate
+(the engine with one sequence at a time, over the first 8 requests).
 
 memory: the KV cache a workload needs, paged (the engine's peak blocks in
 use, times the bytes of a block) against dense (each request's own cache for
@@ -21,8 +36,7 @@ its prompt plus its longest answer, as a per-request preallocated cache holds
 it), for 32 requests with prompts of 16 to 256 tokens, with and without a
 shared 200-token system prompt.
 
-Throughput (many requests against `transformers`' continuous batching) and
-latency percentiles through the HTTP server are not measured here yet.
+Latency through the HTTP server is measured by bench/serving_latency.py.
 """
 
 from __future__ import annotations
@@ -36,14 +50,19 @@ import time
 import torch
 
 from llmscratch.generation import Engine, SamplingConfig, generate
+from llmscratch.generation.cpu_weights import PackedLinear, pack_linear_weights
 from llmscratch.model import GPT, get_preset
 from llmscratch.model.config import torch_dtype
 
 
 def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
-    """Bytes per second a large tensor copy moves (each byte read and written: counted twice)."""
-    source = torch.empty(megabytes * 2**20 // 4)
-    target = torch.empty_like(source)
+    """Bytes per second a large tensor copy moves (each byte read and written: counted twice).
+
+    The source is filled first: pages never written all map to one zero page,
+    and reading them would measure the cache instead of memory.
+    """
+    source = torch.randn(megabytes * 2**20 // 4)
+    target = torch.randn_like(source)
     target.copy_(source)
     started = time.perf_counter()
     for _ in range(repeats):
@@ -51,8 +70,8 @@ def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
     return 2 * source.numel() * 4 * repeats / (time.perf_counter() - started)
 
 
-def models(dtype: torch.dtype):
-    """Ours and transformers' GPT-2 124M with the same random weights."""
+def models(dtype: torch.dtype, packed: bool = True):
+    """Ours (its linear layers packed unless told) and transformers' GPT-2 124M, same weights."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from llmscratch.model.hf_weights import hf_tensors
@@ -62,15 +81,30 @@ def models(dtype: torch.dtype):
     theirs = GPT2LMHeadModel(GPT2Config(bos_token_id=None, eos_token_id=None,
                                         pad_token_id=None)).eval()
     theirs.load_state_dict(hf_tensors(ours), strict=False)
-    return ours.to(dtype), theirs.to(dtype)
+    ours, theirs = ours.to(dtype), theirs.to(dtype)
+    if packed:
+        pack_linear_weights(ours)
+    return ours, theirs
+
+
+def weight_products(model: GPT, dtype: torch.dtype) -> callable:
+    """Only the matrix products of one decode step at batch 1 (oneDNN, packed weights)."""
+    shapes = [(m.out_features, m.in_features) for m in model.modules()
+              if isinstance(m, (torch.nn.Linear, PackedLinear))]
+    layers = [PackedLinear(torch.nn.Linear(k, n, bias=False, dtype=dtype)) for n, k in shapes]
+    inputs = {k: torch.randn(1, k, dtype=dtype) for _, k in shapes}
+    return lambda: [layer(inputs[layer.in_features]) for layer in layers]
 
 
 def decode(precision: str, new_tokens: int, rounds: int, bandwidth: float) -> list[dict]:
     dtype = torch_dtype(precision)
     ours, theirs = models(dtype)
+    plain, _ = models(dtype, packed=False)
+    weight_bytes = sum(p.numel() * p.element_size() for p in plain.parameters())
     prompt = torch.randint(0, 50257, (16,), generator=torch.Generator().manual_seed(1)).tolist()
     greedy = SamplingConfig(max_new_tokens=new_tokens, temperature=0)
-    engine = Engine(ours, max_batch=1)
+    engine, plain_engine = Engine(ours, max_batch=1), Engine(plain, max_batch=1)
+    products = weight_products(plain, dtype)
 
     def hf() -> None:
         with torch.no_grad():
@@ -80,7 +114,9 @@ def decode(precision: str, new_tokens: int, rounds: int, bandwidth: float) -> li
 
     runs = {"llmscratch generate": lambda: generate(ours, prompt, greedy),
             "llmscratch engine": lambda: engine.generate([prompt], greedy),
-            "transformers generate": hf}
+            "engine, nn.Linear": lambda: plain_engine.generate([prompt], greedy),
+            "transformers generate": hf,
+            "weights' products alone": lambda: [products() for _ in range(new_tokens)]}
     assert generate(ours, prompt, greedy) == engine.generate([prompt], greedy)[0]
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
@@ -88,7 +124,6 @@ def decode(precision: str, new_tokens: int, rounds: int, bandwidth: float) -> li
             started = time.perf_counter()
             run()
             seconds[name].append(time.perf_counter() - started)
-    weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
     limit = bandwidth / weight_bytes  # tokens/s if each step only read the weights once
     theirs_rate = new_tokens / statistics.median(seconds["transformers generate"])
     rows = []
@@ -98,6 +133,94 @@ def decode(precision: str, new_tokens: int, rounds: int, bandwidth: float) -> li
                      "tokens_per_s": rate, "vs_transformers": rate / theirs_rate,
                      "of_bandwidth_limit": rate / limit})
     return rows
+
+
+def workload(n: int = 64, seed: int = 3) -> tuple[list[list[int]], list[int]]:
+    """n prompts of 16 to 512 random tokens, and how many tokens each asks for (16 to 256)."""
+    gen = torch.Generator().manual_seed(seed)
+    prompt_lengths = torch.randint(16, 513, (n,), generator=gen).tolist()
+    output_lengths = torch.randint(16, 257, (n,), generator=gen).tolist()
+    prompts = [torch.randint(0, 50257, (p,), generator=gen).tolist() for p in prompt_lengths]
+    return prompts, output_lengths
+
+
+def hf_continuous(model, prompts: list[list[int]], lengths: list[int]):
+    """A `transformers` continuous-batching manager, and a function that runs requests on it."""
+    from transformers import ContinuousBatchingConfig, GenerationConfig
+
+    config = GenerationConfig(do_sample=False, eos_token_id=None, pad_token_id=0,
+                              max_new_tokens=max(lengths))
+    # By default it takes 90% of free memory for its cache; a fifth holds this workload.
+    manager = model.init_continuous_batching(
+        generation_config=config,
+        continuous_batching_config=ContinuousBatchingConfig(max_memory_percent=0.2))
+    manager.start()
+
+    def run(prompts: list[list[int]], lengths: list[int]) -> list[list[int]]:
+        ids = [manager.add_request(p, max_new_tokens=n) for p, n in zip(prompts, lengths,
+                                                                          strict=True)]
+        done = {}
+        while len(done) < len(ids):
+            result = manager.get_result(timeout=1)
+            if result is not None and result.is_finished():
+                done[result.request_id] = result.generated_tokens
+        return [done[i] for i in ids]
+
+    return manager, run
+
+
+def hf_static(model, prompts: list[list[int]], lengths: list[int], batch: int) -> None:
+    """`generate` on left-padded batches in arrival order, each run to its longest output."""
+    for i in range(0, len(prompts), batch):
+        chunk, n = prompts[i:i + batch], max(lengths[i:i + batch])
+        width = max(map(len, chunk))
+        ids = torch.tensor([[0] * (width - len(p)) + p for p in chunk])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+        with torch.no_grad():
+            model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                           do_sample=False, pad_token_id=0)
+
+
+def throughput(precision: str, rounds: int, static_batch: int) -> list[dict]:
+    dtype = torch_dtype(precision)
+    ours, theirs = models(dtype)
+    prompts, lengths = workload()
+    settings = [SamplingConfig(max_new_tokens=n, temperature=0) for n in lengths]
+    # Cache blocks for every request at its full length: no request waits for memory.
+    blocks = sum(-(-(len(p) + n) // 16) for p, n in zip(prompts, lengths, strict=True))
+    engine = Engine(ours, num_blocks=blocks, block_size=16, max_batch=64)
+    alone = Engine(ours, max_batch=1)
+    manager, hf_run = hf_continuous(theirs, prompts, lengths)
+    try:
+        hf_run(prompts[:4], [4] * 4)  # warm-up: its cache is allocated and touched
+        engine.generate(prompts[:4], settings[:4])
+        runs = {"llmscratch engine": lambda: engine.generate(prompts, settings),
+                "transformers continuous batching": lambda: hf_run(prompts, lengths),
+                f"transformers generate, batches of {static_batch}":
+                    lambda: hf_static(theirs, prompts, lengths, static_batch),
+                "llmscratch engine, batch 1 (8 requests)":
+                    lambda: [alone.generate([p], s) for p, s in zip(prompts[:8], settings[:8],
+                                                                     strict=True)]}
+        seconds: dict[str, list[float]] = {name: [] for name in runs}
+        outputs = {}
+        for _ in range(rounds):
+            for name, run in runs.items():
+                started = time.perf_counter()
+                outputs[name] = run()
+                seconds[name].append(time.perf_counter() - started)
+    finally:
+        manager.stop()
+    same = sum(a == b for a, b in zip(outputs["llmscratch engine"],
+                                      outputs["transformers continuous batching"], strict=True))
+    tokens = {name: sum(lengths[:8] if "batch 1" in name else lengths) for name in runs}
+    rates = {name: tokens[name] / statistics.median(times) for name, times in seconds.items()}
+    best_peer = max(rate for name, rate in rates.items() if name.startswith("transformers"))
+    alone_rate = rates["llmscratch engine, batch 1 (8 requests)"]
+    return [{"part": "throughput", "precision": precision, "model": name,
+             "output_tokens_per_s": rate, "vs_best_peer": rate / best_peer,
+             "vs_our_batch_1": rate / alone_rate,
+             "same_tokens_as_transformers": f"{same}/{len(prompts)}"}
+            for name, rate in rates.items()]
 
 
 def memory() -> list[dict]:
@@ -129,18 +252,25 @@ def memory() -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", default="decode,memory", help="comma list: decode, memory")
+    parser.add_argument("--parts", default="decode,throughput,memory",
+                        help="comma list: decode, throughput, memory")
     parser.add_argument("--precision", default="fp32,bf16", help="comma list: fp32, bf16")
-    parser.add_argument("--new-tokens", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, default=200, help="decode: tokens per round")
+    parser.add_argument("--rounds", type=int, default=3, help="decode rounds")
+    parser.add_argument("--throughput-rounds", type=int, default=1)
+    parser.add_argument("--static-batch", type=int, default=16,
+                        help="throughput: requests per padded batch of transformers' generate")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
+    parts, precisions = args.parts.split(","), args.precision.split(",")
     bandwidth = copy_bandwidth()
     rows = []
-    if "decode" in args.parts:
-        for precision in args.precision.split(","):
+    for precision in precisions:
+        if "decode" in parts:
             rows += decode(precision, args.new_tokens, args.rounds, bandwidth)
-    if "memory" in args.parts:
+        if "throughput" in parts:
+            rows += throughput(precision, args.throughput_rounds, args.static_batch)
+    if "memory" in parts:
         rows += memory()
     machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, " \
               f"{torch.get_num_threads()} threads"
@@ -149,15 +279,23 @@ def main() -> None:
         return
     print(f"machine: {machine}; copy bandwidth {bandwidth / 1e9:.1f} GB/s")
     for row in rows:
-        if row["part"] == "decode":
-            print(f"decode  {row['precision']}  {row['model']:<22} {row['tokens_per_s']:7.1f} "
-                  f"tok/s  {row['vs_transformers']:.2f}x transformers  "
-                  f"{row['of_bandwidth_limit']:.0%} of the bandwidth limit")
-        else:
-            label = ("shared 200-token system prompt" if row["shared_system_prompt"]
-                     else "no shared prefix")
-            print(f"memory  {label:<31} paged {row['paged_bytes'] / 2**20:6.1f} MiB  "
-                  f"dense {row['dense_bytes'] / 2**20:6.1f} MiB  ({row['paged_vs_dense']:.2f}x)")
+        print(describe(row))
+
+
+def describe(row: dict) -> str:
+    """One line of the table for a result row."""
+    if row["part"] == "decode":
+        return (f"decode      {row['precision']}  {row['model']:<40} "
+                f"{row['tokens_per_s']:7.1f} tok/s  {row['vs_transformers']:.2f}x transformers  "
+                f"{row['of_bandwidth_limit']:.0%} of the bandwidth limit")
+    if row["part"] == "throughput":
+        return (f"throughput  {row['precision']}  {row['model']:<40} "
+                f"{row['output_tokens_per_s']:7.1f} tok/s  {row['vs_best_peer']:.2f}x the best "
+                f"peer  {row['vs_our_batch_1']:.2f}x our batch 1  "
+                f"(same tokens as transformers: {row['same_tokens_as_transformers']})")
+    label = "shared 200-token system prompt" if row["shared_system_prompt"] else "no shared prefix"
+    return (f"memory      {label:<46} paged {row['paged_bytes'] / 2**20:6.1f} MiB  "
+            f"dense {row['dense_bytes'] / 2**20:6.1f} MiB  ({row['paged_vs_dense']:.2f}x)")
 
 
 if __name__ == "__main__":

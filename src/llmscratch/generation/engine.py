@@ -31,27 +31,33 @@ from llmscratch.generation.sequence import Sequence, TokenLogprobs
 from llmscratch.model import GPT
 
 DEFAULT_BLOCK_SIZE = 16
+DEFAULT_CACHE_BYTES = 4 * 2**30  # at most 4 GiB of KV cache unless told
 
 
 class Engine:
     """Generates for many requests at once with one model (see the module docstring).
 
     num_blocks: KV-cache blocks of `block_size` positions (default: room for
-    `max_batch` sequences of the full context length). vocab_size: the
+    `max_batch` sequences of the full context length, or as many blocks as
+    `cache_bytes` hold if that is fewer: a model with a long context would
+    otherwise reserve more memory than the machine has). vocab_size: the
     tokenizer's, when the output layer is wider (ids past it are never drawn).
     """
 
     def __init__(self, model: GPT, num_blocks: int | None = None,
                  block_size: int = DEFAULT_BLOCK_SIZE, max_batch: int = 32,
-                 max_batch_tokens: int = 4096, vocab_size: int | None = None) -> None:
+                 max_batch_tokens: int = 4096, vocab_size: int | None = None,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self.model = model.eval()
         embedding = model.tok_emb.weight  # (the linear layers' may be packed: cpu_weights.py)
         self.device = embedding.device
-        context = model.config.context_length
-        blocks_per_sequence = -(-context // block_size)
-        num_blocks = num_blocks or max_batch * blocks_per_sequence
-        self.cache = PagedKVCache(model.config, num_blocks, block_size,
-                                  embedding.dtype, self.device)
+        c = model.config
+        if num_blocks is None:
+            block_bytes = 2 * c.n_layer * block_size * c.kv_heads * c.head_dim \
+                * embedding.element_size()  # keys and values of every layer
+            blocks_per_sequence = -(-c.context_length // block_size)
+            num_blocks = max(min(max_batch * blocks_per_sequence, cache_bytes // block_bytes), 1)
+        self.cache = PagedKVCache(c, num_blocks, block_size, embedding.dtype, self.device)
         self.blocks = BlockManager(num_blocks, block_size)
         self.scheduler = Scheduler(self.blocks, max_batch, max_batch_tokens)
         self.vocab_size = vocab_size
