@@ -187,3 +187,13 @@ def test_packed_linear_weights_compute_the_same_model(name, dtype):
         batch = prompts([3, 17, 9])
         expected_tokens = [uncached_greedy(model, p, 16) for p in batch]
         assert Engine(packed, block_size=4).generate(batch, GREEDY) == expected_tokens
+
+
+def test_the_default_cache_is_sized_to_the_batch_or_capped_by_bytes():
+    model = tiny("gpt2")
+    c = model.config
+    engine = Engine(model, max_batch=3)
+    assert engine.cache.num_blocks == 3 * -(-c.context_length // 16)  # 3 full contexts
+    block_bytes = 2 * c.n_layer * 16 * c.kv_heads * c.head_dim * 4  # keys and values, fp32
+    capped = Engine(model, max_batch=3, cache_bytes=5 * block_bytes)
+    assert capped.cache.num_blocks == 5  # a long-context model does not take all memory

@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from llmscratch.data.examples import Example, collate  # noqa: E402
+from llmscratch.distributed import unwrap
 from llmscratch.model import GPT  # noqa: E402
 from llmscratch.training.plots import save_png  # noqa: E402
 
@@ -45,10 +46,14 @@ class ClassificationReport:
 
 
 @torch.no_grad()
-def predict(model: GPT, examples: Sequence[Example], batch_size: int = 16,
+def predict(model: GPT | torch.nn.Module, examples: Sequence[Example], batch_size: int = 16,
             autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Class probabilities (N, C) of each example under the model's head."""
-    device = model.tok_emb.weight.device
+    """Class probabilities (N, C) of each example under the model's head.
+
+    `model` may be wrapped for training (DDP, FSDP2): its forward is called
+    through the wrapper, its head on the model inside.
+    """
+    device = unwrap(model).tok_emb.weight.device
     was_training = model.training
     model.eval()
     probabilities = []
@@ -57,7 +62,7 @@ def predict(model: GPT, examples: Sequence[Example], batch_size: int = 16,
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                             enabled=autocast_dtype is not None):
             hidden = model(batch.input_ids, attention_mask=batch.model_mask)  # (B, T, D)
-            logits = model.head(hidden, batch.attention_mask)  # (B, C)
+            logits = unwrap(model).head(hidden, batch.attention_mask)  # (B, C)
         probabilities.append(torch.softmax(logits.float(), dim=-1).cpu())
     model.train(was_training)
     return torch.cat(probabilities)  # (N, C)

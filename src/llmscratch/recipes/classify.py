@@ -144,13 +144,13 @@ class Classification:
     def objective(self, device: torch.device) -> SequenceClassification:
         return SequenceClassification(device)
 
-    def _probabilities(self, model: GPT, split: str) -> tuple[torch.Tensor, list[int]]:
+    def _probabilities(self, model: torch.nn.Module, split: str) -> tuple[torch.Tensor, list[int]]:
         examples = self.examples[split]
         amp = autocast_dtype(self.config.train.dtype)
         probs = predict(model, examples, self.config.train.batch_size * 2, amp)  # (N, C)
         return probs, [e.label for e in examples]
 
-    def validate(self, model: GPT) -> dict:
+    def validate(self, model: torch.nn.Module) -> dict:
         probs, labels = self._probabilities(model, "validation")
         truth = torch.tensor(labels)
         picked = probs[torch.arange(len(labels)), truth].clamp_min(1e-12)

@@ -210,6 +210,8 @@ def set_trainable(model: GPT, config: RunConfig) -> tuple[int, int]:
         model.ln_f.requires_grad_(True)
     if model.head is not None:
         model.head.requires_grad_(True)
+        if model.lm_head.weight is not model.tok_emb.weight:  # a classifier never uses it
+            model.lm_head.requires_grad_(False)  # (and DDP wants no trainable unused weight)
     return count_parameters(model)
 
 

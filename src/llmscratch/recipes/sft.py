@@ -35,6 +35,7 @@ import torch
 from llmscratch.data.examples import IGNORE, Example, collate
 from llmscratch.data.instruction_files import Conversation, alpaca_prompt, read_instructions
 from llmscratch.data.synthetic_tasks import make_tasks
+from llmscratch.distributed import unwrap
 from llmscratch.errors import LLMScratchError
 from llmscratch.evaluation.exact_match import exact_match
 from llmscratch.model import GPT
@@ -129,11 +130,12 @@ class InstructionTuning:
         return NextTokenPrediction(device)
 
     @torch.no_grad()
-    def validate(self, model: GPT) -> dict:
-        """Mean next-token loss over the held-out examples' trained tokens."""
+    def validate(self, model: torch.nn.Module) -> dict:
+        """Mean next-token loss over the held-out examples' trained tokens (`model` as the
+        loop runs it, perhaps wrapped: its forward through the wrapper, its head inside)."""
         if not self.val_examples:
             return {"val_loss": float("nan")}
-        device = model.tok_emb.weight.device
+        device = unwrap(model).tok_emb.weight.device
         amp = autocast_dtype(self.config.train.dtype)
         was_training = model.training
         model.eval()
@@ -143,7 +145,7 @@ class InstructionTuning:
             batch = collate([[e] for e in self.val_examples[start:start + size]]).to(device)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 hidden = model(batch.input_ids, attention_mask=batch.model_mask)
-                loss_sum, n = model.next_token_loss(hidden, batch.targets)
+                loss_sum, n = unwrap(model).next_token_loss(hidden, batch.targets)
             total, count = total + float(loss_sum), count + int(n)
         model.train(was_training)
         return {"val_loss": total / max(count, 1)}
