@@ -179,3 +179,13 @@ def test_trainable_only_checkpoints_load_on_their_base_run(tmp_path, tiny_run):
         if name not in trained:
             assert torch.equal(tensor, untouched.state_dict()[name]), name
     assert not torch.equal(loaded.ln_f.weight, untouched.ln_f.weight)  # it did train
+
+
+def test_cpu_training_keeps_freed_memory_where_malloc_is_glibc():
+    """mallopt takes both thresholds (it returns 0 for a parameter or value it refuses)."""
+    import platform
+
+    from llmscratch.training.allocator import keep_freed_memory
+
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() == glibc

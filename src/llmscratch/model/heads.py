@@ -54,6 +54,11 @@ IGNORE_INDEX = -100  # targets with this value are not predicted (as in F.cross_
 # of 20 rows made a 124M training step 2.6x slower than the plain loss; 1,024
 # rows beat it (docs/benchmarks.md, "Output layer and loss").
 ROWS_PER_CHUNK = 1024
+# A large vocabulary gets fewer rows, so that a chunk's fp32 logits stay under this many
+# bytes (Qwen3's 151,936 tokens: 441 rows), and the weight gradient is added a slice of
+# the vocabulary at a time, so that no (V, D) temporary is made.
+LOGIT_BYTES_PER_CHUNK = 256 * 2**20
+VOCAB_ROWS_PER_SLICE = 8192
 
 
 def _compute_dtype(device: torch.device, param_dtype: torch.dtype) -> torch.dtype:
@@ -106,9 +111,12 @@ def _cross_entropy_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: t
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     grad_hidden = torch.empty_like(hidden) if hidden_grad else None
     grad_weight = torch.zeros_like(weight, dtype=torch.float32) if weight_grad else None
+    most = min(ROWS_PER_CHUNK, max(128, LOGIT_BYTES_PER_CHUNK // (4 * weight.size(0))))
+    chunks = max(1, -(-hidden.size(0) // most))
+    rows = max(1, -(-hidden.size(0) // chunks))  # chunks of equal size, each <= most rows
     with torch.autocast(hidden.device.type, enabled=False):  # dtypes are explicit here
-        for start in range(0, hidden.size(0), ROWS_PER_CHUNK):
-            chunk = slice(start, start + ROWS_PER_CHUNK)
+        for start in range(0, hidden.size(0), rows):
+            chunk = slice(start, start + rows)
             h, t, scale = h_all[chunk], safe_targets[chunk], row_weight[chunk]  # (n, D), (n,) x2
             # The softmax in fp32, in place in one (n, V) buffer: shift each row by its
             # maximum (so exp cannot overflow), exponentiate, and sum.
@@ -132,8 +140,10 @@ def _cross_entropy_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: t
                 continue
             if grad.dtype == grad_weight.dtype:  # fp32: add the product without a temporary
                 grad_weight.addmm_(grad.T, h)  # (V, D)
-            else:  # bf16 product, added in place into the fp32 sum
-                grad_weight += grad.T @ h  # (V, D)
+                continue
+            for v in range(0, len(w), VOCAB_ROWS_PER_SLICE):  # bf16 products, added into fp32
+                rows_v = slice(v, v + VOCAB_ROWS_PER_SLICE)
+                grad_weight[rows_v] += grad[:, rows_v].T @ h  # (k, D)
     return total, grad_hidden, grad_weight
 
 

@@ -51,6 +51,7 @@ from llmscratch.errors import LLMScratchError, TrainingInterrupted
 from llmscratch.runs.checkpoint import TrainState, save_checkpoint
 from llmscratch.runs.config import TrainConfig
 from llmscratch.runs.run import Run
+from llmscratch.training.allocator import keep_freed_memory
 from llmscratch.training.objectives import Objective
 from llmscratch.training.optim import Schedule
 from llmscratch.training.precision import autocast_dtype
@@ -209,6 +210,8 @@ class Trainer:
         self.tensorboard: SummaryWriter | None = None
         self.bar: tqdm | None = None
         self._window_start, self._window_tokens = time.perf_counter(), 0
+        if device.type == "cpu":
+            keep_freed_memory()  # big buffers reused step after step, not faulted in anew
 
     # --- one optimizer step ------------------------------------------------------------
 
