@@ -52,8 +52,6 @@ from llmscratch.training.precision import autocast_dtype
 class Classification:
     """The classification method of recipes/finetune.py (see the module docstring)."""
 
-    name = "classify"
-
     def __init__(self, config: RunConfig) -> None:
         self.config = config
         self.examples: dict[str, list[Example]] = {}

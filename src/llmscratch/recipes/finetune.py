@@ -61,7 +61,6 @@ from llmscratch.training.plots import plot_losses, plot_training
 class Method(Protocol):
     """What a fine-tuning method adds to the shared flow (see the module docstring)."""
 
-    name: str
     train_examples: list[Example]
     label_names: list[str]  # a classifier's classes, in the order of its outputs; else []
 
@@ -226,7 +225,7 @@ def _train(config: RunConfig, run: Run, method: Method, model: GPT, ckpt: Path |
     """Train (from `ckpt` if given) with the shared loop; score before and after; report."""
     cfg, ft = config.train, config.finetune
     say = print if info.is_main else (lambda *args, **kwargs: None)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # training starts from one random state, whatever scoring drew
     trainable, total = count_parameters(model)
     model.to(device)
     grad_accum = check_global_batch(cfg, info)

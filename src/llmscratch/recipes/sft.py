@@ -52,8 +52,6 @@ MAX_ANSWER_TOKENS = 64  # a held-out answer is cut off after this many tokens
 class InstructionTuning:
     """The SFT method of recipes/finetune.py (see the module docstring)."""
 
-    name = "sft"
-
     def __init__(self, config: RunConfig) -> None:
         self.config = config
         self.train_examples: list[Example] = []
