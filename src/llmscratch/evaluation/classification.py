@@ -48,7 +48,14 @@ class ClassificationReport:
 @torch.no_grad()
 def predict(model: GPT | torch.nn.Module, examples: Sequence[Example], batch_size: int = 16,
             autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Class probabilities (N, C) of each example under the model's head.
+    """Class probabilities (N, C) of each example under the model's head."""
+    return torch.softmax(head_outputs(model, examples, batch_size, autocast_dtype), dim=-1)
+
+
+@torch.no_grad()
+def head_outputs(model: GPT | torch.nn.Module, examples: Sequence[Example], batch_size: int = 16,
+                 autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The head's outputs (N, C) for each example: class logits, or a reward model's scores.
 
     `model` may be wrapped for training (DDP, FSDP2): its forward is called
     through the wrapper, its head on the model inside.
@@ -56,16 +63,16 @@ def predict(model: GPT | torch.nn.Module, examples: Sequence[Example], batch_siz
     device = unwrap(model).tok_emb.weight.device
     was_training = model.training
     model.eval()
-    probabilities = []
+    outputs = []
     for start in range(0, len(examples), batch_size):
         batch = collate([[e] for e in examples[start:start + batch_size]]).to(device)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                             enabled=autocast_dtype is not None):
             hidden = model(batch.input_ids, attention_mask=batch.model_mask)  # (B, T, D)
             logits = unwrap(model).head(hidden, batch.attention_mask)  # (B, C)
-        probabilities.append(torch.softmax(logits.float(), dim=-1).cpu())
+        outputs.append(logits.float().cpu())
     model.train(was_training)
-    return torch.cat(probabilities)  # (N, C)
+    return torch.cat(outputs)  # (N, C)
 
 
 def score(labels: Sequence[int], predictions: Sequence[int],
