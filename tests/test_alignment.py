@@ -29,6 +29,12 @@ from llmscratch.training.objectives import (
     dpo_losses,
 )
 from tests.conftest import new_run
+from tests.hf_tiny import hf_model, save_folder
+
+try:
+    import transformers
+except ImportError:  # the dev extra installs it
+    transformers = None
 
 
 def run_cli(args, capsys) -> tuple[int, str, str]:
@@ -72,9 +78,11 @@ def test_dpo_and_ipo_losses_by_hand():
     assert ipo.tolist() == pytest.approx([(1.5 - 5) ** 2, (-0.5 - 5) ** 2])
 
 
-def test_dpo_objective_is_the_formula_on_the_responses_log_probs():
+@pytest.mark.parametrize("rpo_alpha", [0.0, 0.5])
+def test_dpo_objective_is_the_formula_on_the_responses_log_probs(rpo_alpha):
     """Padded pairs of different lengths: the objective's loss equals the DPO formula on
-    log-probabilities summed by hand over each response's tokens, from the full logits."""
+    log-probabilities summed by hand over each response's tokens, from the full logits
+    (with RPO: plus alpha times the chosen response's mean negative log-likelihood)."""
     model = tiny_model()
     pairs = [(reply_example([5, 6, 7], [8, 9]), reply_example([5, 6, 7], [10, 11, 12, 13])),
              (reply_example([20, 21], [22, 23, 24]), reply_example([20, 21], [25]))]
@@ -82,13 +90,15 @@ def test_dpo_objective_is_the_formula_on_the_responses_log_probs():
     for (chosen, rejected), (ref_c, ref_r) in zip(pairs, references, strict=True):
         chosen.reference_logp, rejected.reference_logp = ref_c, ref_r
     batch = PairBatches(pairs, batch_size=2, seed=0).next_batch()
-    out = DirectPreference(torch.device("cpu"), beta=0.5)(model, batch)
+    out = DirectPreference(torch.device("cpu"), beta=0.5, rpo_alpha=rpo_alpha)(model, batch)
     expected, right = 0.0, 0
     with torch.no_grad():
         for (chosen, rejected), (ref_c, ref_r) in zip(pairs, references, strict=True):
-            logits = (sum(direct_log_probs(model, chosen)) - ref_c) \
+            chosen_log_probs = direct_log_probs(model, chosen)
+            logits = (sum(chosen_log_probs) - ref_c) \
                 - (sum(direct_log_probs(model, rejected)) - ref_r)
             expected -= log_sigmoid(0.5 * logits)
+            expected -= rpo_alpha * sum(chosen_log_probs) / len(chosen_log_probs)
             right += logits > 0
     # (PairBatches shuffles the pairs; the sum does not depend on their order.)
     assert out.units == 2 and float(out.loss_sum.detach()) == pytest.approx(expected, rel=1e-5)
@@ -414,3 +424,31 @@ def test_a_reference_with_another_vocabulary_is_refused(tiny_run, tmp_path, caps
     write_court_pairs(data, n=10)
     _refused(["finetune", "dpo", "--base", tiny_run, "--data", data, "--out", tmp_path / "o",
               f"align.reference={other}"], capsys, tmp_path / "o", "its tokenizer differs")
+
+
+@pytest.mark.skipif(transformers is None, reason="needs transformers (the dev extra)")
+def test_the_same_commands_run_on_an_imported_chat_model(tmp_path, capsys):
+    """A tiny Qwen3 with a ChatML template, imported: DPO with LoRA and RL run unchanged, and
+    their prompts are laid out by the model's own template."""
+    folder = save_folder(hf_model("qwen3"), "qwen3", tmp_path / "hf")
+    template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+                "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "chat_template": template, "bos_token": None,
+        "eos_token": {"content": "<|im_end|>", "special": True}}))
+    base = tmp_path / "qwen3"
+    assert main(["convert", "from-hf", str(folder), str(base)]) == 0
+    pairs, prompts = tmp_path / "pairs.jsonl", tmp_path / "prompts.jsonl"
+    write_court_pairs(pairs, n=16)
+    write_prompts(prompts)
+    code, printed, _ = run_cli(["finetune", "dpo", "--base", base, "--data", pairs, "--out",
+                                tmp_path / "dpo", *ALIGN_SMALL, "finetune.trainable=lora",
+                                "finetune.epochs=0", "train.max_steps=2"], capsys)
+    assert code == 0, printed
+    after = json.loads((Run(tmp_path / "dpo").eval_dir / "after.json").read_text())
+    assert after["samples"][0]["prompt"].startswith("<|im_start|>user\nName ")
+    code, printed, _ = run_cli(["finetune", "rl", "--base", tmp_path / "dpo", "--data", prompts,
+                                "--out", tmp_path / "rl", *RL_SMALL, "train.max_steps=2",
+                                "align.reward=tests.test_alignment:e_reward"], capsys)
+    assert code == 0, printed
+    assert len([r for r in Run(tmp_path / "rl").metrics.read() if "reward" in r]) == 2

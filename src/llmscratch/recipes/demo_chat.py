@@ -8,9 +8,9 @@ checks, with the overrides in STAGES. After each stage that changes the
 policy, the same held-out tasks are scored the same way (`policy_scores`):
 
 - exact match of the greedy answer (what SFT teaches);
-- pair accuracy: the share of held-out preference pairs whose right answer
-  the model finds likelier than the wrong or badly formatted one (what DPO
-  teaches);
+- the preference margin: log p(right answer) - log p(wrong or badly
+  formatted one), averaged over held-out preference pairs (what DPO raises),
+  and the pair accuracy, the share of pairs where it is positive;
 - mean reward of the greedy answer (1 right, partial credit for the right
   answer in the wrong form: what RL maximises).
 
@@ -54,15 +54,17 @@ BASE_OVERRIDES = ["train.budget_seconds=240", "train.max_seconds=260"]
 # Each stage's settings, over its method's defaults (recipes/finetune.py: METHOD_DEFAULTS).
 COMMON = [f"finetune.synthetic_heldout={HELDOUT}", "train.dtype=auto"]
 STAGES = {
-    "sft": ["finetune.synthetic_train=8000", "train.lr=1e-3", "train.batch_size=16",
+    "sft": ["finetune.synthetic_train=20000", "train.lr=1e-3", "train.batch_size=16",
             "finetune.epochs=2", "finetune.eval_examples=0"],
     "reward": ["finetune.synthetic_train=2000", "train.lr=1e-4", "train.batch_size=16",
                "align.eval_examples=400"],
-    "dpo": ["finetune.synthetic_train=2000", "train.lr=2e-5", "train.batch_size=16",
-            "align.eval_examples=0", "align.beta=0.1"],
-    "rl": ["train.max_steps=60", "train.lr=2e-5", "train.batch_size=8", "align.group_size=8",
+    # DPO alone (lr 3e-5) raised the preference margin but lowered exact match (66% -> 62%);
+    # RPO's term on the chosen answers keeps them likely (69.5%). docs/alignment.md.
+    "dpo": ["finetune.synthetic_train=2000", "train.lr=3e-5", "train.batch_size=16",
+            "align.eval_examples=0", "align.beta=0.1", "align.rpo_alpha=1.0"],
+    "rl": ["train.max_steps=300", "train.lr=1e-4", "train.batch_size=8", "align.group_size=8",
            "align.max_new_tokens=24", "align.kl_coef=0.04", "align.eval_examples=0",
-           "train.eval_every=20", "finetune.synthetic_train=2000"],
+           "train.eval_every=50", "finetune.synthetic_train=4000"],
 }
 SAMPLE_CONVERSATIONS = 4
 REPORT = "chat-demo.md"  # in the demo's folder, beside the stages' runs
@@ -126,13 +128,14 @@ def policy_scores(run_dir: Path, seed: int, n: int = HELDOUT) -> dict:
     conversations = [t.conversation() for t in tasks]
     prompts = [encoder.prompt_ids(c) for c in conversations]
     replies = greedy_replies(model, tokenizer, prompts, settings.stop_token_ids, 32)
-    pairs = [from_pair(p).conversations() for p in preference_pairs(tasks, seed)]
-    chosen = response_log_probs(model, [encoder.example(c) for c, _ in pairs])
-    rejected = response_log_probs(model, [encoder.example(r) for _, r in pairs])
+    conversation_pairs = [from_pair(p).conversations() for p in preference_pairs(tasks, seed)]
+    chosen = response_log_probs(model, [encoder.example(c) for c, _ in conversation_pairs])
+    rejected = response_log_probs(model, [encoder.example(r) for _, r in conversation_pairs])
+    pairs = pair_scores(chosen, rejected)
     return {"exact_match": sum(is_correct(t, r) for t, r in zip(tasks, replies, strict=True))
             / n,
             "mean_reward": sum(reward(t, r) for t, r in zip(tasks, replies, strict=True)) / n,
-            "pair_accuracy": pair_scores(chosen, rejected)["pair_accuracy"],
+            "pair_accuracy": pairs["pair_accuracy"], "pair_margin": pairs["margin"],
             "samples": [{"prompt": c.prompt[0]["content"], "reply": r, "reference": t.output}
                         for c, r, t in list(zip(conversations, replies, tasks,
                                                 strict=True))[:SAMPLE_CONVERSATIONS]]}
@@ -140,7 +143,8 @@ def policy_scores(run_dir: Path, seed: int, n: int = HELDOUT) -> dict:
 
 def _summary(scores: dict) -> str:
     return (f"exact match {scores['exact_match']:.1%}, mean reward {scores['mean_reward']:.3f}, "
-            f"pair accuracy {scores['pair_accuracy']:.1%}")
+            f"preference margin {scores['pair_margin']:.2f} nats (pair accuracy "
+            f"{scores['pair_accuracy']:.1%})")
 
 
 def _write_report(result: ChatDemoResult, seed: int) -> None:
@@ -153,12 +157,13 @@ def _write_report(result: ChatDemoResult, seed: int) -> None:
     lines = ["# Chat demo report", "",
              f"Seed {seed}; {HELDOUT} held-out synthetic tasks (answers never seen in "
              "training), scored after each stage; wall-clock time of each stage.", "",
-             "| stage | exact match | mean reward | pair accuracy | time |",
-             "|---|---:|---:|---:|---:|"]
+             "| stage | exact match | mean reward | preference margin | pair accuracy | time |",
+             "|---|---:|---:|---:|---:|---:|"]
     for stage in ("base", "sft", "dpo", "rl"):
         s = scores[stage]
         lines.append(f"| {stage} | {s['exact_match']:.1%} | {s['mean_reward']:.3f} | "
-                     f"{s['pair_accuracy']:.1%} | {result.seconds.get(stage, 0):.0f} s |")
+                     f"{s['pair_margin']:.2f} | {s['pair_accuracy']:.1%} | "
+                     f"{result.seconds.get(stage, 0):.0f} s |")
     rm = scores["reward"]
     lines += ["", f"Reward model: held-out pair accuracy {rm['pair_accuracy']:.1%} "
               f"(mean margin {rm['margin']:.2f}) in {result.seconds['reward']:.0f} s; "

@@ -127,7 +127,8 @@ class PreferenceOptimization:
                                   mean=self.config.align.loss == "ipo")
 
     def objective(self, device: torch.device) -> DirectPreference:
-        return DirectPreference(device, self.config.align.beta, self.config.align.loss)
+        align = self.config.align
+        return DirectPreference(device, align.beta, align.loss, align.rpo_alpha)
 
     def _heldout_ratios(self, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """log pi - log ref of each held-out pair's chosen and rejected responses."""

@@ -158,6 +158,8 @@ class ReinforcementLearning:
         return {"val_reward": sum(rewards) / max(len(rewards), 1)}
 
     def score(self, model: GPT, stage: str, run: Run | None) -> dict:
+        if not self.config.align.eval_examples:
+            return {}
         prompts, replies = self._answers(model, self.config.align.eval_examples)
         rewards = self.rewarder(prompts, replies)
         scores = {"mean_reward": sum(rewards) / max(len(rewards), 1), "total": len(rewards)}

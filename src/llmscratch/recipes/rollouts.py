@@ -71,6 +71,8 @@ class Rewarder:
 
     def __call__(self, prompts: list[Prompt], completions: list[str]) -> list[float]:
         """One finite number a completion; anything else stops the run in one line."""
+        if not completions:
+            return []
         if self.model is not None:
             return self._model_scores(prompts, completions)
         columns = {key: [p.columns.get(key) for p in prompts]
@@ -125,6 +127,7 @@ class Rollouts(ExampleBatches):
         self.pending: RolloutBatch | None = None  # responses still to be trained on
         self.uses = 0  # steps the pending responses have served
         self._last_call: float | None = None
+        self._last_generation = 0.0
 
     def next_batch(self, policy: torch.nn.Module | None = None) -> RolloutBatch:
         if self.pending is None or self.uses >= self.align.updates_per_batch:
@@ -135,8 +138,10 @@ class Rollouts(ExampleBatches):
     @torch.no_grad()
     def sample(self, policy: GPT) -> RolloutBatch:
         """Sample, reward and compare a group of responses for each of this step's prompts."""
+        # The previous sampling's share of the time from its start to now (a whole step).
         now = time.perf_counter()
-        cycle = None if self._last_call is None else now - self._last_call
+        share = None if self._last_call is None else \
+            (self._last_generation, now - self._last_call)
         self._last_call = now
         rows = [row[0] for row in self.batch_rows(self.position)]
         self.position += 1
@@ -157,8 +162,9 @@ class Rollouts(ExampleBatches):
                    "response_length": (float(sum(lengths)), len(lengths)),
                    "skipped_groups": (float(len(rows) - sum(informative)), len(rows)),
                    "rollout_tok_per_s": (float(sum(lengths)), generation)}
-        if cycle is not None:  # the share of the time since the last sampling
-            metrics["generation_share"] = (generation, cycle)
+        if share is not None:
+            metrics["generation_share"] = share
+        self._last_generation = generation
         kept_advantages = advantages[keep].flatten()  # (N,)
         old = self._log_probs(policy, batch) if self.align.updates_per_batch > 1 else None
         ref = self._log_probs(self.reference, batch) if self.reference is not None else None

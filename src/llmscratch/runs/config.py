@@ -337,6 +337,9 @@ class AlignConfig:
             temperature of the implicit reward, 0.1 as in the DPO paper and TRL).
         loss: DPO: "sigmoid" (the DPO paper's) or "ipo" (IPO: a squared loss on the
             mean log-probability ratios, which does not push the margin to infinity).
+        rpo_alpha: DPO: add this times the chosen response's mean negative
+            log-likelihood to each pair's loss (RPO; 0 = plain DPO), which keeps the
+            chosen answers likely while the pair's margin grows.
         reward: RL: the reward of a response: "synthetic" (the synthetic tasks'
             verifiable reward, data/synthetic_tasks.py: task_rewards) or a Python callable
             "module:function" taking (prompts, completions, **columns) and returning a
@@ -359,6 +362,7 @@ class AlignConfig:
     reference: str = ""
     beta: float = 0.1
     loss: str = "sigmoid"
+    rpo_alpha: float = 0.0
     reward: str = "synthetic"
     reward_model: str = ""
     group_size: int = 8
@@ -381,7 +385,7 @@ class AlignConfig:
         if self.group_size < 2:
             raise LLMScratchError("align.group_size must be >= 2: advantages compare the "
                                   "responses to one prompt")
-        for name in ("kl_coef", "clip", "eval_examples"):
+        for name in ("kl_coef", "clip", "eval_examples", "rpo_alpha"):
             if getattr(self, name) < 0:
                 raise LLMScratchError(f"align.{name} must be >= 0, got {getattr(self, name)}")
         if self.temperature <= 0:

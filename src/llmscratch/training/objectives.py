@@ -143,13 +143,20 @@ class BradleyTerry:
                                         "margin": (float(margin.detach().sum()), pairs)})
 
 
+def response_log_probs(model: torch.nn.Module, batch: Batch
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(response | prompt) of each row, summed over its target tokens, and how many
+    target tokens it has: (B,) and (B,)."""
+    hidden = model(batch.input_ids, attention_mask=batch.model_mask)  # (B, T, D)
+    per_token = unwrap(model).token_log_probs(hidden, batch.targets)  # (B, T), 0 off target
+    return per_token.sum(-1), (batch.targets != -100).sum(-1).clamp_min(1)
+
+
 def sequence_log_probs(model: torch.nn.Module, batch: Batch, mean: bool = False
                        ) -> torch.Tensor:
     """log p(response | prompt) of each row: the sum (or mean) over its target tokens. (B,)"""
-    hidden = model(batch.input_ids, attention_mask=batch.model_mask)  # (B, T, D)
-    per_token = unwrap(model).token_log_probs(hidden, batch.targets)  # (B, T), 0 off target
-    total = per_token.sum(-1)
-    return total / (batch.targets != -100).sum(-1).clamp_min(1) if mean else total
+    total, count = response_log_probs(model, batch)
+    return total / count if mean else total
 
 
 class DirectPreference:
@@ -167,19 +174,27 @@ class DirectPreference:
     prompt's targets are -100). The reference's values are computed once,
     before training, and stored with the examples (`Batch.reference_logps`):
     the reference never changes, so there is no second model in memory.
+    With rpo_alpha > 0 each pair's loss adds rpo_alpha times the chosen
+    response's mean negative log-likelihood (RPO, TRL's rpo_alpha): DPO alone
+    may lower the chosen response's probability as long as the rejected one's
+    falls faster, and this term keeps the chosen answers likely.
     Logged: the chosen and rejected rewards, their margin, and accuracy
     (the chosen reward above the rejected).
     """
 
-    def __init__(self, device: torch.device, beta: float, loss: str = "sigmoid") -> None:
-        self.device, self.beta, self.loss = device, beta, loss
+    def __init__(self, device: torch.device, beta: float, loss: str = "sigmoid",
+                 rpo_alpha: float = 0.0) -> None:
+        self.device, self.beta, self.loss, self.rpo_alpha = device, beta, loss, rpo_alpha
 
     def __call__(self, model: torch.nn.Module, batch: Batch) -> ObjectiveOutput:
         batch = batch.to(self.device)
-        policy = sequence_log_probs(model, batch, mean=self.loss == "ipo")  # (2P,)
+        total, count = response_log_probs(model, batch)  # (2P,), (2P,)
+        policy = total / count if self.loss == "ipo" else total
         chosen, rejected = _halves(policy - batch.reference_logps)  # (P,), (P,) log ratios
         losses = dpo_losses(chosen, rejected, self.beta, self.loss)
         pairs = len(losses)
+        if self.rpo_alpha > 0:
+            losses = losses - self.rpo_alpha * total[:pairs] / count[:pairs]
         reward_chosen, reward_rejected = self.beta * chosen.detach(), self.beta * rejected.detach()
         margin = reward_chosen - reward_rejected
         return ObjectiveOutput(
