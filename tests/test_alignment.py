@@ -30,6 +30,7 @@ from llmscratch.training.objectives import (
 )
 from tests.conftest import new_run
 from tests.hf_tiny import hf_model, save_folder
+from tests.test_finetune import _refused
 
 try:
     import transformers
@@ -393,13 +394,6 @@ def test_a_failing_reward_stops_the_run_with_its_checkpoint_intact(tiny_run, tmp
     checkpoint = latest_checkpoint(Run(out))
     assert checkpoint.name == "step-00000002"
     verify_checkpoint(checkpoint, Run(out))  # raises if anything in it were damaged
-
-
-def _refused(args, capsys, out, match: str) -> None:
-    code, _, err = run_cli(args, capsys)
-    assert code != 0
-    assert len(err.strip().splitlines()) == 1 and match in err, err
-    assert not out.exists()
 
 
 def test_a_prompt_longer_than_the_context_is_refused(tiny_run, tmp_path, capsys):

@@ -17,7 +17,7 @@ example's class probabilities.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import matplotlib
@@ -26,7 +26,7 @@ matplotlib.use("Agg")  # no screen needed; set before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from llmscratch.data.examples import Example, collate  # noqa: E402
+from llmscratch.data.examples import Batch, Example, collate  # noqa: E402
 from llmscratch.distributed import unwrap
 from llmscratch.model import GPT  # noqa: E402
 from llmscratch.training.plots import save_png  # noqa: E402
@@ -60,6 +60,18 @@ def head_outputs(model: GPT | torch.nn.Module, examples: Sequence[Example], batc
     `model` may be wrapped for training (DDP, FSDP2): its forward is called
     through the wrapper, its head on the model inside.
     """
+    def head(batch: Batch) -> torch.Tensor:
+        hidden = model(batch.input_ids, attention_mask=batch.model_mask)  # (B, T, D)
+        return unwrap(model).head(hidden, batch.attention_mask)  # (B, C)
+
+    return in_batches(model, examples, head, batch_size, autocast_dtype)  # (N, C)
+
+
+@torch.no_grad()
+def in_batches(model: torch.nn.Module, examples: Sequence[Example],
+               compute: Callable[[Batch], torch.Tensor], batch_size: int = 16,
+               autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """`compute` on padded batches of the examples, in eval mode and no grad; rows joined."""
     device = unwrap(model).tok_emb.weight.device
     was_training = model.training
     model.eval()
@@ -68,11 +80,9 @@ def head_outputs(model: GPT | torch.nn.Module, examples: Sequence[Example], batc
         batch = collate([[e] for e in examples[start:start + batch_size]]).to(device)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                             enabled=autocast_dtype is not None):
-            hidden = model(batch.input_ids, attention_mask=batch.model_mask)  # (B, T, D)
-            logits = unwrap(model).head(hidden, batch.attention_mask)  # (B, C)
-        outputs.append(logits.float().cpu())
+            outputs.append(compute(batch).float().cpu())
     model.train(was_training)
-    return torch.cat(outputs)  # (N, C)
+    return torch.cat(outputs) if outputs else torch.empty(0)
 
 
 def score(labels: Sequence[int], predictions: Sequence[int],

@@ -18,27 +18,17 @@ from collections.abc import Sequence
 
 import torch
 
-from llmscratch.data.examples import Example, collate
-from llmscratch.distributed import unwrap
+from llmscratch.data.examples import Example
+from llmscratch.evaluation.classification import in_batches
 from llmscratch.training.objectives import sequence_log_probs
 
 
-@torch.no_grad()
 def response_log_probs(model: torch.nn.Module, examples: Sequence[Example], batch_size: int = 16,
                        autocast_dtype: torch.dtype | None = None, mean: bool = False
                        ) -> torch.Tensor:
     """log p(targets) of each example, summed over its target tokens (or their mean). (N,)"""
-    device = unwrap(model).tok_emb.weight.device
-    was_training = model.training
-    model.eval()
-    scores = []
-    for start in range(0, len(examples), batch_size):
-        batch = collate([[e] for e in examples[start:start + batch_size]]).to(device)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                            enabled=autocast_dtype is not None):
-            scores.append(sequence_log_probs(model, batch, mean).float().cpu())
-    model.train(was_training)
-    return torch.cat(scores) if scores else torch.empty(0)
+    return in_batches(model, examples, lambda batch: sequence_log_probs(model, batch, mean),
+                      batch_size, autocast_dtype)
 
 
 def pair_scores(chosen: torch.Tensor, rejected: torch.Tensor) -> dict:
