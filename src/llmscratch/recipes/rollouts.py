@@ -117,8 +117,8 @@ class Rollouts(ExampleBatches):
 
     def __init__(self, prompts: list[Prompt], prompt_ids: list[list[int]], rewarder: Rewarder,
                  reference: GPT | None, align: AlignConfig, batch_size: int, seed: int,
-                 info: DistInfo,
-                 stop_ids: list[int], tokenizer: Tokenizer, amp: torch.dtype | None) -> None:
+                 info: DistInfo, stop_ids: list[int], tokenizer: Tokenizer,
+                 amp: torch.dtype | None) -> None:
         # A row is a prompt's ids, its label the prompt's index (for its record's columns).
         super().__init__([Example(ids, label=i) for i, ids in enumerate(prompt_ids)],
                          batch_size, seed, info.rank, info.world_size)
