@@ -11,8 +11,9 @@ policy, the same held-out tasks are scored the same way (`policy_scores`):
 - the preference margin: log p(right answer) - log p(wrong or badly
   formatted one), averaged over held-out preference pairs (what DPO raises),
   and the pair accuracy, the share of pairs where it is positive;
-- mean reward of the greedy answer (1 right, partial credit for the right
-  answer in the wrong form: what RL maximises).
+- the mean reward of answers sampled at temperature 1 (SAMPLES a task, fixed
+  seeds; 1 right, partial credit for the right answer in the wrong form):
+  the policy's expected reward, what RL maximises; and of the greedy answer.
 
 The reward model is scored by its own pair accuracy. The report (OUT/
 chat-demo.md) has the table, the RL run's reward and KL curves (reward.png,
@@ -65,9 +66,10 @@ STAGES = {
             "align.eval_examples=0", "align.beta=0.1", "align.rpo_alpha=1.0"],
     "rl": ["train.max_steps=300", "train.lr=1e-4", "train.batch_size=8", "align.group_size=8",
            "align.max_new_tokens=24", "align.kl_coef=0.04", "align.eval_examples=0",
-           "train.eval_every=50", "finetune.synthetic_train=4000"],
+           "train.eval_every=50", "finetune.synthetic_train=4000", "train.log_every=1"],
 }
 SAMPLE_CONVERSATIONS = 4
+SMOOTHING = 20  # steps averaged in the RL curves (one step's 8 prompts are a noisy sample)
 REPORT = "chat-demo.md"  # in the demo's folder, beside the stages' runs
 
 
@@ -148,13 +150,27 @@ def _summary(scores: dict) -> str:
             f"{scores['pair_accuracy']:.1%})")
 
 
+def _smoothed(records: list[dict], keys: tuple[str, ...], window: int) -> list[dict]:
+    """The records, each of `keys` replaced by its mean over the last `window` records."""
+    out, recent = [], {key: [] for key in keys}
+    for record in records:
+        record = dict(record)
+        for key in keys:
+            if key in record:
+                recent[key] = (recent[key] + [record[key]])[-window:]
+                record[key] = sum(recent[key]) / len(recent[key])
+        out.append(record)
+    return out
+
+
 def _write_report(result: ChatDemoResult, seed: int) -> None:
     out, scores = result.out, result.scores
-    records = Run(out / "rl").metrics.read()
-    plot_metrics(records, out / "reward.png", [("reward", "mean reward (sampled)"),
-                                               ("val_reward", "held-out reward (greedy)")],
-                 "RL: reward")
-    plot_metrics(records, out / "kl.png", [("kl", "KL to the reference")], "RL: KL")
+    records = _smoothed(Run(out / "rl").metrics.read(), ("reward", "kl"), SMOOTHING)
+    plot_metrics(records, out / "reward.png",
+                 [("reward", f"reward of the step's samples ({SMOOTHING}-step mean)"),
+                  ("val_reward", "held-out reward (greedy, 64 tasks)")], "RL: reward")
+    plot_metrics(records, out / "kl.png",
+                 [("kl", f"KL to the reference ({SMOOTHING}-step mean)")], "RL: KL")
     lines = ["# Chat demo report", "",
              f"Seed {seed}; {HELDOUT} held-out synthetic tasks (never seen in training; the "
              "same whatever the seed), scored after each stage; wall-clock time of each "

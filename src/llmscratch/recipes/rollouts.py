@@ -176,7 +176,8 @@ class Rollouts(ExampleBatches):
         engine = Engine(policy, max_batch=len(rows) * self.align.group_size,
                         vocab_size=self.tokenizer.vocab_size)
         settings, prompts = [], []
-        for i, row in enumerate(rows):
+        first = self.rank * self.batch_size  # the rows' place in the global batch
+        for i, row in enumerate(rows, start=first):
             for j in range(self.align.group_size):
                 seed = (self.seed * 1_000_003 + self.position) * 100_003 + i * 1_009 + j
                 settings.append(SamplingConfig(max_new_tokens=self.align.max_new_tokens,
