@@ -40,6 +40,8 @@ from llmscratch.data.synthetic_tasks import (
 from llmscratch.errors import LLMScratchError
 from llmscratch.evaluation.exact_match import greedy_replies
 from llmscratch.evaluation.preferences import pair_scores, response_log_probs
+from llmscratch.generation.engine import Engine
+from llmscratch.generation.sampling import SamplingConfig
 from llmscratch.io import atomic_write_text
 from llmscratch.recipes.demo import demo_config
 from llmscratch.recipes.finetune import finetune, finetune_config
@@ -52,6 +54,7 @@ from llmscratch.training.plots import plot_metrics
 
 HELDOUT = 400  # held-out tasks scored after each stage ...
 EVAL_SEED = 0  # ... the same ones whatever the training seed: seeds differ in training alone
+SAMPLES = 2  # answers sampled a held-out task, for the policy's expected reward
 BASE_OVERRIDES = ["train.budget_seconds=240", "train.max_seconds=260"]
 # Each stage's settings, over its method's defaults (recipes/finetune.py: METHOD_DEFAULTS).
 COMMON = ["finetune.synthetic_heldout=200", "train.dtype=auto"]
@@ -99,7 +102,7 @@ def run_chat_demo(out: Path, base: Path | None, seed: int, say=print) -> ChatDem
         pretrain(config, out / "base", overwrite=True)
         base = out / "base"
         result.seconds["base"] = time.perf_counter() - started
-    result.scores["base"] = policy_scores(base)
+    result.scores["base"] = policy_scores(base, samples=0)  # (it cannot answer yet)
     previous = base
     for number, (stage, about) in enumerate((
             ("sft", "instruction tuning on the synthetic tasks"),
@@ -123,7 +126,8 @@ def run_chat_demo(out: Path, base: Path | None, seed: int, say=print) -> ChatDem
     return result
 
 
-def policy_scores(run_dir: Path, n: int = HELDOUT, seed: int = EVAL_SEED) -> dict:
+def policy_scores(run_dir: Path, n: int = HELDOUT, seed: int = EVAL_SEED,
+                  samples: int = SAMPLES) -> dict:
     """Exact match, mean reward and preference margin of a language model on held-out tasks."""
     model, tokenizer, settings = load_for_inference(run_dir)
     encoder = ChatEncoder(tokenizer, settings, "chat", train_on_all=False)
@@ -131,6 +135,12 @@ def policy_scores(run_dir: Path, n: int = HELDOUT, seed: int = EVAL_SEED) -> dic
     conversations = [t.conversation() for t in tasks]
     prompts = [encoder.prompt_ids(c) for c in conversations]
     replies = greedy_replies(model, tokenizer, prompts, settings.stop_token_ids, 32)
+    sampled = Engine(model, max_batch=64, vocab_size=tokenizer.vocab_size).generate(
+        [ids for ids in prompts for _ in range(samples)],
+        [SamplingConfig(max_new_tokens=32, temperature=1.0, seed=i)
+         for i in range(n * samples)], settings.stop_token_ids)
+    sampled_reward = sum(reward(tasks[i // samples], tokenizer.decode(ids))
+                         for i, ids in enumerate(sampled)) / max(len(sampled), 1)
     conversation_pairs = [from_pair(p).conversations() for p in preference_pairs(tasks, seed)]
     chosen = response_log_probs(model, [encoder.example(c) for c, _ in conversation_pairs])
     rejected = response_log_probs(model, [encoder.example(r) for _, r in conversation_pairs])
@@ -138,6 +148,7 @@ def policy_scores(run_dir: Path, n: int = HELDOUT, seed: int = EVAL_SEED) -> dic
     return {"exact_match": sum(is_correct(t, r) for t, r in zip(tasks, replies, strict=True))
             / n,
             "mean_reward": sum(reward(t, r) for t, r in zip(tasks, replies, strict=True)) / n,
+            "sampled_reward": sampled_reward,
             "pair_accuracy": pairs["pair_accuracy"], "pair_margin": pairs["margin"],
             "samples": [{"prompt": c.prompt[0]["content"], "reply": r, "reference": t.output}
                         for c, r, t in list(zip(conversations, replies, tasks,
@@ -145,9 +156,9 @@ def policy_scores(run_dir: Path, n: int = HELDOUT, seed: int = EVAL_SEED) -> dic
 
 
 def _summary(scores: dict) -> str:
-    return (f"exact match {scores['exact_match']:.1%}, mean reward {scores['mean_reward']:.3f}, "
-            f"preference margin {scores['pair_margin']:.2f} nats (pair accuracy "
-            f"{scores['pair_accuracy']:.1%})")
+    return (f"exact match {scores['exact_match']:.1%}, reward {scores['sampled_reward']:.3f} "
+            f"sampled ({scores['mean_reward']:.3f} greedy), preference margin "
+            f"{scores['pair_margin']:.2f} nats (pair accuracy {scores['pair_accuracy']:.1%})")
 
 
 def _smoothed(records: list[dict], keys: tuple[str, ...], window: int) -> list[dict]:
@@ -175,13 +186,14 @@ def _write_report(result: ChatDemoResult, seed: int) -> None:
              f"Seed {seed}; {HELDOUT} held-out synthetic tasks (never seen in training; the "
              "same whatever the seed), scored after each stage; wall-clock time of each "
              "stage.", "",
-             "| stage | exact match | mean reward | preference margin | pair accuracy | time |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| stage | exact match | reward, sampled | reward, greedy | preference margin | "
+             "pair accuracy | time |", "|---|---:|---:|---:|---:|---:|---:|"]
     for stage in ("base", "sft", "dpo", "rl"):
         s = scores[stage]
-        lines.append(f"| {stage} | {s['exact_match']:.1%} | {s['mean_reward']:.3f} | "
-                     f"{s['pair_margin']:.2f} | {s['pair_accuracy']:.1%} | "
-                     f"{result.seconds.get(stage, 0):.0f} s |")
+        sampled = f"{s['sampled_reward']:.3f}" if stage != "base" else "-"
+        lines.append(f"| {stage} | {s['exact_match']:.1%} | {sampled} | "
+                     f"{s['mean_reward']:.3f} | {s['pair_margin']:.2f} | "
+                     f"{s['pair_accuracy']:.1%} | {result.seconds.get(stage, 0):.0f} s |")
     rm = scores["reward"]
     lines += ["", f"Reward model: held-out pair accuracy {rm['pair_accuracy']:.1%} "
               f"(mean margin {rm['margin']:.2f}) in {result.seconds['reward']:.0f} s; "
