@@ -178,10 +178,10 @@ def _write_report(result: ChatDemoResult, seed: int) -> None:
     out, scores = result.out, result.scores
     records = _smoothed(Run(out / "rl").metrics.read(), ("reward", "kl"), SMOOTHING)
     plot_metrics(records, out / "reward.png",
-                 [("reward", f"reward of the step's samples ({SMOOTHING}-step mean)"),
-                  ("val_reward", "held-out reward (greedy, 64 tasks)")], "RL: reward")
+                 [("reward", f"sampled reward\n({SMOOTHING}-step mean)"),
+                  ("val_reward", "held-out reward\n(greedy, 64 tasks)")], "RL: reward")
     plot_metrics(records, out / "kl.png",
-                 [("kl", f"KL to the reference ({SMOOTHING}-step mean)")], "RL: KL")
+                 [("kl", f"KL to the reference\n({SMOOTHING}-step mean)")], "RL: KL")
     lines = ["# Chat demo report", "",
              f"Seed {seed}; {HELDOUT} held-out synthetic tasks (never seen in training; the "
              "same whatever the seed), scored after each stage; wall-clock time of each "
