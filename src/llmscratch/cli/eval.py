@@ -66,7 +66,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_compare)
 
-    p = add_command(sub, "report", "A run's report: report.md, with its evaluation results.",
+    p = add_command(sub, "report", "A run's report (what it did), with its evaluation results.",
                     "  llmscratch report runs/demo\n")
     p.add_argument("run", help="run directory")
     p.set_defaults(func=cmd_report)

@@ -73,7 +73,7 @@ def report_text(run: Run) -> str:
     if run.report_path.is_file():
         return run.report_path.read_text(encoding="utf-8")
     section = eval_section(run)
-    return f"# Run report: {run.path.name}\n\n" + (section or "No report.md and no evaluation "
+    return f"# Run report: {run.path.name}\n\n" + (section or "No report and no evaluation "
                                                    "results yet: `llmscratch eval tasks`.\n")
 
 
