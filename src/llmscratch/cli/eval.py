@@ -66,6 +66,21 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_compare)
 
+    # Every argument is lm_eval's (its --help too): this parser reads no option of its own.
+    p = commands.add_parser(
+        "harness", prefix_chars="+", formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="lm-evaluation-harness's command line, with runs as its model `llmscratch`",
+        description="lm_eval's command line, with runs as its model `llmscratch` (needs the "
+        "`eval` extra: pip install 'llmscratch[eval]'); every argument is lm_eval's.",
+        epilog="examples:\n"
+        "  llmscratch eval harness --model llmscratch --model_args run=runs/demo "
+        "--tasks hellaswag\n"
+        "  llmscratch eval harness --model llmscratch --model_args run=runs/demo "
+        "--tasks my_task --include_path tasks/\n")
+    p.add_argument("lm_eval_args", nargs=argparse.REMAINDER,
+                   help="lm_eval's own arguments (see `lm_eval --help`)")
+    p.set_defaults(func=cmd_harness)
+
     p = add_command(sub, "report", "A run's report (what it did), with its evaluation results.",
                     "  llmscratch report runs/demo\n")
     p.add_argument("run", help="run directory")
@@ -133,4 +148,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     from llmscratch.runs.run import Run
 
     sys.stdout.write(report_text(Run.open(args.run)))
+    return 0
+
+
+def cmd_harness(args: argparse.Namespace) -> int:
+    try:
+        from llmscratch.evaluation.lm_eval_adapter import main as harness
+    except ImportError as err:
+        raise LLMScratchError(f"lm-evaluation-harness is not installed ({err.name}): "
+                              "pip install 'llmscratch[eval]'") from None
+    if not args.lm_eval_args:
+        raise LLMScratchError("eval harness needs lm_eval's arguments, e.g. --model llmscratch "
+                              "--model_args run=DIR --tasks hellaswag")
+    harness(args.lm_eval_args)
     return 0
