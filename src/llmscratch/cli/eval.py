@@ -66,6 +66,31 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_compare)
 
+    p = add_command(commands, "judge", "Answer held-out instructions with the run; an "
+                    "OpenAI-compatible model scores each answer 0-100 against the reference.",
+                    "  llmscratch eval judge --run runs/sft --data synthetic "
+                    "--endpoint http://localhost:11434/v1 --model llama3\n"
+                    "  llmscratch eval judge --run runs/sft --data heldout.json --endpoint "
+                    "https://api.example.com/v1 --model big --api-key-env EXAMPLE_KEY\n")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--data", required=True, help="an Alpaca .json/.jsonl or chat .jsonl file "
+                   "with reference answers, or 'synthetic' (held-out synthetic tasks)")
+    p.add_argument("--endpoint", required=True, help="the judge's OpenAI-compatible base URL")
+    p.add_argument("--model", required=True, help="the judge model's name on that server")
+    p.add_argument("--api-key-env", default="", help="environment variable holding an API key")
+    p.add_argument("--out", default="", help="the JSONL file of prompts, responses and scores "
+                   "(default: RUN/eval/judge.examples.jsonl)")
+    p.add_argument("--limit", type=int, help="judge only the first N instructions")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="a response's length limit")
+    p.add_argument("--seed", type=int, default=123, help="the seed sent to the judge")
+    p.add_argument("--retries", type=int, default=4, help="tries again after a failed call")
+    p.add_argument("--backoff", type=float, default=1.0,
+                   help="seconds before the first retry, doubled after each")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds a call may take")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    add_device_options(p)
+    p.set_defaults(func=cmd_judge)
+
     # Every argument is lm_eval's (its --help too): this parser reads no option of its own.
     p = commands.add_parser(
         "harness", prefix_chars="+", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -161,4 +186,29 @@ def cmd_harness(args: argparse.Namespace) -> int:
         raise LLMScratchError("eval harness needs lm_eval's arguments, e.g. --model llmscratch "
                               "--model_args run=DIR --tasks hellaswag")
     harness(args.lm_eval_args)
+    return 0
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    import os
+
+    try:
+        from llmscratch.evaluation.judge import JudgeConfig
+        from llmscratch.recipes.judge import JudgeRunConfig, judge_run
+    except ImportError as err:
+        raise LLMScratchError(f"the judge needs {err.name}: pip install 'llmscratch[eval]'"
+                              ) from None
+
+    api_key = ""
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env, "")
+        if not api_key:
+            raise LLMScratchError(f"--api-key-env {args.api_key_env}: that variable is not set")
+    judge = JudgeConfig(args.endpoint, args.model, api_key, args.seed, args.retries,
+                        args.backoff, args.timeout)
+    config = JudgeRunConfig(args.run, args.data, judge, args.out, args.limit,
+                            args.max_new_tokens, args.device, args.dtype)
+    summary = judge_run(config, say=(lambda line: None) if args.json else say)
+    if args.json:
+        print(json.dumps(summary))
     return 0

@@ -23,6 +23,9 @@ def headline(result: dict) -> str:
     if accuracy is not None:
         partial = "" if result.get("complete", True) else " (partial)"
         return f"{accuracy:.4f} ({result['centred']:+.4f}){partial}"
+    if result["kind"] == "judge":
+        mean = metrics["mean_score"]
+        return f"{'-' if mean is None else f'{mean:.1f}'}/100 ({metrics['unscored']} unscored)"
     return f"{metrics['bpb']:.4f} bpb"
 
 
@@ -40,6 +43,9 @@ def eval_section(run: Run) -> str:
             shown = [("acc", m["acc"]), ("acc_norm", m["acc_norm"])]
         elif r["kind"] == "generation":
             shown = [("exact_match", m["exact_match"])]
+        elif r["kind"] == "judge":
+            shown = [("mean judge score (0-100)", m["mean_score"] or float("nan")),
+                     ("unscored replies", m["unscored"])]
         else:
             shown = [("bpb", m["bpb"]), ("perplexity", m["perplexity"])]
         for k, (name, value) in enumerate(shown):

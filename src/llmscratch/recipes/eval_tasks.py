@@ -97,7 +97,7 @@ def evaluate_tasks(config: EvalTasksConfig, say: Callable[[str], None] = print) 
             fewshot_query(spec, docs[spec.name], 0, config.shots)  # enough examples?
     model, tokenizer, settings = load_for_inference(run.path, resolve_device(config.device),
                                                     config.dtype)
-    prompt_format = _run_prompt_format(run)
+    prompt_format = run_prompt_format(run)
     results = {}
     # Perplexity reads the output layer's weight, which packing (faster inference) replaces.
     for spec in sorted(specs, key=lambda s: s.kind != "perplexity"):
@@ -121,7 +121,7 @@ def evaluate_tasks(config: EvalTasksConfig, say: Callable[[str], None] = print) 
     return ordered
 
 
-def _run_prompt_format(run: Run) -> str:
+def run_prompt_format(run: Run) -> str:
     """How the run was instruction-tuned: its finetune.prompt_format; else "chat"."""
     if run.read_info().kind == "finetune":
         return run.read_config().finetune.prompt_format
@@ -204,7 +204,7 @@ def _multiple_choice(model: GPT, tokenizer: Tokenizer, spec: TaskSpec, docs: lis
 def _generation(model: GPT, tokenizer: Tokenizer, settings: GenerationSettings, spec: TaskSpec,
                 docs: list[Doc], config: EvalTasksConfig, prompt_format: str,
                 writer: _Writer) -> None:
-    prompts = [_prompt_ids(tokenizer, settings, spec, docs, i, config.shots, prompt_format)
+    prompts = [prompt_ids(tokenizer, settings, spec, docs, i, config.shots, prompt_format)
                for i in range(len(docs))]
     right = unmatched = 0
     by_task: dict[str, list[int]] = {}
@@ -231,7 +231,7 @@ def _generation(model: GPT, tokenizer: Tokenizer, settings: GenerationSettings, 
         writer.add(records, metrics, 0.0)
 
 
-def _prompt_ids(tokenizer: Tokenizer, settings: GenerationSettings, spec: TaskSpec,
+def prompt_ids(tokenizer: Tokenizer, settings: GenerationSettings, spec: TaskSpec,
                 docs: list[Doc], index: int, shots: int, prompt_format: str) -> list[int]:
     """A generation prompt in the task's format: text, the run's chat template, or Alpaca."""
     if prompt_format == "text":
