@@ -7,8 +7,9 @@ The work (the same for both, in one process): lm-evaluation-harness's
 `simple_evaluate` on one multiple-choice task file made here, 4 choices an
 example, scored by log-likelihood (acc and acc_norm). The examples come from
 the plays' held-out text and are shaped like HellaSwag's: a context of 4
-lines (about 50 GPT-2 tokens), 4 endings of 2 lines each (about 25 tokens),
-the true next two lines or two from elsewhere in the same play.
+lines (about 35 GPT-2 tokens), 4 endings of 2 lines each (about 16 tokens;
+the script prints both means), the true next two lines or two from elsewhere
+in the same play.
 
 The model: GPT-2 124M's architecture with random weights (no download), made
 as our run and exported with `convert to-hf`, so both read the same weights
@@ -95,6 +96,15 @@ metric_list:
 """)
 
 
+def mean_tokens(folder: Path) -> tuple[float, float]:
+    """Mean GPT-2 tokens of a context and of an ending (with its leading space)."""
+    tokenizer = Tokenizer.gpt2()
+    rows = [json.loads(line) for line in (folder / "data.jsonl").read_text().splitlines()]
+    contexts = [len(tokenizer.encode(r["ctx"])) for r in rows]
+    endings = [len(tokenizer.encode(" " + e)) for r in rows for e in r["endings"]]
+    return sum(contexts) / len(contexts), sum(endings) / len(endings)
+
+
 def make_model(folder: Path, precision: str) -> tuple[Path, Path]:
     """GPT-2 124M with random weights as our run, and exported as a Hugging Face folder."""
     torch.manual_seed(0)
@@ -126,6 +136,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         write_task(folder, args.examples)
+        context_tokens, ending_tokens = mean_tokens(folder)
         run, hf = make_model(folder, args.precision)
         manager = TaskManager(include_path=str(folder))
         ours_lm = LLMScratchLM(run=str(run), device="cpu")
@@ -151,7 +162,8 @@ def main() -> None:
                     "threads": torch.get_num_threads(), "torch": torch.__version__,
                     "lm_eval": lm_eval.__version__},
         "model": "gpt2-124m (random weights)", "precision": args.precision,
-        "examples": args.examples, "choices": 4, "examples_per_s": rates,
+        "examples": args.examples, "choices": 4, "context_tokens": round(context_tokens, 1),
+        "ending_tokens": round(ending_tokens, 1), "examples_per_s": rates,
         "ratio": rates["llmscratch"] / rates[best_peer], "best_peer": best_peer,
         "acc": accuracies["llmscratch"],
     }
@@ -159,7 +171,8 @@ def main() -> None:
         print(json.dumps(report))
         return
     print(f"multiple-choice scoring, GPT-2 124M, {args.precision}, {args.examples} examples of "
-          f"4 choices, {report['machine']['threads']} threads, lm_eval "
+          f"4 choices ({context_tokens:.0f}-token contexts, {ending_tokens:.0f}-token endings), "
+          f"{report['machine']['threads']} threads, lm_eval "
           f"{report['machine']['lm_eval']}, torch {report['machine']['torch']}")
     print(f"{'model':<16} {'examples/s':>10} {'ratio':>7}")
     for name, rate in rates.items():

@@ -37,6 +37,7 @@ from llmscratch.evaluation.generation_tasks import generate_replies
 from llmscratch.evaluation.multiple_choice import encode_pair, score_requests
 from llmscratch.generation.cpu_weights import pack_linear_weights
 from llmscratch.runs.load import load_for_inference
+from llmscratch.training.allocator import keep_freed_memory
 
 # lm_eval fills its registry with its own models only when the registry is empty, so they
 # are imported above: registering ours first would hide "hf" and the rest.
@@ -47,19 +48,23 @@ class LLMScratchLM(LM):
     """A run's newest checkpoint, scored in batches (module docstring).
 
     model_args: run (the run directory), device (auto, cpu, cuda), dtype (fp32, bf16;
-    default the checkpoint's), batch_tokens (tokens of one scoring batch),
+    default the checkpoint's), batch_tokens (tokens of one scoring batch; default by
+    device, evaluation/multiple_choice.py),
     max_gen_toks (a reply's default limit). lm_eval's own batch_size is ignored:
     batches are sized in tokens.
     """
 
     def __init__(self, run: str, device: str | None = "auto", dtype: str | None = None,
-                 batch_tokens: int | str = 4096, max_gen_toks: int | str = 256,
+                 batch_tokens: int | str | None = None, max_gen_toks: int | str = 256,
                  **lm_eval_options) -> None:
         super().__init__()
         self.model, self.tokenizer, self.settings = load_for_inference(
             run, _device(device), dtype)
         pack_linear_weights(self.model)  # on the CPU: oneDNN's kernels (inference only)
-        self.batch_tokens, self.max_gen_toks = int(batch_tokens), int(max_gen_toks)
+        if self.model.tok_emb.weight.device.type == "cpu":
+            keep_freed_memory()  # as the training loop does (training/allocator.py)
+        self.batch_tokens = int(batch_tokens) if batch_tokens else None
+        self.max_gen_toks = int(max_gen_toks)
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         pairs = [encode_pair(self.tokenizer, *request.args) for request in requests]

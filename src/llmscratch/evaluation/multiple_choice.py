@@ -37,8 +37,13 @@ from dataclasses import dataclass
 import torch
 
 from llmscratch.model import GPT
+from llmscratch.model.kv_cache import KVCache
 from llmscratch.tokenizer import Tokenizer
 
+# Tokens a batch: on a 2-core CPU, GPT-2 124M scored 11.6 examples/s with 1,024, 10.6
+# with 2,048 and 8.7 with 4,096 (HellaSwag-sized examples, fp32; bench/eval_speed.py).
+CPU_BATCH_TOKENS = 1024
+GPU_BATCH_TOKENS = 16384
 LOGIT_ROWS = 512  # output-layer rows at a time: (512, V) fp32 logits, 100 MB at GPT-2's V
 
 
@@ -70,15 +75,20 @@ class Scored:
 
 @torch.no_grad()
 def score_requests(model: GPT, requests: Sequence[tuple[list[int], list[int]]],
-                   batch_tokens: int = 4096) -> list[Scored]:
+                   batch_tokens: int | None = None) -> list[Scored]:
     """log p(continuation | context) of each (context ids, continuation ids) request.
 
     Requests with the same context share one pass over it (module docstring).
     A request longer than the model's context keeps its last tokens, the
     context cut from the left, as lm-evaluation-harness does. `batch_tokens`
-    bounds the tokens of one batch (contexts plus choices).
+    bounds the tokens of one batch (contexts plus choices); None: CPU_BATCH_TOKENS on
+    a CPU, where a batch's activations should stay in the caches, GPU_BATCH_TOKENS on
+    a GPU, which needs large batches to be busy.
     """
     window = model.config.context_length
+    if batch_tokens is None:
+        on_cpu = model.tok_emb.weight.device.type == "cpu"
+        batch_tokens = CPU_BATCH_TOKENS if on_cpu else GPU_BATCH_TOKENS
     groups: dict[tuple[int, ...], list[int]] = {}  # context -> indices of its requests
     for i, (context, continuation) in enumerate(requests):
         if not context or not continuation:
@@ -128,18 +138,14 @@ def _score_batch(model: GPT, jobs: list[tuple[list[int], list[list[int]], list[i
     choices = [c for job in jobs for c in job[1]]
     owner = torch.tensor([g for g, job in enumerate(jobs) for _ in job[1]])  # (R,)
     Lx = max(len(c) for c in choices) - 1
-    cache = model.new_cache(G, Lc + Lx)
+    cache = model.new_cache(G, Lc)
     hidden = model(contexts.to(device), cache, context_mask.to(device))  # (G, Lc, D)
     # A choice's first token is predicted at its context's last position.
     first = torch.tensor([c[0] for c in choices])  # (R,)
     first_lp, first_greedy = _target_log_probs(model, hidden[:, -1][owner.to(device)], first)
     lp_sum, all_greedy = first_lp.clone(), first_greedy.clone()  # (R,)
     if Lx > 0:
-        rows = model.new_cache(len(choices), Lc + Lx)  # each context's cache, once per choice
-        for layer in range(len(rows.keys)):
-            rows.keys[layer][:, :, :Lc] = cache.keys[layer][owner.to(device), :, :Lc]
-            rows.values[layer][:, :, :Lc] = cache.values[layer][owner.to(device), :, :Lc]
-        rows.pos = Lc
+        rows = _cache_per_choice(model, cache, owner.to(device), Lx)
         inputs = torch.zeros(len(choices), Lx, dtype=torch.int64)  # (R, Lx), right-padded
         targets = torch.full((len(choices), Lx), -1, dtype=torch.int64)  # -1: nothing here
         for r, c in enumerate(choices):
@@ -159,6 +165,21 @@ def _score_batch(model: GPT, jobs: list[tuple[list[int], list[list[int]], list[i
                     for k, c in enumerate(job_choices)])
         r += len(job_choices)
     return out
+
+
+def _cache_per_choice(model: GPT, cache: KVCache, owner: torch.Tensor, room: int) -> KVCache:
+    """A cache whose row r holds the context of choice r (row owner[r] of `cache`), with
+    room for `room` more positions. Left uninitialised there (torch.empty): the forward
+    pass writes each position before any query can see it."""
+    rows = model.new_cache(0, cache.max_len + room)  # the buffers are replaced below
+    for layer, (keys, values) in enumerate(zip(cache.keys, cache.values, strict=True)):
+        for buffers, stored in ((rows.keys, keys), (rows.values, values)):
+            B, H, T, Dh = stored.shape
+            buffer = stored.new_empty(len(owner), H, T + room, Dh)  # (R, Hkv, Lc + Lx, Dh)
+            buffer[:, :, :T] = stored.index_select(0, owner)
+            buffers[layer] = buffer
+    rows.pos = cache.pos
+    return rows
 
 
 def _all_per_row(flags: torch.Tensor, row_of: torch.Tensor, rows: int) -> torch.Tensor:

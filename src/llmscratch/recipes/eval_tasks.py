@@ -44,6 +44,7 @@ from llmscratch.runs.load import load_for_inference
 from llmscratch.runs.run import GenerationSettings, Run
 from llmscratch.tokenizer import Tokenizer
 from llmscratch.tokenizer.chat import render_chat
+from llmscratch.training.allocator import keep_freed_memory
 
 RESULT_FORMAT = "llmscratch-eval"
 MC_CHUNK = 256  # multiple-choice examples scored between two writes of the results
@@ -56,7 +57,8 @@ class EvalTasksConfig:
     run: the run directory. tasks: names of offline or public tasks, or task files.
     limit: score only the first N examples of each task (None: all).
     shots: solved examples put before each question (few-shot), drawn with the task's seed.
-    batch_tokens: tokens a multiple-choice batch holds. device, dtype: where and in
+    batch_tokens: tokens a multiple-choice batch holds (None: by device, multiple_choice.py).
+    device, dtype: where and in
     what the model runs (dtype None: the checkpoint's).
     """
 
@@ -64,7 +66,7 @@ class EvalTasksConfig:
     tasks: list[str] = field(default_factory=list)
     limit: int | None = None
     shots: int = 0
-    batch_tokens: int = 4096
+    batch_tokens: int | None = None
     device: str = "auto"
     dtype: str | None = None
 
@@ -76,7 +78,7 @@ class EvalTasksConfig:
                                   "to score every example)")
         if self.shots < 0:
             raise LLMScratchError(f"--shots must be 0 or more, got {self.shots}")
-        if self.batch_tokens < 1:
+        if self.batch_tokens is not None and self.batch_tokens < 1:
             raise LLMScratchError(f"--batch-tokens must be at least 1, got {self.batch_tokens}")
 
 
@@ -97,6 +99,8 @@ def evaluate_tasks(config: EvalTasksConfig, say: Callable[[str], None] = print) 
             fewshot_query(spec, docs[spec.name], 0, config.shots)  # enough examples?
     model, tokenizer, settings = load_for_inference(run.path, resolve_device(config.device),
                                                     config.dtype)
+    if model.tok_emb.weight.device.type == "cpu":
+        keep_freed_memory()  # batches reuse their buffers instead of faulting fresh pages in
     prompt_format = run_prompt_format(run)
     results = {}
     # Perplexity reads the output layer's weight, which packing (faster inference) replaces.
