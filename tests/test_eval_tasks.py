@@ -284,3 +284,45 @@ def test_bad_task_arguments_are_one_line(tiny_run, tmp_path, capsys, args, messa
     args = [a.format(**files) for a in args]
     code, out, err = run_cli(["eval", "tasks", "--run", tiny_run, *args], capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_downloaded_file_is_read_from_the_cache(tmp_path, monkeypatch):
+    """A URL's file, once in the cache, is read from there (no network here): a member of a
+    .zip archive, and every .csv under a folder of a .tar one (MMLU's layout)."""
+    import hashlib
+    import tarfile
+    import zipfile
+
+    from llmscratch.evaluation.task_formats import cache_dir, local_path
+
+    monkeypatch.setenv("LLMSCRATCH_CACHE", str(tmp_path / "cache"))
+    url = "https://example.invalid/ARC.zip"
+    folder = cache_dir() / hashlib.sha256(url.encode()).hexdigest()[:16]
+    folder.mkdir(parents=True)
+    with zipfile.ZipFile(folder / "ARC.zip", "w") as z:
+        z.writestr("ARC/Easy/test.jsonl", json.dumps({"question": {"stem": "Wet?", "choices": [
+            {"text": "rain", "label": "A"}, {"text": "sand", "label": "B"}]},
+            "answerKey": "A"}) + "\n")
+    [doc] = read_docs(TaskSpec("arc", "multiple_choice", format="arc",
+                               data=url + "#ARC/Easy/test.jsonl"))
+    assert doc.choices == ["rain", "sand"] and doc.gold == 0
+
+    url = "https://example.invalid/data.tar"
+    folder = cache_dir() / hashlib.sha256(url.encode()).hexdigest()[:16]
+    folder.mkdir(parents=True)
+    for subject in ("anatomy", "virology"):
+        (tmp_path / f"{subject}_test.csv").write_text(f"{subject}?,a,b,c,d,B\n")
+    with tarfile.open(folder / "data.tar", "w") as t:
+        for subject in ("anatomy", "virology"):
+            t.add(tmp_path / f"{subject}_test.csv", f"data/test/{subject}_test.csv")
+    docs = read_docs(TaskSpec("mmlu", "multiple_choice", format="mmlu",
+                              data=url + "#data/test/"))
+    assert [(d.task, d.gold) for d in docs] == [("anatomy", 1), ("virology", 1)]
+    assert local_path(url + "#data/test/").is_dir()
+
+
+def test_list_and_a_bare_eval(capsys):
+    code, out, _ = run_cli(["eval", "tasks", "--list"], capsys)
+    assert code == 0 and "next-line" in out and "hellaswag" in out and "offline" in out
+    code, _, err = run_cli(["eval"], capsys)
+    assert code == 2 and "eval needs a command" in err
