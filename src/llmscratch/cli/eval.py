@@ -54,7 +54,7 @@ def register(sub) -> None:
     p.add_argument("--limit", type=int, help="score only the first N examples of each task")
     p.add_argument("--shots", type=int, default=0, help="solved examples before each question")
     p.add_argument("--batch-tokens", type=int,
-                   help="tokens in one multiple-choice batch (default: 1024 on a CPU, "
+                   help="tokens in one multiple-choice batch (default: 4096 on a CPU, "
                    "16384 on a GPU)")
     p.add_argument("--list", action="store_true", help="list the named tasks and exit")
     p.add_argument("--json", action="store_true", help="print the results as one JSON list")

@@ -40,9 +40,10 @@ from llmscratch.model import GPT
 from llmscratch.model.kv_cache import KVCache
 from llmscratch.tokenizer import Tokenizer
 
-# Tokens a batch: on a 2-core CPU, GPT-2 124M scored 11.6 examples/s with 1,024, 10.6
-# with 2,048 and 8.7 with 4,096 (HellaSwag-sized examples, fp32; bench/eval_speed.py).
-CPU_BATCH_TOKENS = 1024
+# Tokens a batch. On a 2-core CPU, GPT-2 124M scored 32 HellaSwag-sized examples
+# (bench/eval_speed.py's) at 2.1 examples/s in batches of 1,024 tokens, 2.9 of 2,048
+# and 3.3-3.7 of 4,096 (the whole set), on a machine busy with other work.
+CPU_BATCH_TOKENS = 4096
 GPU_BATCH_TOKENS = 16384
 LOGIT_ROWS = 512  # output-layer rows at a time: (512, V) fp32 logits, 100 MB at GPT-2's V
 
