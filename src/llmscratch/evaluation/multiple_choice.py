@@ -83,8 +83,7 @@ def score_requests(model: GPT, requests: Sequence[tuple[list[int], list[int]]],
     A request longer than the model's context keeps its last tokens, the
     context cut from the left, as lm-evaluation-harness does. `batch_tokens`
     bounds the tokens of one batch (contexts plus choices); None: CPU_BATCH_TOKENS on
-    a CPU, where a batch's activations should stay in the caches, GPU_BATCH_TOKENS on
-    a GPU, which needs large batches to be busy.
+    a CPU, GPU_BATCH_TOKENS on a GPU, which needs larger batches to be busy.
     """
     window = model.config.context_length
     if batch_tokens is None:
