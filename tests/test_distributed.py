@@ -240,3 +240,20 @@ def test_classifier_two_processes_match_one(tmp_path, small_text):
         launch(processes, *args, f"train.batch_size={8 // processes}",
                "--out", str(tmp_path / f"p{processes}"))
     assert_same_losses(tmp_path / "p2", tmp_path / "p1", steps=range(1, 5))
+
+
+def test_dpo_two_processes_match_one(tmp_path, tiny_run):
+    """DPO under DDP: pairs split over the ranks (each rank's chosen and rejected halves),
+    the reference log-probabilities computed before the first step: the losses of one
+    process with the whole batch."""
+    from tests.test_alignment import write_court_pairs
+
+    data = tmp_path / "pairs.jsonl"
+    write_court_pairs(data, n=40)
+    args = ["finetune", "dpo", "--base", str(tiny_run), "--data", str(data),
+            "finetune.epochs=0", "train.max_steps=4", "train.log_every=1", "train.eval_every=0",
+            "align.eval_examples=0", "train.dtype=fp32", "train.lr=1e-3"]
+    for processes in (1, 2):
+        launch(processes, *args, f"train.batch_size={8 // processes}",
+               "--out", str(tmp_path / f"p{processes}"))
+    assert_same_losses(tmp_path / "p2", tmp_path / "p1", steps=range(1, 5))

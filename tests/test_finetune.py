@@ -17,7 +17,7 @@ from llmscratch.data.instruction_files import Conversation
 from llmscratch.errors import LLMScratchError
 from llmscratch.model import GPT, get_preset
 from llmscratch.recipes import finetune as finetune_module
-from llmscratch.recipes.sft import _Encoder
+from llmscratch.recipes.sft import ChatEncoder
 from llmscratch.runs.checkpoint import latest_checkpoint
 from llmscratch.runs.load import load_for_inference, load_model
 from llmscratch.runs.run import Run
@@ -68,7 +68,7 @@ def test_loss_is_on_the_reply_alone(tiny_run):
     tokenizer, settings = run.tokenizer(), run.generation_settings()
     conversation = Conversation([{"role": "user", "content": "Say hello to the king."}],
                                 "Hello, my king.")
-    encode = _Encoder(tokenizer, settings, "chat", train_on_all=False)
+    encode = ChatEncoder(tokenizer, settings, "chat", train_on_all=False)
     prompt, reply = encode.prompt_ids(conversation), encode.reply_ids(conversation)
     # The reply is learned up to the end-of-text token (and the template's newline after it).
     assert tokenizer.decode(reply) == "Hello, my king.<|endoftext|>\n"
@@ -78,7 +78,7 @@ def test_loss_is_on_the_reply_alone(tiny_run):
     assert example.ids == whole[:-1]
     assert example.targets == [IGNORE] * (len(prompt) - 1) + reply  # predicted from the prompt
 
-    (everything,) = _Encoder(tokenizer, settings, "chat", train_on_all=True).examples(
+    (everything,) = ChatEncoder(tokenizer, settings, "chat", train_on_all=True).examples(
         [conversation])
     assert everything.targets == whole[1:]
 

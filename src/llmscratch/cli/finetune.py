@@ -2,8 +2,10 @@
 
     llmscratch finetune classify --base RUN --data FILE|genres --out DIR [KEY=VALUE ...]
     llmscratch finetune sft --base RUN --data FILE|synthetic --out DIR [KEY=VALUE ...]
+    llmscratch finetune reward|dpo|rl --base RUN --data FILE|synthetic --out DIR [KEY=VALUE ...]
     llmscratch finetune resume DIR [KEY=VALUE ...]
     llmscratch classify --run DIR --text TEXT
+    llmscratch reward --run DIR --prompt TEXT --response TEXT
     llmscratch lora merge|export|import ...
 """
 
@@ -27,23 +29,40 @@ EXAMPLES = {
            "--out runs/qwen3-sft finetune.trainable=lora finetune.lora_rank=16\n"
            "  llmscratch finetune sft --base runs/gpt2 --data instruction-data.json "
            "--out runs/alpaca finetune.prompt_format=alpaca\n",
+    "reward": "  llmscratch finetune reward --base runs/sft --data synthetic --out runs/rm\n"
+              "  llmscratch finetune reward --base runs/qwen3 --data preferences.jsonl "
+              "--out runs/qwen3-rm finetune.trainable=lora\n",
+    "dpo": "  llmscratch finetune dpo --base runs/sft --data synthetic --out runs/dpo\n"
+           "  llmscratch finetune dpo --base runs/gpt2-sft --data instruction-data-with-"
+           "preference.json --out runs/dpo align.beta=0.1 finetune.prompt_format=alpaca\n",
+    "rl": "  llmscratch finetune rl --base runs/dpo --data synthetic --out runs/rl\n"
+          "  llmscratch finetune rl --base runs/sft --data synthetic --out runs/rl-rm "
+          "align.reward_model=runs/rm\n"
+          "  llmscratch finetune rl --base runs/sft --data prompts.jsonl --out runs/rl "
+          "align.reward=my_rewards:score align.kl_coef=0\n",
 }
+SUMMARIES = {
+    "classify": "Train a classifier on a run's model (a class head on the last token).",
+    "sft": "Instruction-tune a run's model (loss on the replies).",
+    "reward": "Train a reward model on preference pairs (Bradley-Terry).",
+    "dpo": "Align a run's model to preference pairs with DPO (or IPO).",
+    "rl": "Align a run's model with RL (GRPO): sampled answers, rewarded, a KL penalty.",
+}
+DATA = {"classify": "'genres'", "sft": "'synthetic'", "reward": "'synthetic'",
+        "dpo": "'synthetic'", "rl": "'synthetic'"}
 
 
 def register(sub) -> None:
-    commands = add_group(sub, "finetune", "Fine-tune a run: a classifier, or instruction "
-                         "tuning; all weights, the last blocks, a head, or LoRA adapters.",
-                         EXAMPLES["classify"] + EXAMPLES["sft"], dest="finetune_command")
-    for method, summary in (("classify", "Train a classifier on a run's model (a class head "
-                             "on the last token)."),
-                            ("sft", "Instruction-tune a run's model (loss on the replies).")):
+    commands = add_group(sub, "finetune", "Fine-tune a run: a classifier, instruction tuning, "
+                         "a reward model, DPO or RL; all weights, the last blocks, a head, or "
+                         "LoRA adapters.", "".join(EXAMPLES.values()), dest="finetune_command")
+    for method, summary in SUMMARIES.items():
         p = add_command(commands, method, summary, EXAMPLES[method])
         p.add_argument("--base", required=True, help="the run to fine-tune (ours or imported)")
-        p.add_argument("--data", help="training data: a file, or "
-                       + ("'genres'" if method == "classify" else "'synthetic'")
-                       + " (a task shipped with the project)")
+        p.add_argument("--data", help=f"training data: a file, or {DATA[method]} (a task "
+                       "shipped with the project)")
         p.add_argument("--out", required=True, help="new run directory")
-        p.add_argument("--config", help="YAML config (sections train, finetune)")
+        p.add_argument("--config", help="YAML config (sections train, finetune, align)")
         p.add_argument("--overwrite", action="store_true", help="replace --out if it is a run")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="dotted config overrides, e.g. finetune.trainable=lora train.lr=1e-4")
@@ -63,6 +82,16 @@ def register(sub) -> None:
     p.add_argument("--text", required=True, action="append", help="a text (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object per text")
     p.set_defaults(func=cmd_classify)
+
+    p = add_command(sub, "reward", "Score responses to a prompt with a reward-model run.",
+                    "  llmscratch reward --run runs/rm --prompt 'Calculate the result.\n\n2 + 3' "
+                    "--response 5 --response 6\n")
+    p.add_argument("--run", required=True, help="a run made by `llmscratch finetune reward`")
+    p.add_argument("--prompt", required=True, help="the user's message")
+    p.add_argument("--response", required=True, action="append",
+                   help="a response to score (repeatable)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per response")
+    p.set_defaults(func=cmd_reward)
 
     commands = add_group(sub, "lora", "Merge LoRA adapters into a full run; export or import "
                          "them in PEFT's format.",
@@ -117,12 +146,22 @@ def _print_result(result) -> None:
     if result.rank:
         return
     say(f"\ntraining: {result.steps:,} steps in {result.train_seconds:.0f} s")
-    key = "accuracy" if result.method == "classify" else "exact_match"
-    label = "test accuracy" if result.method == "classify" else "held-out exact match"
-    if key in result.after:
-        before = f"{result.before[key]:.1%} -> " if key in result.before else ""
-        say(f"{label}: {before}{result.after[key]:.1%}")
+    for key, label in HEADLINES[result.method]:
+        if key in result.after:
+            form = "{:.3f}" if key == "mean_reward" else "{:.1%}"  # a reward, or a share
+            before = form.format(result.before[key]) + " -> " if key in result.before else ""
+            say(f"{label}: {before}{form.format(result.after[key])}")
     say(f"run directory: {result.run_dir} (its report: {Run(result.run_dir).report_path.name})")
+
+
+# What `finetune` prints of each method's held-out scores, before -> after.
+HEADLINES = {"classify": [("accuracy", "test accuracy")],
+             "sft": [("exact_match", "held-out exact match")],
+             "reward": [("pair_accuracy", "held-out pair accuracy")],
+             "dpo": [("pair_accuracy", "held-out pair accuracy"),
+                     ("exact_match", "held-out exact match")],
+             "rl": [("mean_reward", "held-out mean reward"),
+                    ("exact_match", "held-out exact match")]}
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -150,6 +189,27 @@ def cmd_classify(args: argparse.Namespace) -> int:
         else:
             ranked = sorted(scores.items(), key=lambda item: -item[1])
             say(f"{labels[best]}  (" + ", ".join(f"{n} {p:.1%}" for n, p in ranked) + ")")
+    return 0
+
+
+def cmd_reward(args: argparse.Namespace) -> int:
+    from llmscratch.recipes.reward import reward_scores
+    from llmscratch.recipes.sft import ChatEncoder
+    from llmscratch.runs.load import load_for_inference
+    from llmscratch.runs.run import Run
+
+    run = Run.open(args.run)
+    model, tokenizer, settings = load_for_inference(args.run)
+    if model.head is None or model.config.head_outputs != 1 or run.read_info().labels:
+        raise LLMScratchError(f"{args.run} is not a reward model; make one with "
+                              "`llmscratch finetune reward`")
+    encoder = ChatEncoder(tokenizer, settings, run.read_config().finetune.prompt_format, False)
+    scores = reward_scores(model, encoder, [args.prompt] * len(args.response), args.response)
+    for response, score in zip(args.response, scores, strict=True):
+        if args.json:
+            print(json.dumps({"response": response, "reward": round(score, 4)}))
+        else:
+            say(f"{score:+.3f}  {response}")
     return 0
 
 

@@ -11,13 +11,19 @@ from llmscratch.errors import LLMScratchError
 
 def register(sub) -> None:
     p = add_command(sub, "demo", "Train a tokenizer and a small GPT on Shakespeare, offline, "
-                    "on CPU.",
-                    "  llmscratch demo\n  llmscratch demo --out runs/demo2 train.max_steps=100\n")
-    p.add_argument("--out", default="runs/demo",
-                   help="run directory (an earlier demo run there is replaced; any other "
-                   "folder is refused)")
+                    "on CPU; `demo chat`: then SFT, a reward model, DPO and RL.",
+                    "  llmscratch demo\n  llmscratch demo --out runs/demo2 train.max_steps=100\n"
+                    "  llmscratch demo chat                  # runs/chat: base -> SFT -> reward "
+                    "model -> DPO -> RL\n"
+                    "  llmscratch demo chat --base runs/qwen3 --out runs/qwen3-chat\n")
+    p.add_argument("--out", help="run directory (default runs/demo; runs/chat for demo chat; "
+                   "an earlier demo run there is replaced, any other folder refused)")
     p.add_argument("--config", help="config file (default: configs/demo.yaml)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--base", help="demo chat: the base run (default: runs/demo if it is a run, "
+                   "else one is pretrained first)")
+    p.add_argument("--seed", type=int, default=1337, help="demo chat: the seed of every stage")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides (or `chat`)")
     p.set_defaults(func=cmd_demo)
 
     p = add_command(sub, "pretrain", "Pretrain a model from scratch (or resume a run).",
@@ -41,10 +47,28 @@ def register(sub) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.overrides[:1] == ["chat"]:
+        return cmd_demo_chat(args)
     from llmscratch.recipes.demo import run_demo
 
     config = Path(args.config) if args.config else None
-    _print_result(run_demo(Path(args.out), config, args.overrides))
+    _print_result(run_demo(Path(args.out or "runs/demo"), config, args.overrides))
+    return 0
+
+
+def cmd_demo_chat(args: argparse.Namespace) -> int:
+    from llmscratch.recipes.demo_chat import REPORT, run_chat_demo
+    from llmscratch.runs.run import Run
+
+    if args.config or len(args.overrides) > 1:
+        raise LLMScratchError("demo chat takes --out, --base and --seed only")
+    base = args.base or ("runs/demo" if Run.is_run("runs/demo") else None)
+    if base:
+        say(f"demo chat: the base model is {base}")
+    result = run_chat_demo(Path(args.out or "runs/chat"), Path(base) if base else None,
+                           args.seed)
+    say(f"\nreport: {result.out / REPORT}; the final model: {result.out / 'rl'} "
+        f"({result.seconds['all'] / 60:.1f} min in all)")
     return 0
 
 

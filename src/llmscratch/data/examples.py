@@ -43,6 +43,7 @@ class Example:
     ids: list[int]
     targets: list[int] | None = None
     label: int | None = None
+    reference_logp: float | None = None  # DPO: the reference model's log p(response | prompt)
 
 
 @dataclass
@@ -53,6 +54,8 @@ class Batch:
     the example's number within its row (1, 2, ...) for its tokens.
     targets: (B, T) next-token targets, IGNORE where nothing is learned; or None.
     labels: (B,) class labels; or None.
+    reference_logps: (B,) fp32 the reference model's log-probability of each row's
+    targets (DPO); or None.
     causal_is_enough: each row is one example padded on the right. Causal
     attention alone then keeps every real token from seeing padding (it all
     comes later) and positions start at 0 as they should, so the model needs
@@ -65,6 +68,7 @@ class Batch:
     targets: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     causal_is_enough: bool = False
+    reference_logps: torch.Tensor | None = None
 
     @property
     def model_mask(self) -> torch.Tensor | None:
@@ -76,7 +80,7 @@ class Batch:
             return None if t is None else t.to(device, non_blocking=True)
 
         return Batch(move(self.input_ids), move(self.attention_mask), move(self.targets),
-                     move(self.labels), self.causal_is_enough)
+                     move(self.labels), self.causal_is_enough, move(self.reference_logps))
 
 
 def pack(examples: Sequence[Example], pack_len: int) -> list[list[Example]]:
@@ -117,8 +121,13 @@ def collate(rows: Sequence[Sequence[Example]], pad_id: int = 0, pad_side: str = 
     labels = None
     if rows[0][0].label is not None:
         labels = torch.tensor([row[0].label for row in rows], dtype=torch.int64)  # (B,)
+    reference = None
+    if rows[0][0].reference_logp is not None:
+        reference = torch.tensor([row[0].reference_logp for row in rows],
+                                 dtype=torch.float32)  # (B,)
     one_each = all(len(row) == 1 for row in rows)
-    return Batch(ids, mask, targets, labels, causal_is_enough=one_each and pad_side == "right")
+    return Batch(ids, mask, targets, labels, causal_is_enough=one_each and pad_side == "right",
+                 reference_logps=reference)
 
 
 class ExampleBatches:
@@ -152,11 +161,14 @@ class ExampleBatches:
             self._order, self._epoch = torch.randperm(len(self.rows), generator=gen), epoch
         return self.rows[int(self._order[pos])]
 
+    def batch_rows(self, index: int) -> list[list[Example]]:
+        """The rows of this rank's part of global batch `index`."""
+        first = index * self.global_batch + self.rank * self.batch_size
+        return [self.row(k) for k in range(first, first + self.batch_size)]
+
     def batch(self, index: int) -> Batch:
         """This rank's part of global batch `index`."""
-        first = index * self.global_batch + self.rank * self.batch_size
-        rows = [self.row(k) for k in range(first, first + self.batch_size)]
-        return collate(rows, self.pad_id, self.pad_side, self.pack_len)
+        return collate(self.batch_rows(index), self.pad_id, self.pad_side, self.pack_len)
 
     def next_batch(self, policy: object = None) -> Batch:
         """The batch at the current position; advances it (`policy` is not needed here)."""
@@ -182,3 +194,24 @@ class ExampleBatches:
                 f"the checkpoint's data order does not fit this run: {k} was {state.get(k)}, "
                 f"now {mine[k]}; resume with the same data, seed and batch size")
         self.position = int(state["position"])
+
+
+class PairBatches(ExampleBatches):
+    """Batches of preference pairs, in the order and resumable state of ExampleBatches.
+
+    A pair is a row here: [chosen, rejected], each an Example of prompt +
+    response. A batch of P pairs is one Batch of 2P rows, each padded on the
+    right: the P chosen responses, then the P rejected ones in the same order
+    (training/objectives.py splits them in halves).
+    """
+
+    def __init__(self, pairs: Sequence[tuple[Example, Example]], batch_size: int, seed: int,
+                 rank: int = 0, world_size: int = 1, pad_id: int = 0) -> None:
+        super().__init__([chosen for chosen, _ in pairs], batch_size, seed, rank, world_size,
+                         pad_id=pad_id)
+        self.rows = [[chosen, rejected] for chosen, rejected in pairs]
+
+    def batch(self, index: int) -> Batch:
+        rows = self.batch_rows(index)
+        return collate([[chosen] for chosen, _ in rows] + [[rejected] for _, rejected in rows],
+                       self.pad_id)

@@ -111,17 +111,21 @@ def alpaca_prompt(conversation: Conversation) -> str:
 def read_instructions(path: str | Path) -> list[Conversation]:
     """The records of a .json (a list) or .jsonl (one a line) file of Alpaca or chat records."""
     path = Path(path)
+    return [_conversation(path, line, record) for line, record in read_records(path,
+                                                                              "instructions")]
+
+
+def read_records(path: Path, what: str) -> list[tuple[int, dict]]:
+    """(line number, object) for each record of a .json (a list) or .jsonl file of `what`."""
     if path.suffix not in (".json", ".jsonl"):
-        raise LLMScratchError(f"cannot read instructions from {path}: its extension is not "
+        raise LLMScratchError(f"cannot read {what} from {path}: its extension is not "
                               ".json or .jsonl; rename or convert it")
     text = read_text_file(path)
-    if path.suffix == ".jsonl":
-        records = read_jsonl_objects(path, text)
-    else:
-        records = _json_list_items(path, text)
+    records = read_jsonl_objects(path, text) if path.suffix == ".jsonl" \
+        else _json_list_items(path, text)
     if not records:
         raise LLMScratchError(f"{path} has no records; give at least one")
-    return [_conversation(path, line, record) for line, record in records]
+    return records
 
 
 def _json_list_items(path: Path, text: str) -> list[tuple[int, dict]]:
@@ -172,7 +176,8 @@ def _conversation(path: Path, line: int, record: dict) -> Conversation:
     return from_alpaca(fields["instruction"], fields["input"], fields["output"], where)
 
 
-def _chat(where: str, messages) -> Conversation:
+def chat_messages(where: str, messages, last: str = "assistant") -> list[dict]:
+    """Messages checked: known roles, text in each, a user message, the right one last."""
     if not isinstance(messages, list) or not messages:
         raise LLMScratchError(f"{where}: 'messages' must be a non-empty list of messages")
     checked = []
@@ -186,9 +191,18 @@ def _chat(where: str, messages) -> Conversation:
         if not isinstance(content, str) or not content.strip():
             raise LLMScratchError(f"{where}: message {i} ({role}) has no text in 'content'")
         checked.append({"role": role, "content": content})
-    if checked[-1]["role"] != "assistant":
+    if last == "assistant" and checked[-1]["role"] != "assistant":
         raise LLMScratchError(f"{where}: the conversation ends with a {checked[-1]['role']} "
                               "message; it must end with the assistant's reply to train on")
+    if last == "user" and checked[-1]["role"] == "assistant":
+        raise LLMScratchError(f"{where}: the prompt ends with an assistant message; it must "
+                              "end with the message the model answers")
     if not any(m["role"] == "user" for m in checked):
         raise LLMScratchError(f"{where}: the conversation has no user message")
+    return checked
+
+
+def _chat(where: str, messages) -> Conversation:
+    """A chat record's messages (checked), the last being the reply."""
+    checked = chat_messages(where, messages)
     return Conversation(checked[:-1], checked[-1]["content"], source=where)

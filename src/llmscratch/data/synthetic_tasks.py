@@ -259,6 +259,18 @@ def reward(example: TaskExample, response: str) -> float:
     return 0.0
 
 
+def task_rewards(prompts: Sequence, completions: Sequence[str], task: Sequence[str],
+                 instruction: Sequence[str], input: Sequence[str], output: Sequence[str],
+                 **columns) -> list[float]:
+    """`reward` for a batch, in the form TRL's reward functions take (RL's default reward).
+
+    Each argument but `completions` is a column of the prompts' records: the
+    task's fields, one value a completion.
+    """
+    return [reward(TaskExample(*fields), completion) for *fields, completion in
+            zip(task, instruction, input, output, completions, strict=True)]
+
+
 # ---- preference pairs --------------------------------------------------------------------------
 
 REJECTION_KINDS = ("wrong", "format")

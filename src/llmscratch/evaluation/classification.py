@@ -17,7 +17,7 @@ example's class probabilities.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import matplotlib
@@ -26,7 +26,7 @@ matplotlib.use("Agg")  # no screen needed; set before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from llmscratch.data.examples import Example, collate  # noqa: E402
+from llmscratch.data.examples import Batch, Example, collate  # noqa: E402
 from llmscratch.distributed import unwrap
 from llmscratch.model import GPT  # noqa: E402
 from llmscratch.training.plots import save_png  # noqa: E402
@@ -48,24 +48,41 @@ class ClassificationReport:
 @torch.no_grad()
 def predict(model: GPT | torch.nn.Module, examples: Sequence[Example], batch_size: int = 16,
             autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Class probabilities (N, C) of each example under the model's head.
+    """Class probabilities (N, C) of each example under the model's head."""
+    return torch.softmax(head_outputs(model, examples, batch_size, autocast_dtype), dim=-1)
+
+
+@torch.no_grad()
+def head_outputs(model: GPT | torch.nn.Module, examples: Sequence[Example], batch_size: int = 16,
+                 autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The head's outputs (N, C) for each example: class logits, or a reward model's scores.
 
     `model` may be wrapped for training (DDP, FSDP2): its forward is called
     through the wrapper, its head on the model inside.
     """
+    def head(batch: Batch) -> torch.Tensor:
+        hidden = model(batch.input_ids, attention_mask=batch.model_mask)  # (B, T, D)
+        return unwrap(model).head(hidden, batch.attention_mask)  # (B, C)
+
+    return in_batches(model, examples, head, batch_size, autocast_dtype)  # (N, C)
+
+
+@torch.no_grad()
+def in_batches(model: torch.nn.Module, examples: Sequence[Example],
+               compute: Callable[[Batch], torch.Tensor], batch_size: int = 16,
+               autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """`compute` on padded batches of the examples, in eval mode and no grad; rows joined."""
     device = unwrap(model).tok_emb.weight.device
     was_training = model.training
     model.eval()
-    probabilities = []
+    outputs = []
     for start in range(0, len(examples), batch_size):
         batch = collate([[e] for e in examples[start:start + batch_size]]).to(device)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
                             enabled=autocast_dtype is not None):
-            hidden = model(batch.input_ids, attention_mask=batch.model_mask)  # (B, T, D)
-            logits = unwrap(model).head(hidden, batch.attention_mask)  # (B, C)
-        probabilities.append(torch.softmax(logits.float(), dim=-1).cpu())
+            outputs.append(compute(batch).float().cpu())
     model.train(was_training)
-    return torch.cat(probabilities)  # (N, C)
+    return torch.cat(outputs) if outputs else torch.empty(0)
 
 
 def score(labels: Sequence[int], predictions: Sequence[int],

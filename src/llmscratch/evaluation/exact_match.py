@@ -40,17 +40,7 @@ def exact_match(model: GPT, tokenizer: Tokenizer, prompts: Sequence[list[int]],
                 references: Sequence[str], tasks: Sequence[str], stop_ids: Collection[int],
                 max_new_tokens: int = 32, keep_samples: int = 5) -> ExactMatch:
     """Answer every prompt (token ids) greedily and score the replies against `references`."""
-    was_training = model.training
-    engine = Engine(model, max_batch=64, vocab_size=tokenizer.vocab_size)
-    greedy = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0)
-    # A prompt the context cannot hold with room for an answer is scored as wrong.
-    room = model.config.context_length - max_new_tokens
-    replies = [""] * len(prompts)
-    fits = [i for i, p in enumerate(prompts) if len(p) <= room]
-    outputs = engine.generate([prompts[i] for i in fits], greedy, stop_ids)
-    for i, ids in zip(fits, outputs, strict=True):
-        replies[i] = tokenizer.decode(ids)
-    model.train(was_training)
+    replies = greedy_replies(model, tokenizer, prompts, stop_ids, max_new_tokens)
     result = ExactMatch(0, len(prompts))
     for i, (reference, task, reply) in enumerate(zip(references, tasks, replies, strict=True)):
         right = reply.strip() == reference.strip()
@@ -62,3 +52,24 @@ def exact_match(model: GPT, tokenizer: Tokenizer, prompts: Sequence[list[int]],
             result.samples.append({"prompt": tokenizer.decode(list(prompts[i])),
                                    "reference": reference, "reply": reply, "right": right})
     return result
+
+
+@torch.no_grad()
+def greedy_replies(model: GPT, tokenizer: Tokenizer, prompts: Sequence[list[int]],
+                   stop_ids: Collection[int], max_new_tokens: int = 32) -> list[str]:
+    """Each prompt's greedy reply, all generated together by the engine.
+
+    A prompt the context cannot hold with room for `max_new_tokens` gets the
+    empty reply (scored as wrong).
+    """
+    was_training = model.training
+    engine = Engine(model, max_batch=64, vocab_size=tokenizer.vocab_size)
+    greedy = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0)
+    room = model.config.context_length - max_new_tokens
+    replies = [""] * len(prompts)
+    fits = [i for i, p in enumerate(prompts) if len(p) <= room]
+    outputs = engine.generate([prompts[i] for i in fits], greedy, stop_ids)
+    for i, ids in zip(fits, outputs, strict=True):
+        replies[i] = tokenizer.decode(ids)
+    model.train(was_training)
+    return replies

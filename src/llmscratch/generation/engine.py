@@ -147,7 +147,7 @@ class Engine:
         """Add a sampled token, or end the sequence (the stop token itself is not output)."""
         context = self.model.config.context_length
         if token in seq.stop_ids:
-            seq.finish_reason = "stop"
+            seq.finish_reason, seq.stop_token = "stop", token
         else:
             seq.output_ids.append(token)
             if len(seq.output_ids) >= seq.sampling.max_new_tokens or seq.num_tokens >= context:
@@ -158,11 +158,16 @@ class Engine:
     def generate(self, prompts: Seq[list[int]], sampling: SamplingConfig | Seq[SamplingConfig],
                  stop_ids: Collection[int] = ()) -> list[list[int]]:
         """Every prompt's new tokens, all generated together (in the prompts' order)."""
+        return [seq.output_ids for seq in self.run(prompts, sampling, stop_ids)]
+
+    def run(self, prompts: Seq[list[int]], sampling: SamplingConfig | Seq[SamplingConfig],
+            stop_ids: Collection[int] = ()) -> list[Sequence]:
+        """`generate`, returning the finished Sequences (output, finish reason, stop token)."""
         settings = [sampling] * len(prompts) if isinstance(sampling, SamplingConfig) else sampling
         seqs = [self.add(p, s, stop_ids) for p, s in zip(prompts, settings, strict=True)]
         while not self.scheduler.idle:
             self.step()
-        return [seq.output_ids for seq in seqs]
+        return seqs
 
 
 def token_logprobs(logits: torch.Tensor, token: int, k: int) -> TokenLogprobs:

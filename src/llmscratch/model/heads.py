@@ -216,7 +216,10 @@ class _LinearLogProbs(torch.autograd.Function):
         h_all, w = hidden.to(ctx.compute_dtype), weight.to(ctx.compute_dtype)
         row_grad = grad_log_probs.float() * valid  # (N,): d(result)/d(log p) of each row
         grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+        # A frozen output layer (LoRA, the last blocks) needs no weight gradient: it would
+        # cost as much as the rest of this backward.
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) \
+            if ctx.needs_input_grad[1] else None
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, hidden.size(0), ROWS_PER_CHUNK):
                 chunk = slice(start, start + ROWS_PER_CHUNK)
@@ -227,8 +230,10 @@ class _LinearLogProbs(torch.autograd.Function):
                 grad[torch.arange(len(t), device=t.device), t] += g
                 grad = grad.to(ctx.compute_dtype)  # (n, V)
                 grad_hidden[chunk] = (grad @ w).to(hidden.dtype)  # (n, D)
-                grad_weight += (grad.T @ h).float()  # (V, D)
-        return grad_hidden, grad_weight.to(weight.dtype), None
+                if grad_weight is not None:
+                    grad_weight += (grad.T @ h).float()  # (V, D)
+        return (grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype),
+                None)
 
 
 # --- sequence heads: one vector per sequence, then a linear layer --------------------

@@ -29,7 +29,7 @@ from dataclasses import asdict
 
 import torch
 
-from llmscratch.data.examples import Example
+from llmscratch.data.examples import Example, ExampleBatches
 from llmscratch.data.genres import genre_splits
 from llmscratch.data.labeled_files import (
     LabeledTexts,
@@ -38,6 +38,7 @@ from llmscratch.data.labeled_files import (
     sms_spam_splits,
     split_three_ways,
 )
+from llmscratch.distributed import DistInfo
 from llmscratch.errors import LLMScratchError
 from llmscratch.evaluation.classification import plot_confusion, predict, score
 from llmscratch.io import atomic_write_text
@@ -138,6 +139,11 @@ class Classification:
                 ids = ids[:limit]
             examples.append(Example(ids or [0], label=label))
         return examples
+
+    def batches(self, model: GPT, info: DistInfo, run: Run) -> ExampleBatches:
+        cfg = self.config.train
+        return ExampleBatches(self.train_examples, cfg.batch_size, cfg.seed, info.rank,
+                              info.world_size)
 
     def objective(self, device: torch.device) -> SequenceClassification:
         return SequenceClassification(device)

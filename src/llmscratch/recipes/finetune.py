@@ -2,10 +2,11 @@
 
     llmscratch finetune classify --base runs/demo --data genres --out runs/genres
     llmscratch finetune sft --base runs/demo --data synthetic --out runs/sft
+    llmscratch finetune reward|dpo|rl --base runs/sft --data synthetic --out runs/...
 
 Every method shares this flow; what differs is a `Method` (classify.py,
-sft.py): how the data is read and tokenized, the objective, how held-out
-data is scored. `finetune(config, base_dir, out_dir)`:
+sft.py, reward.py, dpo.py, rl.py): how the data is read and tokenized, the
+batches, the objective, how held-out data is scored. `finetune(config, base_dir, out_dir)`:
 
 1. open the base run and load its newest model; the method reads and checks
    all its data (and adds its head); choose what trains (`finetune.trainable`:
@@ -37,21 +38,24 @@ from typing import Protocol
 import torch
 
 from llmscratch.config import apply_overrides, from_dict, read_yaml
-from llmscratch.data.examples import Example, ExampleBatches
+from llmscratch.data.examples import Example
 from llmscratch.distributed import DistInfo, barrier
 from llmscratch.errors import LLMScratchError
 from llmscratch.io import atomic_write_text, read_json
 from llmscratch.model import GPT
 from llmscratch.model.lora import apply_lora
 from llmscratch.recipes.classify import Classification
+from llmscratch.recipes.dpo import PreferenceOptimization
 from llmscratch.recipes.processes import processes
+from llmscratch.recipes.reward import RewardModeling
+from llmscratch.recipes.rl import ReinforcementLearning
 from llmscratch.recipes.sft import InstructionTuning
 from llmscratch.runs.checkpoint import TrainState, latest_checkpoint, load_checkpoint
 from llmscratch.runs.config import SECTIONS, RunConfig
 from llmscratch.runs.load import load_model
 from llmscratch.runs.run import BaseRun, Run, RunInfo
 from llmscratch.tokenizer import Tokenizer
-from llmscratch.training.loop import LoopConfig, Trainer
+from llmscratch.training.loop import BatchSource, LoopConfig, Trainer
 from llmscratch.training.objectives import Objective
 from llmscratch.training.optim import Schedule, build_optimizer
 from llmscratch.training.parallel import check_global_batch, parallelize
@@ -70,6 +74,10 @@ class Method(Protocol):
 
     def save_data(self, run: Run) -> None:
         """Keep in the new run what is needed to read the same data again."""
+
+    def batches(self, model: GPT, info: DistInfo, run: Run) -> BatchSource:
+        """The loop's data source: this process's share, in an order a resume continues
+        (`model` is on the training device, not yet trained in this process)."""
 
     def objective(self, device: torch.device) -> Objective: ...
 
@@ -104,13 +112,25 @@ METHOD_DEFAULTS = {
     "sft": {"train": {"lr": 5e-5, "batch_size": 8, "warmup_steps": 0, "eval_every": 100,
                       "checkpoint_every": 500, "weight_decay": 0.1},
             "finetune": {"epochs": 2.0}},
+    # TRL's RewardTrainer and DPOTrainer defaults where they suit small models; the book's
+    # DPO notebook also trains one epoch at a small learning rate.
+    "reward": {"train": {"lr": 5e-5, "batch_size": 8, "warmup_steps": 0, "eval_every": 100,
+                         "checkpoint_every": 500, "weight_decay": 0.0},
+               "finetune": {"epochs": 1.0}},
+    "dpo": {"train": {"lr": 5e-6, "batch_size": 8, "warmup_steps": 0, "eval_every": 100,
+                      "checkpoint_every": 500, "weight_decay": 0.0},
+            "finetune": {"epochs": 1.0}},
+    # RL: a step samples group_size responses to each of batch_size prompts.
+    "rl": {"train": {"lr": 1e-5, "batch_size": 8, "warmup_steps": 0, "eval_every": 50,
+                     "checkpoint_every": 100, "weight_decay": 0.0, "max_steps": 100},
+           "finetune": {"epochs": 0.0}},
 }
 
 
 def finetune_config(method: str, path: str | None, data: str | None,
                     overrides: list[str] | tuple = ()) -> RunConfig:
     """A fine-tuning run's config: the method's defaults, then the YAML file at `path`
-    (sections train and finetune), then `data` and the command line's overrides."""
+    (sections train, finetune and align), then `data` and the command line's overrides."""
     document = {section: dict(values) for section, values in METHOD_DEFAULTS[method].items()}
     for section, values in (read_yaml(path) if path else {}).items():
         if section in ("model", "data"):
@@ -127,7 +147,8 @@ def finetune_config(method: str, path: str | None, data: str | None,
 
 
 def new_method(config: RunConfig) -> Method:
-    methods = {"classify": Classification, "sft": InstructionTuning}
+    methods = {"classify": Classification, "sft": InstructionTuning, "reward": RewardModeling,
+               "dpo": PreferenceOptimization, "rl": ReinforcementLearning}
     return methods[config.finetune.method](config)
 
 
@@ -229,9 +250,7 @@ def _train(config: RunConfig, run: Run, method: Method, model: GPT, ckpt: Path |
     trainable, total = count_parameters(model)
     model.to(device)
     grad_accum = check_global_batch(cfg, info)
-    pack_len = (ft.max_len or model.config.context_length) if ft.packing else 0
-    batches = ExampleBatches(method.train_examples, cfg.batch_size, cfg.seed, info.rank,
-                             info.world_size, pack_len=pack_len)
+    batches = method.batches(model, info, run)
     if ft.epochs:  # the run's length in passes over the data
         cfg.max_steps = max(1, math.ceil(ft.epochs * len(batches.rows)
                                          / (batches.global_batch * grad_accum)))

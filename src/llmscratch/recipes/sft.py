@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import torch
 
-from llmscratch.data.examples import IGNORE, Example, collate
+from llmscratch.data.examples import IGNORE, Example, ExampleBatches, collate
 from llmscratch.data.instruction_files import Conversation, alpaca_prompt, read_instructions
 from llmscratch.data.synthetic_tasks import make_tasks
-from llmscratch.distributed import unwrap
+from llmscratch.distributed import DistInfo, unwrap
 from llmscratch.errors import LLMScratchError
 from llmscratch.evaluation.exact_match import exact_match
 from llmscratch.model import GPT
@@ -71,7 +71,7 @@ class InstructionTuning:
                                   f"replies with ({base.INFO}: generation.stop_token_ids)")
         train, validation, tasks = self._read()
         limit = ft.max_len or model.config.context_length
-        encode = _Encoder(tokenizer, settings, ft.prompt_format, ft.train_on == "all")
+        encode = ChatEncoder(tokenizer, settings, ft.prompt_format, ft.train_on == "all")
         self.train_examples = self._fit(encode.examples(train), limit)
         self.val_examples = self._fit(encode.examples(validation), limit)
         if not self.train_examples:
@@ -101,13 +101,7 @@ class InstructionTuning:
         if ft.val_data:
             validation = read_instructions(ft.val_data)
         else:
-            order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed))
-            held = max(1, int(len(records) * ft.val_fraction))
-            if len(records) - held < 1:
-                raise LLMScratchError(f"{ft.data} has {len(records)} records: too few to hold "
-                                      "some out; give more, or finetune.val_data")
-            validation = [records[i] for i in order[-held:].tolist()]
-            records = [records[i] for i in order[:-held].tolist()]
+            records, validation = hold_out(records, ft.val_fraction, seed, ft.data)
         return records, validation, ["all"] * len(validation)
 
     def _fit(self, examples: list[Example], limit: int) -> list[Example]:
@@ -123,6 +117,13 @@ class InstructionTuning:
                 example = Example(example.ids[:limit], example.targets[:limit])
             kept.append(example)
         return kept
+
+    def batches(self, model: GPT, info: DistInfo, run: Run) -> ExampleBatches:
+        """The training examples, padded one a row, or packed (finetune.packing)."""
+        ft, cfg = self.config.finetune, self.config.train
+        pack_len = (ft.max_len or model.config.context_length) if ft.packing else 0
+        return ExampleBatches(self.train_examples, cfg.batch_size, cfg.seed, info.rank,
+                              info.world_size, pack_len=pack_len)
 
     def objective(self, device: torch.device) -> NextTokenPrediction:
         return NextTokenPrediction(device)
@@ -153,10 +154,8 @@ class InstructionTuning:
         if not self.heldout:
             return {}
         prompts, references, tasks = zip(*self.heldout, strict=True)
-        result = exact_match(model, self.tokenizer, list(prompts), list(references),
-                             list(tasks), self.stop_ids, MAX_ANSWER_TOKENS)
-        return {"exact_match": result.accuracy, "correct": result.correct,
-                "total": result.total, "by_task": result.by_task, "samples": result.samples}
+        return score_answers(model, self.tokenizer, list(prompts), list(references),
+                             list(tasks), self.stop_ids)
 
     def report(self, before: dict, after: dict, run: Run) -> list[str]:
         ft, c = self.config.finetune, self.counts
@@ -183,7 +182,27 @@ class InstructionTuning:
         return lines
 
 
-class _Encoder:
+def score_answers(model: GPT, tokenizer: Tokenizer, prompts: list[list[int]],
+                  references: list[str], tasks: list[str], stop_ids: list[int]) -> dict:
+    """Held-out exact match of greedy answers, as the scores of a run store it."""
+    result = exact_match(model, tokenizer, prompts, references, tasks, stop_ids,
+                         MAX_ANSWER_TOKENS)
+    return {"exact_match": result.accuracy, "correct": result.correct, "total": result.total,
+            "by_task": result.by_task, "samples": result.samples}
+
+
+def hold_out(records: list, fraction: float, seed: int, source: str) -> tuple[list, list]:
+    """(kept, held out): the last `fraction` of the records after a seeded shuffle."""
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed))
+    held = max(1, int(len(records) * fraction))
+    if len(records) - held < 1:
+        raise LLMScratchError(f"{source} has {len(records)} records: too few to hold some out; "
+                              "give more, or finetune.val_data")
+    return ([records[i] for i in order[:-held].tolist()],
+            [records[i] for i in order[-held:].tolist()])
+
+
+class ChatEncoder:
     """Conversations -> token ids with targets on the reply (see the module docstring)."""
 
     def __init__(self, tokenizer: Tokenizer, settings: GenerationSettings, prompt_format: str,
@@ -214,15 +233,15 @@ class _Encoder:
                                   "finetune.prompt_format=alpaca")
         return self.tokenizer.encode(whole[len(prompt):], allowed_special="all")
 
-    def examples(self, conversations: list[Conversation]) -> list[Example]:
+    def example(self, conversation: Conversation) -> Example:
         """Inputs are all tokens but the last; targets are the next tokens, IGNORE (-100)
         where the next token is part of the prompt (unless training on all tokens)."""
-        examples = []
-        for conversation in conversations:
-            prompt, reply = self.prompt_ids(conversation), self.reply_ids(conversation)
-            ids = prompt + reply
-            targets = ids[1:]
-            if not self.train_on_all:
-                targets = [IGNORE] * (len(prompt) - 1) + targets[len(prompt) - 1:]
-            examples.append(Example(ids[:-1], targets))
-        return examples
+        prompt, reply = self.prompt_ids(conversation), self.reply_ids(conversation)
+        ids = prompt + reply
+        targets = ids[1:]
+        if not self.train_on_all:
+            targets = [IGNORE] * (len(prompt) - 1) + targets[len(prompt) - 1:]
+        return Example(ids[:-1], targets)
+
+    def examples(self, conversations: list[Conversation]) -> list[Example]:
+        return [self.example(conversation) for conversation in conversations]

@@ -4,6 +4,7 @@
     data:      DataConfig     - which text, which tokenizer, how it is split
     train:     TrainConfig    - optimisation, schedule, evaluation, checkpoints
     finetune:  FinetuneConfig - a fine-tuning run's method, data and what trains
+    align:     AlignConfig    - the reward model, DPO and RL methods' own settings
 
 A YAML file gives any subset of fields; `model.preset: NAME` starts the
 model section from a named preset. Overrides on the command line use dotted
@@ -210,16 +211,23 @@ class TrainConfig:
             raise LLMScratchError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
 
+METHODS = ("classify", "sft", "reward", "dpo", "rl")
+
+
 @dataclass
 class FinetuneConfig:
     """How a fine-tuning run adapts its base run's model: the finetune section.
 
     Fields:
-        method: "classify" (a class head on the last real token) or "sft"
-            (instruction tuning: next-token loss on the answers).
+        method: "classify" (a class head on the last real token), "sft"
+            (instruction tuning: next-token loss on the answers), "reward" (a reward
+            model: a scalar head trained on preference pairs), "dpo" (direct preference
+            optimisation) or "rl" (sampled responses, rewarded; GRPO): see AlignConfig.
         data: the training file, or a task shipped with the project: "genres"
             (classify: which genre a passage of the plays is from) or "synthetic"
-            (sft: checkable instruction tasks, data/synthetic_tasks.py).
+            (sft, reward, dpo, rl: checkable instruction tasks, data/synthetic_tasks.py;
+            for reward and dpo their preference pairs). reward and dpo read preference
+            .json/.jsonl, rl prompt .jsonl (data/alignment_files.py).
             classify reads .csv, .tsv, .jsonl, or the SMS Spam Collection with
             data_format "sms"; sft reads Alpaca .json/.jsonl or chat .jsonl.
         val_data, test_data: held-out files; when empty, the training file is split
@@ -277,7 +285,7 @@ class FinetuneConfig:
     eval_examples: int = 200
 
     def __post_init__(self) -> None:
-        choices = {"method": ("classify", "sft"), "data_format": ("auto", "sms"),
+        choices = {"method": METHODS, "data_format": ("auto", "sms"),
                    "pooling": ("last", "mean"), "prompt_format": ("chat", "alpaca"),
                    "train_on": ("response", "all"), "overlong": ("truncate", "skip"),
                    "init": ("base", "random")}
@@ -318,6 +326,77 @@ class FinetuneConfig:
 
 
 @dataclass
+class AlignConfig:
+    """The alignment methods' settings: the align section (recipes/reward.py, dpo.py, rl.py).
+
+    Fields:
+        reference: the run whose model is the reference of DPO and of RL's KL
+            penalty ("" = the base run: the model as it was before this run trained).
+            It must have the policy's vocabulary.
+        beta: DPO: how far the policy may move from the reference (the inverse
+            temperature of the implicit reward, 0.1 as in the DPO paper and TRL).
+        loss: DPO: "sigmoid" (the DPO paper's) or "ipo" (IPO: a squared loss on the
+            mean log-probability ratios, which does not push the margin to infinity).
+        rpo_alpha: DPO: add this times the chosen response's mean negative
+            log-likelihood to each pair's loss (RPO; 0 = plain DPO), which keeps the
+            chosen answers likely while the pair's margin grows.
+        reward: RL: the reward of a response: "synthetic" (the synthetic tasks'
+            verifiable reward, data/synthetic_tasks.py: task_rewards) or a Python callable
+            "module:function" taking (prompts, completions, **columns) and returning a
+            number a completion, as TRL's reward functions do.
+        reward_model: RL: a reward-model run (`finetune reward`) that scores responses
+            instead of `reward`.
+        group_size: RL: responses sampled a prompt; advantages are normalised within them
+            (train.batch_size is the number of prompts a micro-batch, in each process).
+        kl_coef: RL: the weight of the KL penalty to the reference (0 = no penalty, and no
+            reference model is loaded).
+        clip: RL: the policy ratio is clipped to [1 - clip, 1 + clip].
+        scale_rewards: RL: divide advantages by the group's standard deviation (GRPO);
+            false keeps only the mean subtracted (Dr. GRPO).
+        updates_per_batch: RL: optimizer steps on each batch of responses (GRPO's mu);
+            from the second on, the ratio and its clipping matter.
+        temperature, max_new_tokens: RL: how responses are sampled.
+        eval_examples: held-out pairs (reward, dpo) scored before and after training.
+    """
+
+    reference: str = ""
+    beta: float = 0.1
+    loss: str = "sigmoid"
+    rpo_alpha: float = 0.0
+    reward: str = "synthetic"
+    reward_model: str = ""
+    group_size: int = 8
+    kl_coef: float = 0.04
+    clip: float = 0.2
+    scale_rewards: bool = True
+    updates_per_batch: int = 1
+    temperature: float = 1.0
+    max_new_tokens: int = 32
+    eval_examples: int = 200
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("sigmoid", "ipo"):
+            raise LLMScratchError(f"align.loss must be sigmoid or ipo, got {self.loss!r}")
+        if self.beta <= 0:
+            raise LLMScratchError(f"align.beta must be > 0, got {self.beta}")
+        for name in ("updates_per_batch", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise LLMScratchError(f"align.{name} must be >= 1, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise LLMScratchError("align.group_size must be >= 2: advantages compare the "
+                                  "responses to one prompt")
+        for name in ("kl_coef", "clip", "eval_examples", "rpo_alpha"):
+            if getattr(self, name) < 0:
+                raise LLMScratchError(f"align.{name} must be >= 0, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise LLMScratchError(f"align.temperature must be > 0 (RL samples), "
+                                  f"got {self.temperature}")
+        if self.reward != "synthetic" and ":" not in self.reward:
+            raise LLMScratchError(f"align.reward must be 'synthetic' or 'module:function', "
+                                  f"got {self.reward!r}")
+
+
+@dataclass
 class RunConfig:
     """Everything that defines a run; saved as config.yaml in the run directory.
 
@@ -330,6 +409,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
 
 
 SECTIONS = tuple(f.name for f in fields(RunConfig))

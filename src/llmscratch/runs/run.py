@@ -12,6 +12,7 @@
       eval/                       evaluation results (JSON) and their plots; TASK.json and
                                   TASK.examples.jsonl from `llmscratch eval tasks`
       splits/NAME.jsonl           a classifier's train/validation/test texts, as first read
+      splits/reference-logps.json a DPO run's reference log-probabilities, computed once
       tensorboard/                event files, when asked for
       hf/                         an imported model's own tokenizer files and chat template
       .lock                       held by the process that trains the run
@@ -46,7 +47,7 @@ from llmscratch.tokenizer import Tokenizer
 
 # The config.yaml sections each kind of run saves (runs/config.py).
 SECTIONS_OF_KIND = {"import": ("model",), "merged": ("model",),
-                    "finetune": ("model", "train", "finetune"),
+                    "finetune": ("model", "train", "finetune", "align"),
                     "": ("model", "data", "train")}
 INFO_FORMAT = "llmscratch-run"
 INFO_VERSION = 1
@@ -219,6 +220,11 @@ class Run:
     def split_path(self, name: str) -> Path:
         """A fine-tuning run's data split `name` (train, validation, test), as first read."""
         return self.path / "splits" / f"{name}.jsonl"
+
+    @property
+    def reference_path(self) -> Path:
+        """A DPO run's reference log-probabilities, computed once before training."""
+        return self.path / "splits" / "reference-logps.json"
 
     @property
     def tensorboard_dir(self) -> Path:

@@ -36,20 +36,34 @@ def plot_losses(records: list[dict], path: Path, title: str = "") -> None:
     save_png(fig, path)
 
 
+# What plot_training draws, where a run logged it: alignment's own metrics first.
+TRAINING_PANELS = [("reward", "mean reward of sampled responses"),
+                   ("val_reward", "held-out mean reward (greedy)"),
+                   ("kl", "KL to the reference"), ("margin", "reward margin"),
+                   ("lr", "learning rate"), ("grad_norm", "gradient norm (before clipping)"),
+                   ("tok_per_s", "tokens / s"), ("mfu", "model FLOPs utilisation")]
+
+
 def plot_training(records: list[dict], path: Path, title: str = "") -> None:
-    """Learning rate, gradient norm, tokens/s and MFU against steps, one panel each."""
-    panels = [("lr", "learning rate"), ("grad_norm", "gradient norm (before clipping)"),
-              ("tok_per_s", "tokens / s"), ("mfu", "model FLOPs utilisation")]
+    """The TRAINING_PANELS a run logged (learning rate, gradient norm, tokens/s, MFU; an
+    RL run's reward and KL, ...) against steps, one panel each."""
+    plot_metrics(records, path, TRAINING_PANELS, title or "training")
+
+
+def plot_metrics(records: list[dict], path: Path, panels: list[tuple[str, str]],
+                 title: str) -> None:
+    """Each (metric, label) of `panels` that `records` hold, against steps, one panel each."""
     panels = [(key, label) for key, label in panels if any(key in r for r in records)]
     fig, axes = plt.subplots(len(panels) or 1, 1, figsize=(7, 2.2 * max(len(panels), 1)),
                              dpi=110, sharex=True, squeeze=False)
     for ax, (key, label) in zip(axes[:, 0], panels, strict=False):
         points = [(r["step"], r[key]) for r in records if key in r]
-        ax.plot(*zip(*points, strict=True), linewidth=1.2)
+        ax.plot(*zip(*points, strict=True), linewidth=1.2, marker="." if len(points) < 30
+                else None)
         ax.set_ylabel(label, fontsize=8)
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("step")
-    axes[0, 0].set_title(title or "training")
+    axes[0, 0].set_title(title)
     save_png(fig, path)
 
 

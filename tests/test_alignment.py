@@ -1,0 +1,448 @@
+"""Alignment: the reward-model, DPO and GRPO losses against hand computations, preference and
+prompt files, runs through the CLI that learn, bit-exact resume, and bad input."""
+
+import json
+import math
+import random
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llmscratch.cli import main
+from llmscratch.data.alignment_files import Prompt, read_preferences, read_prompts
+from llmscratch.data.examples import IGNORE, Example, PairBatches, collate
+from llmscratch.data.instruction_files import Conversation
+from llmscratch.errors import LLMScratchError
+from llmscratch.model import GPT, get_preset
+from llmscratch.recipes import finetune as finetune_module
+from llmscratch.recipes.rollouts import Rewarder, group_advantages
+from llmscratch.runs.checkpoint import latest_checkpoint, verify_checkpoint
+from llmscratch.runs.run import Run
+from llmscratch.training.loop import Trainer, TrainingInterrupted
+from llmscratch.training.objectives import (
+    BradleyTerry,
+    DirectPreference,
+    GroupRelativePolicy,
+    RolloutBatch,
+    dpo_losses,
+)
+from tests.conftest import new_run
+from tests.hf_tiny import hf_model, save_folder
+from tests.test_finetune import _refused
+
+try:
+    import transformers
+except ImportError:  # the dev extra installs it
+    transformers = None
+
+
+def run_cli(args, capsys) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def tiny_model(head: int = 0) -> GPT:
+    torch.manual_seed(0)
+    model = GPT(get_preset("gpt2-tiny"))
+    if head:
+        model.add_head(head)
+    return model
+
+
+def direct_log_probs(model: GPT, example: Example) -> list[float]:
+    """log p of each target of one unpadded example, from the full logits (no chunking)."""
+    logits = model.logits(model(torch.tensor([example.ids])))[0].double()  # (T, V)
+    log_probs = torch.log_softmax(logits, dim=-1)
+    return [float(log_probs[t, y]) for t, y in enumerate(example.targets) if y != IGNORE]
+
+
+def reply_example(prompt: list[int], reply: list[int]) -> Example:
+    ids = prompt + reply
+    return Example(ids[:-1], [IGNORE] * (len(prompt) - 1) + reply)
+
+
+def log_sigmoid(x: float) -> float:
+    return -math.log1p(math.exp(-x))
+
+
+# --- the losses -------------------------------------------------------------------------------
+
+
+def test_dpo_and_ipo_losses_by_hand():
+    chosen, rejected = torch.tensor([1.0, -0.2]), torch.tensor([-0.5, 0.3])
+    sigmoid = dpo_losses(chosen, rejected, beta=0.1)
+    assert sigmoid.tolist() == pytest.approx([-log_sigmoid(0.15), -log_sigmoid(-0.05)])
+    ipo = dpo_losses(chosen, rejected, beta=0.1, loss="ipo")  # (logits - 1 / (2 beta))^2
+    assert ipo.tolist() == pytest.approx([(1.5 - 5) ** 2, (-0.5 - 5) ** 2])
+
+
+@pytest.mark.parametrize("rpo_alpha", [0.0, 0.5])
+def test_dpo_objective_is_the_formula_on_the_responses_log_probs(rpo_alpha):
+    """Padded pairs of different lengths: the objective's loss equals the DPO formula on
+    log-probabilities summed by hand over each response's tokens, from the full logits
+    (with RPO: plus alpha times the chosen response's mean negative log-likelihood)."""
+    model = tiny_model()
+    pairs = [(reply_example([5, 6, 7], [8, 9]), reply_example([5, 6, 7], [10, 11, 12, 13])),
+             (reply_example([20, 21], [22, 23, 24]), reply_example([20, 21], [25]))]
+    references = [(-9.0, -11.0), (-7.5, -3.0)]
+    for (chosen, rejected), (ref_c, ref_r) in zip(pairs, references, strict=True):
+        chosen.reference_logp, rejected.reference_logp = ref_c, ref_r
+    batch = PairBatches(pairs, batch_size=2, seed=0).next_batch()
+    out = DirectPreference(torch.device("cpu"), beta=0.5, rpo_alpha=rpo_alpha)(model, batch)
+    expected, right = 0.0, 0
+    with torch.no_grad():
+        for (chosen, rejected), (ref_c, ref_r) in zip(pairs, references, strict=True):
+            chosen_log_probs = direct_log_probs(model, chosen)
+            logits = (sum(chosen_log_probs) - ref_c) \
+                - (sum(direct_log_probs(model, rejected)) - ref_r)
+            expected -= log_sigmoid(0.5 * logits)
+            expected -= rpo_alpha * sum(chosen_log_probs) / len(chosen_log_probs)
+            right += logits > 0
+    # (PairBatches shuffles the pairs; the sum does not depend on their order.)
+    assert out.units == 2 and float(out.loss_sum.detach()) == pytest.approx(expected, rel=1e-5)
+    assert out.metrics["accuracy"] == (right, 2)
+
+
+def test_bradley_terry_objective_reads_each_response_end():
+    """2 pairs, padded to one width: the loss is -log sigmoid(r_chosen - r_rejected) with each
+    reward read from its example alone (no padding), pairs matched chosen to rejected."""
+    model = tiny_model(head=1)
+    pairs = [(Example([1, 2, 3, 4, 5]), Example([1, 2, 9])),
+             (Example([7, 8]), Example([7, 8, 30, 31, 32, 33]))]
+    batch = collate([[c] for c, _ in pairs] + [[r] for _, r in pairs])
+    out = BradleyTerry(torch.device("cpu"))(model, batch)
+    with torch.no_grad():
+        def score(e: Example) -> float:
+            return float(model.head(model(torch.tensor([e.ids])), None))
+
+        margins = [score(c) - score(r) for c, r in pairs]
+    expected = -sum(log_sigmoid(m) for m in margins)
+    assert float(out.loss_sum.detach()) == pytest.approx(expected, rel=1e-5)
+    assert out.metrics["margin"][0] == pytest.approx(sum(margins), rel=1e-5)
+
+
+def test_group_advantages_by_hand():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5]])
+    std = math.sqrt(4 * 0.25 / 3)  # the unbiased standard deviation of (1, 0, 0, 1)
+    scaled = group_advantages(rewards, scale=True)
+    a = 0.5 / (std + 1e-4)
+    assert scaled[0].tolist() == pytest.approx([a, -a, -a, a])
+    assert scaled[1].tolist() == [0.0] * 4  # all equal: nothing to learn
+    assert group_advantages(rewards, scale=False)[0].tolist() == [0.5, -0.5, -0.5, 0.5]
+
+
+def test_grpo_objective_by_hand():
+    """Three responses whose ratio to the sampling policy is 1.5 (advantage +1: clipped at
+    1.2), 0.5 (advantage -1: clipped at 0.8) and 1.1 (inside the range), and a reference
+    0.3 nats above the policy on every token: the loss is, per token,
+    -min(ratio A, clip(ratio) A) + kl_coef (e^0.3 - 0.3 - 1)."""
+    model = tiny_model()
+    examples = [reply_example([3, 4], [5, 6, 7]), reply_example([3, 9, 10], [11, 12]),
+                reply_example([40], [41, 42, 43, 44])]
+    batch = collate([[e] for e in examples])
+    with torch.no_grad():
+        hidden = model(batch.input_ids)
+        log_probs = model.token_log_probs(hidden, batch.targets)  # (3, T)
+    shifts = torch.tensor([math.log(1.5), math.log(0.5), math.log(1.1)])[:, None]
+    old = log_probs - shifts  # ratio = exp(log p - old) = exp(shift)
+    rollout = RolloutBatch(batch, torch.tensor([1.0, -1.0, 1.0]), old, log_probs + 0.3)
+    out = GroupRelativePolicy(torch.device("cpu"), clip=0.2, kl_coef=0.1)(model, rollout)
+    kl = math.exp(0.3) - 0.3 - 1
+    per_response = [-1.2, 0.8, -1.1]  # -min(ratio A, clip(ratio) A)
+    tokens = [3, 2, 4]
+    expected = sum(n * (term + 0.1 * kl) for n, term in zip(tokens, per_response, strict=True))
+    assert out.units == 9 and float(out.loss_sum.detach()) == pytest.approx(expected, rel=1e-4)
+    assert out.metrics["clip_fraction"] == (5.0, 9)
+    assert out.metrics["kl"][0] / 9 == pytest.approx(kl, rel=1e-4)
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+def test_preference_files_in_every_shape(tmp_path):
+    records = [
+        {"prompt": "Name a king.", "chosen": "Lear", "rejected": "sheep"},
+        {"prompt": [{"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Name a queen."}],
+         "chosen": [{"role": "assistant", "content": "Titania"}],
+         "rejected": [{"role": "assistant", "content": "corn"}]},
+        {"instruction": "Name a duke.", "input": "", "output": "Orsino", "chosen": "Orsino",
+         "rejected": "a field"},  # the book's preference JSON
+    ]
+    path = tmp_path / "prefs.json"
+    path.write_text(json.dumps(records, indent=1))
+    pairs = read_preferences(path)
+    assert [(p.chosen, p.rejected) for p in pairs] == [("Lear", "sheep"), ("Titania", "corn"),
+                                                       ("Orsino", "a field")]
+    assert pairs[1].prompt.prompt[0] == {"role": "system", "content": "Be brief."}
+    assert pairs[2].prompt.instruction == "Name a duke."  # the Alpaca prompt can be built
+    starts = [i for i, line in enumerate(path.read_text().splitlines(), start=1) if line == " {"]
+    assert [p.source for p in pairs] == [f"{path}:{line}" for line in starts]
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"prompt": "p", "chosen": "same", "rejected": " same "}, "identical"),
+    ({"prompt": "p", "chosen": "", "rejected": "no"}, "'chosen' is empty"),
+    ({"prompt": "p", "chosen": "yes"}, "'rejected' is missing"),
+    ({"chosen": "a", "rejected": "b"}, "no prompt"),
+])
+def test_bad_preference_records_name_their_line(tmp_path, record, message):
+    path = tmp_path / "prefs.jsonl"
+    path.write_text(json.dumps({"prompt": "ok", "chosen": "a", "rejected": "b"}) + "\n"
+                    + json.dumps(record) + "\n")
+    with pytest.raises(LLMScratchError, match=f"{path}:2: .*{message}"):
+        read_preferences(path)
+
+
+def test_prompt_records_pass_their_other_fields_to_the_reward(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(json.dumps({"prompt": "2 + 2", "answer": "4"}) + "\n"
+                    + json.dumps({"instruction": "Add.", "input": "1 + 1", "answer": "2"}) + "\n")
+    prompts = read_prompts(path)
+    assert [p.columns for p in prompts] == [{"answer": "4"}, {"answer": "2"}]
+    seen = {}
+
+    def reward(prompts, completions, answer):
+        seen.update(prompts=prompts, answer=answer)
+        return [float(c == a) for c, a in zip(completions, answer, strict=True)]
+
+    assert Rewarder("test", reward)(prompts, ["4", "3"]) == [1.0, 0.0]
+    assert seen == {"prompts": ["2 + 2", "Add.\n\n1 + 1"], "answer": ["4", "2"]}
+
+
+def raising_reward(prompts, completions, **columns):
+    raise ValueError("no score today")
+
+
+def text_reward(prompts, completions, **columns):
+    return ["high"] * len(completions)
+
+
+def e_reward(prompts, completions, **columns):
+    """The more letters e, the better: a reward a tiny model learns to earn in a few steps."""
+    return [c.count("e") / 4 for c in completions]
+
+
+ONE_PROMPT = [Prompt(Conversation([{"role": "user", "content": "hi"}], ""))]
+
+
+@pytest.mark.parametrize("name, message", [
+    ("tests.test_alignment:raising_reward", "raised ValueError: no score today"),
+    ("tests.test_alignment:text_reward", "returned 'high', not a finite number"),
+    ("tests.test_alignment:no_such_function", "cannot import it"),
+])
+def test_reward_function_failures_are_one_line(name, message):
+    with pytest.raises(LLMScratchError, match=message):
+        Rewarder.function_named(name)(ONE_PROMPT, ["a"])
+
+
+# --- runs through the CLI -------------------------------------------------------------------
+
+COURT = ["the king", "the queen", "my lord", "the duke", "a crown", "the throne"]
+COUNTRY = ["a sheep", "the field", "some corn", "a shepherd", "the meadow", "a flock"]
+
+
+def write_court_pairs(path, n: int = 80, seed: int = 0) -> None:
+    """Pairs whose chosen response names something of the court, the rejected of the country."""
+    rng = random.Random(seed)
+    lines = [json.dumps({"prompt": f"Name {rng.choice(['one', 'a thing', 'something'])} of "
+                                   "the court.",
+                         "chosen": rng.choice(COURT), "rejected": rng.choice(COUNTRY)})
+             for _ in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+ALIGN_SMALL = ["train.dtype=fp32", "train.batch_size=8", "finetune.val_fraction=0.25"]
+
+
+def test_reward_model_learns_the_preference_and_scores(tiny_run, tmp_path, capsys):
+    data, out = tmp_path / "pairs.jsonl", tmp_path / "rm"
+    write_court_pairs(data)
+    code, printed, _ = run_cli(["finetune", "reward", "--base", tiny_run, "--data", data,
+                                "--out", out, *ALIGN_SMALL, "train.lr=2e-3",
+                                "finetune.epochs=4"], capsys)
+    assert code == 0, printed
+    after = json.loads((Run(out).eval_dir / "after.json").read_text())
+    before = json.loads((Run(out).eval_dir / "before.json").read_text())
+    assert after["pair_accuracy"] >= 0.9 > before["pair_accuracy"] and after["pairs"] == 20
+    assert "held-out pair accuracy" in printed
+    code, printed, _ = run_cli(["reward", "--run", out, "--prompt", "Name one of the court.",
+                                "--response", "the king", "--response", "a sheep", "--json"],
+                               capsys)
+    king, sheep = (json.loads(line)["reward"] for line in printed.splitlines())
+    assert code == 0 and king > sheep
+
+
+def test_dpo_raises_the_chosen_responses_likelihood(tiny_run, tmp_path, capsys):
+    data, out = tmp_path / "pairs.jsonl", tmp_path / "dpo"
+    write_court_pairs(data)
+    code, printed, _ = run_cli(["finetune", "dpo", "--base", tiny_run, "--data", data,
+                                "--out", out, *ALIGN_SMALL, "train.lr=1e-3",
+                                "finetune.epochs=2"], capsys)
+    assert code == 0, printed
+    run = Run(out)
+    before = json.loads((run.eval_dir / "before.json").read_text())
+    after = json.loads((run.eval_dir / "after.json").read_text())
+    assert before["reward_margin"] == pytest.approx(0, abs=1e-4)  # the policy is the reference
+    # Held out: every chosen response gained on its rejected one against the reference.
+    assert after["reward_accuracy"] >= 0.9 and after["reward_margin"] > 0.1
+    assert after["pair_accuracy"] > before["pair_accuracy"]
+    stored = json.loads(run.reference_path.read_text())
+    assert len(stored["train"]) == 60 and len(stored["heldout"]) == 20
+    records = run.metrics.read()
+    assert {"reward_chosen", "reward_rejected", "margin", "accuracy"} <= set(records[-2])
+
+
+def write_prompts(path, n: int = 16) -> None:
+    path.write_text("".join(json.dumps({"prompt": f"Say something of {w}."}) + "\n"
+                            for w in (COURT + COUNTRY) * (n // 12 + 1))[:])
+
+
+RL_SMALL = ["train.dtype=fp32", "train.batch_size=4", "align.group_size=4",
+            "align.max_new_tokens=12", "align.eval_examples=8", "finetune.val_fraction=0.25",
+            "train.log_every=1"]
+
+
+def test_rl_raises_the_reward_it_is_given(tiny_run, tmp_path, capsys):
+    data, out = tmp_path / "prompts.jsonl", tmp_path / "rl"
+    write_prompts(data)
+    code, printed, _ = run_cli(["finetune", "rl", "--base", tiny_run, "--data", data, "--out",
+                                out, *RL_SMALL, "align.reward=tests.test_alignment:e_reward",
+                                "train.max_steps=20", "train.lr=1e-2"], capsys)
+    assert code == 0, printed
+    run = Run(out)
+    records = [r for r in run.metrics.read() if "reward" in r]
+    assert {"kl", "clip_fraction", "entropy", "response_length", "generation_share"} \
+        <= set(records[-1])
+    early = sum(r["reward"] for r in records[:4]) / 4
+    late = sum(r["reward"] for r in records[-4:]) / 4
+    assert late > early + 0.2  # the sampled responses earn more
+    after = json.loads((run.eval_dir / "after.json").read_text())
+    before = json.loads((run.eval_dir / "before.json").read_text())
+    assert after["mean_reward"] > before["mean_reward"]
+
+
+def _stop_at(monkeypatch, step: int) -> None:
+    """Ctrl-C right after validation at `step`: the loop checkpoints there and stops."""
+    validate = Trainer._validate
+
+    def stop(self, state):
+        validate(self, state)
+        if state.step == step:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(Trainer, "_validate", stop)
+
+
+@pytest.mark.parametrize("method", ["dpo", "rl"])
+def test_alignment_resume_is_bit_exact(method, tiny_run, tmp_path, monkeypatch):
+    """Ctrl-C at step 3 of 6, then resume: the weights of the uninterrupted run, exactly
+    (DPO: the stored reference log-probabilities; RL: two updates a batch of responses, so
+    the checkpoint holds responses that are half used)."""
+    data = tmp_path / "data.jsonl"
+    if method == "dpo":
+        write_court_pairs(data, n=40)
+        overrides = ALIGN_SMALL + ["finetune.trainable=lora", "train.lr=1e-3"]
+    else:
+        write_prompts(data)
+        overrides = RL_SMALL + ["align.reward=tests.test_alignment:e_reward",
+                                "align.updates_per_batch=2", "train.lr=1e-3"]
+    overrides += ["finetune.epochs=0", "train.max_steps=6", "train.eval_every=3"]
+
+    def config():
+        return finetune_module.finetune_config(method, None, str(data), overrides)
+
+    finetune_module.finetune(config(), tiny_run, tmp_path / "straight")
+    _stop_at(monkeypatch, 3)
+    with pytest.raises(TrainingInterrupted):
+        finetune_module.finetune(config(), tiny_run, tmp_path / "stopped")
+    monkeypatch.undo()
+    finetune_module.resume(tmp_path / "stopped")
+    straight = load_file(latest_checkpoint(Run(tmp_path / "straight")) / "model.safetensors")
+    resumed = load_file(latest_checkpoint(Run(tmp_path / "stopped")) / "model.safetensors")
+    assert latest_checkpoint(Run(tmp_path / "stopped")).name == "step-00000006"
+    assert sorted(straight) == sorted(resumed)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+CALLS = {"n": 0}
+
+
+def reward_that_fails_later(prompts, completions, **columns):
+    CALLS["n"] += 1
+    if CALLS["n"] > 3:
+        raise RuntimeError("the grader crashed")
+    return [0.0] * len(completions)
+
+
+def test_a_failing_reward_stops_the_run_with_its_checkpoint_intact(tiny_run, tmp_path,
+                                                                   capsys):
+    data, out = tmp_path / "prompts.jsonl", tmp_path / "rl"
+    write_prompts(data)
+    CALLS["n"] = 0
+    code, _, err = run_cli(["finetune", "rl", "--base", tiny_run, "--data", data, "--out", out,
+                            *RL_SMALL, "align.reward=tests.test_alignment:reward_that_fails_later",
+                            "align.eval_examples=0", "train.eval_every=0", "train.max_steps=6",
+                            "train.checkpoint_every=2"], capsys)
+    # One line after the progress bar, no traceback.
+    assert code != 0 and "Traceback" not in err
+    assert "reward_that_fails_later raised RuntimeError: the grader crashed" in \
+        err.strip().splitlines()[-1]
+    checkpoint = latest_checkpoint(Run(out))
+    assert checkpoint.name == "step-00000002"
+    verify_checkpoint(checkpoint, Run(out))  # raises if anything in it were damaged
+
+
+def test_a_prompt_longer_than_the_context_is_refused(tiny_run, tmp_path, capsys):
+    data = tmp_path / "pairs.jsonl"
+    write_court_pairs(data, n=10)
+    with data.open("a") as f:
+        f.write(json.dumps({"prompt": "word " * 200, "chosen": "a", "rejected": "b"}) + "\n")
+    _refused(["finetune", "dpo", "--base", tiny_run, "--data", data, "--out", tmp_path / "o",
+              "finetune.val_fraction=0.5"], capsys, tmp_path / "o",
+             f"{data}:11: the prompt is")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "word " * 200}) + "\n"
+                       + json.dumps({"prompt": "short"}) + "\n")
+    _refused(["finetune", "rl", "--base", tiny_run, "--data", prompts, "--out", tmp_path / "o",
+              "finetune.val_fraction=0.5"], capsys, tmp_path / "o", "the prompt is")
+
+
+def test_a_reference_with_another_vocabulary_is_refused(tiny_run, tmp_path, capsys):
+    other = tmp_path / "other"
+    new_run(other)  # a 260-token tokenizer; the tiny run's has 512
+    data = tmp_path / "pairs.jsonl"
+    write_court_pairs(data, n=10)
+    _refused(["finetune", "dpo", "--base", tiny_run, "--data", data, "--out", tmp_path / "o",
+              f"align.reference={other}"], capsys, tmp_path / "o", "its tokenizer differs")
+
+
+@pytest.mark.skipif(transformers is None, reason="needs transformers (the dev extra)")
+def test_the_same_commands_run_on_an_imported_chat_model(tmp_path, capsys):
+    """A tiny Qwen3 with a ChatML template, imported: DPO with LoRA and RL run unchanged, and
+    their prompts are laid out by the model's own template."""
+    folder = save_folder(hf_model("qwen3"), "qwen3", tmp_path / "hf")
+    template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+                "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "chat_template": template, "bos_token": None,
+        "eos_token": {"content": "<|im_end|>", "special": True}}))
+    base = tmp_path / "qwen3"
+    assert main(["convert", "from-hf", str(folder), str(base)]) == 0
+    pairs, prompts = tmp_path / "pairs.jsonl", tmp_path / "prompts.jsonl"
+    write_court_pairs(pairs, n=16)
+    write_prompts(prompts)
+    code, printed, _ = run_cli(["finetune", "dpo", "--base", base, "--data", pairs, "--out",
+                                tmp_path / "dpo", *ALIGN_SMALL, "finetune.trainable=lora",
+                                "finetune.epochs=0", "train.max_steps=2"], capsys)
+    assert code == 0, printed
+    after = json.loads((Run(tmp_path / "dpo").eval_dir / "after.json").read_text())
+    assert after["samples"][0]["prompt"].startswith("<|im_start|>user\nName ")
+    code, printed, _ = run_cli(["finetune", "rl", "--base", tmp_path / "dpo", "--data", prompts,
+                                "--out", tmp_path / "rl", *RL_SMALL, "train.max_steps=2",
+                                "align.reward=tests.test_alignment:e_reward"], capsys)
+    assert code == 0, printed
+    assert len([r for r in Run(tmp_path / "rl").metrics.read() if "reward" in r]) == 2
