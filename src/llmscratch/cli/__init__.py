@@ -2,7 +2,8 @@
 
     llmscratch demo | pretrain               cli/train.py      recipes/
     llmscratch finetune, classify, lora      cli/finetune.py   recipes/finetune.py, adapters.py
-    llmscratch generate | eval               cli/generate.py   generation/, evaluation/
+    llmscratch generate                      cli/generate.py   generation/
+    llmscratch eval, report                  cli/eval.py       evaluation/, recipes/eval_*.py
     llmscratch chat                          cli/chat.py       generation/engine.py
     llmscratch serve                         cli/serve.py      serving/
     llmscratch tokenizer train|encode|...    cli/tokenizer.py  tokenizer/
@@ -27,6 +28,7 @@ from llmscratch.cli import (
     chat,
     convert,
     data,
+    eval,
     finetune,
     generate,
     runs,
@@ -51,6 +53,7 @@ def build_parser() -> Parser:
     tokenizer.register(sub)
     data.register(sub)
     generate.register(sub)
+    eval.register(sub)
     chat.register(sub)
     serve.register(sub)
     convert.register(sub)

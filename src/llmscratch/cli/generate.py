@@ -1,11 +1,10 @@
-"""`llmscratch generate` and `llmscratch eval`: use a run's model (generation/, evaluation/)."""
+"""`llmscratch generate`: text from a run's model (generation/). `eval` is in cli/eval.py."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from llmscratch.cli.common import add_command, say
 from llmscratch.errors import LLMScratchError
@@ -34,15 +33,6 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_device_options(p)
     p.set_defaults(func=cmd_generate)
-
-    p = add_command(sub, "eval", "Loss, perplexity and bits per byte of a model on a text file.",
-                    "  llmscratch eval --run runs/demo --data my_text.txt --json\n")
-    p.add_argument("--run", required=True, help="run directory")
-    p.add_argument("--data", required=True, help="a UTF-8 text file")
-    p.add_argument("--batch-size", type=int, default=8, help="windows scored at once (>= 1)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    add_device_options(p)
-    p.set_defaults(func=cmd_eval)
 
 
 def add_device_options(p) -> None:
@@ -86,23 +76,4 @@ def cmd_generate(args: argparse.Namespace) -> int:
                           "token_ids": new_ids, "prompt_token_ids": prompt_ids}))
     else:
         sys.stdout.write(stream.flush() + "\n")
-    return 0
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from llmscratch.data.corpus import read_text_file
-    from llmscratch.distributed import resolve_device
-    from llmscratch.evaluation.perplexity import evaluate_text
-    from llmscratch.runs.load import load_for_inference
-
-    if args.batch_size < 1:
-        raise LLMScratchError(f"--batch-size must be at least 1, got {args.batch_size}")
-    text = read_text_file(Path(args.data))
-    model, tokenizer, _ = load_for_inference(args.run, resolve_device(args.device), args.dtype)
-    result = evaluate_text(model, tokenizer, text, batch_size=args.batch_size)
-    if args.json:
-        print(json.dumps(vars(result)))
-    else:
-        print(f"loss {result.loss:.4f} nats/token  perplexity {result.perplexity:.2f}  "
-              f"bpb {result.bpb:.4f}  ({result.tokens:,} tokens, {result.bytes:,} bytes)")
     return 0

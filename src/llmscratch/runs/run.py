@@ -9,7 +9,8 @@
       metrics.jsonl               one JSON record per logged step (runs/metrics.py)
       loss.png, training.png      plots of the metrics
       samples.md, report.md       what a pretraining run wrote about itself
-      eval/                       evaluation results (JSON) and their plots
+      eval/                       evaluation results (JSON) and their plots; TASK.json and
+                                  TASK.examples.jsonl from `llmscratch eval tasks`
       splits/NAME.jsonl           a classifier's train/validation/test texts, as first read
       splits/reference-logps.json a DPO run's reference log-probabilities, computed once
       tensorboard/                event files, when asked for
@@ -203,6 +204,18 @@ class Run:
     def eval_dir(self) -> Path:
         """Evaluation results (JSON) and their plots."""
         return self.path / "eval"
+
+    def eval_result_path(self, task: str) -> Path:
+        """A task's scores (`llmscratch eval tasks`): eval/TASK.json."""
+        return self.eval_dir / f"{task}.json"
+
+    def eval_examples_path(self, task: str) -> Path:
+        """A task's examples, one JSON line each as they are scored: eval/TASK.examples.jsonl."""
+        return self.eval_dir / f"{task}.examples.jsonl"
+
+    def eval_result_paths(self) -> list[Path]:
+        """Every JSON file of eval/, by name (task results and fine-tuning's before/after)."""
+        return sorted(self.eval_dir.glob("*.json")) if self.eval_dir.is_dir() else []
 
     def split_path(self, name: str) -> Path:
         """A fine-tuning run's data split `name` (train, validation, test), as first read."""
