@@ -58,7 +58,7 @@ def model_and_prompts(run_dir: str | None, n: int):
             run.generation_settings()
     else:
         torch.manual_seed(0)
-        model, tokenizer = GPT(get_preset("gpt2-124m")), Tokenizer.gpt2()
+        model, tokenizer = GPT(get_preset("gpt2")), Tokenizer.gpt2()
         settings = GenerationSettings([tokenizer.eot_id], eos_token="<|endoftext|>")
     encoder = ChatEncoder(tokenizer, settings, "chat", train_on_all=False)
     prompts = [from_task(e) for e in make_tasks(n, 0, "heldout")]
