@@ -337,13 +337,17 @@ def _stop_at(monkeypatch, step: int) -> None:
     monkeypatch.setattr(Trainer, "_validate", stop)
 
 
-@pytest.mark.parametrize("method", ["dpo", "rl"])
+@pytest.mark.parametrize("method", ["reward", "dpo", "rl"])
 def test_alignment_resume_is_bit_exact(method, tiny_run, tmp_path, monkeypatch):
     """Ctrl-C at step 3 of 6, then resume: the weights of the uninterrupted run, exactly
-    (DPO: the stored reference log-probabilities; RL: two updates a batch of responses, so
-    the checkpoint holds responses that are half used)."""
+    (the reward model: its head and the pairs' order; DPO: the stored reference
+    log-probabilities; RL: two updates a batch of responses, so the checkpoint holds
+    responses that are half used)."""
     data = tmp_path / "data.jsonl"
-    if method == "dpo":
+    if method == "reward":
+        write_court_pairs(data, n=40)
+        overrides = ALIGN_SMALL + ["train.lr=1e-3"]
+    elif method == "dpo":
         write_court_pairs(data, n=40)
         overrides = ALIGN_SMALL + ["finetune.trainable=lora", "train.lr=1e-3"]
     else:
