@@ -105,13 +105,21 @@ def _whole(pairs) -> list[tuple[Example, Example]]:
     return [(Example(whole_text(p.chosen)), Example(whole_text(p.rejected))) for p in pairs]
 
 
-@torch.no_grad()
 def reward_scores(model: GPT, encoder: ChatEncoder, prompts: list[str],
                   responses: list[str]) -> list[float]:
     """A reward model's score of each response to its prompt (a user message)."""
+    return conversation_scores(model, encoder, [
+        Conversation([{"role": "user", "content": prompt}], response)
+        for prompt, response in zip(prompts, responses, strict=True)])
+
+
+@torch.no_grad()
+def conversation_scores(model: GPT, encoder: ChatEncoder,
+                        conversations: list[Conversation]) -> list[float]:
+    """A reward model's score of each conversation's response, laid out as in training
+    (its last `context_length` tokens, where it is longer)."""
     examples = []
-    for prompt, response in zip(prompts, responses, strict=True):
-        conversation = Conversation([{"role": "user", "content": prompt}], response)
+    for conversation in conversations:
         ids = encoder.prompt_ids(conversation) + encoder.reply_ids(conversation)
         examples.append(Example(ids[-model.config.context_length:]))
     return head_outputs(model, examples).squeeze(-1).tolist()

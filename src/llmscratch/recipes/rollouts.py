@@ -36,10 +36,10 @@ from llmscratch.data.instruction_files import Conversation
 from llmscratch.data.synthetic_tasks import task_rewards
 from llmscratch.distributed import DistInfo
 from llmscratch.errors import LLMScratchError
-from llmscratch.evaluation.classification import head_outputs
-from llmscratch.generation.engine import Engine
+from llmscratch.generation.engine import DEFAULT_BLOCK_SIZE, Engine
 from llmscratch.generation.sampling import SamplingConfig
 from llmscratch.model import GPT
+from llmscratch.recipes.reward import conversation_scores
 from llmscratch.recipes.sft import ChatEncoder
 from llmscratch.runs.config import AlignConfig
 from llmscratch.tokenizer import Tokenizer
@@ -96,12 +96,9 @@ class Rewarder:
         return [float(r) for r in rewards]
 
     def _model_scores(self, prompts: list[Prompt], completions: list[str]) -> list[float]:
-        examples = []
-        for prompt, completion in zip(prompts, completions, strict=True):
-            conversation = Conversation(prompt.prompt.prompt, completion)
-            ids = self.encoder.prompt_ids(conversation) + self.encoder.reply_ids(conversation)
-            examples.append(Example(ids[-self.model.config.context_length:]))
-        return head_outputs(self.model, examples).squeeze(-1).tolist()
+        return conversation_scores(self.model, self.encoder, [
+            Conversation(prompt.prompt.prompt, completion)
+            for prompt, completion in zip(prompts, completions, strict=True)])
 
 
 def group_advantages(rewards: torch.Tensor, scale: bool) -> torch.Tensor:
@@ -173,8 +170,13 @@ class Rollouts(ExampleBatches):
     def _generate(self, policy: GPT, rows: list[Example]) -> list:
         """G samples of each prompt, in one engine run; each with its own seed."""
         was_training = policy.training
-        engine = Engine(policy, max_batch=len(rows) * self.align.group_size,
-                        vocab_size=self.tokenizer.vocab_size)
+        # A cache of just the blocks this step's sequences can fill: the engine's default
+        # (its batch of full contexts, up to 4 GiB) would be allocated and zeroed each step.
+        requests = len(rows) * self.align.group_size
+        longest = min(max(len(row.ids) for row in rows) + self.align.max_new_tokens,
+                      policy.config.context_length)
+        engine = Engine(policy, num_blocks=requests * -(-longest // DEFAULT_BLOCK_SIZE),
+                        max_batch=requests, vocab_size=self.tokenizer.vocab_size)
         settings, prompts = [], []
         first = self.rank * self.batch_size  # the rows' place in the global batch
         for i, row in enumerate(rows, start=first):

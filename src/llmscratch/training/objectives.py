@@ -143,8 +143,8 @@ class BradleyTerry:
                                         "margin": (float(margin.detach().sum()), pairs)})
 
 
-def response_log_probs(model: torch.nn.Module, batch: Batch
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def response_log_prob_sums(model: torch.nn.Module, batch: Batch
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(response | prompt) of each row, summed over its target tokens, and how many
     target tokens it has: (B,) and (B,)."""
     hidden = model(batch.input_ids, attention_mask=batch.model_mask)  # (B, T, D)
@@ -155,7 +155,7 @@ def response_log_probs(model: torch.nn.Module, batch: Batch
 def sequence_log_probs(model: torch.nn.Module, batch: Batch, mean: bool = False
                        ) -> torch.Tensor:
     """log p(response | prompt) of each row: the sum (or mean) over its target tokens. (B,)"""
-    total, count = response_log_probs(model, batch)
+    total, count = response_log_prob_sums(model, batch)
     return total / count if mean else total
 
 
@@ -188,7 +188,7 @@ class DirectPreference:
 
     def __call__(self, model: torch.nn.Module, batch: Batch) -> ObjectiveOutput:
         batch = batch.to(self.device)
-        total, count = response_log_probs(model, batch)  # (2P,), (2P,)
+        total, count = response_log_prob_sums(model, batch)  # (2P,), (2P,)
         policy = total / count if self.loss == "ipo" else total
         chosen, rejected = _halves(policy - batch.reference_logps)  # (P,), (P,) log ratios
         losses = dpo_losses(chosen, rejected, self.beta, self.loss)
