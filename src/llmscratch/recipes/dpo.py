@@ -130,31 +130,29 @@ class PreferenceOptimization:
         align = self.config.align
         return DirectPreference(device, align.beta, align.loss, align.rpo_alpha)
 
-    def _heldout_ratios(self, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        """log pi - log ref of each held-out pair's chosen and rejected responses."""
+    def _heldout(self, model: torch.nn.Module) -> tuple[torch.Tensor, ...]:
+        """log pi of each held-out pair's chosen and rejected responses, and log pi - log ref
+        of each: (chosen, rejected, chosen ratio, rejected ratio), each (P,)."""
         pairs = self.data.heldout[:self.config.align.eval_examples]
         chosen = self._response_log_probs(model, [p.chosen for p in pairs])
         rejected = self._response_log_probs(model, [p.rejected for p in pairs])
-        return (chosen - torch.tensor([p.chosen.reference_logp for p in pairs]),
+        return (chosen, rejected, chosen - torch.tensor([p.chosen.reference_logp for p in pairs]),
                 rejected - torch.tensor([p.rejected.reference_logp for p in pairs]))
 
     def validate(self, model: torch.nn.Module) -> dict:
-        chosen, rejected = self._heldout_ratios(model)
+        _, _, chosen, rejected = self._heldout(model)
         align = self.config.align
         losses = dpo_losses(chosen, rejected, align.beta, align.loss)
         return {"val_loss": float(losses.mean()) if len(losses) else float("nan"),
                 "val_accuracy": pair_scores(chosen, rejected)["pair_accuracy"]}
 
     def score(self, model: GPT, stage: str, run: Run | None) -> dict:
-        pairs = self.data.heldout[:self.config.align.eval_examples]
-        chosen, rejected = self._heldout_ratios(model)
-        implicit = pair_scores(self.config.align.beta * chosen, self.config.align.beta * rejected)
-        likelihood = pair_scores(chosen + torch.tensor([p.chosen.reference_logp for p in pairs]),
-                                 rejected + torch.tensor([p.rejected.reference_logp
-                                                          for p in pairs]))
+        chosen, rejected, chosen_ratio, rejected_ratio = self._heldout(model)
+        beta = self.config.align.beta
+        implicit = pair_scores(beta * chosen_ratio, beta * rejected_ratio)
         return {**score_heldout_prompts(model, self.tokenizer, self.data, self.stop_ids,
                                         self.config.align.eval_examples),
-                "pair_accuracy": likelihood["pair_accuracy"],
+                "pair_accuracy": pair_scores(chosen, rejected)["pair_accuracy"],
                 "reward_accuracy": implicit["pair_accuracy"], "reward_margin": implicit["margin"]}
 
     def report(self, before: dict, after: dict, run: Run) -> list[str]:
