@@ -18,11 +18,15 @@ The packed model computes the same function (to rounding: oneDNN sums in
 another order) but is for inference only: the packed weights are not
 parameters, so it no longer trains, and its state_dict lacks them.
 `bench/inference_speed.py` measures the difference; where PyTorch has no
-oneDNN (`torch.backends.mkldnn.is_available()` is False) or the model is
-not on the CPU, nothing changes.
+oneDNN (`torch.backends.mkldnn.is_available()` is False), the model is not
+on the CPU, or the CPU lacks the instructions oneDNN's kernels need for the
+model's dtype (bf16 needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT: an AVX2-only
+CPU has neither), nothing changes.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
@@ -48,11 +52,26 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, packed"
 
 
+@functools.cache
+def _cpu_packs(dtype: torch.dtype) -> bool:
+    """Whether oneDNN packs `dtype` weights on this CPU: tried once on a 1x1 weight.
+
+    oneDNN decides from the CPU's instruction sets at run time and raises
+    where they are missing, so asking it is the one reliable test.
+    """
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.ones(1, 1, dtype=dtype), None)
+    except RuntimeError:
+        return False
+    return True
+
+
 def can_pack(model: nn.Module) -> bool:
-    """Whether packing applies: PyTorch has oneDNN and the model is on the CPU in fp32 or bf16."""
+    """Whether packing applies: PyTorch has oneDNN, the model is on the CPU in fp32 or bf16,
+    and this CPU has oneDNN's kernels for that dtype."""
     weight = next(model.parameters())
     return (torch.backends.mkldnn.is_available() and weight.device.type == "cpu"
-            and weight.dtype in (torch.float32, torch.bfloat16))
+            and weight.dtype in (torch.float32, torch.bfloat16) and _cpu_packs(weight.dtype))
 
 
 @torch.no_grad()
