@@ -28,7 +28,18 @@ cache, `init_continuous_batching`, warmed up and reused) and padded static
 batches of `generate` (`--static-batch` requests at a time, each batch run
 to its longest output; only the tokens each request asked for count).
 Output tokens/s, the ratio to the best peer, and to our own batch-1 rate
-(the engine with one sequence at a time, over the first 8 requests).
+(the engine with one sequence at a time, over the first 8 requests). And
+the machine's compute limit for the workload: the arithmetic no decoder can
+skip (every prompt token through every block, every output token through
+the blocks and the output layer, attention over the positions so far),
+divided by the fastest rate this machine's matrix products reach, measured
+here on the model's own layer shapes with inputs of 512 and 2,048 rows:
+the most output tokens/s any engine could get from these kernels, and its
+ratio to our batch-1 rate. A second limit adds the time to read, once, the
+cached keys and values each decode step attends to, at the copy bandwidth:
+within a step, a layer's attention needs its q, k and v products first and
+its output projection needs the attention, so on the CPU the cache reads
+come between the products rather than under them.
 
 memory: the KV cache a workload needs, paged (the engine's peak blocks in
 use, times the bytes of a block) against dense (each request's own cache for
@@ -42,6 +53,7 @@ Latency through the HTTP server is measured by bench/serving_latency.py.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import statistics
@@ -50,7 +62,7 @@ import time
 import torch
 
 from llmscratch.generation import Engine, SamplingConfig, generate
-from llmscratch.generation.cpu_weights import PackedLinear, pack_linear_weights
+from llmscratch.generation.cpu_weights import PackedLinear, can_pack, pack_linear_weights
 from llmscratch.model import GPT, get_preset
 from llmscratch.model.config import torch_dtype
 
@@ -181,7 +193,57 @@ def hf_static(model, prompts: list[list[int]], lengths: list[int], batch: int) -
                            do_sample=False, pad_token_id=0)
 
 
-def throughput(precision: str, rounds: int, static_batch: int) -> list[dict]:
+def workload_cost(model: GPT, prompts: list[list[int]], lengths: list[int]
+                  ) -> tuple[float, float]:
+    """The least work the workload needs: floating-point operations (2 per multiply-add),
+    and bytes of cached keys and values its decode steps read.
+
+    A prompt token goes through every block's linear layers and attends to the
+    tokens before it; only a prompt's last position needs the output layer. An
+    output token also goes through the output layer, and reads the keys and
+    values of every position before it, in every layer. The first output
+    token comes from the prompt's last position, so a request asking for n
+    tokens makes n - 1 decode steps.
+    """
+    c = model.config
+    linear = sum(m.in_features * m.out_features for m in model.modules()
+                 if isinstance(m, (torch.nn.Linear, PackedLinear)))
+    head = c.vocab_size * c.n_embd
+    attention = 4 * c.n_layer * c.n_head * c.head_dim  # q.k and p.v, per position attended
+    cached = 2 * c.n_layer * c.kv_heads * c.head_dim * next(model.parameters()).element_size()
+    flops = cache_bytes = 0.0
+    for prompt, n in zip(prompts, lengths, strict=True):
+        p = len(prompt)
+        attended = sum(range(p + 1, p + n))  # positions the n - 1 decode steps read
+        flops += 2 * (linear - head) * p + 2 * head + attention * p * (p + 1) / 2
+        flops += (n - 1) * 2 * linear + attention * attended
+        cache_bytes += cached * attended
+    return flops, cache_bytes
+
+
+def matmul_rate(model: GPT, rows: tuple[int, ...] = (512, 2048), seconds: float = 1.0) -> float:
+    """The fastest FLOP/s of the model's linear layers on inputs of `rows` rows, as the engine
+    runs them."""
+    dtype = next(model.parameters()).dtype
+    best = 0.0
+    shapes = {(m.out_features, m.in_features) for m in model.modules()
+              if isinstance(m, (torch.nn.Linear, PackedLinear))}
+    for (n, k), m in itertools.product(shapes, rows):
+        layer = torch.nn.Linear(k, n, bias=False, dtype=dtype)
+        layer = PackedLinear(layer) if can_pack(layer) else layer
+        x = torch.randn(m, k, dtype=dtype)
+        with torch.no_grad():
+            layer(x)
+            started, count = time.perf_counter(), 0
+            while time.perf_counter() - started < seconds:
+                layer(x)
+                count += 1
+        best = max(best, 2 * m * n * k * count / (time.perf_counter() - started))
+    return best
+
+
+def throughput(precision: str, rounds: int, static_batch: int, bandwidth: float
+               ) -> list[dict]:
     dtype = torch_dtype(precision)
     ours, theirs = models(dtype)
     prompts, lengths = workload()
@@ -216,10 +278,17 @@ def throughput(precision: str, rounds: int, static_batch: int) -> list[dict]:
     rates = {name: tokens[name] / statistics.median(times) for name, times in seconds.items()}
     best_peer = max(rate for name, rate in rates.items() if name.startswith("transformers"))
     alone_rate = rates["llmscratch engine, batch 1 (8 requests)"]
+    flops, cache_bytes = workload_cost(ours, prompts, lengths)
+    flop_rate = matmul_rate(ours)
+    rates["compute limit"] = sum(lengths) / (flops / flop_rate)
+    rates["compute, then cache reads"] = sum(lengths) / (flops / flop_rate
+                                                         + cache_bytes / bandwidth)
     return [{"part": "throughput", "precision": precision, "model": name,
              "output_tokens_per_s": rate, "vs_best_peer": rate / best_peer,
              "vs_our_batch_1": rate / alone_rate,
-             "same_tokens_as_transformers": f"{same}/{len(prompts)}"}
+             "same_tokens_as_transformers": f"{same}/{len(prompts)}",
+             "workload_tflop": flops / 1e12, "matmul_gflop_per_s": flop_rate / 1e9,
+             "cache_gb_read": cache_bytes / 1e9}
             for name, rate in rates.items()]
 
 
@@ -269,7 +338,7 @@ def main() -> None:
         if "decode" in parts:
             rows += decode(precision, args.new_tokens, args.rounds, bandwidth)
         if "throughput" in parts:
-            rows += throughput(precision, args.throughput_rounds, args.static_batch)
+            rows += throughput(precision, args.throughput_rounds, args.static_batch, bandwidth)
     if "memory" in parts:
         rows += memory()
     machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, " \
@@ -288,6 +357,12 @@ def describe(row: dict) -> str:
         return (f"decode      {row['precision']}  {row['model']:<40} "
                 f"{row['tokens_per_s']:7.1f} tok/s  {row['vs_transformers']:.2f}x transformers  "
                 f"{row['of_bandwidth_limit']:.0%} of the bandwidth limit")
+    if row["part"] == "throughput" and row["model"].startswith("compute"):
+        return (f"throughput  {row['precision']}  {row['model']:<40} "
+                f"{row['output_tokens_per_s']:7.1f} tok/s  = {row['vs_our_batch_1']:.2f}x our "
+                f"batch 1  ({row['workload_tflop']:.2f} TFLOP at "
+                f"{row['matmul_gflop_per_s']:.0f} GFLOP/s, {row['cache_gb_read']:.0f} GB of "
+                f"cache read at the copy bandwidth)")
     if row["part"] == "throughput":
         return (f"throughput  {row['precision']}  {row['model']:<40} "
                 f"{row['output_tokens_per_s']:7.1f} tok/s  {row['vs_best_peer']:.2f}x the best "
