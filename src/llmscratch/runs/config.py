@@ -337,6 +337,7 @@ class AlignConfig:
             temperature of the implicit reward, 0.1 as in the DPO paper and TRL).
         loss: DPO: "sigmoid" (the DPO paper's) or "ipo" (IPO: a squared loss on the
             mean log-probability ratios, which does not push the margin to infinity).
+            TRL's loss_type.
         rpo_alpha: DPO: add this times the chosen response's mean negative
             log-likelihood to each pair's loss (RPO; 0 = plain DPO), which keeps the
             chosen answers likely while the pair's margin grows.
@@ -348,14 +349,16 @@ class AlignConfig:
             instead of `reward`.
         group_size: RL: responses sampled a prompt; advantages are normalised within them
             (train.batch_size is the number of prompts a micro-batch, in each process).
+            TRL's num_generations.
         kl_coef: RL: the weight of the KL penalty to the reference (0 = no penalty, and no
-            reference model is loaded).
-        clip: RL: the policy ratio is clipped to [1 - clip, 1 + clip].
+            reference model is loaded). TRL's GRPO calls it beta.
+        clip: RL: the policy ratio is clipped to [1 - clip, 1 + clip]. TRL's epsilon.
         scale_rewards: RL: divide advantages by the group's standard deviation (GRPO);
             false keeps only the mean subtracted (Dr. GRPO).
         updates_per_batch: RL: optimizer steps on each batch of responses (GRPO's mu);
-            from the second on, the ratio and its clipping matter.
-        temperature, max_new_tokens: RL: how responses are sampled.
+            from the second on, the ratio and its clipping matter. TRL's num_iterations.
+        temperature, max_new_tokens: RL: how responses are sampled (TRL: temperature,
+            max_completion_length).
         eval_examples: held-out pairs (reward, dpo) scored before and after training.
     """
 
