@@ -296,6 +296,22 @@ def test_dpo_raises_the_chosen_responses_likelihood(tiny_run, tmp_path, capsys):
     assert {"reward_chosen", "reward_rejected", "margin", "accuracy"} <= set(records[-2])
 
 
+@pytest.mark.parametrize("method", ["reward", "dpo"])
+def test_nothing_held_out_means_no_validation_line(method, tiny_run, tmp_path, capsys):
+    """align.eval_examples=0 (as the chat demo sets it): periodic validation has nothing to
+    score, so it logs nothing, rather than a loss of nan and an accuracy of 0."""
+    data, out = tmp_path / "pairs.jsonl", tmp_path / method
+    write_court_pairs(data, n=40)
+    code, printed, _ = run_cli(["finetune", method, "--base", tiny_run, "--data", data,
+                                "--out", out, *ALIGN_SMALL, "finetune.epochs=0",
+                                "train.max_steps=2", "train.eval_every=1",
+                                "align.eval_examples=0"], capsys)
+    assert code == 0, printed
+    assert "val_loss" not in printed and "nan" not in printed
+    records = Run(out).metrics.read()
+    assert records and not any("val_loss" in r for r in records)
+
+
 def write_prompts(path, n: int = 16) -> None:
     path.write_text("".join(json.dumps({"prompt": f"Say something of {w}."}) + "\n"
                             for w in (COURT + COUNTRY) * (n // 12 + 1))[:])

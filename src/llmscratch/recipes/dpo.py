@@ -141,9 +141,11 @@ class PreferenceOptimization:
 
     def validate(self, model: torch.nn.Module) -> dict:
         _, _, chosen, rejected = self._heldout(model)
+        if not len(chosen):  # align.eval_examples=0
+            return {}
         align = self.config.align
         losses = dpo_losses(chosen, rejected, align.beta, align.loss)
-        return {"val_loss": float(losses.mean()) if len(losses) else float("nan"),
+        return {"val_loss": float(losses.mean()),
                 "val_accuracy": pair_scores(chosen, rejected)["pair_accuracy"]}
 
     def score(self, model: GPT, stage: str, run: Run | None) -> dict:

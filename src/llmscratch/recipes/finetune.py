@@ -82,7 +82,8 @@ class Method(Protocol):
     def objective(self, device: torch.device) -> Objective: ...
 
     def validate(self, model: GPT) -> dict:
-        """Periodic validation: {"val_loss": ..., ...} on the validation examples."""
+        """Periodic validation: {"val_loss": ..., ...} on the validation examples, or {}
+        when none are held out (the loop then logs nothing)."""
 
     def score(self, model: GPT, stage: str, run: Run | None) -> dict:
         """Held-out scores ("before" or "after" training); plots go into `run`."""

@@ -79,9 +79,10 @@ class RewardModeling:
 
     def validate(self, model: torch.nn.Module) -> dict:
         chosen, rejected = self._rewards(model)
-        scores = pair_scores(chosen, rejected)
-        loss = float(-F.logsigmoid(chosen - rejected).mean()) if len(chosen) else float("nan")
-        return {"val_loss": loss, "val_accuracy": scores["pair_accuracy"]}
+        if not len(chosen):  # align.eval_examples=0
+            return {}
+        loss = float(-F.logsigmoid(chosen - rejected).mean())
+        return {"val_loss": loss, "val_accuracy": pair_scores(chosen, rejected)["pair_accuracy"]}
 
     def score(self, model: GPT, stage: str, run: Run | None) -> dict:
         chosen, rejected = self._rewards(model)

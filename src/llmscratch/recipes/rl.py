@@ -153,9 +153,11 @@ class ReinforcementLearning:
 
     def validate(self, model: torch.nn.Module) -> dict:
         """The mean reward of greedy answers to (at most 64) held-out prompts."""
+        if not self.heldout:
+            return {}
         prompts, replies = self._answers(unwrap(model), 64)
         rewards = self.rewarder(prompts, replies)
-        return {"val_reward": sum(rewards) / max(len(rewards), 1)}
+        return {"val_reward": sum(rewards) / len(rewards)}
 
     def score(self, model: GPT, stage: str, run: Run | None) -> dict:
         if not self.config.align.eval_examples:

@@ -133,7 +133,7 @@ class InstructionTuning:
         """Mean next-token loss over the held-out examples' trained tokens (`model` as the
         loop runs it, perhaps wrapped: its forward through the wrapper, its head inside)."""
         if not self.val_examples:
-            return {"val_loss": float("nan")}
+            return {}
         device = unwrap(model).tok_emb.weight.device
         amp = autocast_dtype(self.config.train.dtype)
         was_training = model.training

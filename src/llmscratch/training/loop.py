@@ -422,6 +422,8 @@ class Trainer:
 
     def _validate(self, state: TrainState) -> None:
         result = self.evaluate(self.model)
+        if not result:  # nothing held out to validate on: no line, no record
+            return
         state.best_val_loss = min(state.best_val_loss, result.get("val_loss", math.inf))
         self._log({"step": state.step, "tokens": state.tokens_seen, **result})
         self.say(f"step {state.step:>6}: " + "  ".join(f"{k} {v:.4f}" for k, v in result.items()))
