@@ -20,6 +20,7 @@ from llmscratch.errors import LLMScratchError
 from llmscratch.generation.sampling import SamplingConfig, generate
 from llmscratch.model import get_preset
 from llmscratch.model.hf_config import family_of
+from llmscratch.runs import load as load_module
 from llmscratch.runs.hf_import import load_hf_model
 from llmscratch.runs.load import load_for_inference
 from llmscratch.runs.run import Run
@@ -105,6 +106,22 @@ def test_sharded_checkpoint_and_bf16(tmp_path):
         half = load_hf_model(folder, dtype="bf16")
         assert half.tok_emb.weight.dtype == torch.bfloat16
         assert max_diff(logits(half, ids), expected) < 0.1 * expected.abs().max().item()
+
+
+@pytest.mark.parametrize("bf16_is_fast", [True, False])
+def test_bf16_weights_are_widened_for_inference_only_where_bf16_is_slow(tmp_path, monkeypatch,
+                                                                        bf16_is_fast):
+    """On a CPU without fast bf16 matmuls (an AVX2-only x86) a bf16 run loads in fp32 for
+    generate, chat, serve and eval, exactly; asked for, bf16 stays bf16."""
+    folder = save_folder(hf_model("qwen3"), "qwen3", tmp_path / "hf")
+    run = tmp_path / "run"
+    assert main(["convert", "from-hf", str(folder), str(run), "--dtype", "bf16"]) == 0
+    monkeypatch.setattr(load_module, "cpu_bf16_is_fast", lambda: bf16_is_fast)
+    kept, _, _ = load_for_inference(run, dtype="bf16")
+    default, _, _ = load_for_inference(run)
+    assert kept.tok_emb.weight.dtype == torch.bfloat16
+    assert default.tok_emb.weight.dtype == (torch.bfloat16 if bf16_is_fast else torch.float32)
+    assert torch.equal(default.tok_emb.weight.float(), kept.tok_emb.weight.float())
 
 
 def test_sliding_window_matches_transformers(tmp_path):

@@ -5,15 +5,19 @@ the world size through environment variables; `init_distributed` reads them
 and joins the process group (NCCL on GPUs, gloo on CPUs). Without torchrun
 a process is rank 0 of 1 and every collective here returns its input.
 
-Checkpoints (runs/) and the training loop (training/) both need these, so
-they live below both. How a model is *wrapped* for many processes (DDP,
+`cpu_bf16_speedup` asks the device one more question: whether this CPU
+multiplies bf16 faster than fp32 (training/precision.py explains why it
+matters). Checkpoints (runs/) and the training loop (training/) both need
+these, so they live below both. How a model is *wrapped* for many processes (DDP,
 FSDP2) is training's business: training/parallel.py.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -55,6 +59,34 @@ def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
     if name == "cuda" and info is not None:
         return torch.device("cuda", info.local_rank)
     return torch.device(name)
+
+
+# bf16 must beat fp32 by this much on a CPU to be chosen: it also costs accuracy.
+CPU_BF16_MIN_SPEEDUP = 1.2
+
+
+def _best_matmul_seconds(a: torch.Tensor, b: torch.Tensor, repeats: int = 3) -> float:
+    a @ b  # the first call may pick kernels and allocate
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+@functools.cache
+def cpu_bf16_speedup() -> float:
+    """How many times faster a (256 x 512) @ (512 x 256) matmul runs in bf16 than in fp32 here."""
+    a, b = torch.randn(256, 512), torch.randn(512, 256)
+    fp32 = _best_matmul_seconds(a, b)
+    bf16 = _best_matmul_seconds(a.bfloat16(), b.bfloat16())
+    return fp32 / max(bf16, 1e-9)
+
+
+def cpu_bf16_is_fast() -> bool:
+    """Whether bf16 is worth computing in on this CPU (`train.dtype=auto` picks it then)."""
+    return cpu_bf16_speedup() >= CPU_BF16_MIN_SPEEDUP
 
 
 def init_distributed(device: torch.device) -> DistInfo:

@@ -39,7 +39,8 @@ def add_device_options(p) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where the model runs (auto: a CUDA GPU if there is one)")
     p.add_argument("--dtype", choices=["fp32", "bf16"],
-                   help="the weights' dtype (default: the checkpoint's)")
+                   help="the weights' dtype (default: the checkpoint's, but fp32 for bf16 "
+                        "weights on a CPU without fast bf16 matmuls)")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

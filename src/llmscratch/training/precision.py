@@ -14,39 +14,18 @@ only worth it where bfloat16 matmuls are fast:
   2-core EPYC; docs/benchmarks.md, "Machines").
 
 So "auto" asks the hardware: `torch.cuda.is_bf16_supported()` on a GPU,
-and on a CPU a few milliseconds of timing the same matmul in both dtypes.
+and on a CPU a few milliseconds of timing the same matmul in both dtypes
+(`cpu_bf16_speedup`, in distributed.py beside the other questions about the
+device, since loading a model for inference asks it too: runs/load.py).
 The choice is made once, when a run starts, and written into the run's
 config.yaml, so a resumed run keeps the precision it started with.
 """
 
 from __future__ import annotations
 
-import functools
-import time
-
 import torch
 
-# bf16 must beat fp32 by this much on a CPU to be chosen: it also costs accuracy.
-CPU_BF16_MIN_SPEEDUP = 1.2
-
-
-def _best_matmul_seconds(a: torch.Tensor, b: torch.Tensor, repeats: int = 3) -> float:
-    a @ b  # the first call may pick kernels and allocate
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - started)
-    return min(times)
-
-
-@functools.cache
-def cpu_bf16_speedup() -> float:
-    """How many times faster a (256 x 512) @ (512 x 256) matmul runs in bf16 than in fp32 here."""
-    a, b = torch.randn(256, 512), torch.randn(512, 256)
-    fp32 = _best_matmul_seconds(a, b)
-    bf16 = _best_matmul_seconds(a.bfloat16(), b.bfloat16())
-    return fp32 / max(bf16, 1e-9)
+from llmscratch.distributed import CPU_BF16_MIN_SPEEDUP, cpu_bf16_speedup
 
 
 def resolve_dtype(name: str, device: torch.device) -> str:
