@@ -183,8 +183,14 @@ def test_preference_files_in_every_shape(tmp_path):
     assert [p.source for p in pairs] == [f"{path}:{line}" for line in starts]
 
 
+def test_a_pair_whose_chosen_equals_rejected_is_read_and_marked(tmp_path):
+    path = tmp_path / "prefs.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "chosen": "same", "rejected": " same "}) + "\n"
+                    + json.dumps({"prompt": "p", "chosen": "yes", "rejected": "no"}) + "\n")
+    assert [pair.is_tie for pair in read_preferences(path)] == [True, False]
+
+
 @pytest.mark.parametrize("record, message", [
-    ({"prompt": "p", "chosen": "same", "rejected": " same "}, "identical"),
     ({"prompt": "p", "chosen": "", "rejected": "no"}, "'chosen' is empty"),
     ({"prompt": "p", "chosen": "yes"}, "'rejected' is missing"),
     ({"chosen": "a", "rejected": "b"}, "no prompt"),
@@ -298,18 +304,58 @@ def test_dpo_raises_the_chosen_responses_likelihood(tiny_run, tmp_path, capsys):
 
 @pytest.mark.parametrize("method", ["reward", "dpo"])
 def test_nothing_held_out_means_no_validation_line(method, tiny_run, tmp_path, capsys):
-    """align.eval_examples=0 (as the chat demo sets it): periodic validation has nothing to
+    """finetune.eval_examples=0 (as the chat demo sets it): periodic validation has nothing to
     score, so it logs nothing, rather than a loss of nan and an accuracy of 0."""
     data, out = tmp_path / "pairs.jsonl", tmp_path / method
     write_court_pairs(data, n=40)
     code, printed, _ = run_cli(["finetune", method, "--base", tiny_run, "--data", data,
                                 "--out", out, *ALIGN_SMALL, "finetune.epochs=0",
                                 "train.max_steps=2", "train.eval_every=1",
-                                "align.eval_examples=0"], capsys)
+                                "finetune.eval_examples=0"], capsys)
     assert code == 0, printed
     assert "val_loss" not in printed and "nan" not in printed
     records = Run(out).metrics.read()
     assert records and not any("val_loss" in r for r in records)
+
+
+def write_book_preferences(path, n: int, ties: int) -> None:
+    """Chapter 7's preference JSON: a list of its instruction entries with chosen and
+    rejected added; in the first `ties`, chosen equals rejected (the book's file has 6 of
+    1,100)."""
+    rng = random.Random(0)
+    records = []
+    for i in range(n):
+        chosen = rng.choice(COURT)
+        records.append({"instruction": f"Name thing {i} of the court.", "input": "",
+                        "output": chosen, "chosen": chosen,
+                        "rejected": chosen if i < ties else rng.choice(COUNTRY)})
+    path.write_text(json.dumps(records, indent=4))
+
+
+@pytest.mark.parametrize("method", ["reward", "dpo"])
+def test_pairs_whose_chosen_equals_rejected_are_skipped_and_counted(method, tiny_run, tmp_path,
+                                                                    capsys):
+    """The book's file trains (its ties skipped, and counted in report.md), and the held-out
+    pairs scored are finetune.eval_examples of them; only a file of nothing but ties is
+    refused."""
+    data, out = tmp_path / "instruction-data-with-preference.json", tmp_path / method
+    write_book_preferences(data, n=40, ties=3)
+    code, printed, _ = run_cli(["finetune", method, "--base", tiny_run, "--data", data,
+                                "--out", out, *ALIGN_SMALL, "finetune.eval_examples=5",
+                                "finetune.epochs=0", "train.max_steps=1"], capsys)
+    assert code == 0, printed
+    report = Run(out).report_path.read_text().splitlines()
+    # 37 pairs left: int(37 * 0.25) = 9 held out.
+    assert f"- {data}: 28 training and 9 held-out preference pairs." in report
+    assert "- 3 pairs were skipped for having the same chosen and rejected response." in report
+    assert "- No pair was longer than 64 tokens (the model's context length)." in report
+    after = json.loads((Run(out).eval_dir / "after.json").read_text())
+    assert after["pairs" if method == "reward" else "total"] == 5  # pairs, or their prompts
+
+    write_book_preferences(data, n=4, ties=4)
+    _refused(["finetune", method, "--base", tiny_run, "--data", data, "--out", tmp_path / "o"],
+             capsys, tmp_path / "o", f"{data}: in all 4 pairs, 'chosen' and 'rejected' are "
+             "the same response")
 
 
 def write_prompts(path, n: int = 16) -> None:
@@ -318,7 +364,7 @@ def write_prompts(path, n: int = 16) -> None:
 
 
 RL_SMALL = ["train.dtype=fp32", "train.batch_size=4", "align.group_size=4",
-            "align.max_new_tokens=12", "align.eval_examples=8", "finetune.val_fraction=0.25",
+            "align.max_new_tokens=12", "finetune.eval_examples=8", "finetune.val_fraction=0.25",
             "train.log_every=1"]
 
 
@@ -405,7 +451,7 @@ def test_a_failing_reward_stops_the_run_with_its_checkpoint_intact(tiny_run, tmp
     CALLS["n"] = 0
     code, _, err = run_cli(["finetune", "rl", "--base", tiny_run, "--data", data, "--out", out,
                             *RL_SMALL, "align.reward=tests.test_alignment:reward_that_fails_later",
-                            "align.eval_examples=0", "train.eval_every=0", "train.max_steps=6",
+                            "finetune.eval_examples=0", "train.eval_every=0", "train.max_steps=6",
                             "train.checkpoint_every=2"], capsys)
     # One line after the progress bar, no traceback.
     assert code != 0 and "Traceback" not in err
@@ -424,11 +470,40 @@ def test_a_prompt_longer_than_the_context_is_refused(tiny_run, tmp_path, capsys)
     _refused(["finetune", "dpo", "--base", tiny_run, "--data", data, "--out", tmp_path / "o",
               "finetune.val_fraction=0.5"], capsys, tmp_path / "o",
              f"{data}:11: the prompt is")
+    _refused(["finetune", "dpo", "--base", tiny_run, "--data", data, "--out", tmp_path / "o",
+              "finetune.val_fraction=0.5"], capsys, tmp_path / "o", "finetune.overlong=skip")
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "word " * 200}) + "\n"
                        + json.dumps({"prompt": "short"}) + "\n")
     _refused(["finetune", "rl", "--base", tiny_run, "--data", prompts, "--out", tmp_path / "o",
               "finetune.val_fraction=0.5"], capsys, tmp_path / "o", "the prompt is")
+
+
+def test_overlong_skip_skips_long_pairs_and_prompts(tiny_run, tmp_path, capsys):
+    """finetune.overlong=skip: a pair or an RL prompt too long for the model is skipped and
+    counted in report.md, as a text or an instruction example is."""
+    data = tmp_path / "pairs.jsonl"
+    write_court_pairs(data, n=12)
+    with data.open("a") as f:
+        f.write(json.dumps({"prompt": "word " * 200, "chosen": "a", "rejected": "b"}) + "\n")
+    code, printed, _ = run_cli(["finetune", "dpo", "--base", tiny_run, "--data", data, "--out",
+                                tmp_path / "dpo", *ALIGN_SMALL, "finetune.overlong=skip",
+                                "finetune.epochs=0", "train.max_steps=1"], capsys)
+    assert code == 0, printed
+    assert ("- 1 pair was longer than 64 tokens (the model's context length): 1 was skipped."
+            in Run(tmp_path / "dpo").report_path.read_text().splitlines())
+    prompts = tmp_path / "prompts.jsonl"
+    write_prompts(prompts)
+    with prompts.open("a") as f:
+        f.write(json.dumps({"prompt": "word " * 200}) + "\n")
+    code, printed, _ = run_cli(["finetune", "rl", "--base", tiny_run, "--data", prompts,
+                                "--out", tmp_path / "rl", *RL_SMALL, "finetune.overlong=skip",
+                                "finetune.eval_examples=0",
+                                "align.reward=tests.test_alignment:e_reward",
+                                "train.max_steps=1"], capsys)
+    assert code == 0, printed
+    assert ("- 1 prompt was longer than 64 tokens (the model's context length): 1 was "
+            "skipped." in Run(tmp_path / "rl").report_path.read_text().splitlines())
 
 
 def test_a_reference_with_another_vocabulary_is_refused(tiny_run, tmp_path, capsys):

@@ -252,7 +252,7 @@ def test_dpo_two_processes_match_one(tmp_path, tiny_run):
     write_court_pairs(data, n=40)
     args = ["finetune", "dpo", "--base", str(tiny_run), "--data", str(data),
             "finetune.epochs=0", "train.max_steps=4", "train.log_every=1", "train.eval_every=0",
-            "align.eval_examples=0", "train.dtype=fp32", "train.lr=1e-3"]
+            "finetune.eval_examples=0", "train.dtype=fp32", "train.lr=1e-3"]
     for processes in (1, 2):
         launch(processes, *args, f"train.batch_size={8 // processes}",
                "--out", str(tmp_path / f"p{processes}"))

@@ -9,6 +9,7 @@ import signal
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from safetensors.torch import load_file
 
 from llmscratch.cli import main
@@ -17,12 +18,15 @@ from llmscratch.data.instruction_files import Conversation
 from llmscratch.errors import LLMScratchError
 from llmscratch.model import GPT, get_preset
 from llmscratch.recipes import finetune as finetune_module
+from llmscratch.recipes.report import counted, overlong_sentence
 from llmscratch.recipes.sft import ChatEncoder
 from llmscratch.runs.checkpoint import latest_checkpoint
+from llmscratch.runs.config import load_config
 from llmscratch.runs.load import load_for_inference, load_model
 from llmscratch.runs.run import Run
 from llmscratch.training.loop import Trainer, TrainingInterrupted
 from llmscratch.training.objectives import NextTokenPrediction
+from tests.test_finetune_data import write_sms
 
 try:
     import peft
@@ -201,6 +205,91 @@ def test_classify_last_block_saves_only_what_trains(tiny_run, tmp_path, capsys):
     code, printed, _ = run_cli(["finetune", "resume", out, "train.max_steps=4"], capsys)
     assert code == 0, printed
     assert latest_checkpoint(Run(out)).name == "step-00000004"
+
+
+# --- the run's length, the held-out size, the book's SMS file, report.md's sentences ---------
+
+
+def test_the_steps_given_win_over_the_epochs(tiny_run, tmp_path, capsys):
+    """train.max_steps given (on the command line or in the config file) is what trains: the
+    epochs of the method's defaults, or of the run being resumed, give way; both is refused."""
+    config = finetune_module.finetune_config("classify", None, "a.csv", ["train.max_steps=30"])
+    assert (config.train.max_steps, config.finetune.epochs) == (30, 0)
+    steps = tmp_path / "steps.yaml"
+    steps.write_text("train:\n  max_steps: 30\n")
+    config = finetune_module.finetune_config("sft", str(steps), "a.json")
+    assert (config.train.max_steps, config.finetune.epochs) == (30, 0)
+    with pytest.raises(LLMScratchError, match="both set the run's length; give one"):
+        finetune_module.finetune_config("classify", None, "a.csv",
+                                        ["train.max_steps=30", "finetune.epochs=2"])
+    data = tmp_path / "court.csv"
+    write_court_country(data, n=40)  # 28 training texts: an epoch is 4 steps of 8
+    code, printed, _ = run_cli(["finetune", "classify", "--base", tiny_run, "--data", data,
+                                "--out", tmp_path / "steps", "train.max_steps=2"], capsys)
+    assert code == 0, printed
+    assert latest_checkpoint(Run(tmp_path / "steps")).name == "step-00000002"
+    out = tmp_path / "epochs"
+    code, printed, _ = run_cli(["finetune", "classify", "--base", tiny_run, "--data", data,
+                                "--out", out], capsys)
+    assert code == 0, printed
+    assert latest_checkpoint(Run(out)).name == "step-00000004"
+    code, printed, _ = run_cli(["finetune", "resume", out, "train.max_steps=6"], capsys)
+    assert code == 0, printed
+    assert latest_checkpoint(Run(out)).name == "step-00000006"
+    assert Run(out).read_config().finetune.epochs == 0
+
+
+def test_one_key_sets_the_held_out_size(tiny_run, tmp_path, capsys):
+    """finetune.eval_examples: how many test texts a classifier is scored on (all of them by
+    default); align.eval_examples is refused naming it, and an old run's config.yaml that
+    has it is read with the size that run used."""
+    data, out = tmp_path / "court.csv", tmp_path / "clf"
+    write_court_country(data, n=40)
+    code, printed, _ = run_cli(["finetune", "classify", "--base", tiny_run, "--data", data,
+                                "--out", out, "train.max_steps=1", "finetune.eval_examples=3"],
+                               capsys)
+    assert code == 0, printed
+    after = json.loads((out / "eval" / "after.json").read_text())
+    assert sum(map(sum, after["confusion"])) == 3  # of the 8 test texts
+    with pytest.raises(LLMScratchError,
+                       match="'align.eval_examples' is now 'finetune.eval_examples'"):
+        finetune_module.finetune_config("dpo", None, "synthetic", ["align.eval_examples=5"])
+    old = tmp_path / "config.yaml"
+    for method, used in (("dpo", 7), ("reward", 7), ("rl", 7), ("sft", 200), ("classify", -1)):
+        old.write_text(yaml.safe_dump({"finetune": {"method": method, "eval_examples": 200},
+                                       "align": {"eval_examples": 7}}))
+        assert load_config(old).finetune.eval_examples == used, method
+
+
+@pytest.mark.parametrize("name", ["SMSSpamCollection.tsv", "SMSSpamCollection"])
+def test_the_books_sms_file_trains_under_any_name(name, tiny_run, tmp_path, capsys):
+    """The SMS Spam Collection as the book downloads it (label<TAB>text, no header) is known
+    by its first line: balanced and split as the book does, without finetune.data_format."""
+    data, out = tmp_path / name, tmp_path / "spam"
+    write_sms(data, n_ham=60, n_spam=20)
+    code, printed, _ = run_cli(["finetune", "classify", "--base", tiny_run, "--data", data,
+                                "--out", out, "train.max_steps=1"], capsys)
+    assert code == 0, printed
+    assert Run(out).read_info().labels == ["ham", "spam"]
+    sizes = [len(Run(out).split_path(split).read_text().splitlines())
+             for split in ("train", "validation", "test")]
+    assert sizes == [28, 4, 8]  # 20 ham and 20 spam, split 70/10/20
+    report = Run(out).report_path.read_text().splitlines()
+    assert f"- {data}: 28 training, 4 validation and 8 test texts; labels ham and spam." \
+        in report
+    assert "- No text was longer than 64 tokens (the model's context length)." in report
+
+
+def test_report_counts_are_sentences():
+    assert counted(0, "pair", "skipped") == "No pair was skipped."
+    assert counted(1, "pair", "skipped") == "1 pair was skipped."
+    assert counted(1100, "pair", "skipped") == "1,100 pairs were skipped."
+    assert overlong_sentence("text", 1024, False, 9977, 0) == (
+        "9,977 texts were longer than 1,024 tokens (the model's context length): 9,977 were "
+        "truncated to fit.")
+    assert overlong_sentence("example", 256, True, 1, 2) == (
+        "3 examples were longer than 256 tokens (finetune.max_len): 1 was truncated to fit "
+        "and 2 were skipped.")
 
 
 # --- instruction tuning and LoRA ------------------------------------------------------------

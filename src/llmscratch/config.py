@@ -78,6 +78,9 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     kwargs = {}
     for key, value in data.items():
         if key not in names:
+            renamed = getattr(cls, "RENAMED", {}).get(key)  # a key that moved elsewhere
+            if renamed:
+                raise LLMScratchError(f"config key '{prefix}{key}' is now '{renamed}'")
             raise LLMScratchError(
                 f"unknown config key '{prefix}{key}'{_suggest(key, names, prefix)}"
             )

@@ -20,8 +20,8 @@ from llmscratch.errors import LLMScratchError
 
 EXAMPLES = {
     "classify": "  llmscratch finetune classify --base runs/demo --data genres --out runs/genres\n"
-                "  llmscratch finetune classify --base runs/gpt2 --data SMSSpamCollection "
-                "--out runs/spam finetune.data_format=sms\n"
+                "  llmscratch finetune classify --base runs/gpt2 --data SMSSpamCollection.tsv "
+                "--out runs/spam\n"
                 "  llmscratch finetune classify --base runs/demo --data reviews.csv "
                 "--out runs/reviews finetune.trainable=lora\n",
     "sft": "  llmscratch finetune sft --base runs/demo --data synthetic --out runs/sft\n"

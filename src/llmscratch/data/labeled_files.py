@@ -13,7 +13,9 @@ Files read here (the format is chosen by the extension):
 - `.jsonl`: one JSON object per line, with the same two fields (a label may
   be a string or an integer).
 - the SMS Spam Collection the book uses (`read_sms_spam`): `label<TAB>text`,
-  no header, labels `ham` and `spam`.
+  no header, labels `ham` and `spam`. Whatever its name, `is_sms_spam`
+  knows it by its first line (`ham<TAB>Go until jurong point...`: a first
+  field `ham` or `spam`, where a header would name a column).
 
 Labels are numbered in sorted order (numerically when every label is an
 integer, so "2" comes before "10"). A validation or test file must use only
@@ -225,11 +227,23 @@ def check_labels(split: LabeledTexts, train: LabeledTexts) -> LabeledTexts:
 
 # ---- the book's SMS Spam Collection ---------------------------------------------------------
 
+def is_sms_spam(path: str | Path) -> bool:
+    """Whether a file looks like the SMS Spam Collection: its first line is `ham<TAB>...` or
+    `spam<TAB>...`, not a header. (A file that cannot be read is not: its reader says why.)"""
+    try:
+        with open(path, "rb") as file:
+            first = file.readline(4096)
+    except OSError:
+        return False
+    label, tab, _ = first.decode("utf-8", "replace").removeprefix("\ufeff").partition("\t")
+    return bool(tab) and label in SMS_LABELS
+
+
 def read_sms_spam(path: str | Path) -> LabeledTexts:
     """The SMS Spam Collection (`label<TAB>text`, no header), ham -> 0 and spam -> 1."""
     path = Path(path)
     texts, labels, lines = [], [], []
-    for line, row in _csv_rows(path, read_text_file(path), "\t"):
+    for line, row in _csv_rows(path, read_text_file(path).removeprefix("\ufeff"), "\t"):
         if len(row) != 2:
             raise LLMScratchError(f"{path}:{line}: expected 'label<TAB>text' (2 fields), "
                                   f"found {len(row)}")

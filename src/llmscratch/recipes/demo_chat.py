@@ -62,13 +62,13 @@ STAGES = {
     "sft": ["finetune.synthetic_train=20000", "train.lr=1e-3", "train.batch_size=16",
             "finetune.epochs=2", "finetune.eval_examples=0"],
     "reward": ["finetune.synthetic_train=2000", "train.lr=1e-4", "train.batch_size=16",
-               "align.eval_examples=400"],
+               "finetune.eval_examples=400"],
     # DPO alone (lr 3e-5) raised the preference margin but lowered exact match (66% -> 62%);
     # RPO's term on the chosen answers keeps them likely (69.5%). docs/alignment.md.
     "dpo": ["finetune.synthetic_train=2000", "train.lr=3e-5", "train.batch_size=16",
-            "align.eval_examples=0", "align.beta=0.1", "align.rpo_alpha=1.0"],
+            "finetune.eval_examples=0", "align.beta=0.1", "align.rpo_alpha=1.0"],
     "rl": ["train.max_steps=300", "train.lr=1e-4", "train.batch_size=8", "align.group_size=8",
-           "align.max_new_tokens=24", "align.kl_coef=0.04", "align.eval_examples=0",
+           "align.max_new_tokens=24", "align.kl_coef=0.04", "finetune.eval_examples=0",
            "train.eval_every=50", "finetune.synthetic_train=4000", "train.log_every=1"],
 }
 SAMPLE_CONVERSATIONS = 4

@@ -25,7 +25,8 @@ instruction_files.py), or "synthetic": checkable tasks generated from a seed
 (data/synthetic_tasks.py), whose held-out split is answered greedily before
 and after training and scored by exact match (evaluation/exact_match.py).
 For a file, held-out examples are the last finetune.val_fraction of it
-after a seeded shuffle, and are scored the same way.
+after a seeded shuffle, and are scored the same way; finetune.eval_examples
+of them are answered.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from llmscratch.distributed import DistInfo, unwrap
 from llmscratch.errors import LLMScratchError
 from llmscratch.evaluation.exact_match import exact_match
 from llmscratch.model import GPT
+from llmscratch.recipes.report import overlong_sentence
 from llmscratch.runs.config import RunConfig
 from llmscratch.runs.run import GenerationSettings, Run
 from llmscratch.tokenizer import Tokenizer
@@ -61,6 +63,7 @@ class InstructionTuning:
         self.stop_ids: list[int] = []
         self.tokenizer: Tokenizer | None = None
         self.label_names: list[str] = []  # (not a classifier)
+        self.limit = 0  # the most tokens an example may have
 
     def prepare(self, model: GPT, tokenizer: Tokenizer, base: Run, run: Run | None) -> None:
         ft = self.config.finetune
@@ -70,7 +73,7 @@ class InstructionTuning:
             raise LLMScratchError(f"the base run {base.path} has no end-of-text token to end "
                                   f"replies with ({base.INFO}: generation.stop_token_ids)")
         train, validation, tasks = self._read()
-        limit = ft.max_len or model.config.context_length
+        self.limit = limit = ft.max_len or model.config.context_length
         encode = ChatEncoder(tokenizer, settings, ft.prompt_format, ft.train_on == "all")
         self.train_examples = self._fit(encode.examples(train), limit)
         self.val_examples = self._fit(encode.examples(validation), limit)
@@ -78,7 +81,7 @@ class InstructionTuning:
             raise LLMScratchError(f"no training example is left after skipping those over "
                                   f"{limit} tokens; raise finetune.max_len")
         self.counts["train"], self.counts["validation"] = len(train), len(validation)
-        kept = validation[:ft.eval_examples]
+        kept = ft.scored(validation)
         self.heldout = [(encode.prompt_ids(c), c.response, task)
                         for c, task in zip(kept, tasks, strict=False)]
 
@@ -163,9 +166,9 @@ class InstructionTuning:
                  f"- {ft.data}: {c['train']:,} training and {c['validation']:,} held-out "
                  f"examples; prompts as {ft.prompt_format}, loss on "
                  f"{'every token' if ft.train_on == 'all' else 'the replies'}"
-                 f"{', packed' if ft.packing else ''}",
-                 f"- over {ft.max_len or 'the context length'} tokens: {c['truncated']} "
-                 f"truncated, {c['skipped']} skipped", ""]
+                 f"{', packed' if ft.packing else ''}.",
+                 "- " + overlong_sentence("example", self.limit, bool(ft.max_len),
+                                          c["truncated"], c["skipped"]), ""]
         if not after:
             return lines
         lines += ["## Held-out exact match", "", "| task | before | after |", "|---|---:|---:|"]
