@@ -128,6 +128,43 @@ def test_seconds_per_step_times_real_steps_after_the_warm_up(monkeypatch):
     assert batches == [(3, 16)] * 6
 
 
+def test_progress_without_a_terminal_is_a_few_plain_lines():
+    """In a log or CI (no terminal): whole lines, a bounded number, no carriage returns."""
+    import io
+
+    from llmscratch.progress import PlainProgress, progress
+
+    now, log = [0.0], io.StringIO()
+    bar = PlainProgress(4000, "demo", "step", stream=log, clock=lambda: now[0])
+    bar.set_postfix(loss="4.112")
+    for _ in range(4000):  # 0.15 s a step: 5% (200 steps) every 30 s
+        now[0] += 0.15
+        bar.update(1)
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and len(lines) == 20  # one each 5%
+    assert lines[0] == "demo: 200/4,000 step (5%), 30 s, 6.7 step/s, loss=4.112"
+    assert lines[-1] == "demo: 4,000/4,000 step (100%), 600 s, 6.7 step/s, loss=4.112"
+
+    log = io.StringIO()  # fast updates, no total: a line each 30 s, and the last
+    bar = PlainProgress(None, "words", "char", unit_scale=True, stream=log, clock=lambda: now[0])
+    for _ in range(400):
+        now[0] += 0.25
+        bar.update(1000)
+    bar.close()
+    assert log.getvalue().splitlines() == ["words: 120kchar, 30 s, 4.00kchar/s",
+                                           "words: 240kchar, 60 s, 4.00kchar/s",
+                                           "words: 360kchar, 90 s, 4.00kchar/s",
+                                           "words: 400kchar, 100 s, 4.00kchar/s"]
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert isinstance(progress(10, stream=io.StringIO()), PlainProgress)
+    assert not isinstance(progress(10, stream=Terminal()), PlainProgress)  # tqdm's live bar
+
+
 @pytest.fixture
 def bad_files(tmp_path):
     (tmp_path / "empty.txt").write_text("   \n")

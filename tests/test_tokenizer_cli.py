@@ -65,6 +65,13 @@ def test_train_plain_output_reports_time(tmp_path, corpus, capsys):
     assert "training time:" in out and "bytes/token" in out
 
 
+def test_train_progress_in_a_log_is_plain_lines(tmp_path, corpus, capsys):
+    code, _, err = run(capsys, "tokenizer", "train", "--data", str(corpus), "--vocab-size",
+                       "280", "--out", str(tmp_path / "t"))
+    assert code == 0 and "\r" not in err  # no terminal: no tqdm redraws
+    assert err.splitlines()[-1].startswith("BPE merges: 23/23 merge (100%)")
+
+
 def test_encode_decode_round_trip(trained, capsys, monkeypatch):
     out, _ = trained
     code, ids_json, _ = run(capsys, "tokenizer", "encode", "--tokenizer", str(out),
