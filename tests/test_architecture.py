@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "llmscratch"
 
 # Lowest first: a module may import from its own layer and the layers above it in this list.
 LAYERS = [
-    {"errors", "io", "config", "distributed"},  # what every stage needs, written once
+    {"errors", "io", "config", "distributed", "progress"},  # what every stage needs, once
     {"tokenizer"},
     {"data"},
     {"model"},

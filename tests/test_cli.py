@@ -1,6 +1,5 @@
 """The command line, end to end: pretrain -> eval -> generate, and every bad input."""
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -95,19 +94,75 @@ def test_demo_sizes_its_model_to_the_steps_that_fit(monkeypatch, tmp_path, secon
     assert chosen["model"].vocab_size == 2048  # the rest of configs/demo.yaml stays
 
 
-def test_seconds_per_step_times_a_real_step():
+def test_seconds_per_step_times_real_steps_after_the_warm_up(monkeypatch):
+    """On a clock that each step moves by a chosen time: the warm-up steps are not counted,
+    the result is the median of the timed ones, and each step is a real training step of
+    the configured batch (no test reads the wall clock)."""
     import torch
 
+    import llmscratch.training.throughput as throughput
+    from llmscratch.model import GPT
     from llmscratch.model.config import get_preset
     from llmscratch.runs.config import TrainConfig
-    from llmscratch.training.throughput import seconds_per_step
 
+    durations = iter([9.0, 9.0, 9.0, 0.5, 0.25, 0.75])  # 3 slow warm-up steps, then 3 timed
+    clock, batches = [0.0], []
+    loss = GPT.next_token_loss
+
+    def timed_loss(self, logits, targets):  # each step's loss moves the clock by its time
+        batches.append(tuple(targets.shape))
+        clock[0] += next(durations)
+        return loss(self, logits, targets)
+
+    class Clock:
+        @staticmethod
+        def perf_counter() -> float:
+            return clock[0]
+
+    monkeypatch.setattr(GPT, "next_token_loss", timed_loss)
+    monkeypatch.setattr(throughput, "time", Clock)
     model = get_preset("gpt2-tiny")
-    train = TrainConfig(batch_size=1, dtype="fp32")
-    small = seconds_per_step(model, train, torch.device("cpu"), steps=3)
-    bigger = seconds_per_step(model, dataclasses.replace(train, batch_size=128),
-                              torch.device("cpu"), steps=3)
-    assert 0 < small < bigger  # 128 times the tokens take longer
+    train = TrainConfig(batch_size=3, seq_len=16, dtype="fp32")
+    seconds = throughput.seconds_per_step(model, train, torch.device("cpu"), steps=3, warmup=3)
+    assert seconds == 0.5  # the median of 0.5, 0.25 and 0.75; the 9 s warm-up steps left out
+    assert batches == [(3, 16)] * 6
+
+
+def test_progress_without_a_terminal_is_a_few_plain_lines():
+    """In a log or CI (no terminal): whole lines, a bounded number, no carriage returns."""
+    import io
+
+    from llmscratch.progress import PlainProgress, progress
+
+    now, log = [0.0], io.StringIO()
+    bar = PlainProgress(4000, "demo", "step", stream=log, clock=lambda: now[0])
+    bar.set_postfix(loss="4.112")
+    for _ in range(4000):  # 0.15 s a step: 5% (200 steps) every 30 s
+        now[0] += 0.15
+        bar.update(1)
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and len(lines) == 20  # one each 5%
+    assert lines[0] == "demo: 200/4,000 step (5%), 30 s, 6.7 step/s, loss=4.112"
+    assert lines[-1] == "demo: 4,000/4,000 step (100%), 600 s, 6.7 step/s, loss=4.112"
+
+    log = io.StringIO()  # fast updates, no total: a line each 30 s, and the last
+    bar = PlainProgress(None, "words", "char", unit_scale=True, stream=log, clock=lambda: now[0])
+    for _ in range(400):
+        now[0] += 0.25
+        bar.update(1000)
+    bar.close()
+    assert log.getvalue().splitlines() == ["words: 120kchar, 30 s, 4.00kchar/s",
+                                           "words: 240kchar, 60 s, 4.00kchar/s",
+                                           "words: 360kchar, 90 s, 4.00kchar/s",
+                                           "words: 400kchar, 100 s, 4.00kchar/s"]
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert isinstance(progress(10, stream=io.StringIO()), PlainProgress)
+    assert not isinstance(progress(10, stream=Terminal()), PlainProgress)  # tqdm's live bar
 
 
 @pytest.fixture

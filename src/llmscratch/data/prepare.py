@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from llmscratch.data.documents import Piece, find_inputs, iter_pieces
 from llmscratch.data.manifest import (
@@ -49,6 +48,7 @@ from llmscratch.data.manifest import (
     write_manifest,
 )
 from llmscratch.errors import LLMScratchError
+from llmscratch.progress import progress
 from llmscratch.tokenizer import Tokenizer, open_tokenizer
 
 
@@ -229,7 +229,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     init_args = (str(out / TOKENIZER_DIR), cfg.val_fraction, dtype.name)
     started = time.perf_counter()
     documents = 0
-    with tqdm(total=total, unit="B", unit_scale=True, desc="prepare", dynamic_ncols=True) as bar:
+    with progress(total=total, unit="B", unit_scale=True, desc="prepare") as bar:
         for chunk in _encode_all(chunks, workers, init_args):
             writers["train"].write(chunk.train)
             writers["val"].write(chunk.val)

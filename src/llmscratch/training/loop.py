@@ -44,10 +44,10 @@ from typing import Any, Protocol
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
 from llmscratch.distributed import DistInfo, all_reduce_mean, all_reduce_sum, unwrap
 from llmscratch.errors import LLMScratchError, TrainingInterrupted
+from llmscratch.progress import progress, write
 from llmscratch.runs.checkpoint import TrainState, save_checkpoint
 from llmscratch.runs.config import TrainConfig
 from llmscratch.runs.run import Run
@@ -142,7 +142,7 @@ def stop_on_ctrl_c() -> Iterator[Callable[[], bool]]:
         if requested:
             raise KeyboardInterrupt
         requested = True
-        tqdm.write("stopping after this step (Ctrl-C again to abort without a checkpoint)")
+        write("stopping after this step (Ctrl-C again to abort without a checkpoint)")
 
     if threading.current_thread() is not threading.main_thread():
         yield lambda: False
@@ -208,7 +208,7 @@ class Trainer:
         self.peak_flops = peak_flops(device, cfg.peak_flops)
         self.metrics = run.metrics
         self.tensorboard: SummaryWriter | None = None
-        self.bar: tqdm | None = None
+        self.bar = None  # progress.progress(): a bar on a terminal, plain lines in a log
         self._window_start, self._window_tokens = time.perf_counter(), 0
         if device.type == "cpu":
             keep_freed_memory()  # big buffers reused step after step, not faulted in anew
@@ -287,8 +287,8 @@ class Trainer:
         self.model.train()
         if self.info.is_main and cfg.tensorboard:
             self.tensorboard = SummaryWriter(log_dir=str(self.run.tensorboard_dir))
-        self.bar = tqdm(total=cfg.max_steps, initial=state.step, desc=cfg.label, unit="step",
-                        dynamic_ncols=True, disable=not self.info.is_main)
+        self.bar = progress(total=cfg.max_steps, initial=state.step, desc=cfg.label,
+                            unit="step", disable=not self.info.is_main)
         started = time.perf_counter()
         self.restart_throughput_window()
         for callback in self.callbacks:
