@@ -5,6 +5,7 @@ import json
 import math
 import random
 import signal
+import sys
 
 import pytest
 import torch
@@ -426,7 +427,13 @@ def test_alignment_resume_is_bit_exact(method, tiny_run, tmp_path, monkeypatch):
     with pytest.raises(TrainingInterrupted):
         finetune_module.finetune(config(), tiny_run, tmp_path / "stopped")
     monkeypatch.undo()
-    finetune_module.resume(tmp_path / "stopped")
+    again = []
+    if method == "rl":  # code to import: named on the command line, not by config.yaml alone
+        with pytest.raises(LLMScratchError, match="does not choose code to run: name it on "
+                           "the command line .* align.reward=tests.test_alignment:e_reward`"):
+            finetune_module.resume(tmp_path / "stopped")
+        again = ["align.reward=tests.test_alignment:e_reward"]
+    finetune_module.resume(tmp_path / "stopped", again)
     straight = load_file(latest_checkpoint(Run(tmp_path / "straight")) / "model.safetensors")
     resumed = load_file(latest_checkpoint(Run(tmp_path / "stopped")) / "model.safetensors")
     assert latest_checkpoint(Run(tmp_path / "stopped")).name == "step-00000006"
@@ -439,7 +446,7 @@ CALLS = {"n": 0}
 
 def reward_that_fails_later(prompts, completions, **columns):
     CALLS["n"] += 1
-    if CALLS["n"] > 3:
+    if CALLS["n"] > CALLS.get("limit", 3):
         raise RuntimeError("the grader crashed")
     return [0.0] * len(completions)
 
@@ -455,11 +462,49 @@ def test_a_failing_reward_stops_the_run_with_its_checkpoint_intact(tiny_run, tmp
                             "train.checkpoint_every=2"], capsys)
     # One line after the progress bar, no traceback.
     assert code != 0 and "Traceback" not in err
-    assert "reward_that_fails_later raised RuntimeError: the grader crashed" in \
-        err.strip().splitlines()[-1]
+    last = err.strip().splitlines()[-1]
+    assert "reward_that_fails_later raised RuntimeError: the grader crashed" in last
+    assert "(the previous checkpoint, step-00000002, is intact)" in last
     checkpoint = latest_checkpoint(Run(out))
     assert checkpoint.name == "step-00000002"
     verify_checkpoint(checkpoint, Run(out))  # raises if anything in it were damaged
+
+
+def test_a_reward_that_fails_before_the_first_checkpoint_leaves_nothing(tiny_run, tmp_path,
+                                                                        capsys):
+    """The default reward on the user's own prompts is refused before the run exists; a
+    reward that fails on the first batch leaves no half-made run behind."""
+    data, out = tmp_path / "prompts.jsonl", tmp_path / "rl"
+    write_prompts(data)
+    _refused(["finetune", "rl", "--base", tiny_run, "--data", data, "--out", out, *RL_SMALL],
+             capsys, out, "task_rewards() missing")
+    CALLS.update(n=0, limit=1)  # the reward is tried once before training, then fails
+    try:
+        code, _, err = run_cli(["finetune", "rl", "--base", tiny_run, "--data", data, "--out",
+                                out, *RL_SMALL, "align.eval_examples=0", "train.eval_every=0",
+                                "align.reward=tests.test_alignment:reward_that_fails_later",
+                                "train.max_steps=4", "train.checkpoint_every=2"], capsys)
+    finally:
+        CALLS.pop("limit")
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "the grader crashed (no checkpoint had been written)" in last
+    assert f"{out} was removed" in last and not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["prompts.jsonl"]  # no temporary folder
+
+
+def test_a_reward_module_beside_the_user_is_imported(tmp_path, monkeypatch):
+    """`align.reward=my_rewards:exact`, as docs/rl.md shows, with my_rewards.py in the current
+    folder and no PYTHONPATH: the `llmscratch` script's sys.path does not hold that folder."""
+    (tmp_path / "beside_the_user.py").write_text(
+        "def exact(prompts, completions, **columns):\n"
+        "    return [float(c == 'yes') for c in completions]\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "beside_the_user", raising=False)
+    rewarder = Rewarder.function_named("beside_the_user:exact")
+    assert rewarder(ONE_PROMPT * 2, ["yes", "no"]) == [1.0, 0.0]
+    assert str(tmp_path) not in sys.path  # the path is as it was
+    sys.modules.pop("beside_the_user", None)
 
 
 def test_a_prompt_longer_than_the_context_is_refused(tiny_run, tmp_path, capsys):
@@ -541,3 +586,30 @@ def test_the_same_commands_run_on_an_imported_chat_model(tmp_path, capsys):
                                 "align.reward=tests.test_alignment:e_reward"], capsys)
     assert code == 0, printed
     assert len([r for r in Run(tmp_path / "rl").metrics.read() if "reward" in r]) == 2
+
+
+def test_a_run_resumes_from_another_folder_as_it_was_made(tiny_run, tmp_path, monkeypatch,
+                                                          capsys):
+    """The data file named relative to where the run was made is found from anywhere; a
+    resume may not make the run another method; its report counts this process's steps."""
+    made_in, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    made_in.mkdir()
+    elsewhere.mkdir()
+    write_court_pairs(made_in / "pairs.jsonl", n=40)
+    monkeypatch.chdir(made_in)
+    _stop_at(monkeypatch, 2)
+    code, _, _ = run_cli(["finetune", "dpo", "--base", tiny_run, "--data", "pairs.jsonl",
+                          "--out", "dpo", *ALIGN_SMALL, "finetune.trainable=lora",
+                          "finetune.epochs=0", "train.max_steps=4", "train.eval_every=2",
+                          "align.eval_examples=0"], capsys)
+    assert code == 130
+    monkeypatch.undo()
+    monkeypatch.chdir(elsewhere)
+    run = made_in / "dpo"
+    code, _, err = run_cli(["finetune", "resume", run, "finetune.method=sft"], capsys)
+    assert code == 2 and "finetune.method='sft' does not fit" in err
+    assert "trained with finetune.method='dpo'" in err
+    code, printed, err = run_cli(["finetune", "resume", run], capsys)
+    assert code == 0, err
+    assert "training: 2 steps in" in printed and "(steps 3 to 4 of the run)" in printed
+    assert latest_checkpoint(Run(run)).name == "step-00000004"

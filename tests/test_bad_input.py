@@ -13,7 +13,9 @@ import hashlib
 import json
 import os
 import pickle
+import resource
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -185,9 +187,37 @@ def test_a_full_disk_while_saving_leaves_the_last_checkpoint(place, capsys, monk
                  "train.checkpoint_every=5"]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
     assert last.startswith("error: cannot write checkpoint step-00000025")
-    assert "No space left on device" in last and "the previous checkpoint is intact" in last
+    assert "No space left on device" in last
+    assert "the previous checkpoint, step-00000020, is intact" in last
     assert latest_checkpoint(run).name == "step-00000020"  # verified intact
     assert not list(run.checkpoints_dir.glob(".*tmp"))  # no half-written folder left
+
+
+def test_a_failed_write_of_the_optimizer_state_is_one_line(place, capsys):
+    """torch.save reports a failed write as a RuntimeError that names no cause; the
+    OSError underneath is what the user sees. A real failure: the process may not write
+    a file larger than the weights, so model.safetensors fits and optimizer.pt does not."""
+    run = Run(place["run"])
+    checkpoint = latest_checkpoint(run)
+    weights, optimizer = ((checkpoint / name).stat().st_size
+                          for name in ("model.safetensors", "optimizer.pt"))
+    assert optimizer > weights + 1000
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a signal
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (weights + 1000, old_limit[1]))
+    try:
+        code = main(["pretrain", "--resume", str(run.path), "train.max_steps=30",
+                     "train.checkpoint_every=5"])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: cannot write checkpoint step-00000025") and \
+        "File too large" in last and "step-00000020, is intact" in last
+    assert latest_checkpoint(run).name == "step-00000020"  # verified intact
+    assert not list(run.checkpoints_dir.glob(".*tmp"))
 
 
 @pytest.mark.parametrize("argv", [

@@ -109,7 +109,11 @@ def test_corrupt_checkpoint_is_detected_and_fallback_only_when_asked(run, tmp_pa
         latest_checkpoint(Run(broken))
     assert main(["pretrain", "--resume", str(broken)]) == 2
     err = capsys.readouterr().err.strip()
-    assert expected in err and "--fallback" in err and "\n" not in err
+    assert expected in err and "\n" not in err
+    hint = f"`llmscratch pretrain --resume {broken} --fallback` continues from the newest intact"
+    assert hint in err
+    assert main(["generate", "--run", str(broken), "--prompt", "a"]) == 2  # the same hint,
+    assert hint in capsys.readouterr().err  # which exists: generate has no --resume
     assert main(["pretrain", "--resume", str(broken), "--fallback", "train.max_steps=8"]) == 0
     assert "falling back to step-00000006" in capsys.readouterr().err
     assert latest_checkpoint(Run(broken)).name == "step-00000008"  # rewritten, intact
@@ -243,7 +247,7 @@ def test_ten_non_finite_steps_in_a_row_stop_the_run_with_its_checkpoint_intact(
                  "train.eval_every=0"]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
     assert last == ("error: 10 non-finite steps in a row trying step 5; lower train.lr or "
-                    "use train.dtype=fp32 (the last checkpoint is intact)")
+                    "use train.dtype=fp32 (the previous checkpoint, step-00000004, is intact)")
     skipped = [(r["step"], r["bad_loss"]) for r in records(out) if "skipped" in r]
     assert skipped == [(3, "nan")] + [(5, "nan")] * 10
     assert [r["step"] for r in records(out) if "loss" in r] == [1, 2, 3, 4]
@@ -251,6 +255,18 @@ def test_ten_non_finite_steps_in_a_row_stop_the_run_with_its_checkpoint_intact(
     monkeypatch.undo()  # the cause is gone (say, a lower learning rate): resume
     assert main(["pretrain", "--resume", str(out)]) == 0
     assert latest_checkpoint(Run(out)).name == "step-00000008"
+
+
+def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(
+        tmp_path, small_text, monkeypatch, capsys):
+    out = tmp_path / "run"
+    poison(monkeypatch, bad_calls=set(range(100)))  # every step is bad from the first
+    assert main(["pretrain", "--config", TINY_CONFIG, "--data", str(small_text), *QUIET,
+                 "--out", str(out), "train.max_steps=8", "train.eval_every=0"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"error: 10 non-finite steps in a row trying step 1; lower train.lr or "
+                    f"use train.dtype=fp32 (no checkpoint had been written); {out} was removed")
+    assert list(tmp_path.iterdir()) == []  # no half-made run, no temporary folder
 
 
 @pytest.mark.parametrize("max_norm", [1e-3, 1e3])

@@ -1,14 +1,18 @@
 """The command line, end to end: pretrain -> eval -> generate, and every bad input."""
 
+import argparse
+import ast
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from llmscratch import __version__
-from llmscratch.cli import main
+from llmscratch.cli import build_parser, main
 from llmscratch.errors import LLMScratchError
 from tests.conftest import TINY_CONFIG
 
@@ -247,3 +251,51 @@ def test_generate_and_eval_take_a_device_and_a_dtype(tiny_run, small_text, capsy
         assert main(["eval", "--run", str(tiny_run), "--data", str(small_text),
                      "--device", "cuda"]) == 2
         assert "no CUDA GPU is visible" in capsys.readouterr().err
+
+
+# --- the commands that messages name ---------------------------------------------------------
+
+SOURCE = Path(__file__).resolve().parents[1] / "src" / "llmscratch"
+SPEAKERS = {"LLMScratchError", "print", "say", "warn", "write"}  # calls whose text users read
+
+
+def spoken_texts():
+    """(file, text) of every string a message is made of, placeholders as VALUE."""
+    for path in sorted(SOURCE.rglob("*.py")):
+        for call in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            name = getattr(call, "func", None)
+            name = getattr(name, "id", None) or getattr(name, "attr", None)
+            if not isinstance(call, ast.Call) or name not in SPEAKERS:
+                continue
+            for node in (n for arg in call.args for n in ast.walk(arg)):
+                if isinstance(node, ast.JoinedStr):
+                    yield path.name, "".join(v.value if isinstance(v, ast.Constant)
+                                             else "VALUE" for v in node.values)
+                elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    yield path.name, node.value
+
+
+def test_every_command_a_message_names_exists():
+    """A quoted command in a message (`llmscratch finetune resume RUN --fallback`) names
+    a command and options that the parser has; a quoted option says which command it is
+    of (`--resume RUN --fallback` alone could be any, and was none)."""
+    parser = build_parser()
+    hints = [(name, hint) for name, text in spoken_texts()
+             for hint in re.findall(r"`([^`]*)`", text)
+             if hint.startswith(("llmscratch ", "-"))]
+    assert len(hints) > 20  # the walk finds them
+    for name, hint in hints:
+        words = hint.split()
+        assert words[0] == "llmscratch", f"{name}: `{hint}` does not say which command"
+        command, words = parser, words[1:]
+        while words and words[0] in _subcommands(command):
+            command = _subcommands(command)[words.pop(0)]
+        assert command is not parser, f"{name}: `{hint}` names no command"
+        for option in (w.split("=")[0] for w in words if w.startswith("--")):
+            assert option in command._option_string_actions, \
+                f"{name}: `{hint}`: {command.prog} has no {option}"
+
+
+def _subcommands(parser) -> dict:
+    return next((a.choices for a in parser._actions
+                 if isinstance(a, argparse._SubParsersAction)), {})

@@ -423,3 +423,57 @@ def test_adapters_are_never_laid_over_another_base(tiny_run, tmp_path, capsys):
     code, _, err = run_cli(["generate", "--run", run_dir, "--prompt", "a", "--max-new-tokens",
                             "2"], capsys)
     assert code != 0 and "was trained on another" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_run_never_replaces_what_it_is_made_from(tiny_run, tmp_path, capsys):
+    """--out may not name the run a command reads, nor any run that one builds on, even
+    with --overwrite; a folder of the user's files is never written into; every refusal
+    is one line that changes nothing."""
+    from tests.test_bad_input import snapshot
+
+    base, sft = tmp_path / "base", tmp_path / "sft"
+    shutil.copytree(tiny_run, base)
+    assert run_cli(["finetune", "sft", "--base", base, "--data", "synthetic", "--out", sft,
+                    *SFT_SMALL, "finetune.trainable=lora", "finetune.epochs=0",
+                    "train.max_steps=1"], capsys)[0] == 0
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    cases = [
+        (["finetune", "dpo", "--base", sft, "--data", "synthetic", "--out", sft],
+         f"--out {sft} would replace {sft}, the run it reads"),
+        (["finetune", "dpo", "--base", sft, "--data", "synthetic", "--out", base],
+         f"--out {base} would replace {base}, a run that {sft} builds on"),
+        (["finetune", "sft", "--base", base, "--data", "synthetic", "--out", tmp_path],
+         f"--out {tmp_path} would replace {base}"),
+        (["finetune", "rl", "--base", base, "--data", "synthetic", "--out", sft,
+          f"align.reward_model={sft}"], f"--out {sft} would replace {sft}, the run it reads"),
+        (["lora", "merge", "--run", sft, "--out", sft], "the run it reads"),
+        (["lora", "merge", "--run", sft, "--out", base], f"a run that {sft} builds on"),
+        (["lora", "import", "--base", base, "--adapter", mine, "--out", base],
+         "the run it reads"),
+        (["lora", "export", "--run", sft, "--out", mine],
+         f"{mine} exists and is not a PEFT adapter folder"),
+        (["lora", "export", "--run", sft, "--out", base], "is not a PEFT adapter folder"),
+    ]
+    for argv, message in cases:
+        for overwrite in ([], ["--overwrite"]):
+            before = snapshot(tmp_path)
+            code, _, err = run_cli([*argv, *overwrite], capsys)
+            assert code == 2 and len(err.strip().splitlines()) == 1, err
+            assert message in err, err
+            assert snapshot(tmp_path) == before
+    # A run that exists: the hint names the command that continues it.
+    code, _, err = run_cli(["finetune", "sft", "--base", base, "--data", "synthetic",
+                            "--out", sft], capsys)
+    assert code == 2 and f"(or continue it: `llmscratch finetune resume {sft}`)" in err
+    # An adapter folder is replaced with --overwrite, as a whole and at once.
+    adapter = tmp_path / "adapter"
+    assert run_cli(["lora", "export", "--run", sft, "--out", adapter], capsys)[0] == 0
+    (adapter / "stale.txt").write_text("from the earlier export")
+    code, _, err = run_cli(["lora", "export", "--run", sft, "--out", adapter], capsys)
+    assert code == 2 and "already exists; pass --overwrite" in err
+    assert run_cli(["lora", "export", "--run", sft, "--out", adapter, "--overwrite"],
+                   capsys)[0] == 0
+    assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json",
+                                                         "adapter_model.safetensors"]

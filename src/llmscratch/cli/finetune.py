@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from llmscratch.cli.common import add_command, add_group, say
+from llmscratch.cli.common import add_command, add_group, say, training_line
 from llmscratch.errors import LLMScratchError
 
 EXAMPLES = {
@@ -69,7 +69,9 @@ def register(sub) -> None:
         p.set_defaults(func=cmd_finetune, method=method)
     p = add_command(commands, "resume", "Continue a fine-tuning run from its newest checkpoint.",
                     "  llmscratch finetune resume runs/sft\n"
-                    "  llmscratch finetune resume runs/sft finetune.epochs=3   # train longer\n")
+                    "  llmscratch finetune resume runs/sft finetune.epochs=3   # train longer\n"
+                    "  llmscratch finetune resume runs/rl align.reward=my_rewards:score  "
+                    "# code to run: named here, not by the run's saved config\n")
     p.add_argument("run", help="the fine-tuning run")
     p.add_argument("--fallback", action="store_true", help="if the newest checkpoint is "
                    "corrupt, continue from the newest intact one")
@@ -145,7 +147,7 @@ def _print_result(result) -> None:
 
     if result.rank:
         return
-    say(f"\ntraining: {result.steps:,} steps in {result.train_seconds:.0f} s")
+    say("\n" + training_line(result.steps, result.first_step, result.train_seconds))
     for key, label in HEADLINES[result.method]:
         if key in result.after:
             form = "{:.3f}" if key == "mean_reward" else "{:.1%}"  # a reward, or a share

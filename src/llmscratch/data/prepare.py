@@ -48,6 +48,7 @@ from llmscratch.data.manifest import (
     write_manifest,
 )
 from llmscratch.errors import LLMScratchError
+from llmscratch.io import check_output_folder
 from llmscratch.progress import progress
 from llmscratch.tokenizer import Tokenizer, open_tokenizer
 
@@ -255,17 +256,10 @@ def prepare(cfg: PrepareConfig) -> dict:
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    """Fail, changing nothing, unless `out` is new, empty, or prepared data to replace."""
-    if out.exists() and not out.is_dir():
-        raise LLMScratchError(f"--out {out} is a file; give a directory")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    if not (out / MANIFEST).is_file():
-        raise LLMScratchError(f"{out} exists and is not prepared data (no {MANIFEST}); nothing "
-                              "was changed: choose another --out")
-    if not overwrite:
-        raise LLMScratchError(f"output directory {out} already exists; use --overwrite to "
-                              "replace it, or choose another --out")
+    """Fail, changing nothing, unless `out` is new, empty, or prepared data to replace
+    (the rule of every output folder: io.py, `check_output_folder`)."""
+    check_output_folder(out, overwrite, lambda path: (path / MANIFEST).is_file(),
+                        "prepared data")
 
 
 def _encode_all(chunks: Iterator[list[Piece]], workers: int, init_args: tuple

@@ -89,8 +89,8 @@ def run_chat_demo(out: Path, base: Path | None, seed: int, say=print) -> ChatDem
     if out.exists() and not (out / REPORT).is_file() and any(out.iterdir()):
         raise LLMScratchError(f"{out} exists and is not an earlier `demo chat`; choose "
                               "another --out")
-    for stage in ("base", "sft", "reward", "dpo", "rl"):
-        Run.check_new(out / stage, overwrite=True)  # only runs are ever replaced
+    for stage in ("base", "sft", "reward", "dpo", "rl"):  # only runs are ever replaced,
+        Run.check_new(out / stage, overwrite=True, inputs=[base] if base else [])  # not base
     if base is not None:
         Run.open(base)
     result = ChatDemoResult(out)

@@ -69,6 +69,7 @@ class PretrainResult:
     samples: list[tuple[str, str]]  # (prompt, completion)
     rank: int = 0  # under torchrun, only rank 0 reports
     steps: int = 0  # optimizer steps done in all (train.max_steps unless stopped early)
+    first_step: int = 0  # the step this process started from (0, or a resumed checkpoint's)
 
 
 class SampleText(Callback):
@@ -118,10 +119,11 @@ def pretrain(config: RunConfig, out_dir: Path, overwrite: bool = False) -> Pretr
                        data.tokenizer, overwrite)
         barrier(info)
         run = Run(out_dir)
-        if data is None:
-            data = load_data(config, info, run.tokenizer())
-        with run.lock() if info.is_main else contextlib.nullcontext():
-            return _train(config, run, data, None, info, device)
+        with run.removed_without_checkpoint() if info.is_main else contextlib.nullcontext():
+            if data is None:
+                data = load_data(config, info, run.tokenizer())
+            with run.lock() if info.is_main else contextlib.nullcontext():
+                return _train(config, run, data, None, info, device)
 
 
 def resume(run_dir: Path, overrides: list[str] | tuple = (), fallback: bool = False
@@ -213,12 +215,14 @@ def _train(config: RunConfig, run: Run, data: RunData, ckpt: Path | None, info: 
                       run, device, info, evaluate, callbacks,
                       raw_model.flops_per_token(seq_len))
     started = time.perf_counter()
-    tokens_before = state.tokens_seen
+    tokens_before, first_step = state.tokens_seen, state.step
     state = trainer.fit(state)
     train_seconds = time.perf_counter() - started
     tok_per_s = (state.tokens_seen - tokens_before) / max(train_seconds, 1e-9)
-    return _finish(config, run, raw_model, data, samples, state, info,
-                   train_seconds, tok_per_s)
+    result = _finish(config, run, raw_model, data, samples, state, info,
+                     train_seconds, tok_per_s)
+    result.first_step = first_step
+    return result
 
 
 def _save_plan(run: Run, config: RunConfig, info: DistInfo):

@@ -95,6 +95,7 @@ class ReinforcementLearning:
             raise LLMScratchError(f"no training prompt is left after skipping those of "
                                   f"{self.limit} tokens or more; raise finetune.max_len")
         self.rewarder = self._rewarder(tokenizer)
+        self._try_reward()
         if align.kl_coef > 0:  # the model as it is now, before any training, frozen
             self.reference = load_reference(align.reference, model, tokenizer) \
                 if align.reference else copy.deepcopy(model).requires_grad_(False)
@@ -146,6 +147,24 @@ class ReinforcementLearning:
                               config.finetune.prompt_format, False)
         return Rewarder(f"the reward model {run.path}", model=model.requires_grad_(False),
                         encoder=encoder)
+
+    def _try_reward(self) -> None:
+        """Reward an empty answer (one the policy can give) to the first prompts now, before
+        the run exists: a function that does not fit the data fails here, changing nothing
+        (the default synthetic reward, say, on prompts without the tasks' columns)."""
+        if self.rewarder.model is not None or not self.prompts:
+            return
+        first = self.prompts[:2]
+        try:
+            self.rewarder(first, [""] * len(first))
+        except LLMScratchError as err:
+            align, data = self.config.align, self.config.finetune.data
+            hint = ("; align.reward=synthetic scores the synthetic tasks' answers, from their "
+                    "columns task, instruction, input and output: give align.reward="
+                    "module:function or align.reward_model=RUN"
+                    if align.reward == "synthetic" and data != "synthetic" else "")
+            raise LLMScratchError(f"{err} (tried on the first prompts of {data} before "
+                                  f"training; nothing was written){hint}") from None
 
     def save_data(self, run: Run) -> None:
         """Nothing: the prompts are read (or generated) and held out again from the seed."""

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import sys
 import time
 from collections.abc import Callable
 
@@ -48,6 +50,21 @@ from llmscratch.training.objectives import RolloutBatch
 GROUP_STD_EPS = 1e-4  # added to a group's standard deviation before dividing (as TRL does)
 
 
+def import_from_here(module_name: str):
+    """Import a module with the current folder first on the path, as `python -m` has it
+    (the `llmscratch` script has its own folder there instead): `align.reward=
+    my_rewards:score` finds my_rewards.py beside the user, as TRL users expect."""
+    here = os.getcwd()
+    added = here not in sys.path
+    if added:
+        sys.path.insert(0, here)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        if added:
+            sys.path.remove(here)
+
+
 class Rewarder:
     """The reward of each completion: a Python function, or a reward-model run's head."""
 
@@ -62,7 +79,7 @@ class Rewarder:
             return cls("synthetic (data/synthetic_tasks.py: task_rewards)", task_rewards)
         module_name, _, attribute = spec.partition(":")
         try:
-            function = getattr(importlib.import_module(module_name), attribute)
+            function = getattr(import_from_here(module_name), attribute)
         except (ImportError, AttributeError) as err:
             raise LLMScratchError(f"align.reward={spec}: cannot import it ({err})") from None
         if not callable(function):
@@ -82,17 +99,16 @@ class Rewarder:
             rewards = self.function(prompts=texts, completions=completions, **columns)
         except Exception as err:  # the user's code: its failure is named, not a traceback
             raise LLMScratchError(f"the reward function {self.name} raised "
-                                  f"{type(err).__name__}: {err} (the last checkpoint is "
-                                  "intact)") from None
+                                  f"{type(err).__name__}: {err}") from None
         if not isinstance(rewards, (list, tuple)) or len(rewards) != len(completions):
             raise LLMScratchError(f"the reward function {self.name} must return a list of "
                                   f"{len(completions)} numbers, one a completion; it returned "
-                                  f"{type(rewards).__name__} (the last checkpoint is intact)")
+                                  f"{type(rewards).__name__}")
         for value in rewards:
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
                     or not math.isfinite(value):
                 raise LLMScratchError(f"the reward function {self.name} returned {value!r}, "
-                                      "not a finite number (the last checkpoint is intact)")
+                                      "not a finite number")
         return [float(r) for r in rewards]
 
     def _model_scores(self, prompts: list[Prompt], completions: list[str]) -> list[float]:

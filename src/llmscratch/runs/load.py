@@ -42,10 +42,8 @@ from llmscratch.runs.checkpoint import (
     verify_checkpoint,
 )
 from llmscratch.runs.config import RunConfig
-from llmscratch.runs.run import GenerationSettings, Run
+from llmscratch.runs.run import MAX_BASE_DEPTH, GenerationSettings, Run
 from llmscratch.tokenizer import Tokenizer
-
-MAX_BASE_DEPTH = 8  # a run built on a run built on ...: more than this is a cycle
 
 
 def load_model(run: Run, checkpoint: str | None = None, _depth: int = 0) -> GPT:

@@ -57,7 +57,13 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from llmscratch.errors import LLMScratchError
-from llmscratch.io import atomic_write_bytes, atomic_write_json, read_json
+from llmscratch.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    check_output_folder,
+    read_json,
+    write_folder,
+)
 from llmscratch.model.hf_config import family_of
 from llmscratch.model.hf_weights import their_shapes, weight_links
 from llmscratch.model.lora import (
@@ -120,7 +126,9 @@ def export_peft_adapter(model: GPT, out: str | Path, base_model_name_or_path: st
     `base_model_name_or_path` is recorded in adapter_config.json (PEFT loads
     that model when none is given); it should name the model exported from
     the same base weights (runs/hf_export.py). Adapters must be unmerged:
-    merged ones are already inside the weights.
+    merged ones are already inside the weights. `out` follows the rule of
+    every output folder (io.py: `check_output_folder`): a folder of other
+    files is never written into, an adapter folder replaced only with `overwrite`.
     """
     out = Path(out)
     layers = lora_layers(model)
@@ -129,7 +137,7 @@ def export_peft_adapter(model: GPT, out: str | Path, base_model_name_or_path: st
     if any(layer.merged for layer in layers.values()):
         raise LLMScratchError("the LoRA layers are merged into the weights; unmerge_lora "
                               "before exporting the adapter")
-    _check_target(out, overwrite)
+    check_output_folder(out, overwrite, is_adapter_folder, "a PEFT adapter folder")
     targets = hf_layers(model)
     tensors, ranks, alphas = {}, {}, {}
     for name, layer in layers.items():
@@ -144,9 +152,13 @@ def export_peft_adapter(model: GPT, out: str | Path, base_model_name_or_path: st
             tensors[f"{PREFIX}{theirs}.lora_B.weight"] = B.cpu().clone()
             ranks[theirs], alphas[theirs] = layer.rank, layer.alpha
     config = _adapter_config(layers, targets, ranks, alphas, base_model_name_or_path)
-    atomic_write_bytes(out / WEIGHTS_FILE, safetensors_bytes(tensors, metadata={"format": "pt"}))
-    atomic_write_json(out / CONFIG_FILE, config, indent=2)
-    return out
+    weights = safetensors_bytes(tensors, metadata={"format": "pt"})
+
+    def write(folder: Path) -> None:
+        atomic_write_bytes(folder / WEIGHTS_FILE, weights)
+        atomic_write_json(folder / CONFIG_FILE, config, indent=2)
+
+    return write_folder(out, write)
 
 
 def _adapter_config(layers: dict[str, LoRALinear], targets: dict[str, HFLayer],
@@ -185,13 +197,9 @@ def _number(x: float) -> int | float:
     return int(x) if float(x).is_integer() else float(x)
 
 
-def _check_target(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise LLMScratchError(f"{out} is a file; give a folder for the adapter")
-    existing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if (out / name).exists()]
-    if existing and not overwrite:
-        raise LLMScratchError(f"{out} already holds {existing[0]}; choose a new folder or "
-                              "pass overwrite")
+def is_adapter_folder(path: Path) -> bool:
+    """Whether `path` holds a PEFT adapter (its adapter_config.json)."""
+    return (path / CONFIG_FILE).is_file()
 
 
 # --- import ----------------------------------------------------------------------------

@@ -315,6 +315,8 @@ class Trainer:
                     self._after_step(state, out, done=state.step >= cfg.max_steps or out_of_time)
                     for callback in self.callbacks:
                         callback.on_step_end(self, state)
+        except LLMScratchError as err:  # a fault met while training: say what it left
+            raise LLMScratchError(f"{err} ({self.run.checkpoint_note()})") from None
         finally:
             self._close_bar()  # before any error is printed, so it gets a line of its own
             if self.tensorboard is not None:
@@ -358,7 +360,7 @@ class Trainer:
         if bad_in_a_row >= MAX_BAD_STEPS:
             raise LLMScratchError(
                 f"{bad_in_a_row} non-finite steps in a row trying step {state.step + 1}; "
-                "lower train.lr or use train.dtype=fp32 (the last checkpoint is intact)")
+                "lower train.lr or use train.dtype=fp32")
 
     def _out_of_time(self, state: TrainState, started: float) -> bool:
         """cfg.max_seconds ends the run like its last step (evaluate, checkpoint)."""
