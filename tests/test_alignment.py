@@ -481,7 +481,7 @@ def test_a_reward_that_fails_before_the_first_checkpoint_leaves_nothing(tiny_run
     CALLS.update(n=0, limit=1)  # the reward is tried once before training, then fails
     try:
         code, _, err = run_cli(["finetune", "rl", "--base", tiny_run, "--data", data, "--out",
-                                out, *RL_SMALL, "align.eval_examples=0", "train.eval_every=0",
+                                out, *RL_SMALL, "finetune.eval_examples=0", "train.eval_every=0",
                                 "align.reward=tests.test_alignment:reward_that_fails_later",
                                 "train.max_steps=4", "train.checkpoint_every=2"], capsys)
     finally:
@@ -601,7 +601,7 @@ def test_a_run_resumes_from_another_folder_as_it_was_made(tiny_run, tmp_path, mo
     code, _, _ = run_cli(["finetune", "dpo", "--base", tiny_run, "--data", "pairs.jsonl",
                           "--out", "dpo", *ALIGN_SMALL, "finetune.trainable=lora",
                           "finetune.epochs=0", "train.max_steps=4", "train.eval_every=2",
-                          "align.eval_examples=0"], capsys)
+                          "finetune.eval_examples=0"], capsys)
     assert code == 130
     monkeypatch.undo()
     monkeypatch.chdir(elsewhere)
