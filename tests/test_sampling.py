@@ -95,6 +95,9 @@ def test_temperature_zero_is_greedy():
     ("repetition_penalty", float("nan"), "repetition_penalty must be a finite number > 0"),
     ("frequency_penalty", 3.0, "frequency_penalty must be in [-2, 2]"),
     ("presence_penalty", float("nan"), "presence_penalty must be in [-2, 2]"),
+    ("seed", 2**64, "seed must be an integer from -2**63 to 2**64 - 1"),
+    ("seed", -(2**63) - 1, "seed must be an integer from -2**63 to 2**64 - 1"),
+    ("seed", 1.5, "seed must be an integer"),
 ])
 def test_sampling_settings_that_mean_nothing_are_refused(field, value, message):
     with pytest.raises(LLMScratchError) as err:
