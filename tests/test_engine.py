@@ -195,6 +195,8 @@ def test_a_request_that_can_never_fit_is_refused_when_added():
         engine.add(prompts([64])[0], SamplingConfig())
     with pytest.raises(LLMScratchError, match="512, which is not a token id"):
         engine.add([5, 512], SamplingConfig(max_new_tokens=1))  # the model has 512 rows
+    with pytest.raises(LLMScratchError, match="logit_bias names token 600"):
+        engine.add([5], SamplingConfig(max_new_tokens=1, logit_bias={3: 1.0, 600: 1.0}))
 
 
 def test_penalties_in_the_engine_equal_those_of_the_single_request_loop():

@@ -88,6 +88,10 @@ class Engine:
         if unknown:
             raise LLMScratchError(f"the prompt holds {unknown[0]!r}, which is not a token id of "
                                   f"this model (0 to {vocab - 1})")
+        drawn = self.vocab_size or vocab  # the ids sampling can draw
+        if any(t >= drawn for t in sampling.logit_bias or {}):
+            raise LLMScratchError(f"logit_bias names token {max(sampling.logit_bias)}; the "
+                                  f"vocabulary's ids are 0 to {drawn - 1}")
         if len(prompt_ids) >= context:
             raise LLMScratchError(f"the prompt is {len(prompt_ids)} tokens; the model's context "
                                   f"length is {context}; shorten the prompt")
