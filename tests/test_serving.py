@@ -259,6 +259,7 @@ def test_a_request_the_engine_fails_on_gets_an_error_and_the_others_go_on(server
     metrics = server.metrics()
     assert metrics["llmscratch_request_errors_total"] == before + 2
     assert metrics["llmscratch_kv_blocks_used"] == 0
+    assert server.state.active == 0  # every request gave its place back
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
@@ -321,6 +322,13 @@ BAD_FIELDS = [
     ({"response_format": {"type": "json_object"}}, "response_format"),
     ({"model": 5}, "model"),
 ]
+BAD_MESSAGES = [
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "messages"),
+    ({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:,"}}]}]}, "messages"),
+    ({"messages": [{"role": "user"}]}, "messages"),
+    ({"messages": "hi"}, "messages"),
+]
 
 
 @pytest.mark.parametrize("path, base", [
@@ -329,7 +337,7 @@ BAD_FIELDS = [
 ])
 def test_every_sampling_field_out_of_range_is_a_400_naming_it(server, path, base):
     headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
-    for fields, param in BAD_FIELDS:
+    for fields, param in BAD_FIELDS + (BAD_MESSAGES if path.startswith("chat") else []):
         body = json.dumps({"model": "tiny", **base, **fields})  # NaN as Python's json writes it
         answer = httpx.post(f"{server.url}/v1/{path}", headers=headers, content=body)
         assert answer.status_code == 400, (fields, answer.text)

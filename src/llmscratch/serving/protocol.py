@@ -191,8 +191,12 @@ def parse_chat(body: dict, vocab_size: int) -> tuple[list[dict], Params]:
                            f"{', '.join(ROLES)}", "messages")
         content = message.get("content")
         if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
-            content = "".join(part.get("text", "") for part in content
-                              if isinstance(part, dict) and part.get("type") == "text")
+            texts = [part.get("text") if isinstance(part, dict) and part.get("type") == "text"
+                     else None for part in content]
+            if not all(isinstance(text, str) for text in texts):  # an image is not dropped
+                raise APIError(400, f"messages[{i}].content: only text parts "
+                               '({"type": "text", "text": "..."}) are supported', "messages")
+            content = "".join(texts)
         if not isinstance(content, str):
             raise APIError(400, f"messages[{i}].content must be text", "messages")
         checked.append({"role": message["role"], "content": content})
