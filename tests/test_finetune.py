@@ -12,12 +12,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from llmscratch.cli import main
+from llmscratch.data.chat_examples import ChatEncoder
 from llmscratch.data.examples import IGNORE, Example, ExampleBatches, collate
 from llmscratch.data.instruction_files import Conversation
 from llmscratch.errors import LLMScratchError
 from llmscratch.model import GPT, get_preset
 from llmscratch.recipes import finetune as finetune_module
-from llmscratch.recipes.sft import ChatEncoder
 from llmscratch.runs.checkpoint import latest_checkpoint
 from llmscratch.runs.load import load_for_inference, load_model
 from llmscratch.runs.run import Run

@@ -8,8 +8,8 @@ tasks' held-out split, or the last finetune.val_fraction of the file after
 a seeded shuffle.
 
 Each response is laid out after its prompt as SFT lays out a reply (the
-chat template or the Alpaca prompt: recipes/sft.py, ChatEncoder), so a model
-tuned by SFT sees the text it was tuned on. A prompt longer than the context
+chat template or the Alpaca prompt: data/chat_examples.py, ChatEncoder), so
+a model tuned by SFT sees the text it was tuned on. A prompt longer than the context
 is an error naming its record; a pair whose longer response does not fit is
 skipped and counted.
 """
@@ -19,10 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llmscratch.data.alignment_files import Preference, from_pair, read_preferences
+from llmscratch.data.chat_examples import ChatEncoder
 from llmscratch.data.examples import Example
 from llmscratch.data.synthetic_tasks import make_tasks, preference_pairs
 from llmscratch.errors import LLMScratchError
-from llmscratch.recipes.sft import ChatEncoder, hold_out
+from llmscratch.recipes.sft import hold_out
 from llmscratch.runs.config import RunConfig
 from llmscratch.runs.run import Run
 from llmscratch.tokenizer import Tokenizer

@@ -32,6 +32,7 @@ import copy
 import torch
 
 from llmscratch.data.alignment_files import Prompt, from_task, read_prompts
+from llmscratch.data.chat_examples import ChatEncoder
 from llmscratch.data.examples import Example
 from llmscratch.data.synthetic_tasks import make_tasks
 from llmscratch.distributed import DistInfo, unwrap
@@ -40,7 +41,7 @@ from llmscratch.evaluation.exact_match import greedy_replies
 from llmscratch.model import GPT
 from llmscratch.recipes.dpo import load_reference
 from llmscratch.recipes.rollouts import Rewarder, Rollouts
-from llmscratch.recipes.sft import MAX_ANSWER_TOKENS, ChatEncoder, hold_out
+from llmscratch.recipes.sft import MAX_ANSWER_TOKENS, hold_out
 from llmscratch.runs.config import RunConfig
 from llmscratch.runs.load import load_model
 from llmscratch.runs.run import Run

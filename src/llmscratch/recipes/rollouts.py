@@ -31,6 +31,7 @@ from collections.abc import Callable
 import torch
 
 from llmscratch.data.alignment_files import Prompt
+from llmscratch.data.chat_examples import ChatEncoder
 from llmscratch.data.examples import IGNORE, Batch, Example, ExampleBatches, collate
 from llmscratch.data.instruction_files import Conversation
 from llmscratch.data.synthetic_tasks import task_rewards
@@ -40,7 +41,6 @@ from llmscratch.generation.engine import DEFAULT_BLOCK_SIZE, Engine
 from llmscratch.generation.sampling import SamplingConfig
 from llmscratch.model import GPT
 from llmscratch.recipes.reward import conversation_scores
-from llmscratch.recipes.sft import ChatEncoder
 from llmscratch.runs.config import AlignConfig
 from llmscratch.tokenizer import Tokenizer
 from llmscratch.training.objectives import RolloutBatch
