@@ -18,7 +18,7 @@ from llmscratch.distributed import DistInfo
 from llmscratch.errors import LLMScratchError
 from llmscratch.model import GPT, get_preset
 from llmscratch.recipes import finetune as finetune_module
-from llmscratch.recipes.rollouts import Rewarder, Rollouts, group_advantages
+from llmscratch.recipes.rollouts import Rewarder, Rollouts
 from llmscratch.runs.checkpoint import latest_checkpoint, verify_checkpoint
 from llmscratch.runs.config import AlignConfig
 from llmscratch.runs.run import Run
@@ -29,6 +29,7 @@ from llmscratch.training.objectives import (
     GroupRelativePolicy,
     RolloutBatch,
     dpo_losses,
+    group_advantages,
 )
 from tests.conftest import new_run
 from tests.hf_tiny import hf_model, save_folder

@@ -9,9 +9,10 @@ step, in a seeded order that a resume continues), the inference engine
 it is now, all in one continuous batch. Each response is rewarded (a
 `Rewarder`: a function, or a reward model), and its advantage is its reward
 minus its group's mean, divided by the group's standard deviation
-(align.scale_rewards). A group whose responses all earned the same reward
-says nothing about which is better: it is dropped, unless every group is
-(then they all stay, with advantage 0, and only the KL term trains).
+(align.scale_rewards; training/objectives.py: group_advantages). A group
+whose responses all earned the same reward says nothing about which is
+better: it is dropped, unless every group is (then they all stay, with
+advantage 0, and only the KL term trains).
 
 The rows are prompt + response (+ the stop token that ended it), targets on
 the response; the reference's log-probabilities of them are computed here,
@@ -43,9 +44,7 @@ from llmscratch.model import GPT
 from llmscratch.recipes.reward import conversation_scores
 from llmscratch.runs.config import AlignConfig
 from llmscratch.tokenizer import Tokenizer
-from llmscratch.training.objectives import RolloutBatch
-
-GROUP_STD_EPS = 1e-4  # added to a group's standard deviation before dividing (as TRL does)
+from llmscratch.training.objectives import RolloutBatch, group_advantages
 
 
 class Rewarder:
@@ -99,14 +98,6 @@ class Rewarder:
         return conversation_scores(self.model, self.encoder, [
             Conversation(prompt.prompt.prompt, completion)
             for prompt, completion in zip(prompts, completions, strict=True)])
-
-
-def group_advantages(rewards: torch.Tensor, scale: bool) -> torch.Tensor:
-    """(groups, G) rewards -> advantages: minus the group's mean, over its std if `scale`."""
-    advantages = rewards - rewards.mean(dim=1, keepdim=True)
-    if scale:
-        advantages = advantages / (rewards.std(dim=1, keepdim=True) + GROUP_STD_EPS)
-    return advantages
 
 
 class Rollouts(ExampleBatches):
