@@ -24,7 +24,7 @@ from llmscratch.model import GPT, get_preset
 from llmscratch.runs.checkpoint import TrainState, latest_checkpoint
 from llmscratch.runs.config import TrainConfig
 from llmscratch.runs.run import Run
-from llmscratch.training.loop import LoopConfig, Trainer
+from llmscratch.training.loop import Trainer
 from llmscratch.training.objectives import NextTokenPrediction, ObjectiveOutput
 from llmscratch.training.optim import Schedule, build_optimizer
 from llmscratch.training.parallel import apply_activation_checkpointing
@@ -261,8 +261,7 @@ def test_a_non_finite_step_leaves_weights_and_optimizer_untouched(tmp_path, monk
     ids = torch.randint(0, 512, (2, 17))
     trainer = Trainer(model, NextTokenPrediction(torch.device("cpu")),
                       OneBatch((ids[:, :-1], ids[:, 1:])), optimizer, Schedule.from_train(cfg),
-                      LoopConfig.from_train(cfg), new_run(tmp_path / "run"),
-                      torch.device("cpu"))
+                      cfg, new_run(tmp_path / "run"), torch.device("cpu"))
     poison(monkeypatch, bad_calls={1}, how=how)
     state = TrainState()
     assert trainer.train_step(state)["finite"]  # call 0: a normal step moves the weights

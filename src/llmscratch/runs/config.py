@@ -69,9 +69,9 @@ class DataConfig:
 class TrainConfig:
     """How a run trains: the train section of its config.yaml.
 
-    The loop reads its share as a `LoopConfig` (training/loop.py: steps,
-    accumulation, clipping, precision, logging, validation, checkpoints, the
-    time limit), the optimizer and schedule theirs (training/optim.py). A few
+    The loop reads its share (training/loop.py, Trainer: steps, accumulation,
+    clipping, precision, logging, validation, checkpoints, the time limit),
+    the optimizer and schedule theirs (training/optim.py). A few
     fields are the pretraining recipe's alone: budget_seconds, the samples
     (sample_every, sample_tokens, prompts) and the parallel setup.
 
