@@ -15,11 +15,13 @@ from llmscratch.cli import main
 from llmscratch.data.alignment_files import Prompt, read_preferences, read_prompts
 from llmscratch.data.examples import IGNORE, Example, PairBatches, collate
 from llmscratch.data.instruction_files import Conversation
+from llmscratch.distributed import DistInfo
 from llmscratch.errors import LLMScratchError
 from llmscratch.model import GPT, get_preset
 from llmscratch.recipes import finetune as finetune_module
-from llmscratch.recipes.rollouts import Rewarder, group_advantages
+from llmscratch.recipes.rollouts import Rewarder, Rollouts
 from llmscratch.runs.checkpoint import latest_checkpoint, verify_checkpoint
+from llmscratch.runs.config import AlignConfig
 from llmscratch.runs.run import Run
 from llmscratch.training.loop import Trainer, TrainingInterrupted
 from llmscratch.training.objectives import (
@@ -28,6 +30,7 @@ from llmscratch.training.objectives import (
     GroupRelativePolicy,
     RolloutBatch,
     dpo_losses,
+    group_advantages,
 )
 from tests.conftest import new_run
 from tests.hf_tiny import hf_model, save_folder
@@ -107,6 +110,27 @@ def test_dpo_objective_is_the_formula_on_the_responses_log_probs(rpo_alpha):
     assert out.metrics["accuracy"] == (right, 2)
 
 
+def test_ipo_objective_is_the_formula_on_mean_log_probs():
+    """IPO compares means over each response's tokens, the policy's as the reference's (which
+    are stored as means): loss = sum over pairs of ((c - ref_c) - (r - ref_r) - 1/(2 beta))^2
+    with c, r the policy's mean log-probabilities of the chosen and rejected responses."""
+    model = tiny_model()
+    pairs = [(reply_example([5, 6, 7], [8, 9]), reply_example([5, 6, 7], [10, 11, 12, 13])),
+             (reply_example([20, 21], [22, 23, 24]), reply_example([20, 21], [25]))]
+    references = [(-6.5, -7.0), (-5.0, -6.5)]
+    for (chosen, rejected), (ref_c, ref_r) in zip(pairs, references, strict=True):
+        chosen.reference_logp, rejected.reference_logp = ref_c, ref_r
+    batch = PairBatches(pairs, batch_size=2, seed=0).next_batch()
+    out = DirectPreference(torch.device("cpu"), beta=0.25, loss="ipo")(model, batch)
+    expected = 0.0
+    with torch.no_grad():
+        for (chosen, rejected), (ref_c, ref_r) in zip(pairs, references, strict=True):
+            c, r = (sum(lp) / len(lp) for lp in (direct_log_probs(model, chosen),
+                                                  direct_log_probs(model, rejected)))
+            expected += ((c - ref_c) - (r - ref_r) - 1 / (2 * 0.25)) ** 2
+    assert out.units == 2 and float(out.loss_sum.detach()) == pytest.approx(expected, rel=1e-5)
+
+
 def test_bradley_terry_objective_reads_each_response_end():
     """2 pairs, padded to one width: the loss is -log sigmoid(r_chosen - r_rejected) with each
     reward read from its example alone (no padding), pairs matched chosen to rejected."""
@@ -158,6 +182,24 @@ def test_grpo_objective_by_hand():
     assert out.units == 9 and float(out.loss_sum.detach()) == pytest.approx(expected, rel=1e-4)
     assert out.metrics["clip_fraction"] == (5.0, 9)
     assert out.metrics["kl"][0] / 9 == pytest.approx(kl, rel=1e-4)
+
+
+@pytest.mark.parametrize("updates", [1, 3])
+def test_each_batch_of_responses_serves_updates_per_batch_steps(monkeypatch, updates):
+    """align.updates_per_batch=N: the loop's calls 1..N get the responses sampled for the
+    first prompts, calls N+1..2N fresh ones sampled for the next prompts, and so on."""
+    prompts = [Prompt(Conversation([{"role": "user", "content": f"q{i}"}], "")) for i in range(8)]
+    rollouts = Rollouts(prompts, [[i + 1] for i in range(8)], Rewarder("none"), None,
+                        AlignConfig(updates_per_batch=updates), batch_size=2, seed=0,
+                        info=DistInfo(), stop_ids=[0], tokenizer=None, amp=None)
+
+    def sample(self, policy):  # (what it samples does not matter here: which time it is)
+        self.position += 1
+        return f"responses {self.position}"
+
+    monkeypatch.setattr(Rollouts, "sample", sample)
+    served = [rollouts.next_batch(None) for _ in range(3 * updates)]
+    assert served == [f"responses {k}" for k in (1, 2, 3) for _ in range(updates)]
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -301,6 +343,26 @@ def test_dpo_raises_the_chosen_responses_likelihood(tiny_run, tmp_path, capsys):
     assert len(stored["train"]) == 60 and len(stored["heldout"]) == 20
     records = run.metrics.read()
     assert {"reward_chosen", "reward_rejected", "margin", "accuracy"} <= set(records[-2])
+
+
+def test_ipo_runs_end_to_end(tiny_run, tmp_path, capsys):
+    """IPO through the CLI. At step 1 the policy is the reference, so if the stored reference
+    values are what the loss compares (mean log-probabilities, as the policy's) every pair's
+    loss is (0 - 1/(2 beta))^2 = 1 for beta 0.5; then training opens the margin."""
+    data, out = tmp_path / "pairs.jsonl", tmp_path / "ipo"
+    write_court_pairs(data, n=40)
+    code, printed, _ = run_cli(["finetune", "dpo", "--base", tiny_run, "--data", data,
+                                "--out", out, *ALIGN_SMALL, "align.loss=ipo", "align.beta=0.5",
+                                "train.lr=1e-3", "finetune.epochs=2", "train.log_every=1",
+                                "align.eval_examples=4"], capsys)
+    assert code == 0, printed
+    run = Run(out)
+    losses = [r["loss"] for r in run.metrics.read() if "loss" in r]
+    assert losses[0] == pytest.approx(1.0, rel=1e-4) and losses[-1] < losses[0]
+    before = json.loads((run.eval_dir / "before.json").read_text())
+    after = json.loads((run.eval_dir / "after.json").read_text())
+    assert before["reward_margin"] == pytest.approx(0, abs=1e-5)
+    assert after["reward_margin"] > 0.05 and "loss ipo, beta 0.5" in run.report_path.read_text()
 
 
 @pytest.mark.parametrize("method", ["reward", "dpo"])

@@ -146,7 +146,7 @@ from llmscratch.model import GPT, get_preset
 from llmscratch.runs.checkpoint import TrainState
 from llmscratch.runs.config import TrainConfig
 from llmscratch.runs.run import Run
-from llmscratch.training.loop import LoopConfig, Trainer
+from llmscratch.training.loop import Trainer
 from llmscratch.training.objectives import NextTokenPrediction
 from llmscratch.training.optim import Schedule
 from llmscratch.training.parallel import parallelize
@@ -161,7 +161,7 @@ model = parallelize(model, TrainConfig(parallel=parallel), info, cpu)
 optimizer = torch.optim.SGD([{"params": list(model.parameters()), "initial_lr": 0.1}], lr=0.1)
 trainer = Trainer(model, NextTokenPrediction(cpu), Batches([masked_batches()[info.rank]]),
                   optimizer, Schedule(peak_lr=0.1, warmup_steps=0),
-                  LoopConfig(max_steps=1, grad_clip=0.0), Run(out), cpu, info)
+                  TrainConfig(max_steps=1, grad_clip=0.0, dtype="fp32"), Run(out), cpu, info)
 loss = trainer.train_step(TrainState())["loss"]
 weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
 if info.is_main:

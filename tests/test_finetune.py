@@ -13,19 +13,19 @@ import yaml
 from safetensors.torch import load_file
 
 from llmscratch.cli import main
+from llmscratch.data.chat_examples import ChatEncoder
 from llmscratch.data.examples import IGNORE, Example, ExampleBatches, collate
 from llmscratch.data.instruction_files import Conversation
 from llmscratch.errors import LLMScratchError
 from llmscratch.model import GPT, get_preset
 from llmscratch.recipes import finetune as finetune_module
 from llmscratch.recipes.report import counted, overlong_sentence
-from llmscratch.recipes.sft import ChatEncoder
 from llmscratch.runs.checkpoint import latest_checkpoint
 from llmscratch.runs.config import load_config
 from llmscratch.runs.load import load_for_inference, load_model
 from llmscratch.runs.run import Run
 from llmscratch.training.loop import Trainer, TrainingInterrupted
-from llmscratch.training.objectives import NextTokenPrediction
+from llmscratch.training.objectives import NextTokenPrediction, SequenceClassification
 from tests.test_finetune_data import write_sms
 
 try:
@@ -138,6 +138,28 @@ def test_right_padded_rows_need_no_mask(preset):
         masked = model(right.input_ids, attention_mask=right.attention_mask)
         unmasked = model(right.input_ids)
     assert torch.allclose(masked[real], unmasked[real], atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_classification_objective_pools_each_row_without_its_padding(pooling):
+    """Right-padded rows of different lengths (the model then runs without a mask): the
+    loss and accuracy are those of each example classified alone, so the head pooled the
+    real tokens only (the batch's mask), never the padding after them."""
+    torch.manual_seed(0)
+    model = GPT(get_preset("gpt2-tiny")).eval()
+    model.add_head(3, pooling)
+    examples = [Example([5, 6, 7, 8, 9, 10], label=2), Example([3, 4], label=0),
+                Example([11, 12, 13], label=1)]
+    batch = collate([[e] for e in examples])
+    assert batch.model_mask is None and batch.input_ids.shape == (3, 6)  # right padding
+    out = SequenceClassification(torch.device("cpu"))(model, batch)
+    with torch.no_grad():
+        alone = torch.cat([model.head(model(torch.tensor([e.ids]))) for e in examples])  # (3, 3)
+    labels = torch.tensor([e.label for e in examples])
+    by_hand = F.cross_entropy(alone, labels, reduction="sum")
+    assert out.units == 3
+    assert float(out.loss_sum.detach()) == pytest.approx(float(by_hand), rel=1e-5)
+    assert out.metrics["accuracy"] == (float((alone.argmax(-1) == labels).sum()), 3)
 
 
 def test_example_batches_split_ranks_and_resume():

@@ -195,8 +195,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_reward(args: argparse.Namespace) -> int:
+    from llmscratch.data.chat_examples import ChatEncoder
     from llmscratch.recipes.reward import reward_scores
-    from llmscratch.recipes.sft import ChatEncoder
     from llmscratch.runs.load import load_for_inference
     from llmscratch.runs.run import Run
 

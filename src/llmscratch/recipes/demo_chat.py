@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmscratch.data.alignment_files import from_pair
+from llmscratch.data.chat_examples import ChatEncoder
 from llmscratch.data.synthetic_tasks import (
     is_correct,
     make_tasks,
@@ -47,7 +48,6 @@ from llmscratch.recipes.demo import demo_config
 from llmscratch.recipes.finetune import finetune, finetune_config
 from llmscratch.recipes.pretrain import pretrain
 from llmscratch.recipes.reward import reward_scores
-from llmscratch.recipes.sft import ChatEncoder
 from llmscratch.runs.load import load_for_inference
 from llmscratch.runs.run import Run
 from llmscratch.training.plots import plot_metrics

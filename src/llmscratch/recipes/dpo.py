@@ -39,28 +39,11 @@ from llmscratch.recipes.pairs import EncodedPair, PairData, prepare_pairs
 from llmscratch.recipes.report import score_table
 from llmscratch.recipes.sft import score_answers
 from llmscratch.runs.config import RunConfig
-from llmscratch.runs.load import load_model
+from llmscratch.runs.load import load_reference
 from llmscratch.runs.run import Run
 from llmscratch.tokenizer import Tokenizer
 from llmscratch.training.objectives import DirectPreference, dpo_losses
 from llmscratch.training.precision import autocast_dtype
-
-
-def load_reference(path: str, policy: GPT, tokenizer: Tokenizer) -> GPT:
-    """align.reference's model, frozen, after checking it reads the policy's tokens."""
-    run = Run.open(path)
-    theirs = run.tokenizer()
-    if theirs.vocab_size != tokenizer.vocab_size or theirs.encode("Hello, world! 123") != \
-            tokenizer.encode("Hello, world! 123"):
-        raise LLMScratchError(f"align.reference={path}: its tokenizer differs from the policy's "
-                              f"({theirs.vocab_size:,} against {tokenizer.vocab_size:,} tokens); "
-                              "the reference must read the same tokens")
-    model = load_model(run).float()
-    if model.config.vocab_size != policy.config.vocab_size:
-        raise LLMScratchError(f"align.reference={path}: its vocabulary has "
-                              f"{model.config.vocab_size:,} entries, the policy's "
-                              f"{policy.config.vocab_size:,}")
-    return model.requires_grad_(False)
 
 
 class PreferenceOptimization:

@@ -62,7 +62,7 @@ from llmscratch.runs.config import SECTIONS, RunConfig
 from llmscratch.runs.load import load_model
 from llmscratch.runs.run import BaseRun, Run, RunInfo
 from llmscratch.tokenizer import Tokenizer
-from llmscratch.training.loop import BatchSource, LoopConfig, Trainer
+from llmscratch.training.loop import BatchSource, Trainer
 from llmscratch.training.objectives import Objective
 from llmscratch.training.optim import Schedule, build_optimizer
 from llmscratch.training.parallel import check_global_batch, parallelize
@@ -331,7 +331,7 @@ def _train(config: RunConfig, run: Run, method: Method, model: GPT, ckpt: Path |
     torch.manual_seed(cfg.seed)  # training starts from one random state, whatever scoring drew
     trainable, total = count_parameters(model)
     model.to(device)
-    grad_accum = check_global_batch(cfg, info)
+    grad_accum = cfg.grad_accum = check_global_batch(cfg, info)  # for this many processes
     batches = method.batches(model, info, run)
     if ft.epochs:  # the run's length in passes over the data
         cfg.max_steps = max(1, math.ceil(ft.epochs * len(batches.rows)
@@ -359,10 +359,9 @@ def _train(config: RunConfig, run: Run, method: Method, model: GPT, ckpt: Path |
         f"({ft.what_trains}); {len(method.train_examples):,} examples, {cfg.max_steps} steps "
         f"({batches.epochs(cfg.max_steps * grad_accum):.2f} epochs) on {info.world_size} x "
         f"{device}")
-    loop = LoopConfig.from_train(cfg, grad_accum=grad_accum, label=f"finetune {ft.method}",
-                                 trainable_only=ft.what_trains != "all")
     trainer = Trainer(wrapped, method.objective(device), batches, optimizer,
-                      Schedule.from_train(cfg), loop, run, device, info, method.validate)
+                      Schedule.from_train(cfg), cfg, run, device, info, method.validate,
+                      trainable_only=ft.what_trains != "all", label=f"finetune {ft.method}")
     started, first_step = time.perf_counter(), state.step
     state = trainer.fit(state)
     train_seconds = time.perf_counter() - started

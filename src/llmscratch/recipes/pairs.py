@@ -12,10 +12,10 @@ nothing: it is skipped and counted (the book's chapter 7 file has six), and
 only a file with no other pair is refused.
 
 Each response is laid out after its prompt as SFT lays out a reply (the
-chat template or the Alpaca prompt: recipes/sft.py, ChatEncoder), so a model
-tuned by SFT sees the text it was tuned on. A pair is never truncated: one
-whose longer response does not fit finetune.max_len (or the context) is
-skipped and counted. So is one whose prompt alone does not fit, with
+chat template or the Alpaca prompt: data/chat_examples.py, ChatEncoder), so
+a model tuned by SFT sees the text it was tuned on. A pair is never
+truncated: one whose longer response does not fit finetune.max_len (or the
+context) is skipped and counted. So is one whose prompt alone does not fit, with
 finetune.overlong=skip; without it, that is an error naming its record.
 """
 
@@ -24,11 +24,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llmscratch.data.alignment_files import Preference, from_pair, read_preferences
+from llmscratch.data.chat_examples import ChatEncoder
 from llmscratch.data.examples import Example
 from llmscratch.data.synthetic_tasks import make_tasks, preference_pairs
 from llmscratch.errors import LLMScratchError
 from llmscratch.recipes.report import counted, overlong_sentence
-from llmscratch.recipes.sft import ChatEncoder, hold_out
+from llmscratch.recipes.sft import hold_out
 from llmscratch.runs.config import RunConfig
 from llmscratch.runs.run import Run
 from llmscratch.tokenizer import Tokenizer

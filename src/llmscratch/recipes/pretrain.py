@@ -49,7 +49,7 @@ from llmscratch.runs.checkpoint import (
 )
 from llmscratch.runs.config import RunConfig
 from llmscratch.runs.run import END_OF_TEXT_TOKENS, GenerationSettings, Run, RunInfo
-from llmscratch.training.loop import Callback, LoopConfig, Trainer
+from llmscratch.training.loop import Callback, Trainer
 from llmscratch.training.objectives import NextTokenPrediction
 from llmscratch.training.optim import Schedule, build_optimizer
 from llmscratch.training.parallel import check_global_batch, parallelize
@@ -176,7 +176,7 @@ def _train(config: RunConfig, run: Run, data: RunData, ckpt: Path | None, info: 
     seq_len = cfg.seq_len or config.model.context_length
     model = parallelize(raw_model, cfg, info, device)
     optimizer = build_optimizer(model, cfg)
-    grad_accum = check_global_batch(cfg, info)
+    grad_accum = cfg.grad_accum = check_global_batch(cfg, info)  # for this many processes
     batches = TokenWindows(data.train_arrays, seq_len, cfg.batch_size, cfg.seed,
                            info.rank, info.world_size)
     state = TrainState()
@@ -210,10 +210,8 @@ def _train(config: RunConfig, run: Run, data: RunData, ckpt: Path | None, info: 
     if cfg.budget_seconds:
         callbacks.append(TimeBudget(cfg.budget_seconds, on_plan=_save_plan(run, config, info)))
     trainer = Trainer(model, NextTokenPrediction(device), batches, optimizer,
-                      Schedule.from_train(cfg),
-                      LoopConfig.from_train(cfg, grad_accum=grad_accum, label="pretrain"),
-                      run, device, info, evaluate, callbacks,
-                      raw_model.flops_per_token(seq_len))
+                      Schedule.from_train(cfg), cfg, run, device, info, evaluate, callbacks,
+                      raw_model.flops_per_token(seq_len), label="pretrain")
     started = time.perf_counter()
     tokens_before, first_step = state.tokens_seen, state.step
     state = trainer.fit(state)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from llmscratch.data.chat_examples import ChatEncoder
 from llmscratch.data.examples import Example, PairBatches
 from llmscratch.data.instruction_files import Conversation
 from llmscratch.distributed import DistInfo
@@ -30,7 +31,6 @@ from llmscratch.evaluation.preferences import pair_scores
 from llmscratch.model import GPT
 from llmscratch.recipes.pairs import PairData, prepare_pairs, whole_text
 from llmscratch.recipes.report import score_table
-from llmscratch.recipes.sft import ChatEncoder
 from llmscratch.runs.config import RunConfig
 from llmscratch.runs.run import Run
 from llmscratch.tokenizer import Tokenizer

@@ -35,18 +35,18 @@ import copy
 import torch
 
 from llmscratch.data.alignment_files import Prompt, from_task, read_prompts
+from llmscratch.data.chat_examples import ChatEncoder
 from llmscratch.data.examples import Example
 from llmscratch.data.synthetic_tasks import make_tasks
 from llmscratch.distributed import DistInfo, unwrap
 from llmscratch.errors import LLMScratchError
 from llmscratch.evaluation.exact_match import greedy_replies
 from llmscratch.model import GPT
-from llmscratch.recipes.dpo import load_reference
 from llmscratch.recipes.report import overlong_sentence, score_table
 from llmscratch.recipes.rollouts import Rewarder, Rollouts
-from llmscratch.recipes.sft import MAX_ANSWER_TOKENS, ChatEncoder, hold_out
+from llmscratch.recipes.sft import MAX_ANSWER_TOKENS, hold_out
 from llmscratch.runs.config import RunConfig
-from llmscratch.runs.load import load_model
+from llmscratch.runs.load import load_model, load_reference
 from llmscratch.runs.run import Run
 from llmscratch.tokenizer import Tokenizer
 from llmscratch.training.objectives import GroupRelativePolicy

@@ -9,9 +9,10 @@ step, in a seeded order that a resume continues), the inference engine
 it is now, all in one continuous batch. Each response is rewarded (a
 `Rewarder`: a function, or a reward model), and its advantage is its reward
 minus its group's mean, divided by the group's standard deviation
-(align.scale_rewards). A group whose responses all earned the same reward
-says nothing about which is better: it is dropped, unless every group is
-(then they all stay, with advantage 0, and only the KL term trains).
+(align.scale_rewards; training/objectives.py: group_advantages). A group
+whose responses all earned the same reward says nothing about which is
+better: it is dropped, unless every group is (then they all stay, with
+advantage 0, and only the KL term trains).
 
 The rows are prompt + response (+ the stop token that ended it), targets on
 the response; the reference's log-probabilities of them are computed here,
@@ -33,6 +34,7 @@ from collections.abc import Callable
 import torch
 
 from llmscratch.data.alignment_files import Prompt
+from llmscratch.data.chat_examples import ChatEncoder
 from llmscratch.data.examples import IGNORE, Batch, Example, ExampleBatches, collate
 from llmscratch.data.instruction_files import Conversation
 from llmscratch.data.synthetic_tasks import task_rewards
@@ -42,12 +44,9 @@ from llmscratch.generation.engine import DEFAULT_BLOCK_SIZE, Engine
 from llmscratch.generation.sampling import SamplingConfig
 from llmscratch.model import GPT
 from llmscratch.recipes.reward import conversation_scores
-from llmscratch.recipes.sft import ChatEncoder
 from llmscratch.runs.config import AlignConfig
 from llmscratch.tokenizer import Tokenizer
-from llmscratch.training.objectives import RolloutBatch
-
-GROUP_STD_EPS = 1e-4  # added to a group's standard deviation before dividing (as TRL does)
+from llmscratch.training.objectives import RolloutBatch, group_advantages
 
 
 def import_from_here(module_name: str):
@@ -115,14 +114,6 @@ class Rewarder:
         return conversation_scores(self.model, self.encoder, [
             Conversation(prompt.prompt.prompt, completion)
             for prompt, completion in zip(prompts, completions, strict=True)])
-
-
-def group_advantages(rewards: torch.Tensor, scale: bool) -> torch.Tensor:
-    """(groups, G) rewards -> advantages: minus the group's mean, over its std if `scale`."""
-    advantages = rewards - rewards.mean(dim=1, keepdim=True)
-    if scale:
-        advantages = advantages / (rewards.std(dim=1, keepdim=True) + GROUP_STD_EPS)
-    return advantages
 
 
 class Rollouts(ExampleBatches):

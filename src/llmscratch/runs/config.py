@@ -69,9 +69,9 @@ class DataConfig:
 class TrainConfig:
     """How a run trains: the train section of its config.yaml.
 
-    The loop reads its share as a `LoopConfig` (training/loop.py: steps,
-    accumulation, clipping, precision, logging, validation, checkpoints, the
-    time limit), the optimizer and schedule theirs (training/optim.py). A few
+    The loop reads its share (training/loop.py, Trainer: steps, accumulation,
+    clipping, precision, logging, validation, checkpoints, the time limit),
+    the optimizer and schedule theirs (training/optim.py). A few
     fields are the pretraining recipe's alone: budget_seconds, the samples
     (sample_every, sample_tokens, prompts) and the parallel setup.
 
@@ -108,6 +108,10 @@ class TrainConfig:
         dtype: "bf16" (autocast: matmuls in bfloat16, weights fp32), "fp32", or "auto":
             bf16 where this hardware runs it faster than fp32 (training/precision.py).
         device: "auto" (cuda if present), "cpu" or "cuda".
+        threads: CPU threads PyTorch's operations use; 0 = PyTorch's own count here
+            (OMP_NUM_THREADS, else the cores). A sum split between threads is added in
+            another order, so results depend on the count: the one used is written into
+            the run's config.yaml, and a resume uses it again (recipes/processes.py).
         compile: compile the model's forward with torch.compile.
         activation_checkpointing: recompute each block's activations in backward
             (less memory, about a third more compute).
@@ -148,6 +152,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     dtype: str = "auto"
     device: str = "auto"
+    threads: int = 0
     compile: bool = False
     activation_checkpointing: bool = False
     parallel: str = "ddp"
@@ -199,7 +204,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise LLMScratchError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("eval_every", "checkpoint_every", "sample_every", "sample_tokens",
-                     "seq_len", "grad_clip", "weight_decay", "muon_weight_decay"):
+                     "seq_len", "grad_clip", "weight_decay", "muon_weight_decay", "threads"):
             if getattr(self, name) < 0:
                 raise LLMScratchError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.muon_lr <= 0:

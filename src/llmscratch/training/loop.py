@@ -39,7 +39,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 import torch
@@ -58,49 +57,6 @@ from llmscratch.training.precision import autocast_dtype
 from llmscratch.training.throughput import memory_gb, mfu, peak_flops
 
 MAX_BAD_STEPS = 10  # non-finite losses in a row before the run is stopped
-
-
-@dataclass
-class LoopConfig:
-    """What the loop itself needs to know (a recipe builds it from its TrainConfig).
-
-    Fields:
-        max_steps: optimizer steps in the whole run.
-        grad_accum: micro-batches summed into one optimizer step.
-        grad_clip: clip the global gradient norm to this (0 = off).
-        dtype: "bf16" (autocast) or "fp32"; resolved, never "auto".
-        log_every: steps between metric records.
-        eval_every: steps between validation passes (0 = only at the end).
-        checkpoint_every: steps between checkpoints (0 = only at the end).
-        keep_checkpoints: how many of the newest checkpoints to keep.
-        max_seconds: stop after this many seconds of training in this process, as at
-            the end (0 = no limit).
-        tensorboard: also write TensorBoard event files.
-        peak_flops: peak FLOP/s of one device, for MFU (0 = known GPUs only).
-        trainable_only: checkpoints hold only the parameters that train (a base run
-            holds the rest).
-        label: the progress bar's label.
-    """
-
-    max_steps: int
-    grad_accum: int = 1
-    grad_clip: float = 1.0
-    dtype: str = "fp32"
-    log_every: int = 10
-    eval_every: int = 0
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 2
-    max_seconds: float = 0.0
-    tensorboard: bool = False
-    peak_flops: float = 0.0
-    trainable_only: bool = False
-    label: str = "train"
-
-    @classmethod
-    def from_train(cls, train: TrainConfig, **changes) -> LoopConfig:
-        """The loop's share of a run's train section (fields of the same name), plus `changes`."""
-        shared = {f.name: getattr(train, f.name) for f in fields(cls) if hasattr(train, f.name)}
-        return cls(**{**shared, **changes})
 
 
 class BatchSource(Protocol):
@@ -176,7 +132,17 @@ def clip_gradients(parameters, max_norm: float) -> float:
 
 
 class Trainer:
-    """Runs `objective` on batches of `data` for steps state.step .. cfg.max_steps."""
+    """Runs `objective` on batches of `data` for steps state.step .. cfg.max_steps.
+
+    `cfg` is the run's train section (runs/config.py: TrainConfig, where each
+    field is explained), settled by the recipe: `dtype` resolved ("bf16" or
+    "fp32", never "auto") and `grad_accum` derived from `global_batch` when
+    that is set. The loop reads max_steps, grad_accum, grad_clip, dtype,
+    log_every, eval_every, checkpoint_every, keep_checkpoints, max_seconds,
+    tensorboard and peak_flops. Two things are not in the config:
+    `trainable_only`, checkpoints hold only the parameters that train (a
+    fine-tuned run over its base run), and `label`, the progress bar's.
+    """
 
     def __init__(
         self,
@@ -185,13 +151,16 @@ class Trainer:
         data: BatchSource,
         optimizer: torch.optim.Optimizer,
         schedule: Schedule,
-        cfg: LoopConfig,
+        cfg: TrainConfig,
         run: Run,
         device: torch.device,
         info: DistInfo | None = None,
         evaluate: Callable[[torch.nn.Module], dict] | None = None,
         callbacks: Sequence[Callback] = (),
         flops_per_token: float = 0.0,
+        *,
+        trainable_only: bool = False,
+        label: str = "train",
     ) -> None:
         self.model = model
         self.objective = objective
@@ -199,6 +168,8 @@ class Trainer:
         self.optimizer = optimizer
         self.schedule = schedule
         self.cfg = cfg
+        self.amp = autocast_dtype(cfg.dtype)  # (raises on an unresolved "auto")
+        self.trainable_only, self.label = trainable_only, label
         self.run = run
         self.device = device
         self.info = info or DistInfo()
@@ -217,8 +188,7 @@ class Trainer:
 
     def train_step(self, state: TrainState) -> dict:
         """One optimizer step over `grad_accum` micro-batches; returns its metrics."""
-        cfg = self.cfg
-        amp = autocast_dtype(cfg.dtype)
+        cfg, amp = self.cfg, self.amp
         sums: dict[str, list[float]] = {"loss": [0.0, 0.0]}  # name -> [sum, count]
         tokens = 0
         for micro in range(cfg.grad_accum):
@@ -287,7 +257,7 @@ class Trainer:
         self.model.train()
         if self.info.is_main and cfg.tensorboard:
             self.tensorboard = SummaryWriter(log_dir=str(self.run.tensorboard_dir))
-        self.bar = progress(total=cfg.max_steps, initial=state.step, desc=cfg.label,
+        self.bar = progress(total=cfg.max_steps, initial=state.step, desc=self.label,
                             unit="step", disable=not self.info.is_main)
         started = time.perf_counter()
         self.restart_throughput_window()
@@ -406,7 +376,7 @@ class Trainer:
         state.data = self.data.state_dict()
         save_checkpoint(self.run, self.model, self.optimizer, state,
                         keep=self.cfg.keep_checkpoints, info=self.info,
-                        trainable_only=self.cfg.trainable_only)
+                        trainable_only=self.trainable_only)
 
     def _log(self, record: dict) -> None:
         """One metrics record: metrics.jsonl always, TensorBoard when asked; rank 0 only."""
