@@ -354,7 +354,7 @@ def test_ipo_runs_end_to_end(tiny_run, tmp_path, capsys):
     code, printed, _ = run_cli(["finetune", "dpo", "--base", tiny_run, "--data", data,
                                 "--out", out, *ALIGN_SMALL, "align.loss=ipo", "align.beta=0.5",
                                 "train.lr=1e-3", "finetune.epochs=2", "train.log_every=1",
-                                "align.eval_examples=4"], capsys)
+                                "finetune.eval_examples=4"], capsys)
     assert code == 0, printed
     run = Run(out)
     losses = [r["loss"] for r in run.metrics.read() if "loss" in r]

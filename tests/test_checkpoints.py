@@ -196,7 +196,7 @@ def test_preference_runs_killed_mid_save_and_mid_step_resume_bit_exactly(method,
     args = ["finetune", method, "--base", tiny_run, "--data", data, "train.dtype=fp32",
             "train.batch_size=4", "finetune.val_fraction=0.25", "train.lr=1e-3",
             "finetune.epochs=0", "train.max_steps=12", "train.checkpoint_every=4",
-            "train.eval_every=0", "train.log_every=1", "align.eval_examples=2"]
+            "train.eval_every=0", "train.log_every=1", "finetune.eval_examples=2"]
     killed_dir = tmp_path / "killed"
     straight = cli(*args, "--out", tmp_path / "straight")
     killed = cli(*args, "--out", killed_dir, kill_save="step-00000008")
