@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from llmscratch.errors import LLMScratchError
-from llmscratch.io import atomic_write_text
+from llmscratch.io import atomic_write_text, parse_json
 
 
 class MetricsLog:
@@ -39,8 +39,8 @@ class MetricsLog:
         records = []
         for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a kill: ignore it
+                record = parse_json(line, str(self.path))
+            except LLMScratchError:  # a line cut by a kill: ignore it
                 continue
             if isinstance(record, dict):
                 records.append(record)
