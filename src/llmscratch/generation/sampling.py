@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
+from llmscratch.config import check_seed
 from llmscratch.errors import LLMScratchError
 
 
@@ -67,6 +68,7 @@ class SamplingConfig:
     logprobs: int | None = None
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         if self.max_new_tokens < 1:
             raise LLMScratchError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
         if not (math.isfinite(self.temperature) and self.temperature >= 0):

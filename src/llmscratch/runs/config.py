@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from llmscratch.config import apply_overrides, from_dict, read_yaml, to_dict
+from llmscratch.config import apply_overrides, check_seed, from_dict, read_yaml, to_dict
 from llmscratch.errors import LLMScratchError
 from llmscratch.io import atomic_write_text
 from llmscratch.model.config import ModelConfig
@@ -209,6 +209,7 @@ class TrainConfig:
                 raise LLMScratchError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise LLMScratchError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        check_seed(self.seed, "train.seed")
 
 
 METHODS = ("classify", "sft", "reward", "dpo", "rl")
