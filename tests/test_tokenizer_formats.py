@@ -166,7 +166,7 @@ def test_qwen_style_folder_imports_with_identical_ids(tmp_path, shakespeare_voca
     ],
 )
 def test_unsupported_hf_files_are_one_line_errors(tmp_path, edit, message):
-    path = save_hf_tokenizer(train_bpe(["abc abd"], 260), tmp_path)
+    path = save_hf_tokenizer(train_bpe(["abc abd"], 260).parts, tmp_path)
     document = json.loads(path.read_text(encoding="utf-8"))
     edit(document)
     path.write_text(json.dumps(document), encoding="utf-8")
@@ -181,7 +181,7 @@ def test_unsupported_hf_files_are_one_line_errors(tmp_path, edit, message):
 @pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
 def test_trained_tokenizer_exports_to_tokenizers_and_transformers(tmp_path, pattern):
     tok = train_bpe(shakespeare_texts()[:2], 1500, pattern, special_tokens=QWEN_SPECIALS)
-    path = save_hf_tokenizer(tok, tmp_path / "export")
+    path = save_hf_tokenizer(tok.parts, tmp_path / "export")
     texts = hf_battery() + CHAT[1:]
     assert_same_ids(tok, tokenizers.Tokenizer.from_file(str(path)), texts)
 
@@ -206,17 +206,18 @@ def test_merges_from_ranks_reproduce_the_rank_rule():
 
 
 def test_tiktoken_file_round_trip_and_tiktoken_reads_ours(tmp_path, shakespeare_vocab):
-    path = save_tiktoken_file(shakespeare_vocab, tmp_path / "shakespeare.tiktoken")
+    path = save_tiktoken_file(shakespeare_vocab.parts, tmp_path / "shakespeare.tiktoken")
     assert load_tiktoken_bpe(str(path)) == shakespeare_vocab.mergeable_ranks
-    back = load_tiktoken_file(path, pattern=shakespeare_vocab.pattern, special_tokens={})
+    back = Tokenizer.from_parts(load_tiktoken_file(path, pattern=shakespeare_vocab.pattern,
+                                                   special_tokens={}))
     for text in hf_battery():
         assert back.encode(text) == shakespeare_vocab.encode(text)
 
 
 def test_gpt2_through_a_tiktoken_file(tmp_path):
     gpt2 = Tokenizer.gpt2()
-    path = save_tiktoken_file(gpt2, tmp_path / "gpt2.tiktoken")
-    back = load_tiktoken_file(path)  # defaults: GPT-2's pattern, <|endoftext|> = 50256
+    path = save_tiktoken_file(gpt2.parts, tmp_path / "gpt2.tiktoken")
+    back = Tokenizer.from_parts(load_tiktoken_file(path))  # GPT-2's pattern, <|endoftext|> 50256
     assert back.eot_id == 50256 and back.vocab_size == 50257
     for text in BATTERY:
         assert back.encode(text, disallowed_special="none") == gpt2.encode(

@@ -281,9 +281,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.to == "llmscratch":
         path = tokenizer.save(out)
     elif args.to == "hf":
-        path = save_hf_tokenizer(tokenizer, out)
+        path = save_hf_tokenizer(tokenizer.parts, out)
     else:
-        path = save_tiktoken_file(tokenizer, out)
+        path = save_tiktoken_file(tokenizer.parts, out)
     if args.json:
         print(json.dumps({"out": str(path), "format": args.to, "vocab_size": tokenizer.vocab_size}))
     else:

@@ -205,7 +205,7 @@ def convert_from_hf(source: str, out: Path, dtype: str | None = None,
         raise LLMScratchError(f"no tokenizer.json in {folder}; a converted model needs its "
                               "tokenizer to generate or evaluate")
     model = load_hf_model(folder, dtype)
-    tokenizer = load_hf_tokenizer(folder)
+    tokenizer = Tokenizer.from_parts(load_hf_tokenizer(folder))
     info = RunInfo(kind="import", source=str(source),
                    generation=generation_settings(folder, tokenizer))
 
