@@ -10,6 +10,7 @@ Qwen: NFC + Split + ByteLevel, merges in list order). Ids are compared with
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import tokenizers  # the references: never skipped
@@ -173,6 +174,48 @@ def test_unsupported_hf_files_are_one_line_errors(tmp_path, edit, message):
     with pytest.raises(LLMScratchError, match=message) as info:
         Tokenizer.load(path)
     assert str(path) in str(info.value)
+
+
+def first_vocab_entry(document: dict) -> str:
+    return next(iter(document["model"]["vocab"]))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["added_tokens"][0].update(id=10**15),
+         "'<|endoftext|>' has the id 1,000,000,000,000,000, but there are only 260 tokens"),
+        (lambda d: d["added_tokens"][0].update(id=-1), "has the id -1; ids are whole numbers"),
+        (lambda d: d["added_tokens"][0].update(id="259"), "has the id '259'; ids are whole"),
+        (lambda d: d["added_tokens"][0].update(id=True), "has the id True; ids are whole"),
+        (lambda d: d["added_tokens"].append({"id": 259, "content": "<|pad|>"}),
+         "tokens '<|endoftext|>' and '<|pad|>' have the same id 259"),
+        (lambda d: d["model"]["vocab"].update({first_vocab_entry(d): 10**6}),
+         "has the id 1,000,000, but there are only 260 tokens"),
+    ],
+)
+def test_tokenizer_ids_are_checked_in_every_format(tmp_path, edit, message):
+    """Ids that no model could hold an embedding for, in a Hugging Face file and in ours."""
+    tok = train_bpe(["abc abd"], 260)
+    hf_path = save_hf_tokenizer(tok.parts, tmp_path / "hf")
+    document = json.loads(hf_path.read_text(encoding="utf-8"))
+    edit(document)
+    hf_path.write_text(json.dumps(document), encoding="utf-8")
+    with pytest.raises(LLMScratchError, match=re.escape(message)):
+        Tokenizer.load(hf_path)
+    ours = Tokenizer.load(tok.save(tmp_path / "ours"))  # the same ids in our format
+    assert ours.encode("abc abd") == tok.encode("abc abd")
+    our_path = tmp_path / "ours" / "tokenizer.json"
+    document = json.loads(our_path.read_text(encoding="utf-8"))
+    hf_like = {"added_tokens": [{"id": i, "content": t} for t, i in
+                                document["special_tokens"].items()],
+               "model": {"vocab": document["vocab"]}}
+    edit(hf_like)
+    document["special_tokens"] = {e["content"]: e["id"] for e in hf_like["added_tokens"]}
+    document["vocab"] = hf_like["model"]["vocab"]
+    our_path.write_text(json.dumps(document), encoding="utf-8")
+    with pytest.raises(LLMScratchError, match=re.escape(message)):
+        Tokenizer.load(our_path)
 
 
 # ------------------------------------------------------------ export to HF

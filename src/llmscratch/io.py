@@ -5,6 +5,8 @@
   of one. The data goes to a temporary file in the same folder, is flushed to
   disk, and is renamed over the target; a rename within one filesystem is
   atomic.
+- `folder_in_place`: a folder built beside its final place and renamed there
+  when complete, so that a failure half-way leaves nothing behind.
 - `sha256_file`: the SHA-256 of a file, read in blocks (a checkpoint or a shard
   of many GB never sits in memory).
 
@@ -32,12 +34,15 @@ naming the file, so the command line reports them in one line.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +80,38 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, document: Any, indent: int | None = 1) -> None:
     atomic_write_text(path, json.dumps(document, indent=indent, ensure_ascii=False) + "\n")
+
+
+@contextlib.contextmanager
+def folder_in_place(path: str | os.PathLike) -> Iterator[Path]:
+    """A new, empty folder beside `path` to fill; renamed to `path` when the block ends
+    (replacing the folder there), removed if the block fails.
+
+    Whoever reads `path` sees the old folder or the finished new one, and a
+    mistake found half-way (a bad line deep in an input file) changes nothing.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        os.chmod(new, 0o755)  # mkdtemp makes it private; ours are meant to be read
+    except OSError as err:
+        raise LLMScratchError(f"cannot create {path}: {err.strerror}") from None
+    try:
+        yield new
+        if path.is_dir():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            os.replace(path, old / path.name)
+            os.replace(new, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(new, path)
+    except OSError as err:
+        shutil.rmtree(new, ignore_errors=True)
+        raise LLMScratchError(f"cannot write {path}: {err.strerror}") from None
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
 
 
 def sha256_file(path: str | os.PathLike, block: int = 1 << 22) -> str:

@@ -206,6 +206,10 @@ def convert_from_hf(source: str, out: Path, dtype: str | None = None,
                               "tokenizer to generate or evaluate")
     model = load_hf_model(folder, dtype)
     tokenizer = Tokenizer.from_parts(load_hf_tokenizer(folder))
+    if tokenizer.vocab_size > model.config.vocab_size:  # it would index past the embeddings
+        raise LLMScratchError(f"{folder}: the tokenizer's ids run to {tokenizer.vocab_size - 1:,}"
+                              f", but the model has {model.config.vocab_size:,} embedding rows; "
+                              "the tokenizer is not this model's")
     info = RunInfo(kind="import", source=str(source),
                    generation=generation_settings(folder, tokenizer))
 
