@@ -520,3 +520,19 @@ def test_a_tokenizer_with_an_id_far_beyond_the_others_is_one_line(place, capsys)
     line = fails_in_one_line(capsys, ["convert", "from-hf", str(folder),
                                       str(place["root"] / "new")], place)
     assert f"the tokenizer's ids run to {VOCAB}, but the model has {VOCAB} embedding" in line
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("hidden_size", 10**20, "model.n_embd must be a whole number of 64 bits"),
+    ("hidden_size", "x", "config.json: a value of the wrong type"),
+    ("num_hidden_layers", 2.5, "model.n_layer must be of type int, got 2.5"),
+    ("vocab_size", None, "model.vocab_size must be of type int, got None"),
+])
+def test_a_hugging_face_config_with_nonsense_is_one_line(field, value, message, place, capsys):
+    folder = save_folder(hf_model("llama"), "llama", place["root"] / "hf")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, field: value}))
+    capsys.readouterr()  # transformers' progress bars while saving the folder
+    line = fails_in_one_line(capsys, ["convert", "from-hf", str(folder),
+                                      str(place["root"] / "new")], place)
+    assert message in line

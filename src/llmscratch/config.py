@@ -131,6 +131,21 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def check_fields(config: Any, prefix: str = "") -> None:
+    """Check every field of dataclass `config` against its annotation, as `from_dict` does
+    (ints stand for floats, a lone value for a list), in place.
+
+    For a dataclass built from other data than a config file (a Hugging Face
+    config.json, a checkpoint): its `__post_init__` calls this first, so that a
+    string or a 10**20 is one line instead of a traceback from deep in torch.
+    """
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not dataclasses.is_dataclass(hints[f.name]):
+            object.__setattr__(config, f.name, _coerce(value, hints[f.name], prefix + f.name))
+
+
 def to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
 

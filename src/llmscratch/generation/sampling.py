@@ -51,7 +51,7 @@ class SamplingConfig:
         repetition_penalty: > 1 discourages tokens of the prompt and output (1 = off).
         frequency_penalty: subtracted from a logit per time its token was generated.
         presence_penalty: subtracted once from the logit of any token generated.
-        seed: the same seed gives the same text.
+        seed: the same seed gives the same text (a whole number from 0 to 2^63 - 1).
         logprobs: None, or k: report each chosen token's log-probability under the model
             and the k most likely alternatives' (engine only; 0 to 20).
     """

@@ -114,7 +114,7 @@ class TrainConfig:
         parallel: under torchrun: "ddp" (replicate the model) or "fsdp" (shard it, FSDP2).
         peak_flops: peak FLOP/s of one device, for MFU; 0 = known GPUs only (CPUs: measure
             it, e.g. with bench/train_speed.py, and set it).
-        seed: seeds the weights and the batch order.
+        seed: seeds the weights and the batch order (a whole number from 0 to 2^63 - 1).
         log_every: steps between metric lines in metrics.jsonl.
         eval_every: steps between validation passes (0 = only at the end).
         eval_batches: batches per periodic validation (the final one reads all of it).
