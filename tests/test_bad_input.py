@@ -33,6 +33,7 @@ from llmscratch.recipes.eval_tasks import RESULT_FORMAT
 from llmscratch.runs import checkpoint as checkpoint_module
 from llmscratch.runs.checkpoint import latest_checkpoint
 from llmscratch.runs.load import load_model
+from llmscratch.runs.metrics import MetricsLog
 from llmscratch.runs.peft_adapters import export_peft_adapter
 from llmscratch.runs.run import Run
 from tests.conftest import TINY_CONFIG
@@ -536,3 +537,18 @@ def test_a_hugging_face_config_with_nonsense_is_one_line(field, value, message, 
     line = fails_in_one_line(capsys, ["convert", "from-hf", str(folder),
                                       str(place["root"] / "new")], place)
     assert message in line
+
+
+def test_metrics_lines_edited_into_nonsense_are_skipped(place, capsys):
+    """`plot` draws what metrics.jsonl measures and a resume truncates it, whatever lines
+    were edited into it (a string step, a loss without tokens, JSON nested too deep)."""
+    metrics = place["run"] / "metrics.jsonl"
+    good = metrics.read_text()
+    metrics.write_text(good + '{"step": "x", "loss": "oops"}\n{"step": 25, "loss": 1.0}\n'
+                       + DEEP + "\n")
+    assert MetricsLog(metrics).read() == [json.loads(line) for line in good.splitlines()]
+    assert main(["plot", str(place["run"])]) == 0
+    assert main(["pretrain", "--resume", str(place["run"]), "train.max_steps=22",
+                 "train.checkpoint_every=2"]) == 0
+    steps = [r["step"] for r in MetricsLog(metrics).read()]
+    assert steps == sorted(steps) and steps[-1] == 22 and 25 not in steps
