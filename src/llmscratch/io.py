@@ -1,5 +1,7 @@
 """Small file helpers that every stage needs, written once.
 
+Writing:
+
 - `atomic_write_bytes` / `atomic_write_text` / `atomic_write_json`: a reader
   (or a process killed mid-write) sees the old file or the new one, never half
   of one. The data goes to a temporary file in the same folder, is flushed to
@@ -10,26 +12,26 @@
 - `sha256_file`: the SHA-256 of a file, read in blocks (a checkpoint or a shard
   of many GB never sits in memory).
 
-Reading what users give us is written once too, so that every reader fails the
-same way: one `LLMScratchError` line naming the file (and the line in it).
+Failures to write (a full disk, a read-only folder) become `LLMScratchError`
+naming the file, so the command line reports them in one line.
+
+Reading what users give us, so that every reader fails the same way: one
+`LLMScratchError` line naming the file (and the line in it).
 
 - `read_text`: a file's UTF-8 text (missing, unreadable, not text: one line).
 - `parse_json`, `read_json`: a JSON value from text, a JSON object from a file.
-- `read_json_records`: the objects of a data file, a JSON list (.json) or one a line
-  (JSON Lines, .jsonl), each with its line number for messages; every reader
-  of records (instructions, preference pairs, prompts, labeled texts, task
-  examples) goes through it. `json_lines` and `json_list_items` do the parsing.
+- `read_json_records`: the objects of a data file, a JSON list (.json) or one
+  a line (JSON Lines, .jsonl), each with its line number for messages; every
+  reader of records (instructions, preference pairs, prompts, labeled texts,
+  task examples) goes through it. `json_lines` and `json_list_items` parse.
 - `parse_yaml`: a YAML document from text.
 
 Syntax errors are not the only way valid-looking JSON or YAML breaks a reader.
 Python's parsers recurse once per level of nesting, so 100,000 `[` exhaust
-the interpreter's stack (RecursionError); and since Python 3.11 turning a
-string of more than 4,300 digits into an int raises ValueError (the limit
-guards against conversions that take quadratic time). Both are caught here and
-reported like a syntax error, with the line they are on.
-
-Failures to write (a full disk, a read-only folder) become `LLMScratchError`
-naming the file, so the command line reports them in one line.
+the interpreter's stack (RecursionError); and since Python 3.11 (and 3.10.7)
+turning a string of more than 4,300 digits into an int raises ValueError (the
+limit guards against conversions that take quadratic time). Both are caught
+here and reported like a syntax error, with the line they are on.
 """
 
 from __future__ import annotations
@@ -158,12 +160,18 @@ def parse_json(text: str, where: str, first_line: int = 1) -> Any:
                           else f"{where}: {problem}")
 
 
-def read_json(path: str | os.PathLike, what: str = "file") -> dict:
-    """The JSON object in `path`; a missing, unreadable or malformed file is one clear line."""
-    document = parse_json(read_text(path, what), str(path))
+def read_json(path: str | os.PathLike, what: str = "") -> dict:
+    """The JSON object in `path`; a missing, unreadable or malformed file is one clear line.
+
+    `what` says what the file is for in the message ("the run's" run.json).
+    """
+    path = Path(path)
+    label = f"{what} {path}" if what else str(path)
+    if not path.is_file():
+        raise LLMScratchError(f"{label} not found")
+    document = parse_json(read_text(path, what or "file"), str(path))
     if not isinstance(document, dict):
-        raise LLMScratchError(f"{what} {path} must hold a JSON object, not "
-                              f"{type(document).__name__}")
+        raise LLMScratchError(f"{label} must hold a JSON object, not {type(document).__name__}")
     return document
 
 
