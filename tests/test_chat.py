@@ -41,7 +41,7 @@ CONVERSATIONS = [
 @pytest.mark.parametrize("add_generation_prompt", [True, False])
 def test_an_imported_template_renders_as_transformers_renders_it(
         family, template, specials, conversation, add_generation_prompt, tmp_path):
-    save_hf_tokenizer(tokenizer(family), tmp_path)
+    save_hf_tokenizer(tokenizer(family).parts, tmp_path)
     theirs = transformers.PreTrainedTokenizerFast(
         tokenizer_file=str(tmp_path / "tokenizer.json"), chat_template=template, **specials)
     expected = theirs.apply_chat_template(conversation, tokenize=False,

@@ -36,9 +36,8 @@ from dataclasses import dataclass
 
 import torch
 
+from llmscratch.config import check_seed
 from llmscratch.errors import LLMScratchError
-
-SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed accepts
 
 
 @dataclass
@@ -54,8 +53,7 @@ class SamplingConfig:
         repetition_penalty: > 1 discourages tokens of the prompt and output (1 = off).
         frequency_penalty: subtracted from a logit per time its token was generated.
         presence_penalty: subtracted once from the logit of any token generated.
-        seed: the same seed gives the same text (any integer a torch.Generator takes:
-            -2**63 to 2**64 - 1).
+        seed: the same seed gives the same text (a whole number from 0 to 2^63 - 1).
         logprobs: None, or k: report each chosen token's log-probability under the model
             and the k most likely alternatives' (engine only; 0 to 20).
         logit_bias: token id -> a number from -100 to 100 added to its logit (None = off).
@@ -74,6 +72,7 @@ class SamplingConfig:
     logit_bias: dict[int, float] | None = None
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         if self.max_new_tokens < 1:
             raise LLMScratchError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
@@ -88,9 +87,6 @@ class SamplingConfig:
         if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
             raise LLMScratchError(f"repetition_penalty must be a finite number > 0 (1 = off), "
                                   f"got {self.repetition_penalty}")
-        if not (isinstance(self.seed, int) and SEED_MIN <= self.seed <= SEED_MAX):
-            raise LLMScratchError(f"seed must be an integer from -2**63 to 2**64 - 1, got "
-                                  f"{self.seed!r}")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise LLMScratchError(f"logprobs must be between 0 and 20, got {self.logprobs}")
         for token, bias in (self.logit_bias or {}).items():

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from llmscratch.config import apply_overrides, from_dict, read_yaml, to_dict
+from llmscratch.config import apply_overrides, check_seed, from_dict, read_yaml, to_dict
 from llmscratch.errors import LLMScratchError
 from llmscratch.io import atomic_write_text
 from llmscratch.model.config import ModelConfig
@@ -118,7 +118,7 @@ class TrainConfig:
         parallel: under torchrun: "ddp" (replicate the model) or "fsdp" (shard it, FSDP2).
         peak_flops: peak FLOP/s of one device, for MFU; 0 = known GPUs only (CPUs: measure
             it, e.g. with bench/train_speed.py, and set it).
-        seed: seeds the weights and the batch order.
+        seed: seeds the weights and the batch order (a whole number from 0 to 2^63 - 1).
         log_every: steps between metric lines in metrics.jsonl.
         eval_every: steps between validation passes (0 = only at the end).
         eval_batches: batches per periodic validation (the final one reads all of it).
@@ -214,6 +214,7 @@ class TrainConfig:
                 raise LLMScratchError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise LLMScratchError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        check_seed(self.seed, "train.seed")
 
 
 METHODS = ("classify", "sft", "reward", "dpo", "rl")

@@ -63,7 +63,7 @@ def convert_to_hf(run_dir: str | Path, out: str | Path, dtype: str | None = None
         if (run.hf_dir / "tokenizer.json").is_file():  # imported: keep the originals
             copy_side_files(run.hf_dir, tmp)
         else:
-            save_hf_tokenizer(tokenizer, tmp)
+            save_hf_tokenizer(tokenizer.parts, tmp)
             stop_ids = run.generation_settings().stop_token_ids
             eos = tokenizer.decode(stop_ids[:1]) if stop_ids else None
             atomic_write_json(tmp / "tokenizer_config.json", {

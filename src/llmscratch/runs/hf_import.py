@@ -246,7 +246,11 @@ def convert_from_hf(source: str, out: Path, dtype: str | None = None,
         raise LLMScratchError(f"no tokenizer.json in {folder}; a converted model needs its "
                               "tokenizer to generate or evaluate")
     model = load_hf_model(folder, dtype)
-    tokenizer = load_hf_tokenizer(folder)
+    tokenizer = Tokenizer.from_parts(load_hf_tokenizer(folder))
+    if tokenizer.vocab_size > model.config.vocab_size:  # it would index past the embeddings
+        raise LLMScratchError(f"{folder}: the tokenizer's ids run to {tokenizer.vocab_size - 1:,}"
+                              f", but the model has {model.config.vocab_size:,} embedding rows; "
+                              "the tokenizer is not this model's")
     info = RunInfo(kind="import", source=str(source),
                    generation=generation_settings(folder, tokenizer))
 

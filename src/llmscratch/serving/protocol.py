@@ -64,7 +64,10 @@ class Params:
 
     def sampling_for(self, choice: int, max_new_tokens: int) -> SamplingConfig:
         """The settings of choice `choice` of `n`: each its own seed, so n choices differ."""
-        seed = (self.seed if self.seed is not None else secrets.randbits(31)) + choice
+        seed = self.seed if self.seed is not None else secrets.randbits(31)
+        # Any 64-bit seed a client sends, and each choice's, is mapped into the seeds every
+        # random generator takes (0 to 2^63 - 1: config.check_seed).
+        seed = (seed + choice) % 2**63
         try:
             return SamplingConfig(max_new_tokens=max_new_tokens, seed=seed,
                                   logprobs=self.logprobs, **self.sampling)
