@@ -461,6 +461,13 @@ def test_adapters_are_never_laid_over_another_base(tiny_run, tmp_path, capsys):
     code, _, err = run_cli(["generate", "--run", run_dir, "--prompt", "a", "--max-new-tokens",
                             "2"], capsys)
     assert code != 0 and "was trained on another" in err and len(err.strip().splitlines()) == 1
+    # The base run is moved away: the line names it as the base, where it was looked for.
+    base.rename(tmp_path / "moved")
+    code, _, err = run_cli(["generate", "--run", run_dir, "--prompt", "a", "--max-new-tokens",
+                            "2"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{run_dir} builds on the run ../base (run.json: base.run" in err
+    assert f"which is not at {base}" in err
 
 
 def test_a_run_never_replaces_what_it_is_made_from(tiny_run, tmp_path, capsys):
