@@ -19,6 +19,8 @@ from llmscratch.distributed import DistInfo
 from llmscratch.errors import LLMScratchError
 from llmscratch.model import GPT, get_preset
 from llmscratch.recipes import finetune as finetune_module
+from llmscratch.recipes.finetune import finetune_config
+from llmscratch.recipes.pairs import prepare_pairs, whole_text
 from llmscratch.recipes.rollouts import Rewarder, Rollouts
 from llmscratch.runs.checkpoint import latest_checkpoint, verify_checkpoint
 from llmscratch.runs.config import AlignConfig
@@ -611,6 +613,25 @@ def test_overlong_skip_skips_long_pairs_and_prompts(tiny_run, tmp_path, capsys):
     assert code == 0, printed
     assert ("- 1 prompt was longer than 64 tokens (the model's context length): 1 was "
             "skipped." in Run(tmp_path / "rl").report_path.read_text().splitlines())
+
+
+def test_a_reward_model_s_pairs_fit_its_context_with_their_last_token(tiny_run, tmp_path,
+                                                                       capsys):
+    """A reward model's head reads the last token of prompt + response, which DPO's model
+    only predicts: a pair of 65 tokens fits DPO's 64 inputs, and is skipped (counted) for a
+    reward model rather than run into the model."""
+    data = tmp_path / "pairs.jsonl"
+    text = "the king is dead, long live the king; " * 8  # responses a character longer each
+    data.write_text("".join(json.dumps({"prompt": "Say it.", "chosen": text[:n],
+                                        "rejected": "no"}) + "\n" for n in range(1, 300)))
+    config = finetune_config("dpo", None, str(data), ALIGN_SMALL)
+    base = Run.open(tiny_run)
+    dpo = prepare_pairs(config, base.tokenizer(), base, 64)
+    assert 65 in {len(whole_text(p.chosen)) for p in dpo.train + dpo.heldout}  # the edge case
+    code, printed, err = run_cli(["finetune", "reward", "--base", tiny_run, "--data", data,
+                                  "--out", tmp_path / "rm", *ALIGN_SMALL, "finetune.epochs=0",
+                                  "train.max_steps=1"], capsys)
+    assert code == 0, err
 
 
 def test_a_reference_with_another_vocabulary_is_refused(tiny_run, tmp_path, capsys):

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from llmscratch.cli import main
+from llmscratch.cli.common import training_line
 from llmscratch.errors import LLMScratchError
 from llmscratch.model import GPT, get_preset
 from llmscratch.runs.checkpoint import TrainState, latest_checkpoint
@@ -254,6 +255,23 @@ class OneBatch:
 
     def state_dict(self):
         return {}
+
+
+def test_a_run_resumed_at_its_end_says_it_trained_nothing_and_keeps_one_final_record(
+        tiny_run, tmp_path, capsys):
+    """Resuming a finished run evaluates and reports it again (how a run killed after its
+    last checkpoint is finished), but trains no step: the line says so, and metrics.jsonl
+    keeps one record of the run's end, not one more a resume."""
+    run = tmp_path / "tiny"
+    shutil.copytree(tiny_run, run)
+    for _ in range(2):
+        assert main(["pretrain", "--resume", str(run)]) == 0
+    printed = capsys.readouterr().out
+    assert ("training: none; the run had trained all its 20 steps (give a larger "
+            "train.max_steps to train longer)") in printed
+    assert "steps 21 to 20" not in printed
+    assert [r["step"] for r in records(run) if "final_val_loss" in r] == [20]
+    assert training_line(5, 4, 1.0) == "training: 1 step in 1 s (step 5 of the run)"
 
 
 @pytest.mark.parametrize("how", ["loss", "grad"])

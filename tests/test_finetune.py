@@ -5,6 +5,7 @@ import json
 import random
 import shutil
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -389,6 +390,21 @@ def test_lora_run_merges_exports_to_peft_and_imports(tiny_run, tmp_path, capsys)
         imported = logits(load_model(Run.open(tmp_path / "imported")), ids)
     assert (imported - lora_logits).abs().max() < 1e-5
 
+    # A run resumes only with the command that made it; merged and imported models hold no
+    # training state, and say how they train further. One line each, nothing changed.
+    assert run_cli(["convert", "from-hf", hf_dir, tmp_path / "from-hf"], capsys)[0] == 0
+    for run, command, said in [
+            (run_dir, ["pretrain", "--resume"], f"resume it with `llmscratch finetune resume "
+                                                f"{run_dir}`"),
+            (tiny_run, ["finetune", "resume"], f"`llmscratch pretrain --resume {tiny_run}`"),
+            *[(tmp_path / name, command, "without a training state to continue")
+              for name in ("merged", "imported", "from-hf")
+              for command in (["pretrain", "--resume"], ["finetune", "resume"])]]:
+        before = sorted((p, p.stat().st_mtime_ns) for p in Path(run).rglob("*"))
+        code, _, err = run_cli([*command, run], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and said in err, err
+        assert sorted((p, p.stat().st_mtime_ns) for p in Path(run).rglob("*")) == before
+
 
 # --- bad input: one line, exit 2, nothing written ---------------------------------------------
 
@@ -445,6 +461,13 @@ def test_adapters_are_never_laid_over_another_base(tiny_run, tmp_path, capsys):
     code, _, err = run_cli(["generate", "--run", run_dir, "--prompt", "a", "--max-new-tokens",
                             "2"], capsys)
     assert code != 0 and "was trained on another" in err and len(err.strip().splitlines()) == 1
+    # The base run is moved away: the line names it as the base, where it was looked for.
+    base.rename(tmp_path / "moved")
+    code, _, err = run_cli(["generate", "--run", run_dir, "--prompt", "a", "--max-new-tokens",
+                            "2"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"{run_dir} builds on the run ../base (run.json: base.run" in err
+    assert f"which is not at {base}" in err
 
 
 def test_a_run_never_replaces_what_it_is_made_from(tiny_run, tmp_path, capsys):

@@ -155,6 +155,12 @@ def test_key_model_size_and_json_errors(server):
     assert huge.status_code == 413 and "error" in huge.json()
     broken = httpx.post(f"{server.url}/v1/completions", headers=headers, content=b"{oops")
     assert broken.status_code == 422 and broken.json()["error"]["message"]
+    # What Python's JSON reader cannot take is the client's mistake too, not the server's.
+    for content, problem in ((b'{"prompt": "x", "max_tokens": ' + b"9" * 5000 + b"}",
+                              "an integer of 5,000 digits"),
+                             (b"[" * 100_000, "nested 100,000 levels deep")):
+        answer = httpx.post(f"{server.url}/v1/completions", headers=headers, content=content)
+        assert answer.status_code == 422 and problem in answer.json()["error"]["message"]
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
 
 

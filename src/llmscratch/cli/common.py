@@ -57,10 +57,19 @@ def say(text: str = "", end: str = "\n") -> None:
     sys.stdout.flush()
 
 
-def training_line(steps: int, first_step: int, seconds: float, rate: str = "") -> str:
+def training_line(steps: int, first_step: int, seconds: float, rate: str = "",
+                  longer: str = "train.max_steps") -> str:
     """What this process trained: a resumed run's steps since its checkpoint, in the time
     they took (not the whole run's steps against this process's time); `rate`, this
-    process's throughput ("1,234 tokens/s"), follows the time."""
-    line = f"training: {steps - first_step:,} steps in {seconds:.0f} s" + (
+    process's throughput ("1,234 tokens/s"), follows the time. A run resumed at its end
+    trained nothing, and the line says how to train longer (`longer`: the setting)."""
+    trained = steps - first_step
+    if first_step and not trained:
+        return (f"training: none; the run had trained all its {steps:,} steps "
+                f"(give a larger {longer} to train longer)")
+    line = f"training: {trained:,} step{'' if trained == 1 else 's'} in {seconds:.0f} s" + (
         f", {rate}" if rate else "")
-    return line + (f" (steps {first_step + 1:,} to {steps:,} of the run)" if first_step else "")
+    if not first_step:
+        return line
+    return line + (f" (step {steps:,} of the run)" if trained == 1
+                   else f" (steps {first_step + 1:,} to {steps:,} of the run)")

@@ -147,7 +147,8 @@ def _print_result(result) -> None:
 
     if result.rank:
         return
-    say("\n" + training_line(result.steps, result.first_step, result.train_seconds))
+    say("\n" + training_line(result.steps, result.first_step, result.train_seconds,
+                             longer="train.max_steps or finetune.epochs"))
     for key, label in HEADLINES[result.method]:
         if key in result.after:
             form = "{:.3f}" if key == "mean_reward" else "{:.1%}"  # a reward, or a share

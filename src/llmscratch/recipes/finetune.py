@@ -57,6 +57,7 @@ from llmscratch.runs.checkpoint import (
     checkpoint_config,
     latest_checkpoint,
     load_checkpoint,
+    resumable_checkpoint,
 )
 from llmscratch.runs.config import SECTIONS, RunConfig
 from llmscratch.runs.load import load_model
@@ -215,12 +216,9 @@ def resume(run_dir: Path, overrides: list[str] | tuple = (), fallback: bool = Fa
     may come from someone else, and its config.yaml must not choose code to run.
     """
     run = Run.open(run_dir)
-    if run.read_info().kind != "finetune":
-        raise LLMScratchError(f"{run.path} is not a fine-tuning run; resume it with "
-                              f"`llmscratch pretrain --resume {run.path}`")
+    ckpt = resumable_checkpoint(run, "finetune", fallback=fallback)
     given = apply_overrides({}, overrides, SECTIONS)
     config = run.read_config([*overrides, *length_overrides(given)])
-    ckpt = latest_checkpoint(run, fallback=fallback)
     check_resume(run, checkpoint_config(ckpt) or run.read_config(), config, overrides)
     resolve_paths(config)
     base, _ = run.base_run()

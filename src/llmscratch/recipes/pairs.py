@@ -15,8 +15,11 @@ Each response is laid out after its prompt as SFT lays out a reply (the
 chat template or the Alpaca prompt: data/chat_examples.py, ChatEncoder), so
 a model tuned by SFT sees the text it was tuned on. A pair is never
 truncated: one whose longer response does not fit finetune.max_len (or the
-context) is skipped and counted. So is one whose prompt alone does not fit, with
-finetune.overlong=skip; without it, that is an error naming its record.
+context) is skipped and counted. So is one whose prompt alone does not fit,
+with finetune.overlong=skip; without it, that is an error naming its record.
+What must fit is what the model reads: DPO's language model reads prompt +
+response but the last token, which it only predicts; a reward model's head
+reads the last token too.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ class PairData:
     train: list[EncodedPair]
     heldout: list[EncodedPair]
     encoder: ChatEncoder
-    limit: int  # the most tokens prompt + response may have
+    limit: int  # the most tokens of prompt + response the model may read
     counts: dict[str, int] = field(default_factory=dict)  # read and skipped pairs
 
     def report(self, config: RunConfig) -> list[str]:
@@ -96,8 +99,12 @@ def _untied(source: str, pairs: list[Preference], counts: dict[str, int]) -> lis
 
 
 def prepare_pairs(config: RunConfig, tokenizer: Tokenizer, base: Run,
-                  context_length: int) -> PairData:
-    """Read, check and tokenize the pairs; raise on the first bad one, before any writing."""
+                  context_length: int, reads_last_token: bool = False) -> PairData:
+    """Read, check and tokenize the pairs; raise on the first bad one, before any writing.
+
+    reads_last_token: the model reads each response's last token (a reward model's head
+    scores the whole text), so a pair needs one token more room than DPO's inputs.
+    """
     ft = config.finetune
     settings = base.generation_settings()
     if not settings.stop_token_ids:
@@ -109,18 +116,20 @@ def prepare_pairs(config: RunConfig, tokenizer: Tokenizer, base: Run,
     train, heldout = read_pairs(config, counts)
     counts.update(train=len(train), heldout=len(heldout))
     skip = ft.overlong == "skip"
-    data = PairData(_encode(train, encoder, limit, skip, counts),
-                    _encode(heldout, encoder, limit, skip, counts), encoder, limit, counts)
+    fits = limit - reads_last_token  # the longest inputs (all but the last token) that fit
+    data = PairData(_encode(train, encoder, limit, fits, skip, counts),
+                    _encode(heldout, encoder, limit, fits, skip, counts), encoder, limit, counts)
     if not data.train:
         raise LLMScratchError(f"no training pair is left after skipping those over {limit} "
                               "tokens; raise finetune.max_len")
     return data
 
 
-def _encode(pairs: list[Preference], encoder: ChatEncoder, limit: int, skip: bool,
+def _encode(pairs: list[Preference], encoder: ChatEncoder, limit: int, fits: int, skip: bool,
             counts: dict[str, int]) -> list[EncodedPair]:
-    """The pairs that fit in `limit` tokens, encoded; the others are counted as skipped (a
-    prompt that alone does not fit is an error, unless `skip`)."""
+    """The pairs whose inputs (prompt + response but the last token) have at most `fits`
+    tokens, encoded; the others are counted as skipped (a prompt that alone does not fit in
+    `limit` tokens is an error, unless `skip`)."""
     encoded = []
     for preference in pairs:
         chosen, rejected = preference.conversations()
@@ -131,7 +140,7 @@ def _encode(pairs: list[Preference], encoder: ChatEncoder, limit: int, skip: boo
                                   "(finetune.max_len or the context length); shorten it, or "
                                   "skip such pairs with finetune.overlong=skip")
         pair = EncodedPair(encoder.example(chosen), encoder.example(rejected), preference)
-        if prompt_tokens >= limit or max(len(pair.chosen.ids), len(pair.rejected.ids)) > limit:
+        if prompt_tokens >= limit or max(len(pair.chosen.ids), len(pair.rejected.ids)) > fits:
             counts["skipped"] += 1
             continue
         encoded.append(pair)

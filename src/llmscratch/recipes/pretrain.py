@@ -44,8 +44,8 @@ from llmscratch.recipes.report import write_report, write_samples
 from llmscratch.runs.checkpoint import (
     TrainState,
     checkpoint_config,
-    latest_checkpoint,
     load_checkpoint,
+    resumable_checkpoint,
 )
 from llmscratch.runs.config import RunConfig
 from llmscratch.runs.run import END_OF_TEXT_TOKENS, GenerationSettings, Run, RunInfo
@@ -130,9 +130,9 @@ def resume(run_dir: Path, overrides: list[str] | tuple = (), fallback: bool = Fa
            ) -> PretrainResult:
     """Continue the run in `run_dir` from its newest (good) checkpoint to train.max_steps."""
     run = Run.open(run_dir)
+    ckpt = resumable_checkpoint(run, "pretrain", fallback=fallback)
     config = run.read_config(overrides)
     _check_seq_len(config)
-    ckpt = latest_checkpoint(run, fallback=fallback)
     _check_same_model(config.model, checkpoint_config(ckpt), ckpt)
     with processes(config) as (info, device):
         with run.lock() if info.is_main else contextlib.nullcontext():

@@ -51,7 +51,8 @@ class RewardModeling:
         return [pair.chosen for pair in self.data.train]
 
     def prepare(self, model: GPT, tokenizer: Tokenizer, base: Run, run: Run | None) -> None:
-        self.data = prepare_pairs(self.config, tokenizer, base, model.config.context_length)
+        self.data = prepare_pairs(self.config, tokenizer, base, model.config.context_length,
+                                  reads_last_token=True)  # the head reads the response's end
         if model.head is None:
             model.add_head(1, "last")
         elif model.config.head_outputs != 1:

@@ -331,6 +331,27 @@ def latest_checkpoint(run: Run, fallback: bool = False) -> Path:
                           "start the run again")
 
 
+def resumable_checkpoint(run: Run, kind: str, fallback: bool = False) -> Path:
+    """The checkpoint that `llmscratch pretrain --resume` (kind "pretrain") or `finetune
+    resume` ("finetune") continues `run` from: its newest (with `fallback`, its newest
+    intact). A run resumes only with the command that made it; an imported or merged
+    model, or adapters imported over a base, hold weights without a training state
+    (state.json: the step, the data's position, the random generators), and train further
+    only as the base of a new run."""
+    command, made_as = run.resume_command(), run.read_info().kind
+    ckpt = latest_checkpoint(run, fallback=fallback) if command else None
+    if ckpt is None or not (ckpt / STATE).is_file():
+        raise LLMScratchError(f"{run.path} holds a model without a training state to continue "
+                              f"(it was {'merged' if made_as == 'merged' else 'imported'}, not "
+                              "trained here); train it further as the base of a new run: "
+                              f"`llmscratch finetune METHOD --base {run.path} --out NEW`")
+    if made_as != kind:
+        raise LLMScratchError(f"{run.path} is not a "
+                              f"{'pretraining' if kind == 'pretrain' else 'fine-tuning'} run; "
+                              f"resume it with `{command}`")
+    return ckpt
+
+
 def _fallback_hint(run: Run) -> str:
     """What to do about a damaged newest checkpoint: the command that continues training
     from the newest intact one, if the run trains, and the one that lists them."""

@@ -40,8 +40,10 @@ class MetricsLog:
         return [record for record in self._records() if _is_measurement(record)]
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drop records of steps the checkpoint had not reached."""
-        kept = [r for r in self._records() if _is_number(r.get("step")) and r["step"] <= step]
+        """On resume, drop records of steps the checkpoint had not reached, and the record
+        of the run's end (final_val_*), which the resumed run writes again at its own end."""
+        kept = [r for r in self._records() if _is_number(r.get("step")) and r["step"] <= step
+                and not any(key.startswith("final_") for key in r)]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def _records(self) -> list[dict]:

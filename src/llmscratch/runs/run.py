@@ -406,7 +406,12 @@ class Run:
         base = self.read_info().base
         if base is None:
             return None
-        run = Run.open((self.path / base.run).resolve())
+        where = (self.path / base.run).resolve()
+        if not where.is_dir():
+            raise LLMScratchError(f"{self.path} builds on the run {base.run} ({self.INFO}: "
+                                  f"base.run, relative to {self.path}), which is not at {where}; "
+                                  "put it back there, or move the two runs together")
+        run = Run.open(where)
         manifest = run.checkpoints_dir / base.checkpoint / "manifest.json"
         if not manifest.is_file():
             raise LLMScratchError(f"{self.path} builds on {run.path} {base.checkpoint}, which "

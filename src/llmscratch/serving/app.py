@@ -52,6 +52,7 @@ from llmscratch.distributed import resolve_device
 from llmscratch.errors import LLMScratchError
 from llmscratch.generation.cpu_weights import pack_linear_weights
 from llmscratch.generation.engine import Engine
+from llmscratch.io import parse_json
 from llmscratch.runs.load import load_for_inference
 from llmscratch.serving.async_engine import AsyncEngine, EngineError
 from llmscratch.serving.protocol import APIError, Params, parse_chat, parse_completion
@@ -189,12 +190,13 @@ async def _body(request: Request, state: ServerState) -> dict:
         raw += chunk
         if len(raw) > MAX_BODY_BYTES:
             raise APIError(413, f"the request body is over {MAX_BODY_BYTES} bytes")
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise APIError(422, f"the request body is not valid JSON ({err})") from None
-    except RecursionError:
-        raise APIError(422, "the request body is nested too deeply") from None
+    try:  # the project's one JSON reader: nesting too deep, an integer too long, ...
+        body = parse_json(raw.decode("utf-8"), "the request body")
+    except UnicodeDecodeError as err:
+        raise APIError(422, f"the request body is not UTF-8 (bad byte at offset "
+                            f"{err.start})") from None
+    except LLMScratchError as err:
+        raise APIError(422, str(err)) from None
     if not isinstance(body, dict):
         raise APIError(422, "the request body must be a JSON object")
     model = body.get("model")
