@@ -1,0 +1,30 @@
+"""Every page of the guide runs as a notebook and prints what it shows (tests/guide_pages.py).
+
+The pages run in order, in one folder, on one worker (`xdist_group`): a later page
+may use what an earlier one made, as a learner following the guide would.
+`make test-guide` runs this file alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.guide_pages import PAGES, mismatches, missing_figures, run_page
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """The learner's folder: every page runs here, in order."""
+    return tmp_path_factory.mktemp("guide")
+
+
+@pytest.mark.xdist_group("guide")
+@pytest.mark.parametrize("page", PAGES, ids=[page.stem for page in PAGES])
+def test_guide_page_runs_and_prints_what_it_shows(page: Path, workdir: Path):
+    notebook = run_page(page, workdir)
+    for code, got, shown in mismatches(notebook):
+        pytest.fail(f"{page.name}: the cell\n{code}\nprinted\n{got}but the page shows\n{shown}"
+                    "(python -m tests.guide_pages PAGE records what it prints)")
+    assert missing_figures(notebook) == []
