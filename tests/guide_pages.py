@@ -63,7 +63,15 @@ def printed(cell) -> str:
             parts.append(output.text)
         elif output.output_type == "execute_result":
             parts.append(output.data.get("text/plain", "") + "\n")
-    return "".join(parts)
+    return as_on_screen("".join(parts))
+
+
+def as_on_screen(text: str) -> str:
+    """`text` as a terminal leaves it: a command run with `!` writes through a pseudo-terminal,
+    so its lines end in "\\r\\n", and a progress bar redraws its line after each "\\r";
+    only the last drawing of each line stays."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    return "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in lines)
 
 
 def figure(cell) -> bytes | None:
