@@ -39,19 +39,29 @@ TEXT_BLOCK = re.compile(r"\A```text\n(.*?)^```", re.DOTALL | re.MULTILINE)
 IMAGE = re.compile(r"\A!\[[^\]]*\]\((images/[^)]+\.png)\)")
 
 
+def kernel_env() -> dict[str, str]:
+    """The environment the pages run in (their kernel, and the commands they start).
+
+    The kernel runs this interpreter, with this checkout's sources first on its path, and
+    finds the `llmscratch` command beside it. GUIDE_QUICK=1 asks the pages for their quick
+    versions: short training runs, as each page says. OMP_NUM_THREADS=1: the quick
+    versions' models are tiny, and on a busy 2-core machine two threads per process spent
+    most of their CPU time waiting for each other (chapters 2, 4, 5 and appendix D: 119 s
+    of CPU with PyTorch's default of 2 threads, 55 s with 1). Either may be set otherwise.
+    """
+    return dict(os.environ, GUIDE_QUICK=os.environ.get("GUIDE_QUICK", "1"),
+                OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+                PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+                PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+                MPLBACKEND="module://matplotlib_inline.backend_inline")
+
+
 def run_page(page: Path, workdir: Path):
     """Execute `page` as a notebook in `workdir`; returns the executed notebook."""
     notebook = jupytext.read(page)
-    # The kernel runs this interpreter, with this checkout's sources first on its path, and
-    # finds the `llmscratch` command beside it. GUIDE_QUICK=1 (unless set otherwise) asks
-    # the pages for their quick versions: short training runs, as each page says.
-    env = dict(os.environ, GUIDE_QUICK=os.environ.get("GUIDE_QUICK", "1"),
-               PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
-               PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
-               MPLBACKEND="module://matplotlib_inline.backend_inline")
     client = nbclient.NotebookClient(notebook, timeout=900, kernel_name="python3",
                                      resources={"metadata": {"path": str(workdir)}})
-    client.execute(env=env)
+    client.execute(env=kernel_env())
     return notebook
 
 
@@ -63,7 +73,15 @@ def printed(cell) -> str:
             parts.append(output.text)
         elif output.output_type == "execute_result":
             parts.append(output.data.get("text/plain", "") + "\n")
-    return "".join(parts)
+    return as_on_screen("".join(parts))
+
+
+def as_on_screen(text: str) -> str:
+    """`text` as a terminal leaves it: a command run with `!` writes through a pseudo-terminal,
+    so its lines end in "\\r\\n", and a progress bar redraws its line after each "\\r";
+    only the last drawing of each line stays."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    return "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in lines)
 
 
 def figure(cell) -> bytes | None:
