@@ -88,7 +88,7 @@ def ours(name: str, method: str, precision: str, steps: int) -> dict:
     from llmscratch.runs.config import TrainConfig
     from llmscratch.runs.hf_import import read_hf_config
     from llmscratch.runs.run import Run
-    from llmscratch.training.loop import LoopConfig, Trainer
+    from llmscratch.training.loop import Trainer
     from llmscratch.training.objectives import NextTokenPrediction
     from llmscratch.training.optim import Schedule, build_optimizer
 
@@ -108,8 +108,8 @@ def ours(name: str, method: str, precision: str, steps: int) -> dict:
     device = torch.device("cpu")
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, NextTokenPrediction(device), FixedBatch(batch),
-                          build_optimizer(model, cfg), Schedule.from_train(cfg),
-                          LoopConfig.from_train(cfg), Run(Path(tmp)), device)
+                          build_optimizer(model, cfg), Schedule.from_train(cfg), cfg,
+                          Run(Path(tmp)), device)
         state = TrainState()
         return timed(lambda: trainer.train_step(state), steps, rows * length, before)
 

@@ -36,13 +36,13 @@ import time
 import torch
 
 from llmscratch.data.alignment_files import from_task
+from llmscratch.data.chat_examples import ChatEncoder
 from llmscratch.data.synthetic_tasks import make_tasks
 from llmscratch.distributed import DistInfo
 from llmscratch.generation.engine import Engine
 from llmscratch.generation.sampling import SamplingConfig, generate
 from llmscratch.model import GPT, get_preset
 from llmscratch.recipes.rollouts import Rewarder, Rollouts
-from llmscratch.recipes.sft import ChatEncoder
 from llmscratch.runs.config import AlignConfig
 from llmscratch.runs.load import load_model
 from llmscratch.runs.run import GenerationSettings, Run

@@ -135,7 +135,7 @@ def run(text: str, vocab_size: int, pattern: str, tmp_dir: str) -> list[dict]:
     try:
         from tokenizers import Tokenizer as HFTokenizer
 
-        hf = HFTokenizer.from_file(str(save_hf_tokenizer(ours, os.path.join(tmp_dir, "hf"))))
+        hf = HFTokenizer.from_file(str(save_hf_tokenizer(ours.parts, os.path.join(tmp_dir, "hf"))))
         seconds, encoding = timed(lambda: hf.encode(text, add_special_tokens=False))
         assert encoding.ids == ids, "HF tokenizers and llmscratch disagree"
         row("encode", "HF tokenizers encode (one string)", seconds)

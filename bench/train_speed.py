@@ -47,7 +47,7 @@ from llmscratch.model.config import torch_dtype
 from llmscratch.runs.checkpoint import TrainState
 from llmscratch.runs.config import TrainConfig
 from llmscratch.runs.run import Run
-from llmscratch.training.loop import LoopConfig, Trainer
+from llmscratch.training.loop import Trainer
 from llmscratch.training.objectives import NextTokenPrediction
 from llmscratch.training.optim import Schedule, build_optimizer
 from llmscratch.training.throughput import peak_flops
@@ -121,8 +121,8 @@ def ours(shape: Shape, dtype: str, batch, run_dir: Path, device: torch.device):
                             n_layer=shape.layers, n_head=shape.heads, n_embd=shape.width))
     model.to(device)
     trainer = Trainer(model, NextTokenPrediction(device), FixedBatch(batch),
-                      build_optimizer(model, cfg), Schedule.from_train(cfg),
-                      LoopConfig.from_train(cfg), Run(run_dir), device)
+                      build_optimizer(model, cfg), Schedule.from_train(cfg), cfg,
+                      Run(run_dir), device)
     state = TrainState()
     return model, lambda: trainer.train_step(state)
 

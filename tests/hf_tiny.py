@@ -79,7 +79,7 @@ def tokenizer(family: str) -> Tokenizer:
 def save_folder(model, family: str, folder: Path, **save_options) -> Path:
     """Save `model` as a Hugging Face folder with a tokenizer, as downloads look."""
     model.save_pretrained(folder, **save_options)
-    save_hf_tokenizer(tokenizer(family), folder)
+    save_hf_tokenizer(tokenizer(family).parts, folder)
     (folder / "tokenizer_config.json").write_text(
         json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"})
     )

@@ -5,6 +5,7 @@ import json
 import math
 import random
 import signal
+import sys
 
 import pytest
 import torch
@@ -14,11 +15,13 @@ from llmscratch.cli import main
 from llmscratch.data.alignment_files import Prompt, read_preferences, read_prompts
 from llmscratch.data.examples import IGNORE, Example, PairBatches, collate
 from llmscratch.data.instruction_files import Conversation
+from llmscratch.distributed import DistInfo
 from llmscratch.errors import LLMScratchError
 from llmscratch.model import GPT, get_preset
 from llmscratch.recipes import finetune as finetune_module
-from llmscratch.recipes.rollouts import Rewarder, group_advantages
+from llmscratch.recipes.rollouts import Rewarder, Rollouts
 from llmscratch.runs.checkpoint import latest_checkpoint, verify_checkpoint
+from llmscratch.runs.config import AlignConfig
 from llmscratch.runs.run import Run
 from llmscratch.training.loop import Trainer, TrainingInterrupted
 from llmscratch.training.objectives import (
@@ -27,6 +30,7 @@ from llmscratch.training.objectives import (
     GroupRelativePolicy,
     RolloutBatch,
     dpo_losses,
+    group_advantages,
 )
 from tests.conftest import new_run
 from tests.hf_tiny import hf_model, save_folder
@@ -106,6 +110,27 @@ def test_dpo_objective_is_the_formula_on_the_responses_log_probs(rpo_alpha):
     assert out.metrics["accuracy"] == (right, 2)
 
 
+def test_ipo_objective_is_the_formula_on_mean_log_probs():
+    """IPO compares means over each response's tokens, the policy's as the reference's (which
+    are stored as means): loss = sum over pairs of ((c - ref_c) - (r - ref_r) - 1/(2 beta))^2
+    with c, r the policy's mean log-probabilities of the chosen and rejected responses."""
+    model = tiny_model()
+    pairs = [(reply_example([5, 6, 7], [8, 9]), reply_example([5, 6, 7], [10, 11, 12, 13])),
+             (reply_example([20, 21], [22, 23, 24]), reply_example([20, 21], [25]))]
+    references = [(-6.5, -7.0), (-5.0, -6.5)]
+    for (chosen, rejected), (ref_c, ref_r) in zip(pairs, references, strict=True):
+        chosen.reference_logp, rejected.reference_logp = ref_c, ref_r
+    batch = PairBatches(pairs, batch_size=2, seed=0).next_batch()
+    out = DirectPreference(torch.device("cpu"), beta=0.25, loss="ipo")(model, batch)
+    expected = 0.0
+    with torch.no_grad():
+        for (chosen, rejected), (ref_c, ref_r) in zip(pairs, references, strict=True):
+            c, r = (sum(lp) / len(lp) for lp in (direct_log_probs(model, chosen),
+                                                  direct_log_probs(model, rejected)))
+            expected += ((c - ref_c) - (r - ref_r) - 1 / (2 * 0.25)) ** 2
+    assert out.units == 2 and float(out.loss_sum.detach()) == pytest.approx(expected, rel=1e-5)
+
+
 def test_bradley_terry_objective_reads_each_response_end():
     """2 pairs, padded to one width: the loss is -log sigmoid(r_chosen - r_rejected) with each
     reward read from its example alone (no padding), pairs matched chosen to rejected."""
@@ -159,6 +184,24 @@ def test_grpo_objective_by_hand():
     assert out.metrics["kl"][0] / 9 == pytest.approx(kl, rel=1e-4)
 
 
+@pytest.mark.parametrize("updates", [1, 3])
+def test_each_batch_of_responses_serves_updates_per_batch_steps(monkeypatch, updates):
+    """align.updates_per_batch=N: the loop's calls 1..N get the responses sampled for the
+    first prompts, calls N+1..2N fresh ones sampled for the next prompts, and so on."""
+    prompts = [Prompt(Conversation([{"role": "user", "content": f"q{i}"}], "")) for i in range(8)]
+    rollouts = Rollouts(prompts, [[i + 1] for i in range(8)], Rewarder("none"), None,
+                        AlignConfig(updates_per_batch=updates), batch_size=2, seed=0,
+                        info=DistInfo(), stop_ids=[0], tokenizer=None, amp=None)
+
+    def sample(self, policy):  # (what it samples does not matter here: which time it is)
+        self.position += 1
+        return f"responses {self.position}"
+
+    monkeypatch.setattr(Rollouts, "sample", sample)
+    served = [rollouts.next_batch(None) for _ in range(3 * updates)]
+    assert served == [f"responses {k}" for k in (1, 2, 3) for _ in range(updates)]
+
+
 # --- files ------------------------------------------------------------------------------------
 
 
@@ -183,8 +226,14 @@ def test_preference_files_in_every_shape(tmp_path):
     assert [p.source for p in pairs] == [f"{path}:{line}" for line in starts]
 
 
+def test_a_pair_whose_chosen_equals_rejected_is_read_and_marked(tmp_path):
+    path = tmp_path / "prefs.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "chosen": "same", "rejected": " same "}) + "\n"
+                    + json.dumps({"prompt": "p", "chosen": "yes", "rejected": "no"}) + "\n")
+    assert [pair.is_tie for pair in read_preferences(path)] == [True, False]
+
+
 @pytest.mark.parametrize("record, message", [
-    ({"prompt": "p", "chosen": "same", "rejected": " same "}, "identical"),
     ({"prompt": "p", "chosen": "", "rejected": "no"}, "'chosen' is empty"),
     ({"prompt": "p", "chosen": "yes"}, "'rejected' is missing"),
     ({"chosen": "a", "rejected": "b"}, "no prompt"),
@@ -296,20 +345,80 @@ def test_dpo_raises_the_chosen_responses_likelihood(tiny_run, tmp_path, capsys):
     assert {"reward_chosen", "reward_rejected", "margin", "accuracy"} <= set(records[-2])
 
 
+def test_ipo_runs_end_to_end(tiny_run, tmp_path, capsys):
+    """IPO through the CLI. At step 1 the policy is the reference, so if the stored reference
+    values are what the loss compares (mean log-probabilities, as the policy's) every pair's
+    loss is (0 - 1/(2 beta))^2 = 1 for beta 0.5; then training opens the margin."""
+    data, out = tmp_path / "pairs.jsonl", tmp_path / "ipo"
+    write_court_pairs(data, n=40)
+    code, printed, _ = run_cli(["finetune", "dpo", "--base", tiny_run, "--data", data,
+                                "--out", out, *ALIGN_SMALL, "align.loss=ipo", "align.beta=0.5",
+                                "train.lr=1e-3", "finetune.epochs=2", "train.log_every=1",
+                                "finetune.eval_examples=4"], capsys)
+    assert code == 0, printed
+    run = Run(out)
+    losses = [r["loss"] for r in run.metrics.read() if "loss" in r]
+    assert losses[0] == pytest.approx(1.0, rel=1e-4) and losses[-1] < losses[0]
+    before = json.loads((run.eval_dir / "before.json").read_text())
+    after = json.loads((run.eval_dir / "after.json").read_text())
+    assert before["reward_margin"] == pytest.approx(0, abs=1e-5)
+    assert after["reward_margin"] > 0.05 and "loss ipo, beta 0.5" in run.report_path.read_text()
+
+
 @pytest.mark.parametrize("method", ["reward", "dpo"])
 def test_nothing_held_out_means_no_validation_line(method, tiny_run, tmp_path, capsys):
-    """align.eval_examples=0 (as the chat demo sets it): periodic validation has nothing to
+    """finetune.eval_examples=0 (as the chat demo sets it): periodic validation has nothing to
     score, so it logs nothing, rather than a loss of nan and an accuracy of 0."""
     data, out = tmp_path / "pairs.jsonl", tmp_path / method
     write_court_pairs(data, n=40)
     code, printed, _ = run_cli(["finetune", method, "--base", tiny_run, "--data", data,
                                 "--out", out, *ALIGN_SMALL, "finetune.epochs=0",
                                 "train.max_steps=2", "train.eval_every=1",
-                                "align.eval_examples=0"], capsys)
+                                "finetune.eval_examples=0"], capsys)
     assert code == 0, printed
     assert "val_loss" not in printed and "nan" not in printed
     records = Run(out).metrics.read()
     assert records and not any("val_loss" in r for r in records)
+
+
+def write_book_preferences(path, n: int, ties: int) -> None:
+    """Chapter 7's preference JSON: a list of its instruction entries with chosen and
+    rejected added; in the first `ties`, chosen equals rejected (the book's file has 6 of
+    1,100)."""
+    rng = random.Random(0)
+    records = []
+    for i in range(n):
+        chosen = rng.choice(COURT)
+        records.append({"instruction": f"Name thing {i} of the court.", "input": "",
+                        "output": chosen, "chosen": chosen,
+                        "rejected": chosen if i < ties else rng.choice(COUNTRY)})
+    path.write_text(json.dumps(records, indent=4))
+
+
+@pytest.mark.parametrize("method", ["reward", "dpo"])
+def test_pairs_whose_chosen_equals_rejected_are_skipped_and_counted(method, tiny_run, tmp_path,
+                                                                    capsys):
+    """The book's file trains (its ties skipped, and counted in report.md), and the held-out
+    pairs scored are finetune.eval_examples of them; only a file of nothing but ties is
+    refused."""
+    data, out = tmp_path / "instruction-data-with-preference.json", tmp_path / method
+    write_book_preferences(data, n=40, ties=3)
+    code, printed, _ = run_cli(["finetune", method, "--base", tiny_run, "--data", data,
+                                "--out", out, *ALIGN_SMALL, "finetune.eval_examples=5",
+                                "finetune.epochs=0", "train.max_steps=1"], capsys)
+    assert code == 0, printed
+    report = Run(out).report_path.read_text().splitlines()
+    # 37 pairs left: int(37 * 0.25) = 9 held out.
+    assert f"- {data}: 28 training and 9 held-out preference pairs." in report
+    assert "- 3 pairs were skipped for having the same chosen and rejected response." in report
+    assert "- No pair was longer than 64 tokens (the model's context length)." in report
+    after = json.loads((Run(out).eval_dir / "after.json").read_text())
+    assert after["pairs" if method == "reward" else "total"] == 5  # pairs, or their prompts
+
+    write_book_preferences(data, n=4, ties=4)
+    _refused(["finetune", method, "--base", tiny_run, "--data", data, "--out", tmp_path / "o"],
+             capsys, tmp_path / "o", f"{data}: in all 4 pairs, 'chosen' and 'rejected' are "
+             "the same response")
 
 
 def write_prompts(path, n: int = 16) -> None:
@@ -318,7 +427,7 @@ def write_prompts(path, n: int = 16) -> None:
 
 
 RL_SMALL = ["train.dtype=fp32", "train.batch_size=4", "align.group_size=4",
-            "align.max_new_tokens=12", "align.eval_examples=8", "finetune.val_fraction=0.25",
+            "align.max_new_tokens=12", "finetune.eval_examples=8", "finetune.val_fraction=0.25",
             "train.log_every=1"]
 
 
@@ -380,7 +489,13 @@ def test_alignment_resume_is_bit_exact(method, tiny_run, tmp_path, monkeypatch):
     with pytest.raises(TrainingInterrupted):
         finetune_module.finetune(config(), tiny_run, tmp_path / "stopped")
     monkeypatch.undo()
-    finetune_module.resume(tmp_path / "stopped")
+    again = []
+    if method == "rl":  # code to import: named on the command line, not by config.yaml alone
+        with pytest.raises(LLMScratchError, match="does not choose code to run: name it on "
+                           "the command line .* align.reward=tests.test_alignment:e_reward`"):
+            finetune_module.resume(tmp_path / "stopped")
+        again = ["align.reward=tests.test_alignment:e_reward"]
+    finetune_module.resume(tmp_path / "stopped", again)
     straight = load_file(latest_checkpoint(Run(tmp_path / "straight")) / "model.safetensors")
     resumed = load_file(latest_checkpoint(Run(tmp_path / "stopped")) / "model.safetensors")
     assert latest_checkpoint(Run(tmp_path / "stopped")).name == "step-00000006"
@@ -393,7 +508,7 @@ CALLS = {"n": 0}
 
 def reward_that_fails_later(prompts, completions, **columns):
     CALLS["n"] += 1
-    if CALLS["n"] > 3:
+    if CALLS["n"] > CALLS.get("limit", 3):
         raise RuntimeError("the grader crashed")
     return [0.0] * len(completions)
 
@@ -405,15 +520,53 @@ def test_a_failing_reward_stops_the_run_with_its_checkpoint_intact(tiny_run, tmp
     CALLS["n"] = 0
     code, _, err = run_cli(["finetune", "rl", "--base", tiny_run, "--data", data, "--out", out,
                             *RL_SMALL, "align.reward=tests.test_alignment:reward_that_fails_later",
-                            "align.eval_examples=0", "train.eval_every=0", "train.max_steps=6",
+                            "finetune.eval_examples=0", "train.eval_every=0", "train.max_steps=6",
                             "train.checkpoint_every=2"], capsys)
     # One line after the progress bar, no traceback.
     assert code != 0 and "Traceback" not in err
-    assert "reward_that_fails_later raised RuntimeError: the grader crashed" in \
-        err.strip().splitlines()[-1]
+    last = err.strip().splitlines()[-1]
+    assert "reward_that_fails_later raised RuntimeError: the grader crashed" in last
+    assert "(the previous checkpoint, step-00000002, is intact)" in last
     checkpoint = latest_checkpoint(Run(out))
     assert checkpoint.name == "step-00000002"
     verify_checkpoint(checkpoint, Run(out))  # raises if anything in it were damaged
+
+
+def test_a_reward_that_fails_before_the_first_checkpoint_leaves_nothing(tiny_run, tmp_path,
+                                                                        capsys):
+    """The default reward on the user's own prompts is refused before the run exists; a
+    reward that fails on the first batch leaves no half-made run behind."""
+    data, out = tmp_path / "prompts.jsonl", tmp_path / "rl"
+    write_prompts(data)
+    _refused(["finetune", "rl", "--base", tiny_run, "--data", data, "--out", out, *RL_SMALL],
+             capsys, out, "task_rewards() missing")
+    CALLS.update(n=0, limit=1)  # the reward is tried once before training, then fails
+    try:
+        code, _, err = run_cli(["finetune", "rl", "--base", tiny_run, "--data", data, "--out",
+                                out, *RL_SMALL, "finetune.eval_examples=0", "train.eval_every=0",
+                                "align.reward=tests.test_alignment:reward_that_fails_later",
+                                "train.max_steps=4", "train.checkpoint_every=2"], capsys)
+    finally:
+        CALLS.pop("limit")
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "the grader crashed (no checkpoint had been written)" in last
+    assert f"{out} was removed" in last and not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["prompts.jsonl"]  # no temporary folder
+
+
+def test_a_reward_module_beside_the_user_is_imported(tmp_path, monkeypatch):
+    """`align.reward=my_rewards:exact`, as docs/rl.md shows, with my_rewards.py in the current
+    folder and no PYTHONPATH: the `llmscratch` script's sys.path does not hold that folder."""
+    (tmp_path / "beside_the_user.py").write_text(
+        "def exact(prompts, completions, **columns):\n"
+        "    return [float(c == 'yes') for c in completions]\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "beside_the_user", raising=False)
+    rewarder = Rewarder.function_named("beside_the_user:exact")
+    assert rewarder(ONE_PROMPT * 2, ["yes", "no"]) == [1.0, 0.0]
+    assert str(tmp_path) not in sys.path  # the path is as it was
+    sys.modules.pop("beside_the_user", None)
 
 
 def test_a_prompt_longer_than_the_context_is_refused(tiny_run, tmp_path, capsys):
@@ -424,11 +577,40 @@ def test_a_prompt_longer_than_the_context_is_refused(tiny_run, tmp_path, capsys)
     _refused(["finetune", "dpo", "--base", tiny_run, "--data", data, "--out", tmp_path / "o",
               "finetune.val_fraction=0.5"], capsys, tmp_path / "o",
              f"{data}:11: the prompt is")
+    _refused(["finetune", "dpo", "--base", tiny_run, "--data", data, "--out", tmp_path / "o",
+              "finetune.val_fraction=0.5"], capsys, tmp_path / "o", "finetune.overlong=skip")
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "word " * 200}) + "\n"
                        + json.dumps({"prompt": "short"}) + "\n")
     _refused(["finetune", "rl", "--base", tiny_run, "--data", prompts, "--out", tmp_path / "o",
               "finetune.val_fraction=0.5"], capsys, tmp_path / "o", "the prompt is")
+
+
+def test_overlong_skip_skips_long_pairs_and_prompts(tiny_run, tmp_path, capsys):
+    """finetune.overlong=skip: a pair or an RL prompt too long for the model is skipped and
+    counted in report.md, as a text or an instruction example is."""
+    data = tmp_path / "pairs.jsonl"
+    write_court_pairs(data, n=12)
+    with data.open("a") as f:
+        f.write(json.dumps({"prompt": "word " * 200, "chosen": "a", "rejected": "b"}) + "\n")
+    code, printed, _ = run_cli(["finetune", "dpo", "--base", tiny_run, "--data", data, "--out",
+                                tmp_path / "dpo", *ALIGN_SMALL, "finetune.overlong=skip",
+                                "finetune.epochs=0", "train.max_steps=1"], capsys)
+    assert code == 0, printed
+    assert ("- 1 pair was longer than 64 tokens (the model's context length): 1 was skipped."
+            in Run(tmp_path / "dpo").report_path.read_text().splitlines())
+    prompts = tmp_path / "prompts.jsonl"
+    write_prompts(prompts)
+    with prompts.open("a") as f:
+        f.write(json.dumps({"prompt": "word " * 200}) + "\n")
+    code, printed, _ = run_cli(["finetune", "rl", "--base", tiny_run, "--data", prompts,
+                                "--out", tmp_path / "rl", *RL_SMALL, "finetune.overlong=skip",
+                                "finetune.eval_examples=0",
+                                "align.reward=tests.test_alignment:e_reward",
+                                "train.max_steps=1"], capsys)
+    assert code == 0, printed
+    assert ("- 1 prompt was longer than 64 tokens (the model's context length): 1 was "
+            "skipped." in Run(tmp_path / "rl").report_path.read_text().splitlines())
 
 
 def test_a_reference_with_another_vocabulary_is_refused(tiny_run, tmp_path, capsys):
@@ -466,3 +648,30 @@ def test_the_same_commands_run_on_an_imported_chat_model(tmp_path, capsys):
                                 "align.reward=tests.test_alignment:e_reward"], capsys)
     assert code == 0, printed
     assert len([r for r in Run(tmp_path / "rl").metrics.read() if "reward" in r]) == 2
+
+
+def test_a_run_resumes_from_another_folder_as_it_was_made(tiny_run, tmp_path, monkeypatch,
+                                                          capsys):
+    """The data file named relative to where the run was made is found from anywhere; a
+    resume may not make the run another method; its report counts this process's steps."""
+    made_in, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    made_in.mkdir()
+    elsewhere.mkdir()
+    write_court_pairs(made_in / "pairs.jsonl", n=40)
+    monkeypatch.chdir(made_in)
+    _stop_at(monkeypatch, 2)
+    code, _, _ = run_cli(["finetune", "dpo", "--base", tiny_run, "--data", "pairs.jsonl",
+                          "--out", "dpo", *ALIGN_SMALL, "finetune.trainable=lora",
+                          "finetune.epochs=0", "train.max_steps=4", "train.eval_every=2",
+                          "finetune.eval_examples=0"], capsys)
+    assert code == 130
+    monkeypatch.undo()
+    monkeypatch.chdir(elsewhere)
+    run = made_in / "dpo"
+    code, _, err = run_cli(["finetune", "resume", run, "finetune.method=sft"], capsys)
+    assert code == 2 and "finetune.method='sft' does not fit" in err
+    assert "trained with finetune.method='dpo'" in err
+    code, printed, err = run_cli(["finetune", "resume", run], capsys)
+    assert code == 0, err
+    assert "training: 2 steps in" in printed and "(steps 3 to 4 of the run)" in printed
+    assert latest_checkpoint(Run(run)).name == "step-00000004"

@@ -1,6 +1,7 @@
 """The package's shape, read from its source: imports run one way along the pipeline, none
-hides inside a function without a reason, one package spells a run's files, modules stay
-readable in one sitting. docs/architecture.md draws the same map."""
+hides inside a function without a reason, the modules of a package import each other
+without cycles, one package spells a run's files, modules stay readable in one sitting.
+docs/architecture.md draws the same map."""
 
 import ast
 from pathlib import Path
@@ -9,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "llmscratch"
 
 # Lowest first: a module may import from its own layer and the layers above it in this list.
 LAYERS = [
-    {"errors", "io", "config", "distributed"},  # what every stage needs, written once
+    {"errors", "io", "config", "distributed", "progress"},  # what every stage needs, once
     {"tokenizer"},
     {"data"},
     {"model"},
@@ -30,9 +31,6 @@ LATE_IMPORTS = {
     # Optional dependencies, needed by one feature (their extra may not be installed).
     "data/documents.py": {"pyarrow.parquet"},
     "runs/hf_import.py": {"huggingface_hub"},
-    # The file formats build Tokenizers; Tokenizer.save/load/gpt2 call the formats.
-    "tokenizer/tokenizer.py": {"llmscratch.tokenizer.storage",
-                               "llmscratch.tokenizer.openai_files"},
 }
 
 # A run directory's files: only runs/ may spell them (docstrings aside).
@@ -97,6 +95,56 @@ def test_no_import_hides_in_a_function_without_a_reason():
     assert not hidden, f"imports inside functions (move them to the top): {hidden}"
 
 
+def imported_modules(path: Path) -> set[Path]:
+    """The files of the package that `path` imports, anywhere in it (inside functions too).
+
+    `from llmscratch.tokenizer import fast_path` imports the module fast_path.py;
+    `from llmscratch.tokenizer import Tokenizer` the package's __init__.py.
+    """
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [alias.name for alias in node.names] if isinstance(node, ast.ImportFrom) else []
+        for module in imported(node):
+            if not module.startswith("llmscratch."):
+                continue
+            base = PACKAGE.joinpath(*module.split(".")[1:])
+            if base.with_suffix(".py").is_file():
+                found.add(base.with_suffix(".py"))
+            elif base.is_dir():
+                submodules = [base / f"{name}.py" for name in names]
+                found |= {m for m in submodules if m.is_file()} or {base / "__init__.py"}
+    return found
+
+
+def import_cycles(graph: dict[Path, set[Path]]) -> list[list[Path]]:
+    """Cycles in a graph of imports (module -> modules it imports), each found once."""
+    cycles, done = [], set()
+
+    def visit(module: Path, path: list[Path]) -> None:
+        if module in path:
+            cycles.append(path[path.index(module):] + [module])
+            return
+        if module in done:
+            return
+        for target in sorted(graph.get(module, ())):
+            visit(target, path + [module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+    return cycles
+
+
+def test_no_package_has_an_import_cycle():
+    """Within a package (tokenizer/, data/, ...) modules import each other one way, so each
+    can be read, and imported, after the ones it needs."""
+    graph = {path: {m for m in imported_modules(path) if m.parent == path.parent}
+             for path in modules()}
+    cycles = [" -> ".join(str(m.relative_to(PACKAGE)) for m in cycle)
+              for cycle in import_cycles(graph)]
+    assert not cycles, f"import cycles: {cycles}"
+
+
 def docstrings(tree: ast.AST) -> set[int]:
     """ids of the docstring nodes of a module, its classes and functions."""
     found = set()
@@ -144,6 +192,9 @@ def test_the_checks_above_can_fail():
     assert layer_of(PACKAGE / "training.py") > layer_of(PACKAGE / "model" / "config.py")
     assert spells("checkpoints/latest", "checkpoints") and spells("a/config.yaml", "config.yaml")
     assert not spells("convert model checkpoints", "checkpoints")
+    a, b, c = Path("a.py"), Path("b.py"), Path("c.py")
+    assert import_cycles({a: {b}, b: {c}, c: {a}}) == [[a, b, c, a]]
+    assert import_cycles({a: {b, c}, b: {c}, c: set()}) == []
     hidden = ast.parse("def f():\n    import torch\n")
     assert late_imports(hidden) == ["torch"]
     assert late_imports(ast.parse("import torch\n")) == []

@@ -41,7 +41,7 @@ CONVERSATIONS = [
 @pytest.mark.parametrize("add_generation_prompt", [True, False])
 def test_an_imported_template_renders_as_transformers_renders_it(
         family, template, specials, conversation, add_generation_prompt, tmp_path):
-    save_hf_tokenizer(tokenizer(family), tmp_path)
+    save_hf_tokenizer(tokenizer(family).parts, tmp_path)
     theirs = transformers.PreTrainedTokenizerFast(
         tokenizer_file=str(tmp_path / "tokenizer.json"), chat_template=template, **specials)
     expected = theirs.apply_chat_template(conversation, tokenize=False,
@@ -108,14 +108,92 @@ def test_the_chat_command_keeps_the_conversation_and_obeys_its_commands(
     assert rendered == [
         ["user"],
         ["user", "assistant", "user"],  # the first turn is kept
+        ["system", "user"],  # /system: does it leave room for a reply?
         ["system", "user"],  # a new system message starts the conversation over
         ["system", "user"],  # /reset forgets the turns, keeps the system message
     ]
     assert out.count("model> ") == 4 and "unknown command /nope" in out
-    # A conversation that outgrows the context is one line, and the chat goes on.
-    out = chat(monkeypatch, capsys, tiny_run, ["a long question " * 20, "/reset", "hi"])
-    assert "context length is 64" in out and "/reset to start over" in out
+    # A message longer than the context on its own is one line, and the chat goes on.
+    out = chat(monkeypatch, capsys, tiny_run, ["a long question " * 20, "hi"])
+    assert "error: this message makes a prompt of" in out and "context is 64" in out
     assert out.count("model> ") == 1
+
+
+def spy_on_prompts(monkeypatch) -> list[list[dict]]:
+    """The conversation of each prompt the chat sends to the engine, as it sends them."""
+    import llmscratch.tokenizer.chat as chat_module
+    from llmscratch.generation.engine import Engine
+
+    encoded, sent = {}, []
+    encode, stream = chat_module.encode_chat, Engine.stream
+
+    def spy_encode(tokenizer, messages, *args, **kwargs):
+        ids = encode(tokenizer, messages, *args, **kwargs)
+        encoded[tuple(ids)] = [dict(m) for m in messages]
+        return ids
+
+    def spy_stream(self, prompt_ids, *args, **kwargs):
+        assert len(prompt_ids) < self.model.config.context_length
+        sent.append(encoded[tuple(prompt_ids)])
+        return stream(self, prompt_ids, *args, **kwargs)
+
+    monkeypatch.setattr(chat_module, "encode_chat", spy_encode)
+    monkeypatch.setattr(Engine, "stream", spy_stream)
+    return sent
+
+
+def test_a_conversation_longer_than_the_context_drops_its_oldest_turns(
+        tiny_run, monkeypatch, capsys):
+    sent = spy_on_prompts(monkeypatch)
+    questions = [f"question {i}: what say you to the king?" for i in range(5)]
+    out = chat(monkeypatch, capsys, tiny_run, questions, "--system", "Be brief.")
+    assert out.count("model> ") == 5  # every turn is answered: none is refused
+    assert "(dropped the" in out and "outgrew the model's context of 64 tokens)" in out
+    for question, messages in zip(questions, sent, strict=True):
+        assert messages[0] == {"role": "system", "content": "Be brief."}  # never dropped
+        assert messages[-1] == {"role": "user", "content": question}
+        assert [m["role"] for m in messages[1:]] == ["user", "assistant"] * (
+            (len(messages) - 2) // 2) + ["user"]  # whole turns go, the oldest first
+    assert len(sent[-1]) < len(sent[-2]) + 2  # the last prompts lost turns
+    assert sent[-1][1]["content"] != questions[0]
+
+
+def test_a_line_ending_in_a_backslash_goes_on_and_help_says_so(tiny_run, monkeypatch, capsys):
+    sent = spy_on_prompts(monkeypatch)
+    out = chat(monkeypatch, capsys, tiny_run, ["/help", "first line \\", "second", "third"])
+    assert "end a line with \\ to go on on the next" in out
+    assert [m[-1]["content"] for m in sent] == ["first line \nsecond", "third"]
+
+
+def test_an_over_long_system_message_is_refused_and_reset_leaves_a_working_chat(
+        tiny_run, monkeypatch, capsys):
+    sent = spy_on_prompts(monkeypatch)
+    out = chat(monkeypatch, capsys, tiny_run,
+               ["/system Be brief.", "/system " + "speak in verse " * 30, "hi", "/reset", "yo"])
+    assert "error: the system message takes" in out and "(the system message is unchanged)" in out
+    assert out.count("model> ") == 2
+    assert [m[0]["content"] for m in sent] == ["Be brief.", "Be brief."]
+    # At the start, the same system message is one error line and exit status 2.
+    from llmscratch.cli import main
+
+    assert main(["chat", "--run", str(tiny_run), "--system", "speak in verse " * 30]) == 2
+    assert capsys.readouterr().err.startswith("error: the system message takes")
+
+
+def test_ctrl_c_or_ctrl_d_at_the_prompt_leaves_with_status_0(tiny_run, monkeypatch, capsys):
+    from llmscratch.cli import main
+
+    typed = iter(["hi"])
+
+    def keyboard(prompt):
+        for line in typed:
+            return line
+        raise KeyboardInterrupt  # Ctrl-C at the second prompt
+
+    monkeypatch.setattr("builtins.input", keyboard)
+    assert main(["chat", "--run", str(tiny_run), "--max-new-tokens", "2"]) == 0
+    assert capsys.readouterr().out.count("model> ") == 1
+    chat(monkeypatch, capsys, tiny_run, [])  # the end of input (Ctrl-D) at once: status 0
 
 
 def test_ctrl_c_stops_the_reply_not_the_chat(tiny_run, monkeypatch, capsys):

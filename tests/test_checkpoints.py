@@ -24,11 +24,12 @@ from llmscratch.model import GPT, get_preset
 from llmscratch.runs.checkpoint import TrainState, latest_checkpoint
 from llmscratch.runs.config import TrainConfig
 from llmscratch.runs.run import Run
-from llmscratch.training.loop import LoopConfig, Trainer
+from llmscratch.training.loop import Trainer
 from llmscratch.training.objectives import NextTokenPrediction, ObjectiveOutput
 from llmscratch.training.optim import Schedule, build_optimizer
 from llmscratch.training.parallel import apply_activation_checkpointing
 from tests.conftest import TINY_CONFIG, new_run
+from tests.test_alignment import write_court_pairs
 
 QUIET = ["train.sample_every=0", "train.prompts=[]", "train.dtype=fp32", "train.log_every=1"]
 
@@ -109,7 +110,11 @@ def test_corrupt_checkpoint_is_detected_and_fallback_only_when_asked(run, tmp_pa
         latest_checkpoint(Run(broken))
     assert main(["pretrain", "--resume", str(broken)]) == 2
     err = capsys.readouterr().err.strip()
-    assert expected in err and "--fallback" in err and "\n" not in err
+    assert expected in err and "\n" not in err
+    hint = f"`llmscratch pretrain --resume {broken} --fallback` continues from the newest intact"
+    assert hint in err
+    assert main(["generate", "--run", str(broken), "--prompt", "a"]) == 2  # the same hint,
+    assert hint in capsys.readouterr().err  # which exists: generate has no --resume
     assert main(["pretrain", "--resume", str(broken), "--fallback", "train.max_steps=8"]) == 0
     assert "falling back to step-00000006" in capsys.readouterr().err
     assert latest_checkpoint(Run(broken)).name == "step-00000008"  # rewritten, intact
@@ -117,30 +122,48 @@ def test_corrupt_checkpoint_is_detected_and_fallback_only_when_asked(run, tmp_pa
 
 # --- SIGKILL at an arbitrary step, then resume: bit-identical to an uninterrupted run ------
 
-# Runs the real CLI, which SIGKILLs itself as it begins step KILL_AT + 1: a kill at an
-# arbitrary step, mid-run, with no race between the test and the training process.
+# Runs the real CLI, which SIGKILLs itself as it begins step KILL_AT + 1 (a kill at an
+# arbitrary step, mid-run), or as it finishes writing checkpoint KILL_SAVE (its weights and
+# optimizer written, not yet its state and manifest): no race between test and process.
 KILLED_CLI = """
 import os, signal, sys
+from llmscratch.runs import checkpoint
 from llmscratch.training import loop
-step = loop.Trainer.train_step
+step, finish = loop.Trainer.train_step, checkpoint._finish
 def step_or_die(self, state):
-    if state.step == int(os.environ["KILL_AT"]):
+    if state.step == int(os.environ.get("KILL_AT", -1)):
         os.kill(os.getpid(), signal.SIGKILL)
     return step(self, state)
-loop.Trainer.train_step = step_or_die
+def finish_or_die(run, tmp, name, *args):
+    if name == os.environ.get("KILL_SAVE"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return finish(run, tmp, name, *args)
+loop.Trainer.train_step, checkpoint._finish = step_or_die, finish_or_die
 from llmscratch.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
-def cli(*args, kill_at=None):
+def cli(*args, kill_at=None, kill_save=None, threads=1):
+    """`llmscratch ARGS` in a subprocess with `threads` CPU threads (OMP_NUM_THREADS)."""
     command = [sys.executable, "-m", "llmscratch"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same threads in every run
-    if kill_at is not None:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    if kill_at is not None or kill_save is not None:
         command = [sys.executable, "-c", KILLED_CLI]
-        env["KILL_AT"] = str(kill_at)
-    return subprocess.Popen([*command, *args], env=env, stdout=subprocess.DEVNULL,
+        env.update(KILL_AT=str(kill_at if kill_at is not None else -1),
+                   KILL_SAVE=kill_save or "")
+    return subprocess.Popen([*command, *map(str, args)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
+
+
+def assert_same_run(straight, resumed, final):
+    """The same weights in checkpoint `final`, and the same loss at every step."""
+    a = load_file(latest_checkpoint(Run(straight)) / "model.safetensors")
+    b = load_file(latest_checkpoint(Run(resumed)) / "model.safetensors")
+    assert latest_checkpoint(Run(resumed)).name == final
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    losses = {r["step"]: r["loss"] for r in records(straight) if "loss" in r}
+    assert {r["step"]: r["loss"] for r in records(resumed) if "loss" in r} == losses
 
 
 def test_sigkill_then_resume_is_bit_exact(tmp_path, small_text):
@@ -157,11 +180,37 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path, small_text):
 
     resumed = cli("pretrain", "--resume", str(killed_dir))
     assert resumed.wait() == 0, resumed.stderr.read()
-    final = "checkpoints/step-00000030/model.safetensors"
-    a, b = load_file(tmp_path / "straight" / final), load_file(killed_dir / final)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    losses = {r["step"]: r["loss"] for r in records(tmp_path / "straight") if "loss" in r}
-    assert {r["step"]: r["loss"] for r in records(killed_dir) if "loss" in r} == losses
+    assert_same_run(tmp_path / "straight", killed_dir, "step-00000030")
+
+
+@pytest.mark.parametrize("method", ["dpo", "reward"])
+def test_preference_runs_killed_mid_save_and_mid_step_resume_bit_exactly(method, tiny_run,
+                                                                          tmp_path):
+    """Killed while writing checkpoint 8 (resumed from 4), then again after step 10 (resumed
+    from 8): the uninterrupted run's weights and losses, bit for bit. DPO reads its stored
+    reference log-probabilities again. The resumes run with 2 threads where the run began
+    with 1: the run's train.threads decides, not OMP_NUM_THREADS (a CPU sum split between
+    2 threads is added in another order than on 1: the weights would differ by ~1e-7)."""
+    data = tmp_path / "pairs.jsonl"
+    write_court_pairs(data, n=40)
+    args = ["finetune", method, "--base", tiny_run, "--data", data, "train.dtype=fp32",
+            "train.batch_size=4", "finetune.val_fraction=0.25", "train.lr=1e-3",
+            "finetune.epochs=0", "train.max_steps=12", "train.checkpoint_every=4",
+            "train.eval_every=0", "train.log_every=1", "finetune.eval_examples=2"]
+    killed_dir = tmp_path / "killed"
+    straight = cli(*args, "--out", tmp_path / "straight")
+    killed = cli(*args, "--out", killed_dir, kill_save="step-00000008")
+    assert killed.wait() == -signal.SIGKILL, killed.stderr.read()
+    assert straight.wait() == 0, straight.stderr.read()
+    assert latest_checkpoint(Run(killed_dir)).name == "step-00000004"
+    assert (killed_dir / "checkpoints" / ".step-00000008.tmp").is_dir()  # the save cut short
+
+    again = cli("finetune", "resume", killed_dir, kill_at=10, threads=2)
+    assert again.wait() == -signal.SIGKILL, again.stderr.read()
+    assert latest_checkpoint(Run(killed_dir)).name == "step-00000008"
+    resumed = cli("finetune", "resume", killed_dir, threads=2)
+    assert resumed.wait() == 0, resumed.stderr.read()
+    assert_same_run(tmp_path / "straight", killed_dir, "step-00000012")
 
 
 # --- The NaN/inf guard: a bad step changes nothing; ten in a row stop the run ------------
@@ -216,8 +265,7 @@ def test_a_non_finite_step_leaves_weights_and_optimizer_untouched(tmp_path, monk
     ids = torch.randint(0, 512, (2, 17))
     trainer = Trainer(model, NextTokenPrediction(torch.device("cpu")),
                       OneBatch((ids[:, :-1], ids[:, 1:])), optimizer, Schedule.from_train(cfg),
-                      LoopConfig.from_train(cfg), new_run(tmp_path / "run"),
-                      torch.device("cpu"))
+                      cfg, new_run(tmp_path / "run"), torch.device("cpu"))
     poison(monkeypatch, bad_calls={1}, how=how)
     state = TrainState()
     assert trainer.train_step(state)["finite"]  # call 0: a normal step moves the weights
@@ -243,7 +291,7 @@ def test_ten_non_finite_steps_in_a_row_stop_the_run_with_its_checkpoint_intact(
                  "train.eval_every=0"]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
     assert last == ("error: 10 non-finite steps in a row trying step 5; lower train.lr or "
-                    "use train.dtype=fp32 (the last checkpoint is intact)")
+                    "use train.dtype=fp32 (the previous checkpoint, step-00000004, is intact)")
     skipped = [(r["step"], r["bad_loss"]) for r in records(out) if "skipped" in r]
     assert skipped == [(3, "nan")] + [(5, "nan")] * 10
     assert [r["step"] for r in records(out) if "loss" in r] == [1, 2, 3, 4]
@@ -251,6 +299,18 @@ def test_ten_non_finite_steps_in_a_row_stop_the_run_with_its_checkpoint_intact(
     monkeypatch.undo()  # the cause is gone (say, a lower learning rate): resume
     assert main(["pretrain", "--resume", str(out)]) == 0
     assert latest_checkpoint(Run(out)).name == "step-00000008"
+
+
+def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(
+        tmp_path, small_text, monkeypatch, capsys):
+    out = tmp_path / "run"
+    poison(monkeypatch, bad_calls=set(range(100)))  # every step is bad from the first
+    assert main(["pretrain", "--config", TINY_CONFIG, "--data", str(small_text), *QUIET,
+                 "--out", str(out), "train.max_steps=8", "train.eval_every=0"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"error: 10 non-finite steps in a row trying step 1; lower train.lr or "
+                    f"use train.dtype=fp32 (no checkpoint had been written); {out} was removed")
+    assert list(tmp_path.iterdir()) == []  # no half-made run, no temporary folder
 
 
 @pytest.mark.parametrize("max_norm", [1e-3, 1e3])

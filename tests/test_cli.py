@@ -1,15 +1,18 @@
 """The command line, end to end: pretrain -> eval -> generate, and every bad input."""
 
-import dataclasses
+import argparse
+import ast
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from llmscratch import __version__
-from llmscratch.cli import main
+from llmscratch.cli import build_parser, main
 from llmscratch.errors import LLMScratchError
 from tests.conftest import TINY_CONFIG
 
@@ -95,19 +98,75 @@ def test_demo_sizes_its_model_to_the_steps_that_fit(monkeypatch, tmp_path, secon
     assert chosen["model"].vocab_size == 2048  # the rest of configs/demo.yaml stays
 
 
-def test_seconds_per_step_times_a_real_step():
+def test_seconds_per_step_times_real_steps_after_the_warm_up(monkeypatch):
+    """On a clock that each step moves by a chosen time: the warm-up steps are not counted,
+    the result is the median of the timed ones, and each step is a real training step of
+    the configured batch (no test reads the wall clock)."""
     import torch
 
+    import llmscratch.training.throughput as throughput
+    from llmscratch.model import GPT
     from llmscratch.model.config import get_preset
     from llmscratch.runs.config import TrainConfig
-    from llmscratch.training.throughput import seconds_per_step
 
+    durations = iter([9.0, 9.0, 9.0, 0.5, 0.25, 0.75])  # 3 slow warm-up steps, then 3 timed
+    clock, batches = [0.0], []
+    loss = GPT.next_token_loss
+
+    def timed_loss(self, logits, targets):  # each step's loss moves the clock by its time
+        batches.append(tuple(targets.shape))
+        clock[0] += next(durations)
+        return loss(self, logits, targets)
+
+    class Clock:
+        @staticmethod
+        def perf_counter() -> float:
+            return clock[0]
+
+    monkeypatch.setattr(GPT, "next_token_loss", timed_loss)
+    monkeypatch.setattr(throughput, "time", Clock)
     model = get_preset("gpt2-tiny")
-    train = TrainConfig(batch_size=1, dtype="fp32")
-    small = seconds_per_step(model, train, torch.device("cpu"), steps=3)
-    bigger = seconds_per_step(model, dataclasses.replace(train, batch_size=128),
-                              torch.device("cpu"), steps=3)
-    assert 0 < small < bigger  # 128 times the tokens take longer
+    train = TrainConfig(batch_size=3, seq_len=16, dtype="fp32")
+    seconds = throughput.seconds_per_step(model, train, torch.device("cpu"), steps=3, warmup=3)
+    assert seconds == 0.5  # the median of 0.5, 0.25 and 0.75; the 9 s warm-up steps left out
+    assert batches == [(3, 16)] * 6
+
+
+def test_progress_without_a_terminal_is_a_few_plain_lines():
+    """In a log or CI (no terminal): whole lines, a bounded number, no carriage returns."""
+    import io
+
+    from llmscratch.progress import PlainProgress, progress
+
+    now, log = [0.0], io.StringIO()
+    bar = PlainProgress(4000, "demo", "step", stream=log, clock=lambda: now[0])
+    bar.set_postfix(loss="4.112")
+    for _ in range(4000):  # 0.15 s a step: 5% (200 steps) every 30 s
+        now[0] += 0.15
+        bar.update(1)
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and len(lines) == 20  # one each 5%
+    assert lines[0] == "demo: 200/4,000 step (5%), 30 s, 6.7 step/s, loss=4.112"
+    assert lines[-1] == "demo: 4,000/4,000 step (100%), 600 s, 6.7 step/s, loss=4.112"
+
+    log = io.StringIO()  # fast updates, no total: a line each 30 s, and the last
+    bar = PlainProgress(None, "words", "char", unit_scale=True, stream=log, clock=lambda: now[0])
+    for _ in range(400):
+        now[0] += 0.25
+        bar.update(1000)
+    bar.close()
+    assert log.getvalue().splitlines() == ["words: 120kchar, 30 s, 4.00kchar/s",
+                                           "words: 240kchar, 60 s, 4.00kchar/s",
+                                           "words: 360kchar, 90 s, 4.00kchar/s",
+                                           "words: 400kchar, 100 s, 4.00kchar/s"]
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert isinstance(progress(10, stream=io.StringIO()), PlainProgress)
+    assert not isinstance(progress(10, stream=Terminal()), PlainProgress)  # tqdm's live bar
 
 
 @pytest.fixture
@@ -192,3 +251,51 @@ def test_generate_and_eval_take_a_device_and_a_dtype(tiny_run, small_text, capsy
         assert main(["eval", "--run", str(tiny_run), "--data", str(small_text),
                      "--device", "cuda"]) == 2
         assert "no CUDA GPU is visible" in capsys.readouterr().err
+
+
+# --- the commands that messages name ---------------------------------------------------------
+
+SOURCE = Path(__file__).resolve().parents[1] / "src" / "llmscratch"
+SPEAKERS = {"LLMScratchError", "print", "say", "warn", "write"}  # calls whose text users read
+
+
+def spoken_texts():
+    """(file, text) of every string a message is made of, placeholders as VALUE."""
+    for path in sorted(SOURCE.rglob("*.py")):
+        for call in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            name = getattr(call, "func", None)
+            name = getattr(name, "id", None) or getattr(name, "attr", None)
+            if not isinstance(call, ast.Call) or name not in SPEAKERS:
+                continue
+            for node in (n for arg in call.args for n in ast.walk(arg)):
+                if isinstance(node, ast.JoinedStr):
+                    yield path.name, "".join(v.value if isinstance(v, ast.Constant)
+                                             else "VALUE" for v in node.values)
+                elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    yield path.name, node.value
+
+
+def test_every_command_a_message_names_exists():
+    """A quoted command in a message (`llmscratch finetune resume RUN --fallback`) names
+    a command and options that the parser has; a quoted option says which command it is
+    of (`--resume RUN --fallback` alone could be any, and was none)."""
+    parser = build_parser()
+    hints = [(name, hint) for name, text in spoken_texts()
+             for hint in re.findall(r"`([^`]*)`", text)
+             if hint.startswith(("llmscratch ", "-"))]
+    assert len(hints) > 20  # the walk finds them
+    for name, hint in hints:
+        words = hint.split()
+        assert words[0] == "llmscratch", f"{name}: `{hint}` does not say which command"
+        command, words = parser, words[1:]
+        while words and words[0] in _subcommands(command):
+            command = _subcommands(command)[words.pop(0)]
+        assert command is not parser, f"{name}: `{hint}` names no command"
+        for option in (w.split("=")[0] for w in words if w.startswith("--")):
+            assert option in command._option_string_actions, \
+                f"{name}: `{hint}`: {command.prog} has no {option}"
+
+
+def _subcommands(parser) -> dict:
+    return next((a.choices for a in parser._actions
+                 if isinstance(a, argparse._SubParsersAction)), {})

@@ -123,7 +123,10 @@ def test_pretrain_on_prepared_data_and_resume(prepared, tmp_path, capsys):
     state = json.loads((tmp_path / "run/checkpoints/step-00000006/state.json").read_text())
     assert state["data"]["position"] == 6 and state["data"]["global_batch"] == 4
     assert main(["pretrain", "--resume", str(tmp_path / "run"), "train.max_steps=8"]) == 0
-    assert "resuming from step-00000006" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "resuming from step-00000006" in printed.out
+    # Not a terminal: the progress is whole lines (llmscratch/progress.py), no "\r" redraws.
+    assert "\r" not in printed.err and "8/8 step (100%)" in printed.err
 
 
 def test_data_cli_prepare_and_inspect(sources, small_text, tmp_path, capsys):
@@ -131,7 +134,9 @@ def test_data_cli_prepare_and_inspect(sources, small_text, tmp_path, capsys):
     out = tmp_path / "cli"
     assert main(["data", "prepare", "--data", str(small_text), "--tokenizer", str(root / "tok"),
                  "--out", str(out), "--workers", "1", "--json"]) == 0
-    manifest = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    manifest = json.loads(printed.out)
+    assert "\r" not in printed.err and "(100%)" in printed.err  # plain progress lines
     assert manifest["splits"]["val"]["tokens"] > 0
     assert main(["data", "inspect", str(out)]) == 0
     assert "train:" in capsys.readouterr().out

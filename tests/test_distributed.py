@@ -146,7 +146,7 @@ from llmscratch.model import GPT, get_preset
 from llmscratch.runs.checkpoint import TrainState
 from llmscratch.runs.config import TrainConfig
 from llmscratch.runs.run import Run
-from llmscratch.training.loop import LoopConfig, Trainer
+from llmscratch.training.loop import Trainer
 from llmscratch.training.objectives import NextTokenPrediction
 from llmscratch.training.optim import Schedule
 from llmscratch.training.parallel import parallelize
@@ -161,7 +161,7 @@ model = parallelize(model, TrainConfig(parallel=parallel), info, cpu)
 optimizer = torch.optim.SGD([{"params": list(model.parameters()), "initial_lr": 0.1}], lr=0.1)
 trainer = Trainer(model, NextTokenPrediction(cpu), Batches([masked_batches()[info.rank]]),
                   optimizer, Schedule(peak_lr=0.1, warmup_steps=0),
-                  LoopConfig(max_steps=1, grad_clip=0.0), Run(out), cpu, info)
+                  TrainConfig(max_steps=1, grad_clip=0.0, dtype="fp32"), Run(out), cpu, info)
 loss = trainer.train_step(TrainState())["loss"]
 weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
 if info.is_main:
@@ -252,7 +252,7 @@ def test_dpo_two_processes_match_one(tmp_path, tiny_run):
     write_court_pairs(data, n=40)
     args = ["finetune", "dpo", "--base", str(tiny_run), "--data", str(data),
             "finetune.epochs=0", "train.max_steps=4", "train.log_every=1", "train.eval_every=0",
-            "align.eval_examples=0", "train.dtype=fp32", "train.lr=1e-3"]
+            "finetune.eval_examples=0", "train.dtype=fp32", "train.lr=1e-3"]
     for processes in (1, 2):
         launch(processes, *args, f"train.batch_size={8 // processes}",
                "--out", str(tmp_path / f"p{processes}"))

@@ -65,6 +65,84 @@ def test_requests_sharing_a_prefix_share_its_blocks_and_their_answers_do_not_cha
     assert engine.blocks.cache_hits == 2 * 6  # the second and third reuse all 6 blocks
 
 
+def test_a_cached_block_is_reused_only_after_the_same_earlier_blocks():
+    """Block hashes are chained: block D computed after block C holds D's keys and values
+    in C's context, so a prompt A D must not take it (its A may come from the cache)."""
+    model = tiny("llama-3-tiny")
+    a, c, d = prompts([4, 4, 4], seed=4)
+    engine = Engine(model, block_size=4, max_batch=1)
+    engine.generate([a + [1], c + d + [1]], GREEDY)  # caches A, then C and D-after-C
+    assert engine.blocks.cache_hits == 0
+    asked = a + d + [1]
+    assert engine.generate([asked], GREEDY)[0] == uncached_greedy(model, asked, 16)
+    assert engine.blocks.cache_hits == 1  # A only
+
+
+def test_the_same_block_aligned_prompt_twice_shares_all_but_its_last_block():
+    """The block holding a prompt's last token is computed afresh: that token's logits are
+    needed, and the blocks after it are written, so it is never shared."""
+    model = tiny("gpt2-tiny")
+    prompt = prompts([12])[0]  # three full blocks of 4
+    engine = Engine(model, block_size=4, max_batch=1)
+    expected = uncached_greedy(model, prompt, 16)
+    assert engine.generate([prompt, prompt], GREEDY) == [expected, expected]
+    assert engine.blocks.cache_hits == 2  # the second took blocks 0 and 1, not 2
+    assert engine.blocks.used == 0
+
+
+def test_preempted_requests_with_seeded_sampling_write_what_they_write_alone():
+    """A preempted sequence keeps its tokens and its random generator: computed again, it
+    goes on drawing where it stopped (greedy decoding could not tell a restart from this)."""
+    model = tiny("llama-3-tiny")
+    batch = prompts([12, 20, 7, 15])
+    samplings = [SamplingConfig(max_new_tokens=16, temperature=1.0, seed=10 + i)
+                 for i in range(len(batch))]
+    alone = [Engine(model, block_size=4).generate([p], s)[0]
+             for p, s in zip(batch, samplings, strict=True)]
+    engine = Engine(model, num_blocks=16, block_size=4, max_batch=8)
+    assert engine.generate(batch, samplings) == alone
+    assert engine.scheduler.preemptions > 0
+    assert engine.blocks.used == 0
+
+
+@pytest.mark.parametrize("name", ["gpt2-tiny", "llama-3-tiny"])
+def test_a_request_ends_at_the_context_length(name):
+    model = tiny(name)
+    context = model.config.context_length
+    prompt = prompts([context - 4])[0]
+    engine = Engine(model, block_size=16)
+    seq = engine.run([prompt], SamplingConfig(max_new_tokens=50, temperature=0))[0]
+    assert seq.output_ids == uncached_greedy(model, prompt, 4)  # 4 tokens fill the context
+    assert seq.finish_reason == "length" and seq.num_tokens == context
+    last = engine.run([prompts([context - 1])[0]], SamplingConfig(max_new_tokens=50))[0]
+    assert len(last.output_ids) == 1  # a prompt one short of the context gets one token
+
+
+def test_a_failing_step_ends_its_sequences_and_the_engine_goes_on(monkeypatch):
+    from llmscratch.generation import engine as engine_module
+
+    model = tiny("gpt2-tiny")
+    engine = Engine(model, block_size=4)
+    running = engine.add(prompts([5])[0], SamplingConfig(max_new_tokens=20, temperature=0))
+    engine.step()  # its prefill
+    sample_next = engine_module.sample_next
+
+    def fails(logits, cfg, *args):
+        if cfg.seed == 13:
+            raise RuntimeError("a bug in sampling")
+        return sample_next(logits, cfg, *args)
+
+    monkeypatch.setattr(engine_module, "sample_next", fails)
+    poisoned = engine.add(prompts([6])[0], SamplingConfig(max_new_tokens=5, seed=13))
+    with pytest.raises(engine_module.StepFailed) as failed:
+        engine.step()  # the new request's prefill step: it alone is ended
+    assert failed.value.seqs == [poisoned] and poisoned.finish_reason == "error"
+    while not engine.scheduler.idle:
+        engine.step()
+    assert running.output_ids == uncached_greedy(model, prompts([5])[0], 20)
+    assert engine.blocks.used == 0
+
+
 def test_requests_join_a_running_batch_and_leave_it_when_done():
     model = tiny("llama-3-tiny")
     first, late = prompts([10, 6])
@@ -115,6 +193,10 @@ def test_a_request_that_can_never_fit_is_refused_when_added():
         engine.add(prompts([5])[0], SamplingConfig(max_new_tokens=10))
     with pytest.raises(LLMScratchError, match="context length is 64"):
         engine.add(prompts([64])[0], SamplingConfig())
+    with pytest.raises(LLMScratchError, match="512, which is not a token id"):
+        engine.add([5, 512], SamplingConfig(max_new_tokens=1))  # the model has 512 rows
+    with pytest.raises(LLMScratchError, match="logit_bias names token 600"):
+        engine.add([5], SamplingConfig(max_new_tokens=1, logit_bias={3: 1.0, 600: 1.0}))
 
 
 def test_penalties_in_the_engine_equal_those_of_the_single_request_loop():

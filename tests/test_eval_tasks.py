@@ -255,7 +255,7 @@ def test_a_bad_example_is_one_line_naming_its_line(tiny_run, tmp_path, capsys, e
     (tmp_path / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     before = sorted(p.name for p in Run(tiny_run).eval_result_paths())
     code, out, err = run_cli(["eval", "tasks", "--run", tiny_run, "--tasks", spec], capsys)
-    assert code == 2 and message in err and "mc.jsonl line 4" in err
+    assert code == 2 and message in err and "mc.jsonl:4" in err
     assert len(err.strip().splitlines()) == 1 and out == ""
     assert sorted(p.name for p in Run(tiny_run).eval_result_paths()) == before
 

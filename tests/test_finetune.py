@@ -9,20 +9,24 @@ import signal
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from safetensors.torch import load_file
 
 from llmscratch.cli import main
+from llmscratch.data.chat_examples import ChatEncoder
 from llmscratch.data.examples import IGNORE, Example, ExampleBatches, collate
 from llmscratch.data.instruction_files import Conversation
 from llmscratch.errors import LLMScratchError
 from llmscratch.model import GPT, get_preset
 from llmscratch.recipes import finetune as finetune_module
-from llmscratch.recipes.sft import ChatEncoder
+from llmscratch.recipes.report import counted, overlong_sentence
 from llmscratch.runs.checkpoint import latest_checkpoint
+from llmscratch.runs.config import load_config
 from llmscratch.runs.load import load_for_inference, load_model
 from llmscratch.runs.run import Run
 from llmscratch.training.loop import Trainer, TrainingInterrupted
-from llmscratch.training.objectives import NextTokenPrediction
+from llmscratch.training.objectives import NextTokenPrediction, SequenceClassification
+from tests.test_finetune_data import write_sms
 
 try:
     import peft
@@ -136,6 +140,28 @@ def test_right_padded_rows_need_no_mask(preset):
     assert torch.allclose(masked[real], unmasked[real], atol=1e-5)
 
 
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_classification_objective_pools_each_row_without_its_padding(pooling):
+    """Right-padded rows of different lengths (the model then runs without a mask): the
+    loss and accuracy are those of each example classified alone, so the head pooled the
+    real tokens only (the batch's mask), never the padding after them."""
+    torch.manual_seed(0)
+    model = GPT(get_preset("gpt2-tiny")).eval()
+    model.add_head(3, pooling)
+    examples = [Example([5, 6, 7, 8, 9, 10], label=2), Example([3, 4], label=0),
+                Example([11, 12, 13], label=1)]
+    batch = collate([[e] for e in examples])
+    assert batch.model_mask is None and batch.input_ids.shape == (3, 6)  # right padding
+    out = SequenceClassification(torch.device("cpu"))(model, batch)
+    with torch.no_grad():
+        alone = torch.cat([model.head(model(torch.tensor([e.ids]))) for e in examples])  # (3, 3)
+    labels = torch.tensor([e.label for e in examples])
+    by_hand = F.cross_entropy(alone, labels, reduction="sum")
+    assert out.units == 3
+    assert float(out.loss_sum.detach()) == pytest.approx(float(by_hand), rel=1e-5)
+    assert out.metrics["accuracy"] == (float((alone.argmax(-1) == labels).sum()), 3)
+
+
 def test_example_batches_split_ranks_and_resume():
     examples = [Example([i], label=i % 2) for i in range(20)]
     ranks = [ExampleBatches(examples, 2, seed=3, rank=r, world_size=2) for r in range(2)]
@@ -201,6 +227,91 @@ def test_classify_last_block_saves_only_what_trains(tiny_run, tmp_path, capsys):
     code, printed, _ = run_cli(["finetune", "resume", out, "train.max_steps=4"], capsys)
     assert code == 0, printed
     assert latest_checkpoint(Run(out)).name == "step-00000004"
+
+
+# --- the run's length, the held-out size, the book's SMS file, report.md's sentences ---------
+
+
+def test_the_steps_given_win_over_the_epochs(tiny_run, tmp_path, capsys):
+    """train.max_steps given (on the command line or in the config file) is what trains: the
+    epochs of the method's defaults, or of the run being resumed, give way; both is refused."""
+    config = finetune_module.finetune_config("classify", None, "a.csv", ["train.max_steps=30"])
+    assert (config.train.max_steps, config.finetune.epochs) == (30, 0)
+    steps = tmp_path / "steps.yaml"
+    steps.write_text("train:\n  max_steps: 30\n")
+    config = finetune_module.finetune_config("sft", str(steps), "a.json")
+    assert (config.train.max_steps, config.finetune.epochs) == (30, 0)
+    with pytest.raises(LLMScratchError, match="both set the run's length; give one"):
+        finetune_module.finetune_config("classify", None, "a.csv",
+                                        ["train.max_steps=30", "finetune.epochs=2"])
+    data = tmp_path / "court.csv"
+    write_court_country(data, n=40)  # 28 training texts: an epoch is 4 steps of 8
+    code, printed, _ = run_cli(["finetune", "classify", "--base", tiny_run, "--data", data,
+                                "--out", tmp_path / "steps", "train.max_steps=2"], capsys)
+    assert code == 0, printed
+    assert latest_checkpoint(Run(tmp_path / "steps")).name == "step-00000002"
+    out = tmp_path / "epochs"
+    code, printed, _ = run_cli(["finetune", "classify", "--base", tiny_run, "--data", data,
+                                "--out", out], capsys)
+    assert code == 0, printed
+    assert latest_checkpoint(Run(out)).name == "step-00000004"
+    code, printed, _ = run_cli(["finetune", "resume", out, "train.max_steps=6"], capsys)
+    assert code == 0, printed
+    assert latest_checkpoint(Run(out)).name == "step-00000006"
+    assert Run(out).read_config().finetune.epochs == 0
+
+
+def test_one_key_sets_the_held_out_size(tiny_run, tmp_path, capsys):
+    """finetune.eval_examples: how many test texts a classifier is scored on (all of them by
+    default); align.eval_examples is refused naming it, and an old run's config.yaml that
+    has it is read with the size that run used."""
+    data, out = tmp_path / "court.csv", tmp_path / "clf"
+    write_court_country(data, n=40)
+    code, printed, _ = run_cli(["finetune", "classify", "--base", tiny_run, "--data", data,
+                                "--out", out, "train.max_steps=1", "finetune.eval_examples=3"],
+                               capsys)
+    assert code == 0, printed
+    after = json.loads((out / "eval" / "after.json").read_text())
+    assert sum(map(sum, after["confusion"])) == 3  # of the 8 test texts
+    with pytest.raises(LLMScratchError,
+                       match="'align.eval_examples' is now 'finetune.eval_examples'"):
+        finetune_module.finetune_config("dpo", None, "synthetic", ["align.eval_examples=5"])
+    old = tmp_path / "config.yaml"
+    for method, used in (("dpo", 7), ("reward", 7), ("rl", 7), ("sft", 200), ("classify", -1)):
+        old.write_text(yaml.safe_dump({"finetune": {"method": method, "eval_examples": 200},
+                                       "align": {"eval_examples": 7}}))
+        assert load_config(old).finetune.eval_examples == used, method
+
+
+@pytest.mark.parametrize("name", ["SMSSpamCollection.tsv", "SMSSpamCollection"])
+def test_the_books_sms_file_trains_under_any_name(name, tiny_run, tmp_path, capsys):
+    """The SMS Spam Collection as the book downloads it (label<TAB>text, no header) is known
+    by its first line: balanced and split as the book does, without finetune.data_format."""
+    data, out = tmp_path / name, tmp_path / "spam"
+    write_sms(data, n_ham=60, n_spam=20)
+    code, printed, _ = run_cli(["finetune", "classify", "--base", tiny_run, "--data", data,
+                                "--out", out, "train.max_steps=1"], capsys)
+    assert code == 0, printed
+    assert Run(out).read_info().labels == ["ham", "spam"]
+    sizes = [len(Run(out).split_path(split).read_text().splitlines())
+             for split in ("train", "validation", "test")]
+    assert sizes == [28, 4, 8]  # 20 ham and 20 spam, split 70/10/20
+    report = Run(out).report_path.read_text().splitlines()
+    assert f"- {data}: 28 training, 4 validation and 8 test texts; labels ham and spam." \
+        in report
+    assert "- No text was longer than 64 tokens (the model's context length)." in report
+
+
+def test_report_counts_are_sentences():
+    assert counted(0, "pair", "skipped") == "No pair was skipped."
+    assert counted(1, "pair", "skipped") == "1 pair was skipped."
+    assert counted(1100, "pair", "skipped") == "1,100 pairs were skipped."
+    assert overlong_sentence("text", 1024, False, 9977, 0) == (
+        "9,977 texts were longer than 1,024 tokens (the model's context length): 9,977 were "
+        "truncated to fit.")
+    assert overlong_sentence("example", 256, True, 1, 2) == (
+        "3 examples were longer than 256 tokens (finetune.max_len): 1 was truncated to fit "
+        "and 2 were skipped.")
 
 
 # --- instruction tuning and LoRA ------------------------------------------------------------
@@ -334,3 +445,57 @@ def test_adapters_are_never_laid_over_another_base(tiny_run, tmp_path, capsys):
     code, _, err = run_cli(["generate", "--run", run_dir, "--prompt", "a", "--max-new-tokens",
                             "2"], capsys)
     assert code != 0 and "was trained on another" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_run_never_replaces_what_it_is_made_from(tiny_run, tmp_path, capsys):
+    """--out may not name the run a command reads, nor any run that one builds on, even
+    with --overwrite; a folder of the user's files is never written into; every refusal
+    is one line that changes nothing."""
+    from tests.test_bad_input import snapshot
+
+    base, sft = tmp_path / "base", tmp_path / "sft"
+    shutil.copytree(tiny_run, base)
+    assert run_cli(["finetune", "sft", "--base", base, "--data", "synthetic", "--out", sft,
+                    *SFT_SMALL, "finetune.trainable=lora", "finetune.epochs=0",
+                    "train.max_steps=1"], capsys)[0] == 0
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    cases = [
+        (["finetune", "dpo", "--base", sft, "--data", "synthetic", "--out", sft],
+         f"--out {sft} would replace {sft}, the run it reads"),
+        (["finetune", "dpo", "--base", sft, "--data", "synthetic", "--out", base],
+         f"--out {base} would replace {base}, a run that {sft} builds on"),
+        (["finetune", "sft", "--base", base, "--data", "synthetic", "--out", tmp_path],
+         f"--out {tmp_path} would replace {base}"),
+        (["finetune", "rl", "--base", base, "--data", "synthetic", "--out", sft,
+          f"align.reward_model={sft}"], f"--out {sft} would replace {sft}, the run it reads"),
+        (["lora", "merge", "--run", sft, "--out", sft], "the run it reads"),
+        (["lora", "merge", "--run", sft, "--out", base], f"a run that {sft} builds on"),
+        (["lora", "import", "--base", base, "--adapter", mine, "--out", base],
+         "the run it reads"),
+        (["lora", "export", "--run", sft, "--out", mine],
+         f"{mine} exists and is not a PEFT adapter folder"),
+        (["lora", "export", "--run", sft, "--out", base], "is not a PEFT adapter folder"),
+    ]
+    for argv, message in cases:
+        for overwrite in ([], ["--overwrite"]):
+            before = snapshot(tmp_path)
+            code, _, err = run_cli([*argv, *overwrite], capsys)
+            assert code == 2 and len(err.strip().splitlines()) == 1, err
+            assert message in err, err
+            assert snapshot(tmp_path) == before
+    # A run that exists: the hint names the command that continues it.
+    code, _, err = run_cli(["finetune", "sft", "--base", base, "--data", "synthetic",
+                            "--out", sft], capsys)
+    assert code == 2 and f"(or continue it: `llmscratch finetune resume {sft}`)" in err
+    # An adapter folder is replaced with --overwrite, as a whole and at once.
+    adapter = tmp_path / "adapter"
+    assert run_cli(["lora", "export", "--run", sft, "--out", adapter], capsys)[0] == 0
+    (adapter / "stale.txt").write_text("from the earlier export")
+    code, _, err = run_cli(["lora", "export", "--run", sft, "--out", adapter], capsys)
+    assert code == 2 and "already exists; pass --overwrite" in err
+    assert run_cli(["lora", "export", "--run", sft, "--out", adapter, "--overwrite"],
+                   capsys)[0] == 0
+    assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json",
+                                                         "adapter_model.safetensors"]

@@ -17,6 +17,7 @@ from llmscratch.data.labeled_files import (
     LabeledTexts,
     balance_classes,
     check_labels,
+    is_sms_spam,
     read_labeled,
     read_sms_spam,
     sms_spam_splits,
@@ -294,6 +295,19 @@ def test_sms_reading_follows_pandas_quoting_and_refuses_other_files(tmp_path):
     path.write_text("ham\tok\nham no tab\n")
     with pytest.raises(LLMScratchError, match=at_line(path, 2) + r".*\(2 fields\), found 1"):
         read_sms_spam(path)
+
+
+def test_the_sms_file_is_known_by_its_first_line_under_any_name(tmp_path):
+    for name in ("SMSSpamCollection", "SMSSpamCollection.tsv", "sms.txt", "spam.csv"):
+        write_sms(tmp_path / name, n_ham=3, n_spam=2)
+        assert is_sms_spam(tmp_path / name), name
+    (tmp_path / "book.tsv").write_text("ham\tGo until jurong point, crazy..\nspam\tWIN\n")
+    assert is_sms_spam(tmp_path / "book.tsv")
+    (tmp_path / "header.tsv").write_text("label\ttext\nham\tok\n")  # a header: not it
+    (tmp_path / "header.csv").write_text("text,label\nham,spam\n")
+    (tmp_path / "hamlet.txt").write_text("hamlet\tprince\n")
+    for name in ("header.tsv", "header.csv", "hamlet.txt", "missing.tsv"):
+        assert not is_sms_spam(tmp_path / name), name
 
 
 def test_labeled_texts_take_keeps_lines_with_texts():

@@ -233,6 +233,40 @@ def test_existing_output_and_offline_hub_id(qwen_folder, tmp_path, capsys, monke
     assert not new.exists()
 
 
+def test_a_hub_id_without_an_org_is_tried_and_offline_reads_only_the_cache(
+        tmp_path, capsys, monkeypatch):
+    """`convert from-hf gpt2 runs/gpt2`, the book's chapter 5 step: with HF_HUB_OFFLINE set,
+    one error line without touching the network, until the model is in the hub's cache."""
+    import socket
+
+    import huggingface_hub.constants
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network was tried")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    out = tmp_path / "runs" / "gpt2"
+    err = convert_error(capsys, "from-hf", "gpt2", str(out))
+    assert err.startswith("error: gpt2 is not a local folder nor in the Hugging Face cache")
+    assert "HF_HUB_OFFLINE" in err and not out.exists()
+    for name in ("./no/such/folder", "a/b/c", "bad--name", str(tmp_path / "missing")):
+        assert "neither a folder nor a hub id" in convert_error(capsys, "from-hf", name, str(out))
+    (tmp_path / "weights.bin").write_bytes(b"")
+    assert "is a file" in convert_error(capsys, "from-hf", str(tmp_path / "weights.bin"),
+                                        str(out))
+    # Where a download leaves it: models--gpt2/snapshots/<commit>, named by refs/main.
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    save_folder(hf_model("gpt2"), "gpt2", cache / "models--gpt2" / "snapshots" / commit)
+    (cache / "models--gpt2" / "refs").mkdir()
+    (cache / "models--gpt2" / "refs" / "main").write_text(commit)
+    assert main(["convert", "from-hf", "gpt2", str(out)]) == 0
+    assert Run(out).read_info().source == "gpt2"
+
+
 def test_export_refuses_an_architecture_without_hf_equivalent():
     with pytest.raises(LLMScratchError, match="qk_norm=True") as err:
         family_of(get_preset("gpt2-tiny", qk_norm=True))  # GPT-2 with QK-norm: no HF class

@@ -3,6 +3,7 @@ parsed, non-numbers unscored (never 0), retries after a failed call, every line 
 it comes, and one line when the judge is down or refuses."""
 
 import json
+import shutil
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -71,16 +72,57 @@ def test_scores_unscored_and_retries(tiny_run, judge_server, capsys):
     assert saved["complete"] and saved["metrics"]["unscored"] == 2
 
 
-def test_a_judge_that_is_down_is_one_line_and_keeps_what_was_judged(tiny_run, judge_server,
+@pytest.fixture
+def own_run(tiny_run, tmp_path):
+    """A copy of the tiny run, whose eval/ starts empty."""
+    shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns("eval"))
+    return tmp_path / "run"
+
+
+def results(run):
+    """The judge's files in the run, by name, with their bytes."""
+    return {p.name: p.read_bytes() for p in sorted(Run(run).eval_dir.glob("judge*"))}
+
+
+def test_a_judge_that_is_down_is_one_line_and_keeps_what_was_judged(own_run, judge_server,
                                                                     capsys):
     StandIn.script = [(200, "70"), (500, "x"), (500, "x"), (500, "x")]
-    code = main(judge_args(tiny_run, judge_server))
+    code = main(judge_args(own_run, judge_server))
     err = capsys.readouterr().err
     assert code == 2 and "failed 3 times (HTTP 500)" in err and len(err.splitlines()) == 1
-    lines = Run(tiny_run).eval_examples_path("judge").read_text().splitlines()
+    lines = Run(own_run).eval_examples_path("judge").read_text().splitlines()
     assert [json.loads(line)["score"] for line in lines] == [70]  # written before the failure
-    saved = json.loads(Run(tiny_run).eval_result_path("judge").read_text())
+    saved = json.loads(Run(own_run).eval_result_path("judge").read_text())
     assert not saved["complete"] and saved["metrics"]["scored"] == 1
+
+
+def test_a_failed_or_empty_evaluation_leaves_earlier_results(own_run, judge_server, capsys):
+    StandIn.script = [(200, "80")] * 4
+    assert main(judge_args(own_run, judge_server)) == 0
+    capsys.readouterr()
+    earlier = results(own_run)
+    assert json.loads(earlier["judge.json"])["metrics"]["mean_score"] == 80
+    # The judge fails halfway: what it scored is not worth a complete result.
+    StandIn.script = [(200, "10"), (500, "x"), (500, "x"), (500, "x")]
+    assert main(judge_args(own_run, judge_server)) == 2
+    err = capsys.readouterr().err
+    assert "failed 3 times" in err and "were left as they were" in err
+    assert len(err.splitlines()) == 1
+    assert {k: v for k, v in results(own_run).items() if not k.endswith(".partial")} == earlier
+    # Every reply unusable: no score is not a score of 0, and not a success.
+    StandIn.script = [(200, "I cannot grade this")] * 4
+    assert main(judge_args(own_run, judge_server, "--json")) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "was a score" in err and "for any of 4 responses" in err
+    assert {k: v for k, v in results(own_run).items() if not k.endswith(".partial")} == earlier
+    replies = Run(own_run).eval_dir / "judge.examples.jsonl.partial"
+    assert [json.loads(line)["judge_reply"] for line in replies.read_text().splitlines()] \
+        == ["I cannot grade this"] * 4  # kept to be read, beside the results
+    # A refused connection before any reply: nothing changes.
+    StandIn.script = [(404, "no such model")]
+    assert main(judge_args(own_run, judge_server)) == 2
+    assert "left as they were" in capsys.readouterr().err
+    assert {k: v for k, v in results(own_run).items() if not k.endswith(".partial")} == earlier
 
 
 def test_no_server_and_a_refusal(tiny_run, judge_server, capsys):

@@ -86,3 +86,15 @@ def test_rolling_log_likelihood_and_generation_are_the_model_s_own(tiny_run):
             model, tokenizer.encode("JULIET:"), SamplingConfig(max_new_tokens=6, temperature=0),
             settings.stop_token_ids, tokenizer.vocab_size))).split("\n\n")[0]
     assert reply == expected
+
+
+def test_a_task_lm_eval_does_not_know_is_one_line(tiny_run, tmp_path, capsys):
+    """lm_eval raises ValueError for a task it cannot find: one line, exit 2, nothing written."""
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = main(["eval", "harness", "--model", "llmscratch", "--model_args", f"run={tiny_run}",
+                 "--tasks", "no_such_task", "--output_path", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: eval harness: Tasks not found: no_such_task")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -9,9 +9,10 @@ import torch.nn.functional as F
 
 from llmscratch.model import GPT, get_preset
 from llmscratch.runs.checkpoint import TrainState, latest_checkpoint, read_weights
+from llmscratch.runs.config import TrainConfig
 from llmscratch.runs.load import load_model
 from llmscratch.runs.run import BaseRun
-from llmscratch.training.loop import LoopConfig, Trainer
+from llmscratch.training.loop import Trainer
 from llmscratch.training.objectives import NextTokenPrediction
 from llmscratch.training.optim import Schedule
 from tests.conftest import new_run
@@ -50,7 +51,7 @@ def sgd_trainer(model, batches, grad_accum, run):
     """One plain SGD step of lr 0.1 (no clipping): the update is -0.1 x the gradient."""
     optimizer = torch.optim.SGD([{"params": list(model.parameters()), "initial_lr": 0.1}],
                                 lr=0.1)
-    cfg = LoopConfig(max_steps=1, grad_accum=grad_accum, grad_clip=0.0)
+    cfg = TrainConfig(max_steps=1, grad_accum=grad_accum, grad_clip=0.0, dtype="fp32")
     return Trainer(model, NextTokenPrediction(CPU), Batches(batches), optimizer,
                    Schedule(peak_lr=0.1, warmup_steps=0), cfg, run, CPU)
 
@@ -120,7 +121,7 @@ def test_objective_metrics_reach_metrics_jsonl_as_sums_over_counts(tmp_path):
                                 lr=0.0)
     trainer = Trainer(model, WithAccuracy(CPU), Batches([first, second]), optimizer,
                       Schedule(peak_lr=0.0, warmup_steps=0),
-                      LoopConfig(max_steps=1, grad_accum=2, log_every=1), run, CPU)
+                      TrainConfig(max_steps=1, grad_accum=2, log_every=1, dtype="fp32"), run, CPU)
     trainer.fit(TrainState())
     record = next(json.loads(line) for line in run.metrics.path.read_text().splitlines()
                   if "accuracy" in json.loads(line))
@@ -142,8 +143,9 @@ def test_the_data_source_sees_the_current_policy(tmp_path):
     optimizer = torch.optim.SGD([{"params": list(model.parameters()), "initial_lr": 0.1}],
                                 lr=0.1)
     Trainer(model, NextTokenPrediction(CPU), source, optimizer,
-            Schedule(peak_lr=0.1, warmup_steps=0), LoopConfig(max_steps=2, log_every=1),
-            new_run(tmp_path / "run"), CPU).fit(TrainState())
+            Schedule(peak_lr=0.1, warmup_steps=0),
+            TrainConfig(max_steps=2, log_every=1, dtype="fp32"), new_run(tmp_path / "run"),
+            CPU).fit(TrainState())
     assert all(policy is model for policy in source.policies)
     assert not torch.equal(seen[0], seen[1])  # the second batch saw the updated weights
 
@@ -167,7 +169,7 @@ def test_trainable_only_checkpoints_load_on_their_base_run(tmp_path, tiny_run):
         group["initial_lr"] = 1e-2
     Trainer(model.train(), NextTokenPrediction(CPU), Batches([first]), optimizer,
             Schedule(peak_lr=1e-2, warmup_steps=0),
-            LoopConfig(max_steps=3, trainable_only=True), run, CPU).fit(TrainState())
+            TrainConfig(max_steps=3, dtype="fp32"), run, CPU, trainable_only=True).fit(TrainState())
 
     saved = read_weights(latest_checkpoint(run))
     trained = {n for n, p in model.named_parameters() if p.requires_grad}

@@ -227,7 +227,7 @@ def test_adapter_for_another_architecture_is_refused(tmp_path):
     with pytest.raises(LLMScratchError, match="transformer.h.0.attn.c_attn.*another arch"):
         import_peft_adapter(narrower, tmp_path / "gpt2")
     assert not lora_layers(narrower)  # refused before anything changed
-    with pytest.raises(LLMScratchError, match="already holds adapter_"):
+    with pytest.raises(LLMScratchError, match="already exists; pass --overwrite"):
         export_peft_adapter(llama, tmp_path / "llama")
 
 

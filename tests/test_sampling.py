@@ -95,6 +95,12 @@ def test_temperature_zero_is_greedy():
     ("repetition_penalty", float("nan"), "repetition_penalty must be a finite number > 0"),
     ("frequency_penalty", 3.0, "frequency_penalty must be in [-2, 2]"),
     ("presence_penalty", float("nan"), "presence_penalty must be in [-2, 2]"),
+    ("seed", 2**63, "seed must be a whole number from 0 to 2^63 - 1"),
+    ("seed", -1, "seed must be a whole number from 0 to 2^63 - 1"),
+    ("seed", 1.5, "seed must be a whole number"),
+    ("logit_bias", {3: 101}, "logit_bias maps token ids (>= 0) to numbers from -100 to 100"),
+    ("logit_bias", {-1: 5}, "logit_bias maps token ids"),
+    ("logit_bias", {3: float("nan")}, "logit_bias maps token ids"),
 ])
 def test_sampling_settings_that_mean_nothing_are_refused(field, value, message):
     with pytest.raises(LLMScratchError) as err:
@@ -113,6 +119,14 @@ def test_penalties_by_hand():
     got = apply_penalties(logits, cfg, prompt_ids=[3], output_ids=[0, 2, 0])
     torch.testing.assert_close(got, torch.tensor([[2.0 - 1.0 - 1.0, -1.0, 0.5 - 0.5 - 1.0, 0.0]]))
     assert apply_penalties(logits, SamplingConfig(), [0, 1], [2]) is logits  # off: untouched
+
+
+def test_logit_bias_adds_to_the_logits_of_the_tokens_it_names():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 0.0]])
+    got = apply_penalties(logits, SamplingConfig(logit_bias={1: 4.0, 3: -100}), [], [])
+    torch.testing.assert_close(got, torch.tensor([[2.0, 3.0, 0.5, -100.0]]))
+    greedy = SamplingConfig(temperature=0, logit_bias={0: -100})  # bans the likeliest
+    assert int(sample_next(logits, greedy, torch.Generator())) == 2
 
 
 def test_penalties_apply_before_greedy_decoding():

@@ -219,23 +219,217 @@ def test_over_the_concurrency_limit_is_429(tiny_run, monkeypatch):
         server.close()
 
 
-def test_a_failing_step_ends_its_requests_and_the_server_goes_on(server, monkeypatch):
-    from llmscratch.generation.engine import Engine
+def test_a_request_the_engine_fails_on_gets_an_error_and_the_others_go_on(server, monkeypatch):
+    """A bug that strikes one request, where the engine adds it or in its step: that request
+    is answered 500 (streaming: an error event), the one decoding beside it and every later
+    one are served, /health stays true."""
+    from llmscratch.generation import engine as engine_module
 
-    step = Engine.step
-    calls = []
+    add, sample_next = engine_module.Engine.add, engine_module.sample_next
 
-    def fails_once(self):
-        calls.append(1)
-        if len(calls) == 1:
+    def add_fails(self, prompt_ids, sampling, stop_ids=()):
+        if sampling.seed == 13:
+            raise RuntimeError("a bug when a request is added")
+        return add(self, prompt_ids, sampling, stop_ids)
+
+    def sample_fails(logits, cfg, *args):
+        if cfg.seed == 14:
             raise RuntimeError("a bug in a step")
-        return step(self)
+        return sample_next(logits, cfg, *args)
 
-    monkeypatch.setattr(Engine, "step", fails_once)
+    monkeypatch.setattr(engine_module.Engine, "add", add_fails)
+    monkeypatch.setattr(engine_module, "sample_next", sample_fails)
     client = server.client()
-    broken = client.completions.create(model="tiny", prompt="x", max_tokens=5, temperature=0)
-    assert broken.choices[0].text == ""  # ended, not hung
-    monkeypatch.undo()
+    before = server.metrics()["llmscratch_request_errors_total"]
+    expected = client.completions.create(model="tiny", prompt="ROMEO:", max_tokens=30,
+                                         temperature=0).choices[0].text
+    healthy = client.completions.create(model="tiny", prompt="ROMEO:", max_tokens=30,
+                                        temperature=0, stream=True)
+    text = next(healthy).choices[0].text  # it is decoding now
+    with pytest.raises(openai.InternalServerError, match="engine failed on this request"):
+        client.completions.create(model="tiny", prompt="x", max_tokens=5, seed=13)
+    with pytest.raises(openai.APIError, match="engine failed on this request"):
+        list(client.completions.create(model="tiny", prompt="x", max_tokens=5, seed=14,
+                                       stream=True))
+    text += "".join(chunk.choices[0].text for chunk in healthy if chunk.choices)
+    assert text == expected
+    assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
     assert client.completions.create(model="tiny", prompt="x", max_tokens=3,
                                      temperature=0).usage.completion_tokens == 3
-    assert server.metrics()["llmscratch_kv_blocks_used"] == 0
+    metrics = server.metrics()
+    assert metrics["llmscratch_request_errors_total"] == before + 2
+    assert metrics["llmscratch_kv_blocks_used"] == 0
+    assert server.state.active == 0  # every request gave its place back
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_an_engine_thread_that_ends_is_reported_and_nothing_waits_on_it(tiny_run, monkeypatch):
+    from llmscratch.serving.async_engine import AsyncEngine
+
+    def broken(self):
+        raise RuntimeError("a bug in the engine thread's own loop")
+
+    server = Server(tiny_run)
+    try:
+        monkeypatch.setattr(AsyncEngine, "_read_inbox", broken)  # read when a request comes
+        client = server.client()
+        with pytest.raises(openai.InternalServerError, match="the engine stopped"):
+            client.completions.create(model="tiny", prompt="x", max_tokens=3)
+        health = httpx.get(f"{server.url}/health")
+        assert health.status_code == 503
+        assert "RuntimeError" in health.json()["error"]["message"]
+        with pytest.raises(openai.APIStatusError, match="the engine stopped") as refused:
+            client.chat.completions.create(model="tiny", max_tokens=3,
+                                           messages=[{"role": "user", "content": "hi"}])
+        assert refused.value.status_code == 503
+        assert server.metrics()["llmscratch_engine_up"] == 0
+    finally:
+        server.close()
+
+
+BAD_FIELDS = [
+    ({"seed": 1208925819614629174706176}, "seed"),
+    ({"seed": -(2**63) - 1}, "seed"),
+    ({"seed": "7"}, "seed"),
+    ({"temperature": float("nan")}, "temperature"),
+    ({"temperature": float("inf")}, "temperature"),
+    ({"temperature": -0.5}, "temperature"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"top_p": 0}, "top_p"),
+    ({"top_k": -2}, "top_k"),
+    ({"min_p": 2}, "min_p"),
+    ({"repetition_penalty": 0}, "repetition_penalty"),
+    ({"frequency_penalty": float("nan")}, "frequency_penalty"),
+    ({"presence_penalty": -3}, "presence_penalty"),
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"max_tokens": 2.5}, "max_tokens"),
+    ({"n": 0}, "n"),
+    ({"n": 17}, "n"),
+    ({"n": True}, "n"),
+    ({"stop": [1]}, "stop"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"stream": "yes"}, "stream"),
+    ({"stream_options": {"include_usage": "yes"}}, "include_usage"),
+    ({"logit_bias": {"512": 1}}, "logit_bias"),  # the tokenizer has 512 ids
+    ({"logit_bias": {"-1": 1}}, "logit_bias"),
+    ({"logit_bias": {"a": 1}}, "logit_bias"),
+    ({"logit_bias": {"5": 101}}, "logit_bias"),
+    ({"logit_bias": {"5": float("nan")}}, "logit_bias"),
+    ({"logit_bias": [5]}, "logit_bias"),
+    ({"echo": True}, "echo"),
+    ({"best_of": 3}, "best_of"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"model": 5}, "model"),
+]
+BAD_MESSAGES = [
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "messages"),
+    ({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:,"}}]}]}, "messages"),
+    ({"messages": [{"role": "user"}]}, "messages"),
+    ({"messages": "hi"}, "messages"),
+]
+
+
+@pytest.mark.parametrize("path, base", [
+    ("completions", {"prompt": "x"}),
+    ("chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+])
+def test_every_sampling_field_out_of_range_is_a_400_naming_it(server, path, base):
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    for fields, param in BAD_FIELDS + (BAD_MESSAGES if path.startswith("chat") else []):
+        body = json.dumps({"model": "tiny", **base, **fields})  # NaN as Python's json writes it
+        answer = httpx.post(f"{server.url}/v1/{path}", headers=headers, content=body)
+        assert answer.status_code == 400, (fields, answer.text)
+        error = answer.json()["error"]
+        assert (error["param"], error["type"]) == (param, "invalid_request_error"), fields
+    # and the server goes on: the largest seed there is, and a logit bias that works
+    text = httpx.post(f"{server.url}/v1/completions", headers=headers, json={
+        "prompt": "x", "max_tokens": 4, "seed": 2**63 - 1, "n": 2}).json()["choices"]
+    assert len(text) == 2
+    client = server.client()
+    banned = client.completions.create(model="tiny", prompt="ROMEO:", max_tokens=1,
+                                       temperature=0, logprobs=1)
+    first = banned.choices[0].logprobs.tokens[0]
+    first_id = server.state.tokenizer.encode(first, disallowed_special="none")
+    again = client.completions.create(model="tiny", prompt="ROMEO:", max_tokens=1, temperature=0,
+                                      logit_bias={str(first_id[0]): -100})
+    assert len(first_id) == 1 and again.choices[0].text not in ("", first)
+    assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
+
+
+def test_unknown_routes_and_methods_are_answered_in_openai_shape(server):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    for method, path, status in [("GET", "/v1/nothing", 404), ("GET", "/nothing", 404),
+                                 ("GET", "/openapi.json", 404), ("GET", "/docs", 404),
+                                 ("GET", "/v1/completions", 405), ("POST", "/health", 405)]:
+        answer = httpx.request(method, f"{server.url}{path}", headers=headers)
+        assert answer.status_code == status
+        error = answer.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and path in error["message"]
+    assert httpx.get(f"{server.url}/v1/completions", headers=headers).headers["allow"] == "POST"
+
+
+def test_a_bug_in_a_handler_is_a_500_in_openai_shape(server, monkeypatch):
+    from llmscratch.serving import app as app_module
+
+    def broken(body, vocab_size):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(app_module, "parse_completion", broken)
+    with pytest.raises(openai.InternalServerError, match="failed on this request") as err:
+        server.client().completions.create(model="tiny", prompt="x", max_tokens=1)
+    assert err.value.body["type"] == "server_error"
+    monkeypatch.undo()
+    assert server.client().completions.create(model="tiny", prompt="x", max_tokens=1)
+
+
+def test_the_key_guards_every_api_route_and_only_those(server):
+    """/v1/* needs the key; the chat page, /health and /metrics answer without it (they show
+    no prompt, no text and no key: docs/inference.md, "What answers without the key")."""
+    routes = server.server.config.app.openapi()["paths"]  # every route: {path: {method: ..}}
+    api = {path: next(iter(methods)) for path, methods in routes.items()
+           if path.startswith("/v1/")}
+    assert len(api) == 3
+    for path, method in api.items():
+        for key in (None, "wrong", f"{KEY}x"):
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            answer = httpx.request(method, f"{server.url}{path}", headers=headers,
+                                   json={"prompt": "x"})
+            assert answer.status_code == 401, path
+            assert answer.json()["error"]["code"] == "invalid_api_key"
+    assert set(routes) - set(api) == {"/", "/health", "/metrics"}
+    for path in set(routes) - set(api):
+        assert httpx.get(f"{server.url}{path}").status_code == 200
+    assert KEY not in httpx.get(f"{server.url}/").text
+
+
+def test_serve_refuses_a_bad_port_in_one_line_before_loading_anything(tiny_run, capsys):
+    import socket
+
+    from llmscratch.cli import main
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        for port, message in [("99999", "'99999' is not a port number"),
+                              (str(taken.getsockname()[1]), "Address already in use")]:
+            assert main(["serve", "--run", "/no/such/run", "--port", port]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    finally:
+        taken.close()
+
+
+def test_serve_prints_the_api_and_the_chat_page_addresses(tiny_run, capsys, monkeypatch):
+    from llmscratch.cli import main
+
+    ports = []  # instead of serving: the port of the socket it would serve on
+    monkeypatch.setattr(uvicorn.Server, "run",
+                        lambda self, sockets: ports.append(sockets[0].getsockname()[1]))
+    assert main(["serve", "--run", str(tiny_run), "--port", "0", "--device", "cpu"]) == 0
+    port = ports[0]  # the free port it was given
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"serving tiny on http://127.0.0.1:{port}/v1 (OpenAI-compatible; Ctrl-C "
+                   "stops)", f"chat page: http://127.0.0.1:{port}/"]

@@ -51,7 +51,7 @@ def trained(tmp_path, corpus, capsys):
 def test_train_writes_a_loadable_tokenizer(trained):
     out, summary = trained
     assert summary["vocab_size"] == 300
-    assert summary["seconds"] >= 0 and summary["bytes_per_token"] > 1.5
+    assert isinstance(summary["seconds"], float) and summary["bytes_per_token"] > 1.5
     tok = Tokenizer.load(out)
     assert tok.vocab_size == 300 and tok.eot_id == 299
 
@@ -63,6 +63,13 @@ def test_train_plain_output_reports_time(tmp_path, corpus, capsys):
     )  # fmt: skip
     assert code == 0
     assert "training time:" in out and "bytes/token" in out
+
+
+def test_train_progress_in_a_log_is_plain_lines(tmp_path, corpus, capsys):
+    code, _, err = run(capsys, "tokenizer", "train", "--data", str(corpus), "--vocab-size",
+                       "280", "--out", str(tmp_path / "t"))
+    assert code == 0 and "\r" not in err  # no terminal: no tqdm redraws
+    assert err.splitlines()[-1].startswith("BPE merges: 23/23 merge (100%)")
 
 
 def test_encode_decode_round_trip(trained, capsys, monkeypatch):

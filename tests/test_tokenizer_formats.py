@@ -10,6 +10,7 @@ Qwen: NFC + Split + ByteLevel, merges in list order). Ids are compared with
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import tokenizers  # the references: never skipped
@@ -166,7 +167,7 @@ def test_qwen_style_folder_imports_with_identical_ids(tmp_path, shakespeare_voca
     ],
 )
 def test_unsupported_hf_files_are_one_line_errors(tmp_path, edit, message):
-    path = save_hf_tokenizer(train_bpe(["abc abd"], 260), tmp_path)
+    path = save_hf_tokenizer(train_bpe(["abc abd"], 260).parts, tmp_path)
     document = json.loads(path.read_text(encoding="utf-8"))
     edit(document)
     path.write_text(json.dumps(document), encoding="utf-8")
@@ -175,13 +176,55 @@ def test_unsupported_hf_files_are_one_line_errors(tmp_path, edit, message):
     assert str(path) in str(info.value)
 
 
+def first_vocab_entry(document: dict) -> str:
+    return next(iter(document["model"]["vocab"]))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["added_tokens"][0].update(id=10**15),
+         "'<|endoftext|>' has the id 1,000,000,000,000,000, but there are only 260 tokens"),
+        (lambda d: d["added_tokens"][0].update(id=-1), "has the id -1; ids are whole numbers"),
+        (lambda d: d["added_tokens"][0].update(id="259"), "has the id '259'; ids are whole"),
+        (lambda d: d["added_tokens"][0].update(id=True), "has the id True; ids are whole"),
+        (lambda d: d["added_tokens"].append({"id": 259, "content": "<|pad|>"}),
+         "tokens '<|endoftext|>' and '<|pad|>' have the same id 259"),
+        (lambda d: d["model"]["vocab"].update({first_vocab_entry(d): 10**6}),
+         "has the id 1,000,000, but there are only 260 tokens"),
+    ],
+)
+def test_tokenizer_ids_are_checked_in_every_format(tmp_path, edit, message):
+    """Ids that no model could hold an embedding for, in a Hugging Face file and in ours."""
+    tok = train_bpe(["abc abd"], 260)
+    hf_path = save_hf_tokenizer(tok.parts, tmp_path / "hf")
+    document = json.loads(hf_path.read_text(encoding="utf-8"))
+    edit(document)
+    hf_path.write_text(json.dumps(document), encoding="utf-8")
+    with pytest.raises(LLMScratchError, match=re.escape(message)):
+        Tokenizer.load(hf_path)
+    ours = Tokenizer.load(tok.save(tmp_path / "ours"))  # the same ids in our format
+    assert ours.encode("abc abd") == tok.encode("abc abd")
+    our_path = tmp_path / "ours" / "tokenizer.json"
+    document = json.loads(our_path.read_text(encoding="utf-8"))
+    hf_like = {"added_tokens": [{"id": i, "content": t} for t, i in
+                                document["special_tokens"].items()],
+               "model": {"vocab": document["vocab"]}}
+    edit(hf_like)
+    document["special_tokens"] = {e["content"]: e["id"] for e in hf_like["added_tokens"]}
+    document["vocab"] = hf_like["model"]["vocab"]
+    our_path.write_text(json.dumps(document), encoding="utf-8")
+    with pytest.raises(LLMScratchError, match=re.escape(message)):
+        Tokenizer.load(our_path)
+
+
 # ------------------------------------------------------------ export to HF
 
 
 @pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
 def test_trained_tokenizer_exports_to_tokenizers_and_transformers(tmp_path, pattern):
     tok = train_bpe(shakespeare_texts()[:2], 1500, pattern, special_tokens=QWEN_SPECIALS)
-    path = save_hf_tokenizer(tok, tmp_path / "export")
+    path = save_hf_tokenizer(tok.parts, tmp_path / "export")
     texts = hf_battery() + CHAT[1:]
     assert_same_ids(tok, tokenizers.Tokenizer.from_file(str(path)), texts)
 
@@ -206,17 +249,18 @@ def test_merges_from_ranks_reproduce_the_rank_rule():
 
 
 def test_tiktoken_file_round_trip_and_tiktoken_reads_ours(tmp_path, shakespeare_vocab):
-    path = save_tiktoken_file(shakespeare_vocab, tmp_path / "shakespeare.tiktoken")
+    path = save_tiktoken_file(shakespeare_vocab.parts, tmp_path / "shakespeare.tiktoken")
     assert load_tiktoken_bpe(str(path)) == shakespeare_vocab.mergeable_ranks
-    back = load_tiktoken_file(path, pattern=shakespeare_vocab.pattern, special_tokens={})
+    back = Tokenizer.from_parts(load_tiktoken_file(path, pattern=shakespeare_vocab.pattern,
+                                                   special_tokens={}))
     for text in hf_battery():
         assert back.encode(text) == shakespeare_vocab.encode(text)
 
 
 def test_gpt2_through_a_tiktoken_file(tmp_path):
     gpt2 = Tokenizer.gpt2()
-    path = save_tiktoken_file(gpt2, tmp_path / "gpt2.tiktoken")
-    back = load_tiktoken_file(path)  # defaults: GPT-2's pattern, <|endoftext|> = 50256
+    path = save_tiktoken_file(gpt2.parts, tmp_path / "gpt2.tiktoken")
+    back = Tokenizer.from_parts(load_tiktoken_file(path))  # GPT-2's pattern, <|endoftext|> 50256
     assert back.eot_id == 50256 and back.vocab_size == 50257
     for text in BATTERY:
         assert back.encode(text, disallowed_special="none") == gpt2.encode(

@@ -69,13 +69,23 @@ def test_training_stops_when_nothing_is_left_to_merge():
     assert tok.vocab_size == 259 and tok.eot_id == 258
 
 
-def test_train_stats_describe_the_corpus():
+def test_train_stats_describe_the_corpus(monkeypatch):
+    import llmscratch.tokenizer.train as train_module
+
+    ticks = iter([10.0, 11.5, 14.0])  # start, words counted, merges learned
+
+    class Clock:
+        @staticmethod
+        def perf_counter() -> float:
+            return next(ticks)
+
+    monkeypatch.setattr(train_module, "time", Clock)
     tok = train_bpe(["to be or not to be"], vocab_size=300)
     stats = tok.train_stats
     assert stats["bytes"] == len("to be or not to be")
     assert stats["words"] == 6 and stats["distinct_words"] == 5
     assert stats["tokens"] == len(tok.encode("to be or not to be"))
-    assert stats["seconds"] >= stats["merge_seconds"] >= 0
+    assert (stats["seconds"], stats["count_seconds"], stats["merge_seconds"]) == (4, 1.5, 2.5)
 
 
 def test_streamed_file_blocks_count_like_the_whole_file(tmp_path):

@@ -2,7 +2,6 @@
 
 import math
 import signal
-import time
 
 import numpy as np
 import pytest
@@ -23,6 +22,7 @@ from llmscratch.runs.checkpoint import (
 from llmscratch.runs.config import TrainConfig, load_config
 from llmscratch.runs.metrics import MetricsLog
 from llmscratch.runs.run import Run
+from llmscratch.training import loop as loop_module
 from llmscratch.training import precision
 from llmscratch.training.loop import Trainer
 from llmscratch.training.optim import Schedule, build_optimizer
@@ -137,44 +137,9 @@ def test_compiled_run_gives_the_losses_of_the_eager_run(tmp_path, small_text):
     np.testing.assert_allclose(losses["true"], losses["false"], rtol=1e-5)
 
 
-def test_max_seconds_stops_early_like_a_last_step_and_resume_finishes(tmp_path, small_text):
-    config = load_config(TINY_CONFIG, ["train.max_steps=6", "train.max_seconds=1e-6",
-                                       "train.checkpoint_every=100", "train.dtype=fp32"])
-    config.data.files = [str(small_text)]
-    result = pretrain_module.pretrain(config, tmp_path / "run")
-    assert latest(tmp_path / "run") == "step-00000001"  # stopped after 1 step
-    assert math.isfinite(result.final.bpb)  # evaluated as at the end
-    # The limit counts seconds of this process; the resumed run goes on to max_steps.
-    pretrain_module.resume(tmp_path / "run", ["train.max_seconds=0"])
-    assert latest(tmp_path / "run") == "step-00000006"
-
-
-def test_budget_seconds_sizes_the_run_and_records_its_length(tmp_path, small_text, monkeypatch):
-    # Each step takes at least 20 ms, so a 1-second budget fits at most 50 steps: the
-    # length is decided after 25 steps, when at least 0.5 s is spent.
-    step = Trainer.train_step
-
-    def slow_step(self, state):
-        time.sleep(0.02)
-        return step(self, state)
-
-    monkeypatch.setattr(Trainer, "train_step", slow_step)
-    config = load_config(TINY_CONFIG, ["train.max_steps=1000", "train.budget_seconds=1",
-                                       "train.warmup_steps=30", "train.eval_every=0",
-                                       "train.checkpoint_every=0", "train.dtype=fp32"])
-    config.data.files = [str(small_text)]
-    pretrain_module.pretrain(config, tmp_path / "run")
-    saved = load_config(tmp_path / "run" / "config.yaml")
-    steps = int(latest(tmp_path / "run").split("-")[1])
-    assert 25 <= steps <= 50
-    assert saved.train.max_steps == steps  # the chosen length, so a resume keeps it
-    assert saved.train.budget_seconds == 0
-
-
-def budget_runs(tmp_path, small_text, monkeypatch, seconds_per_step) -> dict[str, int]:
-    """Steps a cosine and a WSD run of a 2.5 s budget train, on a clock that only the
-    training steps move: `seconds_per_step(step)` a step (sums exact in binary). Plans are
-    made every 10 steps after the first, at step 25."""
+def step_clock(monkeypatch, seconds_per_step, *modules) -> None:
+    """Give `modules` a clock that only training steps move: `seconds_per_step(step)` each
+    (sums exact in binary). No test of a time limit reads the wall clock."""
     clock = [0.0]
 
     class StepClock:
@@ -189,7 +154,45 @@ def budget_runs(tmp_path, small_text, monkeypatch, seconds_per_step) -> dict[str
         return step(self, state)
 
     monkeypatch.setattr(Trainer, "train_step", timed_step)
-    monkeypatch.setattr(budget_module, "time", StepClock)
+    for module in modules:
+        monkeypatch.setattr(module, "time", StepClock)
+
+
+def test_max_seconds_stops_early_like_a_last_step_and_resume_finishes(
+        tmp_path, small_text, monkeypatch):
+    # A second a step: after 2 steps, 2 s >= 1.5 s, and the run ends there.
+    step_clock(monkeypatch, lambda step: 1.0, loop_module)
+    config = load_config(TINY_CONFIG, ["train.max_steps=6", "train.max_seconds=1.5",
+                                       "train.checkpoint_every=100", "train.dtype=fp32"])
+    config.data.files = [str(small_text)]
+    result = pretrain_module.pretrain(config, tmp_path / "run")
+    assert latest(tmp_path / "run") == "step-00000002"  # stopped after 2 steps
+    assert math.isfinite(result.final.bpb)  # evaluated as at the end
+    # The limit counts seconds of this process; the resumed run goes on to max_steps.
+    pretrain_module.resume(tmp_path / "run", ["train.max_seconds=0"])
+    assert latest(tmp_path / "run") == "step-00000006"
+
+
+def test_budget_seconds_sizes_the_run_and_records_its_length(tmp_path, small_text, monkeypatch):
+    # 1/32 s a step and a 1-second budget: the length is decided after 25 steps (5 skipped,
+    # 20 timed), with 25/32 s spent: 25 + (1 - 25/32) x 32 = 32 steps.
+    step_clock(monkeypatch, lambda step: 1 / 32, budget_module)
+    config = load_config(TINY_CONFIG, ["train.max_steps=1000", "train.budget_seconds=1",
+                                       "train.warmup_steps=30", "train.eval_every=0",
+                                       "train.checkpoint_every=0", "train.dtype=fp32"])
+    config.data.files = [str(small_text)]
+    pretrain_module.pretrain(config, tmp_path / "run")
+    saved = load_config(tmp_path / "run" / "config.yaml")
+    assert latest(tmp_path / "run") == "step-00000032"
+    assert saved.train.max_steps == 32  # the chosen length, so a resume keeps it
+    assert saved.train.budget_seconds == 0
+
+
+def budget_runs(tmp_path, small_text, monkeypatch, seconds_per_step) -> dict[str, int]:
+    """Steps a cosine and a WSD run of a 2.5 s budget train, on a clock that only the
+    training steps move (`step_clock`). Plans are made every 10 steps after the first, at
+    step 25."""
+    step_clock(monkeypatch, seconds_per_step, budget_module)
     monkeypatch.setattr(budget_module, "REPLAN_EVERY", 10)
     steps = {}
     for schedule in ("cosine", "wsd"):

@@ -22,14 +22,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import types
 import typing
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from llmscratch.errors import LLMScratchError
+from llmscratch.io import parse_yaml, read_text
 
 
 def _suggest(key: str, valid: Iterable[str], prefix: str = "") -> str:
@@ -37,8 +37,36 @@ def _suggest(key: str, valid: Iterable[str], prefix: str = "") -> str:
     return f"; did you mean '{prefix}{close[0]}'?" if close else ""
 
 
+# Whole numbers in a config become tensor sizes, counts and seeds: each must fit the 64-bit
+# integers of torch and numpy (Python's own ints have no limit, so 10**20 would only fail
+# later, with an OverflowError deep inside a library).
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+
+
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """`seed`, if it is a whole number from 0 to 2^63 - 1, which every random generator takes.
+
+    torch.manual_seed takes -2^63 .. 2^64 - 1 (a negative seed wraps around, so -1 and
+    2^64 - 1 would be one stream), numpy's generators no negative seed at all; 0 .. 2^63 - 1
+    is one rule for both, and it fits a 64-bit integer.
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= INT_MAX:
+        raise LLMScratchError(f"{name} must be a whole number from 0 to 2^63 - 1 "
+                              f"({INT_MAX}), got {seed!r}")
+    return seed
+
+
 def _coerce(value: Any, kind: Any, key: str) -> Any:
-    """Check `value` against the annotation `kind`; int is accepted where float is."""
+    """Check `value` against the annotation `kind`; int is accepted where float is.
+
+    A union (`float | None`, `str | list[str]`) takes what any of its members takes.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and not (
+            INT_MIN <= value <= INT_MAX):
+        raise LLMScratchError(f"{key} must be a whole number of 64 bits (-2^63 to 2^63 - 1), "
+                              f"got one of {value.bit_length()} bits")
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return _coerce_union(value, typing.get_args(kind), key)
     if typing.get_origin(kind) is list:
         (item_kind,) = typing.get_args(kind)
         if isinstance(value, (str, int, float)):  # a lone value where a list is expected
@@ -64,6 +92,20 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
     return value
 
 
+def _coerce_union(value: Any, kinds: tuple, key: str) -> Any:
+    if value is None and type(None) in kinds:
+        return None
+    for kind in kinds:
+        if kind is not type(None):
+            try:
+                return _coerce(value, kind, key)
+            except LLMScratchError:
+                continue
+    names = " or ".join("none" if k is type(None) else getattr(k, "__name__", str(k))
+                        for k in kinds)
+    raise LLMScratchError(f"{key} must be {names}, got {value!r} ({type(value).__name__})")
+
+
 def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     """Build dataclass `cls` from a dict, checking every key and type (nested sections too)."""
     if not isinstance(data, dict):
@@ -78,6 +120,9 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
     kwargs = {}
     for key, value in data.items():
         if key not in names:
+            renamed = getattr(cls, "RENAMED", {}).get(key)  # a key that moved elsewhere
+            if renamed:
+                raise LLMScratchError(f"config key '{prefix}{key}' is now '{renamed}'")
             raise LLMScratchError(
                 f"unknown config key '{prefix}{key}'{_suggest(key, names, prefix)}"
             )
@@ -87,6 +132,21 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
         else:
             kwargs[key] = _coerce(value, kind, f"{prefix}{key}")
     return cls(**kwargs)
+
+
+def check_fields(config: Any, prefix: str = "") -> None:
+    """Check every field of dataclass `config` against its annotation, as `from_dict` does
+    (ints stand for floats, a lone value for a list), in place.
+
+    For a dataclass built from other data than a config file (a Hugging Face
+    config.json, a checkpoint): its `__post_init__` calls this first, so that a
+    string or a 10**20 is one line instead of a traceback from deep in torch.
+    """
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not dataclasses.is_dataclass(hints[f.name]):
+            object.__setattr__(config, f.name, _coerce(value, hints[f.name], prefix + f.name))
 
 
 def to_dict(config: Any) -> dict:
@@ -110,11 +170,8 @@ def apply_overrides(data: dict, overrides: Sequence[str], sections: Sequence[str
                 f"unknown config key '{dotted}'{_suggest(parts[0], sections)} "
                 f"(keys look like {'|'.join(sections)}.name)"
             )
-        try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError:
-            raise LLMScratchError(f"override {item!r}: the value is not valid YAML; quote a "
-                                  "string, or give a number, true/false or a [list]") from None
+        value = parse_yaml(raw, f"the value of override {item!r} (quote a string, or give a "
+                                f"number, true/false or a [list])") if raw else ""
         data.setdefault(parts[0], {})[parts[1]] = value
     return data
 
@@ -122,32 +179,13 @@ def apply_overrides(data: dict, overrides: Sequence[str], sections: Sequence[str
 def read_yaml(path: str | Path) -> dict:
     """The mapping in a YAML file; every way it can be wrong is one line."""
     path = Path(path)
-    if not path.is_file():
-        raise LLMScratchError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise LLMScratchError(f"config file {path} is not UTF-8 text (bad byte at offset "
-                              f"{err.start})") from None
-    except OSError as err:
-        raise LLMScratchError(f"cannot read config file {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise LLMScratchError(f"config file {path} is not valid YAML: {_yaml_problem(err)}"
-                              ) from None
+    data = parse_yaml(read_text(path, "config file"), f"config file {path}")
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise LLMScratchError(f"config file {path} must hold a mapping of sections, "
                               f"got {type(data).__name__}")
     return data
-
-
-def _yaml_problem(err: yaml.YAMLError) -> str:
-    """PyYAML's several-line message, as one line: the problem and where."""
-    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-    mark = getattr(err, "problem_mark", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-    return f"{problem}{where}"
 
 
 def field_docs(cls: type) -> dict[str, str]:

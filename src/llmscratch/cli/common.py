@@ -55,3 +55,12 @@ def say(text: str = "", end: str = "\n") -> None:
     """Print to stdout and flush, so that output and errors arrive in order."""
     sys.stdout.write(text + end)
     sys.stdout.flush()
+
+
+def training_line(steps: int, first_step: int, seconds: float, rate: str = "") -> str:
+    """What this process trained: a resumed run's steps since its checkpoint, in the time
+    they took (not the whole run's steps against this process's time); `rate`, this
+    process's throughput ("1,234 tokens/s"), follows the time."""
+    line = f"training: {steps - first_step:,} steps in {seconds:.0f} s" + (
+        f", {rate}" if rate else "")
+    return line + (f" (steps {first_step + 1:,} to {steps:,} of the run)" if first_step else "")

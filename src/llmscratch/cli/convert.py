@@ -25,12 +25,15 @@ def register(subparsers) -> None:
     p = add_command(directions, "from-hf",
                     "Import a Hugging Face model (GPT-2, Llama 3, Qwen3, Qwen3-MoE) as a run "
                     "directory.",
+                    "  llmscratch convert from-hf gpt2 runs/gpt2    # OpenAI's GPT-2 124M, "
+                    "from the hub\n"
                     "  llmscratch convert from-hf ~/models/Llama-3.2-1B runs/llama-1b\n"
                     "  llmscratch convert from-hf Qwen/Qwen3-0.6B runs/qwen3 --dtype fp32  "
                     "# hub id: downloads\n"
                     "  llmscratch generate --run runs/qwen3 --prompt 'The capital of France is'\n")
     p.add_argument("source", metavar="SRC", help="Hugging Face folder (config.json + safetensors "
-                   "+ tokenizer.json), or a hub id such as Qwen/Qwen3-0.6B")
+                   "+ tokenizer.json), or, where no such path exists, a hub id such as gpt2 or "
+                   "Qwen/Qwen3-0.6B (with HF_HUB_OFFLINE=1: from the hub's cache only)")
     p.add_argument("out", metavar="OUT", help="new run directory to write")
     p.add_argument("--dtype", help="bf16 or fp32 (default: the checkpoint's; fp16 becomes fp32)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it is a run")

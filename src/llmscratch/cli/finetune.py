@@ -15,13 +15,13 @@ import argparse
 import json
 from pathlib import Path
 
-from llmscratch.cli.common import add_command, add_group, say
+from llmscratch.cli.common import add_command, add_group, say, training_line
 from llmscratch.errors import LLMScratchError
 
 EXAMPLES = {
     "classify": "  llmscratch finetune classify --base runs/demo --data genres --out runs/genres\n"
-                "  llmscratch finetune classify --base runs/gpt2 --data SMSSpamCollection "
-                "--out runs/spam finetune.data_format=sms\n"
+                "  llmscratch finetune classify --base runs/gpt2 --data SMSSpamCollection.tsv "
+                "--out runs/spam\n"
                 "  llmscratch finetune classify --base runs/demo --data reviews.csv "
                 "--out runs/reviews finetune.trainable=lora\n",
     "sft": "  llmscratch finetune sft --base runs/demo --data synthetic --out runs/sft\n"
@@ -69,7 +69,9 @@ def register(sub) -> None:
         p.set_defaults(func=cmd_finetune, method=method)
     p = add_command(commands, "resume", "Continue a fine-tuning run from its newest checkpoint.",
                     "  llmscratch finetune resume runs/sft\n"
-                    "  llmscratch finetune resume runs/sft finetune.epochs=3   # train longer\n")
+                    "  llmscratch finetune resume runs/sft finetune.epochs=3   # train longer\n"
+                    "  llmscratch finetune resume runs/rl align.reward=my_rewards:score  "
+                    "# code to run: named here, not by the run's saved config\n")
     p.add_argument("run", help="the fine-tuning run")
     p.add_argument("--fallback", action="store_true", help="if the newest checkpoint is "
                    "corrupt, continue from the newest intact one")
@@ -145,7 +147,7 @@ def _print_result(result) -> None:
 
     if result.rank:
         return
-    say(f"\ntraining: {result.steps:,} steps in {result.train_seconds:.0f} s")
+    say("\n" + training_line(result.steps, result.first_step, result.train_seconds))
     for key, label in HEADLINES[result.method]:
         if key in result.after:
             form = "{:.3f}" if key == "mean_reward" else "{:.1%}"  # a reward, or a share
@@ -193,8 +195,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_reward(args: argparse.Namespace) -> int:
+    from llmscratch.data.chat_examples import ChatEncoder
     from llmscratch.recipes.reward import reward_scores
-    from llmscratch.recipes.sft import ChatEncoder
     from llmscratch.runs.load import load_for_inference
     from llmscratch.runs.run import Run
 

@@ -19,6 +19,7 @@ from llmscratch.cli.common import add_command, add_group
 from llmscratch.data.corpus import expand_paths, shakespeare_text
 from llmscratch.data.text_files import check_files, iter_files
 from llmscratch.errors import LLMScratchError
+from llmscratch.io import parse_json
 from llmscratch.tokenizer import open_tokenizer, train_bpe
 from llmscratch.tokenizer.display import inspect_text, render_tokens
 from llmscratch.tokenizer.hf_json import save_hf_tokenizer
@@ -280,9 +281,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.to == "llmscratch":
         path = tokenizer.save(out)
     elif args.to == "hf":
-        path = save_hf_tokenizer(tokenizer, out)
+        path = save_hf_tokenizer(tokenizer.parts, out)
     else:
-        path = save_tiktoken_file(tokenizer, out)
+        path = save_tiktoken_file(tokenizer.parts, out)
     if args.json:
         print(json.dumps({"out": str(path), "format": args.to, "vocab_size": tokenizer.vocab_size}))
     else:
@@ -311,12 +312,15 @@ def _parse_ids(raw: str) -> list[int]:
     if not raw:
         raise LLMScratchError("no token ids given: pipe a JSON list like [15496, 995] or use --ids")
     try:
-        ids = json.loads(raw) if raw.startswith("[") else [int(word) for word in raw.split()]
-    except ValueError:
+        ids = (parse_json(raw, "the ids") if raw.startswith("[")
+               else [int(word) for word in raw.split()])
+    except (LLMScratchError, ValueError) as err:
+        reason = f" ({err})" if isinstance(err, LLMScratchError) else ""
         raise LLMScratchError(
-            f"cannot read token ids from {raw[:40]!r}; give a JSON list like [15496, 995] "
-            "or numbers separated by spaces"
+            f"cannot read token ids from {raw[:40]!r}{reason}; give a JSON list like "
+            "[15496, 995] or numbers separated by spaces"
         ) from None
-    if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool)
+                                            for i in ids):
         raise LLMScratchError(f"token ids must be a list of integers, got {raw[:40]!r}")
     return ids

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from llmscratch.cli.common import add_command, say, split_overrides
+from llmscratch.cli.common import add_command, say, split_overrides, training_line
 from llmscratch.errors import LLMScratchError
 
 
@@ -99,8 +99,8 @@ def _print_result(result) -> None:
     final = result.final
     say(f"\nvalidation: loss {final.loss:.4f} nats/token, perplexity {final.perplexity:.2f}, "
         f"{final.bpb:.4f} bits/byte ({final.tokens:,} tokens, {final.bytes:,} bytes)")
-    say(f"training: {result.steps:,} steps in {result.train_seconds:.0f} s, "
-        f"{result.tokens_per_second:,.0f} tokens/s")
+    say(training_line(result.steps, result.first_step, result.train_seconds,
+                      f"{result.tokens_per_second:,.0f} tokens/s"))
     for prompt, completion in result.samples:
         say("\n--- sample " + "-" * 50 + "\n" + prompt + completion)
     say(f"\nrun directory: {result.run_dir}")

@@ -10,6 +10,7 @@ and batches of examples for fine-tuning.
     labeled_files.py      labeled texts from CSV/TSV/JSONL and the SMS Spam Collection; splits
     genres.py             the offline classification task: a passage's genre, split by play
     instruction_files.py  Alpaca JSON/JSONL and chat JSONL as Conversations; the Alpaca prompt
+    chat_examples.py      ChatEncoder: a Conversation as token ids, targets on the reply
     synthetic_tasks.py    checkable instruction tasks, rewards and preference pairs
     examples.py           fine-tuning Examples in padded or packed Batches, resumable
 """

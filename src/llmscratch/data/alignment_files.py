@@ -20,8 +20,10 @@ Data shipped with the project, "synthetic": pairs and prompts from the
 synthetic tasks (data/synthetic_tasks.py), whose answers a program checks.
 
 Mistakes are one line naming the file and the record's line: a missing
-field, an empty response, chosen and rejected identical (the pair teaches
-nothing, and the DPO loss of it is constant).
+field, an empty response. A pair whose chosen and rejected responses are the
+same text is read, but teaches nothing (its DPO loss is a constant, its
+Bradley-Terry gradient zero): `Preference.is_tie` marks it, and the recipes
+skip and count it (recipes/pairs.py). The book's chapter 7 file has six.
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ class Preference:
     @property
     def source(self) -> str:
         return self.prompt.source
+
+    @property
+    def is_tie(self) -> bool:
+        """Chosen and rejected are the same response (but for surrounding spaces)."""
+        return self.chosen.strip() == self.rejected.strip()
 
     def conversations(self) -> tuple[Conversation, Conversation]:
         """The prompt answered with the chosen response, and with the rejected one."""
@@ -99,9 +106,6 @@ def _preference(where: str, record: dict) -> Preference:
                                   "a prompt (or instruction), 'chosen' and 'rejected'")
     chosen = _response(where, "chosen", record["chosen"])
     rejected = _response(where, "rejected", record["rejected"])
-    if chosen.strip() == rejected.strip():
-        raise LLMScratchError(f"{where}: 'chosen' and 'rejected' are identical; a pair must "
-                              "prefer one response to another")
     return Preference(_prompt(where, record), chosen, rejected)
 
 

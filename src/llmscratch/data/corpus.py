@@ -27,6 +27,7 @@ from pathlib import Path
 
 from llmscratch.data.documents import find_files
 from llmscratch.errors import LLMScratchError
+from llmscratch.io import read_text
 
 VALIDATION_FRACTION = 0.1
 
@@ -90,17 +91,7 @@ def expand_paths(patterns: Sequence[str]) -> list[Path]:
 
 def read_text_file(path: Path) -> str:
     """Read a UTF-8 text file, or fail with one line that says what is wrong."""
-    if not path.is_file():
-        raise LLMScratchError(f"data file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise LLMScratchError(
-            f"data file {path} is not UTF-8 text (bad byte at offset {err.start}); "
-            "convert it to UTF-8 first"
-        ) from None
-    except OSError as err:
-        raise LLMScratchError(f"cannot read data file {path}: {err.strerror}") from None
+    text = read_text(path, "data file")
     if not text.strip():
         raise LLMScratchError(f"data file {path} is empty; give a file with text in it")
     return text

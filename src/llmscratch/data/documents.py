@@ -16,13 +16,13 @@ file it stands for (for the progress bar's MB/s).
 from __future__ import annotations
 
 import glob
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmscratch.data.text_files import iter_text_blocks
 from llmscratch.errors import LLMScratchError
+from llmscratch.io import parse_json
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")
 
@@ -95,11 +95,13 @@ def _jsonl_pieces(path: Path, text_field: str) -> Iterator[Piece]:
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                line = line.decode("utf-8")
+            except UnicodeDecodeError:
+                raise LLMScratchError(f"{path}:{line_no}: not UTF-8 text; convert the file to "
+                                      "UTF-8 first") from None
+            record = parse_json(line, str(path), first_line=line_no)
+            try:
                 text = record[text_field]
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                raise LLMScratchError(f"{path}:{line_no} is not a JSON line ({err}); "
-                                      "fix or remove that line") from None
             except (KeyError, TypeError):
                 raise LLMScratchError(
                     f"{path}:{line_no} has no {text_field!r} field; name the text field "

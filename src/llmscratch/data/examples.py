@@ -157,7 +157,8 @@ class ExampleBatches:
         """The k-th row of the run's order."""
         epoch, pos = divmod(k, len(self.rows))
         if epoch != self._epoch:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            # Modulo 2^63: a valid seed (config.check_seed) whatever the run's seed.
+            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
             self._order, self._epoch = torch.randperm(len(self.rows), generator=gen), epoch
         return self.rows[int(self._order[pos])]
 

@@ -43,13 +43,11 @@ not end with the assistant, an empty file.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmscratch.data.corpus import read_text_file
-from llmscratch.data.labeled_files import read_jsonl_objects
 from llmscratch.errors import LLMScratchError
+from llmscratch.io import read_json_records
 from llmscratch.tokenizer.chat import ROLES
 
 ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "
@@ -120,42 +118,7 @@ def read_records(path: Path, what: str) -> list[tuple[int, dict]]:
     if path.suffix not in (".json", ".jsonl"):
         raise LLMScratchError(f"cannot read {what} from {path}: its extension is not "
                               ".json or .jsonl; rename or convert it")
-    text = read_text_file(path)
-    records = read_jsonl_objects(path, text) if path.suffix == ".jsonl" \
-        else _json_list_items(path, text)
-    if not records:
-        raise LLMScratchError(f"{path} has no records; give at least one")
-    return records
-
-
-def _json_list_items(path: Path, text: str) -> list[tuple[int, dict]]:
-    """(line number, object) for each item of the JSON list in `text`.
-
-    `json.loads` checks the whole file; then a second pass decodes the list
-    one item at a time (`raw_decode` says where each ends) to learn the
-    line each item starts on, for messages about it.
-    """
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise LLMScratchError(f"{path}:{err.lineno}: not valid JSON ({err.msg} at column "
-                              f"{err.colno})") from None
-    if not isinstance(document, list):
-        raise LLMScratchError(f"{path} must hold a JSON list of records, not a "
-                              f"{type(document).__name__}; or write one record a line as .jsonl")
-    decoder = json.JSONDecoder()
-    items, position, line, counted = [], text.index("[") + 1, 1, 0
-    while len(items) < len(document):
-        while text[position] in " \t\r\n,":  # to the start of the next item
-            position += 1
-        line, counted = line + text.count("\n", counted, position), position
-        item, position = decoder.raw_decode(text, position)
-        items.append((line, item))
-    for item_line, item in items:
-        if not isinstance(item, dict):
-            raise LLMScratchError(f"{path}:{item_line}: expected a JSON object, got "
-                                  f"{type(item).__name__}")
-    return items
+    return read_json_records(path)
 
 
 def _conversation(path: Path, line: int, record: dict) -> Conversation:

@@ -13,7 +13,9 @@ Files read here (the format is chosen by the extension):
 - `.jsonl`: one JSON object per line, with the same two fields (a label may
   be a string or an integer).
 - the SMS Spam Collection the book uses (`read_sms_spam`): `label<TAB>text`,
-  no header, labels `ham` and `spam`.
+  no header, labels `ham` and `spam`. Whatever its name, `is_sms_spam`
+  knows it by its first line (`ham<TAB>Go until jurong point...`: a first
+  field `ham` or `spam`, where a header would name a column).
 
 Labels are numbered in sorted order (numerically when every label is an
 integer, so "2" comes before "10"). A validation or test file must use only
@@ -40,7 +42,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ import numpy as np
 
 from llmscratch.data.corpus import read_text_file
 from llmscratch.errors import LLMScratchError
+from llmscratch.io import read_json_records
 
 SMS_LABELS = ("ham", "spam")  # the book maps ham -> 0, spam -> 1
 BOOK_SEED = 123  # the book's random_state for balancing and shuffling
@@ -117,10 +119,10 @@ def read_labeled(path: str | Path, text_field: str = "text",
     if path.suffix not in (".csv", ".tsv", ".jsonl"):
         raise LLMScratchError(f"cannot read labeled texts from {path}: its extension is not "
                               ".csv, .tsv or .jsonl; rename or convert it")
-    text = read_text_file(path).removeprefix("\ufeff")  # the byte-order mark Excel writes
     if path.suffix == ".jsonl":
-        rows = _jsonl_rows(path, text, text_field, label_field)
+        rows = _jsonl_rows(path, text_field, label_field)
     else:
+        text = read_text_file(path).removeprefix("\ufeff")  # the byte-order mark Excel writes
         rows = _table_rows(path, text, "\t" if path.suffix == ".tsv" else ",",
                            text_field, label_field)
     if not rows:
@@ -160,10 +162,9 @@ def _csv_rows(path: Path, text: str, delimiter: str) -> Iterator[tuple[int, list
                               f"({err})") from None
 
 
-def _jsonl_rows(path: Path, text: str, text_field: str,
-                label_field: str) -> list[tuple[int, str, str]]:
+def _jsonl_rows(path: Path, text_field: str, label_field: str) -> list[tuple[int, str, str]]:
     rows = []
-    for line, record in read_jsonl_objects(path, text):
+    for line, record in read_json_records(path):
         for name in (text_field, label_field):
             if name not in record:
                 raise LLMScratchError(f"{path}:{line}: no {name!r} field; every line needs "
@@ -177,24 +178,6 @@ def _jsonl_rows(path: Path, text: str, text_field: str,
         rows.append((line, _nonempty(path, line, text_field, record[text_field]),
                      _nonempty(path, line, label_field, label)))
     return rows
-
-
-def read_jsonl_objects(path: Path, text: str) -> list[tuple[int, dict]]:
-    """(line number, object) for each non-blank line of a JSONL file's text."""
-    objects = []
-    for line, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise LLMScratchError(f"{path}:{line}: not valid JSON ({err.msg} at column "
-                                  f"{err.colno}); fix or remove that line") from None
-        if not isinstance(record, dict):
-            raise LLMScratchError(f"{path}:{line}: expected a JSON object, got "
-                                  f"{type(record).__name__}")
-        objects.append((line, record))
-    return objects
 
 
 def _nonempty(path: Path, line: int, name: str, value: str) -> str:
@@ -225,11 +208,23 @@ def check_labels(split: LabeledTexts, train: LabeledTexts) -> LabeledTexts:
 
 # ---- the book's SMS Spam Collection ---------------------------------------------------------
 
+def is_sms_spam(path: str | Path) -> bool:
+    """Whether a file looks like the SMS Spam Collection: its first line is `ham<TAB>...` or
+    `spam<TAB>...`, not a header. (A file that cannot be read is not: its reader says why.)"""
+    try:
+        with open(path, "rb") as file:
+            first = file.readline(4096)
+    except OSError:
+        return False
+    label, tab, _ = first.decode("utf-8", "replace").removeprefix("\ufeff").partition("\t")
+    return bool(tab) and label in SMS_LABELS
+
+
 def read_sms_spam(path: str | Path) -> LabeledTexts:
     """The SMS Spam Collection (`label<TAB>text`, no header), ham -> 0 and spam -> 1."""
     path = Path(path)
     texts, labels, lines = [], [], []
-    for line, row in _csv_rows(path, read_text_file(path), "\t"):
+    for line, row in _csv_rows(path, read_text_file(path).removeprefix("\ufeff"), "\t"):
         if len(row) != 2:
             raise LLMScratchError(f"{path}:{line}: expected 'label<TAB>text' (2 fields), "
                                   f"found {len(row)}")
@@ -266,9 +261,11 @@ def split_three_ways(data: LabeledTexts, train_frac: float = 0.7, validation_fra
     """Shuffle (pandas' `sample(frac=1, random_state=seed)`), then cut train, validation, test.
 
     The sizes are the book's: int(n * train_frac) for training,
-    int(n * validation_frac) for validation, the rest for test.
+    int(n * validation_frac) for validation, the rest for test. numpy's
+    RandomState takes seeds below 2^32; a larger one (train.seed may be up to
+    2^63 - 1) is taken modulo 2^32.
     """
-    order = np.random.RandomState(seed).permutation(len(data))
+    order = np.random.RandomState(seed % 2**32).permutation(len(data))
     train_end = int(len(data) * train_frac)
     validation_end = train_end + int(len(data) * validation_frac)
     return (data.take(order[:train_end]), data.take(order[train_end:validation_end]),

@@ -73,7 +73,8 @@ class TokenWindows:
     def _epoch_order(self, epoch: int) -> tuple[torch.Tensor, int]:
         """The epoch's window order and start offset (cached for the current epoch)."""
         if epoch != self._epoch:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            # Modulo 2^63: a valid seed (config.check_seed) whatever the run's seed.
+            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
             self._offset = int(torch.randint(0, self.seq_len, (1,), generator=gen))
             self._order = torch.randperm(self.windows_per_epoch, generator=gen)
             self._epoch = epoch

@@ -51,7 +51,7 @@ TOKENIZER_DIR = "tokenizer"
 
 def tokenizer_hash(tokenizer) -> str:
     """SHA-256 of the tokenizer's canonical JSON: equal hashes mean equal ids for any text."""
-    document = tokenizer_to_dict(tokenizer)
+    document = tokenizer_to_dict(tokenizer.parts)
     document.pop("name", None)  # a label, not part of the encoding
     canonical = json.dumps(document, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

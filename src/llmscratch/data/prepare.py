@@ -13,6 +13,10 @@ the loader memory-maps (data/loader.py). The pipeline streams:
          hashing as it writes; start a new shard every `shard_tokens`
       -> manifest.json (data/manifest.py), written last
 
+all inside a temporary folder beside --out, renamed to it at the end: a
+mistake found half-way (a bad line deep in a .jsonl file) leaves nothing
+behind, and an old --out replaced with --overwrite stays whole until then.
+
 Only a bounded number of chunks is in flight (two per process), and results
 are written in input order, so memory does not grow with the corpus and the
 output does not depend on the number of processes.
@@ -28,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
-import shutil
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -36,7 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from llmscratch.data.documents import Piece, find_inputs, iter_pieces
 from llmscratch.data.manifest import (
@@ -49,6 +51,8 @@ from llmscratch.data.manifest import (
     write_manifest,
 )
 from llmscratch.errors import LLMScratchError
+from llmscratch.io import check_output_folder, write_folder
+from llmscratch.progress import progress
 from llmscratch.tokenizer import Tokenizer, open_tokenizer
 
 
@@ -207,17 +211,18 @@ def prepare(cfg: PrepareConfig) -> dict:
         raise LLMScratchError("data prepare needs --out DIR")
     paths = find_inputs(cfg.data)
     tokenizer = load_tokenizer(cfg.tokenizer)
-    eot = tokenizer.eot_id  # fails clearly if the tokenizer has no <|endoftext|>
+    _ = tokenizer.eot_id  # fails clearly, before anything is written, without <|endoftext|>
     out = Path(cfg.out)
     _check_out(out, cfg.overwrite)
-    if out.exists():
-        shutil.rmtree(out)  # prepared data, and the user asked to replace it
-    try:
-        out.mkdir(parents=True)
-    except OSError as err:
-        raise LLMScratchError(f"cannot create {out}: {err.strerror}") from None
-    tokenizer.save(out / TOKENIZER_DIR)
+    manifest = {}  # a bad line found half-way changes nothing: the folder is built aside
+    write_folder(out, lambda new: manifest.update(_write_prepared(new, paths, tokenizer, cfg)))
+    return manifest
 
+
+def _write_prepared(out: Path, paths: list[Path], tokenizer: Tokenizer,
+                    cfg: PrepareConfig) -> dict:
+    """Tokenize `paths` into shards, the tokenizer and the manifest in the empty folder `out`."""
+    tokenizer.save(out / TOKENIZER_DIR)
     dtype = np.dtype(ids_dtype(tokenizer.vocab_size))
     writers = {s: ShardWriter(out, s, dtype, cfg.shard_tokens) for s in ("train", "val")}
     workers = cfg.workers or os.cpu_count() or 1
@@ -229,7 +234,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     init_args = (str(out / TOKENIZER_DIR), cfg.val_fraction, dtype.name)
     started = time.perf_counter()
     documents = 0
-    with tqdm(total=total, unit="B", unit_scale=True, desc="prepare", dynamic_ncols=True) as bar:
+    with progress(total=total, unit="B", unit_scale=True, desc="prepare") as bar:
         for chunk in _encode_all(chunks, workers, init_args):
             writers["train"].write(chunk.train)
             writers["val"].write(chunk.val)
@@ -241,7 +246,7 @@ def prepare(cfg: PrepareConfig) -> dict:
         "format": FORMAT,
         "version": VERSION,
         "tokenizer": {"sha256": tokenizer_hash(tokenizer), "vocab_size": tokenizer.vocab_size,
-                      "eot_id": eot},
+                      "eot_id": tokenizer.eot_id},
         "dtype": dtype.name,
         "val_fraction": cfg.val_fraction,
         "chunk_bytes": cfg.chunk_bytes,
@@ -255,17 +260,10 @@ def prepare(cfg: PrepareConfig) -> dict:
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    """Fail, changing nothing, unless `out` is new, empty, or prepared data to replace."""
-    if out.exists() and not out.is_dir():
-        raise LLMScratchError(f"--out {out} is a file; give a directory")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    if not (out / MANIFEST).is_file():
-        raise LLMScratchError(f"{out} exists and is not prepared data (no {MANIFEST}); nothing "
-                              "was changed: choose another --out")
-    if not overwrite:
-        raise LLMScratchError(f"output directory {out} already exists; use --overwrite to "
-                              "replace it, or choose another --out")
+    """Fail, changing nothing, unless `out` is new, empty, or prepared data to replace
+    (the rule of every output folder: io.py, `check_output_folder`)."""
+    check_output_folder(out, overwrite, lambda path: (path / MANIFEST).is_file(),
+                        "prepared data")
 
 
 def _encode_all(chunks: Iterator[list[Piece]], workers: int, init_args: tuple

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from llmscratch.config import check_seed
 from llmscratch.errors import LLMScratchError
 
 PROMPT = ("Given the input `{input}` and correct output `{reference}`, score the model "
@@ -82,6 +83,7 @@ class JudgeConfig:
         if self.retries < 0 or self.backoff < 0 or self.timeout <= 0:
             raise LLMScratchError("--retries and --backoff must be 0 or more, --timeout "
                                   "more than 0")
+        check_seed(self.seed, "--seed")
 
 
 class Judge:

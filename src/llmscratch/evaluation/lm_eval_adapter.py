@@ -23,7 +23,9 @@ imported first (`lm_eval` arguments unchanged), and from Python:
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 
 import lm_eval.models  # noqa: F401  lm_eval's own models, registered before ours (see below)
 import torch
@@ -33,6 +35,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from llmscratch.distributed import resolve_device
+from llmscratch.errors import LLMScratchError
 from llmscratch.evaluation.generation_tasks import generate_replies
 from llmscratch.evaluation.multiple_choice import encode_pair, score_requests
 from llmscratch.generation.cpu_weights import pack_linear_weights
@@ -119,6 +122,29 @@ def _device(name: str | None) -> torch.device:
 
 
 def main(argv: list[str]) -> None:
-    """lm_eval's command line, with "llmscratch" registered (`llmscratch eval harness`)."""
+    """lm_eval's command line, with "llmscratch" registered (`llmscratch eval harness`).
+
+    lm_eval reports a mistake in its arguments (a task it does not know, a
+    malformed --model_args) as a ValueError raised by its configuration code;
+    that becomes our one-line error. A ValueError from anywhere else is a bug
+    and keeps its traceback.
+    """
     sys.argv = ["lm_eval", *argv]
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    except ValueError as err:
+        if not raised_in(err, LM_EVAL_ARGUMENT_CODE):
+            raise
+        raise LLMScratchError(f"eval harness: {' '.join(str(err).split())}") from None
+
+
+# Where lm_eval checks its command line and builds its configuration from it (0.4.13:
+# lm_eval/_cli and lm_eval/config; older versions: lm_eval/__main__.py).
+LM_EVAL_ARGUMENT_CODE = (f"lm_eval{os.sep}_cli{os.sep}", f"lm_eval{os.sep}config{os.sep}",
+                         f"lm_eval{os.sep}__main__.py")
+
+
+def raised_in(err: BaseException, places: tuple[str, ...]) -> bool:
+    """Whether the line that raised `err` is in a file whose path contains one of `places`."""
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and any(place in frames[-1].filename for place in places)

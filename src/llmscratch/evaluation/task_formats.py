@@ -31,7 +31,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import os
 import random
 import re
@@ -46,7 +45,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from llmscratch.data.corpus import read_text_file
 from llmscratch.errors import LLMScratchError
 from llmscratch.evaluation.tasks import Doc, TaskSpec
-from llmscratch.io import atomic_write_bytes
+from llmscratch.io import atomic_write_bytes, read_json_records
 
 _ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 LETTERS = "ABCDEFGHIJ"
@@ -99,18 +98,7 @@ def _extract(archive: Path, member: str, into: Path) -> None:
 
 
 def _jsonl(path: Path) -> list[tuple[dict, str]]:
-    records = []
-    for number, line in enumerate(read_text_file(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise LLMScratchError(f"{path} line {number} is not valid JSON ({err.msg})") from None
-        if not isinstance(record, dict):
-            raise LLMScratchError(f"{path} line {number} must be a JSON object")
-        records.append((record, f"{path} line {number}"))
-    return records
+    return [(record, f"{path}:{line}") for line, record in read_json_records(path, "task data")]
 
 
 def _csv(path: Path, header: bool) -> list[tuple[dict | list, str]]:
@@ -122,7 +110,7 @@ def _csv(path: Path, header: bool) -> list[tuple[dict | list, str]]:
         for number, row in enumerate(reader, 2 if header else 1):
             if names is not None:
                 row = dict(zip(names, row, strict=False))
-            rows.append((row, f"{file} line {number}", file.stem))
+            rows.append((row, f"{file}:{number}", file.stem))
     return rows
 
 

@@ -26,13 +26,13 @@ are downloaded once, with a network, into the cache (task_formats.py).
 
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import yaml
-
+from llmscratch.config import check_seed, from_dict
 from llmscratch.errors import LLMScratchError
+from llmscratch.io import parse_json, parse_yaml, read_text
 
 KINDS = ("multiple_choice", "generation", "perplexity")
 FORMATS = ("jsonl", "csv", "hellaswag", "arc", "mmlu", "gsm8k", "text", "builtin")
@@ -114,6 +114,12 @@ class TaskSpec:
                                   f"got {self.max_new_tokens}")
         if self.extract == "gsm8k":
             self.extract = GSM8K_EXTRACT
+        try:
+            re.compile(self.extract)
+        except re.error as err:
+            raise LLMScratchError(f"{where}: extract {self.extract!r} is not a regular "
+                                  f"expression ({err})") from None
+        check_seed(self.seed, f"{where}: seed")
         if isinstance(self.until, str):
             self.until = [self.until]
 
@@ -146,16 +152,9 @@ class Doc:
 def load_spec(path: str | Path) -> TaskSpec:
     """A task spec from a .yaml/.yml/.json file; `data` is made relative to the file."""
     path = Path(path)
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise LLMScratchError(f"cannot read task file {path}: {err.strerror}") from None
-    try:
-        document = json.loads(raw) if path.suffix == ".json" else yaml.safe_load(raw)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise LLMScratchError(f"task file {path} is not valid "
-                              f"{'JSON' if path.suffix == '.json' else 'YAML'}: "
-                              f"{' '.join(str(err).split())}") from None
+    raw = read_text(path, "task file")
+    document = (parse_json(raw, str(path)) if path.suffix == ".json"
+                else parse_yaml(raw, f"task file {path}"))
     if not isinstance(document, dict):
         raise LLMScratchError(f"task file {path} must hold a mapping of fields")
     known = {f.name for f in fields(TaskSpec)}
@@ -169,7 +168,7 @@ def load_spec(path: str | Path) -> TaskSpec:
     data = str(document.get("data") or "")
     if data and "://" not in data and not Path(data).is_absolute():
         document["data"] = str(path.parent / data)
-    return TaskSpec(**document)
+    return from_dict(TaskSpec, document, prefix=f"task file {path}: ")
 
 
 def resolve_task(name: str) -> TaskSpec:

@@ -34,6 +34,14 @@ DEFAULT_BLOCK_SIZE = 16
 DEFAULT_CACHE_BYTES = 4 * 2**30  # at most 4 GiB of KV cache unless told
 
 
+class StepFailed(Exception):
+    """A step raised; the sequences it ran were ended with finish_reason "error"."""
+
+    def __init__(self, seqs: list[Sequence]) -> None:
+        super().__init__(f"an engine step failed; {len(seqs)} sequence(s) ended")
+        self.seqs = seqs
+
+
 class Engine:
     """Generates for many requests at once with one model (see the module docstring).
 
@@ -75,6 +83,15 @@ class Engine:
         context = self.model.config.context_length
         if not prompt_ids:
             raise LLMScratchError("the prompt is empty: give at least one token")
+        vocab = self.model.config.vocab_size
+        unknown = [t for t in prompt_ids if not (isinstance(t, int) and 0 <= t < vocab)]
+        if unknown:
+            raise LLMScratchError(f"the prompt holds {unknown[0]!r}, which is not a token id of "
+                                  f"this model (0 to {vocab - 1})")
+        drawn = self.vocab_size or vocab  # the ids sampling can draw
+        if any(t >= drawn for t in sampling.logit_bias or {}):
+            raise LLMScratchError(f"logit_bias names token {max(sampling.logit_bias)}; the "
+                                  f"vocabulary's ids are 0 to {drawn - 1}")
         if len(prompt_ids) >= context:
             raise LLMScratchError(f"the prompt is {len(prompt_ids)} tokens; the model's context "
                                   f"length is {context}; shorten the prompt")
@@ -86,10 +103,24 @@ class Engine:
 
     @torch.no_grad()
     def step(self) -> list[tuple[Sequence, int]]:
-        """One forward pass over the scheduled sequences; returns each one's new token."""
+        """One forward pass over the scheduled sequences; returns each one's new token.
+
+        If the step raises (a bug, or the machine: out of memory), its sequences
+        end with finish_reason "error" and their blocks are freed before
+        `StepFailed` says which they were: the engine stays consistent and
+        goes on with the others.
+        """
         seqs, prefill = self.scheduler.schedule()
         if not seqs:
             return []
+        try:
+            return self._step(seqs, prefill)
+        except Exception as err:
+            for seq in seqs:
+                self.abort(seq, "error")
+            raise StepFailed(seqs) from err
+
+    def _step(self, seqs: list[Sequence], prefill: bool) -> list[tuple[Sequence, int]]:
         # Prompts differ in length, and padding them to the longest would compute the padding:
         # each prompt runs alone (its many tokens already share each read of the weights).
         # Decoding sequences add one token each and run together.
@@ -119,10 +150,10 @@ class Engine:
         hidden = self.model(inputs.to(self.device), view, view.attention_mask)  # (B, T, D)
         return self.model.logits(hidden[:, -1])[:, :self.vocab_size].float().cpu()  # (B, V)
 
-    def abort(self, seq: Sequence) -> None:
+    def abort(self, seq: Sequence, reason: str = "abort") -> None:
         """Drop a request (its client left, or its text hit a stop string): blocks freed now."""
         if not seq.finished:
-            seq.finish_reason = "abort"
+            seq.finish_reason = reason
             self.scheduler.finish(seq)
 
     def stream(self, prompt_ids: list[int], sampling: SamplingConfig,

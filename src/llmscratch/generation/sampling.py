@@ -12,6 +12,8 @@ the next token from it. First the penalties, which discourage repeating
 - frequency_penalty f and presence_penalty p (as OpenAI's API defines them):
   a token's logit drops by f times the number of times it was generated,
   and by p once if it was generated at all;
+- logit_bias (OpenAI's too): a number from -100 to 100 added to the logit of
+  each token named; -100 in effect bans a token, +100 all but forces it;
 
 then the distribution:
 
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
+from llmscratch.config import check_seed
 from llmscratch.errors import LLMScratchError
 
 
@@ -50,9 +53,10 @@ class SamplingConfig:
         repetition_penalty: > 1 discourages tokens of the prompt and output (1 = off).
         frequency_penalty: subtracted from a logit per time its token was generated.
         presence_penalty: subtracted once from the logit of any token generated.
-        seed: the same seed gives the same text.
+        seed: the same seed gives the same text (a whole number from 0 to 2^63 - 1).
         logprobs: None, or k: report each chosen token's log-probability under the model
             and the k most likely alternatives' (engine only; 0 to 20).
+        logit_bias: token id -> a number from -100 to 100 added to its logit (None = off).
     """
 
     max_new_tokens: int = 200
@@ -65,8 +69,10 @@ class SamplingConfig:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     logprobs: int | None = None
+    logit_bias: dict[int, float] | None = None
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         if self.max_new_tokens < 1:
             raise LLMScratchError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
@@ -83,6 +89,11 @@ class SamplingConfig:
                                   f"got {self.repetition_penalty}")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise LLMScratchError(f"logprobs must be between 0 and 20, got {self.logprobs}")
+        for token, bias in (self.logit_bias or {}).items():
+            number = isinstance(bias, (int, float)) and -100 <= bias <= 100  # not nan
+            if not (isinstance(token, int) and token >= 0 and number):
+                raise LLMScratchError(f"logit_bias maps token ids (>= 0) to numbers from -100 "
+                                      f"to 100, got {token!r}: {bias!r}")
         for name in ("frequency_penalty", "presence_penalty"):
             if not -2 <= getattr(self, name) <= 2:  # OpenAI's range; also false for nan
                 raise LLMScratchError(f"{name} must be in [-2, 2] (0 = off), got "
@@ -91,13 +102,13 @@ class SamplingConfig:
     @property
     def penalizes(self) -> bool:
         return (self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0
-                or self.presence_penalty != 0.0)
+                or self.presence_penalty != 0.0 or bool(self.logit_bias))
 
 
 def apply_penalties(logits: torch.Tensor, cfg: SamplingConfig, prompt_ids: Collection[int],
                     output_ids: Collection[int]) -> torch.Tensor:
-    """Logits (B, V) with the repetition, frequency and presence penalties of one sequence
-    applied (see the module docstring); every row gets the same."""
+    """Logits (B, V) with the repetition, frequency and presence penalties of one sequence,
+    and its logit bias, applied (see the module docstring); every row gets the same."""
     if not cfg.penalizes:
         return logits
     logits = logits.float().clone()  # (B, V)
@@ -113,6 +124,10 @@ def apply_penalties(logits: torch.Tensor, cfg: SamplingConfig, prompt_ids: Colle
                                              dtype=torch.int64, device=logits.device),
                                 minlength=V).float()  # (V,)
         logits -= cfg.frequency_penalty * counts + cfg.presence_penalty * (counts > 0).float()
+    if cfg.logit_bias:
+        biased = {t: b for t, b in cfg.logit_bias.items() if t < V}
+        ids = torch.tensor(list(biased), dtype=torch.int64, device=logits.device)
+        logits[:, ids] += torch.tensor(list(biased.values()), device=logits.device)
     return logits
 
 

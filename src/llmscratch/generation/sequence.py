@@ -50,7 +50,7 @@ class Sequence:
     status: Status = Status.WAITING
     num_computed: int = 0
     block_table: list[int] = field(default_factory=list)
-    finish_reason: str | None = None  # "stop" (a stop id), "length", or "abort"
+    finish_reason: str | None = None  # "stop" (a stop id), "length", "abort" or "error"
     stop_token: int | None = None  # the stop id that ended it (not in output_ids)
     # With sampling.logprobs = k: per new token, its log-probability and the k likeliest.
     logprobs: list[TokenLogprobs] = field(default_factory=list)

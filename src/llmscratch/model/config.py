@@ -25,6 +25,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
+from llmscratch.config import check_fields
 from llmscratch.errors import LLMScratchError
 
 # Weight dtypes by name, as configs and the command line spell them.
@@ -123,6 +124,7 @@ class ModelConfig:
     head_pooling: str = "last"
 
     def __post_init__(self) -> None:
+        check_fields(self, "model.")  # types, and whole numbers that fit 64 bits
         for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) <= 0:
                 _fail(name, getattr(self, name), "give a positive number")

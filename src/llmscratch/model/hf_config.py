@@ -35,7 +35,20 @@ def hf_family(hf: dict, source: str) -> str:
 
 
 def config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
-    """Our config for a Hugging Face config.json (already parsed)."""
+    """Our config for a Hugging Face config.json (already parsed); a field missing, or of
+    the wrong type ("hidden_size": "x"), is one line naming the file."""
+    try:
+        return _config_from_hf(hf, source)
+    except LLMScratchError as err:  # our config's own checks: say which file it came from
+        raise LLMScratchError(str(err) if source in str(err) else f"{source}: {err}") from None
+    except KeyError as err:
+        raise LLMScratchError(f"{source}: no {err.args[0]!r}, which this model family needs"
+                              ) from None
+    except (TypeError, ValueError, ZeroDivisionError) as err:
+        raise LLMScratchError(f"{source}: a value of the wrong type or size ({err})") from None
+
+
+def _config_from_hf(hf: dict, source: str) -> ModelConfig:
     family = hf_family(hf, source)
 
     def require(field: str, wanted, default) -> None:

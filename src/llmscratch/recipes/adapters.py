@@ -20,18 +20,23 @@ from pathlib import Path
 import torch
 
 from llmscratch.errors import LLMScratchError
+from llmscratch.io import check_output_folder
 from llmscratch.model.lora import lora_layers, remove_lora
 from llmscratch.runs.checkpoint import latest_checkpoint, save_weights
 from llmscratch.runs.config import FinetuneConfig, RunConfig
 from llmscratch.runs.load import load_model
-from llmscratch.runs.peft_adapters import export_peft_adapter, import_peft_adapter
+from llmscratch.runs.peft_adapters import (
+    export_peft_adapter,
+    import_peft_adapter,
+    is_adapter_folder,
+)
 from llmscratch.runs.run import BaseRun, Run, RunInfo
 
 
 def merge_run(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Run:
     """A new run holding the fine-tuned run's full model, its adapters merged in."""
     run = Run.open(run_dir)
-    Run.check_new(out_dir, overwrite)
+    Run.check_new(out_dir, overwrite, inputs=[run_dir])
     model = load_model(run)
     if not lora_layers(model):
         raise LLMScratchError(f"{run.path} has no LoRA adapters to merge (it was not trained "
@@ -41,13 +46,14 @@ def merge_run(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False)
     merged = RunInfo(kind="merged", source=f"{run.path} with its adapters merged",
                      generation=info.generation, labels=info.labels)
     return Run.create(out_dir, RunConfig(model=model.config), merged, run.tokenizer(),
-                      overwrite, fill=lambda new: save_weights(new, model))
+                      overwrite, fill=lambda new: save_weights(new, model), inputs=[run_dir])
 
 
 def export_adapter(run_dir: str | Path, out: str | Path, base_model: str | None = None,
                    overwrite: bool = False) -> Path:
     """The run's adapters as a PEFT folder (adapter_config.json, adapter_model.safetensors)."""
     run = Run.open(run_dir)
+    check_output_folder(out, overwrite, is_adapter_folder, "a PEFT adapter folder")
     model = load_model(run)
     if not lora_layers(model):
         raise LLMScratchError(f"{run.path} has no LoRA adapters to export (it was not trained "
@@ -70,7 +76,7 @@ def import_adapter(base_dir: str | Path, adapter: str | Path, out_dir: str | Pat
     """
     base = Run.open(base_dir)
     out_dir = Path(out_dir)
-    Run.check_new(out_dir, overwrite)
+    Run.check_new(out_dir, overwrite, inputs=[base_dir])
     model = load_model(base)
     layers = {name: lora_layers(model)[name] for name in import_peft_adapter(model, adapter)}
     first = next(iter(layers.values()))
@@ -86,4 +92,5 @@ def import_adapter(base_dir: str | Path, adapter: str | Path, out_dir: str | Pat
                     base=BaseRun.of(base, latest_checkpoint(base).name, out_dir),
                     generation=base.generation_settings(), labels=base.read_info().labels)
     return Run.create(out_dir, config, about, base.tokenizer(), overwrite,
-                      fill=lambda new: save_weights(new, model, trainable_only=True))
+                      fill=lambda new: save_weights(new, model, trainable_only=True),
+                      inputs=[base_dir])

@@ -8,16 +8,18 @@ the loss is the cross-entropy of the true class:
     loss = -log softmax(W h_last)[label]          W: (C, D), one row per class
 
 Data (finetune.data): a .csv, .tsv or .jsonl file with text and label fields,
-the SMS Spam Collection (finetune.data_format=sms: the book's balancing and
-70/10/20 split), or "genres", the task shipped with the project (which genre
-a passage of the plays comes from, split by play: data/genres.py). A single
+the SMS Spam Collection (under any name, known by its first line, or named by
+finetune.data_format=sms: the book's balancing and 70/10/20 split), or
+"genres", the task shipped with the project (which genre a passage of the
+plays comes from, split by play: data/genres.py). A single
 file is split 70/10/20 (train / validation / test) as the book splits; with
 finetune.val_data (and test_data) the files given are used. Texts longer than
 finetune.max_len tokens are truncated (their first tokens kept) or skipped.
 The splits, as read, are saved in the run (splits/*.jsonl): a resume reads
 them, not the source again.
 
-Validation reports loss and accuracy during training; the test split is
+Validation reports loss and accuracy during training; the test split (all of
+it, as the book scores it, or its first finetune.eval_examples texts) is
 scored before and after: accuracy, macro precision / recall / F1 and a
 confusion matrix (evaluation/classification.py).
 """
@@ -34,6 +36,7 @@ from llmscratch.data.genres import genre_splits
 from llmscratch.data.labeled_files import (
     LabeledTexts,
     check_labels,
+    is_sms_spam,
     read_labeled,
     sms_spam_splits,
     split_three_ways,
@@ -43,6 +46,7 @@ from llmscratch.errors import LLMScratchError
 from llmscratch.evaluation.classification import plot_confusion, predict, score
 from llmscratch.io import atomic_write_text
 from llmscratch.model import GPT
+from llmscratch.recipes.report import overlong_sentence, score_table
 from llmscratch.runs.config import RunConfig
 from llmscratch.runs.run import Run
 from llmscratch.tokenizer import Tokenizer
@@ -59,6 +63,7 @@ class Classification:
         self.label_names: list[str] = []
         self.counts = {"truncated": 0, "skipped": 0}
         self.splits: dict[str, LabeledTexts] = {}
+        self.limit = 0  # the most tokens a text may have
 
     @property
     def train_examples(self) -> list[Example]:
@@ -71,7 +76,7 @@ class Classification:
         if len(self.label_names) < 2:
             raise LLMScratchError(f"{ft.data}: the training data has one label "
                                   f"({self.label_names[0]!r}); a classifier needs two or more")
-        limit = ft.max_len or model.config.context_length
+        self.limit = limit = ft.max_len or model.config.context_length
         self.examples = {name: self._tokenize(data, tokenizer, limit)
                          for name, data in splits.items()}
         for name, examples in self.examples.items():
@@ -92,7 +97,7 @@ class Classification:
         if not ft.data:
             raise LLMScratchError("finetune classify needs --data: a .csv, .tsv or .jsonl "
                                   "file, or 'genres' (the task shipped with the project)")
-        if ft.data_format == "sms":
+        if ft.data_format == "sms" or is_sms_spam(ft.data):
             return sms_spam_splits(ft.data)
         train = read_labeled(ft.data, ft.text_field, ft.label_field)
         if not ft.val_data:
@@ -150,6 +155,8 @@ class Classification:
 
     def _probabilities(self, model: torch.nn.Module, split: str) -> tuple[torch.Tensor, list[int]]:
         examples = self.examples[split]
+        if split == "test":
+            examples = self.config.finetune.scored(examples)
         amp = autocast_dtype(self.config.train.dtype)
         probs = predict(model, examples, self.config.train.batch_size * 2, amp)  # (N, C)
         return probs, [e.label for e in examples]
@@ -162,6 +169,10 @@ class Classification:
                 "val_accuracy": float((probs.argmax(-1) == truth).float().mean())}
 
     def score(self, model: GPT, stage: str, run: Run | None) -> dict:
+        """Test scores (of finetune.eval_examples test texts; {} when none) and the
+        confusion matrix's plot."""
+        if not self.config.finetune.scored(self.examples["test"]):
+            return {}
         probs, labels = self._probabilities(model, "test")
         result = score(labels, probs.argmax(-1).tolist(), self.label_names)
         if run is not None:
@@ -171,19 +182,19 @@ class Classification:
         return {"split": "test", **asdict(result)}
 
     def report(self, before: dict, after: dict, run: Run) -> list[str]:
-        sizes = ", ".join(f"{name} {len(examples):,}" for name, examples in self.examples.items())
+        ft, sizes = self.config.finetune, {k: len(v) for k, v in self.examples.items()}
         lines = ["## Data", "",
-                 f"- {self.config.finetune.data}: {sizes} texts; labels: "
-                 f"{', '.join(self.label_names)}",
-                 f"- over {self.config.finetune.max_len or 'the context length'} tokens: "
-                 f"{self.counts['truncated']} truncated, {self.counts['skipped']} skipped", "",
-                 "## Test scores", "",
-                 "| | accuracy | macro precision | macro recall | macro F1 |",
-                 "|---|---:|---:|---:|---:|"]
-        for stage, scores in (("before training", before), ("after training", after)):
-            if scores:
-                lines.append(f"| {stage} | {scores['accuracy']:.2%} | {scores['precision']:.3f} "
-                             f"| {scores['recall']:.3f} | {scores['f1']:.3f} |")
-        lines += ["", "![confusion matrix before](eval/confusion-before.png) "
-                  "![confusion matrix after](eval/confusion-after.png)"]
-        return lines
+                 f"- {ft.data}: {sizes['train']:,} training, {sizes['validation']:,} "
+                 f"validation and {sizes['test']:,} test texts; labels "
+                 f"{', '.join(self.label_names[:-1])} and {self.label_names[-1]}.",
+                 "- " + overlong_sentence("text", self.limit, bool(ft.max_len),
+                                          self.counts["truncated"], self.counts["skipped"]),
+                 "",
+                 "## Test scores", ""]
+        lines += score_table(["accuracy", "macro precision", "macro recall", "macro F1"],
+                             before, after, lambda s: [f"{s['accuracy']:.2%}",
+                                                       f"{s['precision']:.3f}",
+                                                       f"{s['recall']:.3f}", f"{s['f1']:.3f}"])
+        plots = [f"![confusion matrix {stage}](eval/confusion-{stage}.png)"
+                 for stage, scores in (("before", before), ("after", after)) if scores]
+        return lines + (["", " ".join(plots)] if plots else [])

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmscratch.data.alignment_files import from_pair
+from llmscratch.data.chat_examples import ChatEncoder
 from llmscratch.data.synthetic_tasks import (
     is_correct,
     make_tasks,
@@ -47,7 +48,6 @@ from llmscratch.recipes.demo import demo_config
 from llmscratch.recipes.finetune import finetune, finetune_config
 from llmscratch.recipes.pretrain import pretrain
 from llmscratch.recipes.reward import reward_scores
-from llmscratch.recipes.sft import ChatEncoder
 from llmscratch.runs.load import load_for_inference
 from llmscratch.runs.run import Run
 from llmscratch.training.plots import plot_metrics
@@ -62,13 +62,13 @@ STAGES = {
     "sft": ["finetune.synthetic_train=20000", "train.lr=1e-3", "train.batch_size=16",
             "finetune.epochs=2", "finetune.eval_examples=0"],
     "reward": ["finetune.synthetic_train=2000", "train.lr=1e-4", "train.batch_size=16",
-               "align.eval_examples=400"],
+               "finetune.eval_examples=400"],
     # DPO alone (lr 3e-5) raised the preference margin but lowered exact match (66% -> 62%);
     # RPO's term on the chosen answers keeps them likely (69.5%). docs/alignment.md.
     "dpo": ["finetune.synthetic_train=2000", "train.lr=3e-5", "train.batch_size=16",
-            "align.eval_examples=0", "align.beta=0.1", "align.rpo_alpha=1.0"],
+            "finetune.eval_examples=0", "align.beta=0.1", "align.rpo_alpha=1.0"],
     "rl": ["train.max_steps=300", "train.lr=1e-4", "train.batch_size=8", "align.group_size=8",
-           "align.max_new_tokens=24", "align.kl_coef=0.04", "align.eval_examples=0",
+           "align.max_new_tokens=24", "align.kl_coef=0.04", "finetune.eval_examples=0",
            "train.eval_every=50", "finetune.synthetic_train=4000", "train.log_every=1"],
 }
 SAMPLE_CONVERSATIONS = 4
@@ -89,8 +89,8 @@ def run_chat_demo(out: Path, base: Path | None, seed: int, say=print) -> ChatDem
     if out.exists() and not (out / REPORT).is_file() and any(out.iterdir()):
         raise LLMScratchError(f"{out} exists and is not an earlier `demo chat`; choose "
                               "another --out")
-    for stage in ("base", "sft", "reward", "dpo", "rl"):
-        Run.check_new(out / stage, overwrite=True)  # only runs are ever replaced
+    for stage in ("base", "sft", "reward", "dpo", "rl"):  # only runs are ever replaced,
+        Run.check_new(out / stage, overwrite=True, inputs=[base] if base else [])  # not base
     if base is not None:
         Run.open(base)
     result = ChatDemoResult(out)

@@ -36,30 +36,14 @@ from llmscratch.evaluation.preferences import pair_scores, response_log_probs
 from llmscratch.io import atomic_write_text, read_json
 from llmscratch.model import GPT
 from llmscratch.recipes.pairs import EncodedPair, PairData, prepare_pairs
+from llmscratch.recipes.report import score_table
 from llmscratch.recipes.sft import score_answers
 from llmscratch.runs.config import RunConfig
-from llmscratch.runs.load import load_model
+from llmscratch.runs.load import load_reference
 from llmscratch.runs.run import Run
 from llmscratch.tokenizer import Tokenizer
 from llmscratch.training.objectives import DirectPreference, dpo_losses
 from llmscratch.training.precision import autocast_dtype
-
-
-def load_reference(path: str, policy: GPT, tokenizer: Tokenizer) -> GPT:
-    """align.reference's model, frozen, after checking it reads the policy's tokens."""
-    run = Run.open(path)
-    theirs = run.tokenizer()
-    if theirs.vocab_size != tokenizer.vocab_size or theirs.encode("Hello, world! 123") != \
-            tokenizer.encode("Hello, world! 123"):
-        raise LLMScratchError(f"align.reference={path}: its tokenizer differs from the policy's "
-                              f"({theirs.vocab_size:,} against {tokenizer.vocab_size:,} tokens); "
-                              "the reference must read the same tokens")
-    model = load_model(run).float()
-    if model.config.vocab_size != policy.config.vocab_size:
-        raise LLMScratchError(f"align.reference={path}: its vocabulary has "
-                              f"{model.config.vocab_size:,} entries, the policy's "
-                              f"{policy.config.vocab_size:,}")
-    return model.requires_grad_(False)
 
 
 class PreferenceOptimization:
@@ -133,7 +117,7 @@ class PreferenceOptimization:
     def _heldout(self, model: torch.nn.Module) -> tuple[torch.Tensor, ...]:
         """log pi of each held-out pair's chosen and rejected responses, and log pi - log ref
         of each: (chosen, rejected, chosen ratio, rejected ratio), each (P,)."""
-        pairs = self.data.heldout[:self.config.align.eval_examples]
+        pairs = self.config.finetune.scored(self.data.heldout)
         chosen = self._response_log_probs(model, [p.chosen for p in pairs])
         rejected = self._response_log_probs(model, [p.rejected for p in pairs])
         return (chosen, rejected, chosen - torch.tensor([p.chosen.reference_logp for p in pairs]),
@@ -141,7 +125,7 @@ class PreferenceOptimization:
 
     def validate(self, model: torch.nn.Module) -> dict:
         _, _, chosen, rejected = self._heldout(model)
-        if not len(chosen):  # align.eval_examples=0
+        if not len(chosen):  # finetune.eval_examples=0
             return {}
         align = self.config.align
         losses = dpo_losses(chosen, rejected, align.beta, align.loss)
@@ -149,37 +133,38 @@ class PreferenceOptimization:
                 "val_accuracy": pair_scores(chosen, rejected)["pair_accuracy"]}
 
     def score(self, model: GPT, stage: str, run: Run | None) -> dict:
+        """Pair accuracy, the implicit reward's accuracy and margin, and the exact match of
+        greedy answers, on the held-out pairs ({} when none are scored)."""
         chosen, rejected, chosen_ratio, rejected_ratio = self._heldout(model)
+        if not len(chosen):
+            return {}
         beta = self.config.align.beta
         implicit = pair_scores(beta * chosen_ratio, beta * rejected_ratio)
         return {**score_heldout_prompts(model, self.tokenizer, self.data, self.stop_ids,
-                                        self.config.align.eval_examples),
+                                        self.config.finetune.eval_examples),
                 "pair_accuracy": pair_scores(chosen, rejected)["pair_accuracy"],
                 "reward_accuracy": implicit["pair_accuracy"], "reward_margin": implicit["margin"]}
 
     def report(self, before: dict, after: dict, run: Run) -> list[str]:
-        c, ft, align = self.data.counts, self.config.finetune, self.config.align
-        lines = ["## Data", "",
-                 f"- {ft.data}: {c['train']:,} training and {c['heldout']:,} held-out "
-                 f"preference pairs; {c['skipped']} skipped (over "
-                 f"{ft.max_len or 'the context length'} tokens)",
+        align = self.config.align
+        lines = ["## Data", "", *self.data.report(self.config),
                  f"- loss {align.loss}, beta {align.beta:g}; reference: "
                  f"{align.reference or 'the base model'}", "",
-                 "## Held-out scores", "",
-                 "| | exact match | pair accuracy | implicit reward margin |",
-                 "|---|---:|---:|---:|"]
-        for stage, s in (("before training", before), ("after training", after)):
-            if s:
-                lines.append(f"| {stage} | {s['exact_match']:.1%} | {s['pair_accuracy']:.1%} | "
-                             f"{s['reward_margin']:.3f} |")
-        return lines
+                 "## Held-out scores", ""]
+        return lines + score_table(
+            ["exact match", "pair accuracy", "implicit reward margin"], before, after,
+            lambda s: [f"{s['exact_match']:.1%}", f"{s['pair_accuracy']:.1%}",
+                       f"{s['reward_margin']:.3f}"])
 
 
 def score_heldout_prompts(model: GPT, tokenizer: Tokenizer, data: PairData,
                           stop_ids: list[int], limit: int) -> dict:
-    """Exact match of greedy answers to the held-out pairs' prompts, against `chosen`."""
+    """Exact match of greedy answers to the held-out pairs' prompts, against `chosen`: the
+    first `limit` prompts (all with -1)."""
     prompts, references, seen = [], [], set()
     for pair in data.heldout:
+        if len(prompts) == limit:
+            break
         conversation = pair.preference.conversations()[0]
         key = json.dumps(conversation.prompt)
         if key in seen:  # (synthetic data pairs each prompt twice)
@@ -187,7 +172,5 @@ def score_heldout_prompts(model: GPT, tokenizer: Tokenizer, data: PairData,
         seen.add(key)
         prompts.append(data.encoder.prompt_ids(conversation))
         references.append(pair.preference.chosen)
-        if len(prompts) == limit:
-            break
     return score_answers(model, tokenizer, prompts, references, ["all"] * len(prompts),
                          stop_ids)

@@ -38,7 +38,7 @@ from llmscratch.evaluation.perplexity import evaluate_text
 from llmscratch.evaluation.task_formats import fewshot_query, read_docs, shot_indices
 from llmscratch.evaluation.tasks import Doc, TaskSpec, resolve_task
 from llmscratch.generation.cpu_weights import pack_linear_weights
-from llmscratch.io import atomic_write_json
+from llmscratch.io import atomic_write_json, parse_json
 from llmscratch.model import GPT
 from llmscratch.runs.load import load_for_inference
 from llmscratch.runs.run import GenerationSettings, Run
@@ -89,6 +89,7 @@ def load_docs(spec: TaskSpec) -> list[Doc]:
 def evaluate_tasks(config: EvalTasksConfig, say: Callable[[str], None] = print) -> list[dict]:
     """Score every task (module docstring); returns their results in the order asked."""
     run = Run.open(config.run)
+    read_results(run)  # the report is rebuilt from the results kept: they must be readable
     specs = [resolve_task(name) for name in config.tasks]
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
@@ -283,13 +284,50 @@ def summary_line(result: dict) -> str:
 
 
 def read_results(run: Run) -> list[dict]:
-    """The task results kept in a run's eval/ folder (fine-tuning's own files left out)."""
+    """The task results kept in a run's eval/ folder (fine-tuning's own files left out).
+
+    A file of ours that has been edited into something the tables cannot show
+    (`metrics` a string, a score missing) is one line naming it.
+    """
     results = []
     for path in run.eval_result_paths():
         try:
-            document = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+            document = parse_json(Path(path).read_text(encoding="utf-8"), str(path))
+        except (OSError, UnicodeDecodeError, LLMScratchError):
             continue  # a file we did not write; nothing to report from it
         if isinstance(document, dict) and document.get("format") == RESULT_FORMAT:
+            problem = result_problem(document)
+            if problem:
+                raise LLMScratchError(f"{path} is not a result as llmscratch writes it: "
+                                      f"{problem}; run the task again or remove the file")
             results.append(document)
     return results
+
+
+# The metrics each kind of result holds, which summaries and tables show (eval_report.py).
+RESULT_METRICS = {"multiple_choice": ("acc", "acc_norm"), "generation": ("exact_match",),
+                  "perplexity": ("loss", "perplexity", "bpb", "tokens"),
+                  "judge": ("mean_score", "unscored")}
+
+
+def result_problem(result: dict) -> str | None:
+    """What is wrong with a result document's shape, or None when it can be shown."""
+    kind, metrics = result.get("kind"), result.get("metrics")
+    if kind not in RESULT_METRICS:
+        return f"kind {kind!r} is not one of {', '.join(RESULT_METRICS)}"
+    if not isinstance(result.get("task"), str):
+        return f"task {result.get('task')!r} is not a name"
+    if not isinstance(metrics, dict):
+        return f"metrics must be a mapping of numbers, not {type(metrics).__name__}"
+    numbers = {f"metrics.{m}": metrics.get(m) for m in RESULT_METRICS[kind]}
+    numbers |= {name: result.get(name) for name in ("examples", "shots", "centred",
+                                                    "random_baseline")}
+    # A judge that scored nothing has no mean; tasks without an accuracy have no centred score.
+    may_be_none = {"metrics.mean_score", "random_baseline"} | (
+        {"centred"} if kind in ("perplexity", "judge") else set())
+    for name, value in numbers.items():
+        if value is None and name in may_be_none:
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return f"{name} must be a number, got {value!r}"
+    return None

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,15 +48,21 @@ from llmscratch.model.lora import apply_lora
 from llmscratch.recipes.classify import Classification
 from llmscratch.recipes.dpo import PreferenceOptimization
 from llmscratch.recipes.processes import processes
+from llmscratch.recipes.report import plural
 from llmscratch.recipes.reward import RewardModeling
 from llmscratch.recipes.rl import ReinforcementLearning
 from llmscratch.recipes.sft import InstructionTuning
-from llmscratch.runs.checkpoint import TrainState, latest_checkpoint, load_checkpoint
+from llmscratch.runs.checkpoint import (
+    TrainState,
+    checkpoint_config,
+    latest_checkpoint,
+    load_checkpoint,
+)
 from llmscratch.runs.config import SECTIONS, RunConfig
 from llmscratch.runs.load import load_model
 from llmscratch.runs.run import BaseRun, Run, RunInfo
 from llmscratch.tokenizer import Tokenizer
-from llmscratch.training.loop import BatchSource, LoopConfig, Trainer
+from llmscratch.training.loop import BatchSource, Trainer
 from llmscratch.training.objectives import Objective
 from llmscratch.training.optim import Schedule, build_optimizer
 from llmscratch.training.parallel import check_global_batch, parallelize
@@ -98,18 +105,20 @@ class FinetuneResult:
     method: str
     before: dict  # held-out scores of the base model (with a fresh head, for a classifier)
     after: dict  # the same, after training
-    steps: int
-    train_seconds: float
+    steps: int  # the run's steps in all
+    train_seconds: float  # this process's training time
     rank: int = 0  # under torchrun, only rank 0 reports
+    first_step: int = 0  # the step this process started from (0, or a resumed checkpoint's)
 
 
 # Each method's defaults, under the user's config file and overrides: the book's choices
-# (chapter 6: AdamW, lr 5e-5, weight decay 0.1, batch 8; chapter 7 the same), with
-# validation and checkpoints at a pace that suits runs of a few hundred steps.
+# (chapter 6: AdamW, lr 5e-5, weight decay 0.1, batch 8, the whole test set scored;
+# chapter 7 the same), with validation and checkpoints at a pace that suits runs of a few
+# hundred steps.
 METHOD_DEFAULTS = {
     "classify": {"train": {"lr": 5e-5, "batch_size": 8, "warmup_steps": 0, "eval_every": 100,
                            "checkpoint_every": 500, "weight_decay": 0.1},
-                 "finetune": {"epochs": 1.0}},
+                 "finetune": {"epochs": 1.0, "eval_examples": -1}},
     "sft": {"train": {"lr": 5e-5, "batch_size": 8, "warmup_steps": 0, "eval_every": 100,
                       "checkpoint_every": 500, "weight_decay": 0.1},
             "finetune": {"epochs": 2.0}},
@@ -133,18 +142,35 @@ def finetune_config(method: str, path: str | None, data: str | None,
     """A fine-tuning run's config: the method's defaults, then the YAML file at `path`
     (sections train, finetune and align), then `data` and the command line's overrides."""
     document = {section: dict(values) for section, values in METHOD_DEFAULTS[method].items()}
-    for section, values in (read_yaml(path) if path else {}).items():
-        if section in ("model", "data"):
-            raise LLMScratchError(f"a fine-tuning config has no {section} section: the model "
-                                  "is the base run's, and the data is finetune.data")
-        document.setdefault(section, {}).update(values or {})
+    given = apply_overrides(read_yaml(path) if path else {}, overrides, SECTIONS)
+    if "model" in given or "data" in given:
+        raise LLMScratchError("a fine-tuning config has no model or data section, and takes "
+                              "no model.* or data.* overrides: the model is the base run's, "
+                              "and the data is finetune.data")
+    for section, values in given.items():
+        document.setdefault(section, {}).update(values)
     document["finetune"]["method"] = method
     if data:
         document["finetune"]["data"] = data
-    if any(o.split(".")[0] in ("model", "data") for o in overrides):
-        raise LLMScratchError("fine-tuning takes train.* and finetune.* overrides: the model "
-                              "is the base run's, and the data is finetune.data")
-    return from_dict(RunConfig, apply_overrides(document, overrides, SECTIONS))
+    return from_dict(RunConfig, apply_overrides(document, length_overrides(given), SECTIONS))
+
+
+def length_overrides(given: dict) -> list[str]:
+    """What the user's own settings (`given`: their config file and overrides, as nested
+    sections) say of the run's length, which is train.max_steps or finetune.epochs: a
+    max_steps given wins over the epochs of the method's defaults or of the run's saved
+    config (["finetune.epochs=0"]); given both, with epochs not 0, is refused."""
+    steps, epochs = given.get("train", {}).get("max_steps"), given.get("finetune", {}).get(
+        "epochs")
+    if steps is None:
+        return []
+    if epochs is None:
+        return ["finetune.epochs=0"]
+    if epochs:
+        raise LLMScratchError(f"train.max_steps={steps} and finetune.epochs={epochs} both set "
+                              "the run's length; give one (finetune.epochs=0 keeps "
+                              "train.max_steps)")
+    return []
 
 
 def new_method(config: RunConfig) -> Method:
@@ -157,7 +183,9 @@ def finetune(config: RunConfig, base_dir: Path, out_dir: Path,
              overwrite: bool = False) -> FinetuneResult:
     """Fine-tune the newest model of the run at `base_dir` into a new run at `out_dir`."""
     out_dir = Path(out_dir)
-    Run.check_new(out_dir, overwrite)  # before anything is read: fail fast, change nothing
+    resolve_paths(config)
+    inputs = [base_dir, *filter(None, (config.align.reference, config.align.reward_model))]
+    Run.check_new(out_dir, overwrite, inputs)  # before anything is read: fail fast
     base = Run.open(base_dir)
     base_checkpoint = latest_checkpoint(base).name
     model, method = _model_and_data(config, base, None)
@@ -168,27 +196,80 @@ def finetune(config: RunConfig, base_dir: Path, out_dir: Path,
                             generation=base.generation_settings(),
                             labels=method.label_names)
             Run.create(out_dir, config, about, base.tokenizer(), overwrite,
-                       fill=method.save_data)
+                       fill=method.save_data, inputs=inputs)
         barrier(info)
         run = Run(out_dir)
-        with run.lock() if info.is_main else contextlib.nullcontext():
-            return _train(config, run, method, model, None, info, device)
+        with run.removed_without_checkpoint() if info.is_main else contextlib.nullcontext():
+            with run.lock() if info.is_main else contextlib.nullcontext():
+                return _train(config, run, method, model, None, info, device)
 
 
 def resume(run_dir: Path, overrides: list[str] | tuple = (), fallback: bool = False
            ) -> FinetuneResult:
-    """Continue the fine-tuning run in `run_dir` from its newest (good) checkpoint."""
+    """Continue the fine-tuning run in `run_dir` from its newest (good) checkpoint.
+
+    The run's config.yaml gives the settings, the command line's `overrides`
+    may change how it goes on (train.*, finetune.epochs...), not what it is
+    (`check_resume`). One setting must be on the command line: a reward
+    function to import (align.reward=module:function), since a run's folder
+    may come from someone else, and its config.yaml must not choose code to run.
+    """
     run = Run.open(run_dir)
     if run.read_info().kind != "finetune":
         raise LLMScratchError(f"{run.path} is not a fine-tuning run; resume it with "
-                              "`llmscratch pretrain --resume`")
-    config = run.read_config(overrides)
+                              f"`llmscratch pretrain --resume {run.path}`")
+    given = apply_overrides({}, overrides, SECTIONS)
+    config = run.read_config([*overrides, *length_overrides(given)])
     ckpt = latest_checkpoint(run, fallback=fallback)
+    check_resume(run, checkpoint_config(ckpt) or run.read_config(), config, overrides)
+    resolve_paths(config)
     base, _ = run.base_run()
     model, method = _model_and_data(config, base, run)
     with processes(config) as (info, device):
         with run.lock() if info.is_main else contextlib.nullcontext():
             return _train(config, run, method, model, ckpt, info, device)
+
+
+# What a resume may not change: what the checkpoints' tensors are, and how they were trained.
+FIXED_ON_RESUME = ("method", "trainable", "init", "lora_rank", "lora_alpha", "lora_targets",
+                   "pooling")
+NAMED_DATA = ("synthetic", "genres")  # finetune.data naming a task shipped with the project
+
+
+def check_resume(run: Run, saved: RunConfig, config: RunConfig, overrides) -> None:
+    """Refuse, changing nothing, a resume that would make the run something else than
+    `saved` (the config its checkpoint was written with), or that would import code that
+    only the run's config.yaml names."""
+    keys = {item.split("=", 1)[0].strip() for item in overrides}
+    if any(key.startswith("model.") for key in keys):
+        raise LLMScratchError("a fine-tuning run's model is its base run's: no model.* "
+                              "overrides on resume")
+    for name in FIXED_ON_RESUME:
+        old, new = getattr(saved.finetune, name), getattr(config.finetune, name)
+        if old != new:
+            raise LLMScratchError(f"finetune.{name}={new!r} does not fit {run.path}, trained "
+                                  f"with finetune.{name}={old!r}; that cannot change on resume "
+                                  "(start a new run with `llmscratch finetune ...` instead)")
+    align = config.align
+    if config.finetune.method == "rl" and not align.reward_model \
+            and align.reward != "synthetic" and "align.reward" not in keys:
+        raise LLMScratchError(
+            f"{run.path} is rewarded by align.reward={align.reward}, Python code that resuming "
+            "imports and runs; a run's saved config does not choose code to run: name it on "
+            f"the command line if you trust it: `llmscratch finetune resume {run.path} "
+            f"align.reward={align.reward}`")
+
+
+def resolve_paths(config: RunConfig) -> None:
+    """The files and runs a fine-tuning run reads, as absolute paths (in place): its saved
+    config.yaml then names the same ones wherever `finetune resume` is run from."""
+    ft, align = config.finetune, config.align
+    if ft.data and ft.data not in NAMED_DATA:
+        ft.data = os.path.abspath(ft.data)
+    for section, name in ((ft, "val_data"), (ft, "test_data"), (align, "reference"),
+                          (align, "reward_model")):
+        if getattr(section, name):
+            setattr(section, name, os.path.abspath(getattr(section, name)))
 
 
 def _model_and_data(config: RunConfig, base: Run, run: Run | None) -> tuple[GPT, Method]:
@@ -250,7 +331,7 @@ def _train(config: RunConfig, run: Run, method: Method, model: GPT, ckpt: Path |
     torch.manual_seed(cfg.seed)  # training starts from one random state, whatever scoring drew
     trainable, total = count_parameters(model)
     model.to(device)
-    grad_accum = check_global_batch(cfg, info)
+    grad_accum = cfg.grad_accum = check_global_batch(cfg, info)  # for this many processes
     batches = method.batches(model, info, run)
     if ft.epochs:  # the run's length in passes over the data
         cfg.max_steps = max(1, math.ceil(ft.epochs * len(batches.rows)
@@ -278,11 +359,10 @@ def _train(config: RunConfig, run: Run, method: Method, model: GPT, ckpt: Path |
         f"({ft.what_trains}); {len(method.train_examples):,} examples, {cfg.max_steps} steps "
         f"({batches.epochs(cfg.max_steps * grad_accum):.2f} epochs) on {info.world_size} x "
         f"{device}")
-    loop = LoopConfig.from_train(cfg, grad_accum=grad_accum, label=f"finetune {ft.method}",
-                                 trainable_only=ft.what_trains != "all")
     trainer = Trainer(wrapped, method.objective(device), batches, optimizer,
-                      Schedule.from_train(cfg), loop, run, device, info, method.validate)
-    started = time.perf_counter()
+                      Schedule.from_train(cfg), cfg, run, device, info, method.validate,
+                      trainable_only=ft.what_trains != "all", label=f"finetune {ft.method}")
+    started, first_step = time.perf_counter(), state.step
     state = trainer.fit(state)
     train_seconds = time.perf_counter() - started
     after = method.score(model, "after", run if info.is_main else None)
@@ -294,7 +374,7 @@ def _train(config: RunConfig, run: Run, method: Method, model: GPT, ckpt: Path |
         _write_report(run, config, method, before, after, trainable, total, state.step,
                       train_seconds)
     return FinetuneResult(run.path, ft.method, before, after, state.step, train_seconds,
-                          info.rank)
+                          info.rank, first_step)
 
 
 def _write_json(path: Path, document: dict) -> None:
@@ -310,7 +390,7 @@ def _write_report(run: Run, config: RunConfig, method: Method, before: dict, aft
              f"- base: `{base.run}` ({base.checkpoint})",
              f"- method: {ft.method}; what trains: {ft.what_trains} "
              f"({trainable:,} of {total:,} parameters, {trainable / total:.2%})",
-             f"- {steps:,} steps in {seconds:.0f} s; batch {config.train.batch_size}, "
+             f"- {plural(steps, 'step')} in {seconds:.0f} s; batch {config.train.batch_size}, "
              f"lr {config.train.lr:g}, {config.train.dtype}", ""]
     lines += method.report(before, after, run)
     lines += ["", "## Loss", "", f"![loss curve]({run.loss_plot_path.name})", "",

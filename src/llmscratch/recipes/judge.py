@@ -5,17 +5,25 @@
     2. the run answers every instruction greedily, in the prompt format it was
        fine-tuned with (the run's finetune.prompt_format; else its chat template);
     3. each (instruction, reference, response) goes to the judge (evaluation/judge.py);
-       its line is appended to the JSONL file as soon as the judge has answered;
+       its line is appended to OUT.partial as soon as the judge has answered;
     4. the mean score over scored responses, and the count of unscored ones, go to
-       RUN/eval/judge.json, also when the judge fails halfway (then "complete": false).
+       RUN/eval/judge.json, and OUT.partial becomes OUT.
+
+Earlier results are never lost to a worse evaluation: they are replaced by a
+complete one with at least one score, or, when the judge fails halfway (then
+"complete": false), by what it scored only if no complete result is there. An
+evaluation with no score at all (every reply unusable, or none before a failure)
+changes nothing but OUT.partial, and is an error: a judge that cannot grade is
+not a score of 0.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,7 +35,7 @@ from llmscratch.evaluation.generation_tasks import generate_replies
 from llmscratch.evaluation.judge import Judge, JudgeConfig, judge_prompt, parse_score
 from llmscratch.evaluation.tasks import Doc, TaskSpec
 from llmscratch.generation.cpu_weights import pack_linear_weights
-from llmscratch.io import atomic_write_json
+from llmscratch.io import atomic_write_json, read_json
 from llmscratch.recipes.eval_tasks import RESULT_FORMAT, prompt_ids, run_prompt_format
 from llmscratch.runs.load import load_for_inference
 from llmscratch.runs.run import Run
@@ -95,38 +103,94 @@ def judge_run(config: JudgeRunConfig, say: Callable[[str], None] = print) -> dic
     responses = [r for chunk in generate_replies(model, tokenizer, prompts,
                                                  config.max_new_tokens,
                                                  settings.stop_token_ids) for r in chunk]
+    results = Results(run, config, out)
     judge = Judge(config.judge)
-    scores: list[float] = []
-    unscored, started, complete = 0, time.perf_counter(), False
-    out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with out.open("w", encoding="utf-8") as lines:
-            for i, (doc, response) in enumerate(zip(docs, responses, strict=True)):
-                question = format_alpaca_prompt(doc.query, doc.input).removesuffix(
-                    "\n\n### Response:\n")
-                prompt = judge_prompt(question, doc.reference, response.strip())
-                reply = judge.ask(prompt)
-                score = parse_score(reply)
-                if score is None:
-                    unscored += 1
-                else:
-                    scores.append(score)
-                lines.write(json.dumps({"index": i, "where": doc.where, "instruction": doc.query,
-                                        "input": doc.input, "reference": doc.reference,
-                                        "response": response, "judge_prompt": prompt,
-                                        "judge_reply": reply, "score": score},
-                                       ensure_ascii=False) + "\n")
-                lines.flush()
-        complete = True
+        _judge_all(judge, docs, responses, results)
+    except LLMScratchError as err:
+        raise LLMScratchError(f"{err}; {results.unfinished()}") from None
+    except BaseException:
+        results.unfinished()
+        raise
     finally:
         judge.close()
-        summary = _summary(run, config, scores, unscored, complete, out,
-                           time.perf_counter() - started)
-    mean = summary["metrics"]["mean_score"]
-    say(f"judge {config.judge.model}: mean score {'-' if mean is None else f'{mean:.1f}'} "
-        f"over {len(scores)} scored responses ({unscored} unscored: the reply was not a "
-        f"number from 0 to 100); every line in {out}")
+    if not results.scores:
+        raise LLMScratchError(f"no reply of the judge {config.judge.model} was a score (a "
+                              f"number from 0 to 100) for any of {results.unscored} "
+                              f"responses; {results.unfinished()}")
+    summary = results.keep(complete=True)
+    say(f"judge {config.judge.model}: mean score {summary['metrics']['mean_score']:.1f} over "
+        f"{len(results.scores)} scored responses ({results.unscored} unscored: the reply was "
+        f"not a number from 0 to 100); every line in {out}")
     return summary
+
+
+def _judge_all(judge: Judge, docs: list[Doc], responses: list[str], results: Results) -> None:
+    """Ask the judge about each response; each line goes to OUT.partial as it comes."""
+    results.out.parent.mkdir(parents=True, exist_ok=True)
+    with results.partial.open("w", encoding="utf-8") as lines:
+        for i, (doc, response) in enumerate(zip(docs, responses, strict=True)):
+            question = format_alpaca_prompt(doc.query, doc.input).removesuffix(
+                "\n\n### Response:\n")
+            prompt = judge_prompt(question, doc.reference, response.strip())
+            reply = judge.ask(prompt)
+            score = parse_score(reply)
+            if score is None:
+                results.unscored += 1
+            else:
+                results.scores.append(score)
+            lines.write(json.dumps({"index": i, "where": doc.where, "instruction": doc.query,
+                                    "input": doc.input, "reference": doc.reference,
+                                    "response": response, "judge_prompt": prompt,
+                                    "judge_reply": reply, "score": score},
+                                   ensure_ascii=False) + "\n")
+            lines.flush()
+
+
+@dataclass
+class Results:
+    """What an evaluation has judged so far, and whether it may replace the earlier
+    results (module docstring)."""
+
+    run: Run
+    config: JudgeRunConfig
+    out: Path
+    scores: list[float] = field(default_factory=list)
+    unscored: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def partial(self) -> Path:
+        return self.out.with_name(self.out.name + ".partial")
+
+    def keep(self, complete: bool) -> dict:
+        """OUT.partial becomes OUT; the summary goes to RUN/eval/judge.json."""
+        os.replace(self.partial, self.out)
+        return _summary(self.run, self.config, self.scores, self.unscored, complete, self.out,
+                        time.perf_counter() - self.started)
+
+    def unfinished(self) -> str:
+        """An evaluation that failed, or scored nothing: keep what it scored only where no
+        complete result is; says what was kept, for the error message."""
+        result = self.run.eval_result_path("judge")
+        if self.scores and not _is_complete(result):
+            self.keep(complete=False)
+            return (f"the {len(self.scores) + self.unscored} responses judged so far are in "
+                    f"{self.out}, their scores in {result} (complete: false)")
+        earlier = (f"the earlier results in {result} were left as they were"
+                   if result.is_file() else "no results were written")
+        if not self.partial.is_file() or self.partial.stat().st_size == 0:
+            self.partial.unlink(missing_ok=True)
+            return earlier
+        return f"{earlier}; the judge's replies are in {self.partial}"
+
+
+def _is_complete(result: Path) -> bool:
+    """Whether `result` holds the results of a complete evaluation."""
+    try:
+        return bool(read_json(result).get("complete"))
+    except LLMScratchError:  # missing or unreadable: nothing to keep
+        return False
 
 
 def _summary(run: Run, config: JudgeRunConfig, scores: list[float], unscored: int,

@@ -49,7 +49,7 @@ from llmscratch.runs.checkpoint import (
 )
 from llmscratch.runs.config import RunConfig
 from llmscratch.runs.run import END_OF_TEXT_TOKENS, GenerationSettings, Run, RunInfo
-from llmscratch.training.loop import Callback, LoopConfig, Trainer
+from llmscratch.training.loop import Callback, Trainer
 from llmscratch.training.objectives import NextTokenPrediction
 from llmscratch.training.optim import Schedule, build_optimizer
 from llmscratch.training.parallel import check_global_batch, parallelize
@@ -69,6 +69,7 @@ class PretrainResult:
     samples: list[tuple[str, str]]  # (prompt, completion)
     rank: int = 0  # under torchrun, only rank 0 reports
     steps: int = 0  # optimizer steps done in all (train.max_steps unless stopped early)
+    first_step: int = 0  # the step this process started from (0, or a resumed checkpoint's)
 
 
 class SampleText(Callback):
@@ -118,10 +119,11 @@ def pretrain(config: RunConfig, out_dir: Path, overwrite: bool = False) -> Pretr
                        data.tokenizer, overwrite)
         barrier(info)
         run = Run(out_dir)
-        if data is None:
-            data = load_data(config, info, run.tokenizer())
-        with run.lock() if info.is_main else contextlib.nullcontext():
-            return _train(config, run, data, None, info, device)
+        with run.removed_without_checkpoint() if info.is_main else contextlib.nullcontext():
+            if data is None:
+                data = load_data(config, info, run.tokenizer())
+            with run.lock() if info.is_main else contextlib.nullcontext():
+                return _train(config, run, data, None, info, device)
 
 
 def resume(run_dir: Path, overrides: list[str] | tuple = (), fallback: bool = False
@@ -174,7 +176,7 @@ def _train(config: RunConfig, run: Run, data: RunData, ckpt: Path | None, info: 
     seq_len = cfg.seq_len or config.model.context_length
     model = parallelize(raw_model, cfg, info, device)
     optimizer = build_optimizer(model, cfg)
-    grad_accum = check_global_batch(cfg, info)
+    grad_accum = cfg.grad_accum = check_global_batch(cfg, info)  # for this many processes
     batches = TokenWindows(data.train_arrays, seq_len, cfg.batch_size, cfg.seed,
                            info.rank, info.world_size)
     state = TrainState()
@@ -208,17 +210,17 @@ def _train(config: RunConfig, run: Run, data: RunData, ckpt: Path | None, info: 
     if cfg.budget_seconds:
         callbacks.append(TimeBudget(cfg.budget_seconds, on_plan=_save_plan(run, config, info)))
     trainer = Trainer(model, NextTokenPrediction(device), batches, optimizer,
-                      Schedule.from_train(cfg),
-                      LoopConfig.from_train(cfg, grad_accum=grad_accum, label="pretrain"),
-                      run, device, info, evaluate, callbacks,
-                      raw_model.flops_per_token(seq_len))
+                      Schedule.from_train(cfg), cfg, run, device, info, evaluate, callbacks,
+                      raw_model.flops_per_token(seq_len), label="pretrain")
     started = time.perf_counter()
-    tokens_before = state.tokens_seen
+    tokens_before, first_step = state.tokens_seen, state.step
     state = trainer.fit(state)
     train_seconds = time.perf_counter() - started
     tok_per_s = (state.tokens_seen - tokens_before) / max(train_seconds, 1e-9)
-    return _finish(config, run, raw_model, data, samples, state, info,
-                   train_seconds, tok_per_s)
+    result = _finish(config, run, raw_model, data, samples, state, info,
+                     train_seconds, tok_per_s)
+    result.first_step = first_step
+    return result
 
 
 def _save_plan(run: Run, config: RunConfig, info: DistInfo):

@@ -1,7 +1,13 @@
-"""report.md and samples.md: what a run did, readable in any Markdown viewer."""
+"""report.md and samples.md: what a run did, readable in any Markdown viewer.
+
+A report's counted lines are English sentences, whatever the count
+(`counted`, `overlong_sentence`): "1 pair was skipped", "6 pairs were
+skipped", "No text was longer than 1,024 tokens".
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -9,6 +15,50 @@ import yaml
 from llmscratch.config import to_dict
 from llmscratch.io import atomic_write_text
 from llmscratch.runs.run import Run
+
+
+def plural(count: int, noun: str) -> str:
+    """"1 step", "804 steps", "1,100 pairs" (`noun` takes an -s in the plural)."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def counted(count: int, noun: str, predicate: str) -> str:
+    """A count as a sentence: counted(6, "pair", "skipped") is "6 pairs were skipped.";
+    with a count of 1, "1 pair was skipped."; of 0, "No pair was skipped."."""
+    if count == 0:
+        return f"No {noun} was {predicate}."
+    return f"{plural(count, noun)} {_was(count)} {predicate}."
+
+
+def overlong_sentence(noun: str, limit: int, from_max_len: bool, truncated: int,
+                      skipped: int) -> str:
+    """report.md's line on the examples longer than the limit (finetune.max_len or the
+    context length), e.g. "9,977 texts were longer than 1,024 tokens (the model's context
+    length): 9,977 were truncated to fit." """
+    where = "finetune.max_len" if from_max_len else "the model's context length"
+    longer = f"longer than {limit:,} tokens ({where})"
+    over = truncated + skipped
+    if not over:
+        return counted(0, noun, longer)
+    fates = " and ".join(f"{n:,} {_was(n)} {fate}" for n, fate in
+                         ((truncated, "truncated to fit"), (skipped, "skipped")) if n)
+    return f"{counted(over, noun, longer)[:-1]}: {fates}."
+
+
+def _was(count: int) -> str:
+    return "was" if count == 1 else "were"
+
+
+def score_table(columns: list[str], before: dict, after: dict,
+                cells: Callable[[dict], list[str]]) -> list[str]:
+    """report.md's table of held-out scores: a row for each stage scored (`cells` formats
+    its scores), or a sentence when none was (finetune.eval_examples=0)."""
+    stages = [(name, s) for name, s in (("before training", before),
+                                        ("after training", after)) if s]
+    if not stages:
+        return ["Nothing held out was scored (finetune.eval_examples=0)."]
+    return ["| | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns),
+            *("| " + " | ".join([name, *cells(s)]) + " |" for name, s in stages)]
 
 
 def write_samples(path: Path, step: int, samples: list[tuple[str, str]]) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from llmscratch.data.chat_examples import ChatEncoder
 from llmscratch.data.examples import Example, PairBatches
 from llmscratch.data.instruction_files import Conversation
 from llmscratch.distributed import DistInfo
@@ -29,7 +30,7 @@ from llmscratch.evaluation.classification import head_outputs
 from llmscratch.evaluation.preferences import pair_scores
 from llmscratch.model import GPT
 from llmscratch.recipes.pairs import PairData, prepare_pairs, whole_text
-from llmscratch.recipes.sft import ChatEncoder
+from llmscratch.recipes.report import score_table
 from llmscratch.runs.config import RunConfig
 from llmscratch.runs.run import Run
 from llmscratch.tokenizer import Tokenizer
@@ -70,7 +71,7 @@ class RewardModeling:
         return BradleyTerry(device)
 
     def _rewards(self, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = self.data.heldout[:self.config.align.eval_examples]
+        pairs = self.config.finetune.scored(self.data.heldout)
         amp = autocast_dtype(self.config.train.dtype)
         size = self.config.train.batch_size * 2
         chosen, rejected = zip(*_whole(pairs), strict=True) if pairs else ((), ())
@@ -79,27 +80,21 @@ class RewardModeling:
 
     def validate(self, model: torch.nn.Module) -> dict:
         chosen, rejected = self._rewards(model)
-        if not len(chosen):  # align.eval_examples=0
+        if not len(chosen):  # finetune.eval_examples=0
             return {}
         loss = float(-F.logsigmoid(chosen - rejected).mean())
         return {"val_loss": loss, "val_accuracy": pair_scores(chosen, rejected)["pair_accuracy"]}
 
     def score(self, model: GPT, stage: str, run: Run | None) -> dict:
+        """Pair accuracy and mean margin on the held-out pairs ({} when none are scored)."""
         chosen, rejected = self._rewards(model)
-        return pair_scores(chosen, rejected)
+        return pair_scores(chosen, rejected) if len(chosen) else {}
 
     def report(self, before: dict, after: dict, run: Run) -> list[str]:
-        c, ft = self.data.counts, self.config.finetune
-        lines = ["## Data", "",
-                 f"- {ft.data}: {c['train']:,} training and {c['heldout']:,} held-out "
-                 f"preference pairs; {c['skipped']} skipped (over "
-                 f"{ft.max_len or 'the context length'} tokens)", "",
-                 "## Held-out pairs", "", "| | pair accuracy | mean margin |", "|---|---:|---:|"]
-        for stage, scores in (("before training", before), ("after training", after)):
-            if scores:
-                lines.append(f"| {stage} | {scores['pair_accuracy']:.1%} | "
-                             f"{scores['margin']:.3f} |")
-        return lines
+        lines = ["## Data", "", *self.data.report(self.config), "",
+                 "## Held-out pairs", ""]
+        return lines + score_table(["pair accuracy", "mean margin"], before, after, lambda s: [
+            f"{s['pair_accuracy']:.1%}", f"{s['margin']:.3f}"])
 
 
 def _whole(pairs) -> list[tuple[Example, Example]]:

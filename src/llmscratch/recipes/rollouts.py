@@ -9,9 +9,10 @@ step, in a seeded order that a resume continues), the inference engine
 it is now, all in one continuous batch. Each response is rewarded (a
 `Rewarder`: a function, or a reward model), and its advantage is its reward
 minus its group's mean, divided by the group's standard deviation
-(align.scale_rewards). A group whose responses all earned the same reward
-says nothing about which is better: it is dropped, unless every group is
-(then they all stay, with advantage 0, and only the KL term trains).
+(align.scale_rewards; training/objectives.py: group_advantages). A group
+whose responses all earned the same reward says nothing about which is
+better: it is dropped, unless every group is (then they all stay, with
+advantage 0, and only the KL term trains).
 
 The rows are prompt + response (+ the stop token that ended it), targets on
 the response; the reference's log-probabilities of them are computed here,
@@ -25,12 +26,15 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import sys
 import time
 from collections.abc import Callable
 
 import torch
 
 from llmscratch.data.alignment_files import Prompt
+from llmscratch.data.chat_examples import ChatEncoder
 from llmscratch.data.examples import IGNORE, Batch, Example, ExampleBatches, collate
 from llmscratch.data.instruction_files import Conversation
 from llmscratch.data.synthetic_tasks import task_rewards
@@ -40,12 +44,24 @@ from llmscratch.generation.engine import DEFAULT_BLOCK_SIZE, Engine
 from llmscratch.generation.sampling import SamplingConfig
 from llmscratch.model import GPT
 from llmscratch.recipes.reward import conversation_scores
-from llmscratch.recipes.sft import ChatEncoder
 from llmscratch.runs.config import AlignConfig
 from llmscratch.tokenizer import Tokenizer
-from llmscratch.training.objectives import RolloutBatch
+from llmscratch.training.objectives import RolloutBatch, group_advantages
 
-GROUP_STD_EPS = 1e-4  # added to a group's standard deviation before dividing (as TRL does)
+
+def import_from_here(module_name: str):
+    """Import a module with the current folder first on the path, as `python -m` has it
+    (the `llmscratch` script has its own folder there instead): `align.reward=
+    my_rewards:score` finds my_rewards.py beside the user, as TRL users expect."""
+    here = os.getcwd()
+    added = here not in sys.path
+    if added:
+        sys.path.insert(0, here)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        if added:
+            sys.path.remove(here)
 
 
 class Rewarder:
@@ -62,7 +78,7 @@ class Rewarder:
             return cls("synthetic (data/synthetic_tasks.py: task_rewards)", task_rewards)
         module_name, _, attribute = spec.partition(":")
         try:
-            function = getattr(importlib.import_module(module_name), attribute)
+            function = getattr(import_from_here(module_name), attribute)
         except (ImportError, AttributeError) as err:
             raise LLMScratchError(f"align.reward={spec}: cannot import it ({err})") from None
         if not callable(function):
@@ -82,31 +98,22 @@ class Rewarder:
             rewards = self.function(prompts=texts, completions=completions, **columns)
         except Exception as err:  # the user's code: its failure is named, not a traceback
             raise LLMScratchError(f"the reward function {self.name} raised "
-                                  f"{type(err).__name__}: {err} (the last checkpoint is "
-                                  "intact)") from None
+                                  f"{type(err).__name__}: {err}") from None
         if not isinstance(rewards, (list, tuple)) or len(rewards) != len(completions):
             raise LLMScratchError(f"the reward function {self.name} must return a list of "
                                   f"{len(completions)} numbers, one a completion; it returned "
-                                  f"{type(rewards).__name__} (the last checkpoint is intact)")
+                                  f"{type(rewards).__name__}")
         for value in rewards:
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
                     or not math.isfinite(value):
                 raise LLMScratchError(f"the reward function {self.name} returned {value!r}, "
-                                      "not a finite number (the last checkpoint is intact)")
+                                      "not a finite number")
         return [float(r) for r in rewards]
 
     def _model_scores(self, prompts: list[Prompt], completions: list[str]) -> list[float]:
         return conversation_scores(self.model, self.encoder, [
             Conversation(prompt.prompt.prompt, completion)
             for prompt, completion in zip(prompts, completions, strict=True)])
-
-
-def group_advantages(rewards: torch.Tensor, scale: bool) -> torch.Tensor:
-    """(groups, G) rewards -> advantages: minus the group's mean, over its std if `scale`."""
-    advantages = rewards - rewards.mean(dim=1, keepdim=True)
-    if scale:
-        advantages = advantages / (rewards.std(dim=1, keepdim=True) + GROUP_STD_EPS)
-    return advantages
 
 
 class Rollouts(ExampleBatches):

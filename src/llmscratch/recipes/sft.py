@@ -16,7 +16,8 @@ The text is laid out by the model's chat template (tokenizer/chat.py: our
 documented one, or an imported model's Jinja template: the code serving
 uses) or, with finetune.prompt_format=alpaca, by the book's Alpaca prompt
 ("### Instruction: ... ### Response:") followed by the reply and the end-of-
-text token. Examples over finetune.max_len tokens are truncated (if some of
+text token (data/chat_examples.py: ChatEncoder, which the alignment methods
+share). Examples over finetune.max_len tokens are truncated (if some of
 the reply is left) or skipped, and counted. With finetune.packing, several
 examples share a row, each attending only to itself.
 
@@ -25,24 +26,26 @@ instruction_files.py), or "synthetic": checkable tasks generated from a seed
 (data/synthetic_tasks.py), whose held-out split is answered greedily before
 and after training and scored by exact match (evaluation/exact_match.py).
 For a file, held-out examples are the last finetune.val_fraction of it
-after a seeded shuffle, and are scored the same way.
+after a seeded shuffle, and are scored the same way; finetune.eval_examples
+of them are answered.
 """
 
 from __future__ import annotations
 
 import torch
 
+from llmscratch.data.chat_examples import ChatEncoder
 from llmscratch.data.examples import IGNORE, Example, ExampleBatches, collate
-from llmscratch.data.instruction_files import Conversation, alpaca_prompt, read_instructions
+from llmscratch.data.instruction_files import Conversation, read_instructions
 from llmscratch.data.synthetic_tasks import make_tasks
 from llmscratch.distributed import DistInfo, unwrap
 from llmscratch.errors import LLMScratchError
 from llmscratch.evaluation.exact_match import exact_match
 from llmscratch.model import GPT
+from llmscratch.recipes.report import overlong_sentence
 from llmscratch.runs.config import RunConfig
-from llmscratch.runs.run import GenerationSettings, Run
+from llmscratch.runs.run import Run
 from llmscratch.tokenizer import Tokenizer
-from llmscratch.tokenizer.chat import render_chat
 from llmscratch.training.objectives import NextTokenPrediction
 from llmscratch.training.precision import autocast_dtype
 
@@ -61,6 +64,7 @@ class InstructionTuning:
         self.stop_ids: list[int] = []
         self.tokenizer: Tokenizer | None = None
         self.label_names: list[str] = []  # (not a classifier)
+        self.limit = 0  # the most tokens an example may have
 
     def prepare(self, model: GPT, tokenizer: Tokenizer, base: Run, run: Run | None) -> None:
         ft = self.config.finetune
@@ -70,7 +74,7 @@ class InstructionTuning:
             raise LLMScratchError(f"the base run {base.path} has no end-of-text token to end "
                                   f"replies with ({base.INFO}: generation.stop_token_ids)")
         train, validation, tasks = self._read()
-        limit = ft.max_len or model.config.context_length
+        self.limit = limit = ft.max_len or model.config.context_length
         encode = ChatEncoder(tokenizer, settings, ft.prompt_format, ft.train_on == "all")
         self.train_examples = self._fit(encode.examples(train), limit)
         self.val_examples = self._fit(encode.examples(validation), limit)
@@ -78,7 +82,7 @@ class InstructionTuning:
             raise LLMScratchError(f"no training example is left after skipping those over "
                                   f"{limit} tokens; raise finetune.max_len")
         self.counts["train"], self.counts["validation"] = len(train), len(validation)
-        kept = validation[:ft.eval_examples]
+        kept = ft.scored(validation)
         self.heldout = [(encode.prompt_ids(c), c.response, task)
                         for c, task in zip(kept, tasks, strict=False)]
 
@@ -163,9 +167,9 @@ class InstructionTuning:
                  f"- {ft.data}: {c['train']:,} training and {c['validation']:,} held-out "
                  f"examples; prompts as {ft.prompt_format}, loss on "
                  f"{'every token' if ft.train_on == 'all' else 'the replies'}"
-                 f"{', packed' if ft.packing else ''}",
-                 f"- over {ft.max_len or 'the context length'} tokens: {c['truncated']} "
-                 f"truncated, {c['skipped']} skipped", ""]
+                 f"{', packed' if ft.packing else ''}.",
+                 "- " + overlong_sentence("example", self.limit, bool(ft.max_len),
+                                          c["truncated"], c["skipped"]), ""]
         if not after:
             return lines
         lines += ["## Held-out exact match", "", "| task | before | after |", "|---|---:|---:|"]
@@ -200,48 +204,3 @@ def hold_out(records: list, fraction: float, seed: int, source: str) -> tuple[li
                               "give more, or finetune.val_data")
     return ([records[i] for i in order[:-held].tolist()],
             [records[i] for i in order[-held:].tolist()])
-
-
-class ChatEncoder:
-    """Conversations -> token ids with targets on the reply (see the module docstring)."""
-
-    def __init__(self, tokenizer: Tokenizer, settings: GenerationSettings, prompt_format: str,
-                 train_on_all: bool) -> None:
-        self.tokenizer, self.settings = tokenizer, settings
-        self.alpaca, self.train_on_all = prompt_format == "alpaca", train_on_all
-        self.specials = {"bos_token": settings.bos_token, "eos_token": settings.eos_token}
-
-    def prompt_ids(self, conversation: Conversation) -> list[int]:
-        if self.alpaca:
-            return self.tokenizer.encode(alpaca_prompt(conversation), disallowed_special="none")
-        text = render_chat(conversation.prompt, self.settings.chat_template, True,
-                           **self.specials)
-        return self.tokenizer.encode(text, allowed_special="all")
-
-    def reply_ids(self, conversation: Conversation) -> list[int]:
-        """The reply's tokens and what ends it: the end-of-text token, or the template's end."""
-        if self.alpaca:
-            ids = self.tokenizer.encode(conversation.response, disallowed_special="none")
-            return ids + [self.settings.stop_token_ids[0]]
-        prompt = render_chat(conversation.prompt, self.settings.chat_template, True,
-                             **self.specials)
-        whole = render_chat(conversation.messages, self.settings.chat_template, False,
-                            **self.specials)
-        if not whole.startswith(prompt):
-            raise LLMScratchError(f"{conversation.source or 'a conversation'}: the chat template "
-                                  "renders the prompt differently once the reply follows; use "
-                                  "finetune.prompt_format=alpaca")
-        return self.tokenizer.encode(whole[len(prompt):], allowed_special="all")
-
-    def example(self, conversation: Conversation) -> Example:
-        """Inputs are all tokens but the last; targets are the next tokens, IGNORE (-100)
-        where the next token is part of the prompt (unless training on all tokens)."""
-        prompt, reply = self.prompt_ids(conversation), self.reply_ids(conversation)
-        ids = prompt + reply
-        targets = ids[1:]
-        if not self.train_on_all:
-            targets = [IGNORE] * (len(prompt) - 1) + targets[len(prompt) - 1:]
-        return Example(ids[:-1], targets)
-
-    def examples(self, conversations: list[Conversation]) -> list[Example]:
-        return [self.example(conversation) for conversation in conversations]

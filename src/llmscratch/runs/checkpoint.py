@@ -21,8 +21,9 @@ Trust: a disk can fill up, a copy can be cut short, a file can be edited or
 added. Before a checkpoint is used, every file in it must be listed in the
 manifest with its size and hash, and every listed file must match; the
 manifest, not the folder's contents, says what format the weights are in.
-A mismatch is an error naming the file; `--resume DIR --fallback` then
-continues from the newest checkpoint that passes, and only when asked.
+A mismatch is an error naming the file; `llmscratch pretrain --resume DIR
+--fallback` (a fine-tuning run: `llmscratch finetune resume DIR --fallback`)
+then continues from the newest checkpoint that passes, and only when asked.
 Nothing is ever unpickled: weights are safetensors, the optimizer's state is
 read with `torch.load(weights_only=True)`, and sharded checkpoints through a
 reader that refuses anything but their metadata (runs/sharded.py).
@@ -136,7 +137,7 @@ def save_checkpoint(run: Run, model: torch.nn.Module, optimizer: torch.optim.Opt
             sharded.save(model, optimizer, tmp / sharded.DCP_DIR)
         elif info.is_main:
             save_file(model_state(unwrap(model), trainable_only), tmp / WEIGHTS)
-            torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
+            save_torch(optimizer.state_dict(), tmp / OPTIMIZER)
         barrier(info)
         if info.is_main:
             _finish(run, tmp, name, state, trainable_only, keep)
@@ -146,7 +147,7 @@ def save_checkpoint(run: Run, model: torch.nn.Module, optimizer: torch.optim.Opt
         if isinstance(err, RuntimeError) and not _is_write_failure(err):
             raise  # a bug, not the disk: keep its traceback
         raise LLMScratchError(f"cannot write checkpoint {name} in {run.checkpoints_dir}: "
-                              f"{_reason(err)}; the previous checkpoint is intact") from None
+                              f"{_reason(err)}") from None
     barrier(info)
     return run.checkpoints_dir / name
 
@@ -186,8 +187,42 @@ def save_weights(run: Run, model: torch.nn.Module, step: int = 0,
 
 
 def _is_write_failure(err: RuntimeError) -> bool:
-    """torch.save reports a full disk as a RuntimeError ("... failed writing file ...")."""
+    """Sharded saving may report a full disk as a RuntimeError ("... failed writing ...")."""
     return any(word in str(err).lower() for word in ("write", "space", "disk"))
+
+
+def save_torch(obj: object, path: Path) -> None:
+    """torch.save, with a full disk (or any failure to write) raised as the OSError it is.
+
+    torch.save turns a failed write into a RuntimeError whose text names no
+    cause ("unexpected pos 576 vs 534"); writing through our own file object
+    lets us see the OSError underneath and raise that instead.
+    """
+    with path.open("wb") as f:
+        writer = _Writer(f)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+
+class _Writer:
+    """A file object that remembers the OSError that stopped a write."""
+
+    def __init__(self, f) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def _reason(err: BaseException) -> str:
@@ -271,7 +306,7 @@ def latest_checkpoint(run: Run, fallback: bool = False) -> Path:
     """The newest checkpoint of a run, verified; with `fallback`, the newest good one."""
     if not run.latest_path.is_file():
         raise LLMScratchError(f"{run.path} has no checkpoint yet (no checkpoints/latest); "
-                              f"start it again with --overwrite")
+                              "make it again with the command that made it, and --overwrite")
     newest = run.checkpoints_dir / run.latest_path.read_text().strip()
     try:
         if not newest.is_dir() or newest.parent != run.checkpoints_dir:
@@ -281,8 +316,7 @@ def latest_checkpoint(run: Run, fallback: bool = False) -> Path:
         return newest
     except LLMScratchError as err:
         if not fallback:
-            raise LLMScratchError(f"{err}; resume with `--resume {run.path} --fallback` to use "
-                                  "the previous good checkpoint") from None
+            raise LLMScratchError(f"{err}; {_fallback_hint(run)}") from None
         problem = str(err)
     for ckpt in reversed(run.checkpoint_dirs()):
         if ckpt.name >= newest.name:
@@ -295,6 +329,15 @@ def latest_checkpoint(run: Run, fallback: bool = False) -> Path:
         return ckpt
     raise LLMScratchError(f"{problem}, and no older checkpoint of {run.path} is intact; "
                           "start the run again")
+
+
+def _fallback_hint(run: Run) -> str:
+    """What to do about a damaged newest checkpoint: the command that continues training
+    from the newest intact one, if the run trains, and the one that lists them."""
+    verify = f"`llmscratch checkpoint verify {run.path}` lists the intact checkpoints"
+    resume = run.resume_command()
+    return f"`{resume} --fallback` continues from the newest intact one; {verify}" if resume \
+        else verify
 
 
 def verify_run(run: Run) -> list[tuple[str, str | None]]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from llmscratch.config import apply_overrides, from_dict, read_yaml, to_dict
+from llmscratch.config import apply_overrides, check_seed, from_dict, read_yaml, to_dict
 from llmscratch.errors import LLMScratchError
 from llmscratch.io import atomic_write_text
 from llmscratch.model.config import ModelConfig
@@ -69,9 +69,9 @@ class DataConfig:
 class TrainConfig:
     """How a run trains: the train section of its config.yaml.
 
-    The loop reads its share as a `LoopConfig` (training/loop.py: steps,
-    accumulation, clipping, precision, logging, validation, checkpoints, the
-    time limit), the optimizer and schedule theirs (training/optim.py). A few
+    The loop reads its share (training/loop.py, Trainer: steps, accumulation,
+    clipping, precision, logging, validation, checkpoints, the time limit),
+    the optimizer and schedule theirs (training/optim.py). A few
     fields are the pretraining recipe's alone: budget_seconds, the samples
     (sample_every, sample_tokens, prompts) and the parallel setup.
 
@@ -108,13 +108,17 @@ class TrainConfig:
         dtype: "bf16" (autocast: matmuls in bfloat16, weights fp32), "fp32", or "auto":
             bf16 where this hardware runs it faster than fp32 (training/precision.py).
         device: "auto" (cuda if present), "cpu" or "cuda".
+        threads: CPU threads PyTorch's operations use; 0 = PyTorch's own count here
+            (OMP_NUM_THREADS, else the cores). A sum split between threads is added in
+            another order, so results depend on the count: the one used is written into
+            the run's config.yaml, and a resume uses it again (recipes/processes.py).
         compile: compile the model's forward with torch.compile.
         activation_checkpointing: recompute each block's activations in backward
             (less memory, about a third more compute).
         parallel: under torchrun: "ddp" (replicate the model) or "fsdp" (shard it, FSDP2).
         peak_flops: peak FLOP/s of one device, for MFU; 0 = known GPUs only (CPUs: measure
             it, e.g. with bench/train_speed.py, and set it).
-        seed: seeds the weights and the batch order.
+        seed: seeds the weights and the batch order (a whole number from 0 to 2^63 - 1).
         log_every: steps between metric lines in metrics.jsonl.
         eval_every: steps between validation passes (0 = only at the end).
         eval_batches: batches per periodic validation (the final one reads all of it).
@@ -148,6 +152,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     dtype: str = "auto"
     device: str = "auto"
+    threads: int = 0
     compile: bool = False
     activation_checkpointing: bool = False
     parallel: str = "ddp"
@@ -199,7 +204,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise LLMScratchError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("eval_every", "checkpoint_every", "sample_every", "sample_tokens",
-                     "seq_len", "grad_clip", "weight_decay", "muon_weight_decay"):
+                     "seq_len", "grad_clip", "weight_decay", "muon_weight_decay", "threads"):
             if getattr(self, name) < 0:
                 raise LLMScratchError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.muon_lr <= 0:
@@ -209,6 +214,7 @@ class TrainConfig:
                 raise LLMScratchError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise LLMScratchError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        check_seed(self.seed, "train.seed")
 
 
 METHODS = ("classify", "sft", "reward", "dpo", "rl")
@@ -228,11 +234,12 @@ class FinetuneConfig:
             (sft, reward, dpo, rl: checkable instruction tasks, data/synthetic_tasks.py;
             for reward and dpo their preference pairs). reward and dpo read preference
             .json/.jsonl, rl prompt .jsonl (data/alignment_files.py).
-            classify reads .csv, .tsv, .jsonl, or the SMS Spam Collection with
-            data_format "sms"; sft reads Alpaca .json/.jsonl or chat .jsonl.
+            classify reads .csv, .tsv, .jsonl, or the SMS Spam Collection (under any
+            name); sft reads Alpaca .json/.jsonl or chat .jsonl.
         val_data, test_data: held-out files; when empty, the training file is split
             (classify: 70/10/20 as in the book; sft: val_fraction of it).
-        data_format: "auto" (from the file's extension) or "sms" (label<TAB>text, the
+        data_format: "auto" (from the file's extension; the SMS Spam Collection is known
+            by its first line, `ham<TAB>...`) or "sms" (label<TAB>text, no header: the
             book's balancing and split).
         text_field, label_field: classify: the fields holding the text and its label.
         val_fraction: sft: the share of a single file held out for validation.
@@ -248,15 +255,22 @@ class FinetuneConfig:
         packing: sft: lay examples end to end in rows of max_len tokens (each still
             sees only itself) instead of one padded example per row.
         max_len: longest example in tokens (0 = the model's context length).
-        overlong: what happens to a longer one: "truncate" or "skip" (counted either way).
+        overlong: what happens to a longer one: "truncate" or "skip" (counted either way
+            in report.md). A preference pair is never truncated: a longer one is skipped,
+            and one whose prompt alone is longer is an error unless "skip"; so is an RL
+            prompt that leaves no room for a response.
         epochs: passes over the training examples; sets train.max_steps
-            (0 = keep train.max_steps).
+            (0 = keep train.max_steps). A train.max_steps given in the config file or
+            on the command line wins: epochs then count only if given too, and giving
+            both (epochs not 0) is refused.
         init: "base" (start from the base run's weights) or "random" (the same
             architecture and tokenizer, freshly initialised: the control experiment
             that shows what pretraining brings).
         synthetic_train, synthetic_heldout: sft with data "synthetic": how many examples.
-        eval_examples: sft: held-out examples answered (greedy) and scored by exact
-            match, before and after training (0 = none).
+        eval_examples: how many held-out examples every method scores before and
+            after training (0 = none, -1 = all of them): classify's test texts (its
+            default is -1, the whole test split, as the book scores it), sft's and
+            rl's prompts answered greedily, reward's and dpo's pairs.
     """
 
     method: str = "sft"
@@ -306,11 +320,18 @@ class FinetuneConfig:
         if not 0.0 < self.val_fraction < 1.0:
             raise LLMScratchError(f"finetune.val_fraction must be in (0, 1), "
                                   f"got {self.val_fraction}")
-        for name in ("max_len", "epochs", "synthetic_train", "synthetic_heldout",
-                     "eval_examples"):
+        for name in ("max_len", "epochs", "synthetic_train", "synthetic_heldout"):
             if getattr(self, name) < 0:
                 raise LLMScratchError(f"finetune.{name} must be >= 0, got {getattr(self, name)}")
+        if self.eval_examples < -1:
+            raise LLMScratchError(f"finetune.eval_examples must be >= 0, or -1 for all, "
+                                  f"got {self.eval_examples}")
         _ = self.lora  # the adapter's fields are checked now, not when training starts
+
+    def scored(self, heldout: list) -> list:
+        """The held-out examples scored before and after training: the first
+        `eval_examples` (all of them with -1)."""
+        return list(heldout) if self.eval_examples < 0 else heldout[:self.eval_examples]
 
     @property
     def lora(self) -> LoRAConfig:
@@ -328,6 +349,9 @@ class FinetuneConfig:
 @dataclass
 class AlignConfig:
     """The alignment methods' settings: the align section (recipes/reward.py, dpo.py, rl.py).
+
+    How many held-out pairs or prompts are scored is finetune.eval_examples, as
+    for every method.
 
     Fields:
         reference: the run whose model is the reference of DPO and of RL's KL
@@ -359,8 +383,11 @@ class AlignConfig:
             from the second on, the ratio and its clipping matter. TRL's num_iterations.
         temperature, max_new_tokens: RL: how responses are sampled (TRL: temperature,
             max_completion_length).
-        eval_examples: held-out pairs (reward, dpo) scored before and after training.
     """
+
+    # A key this section had, and where it went: given, it is refused with the new
+    # name; an old run's config.yaml is read with it moved (`load_config`).
+    RENAMED: typing.ClassVar[dict[str, str]] = {"eval_examples": "finetune.eval_examples"}
 
     reference: str = ""
     beta: float = 0.1
@@ -375,7 +402,6 @@ class AlignConfig:
     updates_per_batch: int = 1
     temperature: float = 1.0
     max_new_tokens: int = 32
-    eval_examples: int = 200
 
     def __post_init__(self) -> None:
         if self.loss not in ("sigmoid", "ipo"):
@@ -388,7 +414,7 @@ class AlignConfig:
         if self.group_size < 2:
             raise LLMScratchError("align.group_size must be >= 2: advantages compare the "
                                   "responses to one prompt")
-        for name in ("kl_coef", "clip", "eval_examples", "rpo_alpha"):
+        for name in ("kl_coef", "clip", "rpo_alpha"):
             if getattr(self, name) < 0:
                 raise LLMScratchError(f"align.{name} must be >= 0, got {getattr(self, name)}")
         if self.temperature <= 0:
@@ -420,8 +446,25 @@ SECTIONS = tuple(f.name for f in fields(RunConfig))
 
 def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> RunConfig:
     """Read a YAML config (or start from defaults), apply overrides, validate."""
-    data = read_yaml(path) if path is not None else {}
+    data = _upgrade(read_yaml(path)) if path is not None else {}
     return from_dict(RunConfig, apply_overrides(data, overrides, SECTIONS))
+
+
+def _upgrade(document: dict) -> dict:
+    """A config saved before align.eval_examples became finetune.eval_examples, with the
+    held-out size the run used: align's for reward, dpo and rl, finetune's for sft, and
+    the whole test split for classify (which had no such limit)."""
+    align, finetune = document.get("align"), document.get("finetune")
+    if not isinstance(align, dict) or "eval_examples" not in align:
+        return document
+    document = {**document, "align": dict(align)}
+    old = document["align"].pop("eval_examples")
+    if isinstance(finetune, dict):
+        method = finetune.get("method")
+        if method in ("reward", "dpo", "rl", "classify"):
+            document["finetune"] = {**finetune,
+                                    "eval_examples": -1 if method == "classify" else old}
+    return document
 
 
 def save_config(config: RunConfig, path: Path, sections: typing.Sequence[str] = SECTIONS

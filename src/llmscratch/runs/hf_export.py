@@ -7,15 +7,16 @@
 
 Both read the run through runs/load.py (verified checkpoint, its own
 config) and write atomically: into a temporary file or folder beside the
-target, renamed into place at the end. An existing target is replaced only
-with `overwrite`, and a folder only if it holds a Hugging Face model.
+target, renamed into place at the end. An existing file is replaced only
+with `overwrite`; a folder follows the rule of every output folder (io.py:
+`check_output_folder`): replaced only with `overwrite`, and only if it
+holds a Hugging Face model.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import replace
@@ -26,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from llmscratch.errors import LLMScratchError
-from llmscratch.io import atomic_write_json
+from llmscratch.io import atomic_write_json, check_output_folder, write_folder
 from llmscratch.model.config import DTYPES, torch_dtype
 from llmscratch.model.hf_config import config_to_hf
 from llmscratch.model.hf_weights import hf_tensors
@@ -47,7 +48,7 @@ def convert_to_hf(run_dir: str | Path, out: str | Path, dtype: str | None = None
     tokenizer, loadable by `AutoModelForCausalLM` and `AutoTokenizer`."""
     check_dtype(dtype)
     out = Path(out)
-    _check_target(out, overwrite, folder=True)
+    check_output_folder(out, overwrite, is_hf_folder, "a Hugging Face model folder")
     run = Run.open(run_dir)
     model = load_model(run)
     remove_lora(model)  # a LoRA run exports as its merged model (runs/load.py)
@@ -62,80 +63,71 @@ def convert_to_hf(run_dir: str | Path, out: str | Path, dtype: str | None = None
         if (run.hf_dir / "tokenizer.json").is_file():  # imported: keep the originals
             copy_side_files(run.hf_dir, tmp)
         else:
-            save_hf_tokenizer(tokenizer, tmp)
+            save_hf_tokenizer(tokenizer.parts, tmp)
             stop_ids = run.generation_settings().stop_token_ids
             eos = tokenizer.decode(stop_ids[:1]) if stop_ids else None
             atomic_write_json(tmp / "tokenizer_config.json", {
                 "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos,
                 "model_max_length": config.context_length})
 
-    return _write_atomically(out, write, folder=True)
+    try:
+        return write_folder(out, write)
+    except SafetensorError as err:
+        raise LLMScratchError(f"cannot write {out}: {err}") from None
 
 
 def export_safetensors(run_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """The newest model's weights as one safetensors file, under our tensor names."""
     out = Path(out)
-    _check_target(out, overwrite, folder=False)
+    _check_file_target(out, overwrite)
     model = load_model(Run.open(run_dir))
     remove_lora(model)  # a LoRA run's adapters, merged into its weights
 
     def write(tmp: Path) -> None:
         save_file(model_state(model), tmp)
 
-    return _write_atomically(out, write, folder=False)
+    return _write_file(out, write)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return next((name for name in DTYPES if torch_dtype(name) == dtype), "fp32")
 
 
-def _check_target(out: Path, overwrite: bool, folder: bool) -> None:
-    """Fail, changing nothing, unless `out` may be written (see the module docstring)."""
-    if not out.exists():
-        return
-    if not overwrite:
-        raise LLMScratchError(f"{out} already exists; choose a new name or pass --overwrite")
-    if folder and not (out / "config.json").is_file():
-        raise LLMScratchError(f"{out} exists and is not a Hugging Face model folder; nothing "
-                              "was changed: choose another output folder")
-    if not folder and out.is_dir():
+def is_hf_folder(path: Path) -> bool:
+    """Whether `path` holds a Hugging Face model (its config.json)."""
+    return (path / "config.json").is_file()
+
+
+def _check_file_target(out: Path, overwrite: bool) -> None:
+    """Fail, changing nothing, unless the file `out` may be written."""
+    if out.is_dir():
         raise LLMScratchError(f"{out} is a directory; give the name of a .safetensors file")
+    if out.exists() and not overwrite:
+        raise LLMScratchError(f"{out} already exists; choose a new name or pass --overwrite")
 
 
-def _write_atomically(out: Path, write: Callable[[Path], None], folder: bool) -> Path:
-    """Run `write(tmp)` on a temporary file or folder beside `out`, then rename it into
-    place: a failure or a kill leaves `out` as it was."""
+def _write_file(out: Path, write: Callable[[Path], None]) -> Path:
+    """Run `write(tmp)` on a temporary file beside `out`, then rename it into place: a
+    failure or a kill leaves `out` as it was."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        if folder:
-            tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-        else:
-            fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-            os.close(fd)
-            tmp = Path(name)
+        fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
     except OSError as err:
         raise LLMScratchError(f"cannot write {out}: {err.strerror}") from None
     try:
         write(tmp)
-        os.chmod(tmp, 0o755 if folder else 0o644)
-        if folder and out.exists():
-            shutil.rmtree(out)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     except (OSError, SafetensorError) as err:
-        _remove(tmp)
+        tmp.unlink(missing_ok=True)
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise LLMScratchError(f"cannot write {out}: {reason}") from None
     except BaseException:
-        _remove(tmp)
+        tmp.unlink(missing_ok=True)
         raise
     return out
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def _save_shards(tensors: dict[str, torch.Tensor], folder: Path, shard_bytes: int) -> None:

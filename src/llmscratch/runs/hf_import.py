@@ -20,6 +20,7 @@ built from them (copied only to change dtype or to fuse q/k/v). Pickled
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -41,6 +42,8 @@ from llmscratch.tokenizer.hf_json import load_hf_tokenizer
 
 # Tensor dtypes in safetensors headers that hold plain (unquantized) weights.
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+# A model's id on the hub: `name` or `org/name`, letters, digits and -_. (not first).
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", re.ASCII)
 # Files of a Hugging Face folder besides the weights and config.json: the tokenizer,
 # its special tokens and chat template, generation defaults. Kept as they are.
 HF_SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -168,27 +171,65 @@ def _token_text(token) -> str:
 
 
 def resolve_source(source: str) -> Path:
-    """A local Hugging Face folder, or a hub id ("org/name") downloaded when online."""
+    """The Hugging Face folder that `source` names: a folder, or a model on the hub.
+
+    The rule: a path that exists is a folder (or an error); anything else in
+    the form of a hub id, `name` or `org/name` (`gpt2`, `Qwen/Qwen3-0.6B`),
+    is a hub id, fetched into huggingface_hub's cache, or with HF_HUB_OFFLINE
+    set read from that cache alone, with no network.
+    """
     path = Path(source)
     if path.is_dir():
         return path
-    if path.exists() or source.count("/") != 1 or source.startswith((".", "/", "~")):
-        raise LLMScratchError(f"{source} is not a folder (nor a hub id like org/name)")
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        raise LLMScratchError(f"{source} is not a local folder, and HF_HUB_OFFLINE forbids "
-                              "downloading it; give the path of a downloaded copy")
+    if path.exists():
+        raise LLMScratchError(f"{source} is a file; give a Hugging Face model folder or a hub id")
+    if not is_hub_id(source):
+        raise LLMScratchError(f"{source} is neither a folder nor a hub id (such as gpt2 or "
+                              "Qwen/Qwen3-0.6B)")
+    return download(source)
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether `name` has the form of a model id on the hub (huggingface_hub's rule)."""
+    return bool(HUB_ID.fullmatch(name)) and len(name) <= 96 and "--" not in name \
+        and ".." not in name and not name.endswith(".git")
+
+
+def download(repo_id: str) -> Path:
+    """A hub model's config, safetensors and tokenizer files, from the hub's cache or the
+    network; every failure (offline, unreachable, unknown, gated) is one line."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     try:  # an optional dependency (the hf extra), so imported only when downloading
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise LLMScratchError("downloading needs huggingface_hub: pip install 'llmscratch[hf]'"
-                              ) from None
+        raise LLMScratchError(f"{repo_id} is not a local folder, and downloading it needs "
+                              "huggingface_hub: pip install 'llmscratch[hf]'") from None
+    patterns = ["config.json", "*.safetensors", "model.safetensors.index.json", *HF_SIDE_FILES]
     try:
-        patterns = ["config.json", "*.safetensors", "model.safetensors.index.json",
-                    *HF_SIDE_FILES]
-        return Path(snapshot_download(source, allow_patterns=patterns))
-    except Exception as err:  # network, authentication, unknown repo: all one line
-        reason = " ".join(str(err).split())[:200]
-        raise LLMScratchError(f"cannot download {source} from the hub: {reason}") from None
+        return Path(snapshot_download(repo_id, allow_patterns=patterns,
+                                      local_files_only=offline))
+    except Exception as err:  # network, cache, authentication, unknown repo: all one line
+        raise LLMScratchError(_download_error(repo_id, err, offline)) from None
+
+
+def _download_error(repo_id: str, err: Exception, offline: bool) -> str:
+    """What went wrong fetching `repo_id`, in one line, by the kind of huggingface_hub error."""
+    kind = type(err).__name__
+    if offline and kind == "LocalEntryNotFoundError":
+        return (f"{repo_id} is not a local folder nor in the Hugging Face cache, and "
+                "HF_HUB_OFFLINE forbids downloading it; unset HF_HUB_OFFLINE, or give the "
+                "path of a downloaded copy")
+    if kind == "RepositoryNotFoundError":
+        return (f"{repo_id} is neither a local folder nor a model on the Hugging Face hub "
+                "(if it is private, log in first: hf auth login)")
+    if kind == "GatedRepoError":
+        return (f"{repo_id} is gated on the Hugging Face hub: accept its terms on its page, "
+                "then log in (hf auth login)")
+    if kind == "LocalEntryNotFoundError":  # the hub could not be reached
+        return (f"cannot download {repo_id}: the Hugging Face hub cannot be reached and no "
+                "copy is in its cache; check the network, or give a local folder")
+    reason = " ".join(str(err).split())[:200]
+    return f"cannot download {repo_id} from the Hugging Face hub: {kind}: {reason}"
 
 
 def convert_from_hf(source: str, out: Path, dtype: str | None = None,
@@ -205,7 +246,11 @@ def convert_from_hf(source: str, out: Path, dtype: str | None = None,
         raise LLMScratchError(f"no tokenizer.json in {folder}; a converted model needs its "
                               "tokenizer to generate or evaluate")
     model = load_hf_model(folder, dtype)
-    tokenizer = load_hf_tokenizer(folder)
+    tokenizer = Tokenizer.from_parts(load_hf_tokenizer(folder))
+    if tokenizer.vocab_size > model.config.vocab_size:  # it would index past the embeddings
+        raise LLMScratchError(f"{folder}: the tokenizer's ids run to {tokenizer.vocab_size - 1:,}"
+                              f", but the model has {model.config.vocab_size:,} embedding rows; "
+                              "the tokenizer is not this model's")
     info = RunInfo(kind="import", source=str(source),
                    generation=generation_settings(folder, tokenizer))
 

@@ -1,6 +1,7 @@
 """A run's newest model, ready for inference: what `generate`, `eval` and export read.
 
     model = load_model(run)                        # eval mode, on the CPU, in its own dtype
+    reference = load_reference("runs/sft", policy, tokenizer)   # DPO, RL: frozen, fp32
     model, tokenizer, settings = load_for_inference("runs/demo", device="cuda", dtype="bf16")
 
 `dtype=None` keeps the checkpoint's dtype, but for one case: bf16 weights
@@ -18,6 +19,10 @@ edited config.yaml cannot make the weights be read as another model). A run
 whose checkpoints hold only what it trained (a fine-tuned head, LoRA
 adapters) names a base run in run.json: the base model is loaded first and
 the run's tensors replace those it holds.
+
+DPO and RL may measure the policy against another run's model
+(align.reference): `load_reference` loads it frozen, in fp32, once it has
+checked that it reads the policy's tokens.
 """
 
 from __future__ import annotations
@@ -42,10 +47,8 @@ from llmscratch.runs.checkpoint import (
     verify_checkpoint,
 )
 from llmscratch.runs.config import RunConfig
-from llmscratch.runs.run import GenerationSettings, Run
+from llmscratch.runs.run import MAX_BASE_DEPTH, GenerationSettings, Run
 from llmscratch.tokenizer import Tokenizer
-
-MAX_BASE_DEPTH = 8  # a run built on a run built on ...: more than this is a cycle
 
 
 def load_model(run: Run, checkpoint: str | None = None, _depth: int = 0) -> GPT:
@@ -77,6 +80,23 @@ def load_model(run: Run, checkpoint: str | None = None, _depth: int = 0) -> GPT:
         # no random initialisation and no second copy (imported models can be large).
         model = GPT.from_state_dict(config, read_weights(ckpt))
     return model.eval()
+
+
+def load_reference(path: str, policy: GPT, tokenizer: Tokenizer) -> GPT:
+    """align.reference's model, frozen, after checking it reads the policy's tokens."""
+    run = Run.open(path)
+    theirs = run.tokenizer()
+    if theirs.vocab_size != tokenizer.vocab_size or theirs.encode("Hello, world! 123") != \
+            tokenizer.encode("Hello, world! 123"):
+        raise LLMScratchError(f"align.reference={path}: its tokenizer differs from the policy's "
+                              f"({theirs.vocab_size:,} against {tokenizer.vocab_size:,} tokens); "
+                              "the reference must read the same tokens")
+    model = load_model(run).float()
+    if model.config.vocab_size != policy.config.vocab_size:
+        raise LLMScratchError(f"align.reference={path}: its vocabulary has "
+                              f"{model.config.vocab_size:,} entries, the policy's "
+                              f"{policy.config.vocab_size:,}")
+    return model.requires_grad_(False)
 
 
 def adapt(model: GPT, config: RunConfig, tensors: dict[str, torch.Tensor]) -> None:

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from llmscratch.errors import LLMScratchError
-from llmscratch.io import atomic_write_text
+from llmscratch.io import atomic_write_text, parse_json
 
 
 class MetricsLog:
@@ -34,19 +34,36 @@ class MetricsLog:
             raise LLMScratchError(f"cannot write {self.path}: {err.strerror}") from None
 
     def read(self) -> list[dict]:
+        """The measurements, as the loop writes them: a whole-number step and tokens, numbers
+        for the rest. Other lines are skipped: one cut by a kill, one edited into something
+        a plot cannot draw, a note such as a skipped step's."""
+        return [record for record in self._records() if _is_measurement(record)]
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop records of steps the checkpoint had not reached."""
+        kept = [r for r in self._records() if _is_number(r.get("step")) and r["step"] <= step]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def _records(self) -> list[dict]:
+        """Every line that holds a JSON object."""
         if not self.path.is_file():
             return []
         records = []
         for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a kill: ignore it
+                record = parse_json(line, str(self.path))
+            except LLMScratchError:  # a line cut by a kill (or worse): not a record
                 continue
             if isinstance(record, dict):
                 records.append(record)
         return records
 
-    def truncate_after(self, step: int) -> None:
-        """On resume, drop records of steps the checkpoint had not reached."""
-        kept = [r for r in self.read() if r.get("step", 0) <= step]
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_measurement(record: dict) -> bool:
+    whole = [record.get("step"), record.get("tokens")]
+    return (all(isinstance(v, int) and not isinstance(v, bool) for v in whole)
+            and all(_is_number(value) for value in record.values()))

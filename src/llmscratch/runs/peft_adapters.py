@@ -57,7 +57,13 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from llmscratch.errors import LLMScratchError
-from llmscratch.io import atomic_write_bytes, atomic_write_json, read_json
+from llmscratch.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    check_output_folder,
+    read_json,
+    write_folder,
+)
 from llmscratch.model.hf_config import family_of
 from llmscratch.model.hf_weights import their_shapes, weight_links
 from llmscratch.model.lora import (
@@ -120,7 +126,9 @@ def export_peft_adapter(model: GPT, out: str | Path, base_model_name_or_path: st
     `base_model_name_or_path` is recorded in adapter_config.json (PEFT loads
     that model when none is given); it should name the model exported from
     the same base weights (runs/hf_export.py). Adapters must be unmerged:
-    merged ones are already inside the weights.
+    merged ones are already inside the weights. `out` follows the rule of
+    every output folder (io.py: `check_output_folder`): a folder of other
+    files is never written into, an adapter folder replaced only with `overwrite`.
     """
     out = Path(out)
     layers = lora_layers(model)
@@ -129,7 +137,7 @@ def export_peft_adapter(model: GPT, out: str | Path, base_model_name_or_path: st
     if any(layer.merged for layer in layers.values()):
         raise LLMScratchError("the LoRA layers are merged into the weights; unmerge_lora "
                               "before exporting the adapter")
-    _check_target(out, overwrite)
+    check_output_folder(out, overwrite, is_adapter_folder, "a PEFT adapter folder")
     targets = hf_layers(model)
     tensors, ranks, alphas = {}, {}, {}
     for name, layer in layers.items():
@@ -144,9 +152,13 @@ def export_peft_adapter(model: GPT, out: str | Path, base_model_name_or_path: st
             tensors[f"{PREFIX}{theirs}.lora_B.weight"] = B.cpu().clone()
             ranks[theirs], alphas[theirs] = layer.rank, layer.alpha
     config = _adapter_config(layers, targets, ranks, alphas, base_model_name_or_path)
-    atomic_write_bytes(out / WEIGHTS_FILE, safetensors_bytes(tensors, metadata={"format": "pt"}))
-    atomic_write_json(out / CONFIG_FILE, config, indent=2)
-    return out
+    weights = safetensors_bytes(tensors, metadata={"format": "pt"})
+
+    def write(folder: Path) -> None:
+        atomic_write_bytes(folder / WEIGHTS_FILE, weights)
+        atomic_write_json(folder / CONFIG_FILE, config, indent=2)
+
+    return write_folder(out, write)
 
 
 def _adapter_config(layers: dict[str, LoRALinear], targets: dict[str, HFLayer],
@@ -185,13 +197,9 @@ def _number(x: float) -> int | float:
     return int(x) if float(x).is_integer() else float(x)
 
 
-def _check_target(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise LLMScratchError(f"{out} is a file; give a folder for the adapter")
-    existing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if (out / name).exists()]
-    if existing and not overwrite:
-        raise LLMScratchError(f"{out} already holds {existing[0]}; choose a new folder or "
-                              "pass overwrite")
+def is_adapter_folder(path: Path) -> bool:
+    """Whether `path` holds a PEFT adapter (its adapter_config.json)."""
+    return (path / CONFIG_FILE).is_file()
 
 
 # --- import ----------------------------------------------------------------------------
@@ -201,11 +209,13 @@ def import_peft_adapter(model: GPT, folder: str | Path) -> list[str]:
     """Put the PEFT adapter in `folder` on `model` as LoRA layers; freeze everything else.
 
     In place; returns the names of our adapted layers. What is adapted, and
-    each layer's rank, is read from the tensors (so PEFT's target_modules,
-    layers_to_transform and exclude_modules need no reading); alpha from
-    lora_alpha and alpha_pattern. Fails, changing nothing, if the adapter was
-    made for another architecture (module names or shapes differ) or uses an
-    option we do not implement (DoRA, trained biases, modules_to_save...).
+    each layer's rank, is read from the tensors (so PEFT's layers_to_transform
+    and exclude_modules need no reading), and must agree with what the config
+    says: target_modules, r and rank_pattern; alpha comes from lora_alpha and
+    alpha_pattern. Fails, changing nothing, if the config and the tensors
+    disagree, a weight is not finite, the adapter was made for another
+    architecture (module names or shapes differ) or it uses an option we do
+    not implement (DoRA, trained biases, modules_to_save...).
     """
     folder = Path(folder)
     config = read_adapter_config(folder)
@@ -215,8 +225,10 @@ def import_peft_adapter(model: GPT, folder: str | Path) -> list[str]:
     targets = hf_layers(model)
     where = {theirs: (ours, i) for ours, layer in targets.items()
              for i, theirs in enumerate(layer.theirs)}
+    pairs = _read_pairs(folder)
+    check_against_config(config, pairs, folder)
     pieces: dict[str, dict[int, tuple]] = {}  # our module -> piece index -> (A, B, scaling)
-    for theirs, (A, B) in _read_pairs(folder).items():
+    for theirs, (A, B) in pairs.items():
         if theirs not in where:
             raise LLMScratchError(_unknown_module(theirs, folder, model))
         ours, i = where[theirs]
@@ -257,11 +269,17 @@ def fuse_pieces(pieces: dict[int, tuple[torch.Tensor, torch.Tensor, float]], row
 
 
 def read_adapter_config(folder: Path) -> dict:
-    """adapter_config.json, checked to describe a LoRA we can compute."""
+    """adapter_config.json, checked to describe a LoRA we can compute.
+
+    Defaults are PEFT's (r 8, lora_alpha 8). The numbers must be numbers, the
+    patterns (rank_pattern's and alpha_pattern's keys, a target_modules that is
+    one string) regular expressions; whether they agree with the tensors is
+    checked when those are read (`check_against_config`).
+    """
     path = folder / CONFIG_FILE
     if not path.is_file():
         raise LLMScratchError(f"no {CONFIG_FILE} in {folder}; not a PEFT adapter folder")
-    config = read_json(path)
+    config = read_json(path, "adapter config")
     if config.get("peft_type") != "LORA":
         raise LLMScratchError(f"{path}: peft_type {config.get('peft_type')!r} is not "
                               "supported (only 'LORA')")
@@ -270,23 +288,104 @@ def read_adapter_config(folder: Path) -> dict:
             raise LLMScratchError(f"{path}: {key}={config[key]!r} is not supported "
                                   f"(only {plain!r})")
     dropout = config.setdefault("lora_dropout", 0.0)
-    if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
+    if not (_is_number(dropout) and 0 <= dropout < 1):
         raise LLMScratchError(f"{path}: lora_dropout={dropout!r} must be in [0, 1)")
+    config["r"], config["lora_alpha"] = config.get("r", 8), config.get("lora_alpha", 8)
+    _check_rank(config["r"], f"{path}: r")
+    _check_alpha(config["lora_alpha"], f"{path}: lora_alpha")
+    for name, check in (("rank_pattern", _check_rank), ("alpha_pattern", _check_alpha)):
+        patterns = config.setdefault(name, {}) or {}
+        if not isinstance(patterns, dict):
+            raise LLMScratchError(f"{path}: {name} must map module names to numbers")
+        for key, value in patterns.items():
+            _check_regex(key, f"{path}: {name} key")
+            check(value, f"{path}: {name}[{key!r}]")
+    targets = config.get("target_modules")
+    if isinstance(targets, str):
+        _check_regex(targets, f"{path}: target_modules")
+    elif targets is not None and not (isinstance(targets, list) and targets
+                                      and all(isinstance(t, str) for t in targets)):
+        raise LLMScratchError(f"{path}: target_modules must be a list of module names or one "
+                              f"regular expression, got {targets!r}")
+    if not isinstance(config.get("use_rslora", False), bool):
+        raise LLMScratchError(f"{path}: use_rslora must be true or false")
     return config
 
 
-def _scaling(config: dict, module: str, rank: int) -> float:
-    """PEFT's scaling of `module`: alpha / r, or alpha / sqrt(r) with use_rslora.
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(
+        value)
 
-    alpha comes from alpha_pattern where a key matches the module name's end
-    (PEFT's rule: the regex `(.*\\.)?key$`), else lora_alpha.
-    """
-    alpha = config.get("lora_alpha", 8)
-    for key, value in (config.get("alpha_pattern") or {}).items():
+
+def _check_rank(value, what: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise LLMScratchError(f"{what} must be a whole number of at least 1, got {value!r}")
+
+
+def _check_alpha(value, what: str) -> None:
+    if not _is_number(value) or value <= 0:
+        raise LLMScratchError(f"{what} must be a finite number above 0, got {value!r}")
+
+
+def _check_regex(pattern, what: str) -> None:
+    try:
+        re.compile(pattern)
+    except (re.error, TypeError) as err:
+        raise LLMScratchError(f"{what} {pattern!r} is not a regular expression ({err})"
+                              ) from None
+
+
+def _pattern_value(patterns: dict, module: str, default):
+    """PEFT's per-module setting: the value of the first key matching the module name's end
+    (the regex `(.*\\.)?key$`), else `default`."""
+    for key, value in patterns.items():
         if re.match(rf"(.*\.)?({key})$", module):
-            alpha = value
-            break
+            return value
+    return default
+
+
+def _scaling(config: dict, module: str, rank: int) -> float:
+    """PEFT's scaling of `module`: alpha / r, or alpha / sqrt(r) with use_rslora; alpha
+    from alpha_pattern (`_pattern_value`), else lora_alpha."""
+    alpha = _pattern_value(config["alpha_pattern"], module, config["lora_alpha"])
     return alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
+
+
+def _targeted(targets, module: str) -> bool:
+    """Whether PEFT's target_modules names `module`: a regex matching the whole name, or a
+    list holding the name or its end after a dot ("q_proj"); "all-linear": every layer."""
+    if targets is None or targets == "all-linear":
+        return True
+    if isinstance(targets, str):
+        return re.fullmatch(targets, module) is not None
+    return any(module == t or module.endswith(f".{t}") for t in targets)
+
+
+def check_against_config(config: dict, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                         folder: Path) -> None:
+    """The tensors are what adapter_config.json says: each adapted module is one that
+    target_modules names, with the rank r (or rank_pattern) gives, and finite weights;
+    each name in target_modules adapts at least one module."""
+    path = folder / CONFIG_FILE
+    targets = config.get("target_modules")
+    for module, (A, B) in pairs.items():
+        if not _targeted(targets, module):
+            raise LLMScratchError(f"{path}: target_modules {targets!r} does not name {module}, "
+                                  f"which {WEIGHTS_FILE} adapts")
+        rank = _pattern_value(config["rank_pattern"], module, config["r"])
+        if A.dim() == 2 and A.shape[0] != rank:
+            raise LLMScratchError(f"{path}: {module} should have rank {rank}, but its lora_A "
+                                  f"in {WEIGHTS_FILE} has {A.shape[0]} rows")
+        for half, tensor in (("lora_A", A), ("lora_B", B)):
+            if not torch.isfinite(tensor).all():
+                raise LLMScratchError(f"{folder / WEIGHTS_FILE}: {module}.{half} holds NaN or "
+                                      "infinite values; the adapter is broken")
+    if isinstance(targets, list):
+        unused = [t for t in targets if t != "all-linear" and not any(
+            _targeted([t], module) for module in pairs)]
+        if unused:
+            raise LLMScratchError(f"{path}: target_modules names {', '.join(unused)}, which no "
+                                  f"tensor of {WEIGHTS_FILE} adapts")
 
 
 def _read_pairs(folder: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

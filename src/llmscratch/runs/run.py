@@ -22,9 +22,10 @@ spells these names. A directory is a run when it holds config.yaml and
 either run.json or checkpoints/latest (runs made before run.json existed).
 
 Creating never destroys what is not ours. `Run.create` refuses a folder
-that is not a run, replaces a run only when asked, and builds the new run
-in a temporary folder beside it that is renamed into place at the end: a
-failure or a kill leaves the old run, or nothing, never half of each.
+that is not a run, replaces a run only when asked and never a run the new
+one is made from (its base, or any run that one builds on), and builds the new
+run in a temporary folder beside it that is renamed into place at the end:
+a failure or a kill leaves the old run, or nothing, never half of each.
 """
 
 from __future__ import annotations
@@ -34,13 +35,18 @@ import errno
 import fcntl
 import os
 import shutil
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmscratch.errors import LLMScratchError
-from llmscratch.io import atomic_write_json, read_json, sha256_file
+from llmscratch.io import (
+    atomic_write_json,
+    check_output_folder,
+    read_json,
+    sha256_file,
+    write_folder,
+)
 from llmscratch.runs.config import RunConfig, load_config, save_config
 from llmscratch.runs.metrics import MetricsLog
 from llmscratch.tokenizer import Tokenizer
@@ -54,6 +60,7 @@ INFO_VERSION = 1
 # Special tokens that end a text, for runs that do not name their own stop ids
 # (ours: <|endoftext|>; Llama 3's base models: <|end_of_text|>).
 END_OF_TEXT_TOKENS = ("<|endoftext|>", "<|end_of_text|>")
+MAX_BASE_DEPTH = 8  # a run built on a run built on ...: more than this is a cycle
 
 
 @dataclass
@@ -266,64 +273,102 @@ class Run:
         return cls(path)
 
     @classmethod
-    def check_new(cls, path: str | os.PathLike, overwrite: bool) -> None:
+    def check_new(cls, path: str | os.PathLike, overwrite: bool,
+                  inputs: Iterable[str | os.PathLike] = ()) -> None:
         """Fail, changing nothing, unless a run may be created at `path`.
 
-        An empty or missing folder is fine; a run is replaced only with
+        The rule of every output folder (io.py: `check_output_folder`): an
+        empty or missing folder is fine; a run is replaced only with
         `overwrite` and when no process holds it; anything else is refused.
+        And a run never replaces what it is made from: `path` may not be any
+        of the runs in `inputs` (the base, a reference model...) nor a run any
+        of them builds on.
         """
         path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise LLMScratchError(f"{path} is a file, not a directory; choose another --out")
-        if not path.is_dir() or not any(path.iterdir()):
-            return
-        if not cls.is_run(path):
-            raise LLMScratchError(
-                f"{path} exists and is not a run directory; nothing was changed: choose "
-                "another --out (only a run is ever replaced)")
-        if not overwrite:
-            raise LLMScratchError(
-                f"output directory {path} already exists; use --resume {path} to continue it, "
-                "--overwrite to replace it, or choose another --out")
-        cls(path).check_unlocked()
+        for run in inputs:
+            for ancestor in Run(run).lineage() if Path(run).is_dir() else []:
+                if not ancestor.resolve().is_relative_to(path.resolve()):
+                    continue
+                what = "the run it reads" if ancestor == Run(run).path else \
+                    f"a run that {run} builds on"
+                raise LLMScratchError(f"--out {path} would replace {ancestor}, {what}; a run "
+                                      "never replaces itself or a run it builds on: choose "
+                                      "another --out")
+        existing = cls(path)
+        hint = f" (or continue it: `{existing.resume_command()}`)" \
+            if cls.is_run(path) and existing.resume_command() else ""
+        check_output_folder(path, overwrite, cls.is_run, "a run directory", hint)
+        if cls.is_run(path):
+            existing.check_unlocked()
 
     @classmethod
     def create(cls, path: str | os.PathLike, config: RunConfig, info: RunInfo,
                tokenizer: Tokenizer, overwrite: bool = False,
-               fill: Callable[[Run], None] | None = None) -> Run:
+               fill: Callable[[Run], None] | None = None,
+               inputs: Iterable[str | os.PathLike] = ()) -> Run:
         """A new run at `path` with its run.json, config.yaml, tokenizer, and whatever
         `fill(run)` writes into it (an imported model's weights).
 
         Call it once everything the run needs has been checked: it is the
         first step that changes anything. The run is written in a temporary
         folder beside `path`, then renamed into place (replacing an old run
-        only with `overwrite`; see `check_new`).
+        only with `overwrite`, never one of `inputs`: see `check_new`).
         """
-        path = Path(path)
-        cls.check_new(path, overwrite)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.new-"))
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a run is not
-        except OSError as err:
-            raise LLMScratchError(f"cannot create run directory {path}: {err.strerror}"
-                                  ) from None
-        try:
-            new = cls(tmp)
+        cls.check_new(path, overwrite, inputs)
+
+        def write(folder: Path) -> None:
+            new = cls(folder)
             new.write_info(info)
             new.save_config(config, info)
             tokenizer.save(new.tokenizer_dir)
             if fill is not None:
                 fill(new)
-            _move_into_place(tmp, path)
-        except OSError as err:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise LLMScratchError(f"cannot create run directory {path}: {err.strerror}"
-                                  ) from None
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+        return cls(write_folder(path, write))
+
+    def lineage(self) -> list[Path]:
+        """This run's folder, then its base run's, and so on (as far as they exist)."""
+        chain, run = [self.path], self
+        while len(chain) <= MAX_BASE_DEPTH and run.info_path.is_file():
+            try:
+                base = run.read_info().base
+            except LLMScratchError:
+                break
+            if base is None:
+                break
+            run = Run((run.path / base.run).resolve())
+            if run.path in chain or not run.path.is_dir():
+                break
+            chain.append(run.path)
+        return chain
+
+    def resume_command(self) -> str:
+        """The command that continues this run's training ("" for a run that does not
+        train: an imported or merged model)."""
+        kind = self.read_info().kind if self.info_path.is_file() else "pretrain"
+        return {"pretrain": f"llmscratch pretrain --resume {self.path}",
+                "finetune": f"llmscratch finetune resume {self.path}"}.get(kind, "")
+
+    def checkpoint_note(self) -> str:
+        """What a failure while training left: the newest checkpoint, or none."""
+        if self.latest_path.is_file():
+            name = self.latest_path.read_text().strip()
+            return f"the previous checkpoint, {name}, is intact"
+        return "no checkpoint had been written"
+
+    @contextlib.contextmanager
+    def removed_without_checkpoint(self) -> Iterator[None]:
+        """For a run this process has just created: if what follows fails before the run's
+        first checkpoint, remove the run, leaving nothing half-made behind."""
+        try:
+            yield
+        except BaseException as err:
+            if self.latest_path.is_file() or not self.path.is_dir():
+                raise
+            shutil.rmtree(self.path, ignore_errors=True)
+            if isinstance(err, LLMScratchError):
+                raise LLMScratchError(f"{err}; {self.path} was removed") from None
             raise
-        return cls(path)
 
     # --- contents --------------------------------------------------------------------
 
@@ -413,21 +458,3 @@ class Run:
         return (f"run {self.path} is in use by another process (pid {pid}); wait for it to "
                 "finish, or stop it first")
 
-
-def _move_into_place(new: Path, path: Path) -> None:
-    """Rename the finished folder `new` to `path`, replacing what is there."""
-    if path.is_dir() and any(path.iterdir()):  # an old run (Run.check_new said so)
-        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
-        os.replace(path, old / "run")
-        os.replace(new, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        if path.is_dir():
-            path.rmdir()
-        os.replace(new, path)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -3,8 +3,8 @@
     GET  /v1/models             the one model served
     POST /v1/completions        text in, text out
     POST /v1/chat/completions   messages in (rendered with the run's chat template)
-    GET  /health                {"status": "ok"}
-    GET  /metrics               Prometheus text: requests, tokens, queue, KV blocks
+    GET  /health                {"status": "ok"}, or 503 once the engine has stopped
+    GET  /metrics               Prometheus text: requests, tokens, errors, queue, KV blocks
     GET  /                      a chat page (static/index.html) that uses the API above
 
 Both generation endpoints stream with `"stream": true`: server-sent events,
@@ -12,8 +12,17 @@ one `data: {json}` a chunk, then `data: [DONE]`. Each request's tokens come
 from the engine thread (async_engine.py) and become text through `StopText`
 (tokenizer/streaming.py): whole characters only, cut at the request's stop
 strings. A client that goes away, streaming or not, has its request aborted
-and its KV-cache blocks freed at once. Mistakes are answered in OpenAI's
-error shape (protocol.py), never with a traceback.
+and its KV-cache blocks freed at once.
+
+An API key (`api_key`) guards every route under /v1, the router's
+dependency: a route added there is guarded too. /, /health and /metrics
+answer without it: the page holds no data (it sends the key the user types
+to /v1), /health only the engine's state, /metrics only counts.
+
+Every error is answered in OpenAI's shape (protocol.py), never with a
+traceback: a wrong request, an unknown route (404) or method (405), a
+request the engine failed on (500; while streaming, an `error` event), the
+engine stopped (503), a bug in a handler (500).
 """
 
 from __future__ import annotations
@@ -21,13 +30,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import (
     HTMLResponse,
     JSONResponse,
@@ -36,13 +46,14 @@ from fastapi.responses import (
     StreamingResponse,
 )
 from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
 
 from llmscratch.distributed import resolve_device
 from llmscratch.errors import LLMScratchError
 from llmscratch.generation.cpu_weights import pack_linear_weights
 from llmscratch.generation.engine import Engine
 from llmscratch.runs.load import load_for_inference
-from llmscratch.serving.async_engine import AsyncEngine
+from llmscratch.serving.async_engine import AsyncEngine, EngineError
 from llmscratch.serving.protocol import APIError, Params, parse_chat, parse_completion
 from llmscratch.tokenizer import StopText, Tokenizer
 from llmscratch.tokenizer.chat import encode_chat
@@ -78,15 +89,15 @@ class Choice:
 
 
 def create_app(state: ServerState) -> FastAPI:
-    app = FastAPI(title="llmscratch", docs_url=None, redoc_url=None)
+    app = FastAPI(title="llmscratch", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.llm = state
-
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, err: APIError) -> JSONResponse:
-        return JSONResponse(err.body(), status_code=err.status)
+    _answer_errors_in_openai_shape(app)
 
     @app.get("/health")
     async def health() -> dict:
+        if not state.engine.alive:
+            raise APIError(503, state.engine.why_not_alive, kind="server_error",
+                           code="engine_stopped")
         return {"status": "ok"}
 
     @app.get("/")
@@ -97,23 +108,27 @@ def create_app(state: ServerState) -> FastAPI:
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(_metrics(state))
 
-    @app.get("/v1/models")
-    async def models(request: Request) -> dict:
+    async def authorize(request: Request) -> None:
         _authorize(request, state)
+
+    api = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
+
+    @api.get("/models")
+    async def models() -> dict:
         return {"object": "list", "data": [{"id": state.model_name, "object": "model",
                                             "created": 0, "owned_by": "llmscratch"}]}
 
-    @app.post("/v1/completions")
+    @api.post("/completions")
     async def completions(request: Request) -> Response:
         body = await _body(request, state)
-        prompt, params = parse_completion(body)
+        prompt, params = parse_completion(body, state.tokenizer.vocab_size)
         prompt_ids = state.tokenizer.encode(prompt, disallowed_special="none")
         return await _generate(request, state, "text_completion", prompt_ids, params)
 
-    @app.post("/v1/chat/completions")
+    @api.post("/chat/completions")
     async def chat_completions(request: Request) -> Response:
         body = await _body(request, state)
-        messages, params = parse_chat(body)
+        messages, params = parse_chat(body, state.tokenizer.vocab_size)
         try:
             prompt_ids = encode_chat(state.tokenizer, messages, state.chat_template,
                                      **(state.special_tokens or {}))
@@ -121,21 +136,51 @@ def create_app(state: ServerState) -> FastAPI:
             raise APIError(400, str(err), "messages") from None
         return await _generate(request, state, "chat.completion", prompt_ids, params)
 
+    app.include_router(api)
     return app
+
+
+def _answer_errors_in_openai_shape(app: FastAPI) -> None:
+    """Every error the server answers, ours or the framework's, as {"error": {...}}."""
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, err: APIError) -> JSONResponse:
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(HTTPException)  # no such route (404), or not with this method (405)
+    async def http_error(request: Request, err: HTTPException) -> JSONResponse:
+        where = f"{request.method} {request.url.path}"
+        message = {404: f"there is no {where} on this server (the API: GET /v1/models, "
+                        "POST /v1/completions, POST /v1/chat/completions)",
+                   405: f"{where} is not allowed; {request.url.path} takes "
+                        f"{(err.headers or {}).get('Allow', 'another method')}"}
+        answer = APIError(err.status_code, message.get(err.status_code, str(err.detail)),
+                          code={404: "not_found", 405: "method_not_allowed"}.get(
+                              err.status_code))
+        return JSONResponse(answer.body(), status_code=err.status_code, headers=err.headers)
+
+    @app.exception_handler(Exception)  # a bug: the client gets one line; Starlette raises it
+    async def bug(request: Request, err: Exception) -> JSONResponse:  # again, for the log
+        return JSONResponse(APIError(500, f"the server failed on this request "
+                                     f"({type(err).__name__}); its log has more",
+                                     kind="server_error").body(), status_code=500)
 
 
 # --- checks every generation request goes through ---------------------------------------
 
 
 def _authorize(request: Request, state: ServerState) -> None:
-    if state.api_key and request.headers.get("authorization") != f"Bearer {state.api_key}":
+    """Every /v1 route's first check (the router's dependency), when the server has a key."""
+    if not state.api_key:
+        return
+    sent = request.headers.get("authorization", "").encode()
+    if not secrets.compare_digest(sent, f"Bearer {state.api_key}".encode()):  # constant time
         raise APIError(401, "missing or wrong API key (send Authorization: Bearer KEY)",
                        kind="authentication_error", code="invalid_api_key")
 
 
 async def _body(request: Request, state: ServerState) -> dict:
-    """The request's JSON object, after the key, the size and the model are checked."""
-    _authorize(request, state)
+    """The request's JSON object, after its size and its model are checked."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise APIError(413, f"the request body is over {MAX_BODY_BYTES} bytes")
@@ -148,9 +193,13 @@ async def _body(request: Request, state: ServerState) -> dict:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise APIError(422, f"the request body is not valid JSON ({err})") from None
+    except RecursionError:
+        raise APIError(422, "the request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise APIError(422, "the request body must be a JSON object")
     model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise APIError(400, f"model must be a string, got {model!r}", "model")
     if model is not None and model != state.model_name:
         raise APIError(404, f"the model {model!r} does not exist; this server has "
                        f"{state.model_name!r}", "model", code="model_not_found")
@@ -163,8 +212,8 @@ async def _body(request: Request, state: ServerState) -> dict:
 async def _generate(request: Request, state: ServerState, kind: str, prompt_ids: list[int],
                     params: Params) -> Response:
     """Queue the request's n choices; answer in one body, or as a stream of chunks."""
-    engine = state.engine.engine
-    context = engine.model.config.context_length
+    engine = state.engine
+    context = engine.context_length
     max_new = min(params.max_tokens or context, max(context - len(prompt_ids), 1))
     samplings = [params.sampling_for(i, max_new) for i in range(params.n)]
     try:
@@ -175,10 +224,16 @@ async def _generate(request: Request, state: ServerState, kind: str, prompt_ids:
     if state.active >= state.max_concurrency:
         raise APIError(429, f"the server is busy ({state.max_concurrency} requests at once); "
                        "try again shortly", kind="rate_limit_error")
+    choices: list[Choice] = []
+    try:
+        for i, sampling in enumerate(samplings):
+            request_i = engine.submit(prompt_ids, sampling, state.stop_token_ids)
+            choices.append(Choice(i, StopText(state.tokenizer, params.stop), request_i))
+    except EngineError as err:  # the engine thread is gone: say so now, never wait for it
+        for choice in choices:
+            engine.abort(choice.request)
+        raise APIError(503, str(err), kind="server_error", code="engine_stopped") from None
     state.active += 1
-    choices = [Choice(i, StopText(state.tokenizer, params.stop),
-                      state.engine.submit(prompt_ids, s, state.stop_token_ids))
-               for i, s in enumerate(samplings)]
     answer = _Answer(state, kind, prompt_ids, params, choices)
     if params.stream:  # closed at the end of the stream, or after it if it never started
         return StreamingResponse(answer.stream(), media_type="text/event-stream",
@@ -202,6 +257,7 @@ class _Answer:
         """(choice, new text) as the engine writes them, the choices interleaved; a choice's
         end comes as (choice, "") with its finish_reason set. Aborts whatever is left over."""
         merged: asyncio.Queue = asyncio.Queue()
+        failures: list[str] = []
 
         async def follow(choice: Choice) -> None:
             try:
@@ -221,6 +277,8 @@ class _Answer:
                     choice.finish_reason = ("length" if choice.request.finish_reason == "length"
                                             else "stop")
                     merged.put_nowait((choice, choice.text.flush()))
+            except EngineError as err:
+                failures.append(str(err))
             finally:
                 merged.put_nowait((choice, None))  # always: the reader counts the ends
 
@@ -229,6 +287,8 @@ class _Answer:
             done = 0
             while done < len(self.choices):
                 choice, text = await merged.get()
+                if failures:  # the engine failed on one of the choices: the request fails
+                    raise EngineError(failures[0])
                 if text is None:
                     done += 1
                     yield choice, ""
@@ -264,7 +324,10 @@ class _Answer:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
                 return {}
-        await task
+        try:
+            await task
+        except EngineError as err:
+            raise APIError(500, str(err), kind="server_error", code="engine_error") from None
         choices = [self._choice(c, texts[c.index], final=True) for c in self.choices]
         return {"id": self.id, "object": self.kind, "created": self.created,
                 "model": self.state.model_name, "choices": choices, "usage": self._usage()}
@@ -276,10 +339,16 @@ class _Answer:
             for c in self.choices:  # the role comes first, as OpenAI sends it
                 yield self._event([{"index": c.index, "finish_reason": None,
                                     "delta": {"role": "assistant", "content": ""}}])
-        async for choice, text in self.pieces():
-            finished = choice.finish_reason if not text else None
-            yield self._event([self._choice(choice, text, final=finished is not None,
-                                             delta=True)])
+        try:
+            async for choice, text in self.pieces():
+                finished = choice.finish_reason if not text else None
+                yield self._event([self._choice(choice, text, final=finished is not None,
+                                                 delta=True)])
+        except EngineError as err:  # the status line has gone: the error is an event
+            error = APIError(500, str(err), kind="server_error", code="engine_error")
+            yield f"data: {json.dumps(error.body())}\n\n"
+            yield "data: [DONE]\n\n"
+            return
         if self.params.include_usage:
             yield self._event([], usage=self._usage())
         yield "data: [DONE]\n\n"
@@ -325,14 +394,16 @@ class _Answer:
 
 
 def _metrics(state: ServerState) -> str:
-    engine = state.engine.engine
+    engine, stats = state.engine, state.engine.stats()
     lines = {
-        "llmscratch_requests_total": state.engine.requests_total,
-        "llmscratch_generated_tokens_total": state.engine.tokens_total,
-        "llmscratch_requests_running": len(engine.scheduler.running),
-        "llmscratch_requests_waiting": len(engine.scheduler.waiting),
-        "llmscratch_kv_blocks_used": engine.blocks.used,
-        "llmscratch_kv_blocks_total": len(engine.blocks.blocks),
+        "llmscratch_engine_up": int(engine.alive),
+        "llmscratch_requests_total": engine.requests_total,
+        "llmscratch_request_errors_total": engine.errors_total,
+        "llmscratch_generated_tokens_total": engine.tokens_total,
+        "llmscratch_requests_running": stats.running,
+        "llmscratch_requests_waiting": stats.waiting,
+        "llmscratch_kv_blocks_used": stats.blocks_used,
+        "llmscratch_kv_blocks_total": stats.blocks_total,
     }
     return "".join(f"{name} {value}\n" for name, value in lines.items())
 

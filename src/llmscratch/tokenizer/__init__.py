@@ -11,6 +11,7 @@ Where to read what:
     specials.py       special-token rules (which "<|...|>" text becomes an id)
     streaming.py      `StreamDecoder`, `StopText`: generated text as it comes, stop strings
     byte_alphabet.py  GPT-2's printable spelling of bytes, used in files
+    parts.py          `TokenizerParts`: what the file formats read and write, checked
     storage.py        our tokenizer.json format (save / load)
     openai_files.py   GPT-2's encoder.json + vocab.bpe, and .tiktoken files
     hf_json.py        Hugging Face tokenizer.json, import and export

@@ -36,8 +36,8 @@ from pathlib import Path
 from llmscratch.errors import LLMScratchError
 from llmscratch.io import atomic_write_text, read_json
 from llmscratch.tokenizer.byte_alphabet import bytes_to_printable, printable_to_bytes
-from llmscratch.tokenizer.patterns import GPT2_PATTERN, resolve_pattern
-from llmscratch.tokenizer.tokenizer import Tokenizer
+from llmscratch.tokenizer.parts import TokenizerParts
+from llmscratch.tokenizer.patterns import GPT2_PATTERN, pattern_name, resolve_pattern
 
 _BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True}
 
@@ -45,16 +45,16 @@ _BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": T
 # ----------------------------------------------------------------- import
 
 
-def load_hf_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """Read a Hugging Face ``tokenizer.json`` (or the folder holding it)."""
+def load_hf_tokenizer(path: str | os.PathLike) -> TokenizerParts:
+    """A tokenizer's parts from a Hugging Face ``tokenizer.json`` (or the folder holding it)."""
     path = Path(path)
     if path.is_dir():
         path = path / "tokenizer.json"
     return tokenizer_from_hf_dict(read_json(path, "tokenizer file"), str(path))
 
 
-def tokenizer_from_hf_dict(document: dict, source: str) -> Tokenizer:
-    """Build our tokenizer from a parsed Hugging Face file; `source` names it in errors."""
+def tokenizer_from_hf_dict(document: dict, source: str) -> TokenizerParts:
+    """Our tokenizer's parts from a parsed Hugging Face file; `source` names it in errors."""
     try:
         model = document["model"]
         if model.get("type") != "BPE":
@@ -74,7 +74,7 @@ def tokenizer_from_hf_dict(document: dict, source: str) -> Tokenizer:
             if token_id not in special_ids
         }
         merges = [_merge_pair(merge, source) for merge in model["merges"]]
-        return Tokenizer(
+        return TokenizerParts(
             ranks,
             specials,
             pattern,
@@ -165,16 +165,16 @@ def merges_from_ranks(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
     return [(left, right) for _, _, _, left, right in merges]
 
 
-def tokenizer_to_hf_dict(tokenizer: Tokenizer) -> dict:
-    """The Hugging Face ``tokenizer.json`` document for `tokenizer`."""
-    ranks = tokenizer.mergeable_ranks
+def tokenizer_to_hf_dict(tokenizer: TokenizerParts) -> dict:
+    """The Hugging Face ``tokenizer.json`` document for a tokenizer's parts."""
+    ranks = tokenizer.ranks
     if tokenizer.merge_rule == "rank":
         merges, ignore_merges = merges_from_ranks(ranks), True
     else:
         merges, ignore_merges = tokenizer.merges, tokenizer.ignore_merges
     if tokenizer.pattern == GPT2_PATTERN:
         pre_tokenizer = {**_BYTE_LEVEL, "use_regex": True}
-    elif tokenizer.pattern_name == "none":
+    elif pattern_name(tokenizer.pattern) == "none":
         pre_tokenizer = {**_BYTE_LEVEL, "use_regex": False}
     else:
         split = {
@@ -220,8 +220,9 @@ def tokenizer_to_hf_dict(tokenizer: Tokenizer) -> dict:
     }
 
 
-def save_hf_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike) -> Path:
-    """Write ``directory/tokenizer.json`` in Hugging Face's format; return its path.
+def save_hf_tokenizer(tokenizer: TokenizerParts, directory: str | os.PathLike) -> Path:
+    """Write a tokenizer's parts as ``directory/tokenizer.json`` in Hugging Face's format;
+    return its path (`tokenizer.parts` gives a Tokenizer's).
 
     The folder then loads with ``tokenizers.Tokenizer.from_file`` and
     ``transformers.PreTrainedTokenizerFast(tokenizer_file=...)``.

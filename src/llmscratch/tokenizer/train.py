@@ -46,9 +46,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from tqdm.auto import tqdm
-
 from llmscratch.errors import LLMScratchError
+from llmscratch.progress import progress as show_progress
 from llmscratch.tokenizer.patterns import (
     compile_pattern,
     resolve_pattern,
@@ -128,7 +127,8 @@ def learn_merges(
     heap = [(-count, pair) for pair, count in pair_counts.items()]
     heapq.heapify(heap)
 
-    bar = _progress_bar(progress, total=max(0, num_tokens - len(tokens)), desc="BPE merges")
+    bar = _progress_bar(progress, total=max(0, num_tokens - len(tokens)), desc="BPE merges",
+                        unit="merge")
     while len(tokens) < num_tokens:
         pair = _pop_most_frequent(heap, pair_counts)
         if pair is None:
@@ -268,6 +268,6 @@ def train_bpe(
     return tokenizer
 
 
-def _progress_bar(enabled: bool, **kwargs) -> tqdm:
-    """A tqdm bar, shown only when `enabled`."""
-    return tqdm(disable=not enabled, **kwargs)
+def _progress_bar(enabled: bool, **kwargs):
+    """A progress bar (llmscratch/progress.py), shown only when `enabled`."""
+    return show_progress(disable=not enabled, **kwargs)

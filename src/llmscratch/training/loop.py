@@ -39,15 +39,14 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
 from llmscratch.distributed import DistInfo, all_reduce_mean, all_reduce_sum, unwrap
 from llmscratch.errors import LLMScratchError, TrainingInterrupted
+from llmscratch.progress import progress, write
 from llmscratch.runs.checkpoint import TrainState, save_checkpoint
 from llmscratch.runs.config import TrainConfig
 from llmscratch.runs.run import Run
@@ -58,49 +57,6 @@ from llmscratch.training.precision import autocast_dtype
 from llmscratch.training.throughput import memory_gb, mfu, peak_flops
 
 MAX_BAD_STEPS = 10  # non-finite losses in a row before the run is stopped
-
-
-@dataclass
-class LoopConfig:
-    """What the loop itself needs to know (a recipe builds it from its TrainConfig).
-
-    Fields:
-        max_steps: optimizer steps in the whole run.
-        grad_accum: micro-batches summed into one optimizer step.
-        grad_clip: clip the global gradient norm to this (0 = off).
-        dtype: "bf16" (autocast) or "fp32"; resolved, never "auto".
-        log_every: steps between metric records.
-        eval_every: steps between validation passes (0 = only at the end).
-        checkpoint_every: steps between checkpoints (0 = only at the end).
-        keep_checkpoints: how many of the newest checkpoints to keep.
-        max_seconds: stop after this many seconds of training in this process, as at
-            the end (0 = no limit).
-        tensorboard: also write TensorBoard event files.
-        peak_flops: peak FLOP/s of one device, for MFU (0 = known GPUs only).
-        trainable_only: checkpoints hold only the parameters that train (a base run
-            holds the rest).
-        label: the progress bar's label.
-    """
-
-    max_steps: int
-    grad_accum: int = 1
-    grad_clip: float = 1.0
-    dtype: str = "fp32"
-    log_every: int = 10
-    eval_every: int = 0
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 2
-    max_seconds: float = 0.0
-    tensorboard: bool = False
-    peak_flops: float = 0.0
-    trainable_only: bool = False
-    label: str = "train"
-
-    @classmethod
-    def from_train(cls, train: TrainConfig, **changes) -> LoopConfig:
-        """The loop's share of a run's train section (fields of the same name), plus `changes`."""
-        shared = {f.name: getattr(train, f.name) for f in fields(cls) if hasattr(train, f.name)}
-        return cls(**{**shared, **changes})
 
 
 class BatchSource(Protocol):
@@ -142,7 +98,7 @@ def stop_on_ctrl_c() -> Iterator[Callable[[], bool]]:
         if requested:
             raise KeyboardInterrupt
         requested = True
-        tqdm.write("stopping after this step (Ctrl-C again to abort without a checkpoint)")
+        write("stopping after this step (Ctrl-C again to abort without a checkpoint)")
 
     if threading.current_thread() is not threading.main_thread():
         yield lambda: False
@@ -176,7 +132,17 @@ def clip_gradients(parameters, max_norm: float) -> float:
 
 
 class Trainer:
-    """Runs `objective` on batches of `data` for steps state.step .. cfg.max_steps."""
+    """Runs `objective` on batches of `data` for steps state.step .. cfg.max_steps.
+
+    `cfg` is the run's train section (runs/config.py: TrainConfig, where each
+    field is explained), settled by the recipe: `dtype` resolved ("bf16" or
+    "fp32", never "auto") and `grad_accum` derived from `global_batch` when
+    that is set. The loop reads max_steps, grad_accum, grad_clip, dtype,
+    log_every, eval_every, checkpoint_every, keep_checkpoints, max_seconds,
+    tensorboard and peak_flops. Two things are not in the config:
+    `trainable_only`, checkpoints hold only the parameters that train (a
+    fine-tuned run over its base run), and `label`, the progress bar's.
+    """
 
     def __init__(
         self,
@@ -185,13 +151,16 @@ class Trainer:
         data: BatchSource,
         optimizer: torch.optim.Optimizer,
         schedule: Schedule,
-        cfg: LoopConfig,
+        cfg: TrainConfig,
         run: Run,
         device: torch.device,
         info: DistInfo | None = None,
         evaluate: Callable[[torch.nn.Module], dict] | None = None,
         callbacks: Sequence[Callback] = (),
         flops_per_token: float = 0.0,
+        *,
+        trainable_only: bool = False,
+        label: str = "train",
     ) -> None:
         self.model = model
         self.objective = objective
@@ -199,6 +168,8 @@ class Trainer:
         self.optimizer = optimizer
         self.schedule = schedule
         self.cfg = cfg
+        self.amp = autocast_dtype(cfg.dtype)  # (raises on an unresolved "auto")
+        self.trainable_only, self.label = trainable_only, label
         self.run = run
         self.device = device
         self.info = info or DistInfo()
@@ -208,7 +179,7 @@ class Trainer:
         self.peak_flops = peak_flops(device, cfg.peak_flops)
         self.metrics = run.metrics
         self.tensorboard: SummaryWriter | None = None
-        self.bar: tqdm | None = None
+        self.bar = None  # progress.progress(): a bar on a terminal, plain lines in a log
         self._window_start, self._window_tokens = time.perf_counter(), 0
         if device.type == "cpu":
             keep_freed_memory()  # big buffers reused step after step, not faulted in anew
@@ -217,8 +188,7 @@ class Trainer:
 
     def train_step(self, state: TrainState) -> dict:
         """One optimizer step over `grad_accum` micro-batches; returns its metrics."""
-        cfg = self.cfg
-        amp = autocast_dtype(cfg.dtype)
+        cfg, amp = self.cfg, self.amp
         sums: dict[str, list[float]] = {"loss": [0.0, 0.0]}  # name -> [sum, count]
         tokens = 0
         for micro in range(cfg.grad_accum):
@@ -287,8 +257,8 @@ class Trainer:
         self.model.train()
         if self.info.is_main and cfg.tensorboard:
             self.tensorboard = SummaryWriter(log_dir=str(self.run.tensorboard_dir))
-        self.bar = tqdm(total=cfg.max_steps, initial=state.step, desc=cfg.label, unit="step",
-                        dynamic_ncols=True, disable=not self.info.is_main)
+        self.bar = progress(total=cfg.max_steps, initial=state.step, desc=self.label,
+                            unit="step", disable=not self.info.is_main)
         started = time.perf_counter()
         self.restart_throughput_window()
         for callback in self.callbacks:
@@ -315,6 +285,8 @@ class Trainer:
                     self._after_step(state, out, done=state.step >= cfg.max_steps or out_of_time)
                     for callback in self.callbacks:
                         callback.on_step_end(self, state)
+        except LLMScratchError as err:  # a fault met while training: say what it left
+            raise LLMScratchError(f"{err} ({self.run.checkpoint_note()})") from None
         finally:
             self._close_bar()  # before any error is printed, so it gets a line of its own
             if self.tensorboard is not None:
@@ -358,7 +330,7 @@ class Trainer:
         if bad_in_a_row >= MAX_BAD_STEPS:
             raise LLMScratchError(
                 f"{bad_in_a_row} non-finite steps in a row trying step {state.step + 1}; "
-                "lower train.lr or use train.dtype=fp32 (the last checkpoint is intact)")
+                "lower train.lr or use train.dtype=fp32")
 
     def _out_of_time(self, state: TrainState, started: float) -> bool:
         """cfg.max_seconds ends the run like its last step (evaluate, checkpoint)."""
@@ -404,7 +376,7 @@ class Trainer:
         state.data = self.data.state_dict()
         save_checkpoint(self.run, self.model, self.optimizer, state,
                         keep=self.cfg.keep_checkpoints, info=self.info,
-                        trainable_only=self.cfg.trainable_only)
+                        trainable_only=self.trainable_only)
 
     def _log(self, record: dict) -> None:
         """One metrics record: metrics.jsonl always, TensorBoard when asked; rank 0 only."""

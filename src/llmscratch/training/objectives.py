@@ -233,6 +233,17 @@ class RolloutBatch:
     metrics: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
+GROUP_STD_EPS = 1e-4  # added to a group's standard deviation before dividing (as TRL does)
+
+
+def group_advantages(rewards: torch.Tensor, scale: bool) -> torch.Tensor:
+    """(groups, G) rewards -> advantages: minus the group's mean, over its std if `scale`."""
+    advantages = rewards - rewards.mean(dim=1, keepdim=True)
+    if scale:
+        advantages = advantages / (rewards.std(dim=1, keepdim=True) + GROUP_STD_EPS)
+    return advantages
+
+
 class GroupRelativePolicy:
     """GRPO: the clipped policy-gradient objective on groups of sampled responses.
 
