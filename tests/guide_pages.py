@@ -11,11 +11,18 @@ count as one space. An image line `![...](images/PAGE-N.png)` after a code block
 is the figure that block draws.
 
     python -m tests.guide_pages [PAGE ...]    # rewrite the pages' outputs and figures
+    GUIDE_QUICK=0 OMP_NUM_THREADS=2 python -m tests.guide_pages --figures-only
+                                             # the full versions' figures, and their times
 
 re-runs pages (all by default) in a temporary folder, rewrites each ```text block
 that no longer matches with what its code printed, and saves each drawing cell's
 figure under docs/guide/images/. That is the only way outputs and figures get onto
 a page: none is typed by hand.
+
+The figures on the pages come from the full versions (what a learner runs), the
+printed outputs from the quick ones (what the tests check): `--figures-only` saves
+the figures and leaves the text alone. Each page's time is printed as it finishes,
+which is how the pages' full-mode times were measured.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import jupytext
@@ -115,10 +123,10 @@ def missing_figures(notebook) -> list[str]:
             if (image := IMAGE.match(after.source)) and figure(cell) is None]
 
 
-def record(page: Path, notebook) -> None:
+def record(page: Path, notebook, text_too: bool = True) -> None:
     """Rewrite `page`'s stale ```text blocks with what was printed, and save its figures."""
     text = page.read_text(encoding="utf-8")
-    for code, got, shown in mismatches(notebook):
+    for code, got, shown in mismatches(notebook) if text_too else []:
         old = f"```python\n{code}\n```\n\n```text\n{shown}```"
         assert text.count(old) == 1, f"{page.name}: cannot place the output of\n{code}"
         text = text.replace(old, f"```python\n{code}\n```\n\n```text\n{got}```")
@@ -130,14 +138,18 @@ def record(page: Path, notebook) -> None:
 
 
 def main(argv: list[str]) -> int:
-    pages = [Path(name).resolve() for name in argv] or PAGES
+    figures_only = "--figures-only" in argv
+    pages = [Path(name).resolve() for name in argv if name != "--figures-only"] or PAGES
     with tempfile.TemporaryDirectory() as workdir:
         # Earlier pages run too: a page may use what they made.
         for page in [page for page in PAGES if page <= max(pages)]:
+            start = time.perf_counter()
             notebook = run_page(page, Path(workdir))
+            seconds = time.perf_counter() - start
             if page in pages:
-                record(page, notebook)
-                print(f"recorded {page.name}")
+                record(page, notebook, text_too=not figures_only)
+            print(f"{'recorded' if page in pages else 'ran'} {page.name} in {seconds:.0f} s",
+                  flush=True)
     return 0
 
 

@@ -3,8 +3,9 @@
 `mkdocs build --strict` (mkdocs.yml) fails on any warning, and mkdocs.yml turns every
 kind of broken link (a missing page, a missing anchor) into a warning. The browser
 test opens the built site in headless Chromium, as a reader would: from the front
-page to the guide's chapter map, on to a chapter, where a formula must be drawn (as
-MathML: docs/hooks/mathml.py) and a code block shown.
+page to the guide's chapter map, to its first chapter by the navigation, and on to
+the next chapter by the footer's link, where a formula must be drawn (as MathML:
+docs/hooks/mathml.py) and a code block shown.
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ def test_a_reader_goes_from_the_front_page_to_a_chapter_with_formulas(site):
         page.goto((site / "index.html").as_uri())
         page.get_by_role("link", name="The guide", exact=True).first.click()
         assert page.url.endswith("guide/index.html")
-        page.get_by_role("link", name="Attention", exact=True).first.click()
+        page.locator("article a[href='02-text-and-tokens.html']").first.click()  # the map
+        assert page.url.endswith("guide/02-text-and-tokens.html")
+        page.locator("a.md-footer__link--next").first.click()  # the footer's "Next" link
         assert page.url.endswith("guide/03-attention.html")
         formula = page.locator("math[display=block]").first
         formula.scroll_into_view_if_needed()
