@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-done
 
-.PHONY: setup demo test lint bench-setup clean
+.PHONY: setup demo test test-guide notebooks docs lint bench-setup clean
 
 setup: $(STAMP)
 
@@ -20,8 +20,26 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(VENV)/bin/llmscratch demo
 
+# The guide's pages run in order on one worker (their xdist_group); the rest spread over two.
 test: setup
-	$(VENV)/bin/pytest -n 2
+	$(VENV)/bin/pytest -n 2 --dist loadgroup
+
+# The guide's pages alone (docs/guide/), each run as a notebook.
+test-guide: setup
+	$(VENV)/bin/pytest tests/test_guide.py
+
+# The guide's pages as Jupyter notebooks, in notebooks/ (jupytext writes them; Jupyter with
+# jupytext installed also opens the .md pages as notebooks directly).
+notebooks: setup
+	@mkdir -p notebooks
+	@for page in docs/guide/[0-9]*.md; do \
+	    $(VENV)/bin/jupytext --quiet --to ipynb --output notebooks/$$(basename $$page .md).ipynb $$page; \
+	done
+	@echo "wrote notebooks/: open them with $(VENV)/bin/jupyter lab notebooks (pip install jupyterlab)"
+
+# The documentation site, in site/: strict, so a broken link or anchor fails the build.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 # The book's package, a peer in bench/train_speed.py; its declared dependencies
 # are pins the benchmark does not need.
@@ -32,4 +50,4 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) runs build src/*.egg-info
+	rm -rf $(VENV) runs build site notebooks src/*.egg-info

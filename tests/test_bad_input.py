@@ -11,6 +11,7 @@ read-only folder, two processes on one run). Crafted checkpoints must never run 
 import errno
 import hashlib
 import json
+import multiprocessing
 import os
 import pickle
 import resource
@@ -29,6 +30,7 @@ from llmscratch.config import INT_MAX
 from llmscratch.data.examples import Example, ExampleBatches
 from llmscratch.data.labeled_files import from_named_labels, split_three_ways
 from llmscratch.data.loader import TokenWindows
+from llmscratch.errors import LLMScratchError
 from llmscratch.io import sha256_file
 from llmscratch.model.lora import LoRAConfig, apply_lora, lora_layers
 from llmscratch.recipes.eval_tasks import RESULT_FORMAT
@@ -188,6 +190,26 @@ def test_two_processes_on_one_run_get_a_clear_line(place, capsys):
                                           str(place["text"]), "--out", str(place["run"]),
                                           "--overwrite"], place)
         assert "is in use by another process" in line
+
+
+def _check_unlocked_many_times(path: str, times: int = 300) -> int:
+    """How many of `times` checks of the run said it was in use."""
+    in_use = 0
+    for _ in range(times):
+        try:
+            Run(path).check_unlocked()
+        except LLMScratchError:
+            in_use += 1
+    return in_use
+
+
+def test_processes_that_check_a_run_at_once_do_not_see_it_in_use(place):
+    """Every rank of a torchrun job checks its --out before replacing it. Checks at the same
+    moment must not read as training: a check that took the run's lock and wrote its pid
+    made another one fail with "in use by another process (pid )"."""
+    (place["run"] / Run.LOCK).touch()  # the lock file of an earlier run, held by no one
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        assert pool.map(_check_unlocked_many_times, [str(place["run"])] * 2) == [0, 0]
 
 
 def test_a_full_disk_while_saving_leaves_the_last_checkpoint(place, capsys, monkeypatch):

@@ -260,3 +260,26 @@ def test_auto_dtype_is_resolved_into_the_saved_config(tmp_path, small_text, monk
     assert load_config(tmp_path / "run" / "config.yaml").train.dtype == "fp32"
     with pytest.raises(ValueError, match="resolved"):
         precision.autocast_dtype("auto")
+
+
+def test_plots_leave_the_users_matplotlib_backend_alone(tmp_path):
+    """Importing the plotting modules and drawing a run's plots must not switch matplotlib's
+    backend: in a notebook that would stop every later figure from showing inline."""
+    import subprocess
+    import sys
+
+    script = (
+        "import matplotlib; matplotlib.use('svg')\n"
+        "from pathlib import Path\n"
+        "from llmscratch.evaluation.classification import plot_confusion, score\n"
+        "from llmscratch.training.plots import plot_losses\n"
+        f"out = Path({str(tmp_path)!r})\n"
+        "plot_losses([{'tokens': 1, 'loss': 2.0}, {'tokens': 2, 'val_loss': 1.5}],"
+        " out / 'loss.png')\n"
+        "plot_confusion(score([0, 1], [0, 0], ['a', 'b']), out / 'confusion.png')\n"
+        "print(matplotlib.get_backend())\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "svg"
+    for name in ("loss.png", "confusion.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

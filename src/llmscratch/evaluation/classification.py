@@ -20,16 +20,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # no screen needed; set before pyplot is imported
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from llmscratch.data.examples import Batch, Example, collate  # noqa: E402
+from llmscratch.data.examples import Batch, Example, collate
 from llmscratch.distributed import unwrap
-from llmscratch.model import GPT  # noqa: E402
-from llmscratch.training.plots import save_png  # noqa: E402
+from llmscratch.model import GPT
+from llmscratch.training.plots import save_png
 
 
 @dataclass
@@ -112,7 +109,8 @@ def score(labels: Sequence[int], predictions: Sequence[int],
 def plot_confusion(report: ClassificationReport, path, title: str = "") -> None:
     """The confusion matrix as a PNG: rows are true classes, columns predictions."""
     C = len(report.label_names)
-    fig, ax = plt.subplots(figsize=(1.2 * C + 2.5, 1.0 * C + 2), dpi=110)
+    fig = Figure(figsize=(1.2 * C + 2.5, 1.0 * C + 2), dpi=110)
+    ax = fig.subplots()
     ax.imshow(report.confusion, cmap="Blues")
     most = max(max(row) for row in report.confusion) or 1
     for y in range(C):

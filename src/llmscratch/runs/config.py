@@ -94,7 +94,7 @@ class TrainConfig:
         schedule: "cosine" (warm-up, cosine decay) or "wsd" (warm-up, stable, decay).
         min_lr_ratio: the decay ends at lr * min_lr_ratio.
         decay_fraction: wsd only: the final fraction of steps that decays linearly.
-        warmup_steps: linear warm-up from 0 to lr.
+        warmup_steps: steps of linear warm-up to lr (step s of them at lr * (s + 1) / warmup_steps).
         optimizer: "adamw", or "muon": Muon (training/muon.py) for the weight matrices
             inside the blocks, AdamW for embeddings, output layer and vectors.
         weight_decay: AdamW decay on matrices (not on biases, norms, embeddings' positions).

@@ -450,10 +450,26 @@ class Run:
             os.close(fd)
 
     def check_unlocked(self) -> None:
-        """Fail if another process holds the run's lock (see `lock`)."""
-        if (self.path / self.LOCK).is_file():
-            with self.lock():
-                pass
+        """Fail if another process holds the run's lock (see `lock`).
+
+        Only a look: a shared lock, dropped at once, and nothing written. So
+        processes that look at the same moment never see each other as
+        training the run (every rank of a torchrun job checks its --out).
+        """
+        try:
+            fd = os.open(self.path / self.LOCK, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            raise LLMScratchError(f"cannot lock run {self.path}: {err.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise LLMScratchError(self._in_use_message()) from None
+        finally:
+            os.close(fd)
 
     def _in_use_message(self) -> str:
         try:

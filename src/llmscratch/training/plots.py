@@ -4,6 +4,10 @@ The loss plot shows train and validation loss against tokens seen; the
 training plot shows what explains a loss curve: learning rate, gradient
 norm, throughput and MFU against steps. `llmscratch plot RUN` redraws both.
 Each is written to a temporary file and renamed into place.
+
+Figures are made with `matplotlib.figure.Figure`, not pyplot: saving a PNG
+needs no backend, and importing this module leaves the backend the user
+chose alone (a notebook's inline figures keep working).
 """
 
 from __future__ import annotations
@@ -11,10 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # no screen needed; set before pyplot is imported
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 from llmscratch.errors import LLMScratchError
 
@@ -23,7 +24,8 @@ def plot_losses(records: list[dict], path: Path, title: str = "") -> None:
     """Train and validation loss against tokens seen, saved as a PNG."""
     train = [(r["tokens"], r["loss"]) for r in records if "loss" in r]
     val = [(r["tokens"], r["val_loss"]) for r in records if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    fig = Figure(figsize=(7, 4), dpi=110)
+    ax = fig.subplots()
     if train:
         ax.plot(*zip(*train, strict=True), label="train loss", linewidth=1.2)
     if val:
@@ -54,8 +56,8 @@ def plot_metrics(records: list[dict], path: Path, panels: list[tuple[str, str]],
                  title: str) -> None:
     """Each (metric, label) of `panels` that `records` hold, against steps, one panel each."""
     panels = [(key, label) for key, label in panels if any(key in r for r in records)]
-    fig, axes = plt.subplots(len(panels) or 1, 1, figsize=(7, 2.2 * max(len(panels), 1)),
-                             dpi=110, sharex=True, squeeze=False)
+    fig = Figure(figsize=(7, 2.2 * max(len(panels), 1)), dpi=110)
+    axes = fig.subplots(len(panels) or 1, 1, sharex=True, squeeze=False)
     for ax, (key, label) in zip(axes[:, 0], panels, strict=False):
         points = [(r["step"], r[key]) for r in records if key in r]
         ax.plot(*zip(*points, strict=True), linewidth=1.2, marker="." if len(points) < 30
@@ -67,9 +69,9 @@ def plot_metrics(records: list[dict], path: Path, panels: list[tuple[str, str]],
     save_png(fig, path)
 
 
-def save_png(fig, path: Path) -> None:
+def save_png(fig: Figure, path: Path) -> None:
     """Write a matplotlib figure to `path` through a temporary file, so a reader never
-    sees half of it; the figure is closed."""
+    sees half of it."""
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     try:
@@ -78,5 +80,3 @@ def save_png(fig, path: Path) -> None:
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise LLMScratchError(f"cannot write {path}: {err.strerror}") from None
-    finally:
-        plt.close(fig)
