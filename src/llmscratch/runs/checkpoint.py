@@ -344,7 +344,8 @@ def resumable_checkpoint(run: Run, kind: str, fallback: bool = False) -> Path:
         raise LLMScratchError(f"{run.path} holds a model without a training state to continue "
                               f"(it was {'merged' if made_as == 'merged' else 'imported'}, not "
                               "trained here); train it further as the base of a new run: "
-                              f"`llmscratch finetune METHOD --base {run.path} --out NEW`")
+                              f"`llmscratch finetune sft --base {run.path} --out NEW` "
+                              "(or classify, reward, dpo, rl)")
     if made_as != kind:
         raise LLMScratchError(f"{run.path} is not a "
                               f"{'pretraining' if kind == 'pretrain' else 'fine-tuning'} run; "
