@@ -7,6 +7,7 @@ Then every bad input gives one line and exit code 2.
 """
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from safetensors.torch import save_file
 
 from llmscratch.cli import main
 from llmscratch.errors import LLMScratchError
+from llmscratch.generation.engine import Engine
 from llmscratch.generation.sampling import SamplingConfig, generate
 from llmscratch.model import get_preset
 from llmscratch.model.hf_config import family_of
@@ -24,7 +26,15 @@ from llmscratch.runs import load as load_module
 from llmscratch.runs.hf_import import load_hf_model
 from llmscratch.runs.load import load_for_inference
 from llmscratch.runs.run import Run
-from tests.hf_tiny import FAMILIES, TEXT, VOCAB, hf_model, save_folder, tokenizer
+from tests.hf_tiny import (
+    FAMILIES,
+    LAYER_TYPED,
+    TEXT,
+    VOCAB,
+    hf_model,
+    save_folder,
+    tokenizer,
+)
 
 TOLERANCE = 1e-4  # max abs logit difference, fp32
 
@@ -131,6 +141,76 @@ def test_sliding_window_matches_transformers(tmp_path):
     ids = torch.randint(0, VOCAB, (2, 40))  # longer than the window
     with torch.no_grad():
         assert max_diff(logits(ours, ids), hf(ids).logits) <= TOLERANCE
+
+
+def mean_loss(logits: torch.Tensor, ids: torch.Tensor) -> float:
+    """Mean next-token cross-entropy of (B, T, V) logits on the ids they were computed from."""
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
+                                             ids[:, 1:].flatten()).item()
+
+
+@pytest.mark.parametrize("family", LAYER_TYPED)
+def test_local_and_global_layers_match_transformers(folders, family, tmp_path):
+    """Gemma 3 and Olmo 3: local layers (a window of 8) and global ones, each kind with its
+    own RoPE, on sequences longer than the window: the same loss (1e-4), the same 64 greedy
+    tokens through our KV cache and through the engine, and an export with the same loss."""
+    hf, folder, run = folders[family]
+    ours = load_hf_model(folder)
+    c = ours.config
+    assert [c.layer_is_local(i) for i in range(c.n_layer)] == [True, True, False, True]
+    ids = torch.randint(0, VOCAB, (2, 48))
+    with torch.no_grad():
+        expected = mean_loss(hf(ids).logits, ids)
+        assert abs(mean_loss(logits(ours, ids), ids) - expected) <= TOLERANCE
+
+    prompt = ids[0, :5].tolist()
+    with torch.no_grad():
+        theirs = hf.generate(ids[:1, :5], max_new_tokens=64, do_sample=False,
+                             attention_mask=torch.ones(1, 5, dtype=torch.int64))[0, 5:].tolist()
+    greedy = SamplingConfig(max_new_tokens=64, temperature=0)
+    assert generate(ours, prompt, greedy) == theirs
+    # The engine (paged cache, a batch of prompts) against the uncached forward pass.
+    prompts = [prompt, ids[1, :11].tolist()]
+    uncached = []
+    for p in prompts:
+        tokens = list(p)
+        with torch.no_grad():
+            for _ in range(20):
+                tokens.append(int(logits(ours, torch.tensor([tokens]))[0, -1].argmax()))
+        uncached.append(tokens[len(p):])
+    engine = Engine(ours, block_size=4, max_batch=4)
+    assert engine.generate(prompts, SamplingConfig(max_new_tokens=20, temperature=0)) == uncached
+
+    out = tmp_path / "exported"
+    assert main(["convert", "to-hf", str(run), str(out)]) == 0
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert reloaded.config.layer_types == hf.config.layer_types
+    with torch.no_grad():
+        assert abs(mean_loss(reloaded(ids).logits, ids) - expected) <= TOLERANCE
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("final_logit_softcapping", 30.0, "final_logit_softcapping=30.0"),
+    ("use_bidirectional_attention", True, "use_bidirectional_attention=True"),
+    ("layer_types", ["sliding_attention", "full_attention", "full_attention",
+                     "sliding_attention"], "layer_types"),
+    ("rope_parameters", {"full_attention": {"rope_type": "dynamic", "factor": 4.0},
+                         "sliding_attention": {"rope_type": "default"}}, "'dynamic'"),
+    ("rope_parameters", {"full_attention": {"rope_type": "default"},
+                         "sliding_attention": {"rope_type": "linear", "factor": 2.0}},
+     "sliding-window layers ('linear')"),
+])
+def test_a_gemma3_field_we_do_not_support_is_named(folders, tmp_path, capsys, field, value,
+                                                  named):
+    folder = tmp_path / "hf"
+    shutil.copytree(folders["gemma3_text"][1], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config[field] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    assert main(["convert", "from-hf", str(folder), str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and named in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
 
 
 def test_our_pretrained_run_exports_to_gpt2(tiny_run, tmp_path):

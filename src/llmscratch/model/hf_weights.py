@@ -26,6 +26,15 @@ from llmscratch.model.config import ModelConfig, torch_dtype
 from llmscratch.model.hf_config import family_of
 from llmscratch.model.transformer import GPT
 
+# Each placement's norms in a block, ours -> Hugging Face's (Llama, Qwen; Gemma; Olmo).
+# The same name is two norms: Llama's post_attention_layernorm comes before the MLP,
+# Gemma's and Olmo's after attention.
+NORM_NAMES = {
+    "pre": {"ln_1": "input_layernorm", "ln_2": "post_attention_layernorm"},
+    "sandwich": {"ln_1": "input_layernorm", "post_ln_1": "post_attention_layernorm",
+                 "ln_2": "pre_feedforward_layernorm", "post_ln_2": "post_feedforward_layernorm"},
+    "post": {"post_ln_1": "post_attention_layernorm", "post_ln_2": "post_feedforward_layernorm"},
+}
 # Non-weight tensors some checkpoints carry: GPT-2's causal-mask buffers, RoPE tables.
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
 
@@ -72,7 +81,8 @@ def weight_links(config: ModelConfig) -> list[Link]:
         for i in range(c.n_layer):
             ours, theirs = f"blocks.{i}", f"model.layers.{i}"
             attn = f"{theirs}.self_attn"
-            same(f"{ours}.ln_1", f"{theirs}.input_layernorm")
+            for our_norm, their_norm in NORM_NAMES[c.norm_placement].items():
+                same(f"{ours}.{our_norm}", f"{theirs}.{their_norm}")
             for kind in ["weight", "bias"] if c.bias or c.qkv_bias else ["weight"]:
                 qkv = [f"{attn}.{p}_proj.{kind}" for p in "qkv"]
                 links.append(Link(f"{ours}.attn.qkv.{kind}", qkv, join="cat"))
@@ -80,7 +90,6 @@ def weight_links(config: ModelConfig) -> list[Link]:
                 same(f"{ours}.attn.q_norm", f"{attn}.q_norm")
                 same(f"{ours}.attn.k_norm", f"{attn}.k_norm")
             same(f"{ours}.attn.proj", f"{attn}.o_proj", bias=c.bias)
-            same(f"{ours}.ln_2", f"{theirs}.post_attention_layernorm")
             if c.mlp == "moe":
                 same(f"{ours}.mlp.router", f"{theirs}.mlp.gate")
                 for ours_name, theirs_name in [("gate", "gate_proj"), ("up", "up_proj"),
