@@ -8,6 +8,7 @@ Then every bad input gives one line and exit code 2.
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ from llmscratch.errors import LLMScratchError
 from llmscratch.generation.engine import Engine
 from llmscratch.generation.sampling import SamplingConfig, generate
 from llmscratch.model import get_preset
-from llmscratch.model.hf_config import family_of
+from llmscratch.model.hf_config import config_from_hf, family_of
 from llmscratch.runs import load as load_module
 from llmscratch.runs.hf_import import load_hf_model
 from llmscratch.runs.load import load_for_inference
@@ -187,6 +188,51 @@ def test_local_and_global_layers_match_transformers(folders, family, tmp_path):
     assert reloaded.config.layer_types == hf.config.layer_types
     with torch.no_grad():
         assert abs(mean_loss(reloaded(ids).logits, ids) - expected) <= TOLERANCE
+
+
+# The released checkpoints' config.json in the hub's older spelling (rope_theta, rope_scaling,
+# Gemma's rope_local_base_freq and sliding_window_pattern, no layer_types).
+GEMMA3_4B = {
+    "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "vocab_size": 262208,
+    "hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 34,
+    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+    "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 131072,
+    "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000.0,
+    "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "rope_theta": 1000000.0,
+    "sliding_window": 1024, "sliding_window_pattern": 6, "attn_logit_softcapping": None,
+    "final_logit_softcapping": None, "attention_bias": False, "torch_dtype": "bfloat16",
+}
+OLMO3_7B = {
+    "architectures": ["Olmo3ForCausalLM"], "model_type": "olmo3", "vocab_size": 100278,
+    "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": 32, "hidden_act": "silu",
+    "max_position_embeddings": 65536, "rms_norm_eps": 1e-06, "rope_theta": 500000,
+    "rope_scaling": {"attention_factor": 1.2079441541679836, "beta_fast": 32, "beta_slow": 1,
+                     "factor": 8.0, "original_max_position_embeddings": 8192,
+                     "rope_type": "yarn"},
+    "sliding_window": 4096, "attention_bias": False, "tie_word_embeddings": False,
+    "layer_types": ["sliding_attention"] * 3 + ["full_attention"] + ["sliding_attention"] * 3
+    + ["full_attention"] + (["sliding_attention"] * 3 + ["full_attention"]) * 6,
+    "torch_dtype": "bfloat16",
+}
+
+
+@pytest.mark.parametrize("hub, preset", [(GEMMA3_4B, "gemma-3-4b"), (OLMO3_7B, "olmo-3-7b")])
+def test_a_released_config_json_reads_as_its_preset(hub, preset):
+    """Read as transformers reads it: scaling on the global layers only, the local ones with
+    their own base."""
+    def explicit(c):  # derived sizes (0 in presets) spelled out, as an import has them
+        return replace(c, n_kv_head=c.kv_heads, head_size=c.head_dim, mlp_hidden=c.mlp_dim)
+
+    config = config_from_hf(hub)
+    assert explicit(config) == explicit(get_preset(preset))
+    theirs = transformers.AutoConfig.for_model(**{k: v for k, v in hub.items()
+                                                  if k != "architectures"})
+    assert theirs.layer_types == ["sliding_attention" if config.layer_is_local(i)
+                                  else "full_attention" for i in range(config.n_layer)]
+    assert theirs.rope_parameters["full_attention"]["rope_type"] == config.rope_scaling
+    assert theirs.rope_parameters["sliding_attention"]["rope_type"] == "default"
+    assert theirs.rope_parameters["sliding_attention"]["rope_theta"] == config.rope_local_theta
 
 
 @pytest.mark.parametrize("field, value, named", [
