@@ -32,6 +32,7 @@ from tests.hf_tiny import (
     LAYER_TYPED,
     TEXT,
     VOCAB,
+    hf_config,
     hf_model,
     save_folder,
     tokenizer,
@@ -233,6 +234,44 @@ def test_a_released_config_json_reads_as_its_preset(hub, preset):
     assert theirs.rope_parameters["full_attention"]["rope_type"] == config.rope_scaling
     assert theirs.rope_parameters["sliding_attention"]["rope_type"] == "default"
     assert theirs.rope_parameters["sliding_attention"]["rope_theta"] == config.rope_local_theta
+
+
+def test_the_text_model_of_a_multimodal_gemma3_is_imported(tmp_path):
+    """Gemma 3 4B and larger are released as Gemma3ForConditionalGeneration: its text model
+    (under model.language_model., or language_model.model. as transformers 4 saved it) is
+    imported without the vision encoder, to the logits of text without images."""
+    vision = transformers.SiglipVisionConfig(hidden_size=16, intermediate_size=32,
+                                             num_hidden_layers=1, num_attention_heads=2,
+                                             image_size=28, patch_size=14)
+    config = transformers.Gemma3Config(text_config=hf_config("gemma3_text"),
+                                       vision_config=vision, mm_tokens_per_image=4,
+                                       boi_token_index=VOCAB - 3, eoi_token_index=VOCAB - 2,
+                                       image_token_index=VOCAB - 1)
+    torch.manual_seed(0)
+    hf = transformers.Gemma3ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for param in hf.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    folder = save_folder(hf, "gemma3_text", tmp_path / "mm")
+    ids = torch.randint(0, VOCAB - 3, (2, 40))
+    with torch.no_grad():
+        expected = hf(ids).logits
+        assert max_diff(logits(load_hf_model(folder), ids), expected) <= TOLERANCE
+
+    old = tmp_path / "mm-4"  # the names transformers 4 saved
+    old.mkdir()
+    shutil.copy(folder / "config.json", old / "config.json")
+    renames = {"model.language_model.": "language_model.model.", "model.": "",
+               "lm_head.": "language_model.lm_head."}
+    tensors = {}
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        for name in f.keys():
+            prefix = next(p for p in [*renames, ""] if name.startswith(p))
+            tensors[renames.get(prefix, "") + name.removeprefix(prefix)] = f.get_tensor(name)
+    assert "language_model.model.layers.0.self_attn.q_proj.weight" in tensors
+    save_file(tensors, str(old / "model.safetensors"))
+    with torch.no_grad():
+        assert max_diff(logits(load_hf_model(old), ids), expected) <= TOLERANCE
 
 
 @pytest.mark.parametrize("field, value, named", [

@@ -28,6 +28,16 @@ ARCHITECTURES = {
     "Gemma3ForCausalLM": "gemma3_text",
     "Olmo3ForCausalLM": "olmo3",
 }
+# Multimodal architectures whose text model we import (without the vision encoder), and
+# the text model's own architecture. Gemma 3 4B and larger are released only so; their
+# config.json gives the text model's fields that differ from Gemma3TextConfig's defaults.
+TEXT_MODELS = {"Gemma3ForConditionalGeneration": "Gemma3ForCausalLM"}
+GEMMA3_TEXT_DEFAULTS = {
+    "vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216,
+    "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
+    "head_dim": 256, "max_position_embeddings": 131072, "rms_norm_eps": 1e-6,
+    "query_pre_attn_scalar": 256, "sliding_window": 4096,
+}
 # Families whose layers are local or global by `layer_types`, each kind with its own
 # RoPE; the default bases of their (global, local) layers.
 LAYER_TYPED = ("gemma3_text", "olmo3")
@@ -41,16 +51,27 @@ def hf_family(hf: dict, source: str) -> str:
     if architecture not in ARCHITECTURES:
         raise LLMScratchError(
             f"unsupported architecture {architecture!r} in {source}; supported: "
-            f"{', '.join(ARCHITECTURES)}"
+            f"{', '.join(ARCHITECTURES)}, and the text model of {', '.join(TEXT_MODELS)}"
         )
     return ARCHITECTURES[architecture]
+
+
+def text_model_config(hf: dict) -> dict:
+    """The text model's config.json in a multimodal model's (`hf` itself otherwise)."""
+    architecture = (hf.get("architectures") or [None])[0]
+    if architecture not in TEXT_MODELS:
+        return hf
+    dtype = hf.get("torch_dtype") or hf.get("dtype")
+    return {**GEMMA3_TEXT_DEFAULTS, "tie_word_embeddings": hf.get("tie_word_embeddings", True),
+            "torch_dtype": dtype, **(hf.get("text_config") or {}),
+            "architectures": [TEXT_MODELS[architecture]]}
 
 
 def config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
     """Our config for a Hugging Face config.json (already parsed); a field missing, or of
     the wrong type ("hidden_size": "x"), is one line naming the file."""
     try:
-        return _config_from_hf(hf, source)
+        return _config_from_hf(text_model_config(hf), source)
     except LLMScratchError as err:  # our config's own checks: say which file it came from
         raise LLMScratchError(str(err) if source in str(err) else f"{source}: {err}") from None
     except KeyError as err:
@@ -165,7 +186,8 @@ def _rope_by_layer_kind(hf: dict, family: str, source: str) -> dict:
     params = hf.get("rope_parameters") or {}
     if "full_attention" in params or "sliding_attention" in params:
         full, sliding = params.get("full_attention") or {}, params.get("sliding_attention") or {}
-    else:  # older files: rope_theta and rope_scaling for the global layers
+    else:  # older files: rope_theta and rope_scaling for the global layers; the local ones
+        # have Gemma's rope_local_base_freq or, as transformers reads them, the default base
         full = {**(hf.get("rope_scaling") or params),
                 "rope_theta": hf.get("rope_theta", params.get("rope_theta"))}
         sliding = {"rope_theta": hf.get("rope_local_base_freq")}

@@ -35,6 +35,12 @@ NORM_NAMES = {
                  "ln_2": "pre_feedforward_layernorm", "post_ln_2": "post_feedforward_layernorm"},
     "post": {"post_ln_1": "post_attention_layernorm", "post_ln_2": "post_feedforward_layernorm"},
 }
+# A multimodal Gemma 3 checkpoint holds its text model under a prefix (transformers 5's or
+# 4's spelling), beside a vision encoder, which a text model leaves out.
+TEXT_MODEL_PREFIXES = {"model.language_model.": "model.", "language_model.model.": "model.",
+                       "language_model.lm_head.": "lm_head."}
+VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
+                   "model.multi_modal_projector.")
 # Non-weight tensors some checkpoints carry: GPT-2's causal-mask buffers, RoPE tables.
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
 
@@ -136,6 +142,18 @@ def split_tensor(link: Link, tensor: torch.Tensor, config: ModelConfig) -> list[
     else:
         pieces = [tensor.t() if link.transpose else tensor]
     return [p.contiguous() for p in pieces]
+
+
+def text_model_names(names: Iterable[str]) -> dict[str, str]:
+    """The stored name of each tensor, by the name it has in a text model: the same, except
+    in multimodal checkpoints, whose vision encoder's tensors are left out."""
+    stored = {}
+    for name in names:
+        if name.startswith(VISION_PREFIXES):
+            continue
+        prefix = next((p for p in TEXT_MODEL_PREFIXES if name.startswith(p)), "")
+        stored[TEXT_MODEL_PREFIXES[prefix] + name.removeprefix(prefix) if prefix else name] = name
+    return stored
 
 
 def model_from_hf(config: ModelConfig, read: Callable[[str, tuple], torch.Tensor],
