@@ -203,6 +203,16 @@ GEMMA3_4B = {
     "sliding_window": 1024, "sliding_window_pattern": 6, "attn_logit_softcapping": None,
     "final_logit_softcapping": None, "attention_bias": False, "torch_dtype": "bfloat16",
 }
+# Gemma 3 4B as released: text and images, the text model's fields given only where they
+# differ from Gemma3TextConfig's defaults.
+GEMMA3_4B_MULTIMODAL = {
+    "architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+    "text_config": {"hidden_size": 2560, "intermediate_size": 10240,
+                    "model_type": "gemma3_text", "num_hidden_layers": 34,
+                    "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                    "sliding_window": 1024},
+    "vision_config": {"model_type": "siglip_vision_model"}, "torch_dtype": "bfloat16",
+}
 OLMO3_7B = {
     "architectures": ["Olmo3ForCausalLM"], "model_type": "olmo3", "vocab_size": 100278,
     "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
@@ -218,7 +228,8 @@ OLMO3_7B = {
 }
 
 
-@pytest.mark.parametrize("hub, preset", [(GEMMA3_4B, "gemma-3-4b"), (OLMO3_7B, "olmo-3-7b")])
+@pytest.mark.parametrize("hub, preset", [(GEMMA3_4B, "gemma-3-4b"), (OLMO3_7B, "olmo-3-7b"),
+                                         (GEMMA3_4B_MULTIMODAL, "gemma-3-4b")])
 def test_a_released_config_json_reads_as_its_preset(hub, preset):
     """Read as transformers reads it: scaling on the global layers only, the local ones with
     their own base."""
@@ -228,7 +239,10 @@ def test_a_released_config_json_reads_as_its_preset(hub, preset):
     config = config_from_hf(hub)
     assert explicit(config) == explicit(get_preset(preset))
     theirs = transformers.AutoConfig.for_model(**{k: v for k, v in hub.items()
-                                                  if k != "architectures"})
+                                                  if k != "architectures"}).get_text_config()
+    assert (theirs.vocab_size, theirs.num_attention_heads, theirs.num_key_value_heads,
+            theirs.max_position_embeddings) == (config.vocab_size, config.n_head,
+                                                config.kv_heads, config.context_length)
     assert theirs.layer_types == ["sliding_attention" if config.layer_is_local(i)
                                   else "full_attention" for i in range(config.n_layer)]
     assert theirs.rope_parameters["full_attention"]["rope_type"] == config.rope_scaling
