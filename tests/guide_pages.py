@@ -11,8 +11,8 @@ count as one space. An image line `![...](images/PAGE-N.png)` after a code block
 is the figure that block draws.
 
     python -m tests.guide_pages [PAGE ...]    # rewrite the pages' outputs and figures
-    GUIDE_QUICK=0 OMP_NUM_THREADS=2 python -m tests.guide_pages --figures-only
-                                             # the full versions' figures, and their times
+    GUIDE_QUICK=0 OMP_NUM_THREADS=2 python -m tests.guide_pages --figures-only --keep DIR
+                     # the full versions' figures and times; their notebooks, run, in DIR
 
 re-runs pages (all by default) in a temporary folder, rewrites each ```text block
 that no longer matches with what its code printed, and saves each drawing cell's
@@ -27,6 +27,7 @@ which is how the pages' full-mode times were measured.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import doctest
 import os
@@ -38,6 +39,7 @@ from pathlib import Path
 
 import jupytext
 import nbclient
+import nbformat
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guide"
 PAGES = sorted(GUIDE.glob("[0-9][0-9]-*.md"))
@@ -138,8 +140,15 @@ def record(page: Path, notebook, text_too: bool = True) -> None:
 
 
 def main(argv: list[str]) -> int:
-    figures_only = "--figures-only" in argv
-    pages = [Path(name).resolve() for name in argv if name != "--figures-only"] or PAGES
+    parser = argparse.ArgumentParser(prog="python -m tests.guide_pages",
+                                     description="Run the guide's pages; record their outputs.")
+    parser.add_argument("pages", nargs="*", type=Path, help="pages to record (default: all)")
+    parser.add_argument("--figures-only", action="store_true",
+                        help="save the figures, leave the printed outputs as they are")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="also write each executed notebook, outputs and all, into DIR")
+    args = parser.parse_args(argv)
+    pages = [page.resolve() for page in args.pages] or PAGES
     with tempfile.TemporaryDirectory() as workdir:
         # Earlier pages run too: a page may use what they made.
         for page in [page for page in PAGES if page <= max(pages)]:
@@ -147,7 +156,10 @@ def main(argv: list[str]) -> int:
             notebook = run_page(page, Path(workdir))
             seconds = time.perf_counter() - start
             if page in pages:
-                record(page, notebook, text_too=not figures_only)
+                record(page, notebook, text_too=not args.figures_only)
+            if args.keep:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                nbformat.write(notebook, args.keep / f"{page.stem}.ipynb")
             print(f"{'recorded' if page in pages else 'ran'} {page.name} in {seconds:.0f} s",
                   flush=True)
     return 0
