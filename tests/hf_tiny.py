@@ -3,7 +3,10 @@
 Each family's sizes are shrunk but keep its distinguishing features: GQA,
 Llama 3 rope scaling (with an original context shorter than the test
 sequences, so the scaling matters), Qwen3's head width independent of the
-width and its tied embeddings, and Qwen3-MoE's renormalised top-k routing.
+width and its tied embeddings, Qwen3-MoE's renormalised top-k routing, and
+Gemma 3's and Olmo 3's local and global layers (a window of 8, shorter than
+the test sequences; the last layer after a global one is local again), each
+kind with its own RoPE, Gemma's linear scaling and its query scale, Olmo's YaRN.
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ import torch
 from llmscratch.tokenizer import Tokenizer, train_bpe
 from llmscratch.tokenizer.hf_json import save_hf_tokenizer
 
-FAMILIES = ["gpt2", "llama", "qwen3", "qwen3_moe"]
+FAMILIES = ["gpt2", "llama", "qwen3", "qwen3_moe", "gemma3_text", "olmo3"]
+LAYER_TYPED = ["gemma3_text", "olmo3"]  # local and global layers
 VOCAB = 320
 SPECIALS = {
     "gpt2": ("<|endoftext|>",),
     "llama": ("<|begin_of_text|>", "<|end_of_text|>"),
     "qwen3": ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
     "qwen3_moe": ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+    "gemma3_text": ("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"),
+    "olmo3": ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
 }
 TEXT = (
     "First Citizen: Before we proceed any further, hear me speak.\n"
@@ -35,7 +41,14 @@ TEXT = (
 
 def hf_config(family: str, **overrides):
     """A tiny `transformers` config of `family` (no bos/eos, so generation never stops)."""
-    from transformers import GPT2Config, LlamaConfig, Qwen3Config, Qwen3MoeConfig
+    from transformers import (
+        Gemma3TextConfig,
+        GPT2Config,
+        LlamaConfig,
+        Olmo3Config,
+        Qwen3Config,
+        Qwen3MoeConfig,
+    )
 
     no_specials = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
     if family == "gpt2":
@@ -52,6 +65,20 @@ def hf_config(family: str, **overrides):
     if family == "qwen3":
         return Qwen3Config(**{**common, "intermediate_size": 64, "head_dim": 16,
                               "tie_word_embeddings": True, **overrides})
+    # Four layers: local, local, global, local.
+    kinds = ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]
+    layered = {**common, "num_hidden_layers": 4, "layer_types": kinds, "sliding_window": 8,
+               "intermediate_size": 64}
+    if family == "gemma3_text":
+        rope = {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}
+        return Gemma3TextConfig(**{**layered, "head_dim": 16, "query_pre_attn_scalar": 24,
+                                   "rope_parameters": rope, **overrides})
+    if family == "olmo3":  # YaRN on the global layers, from an original context of 16
+        rope = {"full_attention": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
+                                   "original_max_position_embeddings": 16},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 500000.0}}
+        return Olmo3Config(**{**layered, "rope_parameters": rope, **overrides})
     return Qwen3MoeConfig(**{**common, "moe_intermediate_size": 16, "head_dim": 16,
                              "num_experts": 8, "num_experts_per_tok": 2, "norm_topk_prob": True,
                              **overrides})
@@ -67,6 +94,8 @@ def hf_model(family: str, seed: int = 0, **overrides):
         for param in model.parameters():
             if param.dim() >= 2:
                 param.normal_(0.0, 0.1)
+            elif family in LAYER_TYPED:  # norm gains away from their init, so they matter
+                param.add_(0.1 * torch.randn_like(param))
     return model.eval()
 
 

@@ -1,4 +1,4 @@
-"""One model, four families: sizes equal transformers', attention paths agree, padding,
+"""One model, six families: sizes equal transformers', attention paths agree, padding,
 KV cache, RoPE, Mixture of Experts against a dense run of every expert, config errors."""
 
 import math
@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from llmscratch.errors import LLMScratchError
 from llmscratch.generation.sampling import SamplingConfig, generate
 from llmscratch.model import GPT, get_preset
-from llmscratch.model.rope import apply_rope, rope_angles, rope_frequencies
+from llmscratch.model.rope import apply_rope, rope_angles, rope_frequencies, rope_gain
 
-TINY = ["gpt2-tiny", "llama-3-tiny", "qwen3-tiny", "qwen3-moe-tiny"]
+TINY = ["gpt2-tiny", "llama-3-tiny", "qwen3-tiny", "qwen3-moe-tiny", "gemma3-tiny",
+        "olmo3-tiny"]
 # Parameter counts of the released checkpoints (the Hugging Face model cards
 # round them: 124M, 1.24B, 3.21B, 8.03B, 0.6B, 1.7B, 4.0B, 8.2B, 30.5B).
 RELEASED = {
@@ -54,6 +55,21 @@ def test_preset_parameter_counts_equal_transformers(preset):
     with torch.device("meta"):
         ours = GPT(get_preset(preset)).num_params()
     assert ours == meta_hf_count(preset) == RELEASED[preset]
+
+
+# The model cards' rounded sizes (Gemma 3 4B to 27B: the text model only, without the
+# vision encoder), to the percent.
+ROUNDED = {"gemma-3-270m": 268e6, "gemma-3-1b": 1.0e9, "gemma-3-4b": 3.88e9,
+           "gemma-3-12b": 11.77e9, "gemma-3-27b": 27.0e9, "olmo-3-7b": 7.3e9,
+           "olmo-3-32b": 32.2e9}
+
+
+@pytest.mark.parametrize("preset", list(ROUNDED))
+def test_gemma3_and_olmo3_presets_count_as_transformers(preset):
+    with torch.device("meta"):
+        ours = GPT(get_preset(preset)).num_params()
+    assert ours == meta_hf_count(preset)
+    assert abs(ours / ROUNDED[preset] - 1) < 0.01
 
 
 def test_moe_active_parameters():
@@ -187,6 +203,25 @@ def test_llama3_scaling_keeps_fast_and_slows_slow_frequencies():
     torch.testing.assert_close(scaled[slow], plain[slow] / config.rope_factor)
 
 
+def test_yarn_keeps_fast_and_slows_slow_pairs_of_global_layers_only():
+    config = get_preset("olmo-3-7b")
+    plain = rope_frequencies(replace(config, rope_scaling="none"))
+    scaled = rope_frequencies(config)
+    turns = config.rope_original_context * plain / (2 * math.pi)  # turns within 8k tokens
+    fast = turns > config.rope_high_freq_factor  # 32 turns: kept
+    slow = turns < config.rope_low_freq_factor  # under one turn: slowed 8 times
+    assert fast.any() and slow.any() and not (fast | slow).all()
+    torch.testing.assert_close(scaled[fast], plain[fast])
+    torch.testing.assert_close(scaled[slow], plain[slow] / config.rope_factor)
+    between = ~(fast | slow)
+    assert ((scaled[between] < plain[between]) & (scaled[between] > plain[between] / 8)).any()
+    # Local layers: their own base (the same here), unscaled, and no attention gain.
+    torch.testing.assert_close(rope_frequencies(config, local=True), plain)
+    cos, _ = rope_angles(torch.tensor([0]), scaled, rope_gain(config))
+    assert cos[0, 0].item() == pytest.approx(0.1 * math.log(8) + 1)
+    assert rope_gain(config, local=True) == 1.0
+
+
 def test_kv_cache_stores_only_the_kv_heads():
     model = tiny("llama-3-tiny")
     cache = model.new_cache(batch_size=1, max_len=16)
@@ -201,6 +236,12 @@ def test_kv_cache_stores_only_the_kv_heads():
     ({"n_expert": 4}, "n_expert"),
     ({"positions": "rope", "head_size": 15}, "head_size"),
     ({"dtype": "fp16"}, "dtype"),
+    ({"norm_placement": "middle"}, "norm_placement"),
+    ({"norm_zero_centred": True}, "norm_zero_centred"),  # GPT-2's LayerNorm
+    ({"qk_norm_scope": "layer"}, "qk_norm_scope"),
+    ({"sliding_window_pattern": 6}, "sliding_window_pattern"),  # and no window
+    ({"rope_scaling": "ntk"}, "rope_scaling"),
+    ({"rope_attention_factor": 0.0}, "rope_attention_factor"),
 ])
 def test_bad_configs_name_the_field_and_value(overrides, field):
     with pytest.raises(LLMScratchError, match=rf"model\.{field}=") as err:

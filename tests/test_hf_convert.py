@@ -7,6 +7,8 @@ Then every bad input gives one line and exit code 2.
 """
 
 import json
+import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -17,14 +19,24 @@ from safetensors.torch import save_file
 
 from llmscratch.cli import main
 from llmscratch.errors import LLMScratchError
+from llmscratch.generation.engine import Engine
 from llmscratch.generation.sampling import SamplingConfig, generate
 from llmscratch.model import get_preset
-from llmscratch.model.hf_config import family_of
+from llmscratch.model.hf_config import config_from_hf, family_of
 from llmscratch.runs import load as load_module
 from llmscratch.runs.hf_import import load_hf_model
 from llmscratch.runs.load import load_for_inference
 from llmscratch.runs.run import Run
-from tests.hf_tiny import FAMILIES, TEXT, VOCAB, hf_model, save_folder, tokenizer
+from tests.hf_tiny import (
+    FAMILIES,
+    LAYER_TYPED,
+    TEXT,
+    VOCAB,
+    hf_config,
+    hf_model,
+    save_folder,
+    tokenizer,
+)
 
 TOLERANCE = 1e-4  # max abs logit difference, fp32
 
@@ -131,6 +143,173 @@ def test_sliding_window_matches_transformers(tmp_path):
     ids = torch.randint(0, VOCAB, (2, 40))  # longer than the window
     with torch.no_grad():
         assert max_diff(logits(ours, ids), hf(ids).logits) <= TOLERANCE
+
+
+def mean_loss(logits: torch.Tensor, ids: torch.Tensor) -> float:
+    """Mean next-token cross-entropy of (B, T, V) logits on the ids they were computed from."""
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
+                                             ids[:, 1:].flatten()).item()
+
+
+@pytest.mark.parametrize("family", LAYER_TYPED)
+def test_local_and_global_layers_match_transformers(folders, family, tmp_path):
+    """Gemma 3 and Olmo 3: local layers (a window of 8) and global ones, each kind with its
+    own RoPE, on sequences longer than the window: the same loss (1e-4), the same 64 greedy
+    tokens through our KV cache and through the engine, and an export with the same loss."""
+    hf, folder, run = folders[family]
+    ours = load_hf_model(folder)
+    c = ours.config
+    assert [c.layer_is_local(i) for i in range(c.n_layer)] == [True, True, False, True]
+    ids = torch.randint(0, VOCAB, (2, 48))
+    with torch.no_grad():
+        expected = mean_loss(hf(ids).logits, ids)
+        assert abs(mean_loss(logits(ours, ids), ids) - expected) <= TOLERANCE
+
+    prompt = ids[0, :5].tolist()
+    with torch.no_grad():
+        theirs = hf.generate(ids[:1, :5], max_new_tokens=64, do_sample=False,
+                             attention_mask=torch.ones(1, 5, dtype=torch.int64))[0, 5:].tolist()
+    greedy = SamplingConfig(max_new_tokens=64, temperature=0)
+    assert generate(ours, prompt, greedy) == theirs
+    # The engine (paged cache, a batch of prompts) against the uncached forward pass.
+    prompts = [prompt, ids[1, :11].tolist()]
+    uncached = []
+    for p in prompts:
+        tokens = list(p)
+        with torch.no_grad():
+            for _ in range(20):
+                tokens.append(int(logits(ours, torch.tensor([tokens]))[0, -1].argmax()))
+        uncached.append(tokens[len(p):])
+    engine = Engine(ours, block_size=4, max_batch=4)
+    assert engine.generate(prompts, SamplingConfig(max_new_tokens=20, temperature=0)) == uncached
+
+    out = tmp_path / "exported"
+    assert main(["convert", "to-hf", str(run), str(out)]) == 0
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert reloaded.config.layer_types == hf.config.layer_types
+    with torch.no_grad():
+        assert abs(mean_loss(reloaded(ids).logits, ids) - expected) <= TOLERANCE
+
+
+# The released checkpoints' config.json in the hub's older spelling (rope_theta, rope_scaling,
+# Gemma's rope_local_base_freq and sliding_window_pattern, no layer_types).
+GEMMA3_4B = {
+    "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "vocab_size": 262208,
+    "hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 34,
+    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+    "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 131072,
+    "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000.0,
+    "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "rope_theta": 1000000.0,
+    "sliding_window": 1024, "sliding_window_pattern": 6, "attn_logit_softcapping": None,
+    "final_logit_softcapping": None, "attention_bias": False, "torch_dtype": "bfloat16",
+}
+# Gemma 3 4B as released: text and images, the text model's fields given only where they
+# differ from Gemma3TextConfig's defaults.
+GEMMA3_4B_MULTIMODAL = {
+    "architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+    "text_config": {"hidden_size": 2560, "intermediate_size": 10240,
+                    "model_type": "gemma3_text", "num_hidden_layers": 34,
+                    "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                    "sliding_window": 1024},
+    "vision_config": {"model_type": "siglip_vision_model"}, "torch_dtype": "bfloat16",
+}
+OLMO3_7B = {
+    "architectures": ["Olmo3ForCausalLM"], "model_type": "olmo3", "vocab_size": 100278,
+    "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": 32, "hidden_act": "silu",
+    "max_position_embeddings": 65536, "rms_norm_eps": 1e-06, "rope_theta": 500000,
+    "rope_scaling": {"attention_factor": 1.2079441541679836, "beta_fast": 32, "beta_slow": 1,
+                     "factor": 8.0, "original_max_position_embeddings": 8192,
+                     "rope_type": "yarn"},
+    "sliding_window": 4096, "attention_bias": False, "tie_word_embeddings": False,
+    "layer_types": ["sliding_attention"] * 3 + ["full_attention"] + ["sliding_attention"] * 3
+    + ["full_attention"] + (["sliding_attention"] * 3 + ["full_attention"]) * 6,
+    "torch_dtype": "bfloat16",
+}
+
+
+@pytest.mark.parametrize("hub, preset", [(GEMMA3_4B, "gemma-3-4b"), (OLMO3_7B, "olmo-3-7b"),
+                                         (GEMMA3_4B_MULTIMODAL, "gemma-3-4b")])
+def test_a_released_config_json_reads_as_its_preset(hub, preset):
+    """Read as transformers reads it: scaling on the global layers only, the local ones with
+    their own base."""
+    def explicit(c):  # derived sizes (0 in presets) spelled out, as an import has them
+        return replace(c, n_kv_head=c.kv_heads, head_size=c.head_dim, mlp_hidden=c.mlp_dim)
+
+    config = config_from_hf(hub)
+    assert explicit(config) == explicit(get_preset(preset))
+    theirs = transformers.AutoConfig.for_model(**{k: v for k, v in hub.items()
+                                                  if k != "architectures"}).get_text_config()
+    assert (theirs.vocab_size, theirs.num_attention_heads, theirs.num_key_value_heads,
+            theirs.max_position_embeddings) == (config.vocab_size, config.n_head,
+                                                config.kv_heads, config.context_length)
+    assert theirs.layer_types == ["sliding_attention" if config.layer_is_local(i)
+                                  else "full_attention" for i in range(config.n_layer)]
+    assert theirs.rope_parameters["full_attention"]["rope_type"] == config.rope_scaling
+    assert theirs.rope_parameters["sliding_attention"]["rope_type"] == "default"
+    assert theirs.rope_parameters["sliding_attention"]["rope_theta"] == config.rope_local_theta
+
+
+def test_the_text_model_of_a_multimodal_gemma3_is_imported(tmp_path):
+    """Gemma 3 4B and larger are released as Gemma3ForConditionalGeneration: its text model
+    (under model.language_model., or language_model.model. as transformers 4 saved it) is
+    imported without the vision encoder, to the logits of text without images."""
+    vision = transformers.SiglipVisionConfig(hidden_size=16, intermediate_size=32,
+                                             num_hidden_layers=1, num_attention_heads=2,
+                                             image_size=28, patch_size=14)
+    config = transformers.Gemma3Config(text_config=hf_config("gemma3_text"),
+                                       vision_config=vision, mm_tokens_per_image=4,
+                                       boi_token_index=VOCAB - 3, eoi_token_index=VOCAB - 2,
+                                       image_token_index=VOCAB - 1)
+    torch.manual_seed(0)
+    hf = transformers.Gemma3ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for param in hf.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    folder = save_folder(hf, "gemma3_text", tmp_path / "mm")
+    ids = torch.randint(0, VOCAB - 3, (2, 40))
+    with torch.no_grad():
+        expected = hf(ids).logits
+        assert max_diff(logits(load_hf_model(folder), ids), expected) <= TOLERANCE
+
+    old = tmp_path / "mm-4"  # the names transformers 4 saved
+    old.mkdir()
+    shutil.copy(folder / "config.json", old / "config.json")
+    renames = {"model.language_model.": "language_model.model.", "model.": "",
+               "lm_head.": "language_model.lm_head."}
+    tensors = {}
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        for name in f.keys():
+            prefix = next(p for p in [*renames, ""] if name.startswith(p))
+            tensors[renames.get(prefix, "") + name.removeprefix(prefix)] = f.get_tensor(name)
+    assert "language_model.model.layers.0.self_attn.q_proj.weight" in tensors
+    save_file(tensors, str(old / "model.safetensors"))
+    with torch.no_grad():
+        assert max_diff(logits(load_hf_model(old), ids), expected) <= TOLERANCE
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("final_logit_softcapping", 30.0, "final_logit_softcapping=30.0"),
+    ("use_bidirectional_attention", True, "use_bidirectional_attention=True"),
+    ("layer_types", ["sliding_attention", "full_attention", "full_attention",
+                     "sliding_attention"], "layer_types"),
+    ("rope_parameters", {"full_attention": {"rope_type": "dynamic", "factor": 4.0},
+                         "sliding_attention": {"rope_type": "default"}}, "'dynamic'"),
+    ("rope_parameters", {"full_attention": {"rope_type": "default"},
+                         "sliding_attention": {"rope_type": "linear", "factor": 2.0}},
+     "sliding-window layers ('linear')"),
+])
+def test_a_gemma3_field_we_do_not_support_is_named(folders, tmp_path, capsys, field, value,
+                                                  named):
+    folder = tmp_path / "hf"
+    shutil.copytree(folders["gemma3_text"][1], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config[field] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    assert main(["convert", "from-hf", str(folder), str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and named in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
 
 
 def test_our_pretrained_run_exports_to_gpt2(tiny_run, tmp_path):

@@ -47,6 +47,17 @@ def test_gpt2_flops_follow_6n_plus_12ltd(capsys):
     assert report["flops_per_token"]["training"] == 6 * n_matmul + 12 * 12 * 1024 * 768
 
 
+def test_local_layers_read_only_their_window(capsys):
+    """Gemma 3 1B at 32k tokens: 22 local layers read 512 keys, 4 global ones all 32,768."""
+    report = inspect_json(capsys, "gemma-3-1b")
+    with torch.device("meta"):
+        model = GPT(get_preset("gemma-3-1b"))
+    n_matmul = model.num_params()  # tied: the embedding matrix is used once, as the output layer
+    keys = 22 * 512 + 4 * 32768
+    assert report["flops_per_token"]["inference"] == 2 * n_matmul + 4 * keys * 4 * 256
+    assert "5 local layers (window 512) to 1 global" in report["architecture"]
+
+
 def test_weight_estimate_matches_real_tensors(capsys, tmp_path):
     hf_dir = save_folder(hf_model("qwen3_moe"), "qwen3_moe", tmp_path / "hf")
     run = tmp_path / "run"

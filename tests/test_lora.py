@@ -63,7 +63,8 @@ def test_fresh_adapter_changes_nothing(name):
     per_block = {"gpt2-tiny": ["attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"],
                  "qwen3-moe-tiny": ["attn.qkv", "attn.proj", "mlp.router"]}.get(
         name, ["attn.qkv", "attn.proj", "mlp.gate", "mlp.up", "mlp.proj"])
-    assert names == [f"blocks.{i}.{layer}" for i in range(2) for layer in per_block]
+    layers = range(model.config.n_layer)
+    assert names == [f"blocks.{i}.{layer}" for i in layers for layer in per_block]
 
 
 @pytest.mark.parametrize("name", TINY)

@@ -82,18 +82,20 @@ def visible_keys(
 
 
 def explicit_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor | None = None,
+    scale: float | None = None,
 ) -> torch.Tensor:
     """Attention spelled out: scores, mask, softmax, weighted sum.
 
     q: (B, H, T, Dh); k, v: (B, H, S, Dh) with S >= T, the T queries being the
     last T of the S positions. `visible` is a mask from `visible_keys`; None
-    means plain causal. Returns (B, H, T, Dh).
+    means plain causal. `scale` multiplies the scores (None: 1/sqrt(Dh)).
+    Returns (B, H, T, Dh).
 
-    Three choices keep it fast without changing the math: the 1/sqrt(Dh)
-    scale is applied to the T x Dh queries rather than the T x S scores; the
-    mask is added as a bias (0 where visible, -inf where hidden) in the same
-    pass that could not be avoided; and the softmax runs in the scores' own
+    Three choices keep it fast without changing the math: the scale is
+    applied to the T x Dh queries rather than the T x S scores; the mask is
+    added as a bias (0 where visible, -inf where hidden) in the same pass
+    that could not be avoided; and the softmax runs in the scores' own
     dtype, because PyTorch's softmax kernels already accumulate in fp32 for
     bf16 input (casting to fp32 and back would only add two passes).
     """
@@ -102,24 +104,28 @@ def explicit_attention(
         visible = visible_keys(T, S, q.device)  # (T, S)
     mask_bias = torch.zeros(visible.shape, dtype=q.dtype, device=q.device)
     mask_bias = mask_bias.masked_fill(~visible, float("-inf"))  # (T, S) or (B, 1, T, S)
-    attn_scores = (q * (1.0 / math.sqrt(q.size(-1)))) @ k.transpose(-2, -1)  # (B, H, T, S)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.size(-1))
+    attn_scores = (q * scale) @ k.transpose(-2, -1)  # (B, H, T, S)
     attn_weights = torch.softmax(attn_scores + mask_bias, dim=-1)  # (B, H, T, S)
     return attn_weights @ v  # (B, H, T, Dh)
 
 
 def fused_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor | None = None
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor | None = None,
+    scale: float | None = None,
 ) -> torch.Tensor:
     """The same function through PyTorch's fused kernel (flash / memory-efficient)."""
     if visible is not None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=scale)
     T, S = q.size(-2), k.size(-2)
     if T == S:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     if T == 1:  # one new token may see every cached key: no mask needed
-        return F.scaled_dot_product_attention(q, k, v)
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
     # Several new tokens after a cached prefix: the causal mask is offset by S - T.
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=visible_keys(T, S, q.device))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=visible_keys(T, S, q.device),
+                                          scale=scale)
 
 
 def use_fused_kernel(attn_impl: str, q: torch.Tensor, k: torch.Tensor) -> bool:
@@ -139,7 +145,12 @@ def use_fused_kernel(attn_impl: str, q: torch.Tensor, k: torch.Tensor) -> bool:
 
 
 class CausalSelfAttention(nn.Module):
-    """One fused q/k/v projection, optional QK-norm and RoPE, H heads, an output projection."""
+    """One fused q/k/v projection, optional QK-norm and RoPE, H heads, an output projection.
+
+    Which keys a layer sees (all earlier ones, or a sliding window) and how
+    RoPE rotates them come in with each call: the model computes them once for
+    each kind of layer (local, global) and hands each layer its kind's.
+    """
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
@@ -154,10 +165,18 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.n_embd, q_width + 2 * kv_width,
                              bias=config.bias or config.qkv_bias)
         self.split_sizes = [q_width, kv_width, kv_width]
-        # QK-norm (Qwen3): each head's query and key get unit RMS and a learned
+        # QK-norm (Qwen3, Gemma 3): each head's query and key get unit RMS and a learned
         # gain, which bounds the attention logits (Henry et al., 2020; Dehghani et al., 2023).
-        self.q_norm = RMSNorm(config.head_dim, config.norm_eps) if config.qk_norm else None
-        self.k_norm = RMSNorm(config.head_dim, config.norm_eps) if config.qk_norm else None
+        # Olmo 2 and 3 normalise all heads' queries (and keys) of a token together.
+        self.qk_norm = config.qk_norm_scope if config.qk_norm else None
+        q_norm_width, k_norm_width = ((q_width, kv_width) if self.qk_norm == "all"
+                                      else (config.head_dim, config.head_dim))
+        self.q_norm = self.k_norm = None
+        if self.qk_norm:
+            self.q_norm = RMSNorm(q_norm_width, config.norm_eps, config.norm_zero_centred)
+            self.k_norm = RMSNorm(k_norm_width, config.norm_eps, config.norm_zero_centred)
+        # Scores are q . k / sqrt(Dh), or / sqrt(attn_scalar) where a family fixes it (Gemma 3).
+        self.scale = 1.0 / math.sqrt(config.attn_scalar or config.head_dim)
         self.proj = nn.Linear(q_width, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
 
@@ -174,10 +193,12 @@ class CausalSelfAttention(nn.Module):
         B, T, _ = x.shape  # (B, T, D)
         H, Hkv, Dh = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.qkv(x).split(self.split_sizes, dim=-1)  # (B, T, H Dh), 2 x (B, T, Hkv Dh)
+        if self.qk_norm == "all":  # over every head's features at once
+            q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(B, T, H, Dh).transpose(1, 2)  # (B, H, T, Dh)
         k = k.view(B, T, Hkv, Dh).transpose(1, 2)  # (B, Hkv, T, Dh)
         v = v.view(B, T, Hkv, Dh).transpose(1, 2)  # (B, Hkv, T, Dh)
-        if self.q_norm is not None:
+        if self.qk_norm == "head":  # over each head's Dh features
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
@@ -188,9 +209,9 @@ class CausalSelfAttention(nn.Module):
             v = v.repeat_interleave(H // Hkv, dim=1)  # (B, H, S, Dh)
 
         if use_fused_kernel(self.attn_impl, q, k):
-            context = fused_attention(q, k, v, visible)  # (B, H, T, Dh)
+            context = fused_attention(q, k, v, visible, self.scale)  # (B, H, T, Dh)
         else:
-            context = explicit_attention(q, k, v, visible)  # (B, H, T, Dh)
+            context = explicit_attention(q, k, v, visible, self.scale)  # (B, H, T, Dh)
 
         context = context.transpose(1, 2).reshape(B, T, H * Dh)  # (B, T, H Dh): heads side by side
         out = self.proj(context)  # (B, T, D)

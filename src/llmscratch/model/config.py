@@ -1,18 +1,35 @@
 """The model's architecture, as one typed config, and named presets.
 
 `ModelConfig` says everything needed to build `GPT` (model/transformer.py).
-GPT-2, Llama 3, Qwen3 and Qwen3-MoE are one model with different switches:
+GPT-2, Llama 3, Qwen3, Qwen3-MoE, Gemma 3 and Olmo 3 are one model with
+different switches:
 
-    field            GPT-2        Llama 3          Qwen3             Qwen3-MoE
-    positions        learned      rope (+llama3    rope              rope
-                                  scaling)
-    norm             layernorm    rmsnorm          rmsnorm           rmsnorm
-    mlp              gelu         swiglu           swiglu            moe
-    n_kv_head        = n_head     8 (grouped)      8 (grouped)       4 (grouped)
-    head_size        D / H        D / H            128               128
-    qk_norm          no           no               yes               yes
-    bias             yes          no               no                no
-    tie_embeddings   yes          1B, 3B: yes      up to 4B: yes     no
+    field             GPT-2      Llama 3       Qwen3    Qwen3-MoE  Gemma 3       Olmo 3
+    positions         learned    rope (+llama3 rope     rope       rope (+linear rope (+yarn
+                                 scaling)                          on global)    on global)
+    norm              layernorm  rmsnorm       rmsnorm  rmsnorm    rmsnorm       rmsnorm
+    norm_placement    pre        pre           pre      pre        sandwich      post
+    norm_zero_centred no         no            no       no         yes (1 + w)   no
+    scale_embeddings  no         no            no       no         yes           no
+    mlp               gelu       swiglu        swiglu   moe        geglu         swiglu
+    n_kv_head         = n_head   8 (grouped)   8        4          1 to 16       = n_head or 8
+    head_size         D / H      D / H         128      128        256 (27B 128) D / H
+    attn_scalar       Dh         Dh            Dh       Dh         256 (27B 168) Dh
+    qk_norm           no         no            yes      yes        yes (head)    yes (all)
+    sliding_window    0          0             0        0          512 or 1024   4096
+    sliding_window_   0          0             0        0          6 (5 local,   4 (3 local,
+      pattern                                                      1 global)     1 global)
+    rope_local_theta  0          0             0        0          10,000        500,000
+    bias              yes        no            no       no         no            no
+    tie_embeddings    yes        1B, 3B: yes   to 4B    no         yes           no
+
+Layers: with `sliding_window_pattern` P > 0, layers P, 2P, 3P, ... (counting
+from 1) are global (they attend to every earlier token) and the others are
+local (they see the `sliding_window` latest tokens); with P = 0 every layer
+sees the window, or everything if it is 0. `layer_is_local(i)` says which.
+Local layers rotate with RoPE base `rope_local_theta`, unscaled (0: exactly
+like the global layers); `rope_scaling` stretches the global layers, which
+are the ones that see far.
 
 Sizes that are usually derived have a 0 default meaning "derive it", read
 through a property: `n_kv_head` -> `kv_heads`, `head_size` -> `head_dim`,
@@ -21,6 +38,7 @@ through a property: `n_kv_head` -> `kv_heads`, `head_size` -> `head_dim`,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -39,7 +57,8 @@ def torch_dtype(name: str) -> torch.dtype:
 
 @dataclass
 class ModelConfig:
-    """Architecture of a decoder-only transformer (GPT-2, Llama 3, Qwen3, Qwen3-MoE).
+    """Architecture of a decoder-only transformer (GPT-2, Llama 3, Qwen3, Qwen3-MoE, Gemma 3,
+    Olmo 3).
 
     Fields:
         vocab_size: number of token ids the embedding and output layer cover.
@@ -56,27 +75,50 @@ class ModelConfig:
         positions: "learned" (a position embedding table, GPT-2) or "rope"
             (rotary embeddings of q and k, Su et al., 2021).
         rope_theta: RoPE base; the slowest rotation has period ~2 pi theta.
-        rope_scaling: "none" or "llama3" (Llama 3.1's stretch of the slow
-            frequencies, set by the four fields below; see rope.py).
-        rope_factor: llama3 scaling: how much the slow frequencies are slowed.
-        rope_low_freq_factor: llama3 scaling: wavelengths above
-            rope_original_context / this are fully slowed.
-        rope_high_freq_factor: llama3 scaling: wavelengths below
-            rope_original_context / this are kept.
-        rope_original_context: llama3 scaling: the context length of pretraining.
+        rope_scaling: "none", "llama3" (Llama 3.1's stretch of the slow
+            frequencies, set by the four fields below), "yarn" (the same idea,
+            blended by pair; Olmo 3's global layers) or "linear" (every
+            frequency divided by rope_factor; Gemma 3's global layers); see rope.py.
+        rope_factor: how much the (slow) frequencies are slowed.
+        rope_low_freq_factor: llama3 and yarn scaling: pairs turning fewer than
+            this many times within rope_original_context tokens (wavelengths
+            above rope_original_context / this) are fully slowed (YaRN's beta_slow).
+        rope_high_freq_factor: llama3 and yarn scaling: pairs turning more than
+            this many times are kept (YaRN's beta_fast).
+        rope_original_context: llama3 and yarn scaling: the context length of pretraining.
+        rope_attention_factor: yarn scaling: cos and sin are multiplied by this,
+            the scores by its square (YaRN's 0.1 ln(rope_factor) + 1).
         norm: "layernorm" (GPT-2) or "rmsnorm" (Llama, Qwen).
         norm_eps: epsilon of every norm (GPT-2 and Llama 3: 1e-5; Qwen3: 1e-6).
-        mlp: "gelu" (GPT-2), "swiglu" (Llama, Qwen) or "moe" (Qwen3-MoE: a
-            router and n_expert SwiGLU experts; see moe.py).
+        norm_placement: where each sub-layer's norms sit: "pre" (x + f(norm(x)),
+            GPT-2 to Qwen3), "sandwich" (x + norm(f(norm(x))), Gemma) or "post"
+            (x + norm(f(x)), Olmo 2 and 3).
+        norm_zero_centred: RMSNorm gains stored as w and applied as 1 + w, w
+            starting at 0 (Gemma).
+        scale_embeddings: multiply the token embeddings by sqrt(n_embd) (Gemma).
+        mlp: "gelu" (GPT-2), "swiglu" (Llama, Qwen, Olmo), "geglu" (Gemma: the
+            gate through tanh GELU) or "moe" (Qwen3-MoE: a router and n_expert
+            SwiGLU experts; see moe.py).
         n_expert: experts per MoE layer (0 unless mlp is "moe").
         n_expert_active: experts each token is routed to (top-k).
         moe_renormalize: rescale the top-k router weights to sum to 1
             (Qwen3-MoE: yes; Hugging Face calls it norm_topk_prob).
-        qk_norm: RMSNorm on each head's queries and keys before RoPE (Qwen3).
+        qk_norm: RMSNorm on the queries and keys before RoPE (Qwen3, Gemma 3, Olmo 3).
+        qk_norm_scope: what that norm normalises: "head" (each head's Dh
+            features, Qwen3 and Gemma 3) or "all" (all heads' features of a
+            token together, Olmo 2 and 3).
+        attn_scalar: the scores are q . k / sqrt(attn_scalar); 0 means the head
+            width Dh (Gemma 3's query_pre_attn_scalar).
         bias: biases in Linear layers and LayerNorms (GPT-2: True).
         qkv_bias: biases on the q/k/v projection even when `bias` is False.
-        sliding_window: each token sees itself and this many - 1 earlier tokens;
-            0 means all earlier tokens.
+        sliding_window: in local layers each token sees itself and this many - 1
+            earlier tokens; 0 means all earlier tokens.
+        sliding_window_pattern: P > 0: layers P, 2P, ... (from 1) are global,
+            the others local (Gemma 3: 6, Olmo 3: 4); 0: every layer is local
+            when sliding_window is set.
+        rope_local_theta: RoPE base of the local layers, which are never scaled
+            (Gemma 3: 10,000 against 1,000,000 for the global ones); 0 means
+            local layers rotate exactly as global ones.
         tie_embeddings: the output layer reuses the token embedding matrix.
         dtype: "fp32" or "bf16": the dtype weights are stored in (checkpoints,
             converted models) and loaded in for inference. Training keeps fp32
@@ -106,16 +148,24 @@ class ModelConfig:
     rope_low_freq_factor: float = 1.0
     rope_high_freq_factor: float = 4.0
     rope_original_context: int = 8192
+    rope_attention_factor: float = 1.0
     norm: str = "layernorm"
     norm_eps: float = 1e-5
+    norm_placement: str = "pre"
+    norm_zero_centred: bool = False
+    scale_embeddings: bool = False
     mlp: str = "gelu"
     n_expert: int = 0
     n_expert_active: int = 0
     moe_renormalize: bool = True
     qk_norm: bool = False
+    qk_norm_scope: str = "head"
+    attn_scalar: float = 0.0
     bias: bool = True
     qkv_bias: bool = False
     sliding_window: int = 0
+    sliding_window_pattern: int = 0
+    rope_local_theta: float = 0.0
     tie_embeddings: bool = True
     dtype: str = "fp32"
     dropout: float = 0.0
@@ -128,7 +178,8 @@ class ModelConfig:
         for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) <= 0:
                 _fail(name, getattr(self, name), "give a positive number")
-        for name in ("n_kv_head", "head_size", "mlp_hidden", "sliding_window"):
+        for name in ("n_kv_head", "head_size", "mlp_hidden", "sliding_window",
+                     "sliding_window_pattern", "attn_scalar", "rope_local_theta"):
             if getattr(self, name) < 0:
                 _fail(name, getattr(self, name), "give 0 (derive it) or a positive number")
         if self.head_size == 0 and self.n_embd % self.n_head:
@@ -139,9 +190,11 @@ class ModelConfig:
         if self.n_head % self.kv_heads:
             _fail("n_kv_head", self.n_kv_head, f"it must divide n_head={self.n_head}")
         _check_choice("positions", self.positions, ("learned", "rope"))
-        _check_choice("rope_scaling", self.rope_scaling, ("none", "llama3"))
+        _check_choice("rope_scaling", self.rope_scaling, ("none", "llama3", "yarn", "linear"))
         _check_choice("norm", self.norm, ("layernorm", "rmsnorm"))
-        _check_choice("mlp", self.mlp, ("gelu", "swiglu", "moe"))
+        _check_choice("norm_placement", self.norm_placement, ("pre", "sandwich", "post"))
+        _check_choice("mlp", self.mlp, ("gelu", "swiglu", "geglu", "moe"))
+        _check_choice("qk_norm_scope", self.qk_norm_scope, ("head", "all"))
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("attn_impl", self.attn_impl, ("auto", "sdpa", "explicit"))
         _check_choice("head_pooling", self.head_pooling, ("last", "mean"))
@@ -151,12 +204,22 @@ class ModelConfig:
             _fail("head_size", self.head_dim, "RoPE rotates pairs of features: use an even width")
         if self.rope_theta <= 0:
             _fail("rope_theta", self.rope_theta, "give a positive base such as 10000")
-        if self.rope_scaling == "llama3" and not (
+        if self.rope_scaling in ("llama3", "yarn") and not (
             self.rope_factor >= 1 and 0 < self.rope_low_freq_factor < self.rope_high_freq_factor
             and self.rope_original_context > 0
         ):
-            _fail("rope_factor", self.rope_factor, "llama3 scaling needs rope_factor >= 1, "
-                  "0 < rope_low_freq_factor < rope_high_freq_factor, rope_original_context > 0")
+            _fail("rope_factor", self.rope_factor, f"{self.rope_scaling} scaling needs "
+                  "rope_factor >= 1, 0 < rope_low_freq_factor < rope_high_freq_factor, "
+                  "rope_original_context > 0")
+        if self.rope_attention_factor <= 0:
+            _fail("rope_attention_factor", self.rope_attention_factor, "give a positive number")
+        if self.rope_scaling == "linear" and self.rope_factor < 1:
+            _fail("rope_factor", self.rope_factor, "linear scaling needs rope_factor >= 1")
+        if self.norm_zero_centred and self.norm != "rmsnorm":
+            _fail("norm_zero_centred", True, "zero-centred gains are for norm='rmsnorm'")
+        if self.sliding_window_pattern and not self.sliding_window:
+            _fail("sliding_window_pattern", self.sliding_window_pattern,
+                  "a pattern of local and global layers needs a sliding_window")
         if self.norm_eps <= 0:
             _fail("norm_eps", self.norm_eps, "give a small positive number such as 1e-5")
         if self.mlp == "moe":
@@ -184,6 +247,13 @@ class ModelConfig:
     def mlp_dim(self) -> int:
         """Hidden width of the MLP: `mlp_hidden`, or GPT-2's 4 * n_embd when it is 0."""
         return self.mlp_hidden or 4 * self.n_embd
+
+    def layer_is_local(self, layer: int) -> bool:
+        """Whether layer `layer` (from 0) attends through the sliding window (a local layer)."""
+        if not self.sliding_window:
+            return False
+        P = self.sliding_window_pattern
+        return P == 0 or (layer + 1) % P != 0
 
     @property
     def attention_kind(self) -> str:
@@ -228,6 +298,41 @@ def _qwen3(**sizes) -> ModelConfig:
         vocab_size=151936, context_length=40960, n_kv_head=8, head_size=128, positions="rope",
         rope_theta=1000000.0, norm="rmsnorm", norm_eps=1e-6, mlp="swiglu", qk_norm=True,
         bias=False, dtype="bf16",
+    )
+    return ModelConfig(**{**family, **sizes})
+
+
+def _gemma3(**sizes) -> ModelConfig:
+    """Gemma 3 (text): 262k vocabulary, sandwich norms with 1 + w gains, GeGLU, scaled
+    embeddings, five local layers (RoPE base 10k) to one global layer (base 1M)."""
+    family = dict(
+        vocab_size=262144, context_length=32768, head_size=256, attn_scalar=256,
+        positions="rope", rope_theta=1000000.0, rope_local_theta=10000.0, norm="rmsnorm",
+        norm_eps=1e-6, norm_placement="sandwich", norm_zero_centred=True,
+        scale_embeddings=True, mlp="geglu", qk_norm=True, bias=False, sliding_window=512,
+        sliding_window_pattern=6, tie_embeddings=True, dtype="bf16",
+    )
+    return ModelConfig(**{**family, **sizes})
+
+
+def _gemma3_long(**sizes) -> ModelConfig:
+    """Gemma 3 4B and larger: a 128k context, the global layers' RoPE slowed 8 times."""
+    return _gemma3(**{**dict(vocab_size=262208, context_length=131072, sliding_window=1024,
+                             rope_scaling="linear", rope_factor=8.0), **sizes})
+
+
+def _olmo3(**sizes) -> ModelConfig:
+    """Olmo 3: 100k vocabulary, norms after each sub-layer (no pre-norm), QK-norm over all
+    heads at once, three sliding-window layers to one global layer, whose RoPE YaRN
+    stretches from the 8k tokens of pretraining to 64k."""
+    family = dict(
+        vocab_size=100278, context_length=65536, positions="rope", rope_theta=500000.0,
+        rope_scaling="yarn", rope_factor=8.0, rope_original_context=8192,
+        rope_low_freq_factor=1.0, rope_high_freq_factor=32.0,
+        rope_attention_factor=0.1 * math.log(8.0) + 1, rope_local_theta=500000.0,
+        norm="rmsnorm", norm_eps=1e-6, norm_placement="post",
+        mlp="swiglu", qk_norm=True, qk_norm_scope="all", bias=False, sliding_window=4096,
+        sliding_window_pattern=4, tie_embeddings=False, dtype="bf16",
     )
     return ModelConfig(**{**family, **sizes})
 
@@ -281,6 +386,25 @@ PRESETS: dict[str, ModelConfig] = {
     "qwen3-moe-tiny": _qwen3(vocab_size=512, context_length=256, n_layer=2, n_head=4, n_embd=64,
                              n_kv_head=2, head_size=32, mlp="moe", mlp_hidden=32, n_expert=8,
                              n_expert_active=2, tie_embeddings=False, dtype="fp32"),
+    "gemma-3-270m": _gemma3(n_layer=18, n_head=4, n_kv_head=1, n_embd=640, mlp_hidden=2048),
+    "gemma-3-1b": _gemma3(n_layer=26, n_head=4, n_kv_head=1, n_embd=1152, mlp_hidden=6912),
+    "gemma-3-4b": _gemma3_long(n_layer=34, n_head=8, n_kv_head=4, n_embd=2560,
+                               mlp_hidden=10240),
+    "gemma-3-12b": _gemma3_long(n_layer=48, n_head=16, n_kv_head=8, n_embd=3840,
+                                mlp_hidden=15360),
+    "gemma-3-27b": _gemma3_long(n_layer=62, n_head=32, n_kv_head=16, n_embd=5376,
+                                mlp_hidden=21504, head_size=128, attn_scalar=168),
+    # Six layers: five local (a window of 8 tokens) and one global, as in the real ones.
+    "gemma3-tiny": _gemma3(vocab_size=512, context_length=256, n_layer=6, n_head=4,
+                           n_kv_head=2, n_embd=64, head_size=16, attn_scalar=16,
+                           mlp_hidden=128, sliding_window=8, dtype="fp32"),
+    "olmo-3-7b": _olmo3(n_layer=32, n_head=32, n_embd=4096, mlp_hidden=11008),
+    "olmo-3-32b": _olmo3(n_layer=64, n_head=40, n_kv_head=8, n_embd=5120, mlp_hidden=27648),
+    # Four layers: three local (a window of 8 tokens) and one global.
+    "olmo3-tiny": _olmo3(vocab_size=512, context_length=256, n_layer=4, n_head=4, n_kv_head=2,
+                         n_embd=64, mlp_hidden=128, sliding_window=8, rope_factor=4.0,
+                         rope_original_context=16, rope_attention_factor=0.1 * math.log(4.0) + 1,
+                         dtype="fp32"),
 }
 
 

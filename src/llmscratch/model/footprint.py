@@ -17,8 +17,9 @@ even for a 30B model. Memory is estimated from them and from the shapes:
                   and keeps only the gradient of the final hidden states (D),
                   plus, while it runs, one chunk: R x V x (4 + bytes) with
                   R = min(B T, 1,024) rows (fp32 softmax, logits and gradient)
-                  per_layer = 4 D + (2 H + 3 Hkv) Dh + mlp, where mlp is
-                  2 F (GELU), 4 F (SwiGLU) or K (D + 4 F) + E (MoE)
+                  per_layer = 4 D + (2 H + 3 Hkv) Dh + mlp (+ 2 D for
+                  sandwich norms), where mlp is 2 F (GELU), 4 F (SwiGLU,
+                  GeGLU) or K (D + 4 F) + E (MoE)
     KV cache      2 L B T Hkv Dh x bytes (inference)
 
 Training needs weights + gradients + optimizer + activations; inference
@@ -53,11 +54,13 @@ def footprint(config: ModelConfig, batch: int = 1, seq: int = 0, dtype: str = ""
 
     if c.mlp == "gelu":
         mlp = 2 * c.mlp_dim
-    elif c.mlp == "swiglu":
+    elif c.mlp in ("swiglu", "geglu"):
         mlp = 4 * c.mlp_dim
     else:
         mlp = c.n_expert_active * (c.n_embd + 4 * c.mlp_dim) + c.n_expert
     per_layer = 4 * c.n_embd + (2 * c.n_head + 3 * c.kv_heads) * c.head_dim + mlp
+    if c.norm_placement == "sandwich":
+        per_layer += 2 * c.n_embd
     per_token = c.n_layer * per_layer + 2 * c.n_embd
     memory = {
         "weights": total * nbytes,
@@ -97,13 +100,19 @@ def describe(c: ModelConfig) -> str:
     if c.mlp == "moe":
         mlp = f"MoE of {c.n_expert} experts ({c.n_expert_active} active) of width {c.mlp_dim}"
     positions = "learned positions" if c.positions == "learned" else f"RoPE theta {c.rope_theta:g}"
-    if c.rope_scaling == "llama3":
-        positions += f" (llama3 scaling x{c.rope_factor:g})"
-    parts = [f"{c.n_layer} layers of width {c.n_embd}", attention, mlp, c.norm, positions,
+    if c.rope_scaling != "none":
+        positions += f" ({c.rope_scaling} scaling x{c.rope_factor:g})"
+    if c.rope_local_theta:
+        positions += f", local layers theta {c.rope_local_theta:g}"
+    norm = c.norm if c.norm_placement == "pre" else f"{c.norm_placement} {c.norm}"
+    parts = [f"{c.n_layer} layers of width {c.n_embd}", attention, mlp, norm, positions,
              f"vocabulary {c.vocab_size}", f"context {c.context_length}"]
     if c.qk_norm:
-        parts.append("QK-norm")
-    if c.sliding_window:
+        parts.append("QK-norm" if c.qk_norm_scope == "head" else "QK-norm over all heads")
+    if c.sliding_window_pattern:
+        P = c.sliding_window_pattern
+        parts.append(f"{P - 1} local layers (window {c.sliding_window}) to 1 global")
+    elif c.sliding_window:
         parts.append(f"sliding window {c.sliding_window}")
     parts.append("tied embeddings" if c.tie_embeddings else "untied embeddings")
     return ", ".join(parts)

@@ -1,15 +1,21 @@
-"""Hugging Face `config.json` <-> `ModelConfig`, for GPT-2, Llama 3, Qwen3 and Qwen3-MoE.
+"""Hugging Face `config.json` <-> `ModelConfig`, for GPT-2, Llama 3, Qwen3(-MoE), Gemma 3
+(text) and Olmo 3.
 
 Hugging Face names the same sizes differently per family (GPT-2's `n_embd`
 is Llama's `hidden_size`) and spells RoPE two ways: `rope_theta` plus
 `rope_scaling` in most hub files, one `rope_parameters` dict in transformers
-5. `config_from_hf` reads both; `config_to_hf` writes the first, which every
-transformers version reads. Features a family has that our model lacks
-(another activation, dense layers between MoE layers...) are refused with
-the field's name rather than converted wrongly.
+5 (for Gemma 3 and Olmo 3, one dict per layer type: "sliding_attention"
+and "full_attention"). `config_from_hf` reads both; `config_to_hf` writes
+the first, which every transformers version reads, except for Gemma 3 and
+Olmo 3, whose per-layer RoPE only the second can say. Features a family has
+that our model lacks (another activation, dense layers between MoE layers,
+soft-capped logits...) are refused with the field's name rather than
+converted wrongly.
 """
 
 from __future__ import annotations
+
+import math
 
 from llmscratch.errors import LLMScratchError
 from llmscratch.model.config import ModelConfig
@@ -19,7 +25,23 @@ ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "Qwen3ForCausalLM": "qwen3",
     "Qwen3MoeForCausalLM": "qwen3_moe",
+    "Gemma3ForCausalLM": "gemma3_text",
+    "Olmo3ForCausalLM": "olmo3",
 }
+# Multimodal architectures whose text model we import (without the vision encoder), and
+# the text model's own architecture. Gemma 3 4B and larger are released only so; their
+# config.json gives the text model's fields that differ from Gemma3TextConfig's defaults.
+TEXT_MODELS = {"Gemma3ForConditionalGeneration": "Gemma3ForCausalLM"}
+GEMMA3_TEXT_DEFAULTS = {
+    "vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216,
+    "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
+    "head_dim": 256, "max_position_embeddings": 131072, "rms_norm_eps": 1e-6,
+    "query_pre_attn_scalar": 256, "sliding_window": 4096,
+}
+# Families whose layers are local or global by `layer_types`, each kind with its own
+# RoPE; the default bases of their (global, local) layers.
+LAYER_TYPED = ("gemma3_text", "olmo3")
+THETAS = {"gemma3_text": (1000000.0, 10000.0), "olmo3": (500000.0, 500000.0)}
 HF_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
@@ -29,16 +51,27 @@ def hf_family(hf: dict, source: str) -> str:
     if architecture not in ARCHITECTURES:
         raise LLMScratchError(
             f"unsupported architecture {architecture!r} in {source}; supported: "
-            f"{', '.join(ARCHITECTURES)}"
+            f"{', '.join(ARCHITECTURES)}, and the text model of {', '.join(TEXT_MODELS)}"
         )
     return ARCHITECTURES[architecture]
+
+
+def text_model_config(hf: dict) -> dict:
+    """The text model's config.json in a multimodal model's (`hf` itself otherwise)."""
+    architecture = (hf.get("architectures") or [None])[0]
+    if architecture not in TEXT_MODELS:
+        return hf
+    dtype = hf.get("torch_dtype") or hf.get("dtype")
+    return {**GEMMA3_TEXT_DEFAULTS, "tie_word_embeddings": hf.get("tie_word_embeddings", True),
+            "torch_dtype": dtype, **(hf.get("text_config") or {}),
+            "architectures": [TEXT_MODELS[architecture]]}
 
 
 def config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
     """Our config for a Hugging Face config.json (already parsed); a field missing, or of
     the wrong type ("hidden_size": "x"), is one line naming the file."""
     try:
-        return _config_from_hf(hf, source)
+        return _config_from_hf(text_model_config(hf), source)
     except LLMScratchError as err:  # our config's own checks: say which file it came from
         raise LLMScratchError(str(err) if source in str(err) else f"{source}: {err}") from None
     except KeyError as err:
@@ -70,11 +103,19 @@ def _config_from_hf(hf: dict, source: str) -> ModelConfig:
             tie_embeddings=hf.get("tie_word_embeddings", True), dtype=dtype,
         )
 
-    require("hidden_act", "silu", "silu")
+    if family == "gemma3_text":
+        require("hidden_activation", "gelu_pytorch_tanh", "gelu_pytorch_tanh")
+        for field in ("final_logit_softcapping", "attn_logit_softcapping"):
+            require(field, None, None)
+        require("use_bidirectional_attention", False, False)
+    else:
+        require("hidden_act", "silu", "silu")
+    if family in LAYER_TYPED:
+        require("attention_bias", False, False)
     if hf.get("mlp_bias", False) != hf.get("attention_bias", False):
         raise LLMScratchError(f"{source}: attention_bias and mlp_bias differ; not supported")
     D, H = hf["hidden_size"], hf["num_attention_heads"]
-    default_head = 128 if family == "qwen3" else D // H
+    default_head = {"qwen3": 128, "gemma3_text": 256}.get(family, D // H)
     sizes = dict(
         vocab_size=hf["vocab_size"], context_length=hf["max_position_embeddings"],
         n_layer=hf["num_hidden_layers"], n_head=H, n_embd=D,
@@ -82,9 +123,20 @@ def _config_from_hf(hf: dict, source: str) -> ModelConfig:
         head_size=hf.get("head_dim") or default_head, norm="rmsnorm",
         norm_eps=hf.get("rms_norm_eps", 1e-6), positions="rope", mlp="swiglu",
         bias=hf.get("attention_bias", False), tie_embeddings=hf.get("tie_word_embeddings", False),
-        qk_norm=family != "llama", dtype=dtype, **_rope_from_hf(hf, source),
+        qk_norm=family != "llama", dtype=dtype,
     )
-    if family != "llama" and hf.get("use_sliding_window"):
+    if family in LAYER_TYPED:
+        sizes.update(_layer_pattern(hf, family, source))
+        sizes.update(_rope_by_layer_kind(hf, family, source))
+    else:
+        sizes.update(_rope_from_hf(hf, source))
+    if family == "gemma3_text":
+        sizes.update(mlp="geglu", norm_placement="sandwich", norm_zero_centred=True,
+                     scale_embeddings=True, tie_embeddings=hf.get("tie_word_embeddings", True),
+                     attn_scalar=float(hf.get("query_pre_attn_scalar", 256)))
+    if family == "olmo3":
+        sizes.update(norm_placement="post", qk_norm_scope="all")
+    if family in ("qwen3", "qwen3_moe") and hf.get("use_sliding_window"):
         if any(kind != "sliding_attention" for kind in hf.get("layer_types") or []) or (
             family == "qwen3" and hf.get("max_window_layers", 28) > 0 and not hf.get("layer_types")
         ):
@@ -105,18 +157,70 @@ def _config_from_hf(hf: dict, source: str) -> ModelConfig:
     return ModelConfig(**sizes)
 
 
+def _layer_pattern(hf: dict, family: str, source: str) -> dict:
+    """`sliding_window` and `sliding_window_pattern` from `layer_types`, the kind of each
+    layer (or, in older Gemma 3 files, from `sliding_window_pattern`: every P-th is global)."""
+    n = hf["num_hidden_layers"]
+    every = hf.get("sliding_window_pattern", 6) if family == "gemma3_text" else 4
+    kinds = hf.get("layer_types") or [
+        "sliding_attention" if (i + 1) % every else "full_attention" for i in range(n)]
+    unknown = set(kinds) - {"sliding_attention", "full_attention"}
+    if unknown or len(kinds) != n:
+        raise LLMScratchError(f"{source}: layer_types must give one of 'sliding_attention', "
+                              f"'full_attention' for each of the {n} layers")
+    local = [kind == "sliding_attention" for kind in kinds]
+    if not any(local):
+        return {}
+    if all(local):
+        return {"sliding_window": hf["sliding_window"]}
+    P = local.index(False) + 1
+    if local != [(i + 1) % P != 0 for i in range(n)]:
+        raise LLMScratchError(f"{source}: layer_types is not a repeating pattern of local "
+                              "layers and then one global layer; not supported")
+    return {"sliding_window": hf["sliding_window"], "sliding_window_pattern": P}
+
+
+def _rope_by_layer_kind(hf: dict, family: str, source: str) -> dict:
+    """RoPE of the global layers (with their scaling) and of the local ones (unscaled),
+    from transformers 5's `rope_parameters` by layer type or the older single fields."""
+    params = hf.get("rope_parameters") or {}
+    if "full_attention" in params or "sliding_attention" in params:
+        full, sliding = params.get("full_attention") or {}, params.get("sliding_attention") or {}
+    else:  # older files: rope_theta and rope_scaling for the global layers; the local ones
+        # have Gemma's rope_local_base_freq or, as transformers reads them, the default base
+        full = {**(hf.get("rope_scaling") or params),
+                "rope_theta": hf.get("rope_theta", params.get("rope_theta"))}
+        sliding = {"rope_theta": hf.get("rope_local_base_freq")}
+    default_global, default_local = THETAS[family]
+    fields = _rope_fields(full.get("rope_theta") or default_global, full, source)
+    if sliding.get("rope_type", sliding.get("type", "default")) != "default":
+        raise LLMScratchError(f"{source}: rope scaling on the sliding-window layers "
+                              f"({sliding.get('rope_type', sliding.get('type'))!r}) is not "
+                              "supported")
+    return {**fields, "rope_local_theta": float(sliding.get("rope_theta") or default_local)}
+
+
 def _rope_from_hf(hf: dict, source: str) -> dict:
     """RoPE fields from either spelling: `rope_theta` + `rope_scaling` (most hub
     files) or `rope_parameters` (transformers 5)."""
     params = hf.get("rope_parameters") or {}
     scaling = hf.get("rope_scaling") or params
-    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    return _rope_fields(params.get("rope_theta", hf.get("rope_theta", 10000.0)), scaling, source)
+
+
+def _rope_fields(theta, scaling: dict, source: str) -> dict:
+    """Our RoPE fields for a base `theta` and a Hugging Face scaling dict."""
     kind = scaling.get("rope_type", scaling.get("type", "default"))
     if kind == "default":
         return {"rope_theta": float(theta)}
+    if kind == "linear":
+        return {"rope_theta": float(theta), "rope_scaling": "linear",
+                "rope_factor": float(scaling["factor"])}
+    if kind == "yarn":
+        return _yarn_fields(theta, scaling, source)
     if kind != "llama3":
         raise LLMScratchError(f"{source}: rope type {kind!r} is not supported "
-                              "(only default and llama3)")
+                              "(only default, linear, llama3 and yarn)")
     return {
         "rope_theta": float(theta), "rope_scaling": "llama3",
         "rope_factor": float(scaling["factor"]),
@@ -126,25 +230,66 @@ def _rope_from_hf(hf: dict, source: str) -> dict:
     }
 
 
+def _yarn_fields(theta, scaling: dict, source: str) -> dict:
+    """YaRN's parameters: beta_slow and beta_fast are our llama3 thresholds (in turns
+    within the original context); a missing attention_factor is YaRN's default."""
+    if scaling.get("truncate", True) is not True:
+        raise LLMScratchError(f"{source}: yarn with truncate={scaling['truncate']!r} is not "
+                              "supported")
+    if scaling.get("mscale") and scaling.get("mscale_all_dim"):
+        raise LLMScratchError(f"{source}: yarn with mscale and mscale_all_dim (DeepSeek's) is "
+                              "not supported")
+    factor = float(scaling["factor"])
+    attention_factor = scaling.get("attention_factor")
+    if attention_factor is None:
+        attention_factor = 0.1 * math.log(factor) + 1 if factor > 1 else 1.0
+    return {
+        "rope_theta": float(theta), "rope_scaling": "yarn", "rope_factor": factor,
+        "rope_low_freq_factor": float(scaling.get("beta_slow") or 1),
+        "rope_high_freq_factor": float(scaling.get("beta_fast") or 32),
+        "rope_original_context": int(scaling["original_max_position_embeddings"]),
+        "rope_attention_factor": float(attention_factor),
+    }
+
+
 def family_of(config: ModelConfig) -> str:
     """The Hugging Face family that can hold this architecture, or an error saying why none."""
     c = config
+    # The parts each family fixes, beyond the ones tested below.
+    plain = (c.norm_placement, c.norm_zero_centred, c.scale_embeddings, c.attn_scalar,
+             c.sliding_window_pattern, c.rope_local_theta) == ("pre", False, False, 0, 0, 0)
+    if c.qk_norm and c.qk_norm_scope != "head":
+        plain = False
+    rope_ok = c.rope_scaling != "llama3"
     if (c.positions, c.norm, c.mlp) == ("learned", "layernorm", "gelu"):
-        if c.kv_heads == c.n_head and c.head_dim * c.n_head == c.n_embd and not (
+        if c.kv_heads == c.n_head and c.head_dim * c.n_head == c.n_embd and plain and not (
             c.qk_norm or c.sliding_window or c.rope_scaling != "none"
         ):
             return "gpt2"
     elif c.positions == "rope" and c.norm == "rmsnorm" and not (c.qkv_bias and not c.bias):
-        if c.mlp == "swiglu" and not c.qk_norm and not c.sliding_window:
+        if plain and c.mlp == "swiglu" and not c.qk_norm and not c.sliding_window:
             return "llama"
-        if c.mlp == "swiglu" and c.qk_norm and c.rope_scaling == "none" and not c.bias:
+        if plain and c.mlp == "swiglu" and c.qk_norm and c.rope_scaling == "none" and not c.bias:
             return "qwen3"
-        if c.mlp == "moe" and c.qk_norm and c.rope_scaling == "none" and not c.bias:
+        if plain and c.mlp == "moe" and c.qk_norm and c.rope_scaling == "none" and not c.bias:
             return "qwen3_moe"
+        # Hugging Face never scales the local layers' RoPE: ours must not either.
+        local_rope_ok = c.rope_local_theta > 0 or c.rope_scaling == "none" or not any(
+            c.layer_is_local(i) for i in range(c.n_layer))
+        if (c.mlp, c.norm_placement, c.norm_zero_centred, c.scale_embeddings, c.qk_norm,
+                c.qk_norm_scope, c.bias) == ("geglu", "sandwich", True, True, True, "head",
+                                             False) and rope_ok and local_rope_ok:
+            return "gemma3_text"
+        if (c.mlp, c.norm_placement, c.norm_zero_centred, c.scale_embeddings, c.qk_norm,
+                c.qk_norm_scope, c.bias, c.attn_scalar) == ("swiglu", "post", False, False, True,
+                                                            "all", False, 0) \
+                and rope_ok and local_rope_ok:
+            return "olmo3"
     raise LLMScratchError(
         f"no Hugging Face architecture matches positions={c.positions}, norm={c.norm}, "
-        f"mlp={c.mlp}, qk_norm={c.qk_norm}, bias={c.bias}, sliding_window={c.sliding_window}; "
-        "GPT-2, Llama and Qwen3(-MoE) combinations can be exported"
+        f"norm_placement={c.norm_placement}, mlp={c.mlp}, qk_norm={c.qk_norm}, bias={c.bias}, "
+        f"sliding_window={c.sliding_window}, rope_scaling={c.rope_scaling}; GPT-2, Llama, "
+        "Qwen3(-MoE), Gemma 3 and Olmo 3 combinations can be exported"
     )
 
 
@@ -160,17 +305,11 @@ def config_to_hf(config: ModelConfig) -> dict:
                 "n_head": c.n_head, "n_embd": c.n_embd, "n_inner": c.mlp_hidden or None,
                 "activation_function": "gelu_new", "layer_norm_epsilon": c.norm_eps,
                 "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": 0.0}
-    rope_scaling = None
-    if c.rope_scaling == "llama3":
-        rope_scaling = {"rope_type": "llama3", "factor": c.rope_factor,
-                        "low_freq_factor": c.rope_low_freq_factor,
-                        "high_freq_factor": c.rope_high_freq_factor,
-                        "original_max_position_embeddings": c.rope_original_context}
     hf = {**common, "hidden_size": c.n_embd, "intermediate_size": c.mlp_dim,
           "num_hidden_layers": c.n_layer, "num_attention_heads": c.n_head,
           "num_key_value_heads": c.kv_heads, "head_dim": c.head_dim,
           "max_position_embeddings": c.context_length, "rms_norm_eps": c.norm_eps,
-          "hidden_act": "silu", "rope_theta": c.rope_theta, "rope_scaling": rope_scaling,
+          "hidden_act": "silu", "rope_theta": c.rope_theta, "rope_scaling": _hf_scaling(c),
           "attention_bias": c.bias, "mlp_bias": c.bias, "attention_dropout": 0.0}
     if family in ("qwen3", "qwen3_moe"):
         hf.update(use_sliding_window=bool(c.sliding_window),
@@ -181,6 +320,39 @@ def config_to_hf(config: ModelConfig) -> dict:
                   moe_intermediate_size=c.mlp_dim, norm_topk_prob=c.moe_renormalize,
                   decoder_sparse_step=1, mlp_only_layers=[],
                   intermediate_size=c.mlp_dim * c.n_expert_active)  # unused: no dense layers
+    if family in LAYER_TYPED:  # transformers 5's spelling: RoPE by layer type
+        for name in ("rope_theta", "rope_scaling", "mlp_bias"):
+            del hf[name]
+        local_theta = c.rope_local_theta or c.rope_theta
+        hf.update(
+            layer_types=["sliding_attention" if c.layer_is_local(i) else "full_attention"
+                         for i in range(c.n_layer)],
+            sliding_window=c.sliding_window or c.context_length,
+            rope_parameters={
+                "full_attention": {"rope_theta": c.rope_theta,
+                                   **(_hf_scaling(c) or {"rope_type": "default"})},
+                "sliding_attention": {"rope_type": "default", "rope_theta": local_theta}})
+    if family == "gemma3_text":
+        scalar = c.attn_scalar or c.head_dim
+        del hf["hidden_act"]
+        hf.update(hidden_activation="gelu_pytorch_tanh", final_logit_softcapping=None,
+                  attn_logit_softcapping=None, use_bidirectional_attention=False,
+                  query_pre_attn_scalar=int(scalar) if scalar == int(scalar) else scalar)
     return hf
 
 
+def _hf_scaling(c: ModelConfig) -> dict | None:
+    """Hugging Face's `rope_scaling` for our RoPE scaling fields (None: no scaling)."""
+    if c.rope_scaling == "linear":
+        return {"rope_type": "linear", "factor": c.rope_factor}
+    if c.rope_scaling == "yarn":
+        return {"rope_type": "yarn", "factor": c.rope_factor,
+                "beta_slow": c.rope_low_freq_factor, "beta_fast": c.rope_high_freq_factor,
+                "original_max_position_embeddings": c.rope_original_context,
+                "attention_factor": c.rope_attention_factor, "truncate": True}
+    if c.rope_scaling == "llama3":
+        return {"rope_type": "llama3", "factor": c.rope_factor,
+                "low_freq_factor": c.rope_low_freq_factor,
+                "high_freq_factor": c.rope_high_freq_factor,
+                "original_max_position_embeddings": c.rope_original_context}
+    return None

@@ -26,6 +26,21 @@ from llmscratch.model.config import ModelConfig, torch_dtype
 from llmscratch.model.hf_config import family_of
 from llmscratch.model.transformer import GPT
 
+# Each placement's norms in a block, ours -> Hugging Face's (Llama, Qwen; Gemma; Olmo).
+# The same name is two norms: Llama's post_attention_layernorm comes before the MLP,
+# Gemma's and Olmo's after attention.
+NORM_NAMES = {
+    "pre": {"ln_1": "input_layernorm", "ln_2": "post_attention_layernorm"},
+    "sandwich": {"ln_1": "input_layernorm", "post_ln_1": "post_attention_layernorm",
+                 "ln_2": "pre_feedforward_layernorm", "post_ln_2": "post_feedforward_layernorm"},
+    "post": {"post_ln_1": "post_attention_layernorm", "post_ln_2": "post_feedforward_layernorm"},
+}
+# A multimodal Gemma 3 checkpoint holds its text model under a prefix (transformers 5's or
+# 4's spelling), beside a vision encoder, which a text model leaves out.
+TEXT_MODEL_PREFIXES = {"model.language_model.": "model.", "language_model.model.": "model.",
+                       "language_model.lm_head.": "lm_head."}
+VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
+                   "model.multi_modal_projector.")
 # Non-weight tensors some checkpoints carry: GPT-2's causal-mask buffers, RoPE tables.
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
 
@@ -72,7 +87,8 @@ def weight_links(config: ModelConfig) -> list[Link]:
         for i in range(c.n_layer):
             ours, theirs = f"blocks.{i}", f"model.layers.{i}"
             attn = f"{theirs}.self_attn"
-            same(f"{ours}.ln_1", f"{theirs}.input_layernorm")
+            for our_norm, their_norm in NORM_NAMES[c.norm_placement].items():
+                same(f"{ours}.{our_norm}", f"{theirs}.{their_norm}")
             for kind in ["weight", "bias"] if c.bias or c.qkv_bias else ["weight"]:
                 qkv = [f"{attn}.{p}_proj.{kind}" for p in "qkv"]
                 links.append(Link(f"{ours}.attn.qkv.{kind}", qkv, join="cat"))
@@ -80,7 +96,6 @@ def weight_links(config: ModelConfig) -> list[Link]:
                 same(f"{ours}.attn.q_norm", f"{attn}.q_norm")
                 same(f"{ours}.attn.k_norm", f"{attn}.k_norm")
             same(f"{ours}.attn.proj", f"{attn}.o_proj", bias=c.bias)
-            same(f"{ours}.ln_2", f"{theirs}.post_attention_layernorm")
             if c.mlp == "moe":
                 same(f"{ours}.mlp.router", f"{theirs}.mlp.gate")
                 for ours_name, theirs_name in [("gate", "gate_proj"), ("up", "up_proj"),
@@ -127,6 +142,18 @@ def split_tensor(link: Link, tensor: torch.Tensor, config: ModelConfig) -> list[
     else:
         pieces = [tensor.t() if link.transpose else tensor]
     return [p.contiguous() for p in pieces]
+
+
+def text_model_names(names: Iterable[str]) -> dict[str, str]:
+    """The stored name of each tensor, by the name it has in a text model: the same, except
+    in multimodal checkpoints, whose vision encoder's tensors are left out."""
+    stored = {}
+    for name in names:
+        if name.startswith(VISION_PREFIXES):
+            continue
+        prefix = next((p for p in TEXT_MODEL_PREFIXES if name.startswith(p)), "")
+        stored[TEXT_MODEL_PREFIXES[prefix] + name.removeprefix(prefix) if prefix else name] = name
+    return stored
 
 
 def model_from_hf(config: ModelConfig, read: Callable[[str, tuple], torch.Tensor],

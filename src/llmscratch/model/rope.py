@@ -1,4 +1,4 @@
-"""Rotary position embeddings (RoPE), with Llama 3's frequency scaling.
+"""Rotary position embeddings (RoPE), with Llama 3's, YaRN's and linear frequency scaling.
 
 Legend: B batch, H heads, T tokens, Dh head width, P = Dh / 2 rotated pairs.
 
@@ -27,12 +27,24 @@ import torch
 from llmscratch.model.config import ModelConfig
 
 
-def rope_frequencies(config: ModelConfig, device: torch.device | str | None = None) -> torch.Tensor:
-    """Rotation frequency of each feature pair, in radians per token: (P,) float32."""
+def rope_frequencies(config: ModelConfig, device: torch.device | str | None = None,
+                     local: bool = False) -> torch.Tensor:
+    """Rotation frequency of each feature pair, in radians per token: (P,) float32.
+
+    `local`: for a local layer, which uses `rope_local_theta` unscaled when it is set.
+    """
+    own_base = local and config.rope_local_theta > 0
+    theta = config.rope_local_theta if own_base else config.rope_theta
     exponents = torch.arange(0, config.head_dim, 2, device=device, dtype=torch.float32)  # (P,)
-    freqs = 1.0 / config.rope_theta ** (exponents / config.head_dim)  # (P,)
+    freqs = 1.0 / theta ** (exponents / config.head_dim)  # (P,)
+    if own_base:
+        return freqs
     if config.rope_scaling == "llama3":
         freqs = llama3_scaled(freqs, config)
+    elif config.rope_scaling == "yarn":
+        freqs = yarn_scaled(freqs, config)
+    elif config.rope_scaling == "linear":  # positions divided by the factor (Chen et al., 2023)
+        freqs = freqs / config.rope_factor
     return freqs
 
 
@@ -61,10 +73,43 @@ def llama3_scaled(freqs: torch.Tensor, config: ModelConfig) -> torch.Tensor:
     return keep * freqs + (1 - keep) * freqs / c.rope_factor
 
 
-def rope_angles(positions: torch.Tensor, freqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def yarn_scaled(freqs: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """YaRN's frequency scaling (Peng et al., 2023, "YaRN"; Olmo 3's global layers).
+
+    Like llama3's, with the same two thresholds counted in turns within the
+    original context L: pairs that turn more than `rope_high_freq_factor`
+    times (YaRN's beta_fast) are kept, pairs that turn fewer than
+    `rope_low_freq_factor` times (beta_slow) are slowed by `rope_factor`. In
+    between, the blend is linear in the pair index p rather than in turns.
+    Pair p turns L / (2 pi theta^(2p/Dh)) times; solved for p, rounded outwards.
+    """
+    c = config
+
+    def pair_turning(times: float) -> float:  # the (fractional) p that turns `times` times in L
+        turns = math.log(c.rope_original_context / (times * 2 * math.pi))
+        return c.head_dim * turns / (2 * math.log(c.rope_theta))
+
+    low = max(math.floor(pair_turning(c.rope_high_freq_factor)), 0)
+    high = min(math.ceil(pair_turning(c.rope_low_freq_factor)), c.head_dim - 1)
+    pairs = torch.arange(freqs.numel(), device=freqs.device, dtype=torch.float32)  # (P,)
+    slow = ((pairs - low) / max(high - low, 1e-3)).clamp(0.0, 1.0)  # (P,) 1 = slowed
+    return slow * freqs / c.rope_factor + (1 - slow) * freqs
+
+
+def rope_gain(config: ModelConfig, local: bool = False) -> float:
+    """What cos and sin are multiplied by: YaRN's `rope_attention_factor` (which sharpens
+    attention, scores growing by its square) in the layers it scales, else 1."""
+    if config.rope_scaling != "yarn" or (local and config.rope_local_theta > 0):
+        return 1.0
+    return config.rope_attention_factor
+
+
+def rope_angles(positions: torch.Tensor, freqs: torch.Tensor, gain: float = 1.0
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of every rotation angle, laid out to match the features.
 
-    positions: (T,) or (B, T) integer positions; freqs: (P,).
+    positions: (T,) or (B, T) integer positions; freqs: (P,); `gain` scales both
+    (YaRN, see `rope_gain`).
     Returns cos, sin: (T, Dh), or (B, 1, T, Dh) for per-row positions (padding),
     ready to broadcast against q and k of shape (B, H, T, Dh).
     """
@@ -72,6 +117,8 @@ def rope_angles(positions: torch.Tensor, freqs: torch.Tensor) -> tuple[torch.Ten
     angles = torch.cat([angles, angles], dim=-1)  # (..., T, Dh): pair p and p + P share an angle
     if angles.dim() == 3:
         angles = angles.unsqueeze(1)  # (B, 1, T, Dh): one angle for every head
+    if gain != 1.0:
+        return angles.cos() * gain, angles.sin() * gain
     return angles.cos(), angles.sin()
 
 

@@ -1,12 +1,15 @@
-"""The decoder-only transformer, top to bottom: GPT-2, Llama 3, Qwen3 and Qwen3-MoE.
+"""The decoder-only transformer, top to bottom: GPT-2, Llama 3, Qwen3(-MoE), Gemma 3, Olmo 3.
 
 Legend: B batch, T tokens, S keys (cached + T), D width (n_embd), V vocabulary,
 F MLP width.
 
     token ids (B, T)
-      -> token embedding (+ learned position embedding, GPT-2)  (B, T, D)
+      -> token embedding (+ learned position embedding, GPT-2;  (B, T, D)
+         x sqrt(D), Gemma)
       -> n_layer x Block:  x = x + attn(norm_1(x))              pre-norm residual
-                           x = x + mlp(norm_2(x))
+                           x = x + mlp(norm_2(x))               (Gemma: a norm also
+                                                                after attn and mlp;
+                                                                Olmo: only after)
       -> final norm                                             (B, T, D) hidden states
       -> a head: the output layer (optionally tied to the
          token embedding) gives next-token logits               (B, T, V)
@@ -25,8 +28,10 @@ model's forward; the heads then read the output layer's weight.
 
 The config's switches choose the parts (docs/families.md shows each switch):
 `positions` learned table or RoPE inside attention; `norm` LayerNorm or
-RMSNorm; `mlp` GELU, SwiGLU or Mixture of Experts; `n_kv_head`, `qk_norm`,
-`sliding_window` shape the attention.
+RMSNorm, and `norm_placement` where it sits; `mlp` GELU, SwiGLU, GeGLU or
+Mixture of Experts; `n_kv_head`, `qk_norm`, `attn_scalar` shape the
+attention; `sliding_window` and `sliding_window_pattern` say which layers
+are local (they see only the latest tokens) and which global.
 
 `forward` is only the math, in whatever dtype it is given: mixed precision,
 `torch.compile` and parallelism are applied from outside (training/).
@@ -48,7 +53,7 @@ from llmscratch.model.heads import SequenceHead, linear_cross_entropy, linear_lo
 from llmscratch.model.kv_cache import KVCache
 from llmscratch.model.moe import MoE
 from llmscratch.model.norms import RMSNorm, make_norm
-from llmscratch.model.rope import rope_angles, rope_frequencies
+from llmscratch.model.rope import rope_angles, rope_frequencies, rope_gain
 
 
 class MLP(nn.Module):
@@ -79,23 +84,47 @@ class SwiGLU(nn.Module):
         self.proj = nn.Linear(config.mlp_dim, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
 
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = F.silu(self.gate(x)) * self.up(x)  # (B, T, F)
+        hidden = self.activation(self.gate(x)) * self.up(x)  # (B, T, F)
         return F.dropout(self.proj(hidden), self.dropout, self.training)  # (B, T, D)
 
 
-MLPS = {"gelu": MLP, "swiglu": SwiGLU, "moe": MoE}
+class GeGLU(SwiGLU):
+    """Gemma's feed-forward: SwiGLU with the tanh GELU as the gate's activation."""
+
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x, approximate="tanh")
+
+
+MLPS = {"gelu": MLP, "swiglu": SwiGLU, "geglu": GeGLU, "moe": MoE}
 
 
 class Block(nn.Module):
-    """One transformer block: attention then MLP, each as a pre-norm residual branch."""
+    """One transformer block: attention then MLP, each a residual branch with its norms.
+
+    Where the norms sit (`norm_placement`), for each sub-layer f:
+
+        pre       x + f(ln(x))              GPT-2, Llama, Qwen
+        sandwich  x + post_ln(f(ln(x)))     Gemma 2 and 3
+        post      x + post_ln(f(x))         Olmo 2 and 3
+
+    A norm a placement does not use is the identity (and holds no weights).
+    """
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
-        self.ln_1 = make_norm(config, config.n_embd)
+        D = config.n_embd
+        pre = config.norm_placement in ("pre", "sandwich")
+        post = config.norm_placement in ("sandwich", "post")
+        self.ln_1 = make_norm(config, D) if pre else nn.Identity()
         self.attn = CausalSelfAttention(config, layer_idx)
-        self.ln_2 = make_norm(config, config.n_embd)
+        self.post_ln_1 = make_norm(config, D) if post else nn.Identity()
+        self.ln_2 = make_norm(config, D) if pre else nn.Identity()
         self.mlp = MLPS[config.mlp](config)
+        self.post_ln_2 = make_norm(config, D) if post else nn.Identity()
 
     def forward(
         self,
@@ -104,8 +133,8 @@ class Block(nn.Module):
         cache: KVCache | None = None,
         visible: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), rope, cache, visible)  # (B, T, D)
-        x = x + self.mlp(self.ln_2(x))  # (B, T, D)
+        x = x + self.post_ln_1(self.attn(self.ln_1(x), rope, cache, visible))  # (B, T, D)
+        x = x + self.post_ln_2(self.mlp(self.ln_2(x)))  # (B, T, D)
         return x
 
 
@@ -199,6 +228,7 @@ class GPT(nn.Module):
         |   mlp.proj, experts' proj)              |                           |
         | biases                                  | 0                         |
         | LayerNorm / RMSNorm weight, bias        | 1 / 0                     |
+        | zero-centred RMSNorm weight (1 + w)     | 0                         |
 
         Each of the 2 L residual branches adds to the stream; shrinking their
         output projections keeps the stream's variance from growing with depth
@@ -218,6 +248,8 @@ class GPT(nn.Module):
                 nn.init.normal_(module.proj, mean=0.0, std=residual_std)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            elif isinstance(module, RMSNorm) and module.zero_centred:
+                nn.init.zeros_(module.weight)  # a gain of 1 + 0
             elif isinstance(module, (nn.LayerNorm, RMSNorm)):
                 nn.init.ones_(module.weight)
                 if getattr(module, "bias", None) is not None:
@@ -260,18 +292,26 @@ class GPT(nn.Module):
             positions = segment_positions(attention_mask)[:, start:]  # (B, T)
 
         x = self.tok_emb(input_ids)  # (B, T, D)
+        if c.scale_embeddings:  # Gemma: sqrt(D) in fp32, then rounded to x's dtype as theirs is
+            x = x * torch.tensor(math.sqrt(c.n_embd)).to(x.dtype)
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)  # (B, T, D)
-        rope = None
-        if c.positions == "rope":
-            rope = rope_angles(positions, rope_frequencies(c, device))  # 2 x (T, Dh) or (B,1,T,Dh)
-        # Plain causal attention needs no mask tensor (the fused kernel makes its own).
-        visible = None
-        if attention_mask is not None or c.sliding_window:
-            visible = visible_keys(T, S, device, c.sliding_window, attention_mask)
+        # What attention needs, once per kind of layer (local: through the sliding window).
+        rope, visible = {}, {}
+        for local in {c.layer_is_local(i) for i in range(c.n_layer)}:
+            rope[local] = None
+            if c.positions == "rope":
+                freqs = rope_frequencies(c, device, local)
+                rope[local] = rope_angles(positions, freqs, rope_gain(c, local))  # 2 x (T, Dh)
+            # Plain causal attention needs no mask tensor (the fused kernel makes its own).
+            window = c.sliding_window if local else 0
+            visible[local] = None
+            if attention_mask is not None or window:
+                visible[local] = visible_keys(T, S, device, window, attention_mask)
         x = F.dropout(x, c.dropout, self.training)
-        for block in self.blocks:
-            x = block(x, rope, cache, visible)  # (B, T, D)
+        for i, block in enumerate(self.blocks):
+            local = c.layer_is_local(i)
+            x = block(x, rope[local], cache, visible[local])  # (B, T, D)
         if cache is not None:
             cache.advance(T)
         return self.ln_f(x)  # (B, T, D)
@@ -343,14 +383,16 @@ class GPT(nn.Module):
 
         Every weight is one multiply-add (2 FLOPs) per token; attention scores
         and the weighted sum cost 2 T' H Dh each, where T' is the number of
-        keys a token reads: T, or the sliding window. With H Dh = D this is
+        keys a token reads: T, or the sliding window in a local layer (the
+        formula's L T' is summed over layers). With H Dh = D this is
         6 N + 12 L T D for training (Kaplan et al., 2020, appendix; PaLM,
         Chowdhery et al., 2022, appendix B).
         """
         c = self.config
-        keys = seq_len or c.context_length
-        if c.sliding_window:
-            keys = min(keys, c.sliding_window)
+        T = seq_len or c.context_length
+        # Keys read per layer, summed over layers: T, or the window in local layers.
+        keys = sum(min(T, c.sliding_window) if c.layer_is_local(i) else T
+                   for i in range(c.n_layer))
         # Every weight is used in a matmul except the embedding lookups; a tied
         # token embedding is still used once, as the output layer.
         n_matmul = self.num_params(active=True)
@@ -358,5 +400,5 @@ class GPT(nn.Module):
             n_matmul -= self.pos_emb.weight.numel()
         if not c.tie_embeddings:
             n_matmul -= self.tok_emb.weight.numel()
-        forward = 2 * n_matmul + 4 * c.n_layer * keys * c.n_head * c.head_dim
+        forward = 2 * n_matmul + 4 * keys * c.n_head * c.head_dim
         return 3 * forward if training else forward

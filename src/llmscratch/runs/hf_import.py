@@ -32,7 +32,7 @@ from llmscratch.errors import LLMScratchError
 from llmscratch.io import read_json
 from llmscratch.model.config import DTYPES, ModelConfig
 from llmscratch.model.hf_config import config_from_hf
-from llmscratch.model.hf_weights import model_from_hf
+from llmscratch.model.hf_weights import model_from_hf, text_model_names
 from llmscratch.model.transformer import GPT
 from llmscratch.runs.checkpoint import save_weights
 from llmscratch.runs.config import RunConfig
@@ -127,7 +127,9 @@ def load_hf_model(folder: str | os.PathLike, dtype: str | None = None) -> GPT:
     weights = SafetensorsFolder(folder)
     stored = weights.dtype_of(next(iter(weights.shard_of)))
     config = replace(config, dtype=dtype or ("bf16" if stored == "BF16" else "fp32"))
-    return model_from_hf(config, weights.read, weights.shard_of)
+    names = text_model_names(weights.shard_of)  # a multimodal model's text model
+    return model_from_hf(config, lambda name, shape: weights.read(names.get(name, name), shape),
+                         names)
 
 
 def generation_settings(folder: Path, tokenizer: Tokenizer) -> GenerationSettings:
