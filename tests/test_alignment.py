@@ -85,18 +85,24 @@ def test_dpo_and_ipo_losses_by_hand():
     assert ipo.tolist() == pytest.approx([(1.5 - 5) ** 2, (-0.5 - 5) ** 2])
 
 
+def two_padded_pairs(references):
+    """Two preference pairs whose prompts and responses differ in length (so the batch is
+    padded), their reference log-probabilities set from `references`, and their batch."""
+    pairs = [(reply_example([5, 6, 7], [8, 9]), reply_example([5, 6, 7], [10, 11, 12, 13])),
+             (reply_example([20, 21], [22, 23, 24]), reply_example([20, 21], [25]))]
+    for (chosen, rejected), (ref_c, ref_r) in zip(pairs, references, strict=True):
+        chosen.reference_logp, rejected.reference_logp = ref_c, ref_r
+    return pairs, PairBatches(pairs, batch_size=2, seed=0).next_batch()
+
+
 @pytest.mark.parametrize("rpo_alpha", [0.0, 0.5])
 def test_dpo_objective_is_the_formula_on_the_responses_log_probs(rpo_alpha):
     """Padded pairs of different lengths: the objective's loss equals the DPO formula on
     log-probabilities summed by hand over each response's tokens, from the full logits
     (with RPO: plus alpha times the chosen response's mean negative log-likelihood)."""
     model = tiny_model()
-    pairs = [(reply_example([5, 6, 7], [8, 9]), reply_example([5, 6, 7], [10, 11, 12, 13])),
-             (reply_example([20, 21], [22, 23, 24]), reply_example([20, 21], [25]))]
     references = [(-9.0, -11.0), (-7.5, -3.0)]
-    for (chosen, rejected), (ref_c, ref_r) in zip(pairs, references, strict=True):
-        chosen.reference_logp, rejected.reference_logp = ref_c, ref_r
-    batch = PairBatches(pairs, batch_size=2, seed=0).next_batch()
+    pairs, batch = two_padded_pairs(references)
     out = DirectPreference(torch.device("cpu"), beta=0.5, rpo_alpha=rpo_alpha)(model, batch)
     expected, right = 0.0, 0
     with torch.no_grad():
@@ -117,12 +123,8 @@ def test_ipo_objective_is_the_formula_on_mean_log_probs():
     are stored as means): loss = sum over pairs of ((c - ref_c) - (r - ref_r) - 1/(2 beta))^2
     with c, r the policy's mean log-probabilities of the chosen and rejected responses."""
     model = tiny_model()
-    pairs = [(reply_example([5, 6, 7], [8, 9]), reply_example([5, 6, 7], [10, 11, 12, 13])),
-             (reply_example([20, 21], [22, 23, 24]), reply_example([20, 21], [25]))]
     references = [(-6.5, -7.0), (-5.0, -6.5)]
-    for (chosen, rejected), (ref_c, ref_r) in zip(pairs, references, strict=True):
-        chosen.reference_logp, rejected.reference_logp = ref_c, ref_r
-    batch = PairBatches(pairs, batch_size=2, seed=0).next_batch()
+    pairs, batch = two_padded_pairs(references)
     out = DirectPreference(torch.device("cpu"), beta=0.25, loss="ipo")(model, batch)
     expected = 0.0
     with torch.no_grad():

@@ -437,12 +437,7 @@ class Run:
         except OSError as err:
             raise LLMScratchError(f"cannot lock run {self.path}: {err.strerror}") from None
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as err:
-                if err.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                raise LLMScratchError(self._in_use_message()) from None
+            self._flock_or_fail(fd, fcntl.LOCK_EX)
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
             yield
@@ -463,13 +458,19 @@ class Run:
         except OSError as err:
             raise LLMScratchError(f"cannot lock run {self.path}: {err.strerror}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            self._flock_or_fail(fd, fcntl.LOCK_SH)
+        finally:
+            os.close(fd)
+
+    def _flock_or_fail(self, fd: int, kind: int) -> None:
+        """Take lock `kind` (fcntl.LOCK_EX or LOCK_SH) on `fd` without waiting; if another
+        process holds the run, fail with a message naming it."""
+        try:
+            fcntl.flock(fd, kind | fcntl.LOCK_NB)
         except OSError as err:
             if err.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
             raise LLMScratchError(self._in_use_message()) from None
-        finally:
-            os.close(fd)
 
     def _in_use_message(self) -> str:
         try:
