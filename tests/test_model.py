@@ -1,6 +1,7 @@
 """The GPT-2 model: attention paths agree, causality, initial loss, learning, KV cache."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -284,3 +285,16 @@ def test_sampling_never_picks_ids_past_the_tokenizers_vocabulary():
     cfg = SamplingConfig(max_new_tokens=60, temperature=2.0, seed=3)
     assert max(generate(model, [5, 6], cfg)) >= 300  # without the limit they do come up
     assert max(generate(model, [5, 6], cfg, vocab_size=300)) < 300
+
+
+def test_relu_squared_mlp_is_relu_of_the_first_projection_squared_then_the_second():
+    """mlp="relu2" (the speedrun's MLP): proj(relu(fc(x))^2), written out by hand. It would catch
+    the activation left as GELU, squared before the ReLU (negative inputs then count), or applied
+    after the output projection."""
+    config = replace(get_preset("gpt2-tiny"), mlp="relu2")
+    mlp = GPT(config).blocks[0].mlp
+    x = torch.randn(2, 3, config.n_embd)
+    fc = x @ mlp.fc.weight.T + mlp.fc.bias
+    hidden = torch.where(fc > 0, fc * fc, torch.zeros_like(fc))
+    expected = hidden @ mlp.proj.weight.T + mlp.proj.bias
+    torch.testing.assert_close(mlp(x), expected)

@@ -96,7 +96,8 @@ class ModelConfig:
         norm_zero_centred: RMSNorm gains stored as w and applied as 1 + w, w
             starting at 0 (Gemma).
         scale_embeddings: multiply the token embeddings by sqrt(n_embd) (Gemma).
-        mlp: "gelu" (GPT-2), "swiglu" (Llama, Qwen, Olmo), "geglu" (Gemma: the
+        mlp: "gelu" (GPT-2), "relu2" (GPT-2's shape with relu(x)^2,
+            Primer), "swiglu" (Llama, Qwen, Olmo), "geglu" (Gemma: the
             gate through tanh GELU) or "moe" (Qwen3-MoE: a router and n_expert
             SwiGLU experts; see moe.py).
         n_expert: experts per MoE layer (0 unless mlp is "moe").
@@ -193,7 +194,7 @@ class ModelConfig:
         _check_choice("rope_scaling", self.rope_scaling, ("none", "llama3", "yarn", "linear"))
         _check_choice("norm", self.norm, ("layernorm", "rmsnorm"))
         _check_choice("norm_placement", self.norm_placement, ("pre", "sandwich", "post"))
-        _check_choice("mlp", self.mlp, ("gelu", "swiglu", "geglu", "moe"))
+        _check_choice("mlp", self.mlp, ("gelu", "relu2", "swiglu", "geglu", "moe"))
         _check_choice("qk_norm_scope", self.qk_norm_scope, ("head", "all"))
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("attn_impl", self.attn_impl, ("auto", "sdpa", "explicit"))

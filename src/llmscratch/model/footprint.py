@@ -52,7 +52,7 @@ def footprint(config: ModelConfig, batch: int = 1, seq: int = 0, dtype: str = ""
     non_embedding = model.num_params(non_embedding=True)
     active = model.num_params(active=True)
 
-    if c.mlp == "gelu":
+    if c.mlp in ("gelu", "relu2"):
         mlp = 2 * c.mlp_dim
     elif c.mlp in ("swiglu", "geglu"):
         mlp = 4 * c.mlp_dim

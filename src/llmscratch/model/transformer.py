@@ -65,9 +65,20 @@ class MLP(nn.Module):
         self.proj = nn.Linear(config.mlp_dim, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
 
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x, approximate="tanh")  # GPT-2's tanh GELU
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = F.gelu(self.fc(x), approximate="tanh")  # (B, T, F); GPT-2's tanh GELU
+        hidden = self.activation(self.fc(x))  # (B, T, F)
         return F.dropout(self.proj(hidden), self.dropout, self.training)  # (B, T, D)
+
+
+class ReLUSquared(MLP):
+    """The same shape with relu(x)^2 for GELU (So et al., 2021, "Primer"; the modded-nanogpt
+    speedrun's MLP): as cheap as ReLU, and it learned faster than GELU in their runs."""
+
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
 
 
 class SwiGLU(nn.Module):
@@ -99,7 +110,7 @@ class GeGLU(SwiGLU):
         return F.gelu(x, approximate="tanh")
 
 
-MLPS = {"gelu": MLP, "swiglu": SwiGLU, "geglu": GeGLU, "moe": MoE}
+MLPS = {"gelu": MLP, "relu2": ReLUSquared, "swiglu": SwiGLU, "geglu": GeGLU, "moe": MoE}
 
 
 class Block(nn.Module):
