@@ -20,7 +20,8 @@ even for a 30B model. Memory is estimated from them and from the shapes:
                   per_layer = 4 D + (2 H + 3 Hkv) Dh + mlp (+ 2 D for
                   sandwich norms), where mlp is 2 F (GELU), 4 F (SwiGLU,
                   GeGLU) or K (D + 4 F) + E (MoE)
-    KV cache      2 L B T Hkv Dh x bytes (inference)
+    KV cache      2 L B T Hkv Dh x bytes (inference; attention sinks, gpt-oss's,
+                  are weights, not cached)
 
 Training needs weights + gradients + optimizer + activations; inference
 needs weights + KV cache. Activations are an estimate (within tens of
@@ -96,9 +97,13 @@ def describe(c: ModelConfig) -> str:
     """One line naming the architecture's parts."""
     attention = f"{c.n_head} heads of width {c.head_dim} ({c.attention_kind}"
     attention += f", {c.kv_heads} kv heads)" if c.kv_heads != c.n_head else ")"
+    if c.attn_sinks:
+        attention += " with sinks"
     mlp = f"{c.mlp} MLP of width {c.mlp_dim}"
     if c.mlp == "moe":
         mlp = f"MoE of {c.n_expert} experts ({c.n_expert_active} active) of width {c.mlp_dim}"
+        if c.swiglu_limit:
+            mlp += f", clamped SwiGLU (limit {c.swiglu_limit:g})"
     positions = "learned positions" if c.positions == "learned" else f"RoPE theta {c.rope_theta:g}"
     if c.rope_scaling != "none":
         positions += f" ({c.rope_scaling} scaling x{c.rope_factor:g})"
