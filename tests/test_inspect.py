@@ -97,3 +97,4 @@ def test_gpt_oss_reports_its_active_experts_window_and_cache(capsys):
     assert report["memory_bytes"]["kv_cache"] == 24 * 2 * 8192 * 8 * 64 * 2
     assert "with sinks" in report["architecture"]
     assert "clamped SwiGLU (limit 7)" in report["architecture"]
+    assert "local (window 128) and global layers alternating" in report["architecture"]

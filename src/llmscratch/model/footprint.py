@@ -114,7 +114,9 @@ def describe(c: ModelConfig) -> str:
              f"vocabulary {c.vocab_size}", f"context {c.context_length}"]
     if c.qk_norm:
         parts.append("QK-norm" if c.qk_norm_scope == "head" else "QK-norm over all heads")
-    if c.sliding_window_pattern:
+    if c.sliding_window_pattern == 2:  # gpt-oss
+        parts.append(f"local (window {c.sliding_window}) and global layers alternating")
+    elif c.sliding_window_pattern:
         P = c.sliding_window_pattern
         parts.append(f"{P - 1} local layers (window {c.sliding_window}) to 1 global")
     elif c.sliding_window:
