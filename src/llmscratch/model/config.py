@@ -31,6 +31,12 @@ Local layers rotate with RoPE base `rope_local_theta`, unscaled (0: exactly
 like the global layers); `rope_scaling` stretches the global layers, which
 are the ones that see far.
 
+gpt-oss is Qwen3-MoE's switches with `bias` on (attention, router and
+experts), no QK-norm, local and global layers alternating (pattern 2, window
+128), YaRN on every layer with unrounded bounds (`rope_yarn_truncate` off),
+and two parts of its own: `attn_sinks` (sinks.py) and the experts' clamped
+SwiGLU (`swiglu_limit`, moe.py).
+
 Sizes that are usually derived have a 0 default meaning "derive it", read
 through a property: `n_kv_head` -> `kv_heads`, `head_size` -> `head_dim`,
 `mlp_hidden` -> `mlp_dim`. Presets are looked up by exact name.
