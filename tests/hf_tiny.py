@@ -6,7 +6,9 @@ sequences, so the scaling matters), Qwen3's head width independent of the
 width and its tied embeddings, Qwen3-MoE's renormalised top-k routing, and
 Gemma 3's and Olmo 3's local and global layers (a window of 8, shorter than
 the test sequences; the last layer after a global one is local again), each
-kind with its own RoPE, Gemma's linear scaling and its query scale, Olmo's YaRN.
+kind with its own RoPE, Gemma's linear scaling and its query scale, Olmo's YaRN;
+and gpt-oss's alternating layers (local, global, local) under one unrounded YaRN,
+with sinks, biases, and experts whose SwiGLU clamp (1.0 here, not 7) is reached.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import torch
 from llmscratch.tokenizer import Tokenizer, train_bpe
 from llmscratch.tokenizer.hf_json import save_hf_tokenizer
 
-FAMILIES = ["gpt2", "llama", "qwen3", "qwen3_moe", "gemma3_text", "olmo3"]
-LAYER_TYPED = ["gemma3_text", "olmo3"]  # local and global layers
+FAMILIES = ["gpt2", "llama", "qwen3", "qwen3_moe", "gemma3_text", "olmo3", "gpt_oss"]
+LAYER_TYPED = ["gemma3_text", "olmo3", "gpt_oss"]  # local and global layers
 VOCAB = 320
 SPECIALS = {
     "gpt2": ("<|endoftext|>",),
@@ -30,6 +32,7 @@ SPECIALS = {
     "qwen3_moe": ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
     "gemma3_text": ("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"),
     "olmo3": ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+    "gpt_oss": ("<|endoftext|>", "<|start|>", "<|end|>"),
 }
 TEXT = (
     "First Citizen: Before we proceed any further, hear me speak.\n"
@@ -44,6 +47,7 @@ def hf_config(family: str, **overrides):
     from transformers import (
         Gemma3TextConfig,
         GPT2Config,
+        GptOssConfig,
         LlamaConfig,
         Olmo3Config,
         Qwen3Config,
@@ -79,6 +83,13 @@ def hf_config(family: str, **overrides):
                                    "original_max_position_embeddings": 16},
                 "sliding_attention": {"rope_type": "default", "rope_theta": 500000.0}}
         return Olmo3Config(**{**layered, "rope_parameters": rope, **overrides})
+    if family == "gpt_oss":  # layer_types left to its default: local and global alternate
+        rope = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0, "beta_fast": 32.0,
+                "beta_slow": 1.0, "truncate": False, "original_max_position_embeddings": 16}
+        return GptOssConfig(**{**common, "num_hidden_layers": 3, "sliding_window": 8,
+                               "head_dim": 16, "intermediate_size": 16, "num_local_experts": 8,
+                               "num_experts_per_tok": 2, "swiglu_limit": 1.0,
+                               "rope_parameters": rope, **overrides})
     return Qwen3MoeConfig(**{**common, "moe_intermediate_size": 16, "head_dim": 16,
                              "num_experts": 8, "num_experts_per_tok": 2, "norm_topk_prob": True,
                              **overrides})

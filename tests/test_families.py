@@ -16,7 +16,7 @@ from llmscratch.model import GPT, get_preset
 from llmscratch.model.rope import apply_rope, rope_angles, rope_frequencies, rope_gain
 
 TINY = ["gpt2-tiny", "llama-3-tiny", "qwen3-tiny", "qwen3-moe-tiny", "gemma3-tiny",
-        "olmo3-tiny"]
+        "olmo3-tiny", "gpt-oss-tiny"]
 # Parameter counts of the released checkpoints (the Hugging Face model cards
 # round them: 124M, 1.24B, 3.21B, 8.03B, 0.6B, 1.7B, 4.0B, 8.2B, 30.5B).
 RELEASED = {
@@ -61,7 +61,7 @@ def test_preset_parameter_counts_equal_transformers(preset):
 # vision encoder), to the percent.
 ROUNDED = {"gemma-3-270m": 268e6, "gemma-3-1b": 1.0e9, "gemma-3-4b": 3.88e9,
            "gemma-3-12b": 11.77e9, "gemma-3-27b": 27.0e9, "olmo-3-7b": 7.3e9,
-           "olmo-3-32b": 32.2e9}
+           "olmo-3-32b": 32.2e9, "gpt-oss-20b": 20.9e9, "gpt-oss-120b": 116.8e9}
 
 
 @pytest.mark.parametrize("preset", list(ROUNDED))
@@ -177,6 +177,55 @@ def test_moe_equals_a_dense_run_of_every_expert():
         torch.testing.assert_close(moe(x), dense, atol=1e-5, rtol=1e-5)
 
 
+def test_gpt_oss_moe_equals_a_dense_run_of_every_expert_with_its_clamped_swiglu():
+    """gpt-oss's router (with a bias) softmaxes only the top-k logits; its experts (with
+    biases) apply (clamp(up, +-L) + 1) * g sigmoid(alpha g), g = min(gate, L), by hand."""
+    torch.manual_seed(0)
+    config = get_preset("gpt-oss-tiny", swiglu_limit=0.5)
+    moe = GPT(config).blocks[0].mlp
+    with torch.no_grad():
+        for bias in (moe.router.bias, moe.gate_bias, moe.up_bias, moe.proj_bias):
+            bias.normal_(0.0, 0.3)
+    x = torch.randn(3, 11, config.n_embd) * 10  # large enough that the clamps bite
+    logits = x @ moe.router.weight.T + moe.router.bias  # (B, T, E)
+    top = logits.topk(config.n_expert_active, dim=-1)
+    weights = torch.zeros_like(logits).scatter(-1, top.indices, top.values.softmax(-1))
+    L, alpha = config.swiglu_limit, config.swiglu_alpha
+    every = []
+    for e in range(config.n_expert):
+        gate = (x @ moe.gate[e].T + moe.gate_bias[e]).clamp(max=L)
+        up = (x @ moe.up[e].T + moe.up_bias[e]).clamp(-L, L)
+        assert (gate == L).any() and (up == -L).any()
+        hidden = (up + 1) * gate * torch.sigmoid(alpha * gate)
+        every.append(hidden @ moe.proj[e].T + moe.proj_bias[e])
+    dense = (weights.unsqueeze(-1) * torch.stack(every, dim=-2)).sum(dim=-2)  # (B, T, D)
+    torch.testing.assert_close(moe(x), dense, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "explicit"])
+def test_attention_sinks_join_the_softmax_denominator(impl):
+    """weight_ij = exp(score_ij) / (exp(sink_h) + sum_k exp(score_ik)), by hand, whichever
+    path is asked for; and a sink that takes nearly everything silences its head."""
+    torch.manual_seed(0)
+    config = get_preset("gpt-oss-tiny", attn_impl=impl, n_layer=1)
+    attn = GPT(config).blocks[0].attn
+    with torch.no_grad():
+        attn.sinks.copy_(torch.tensor([-1.0, 0.5, 2.0, 30.0]))
+    B, T, H, Dh = 2, 6, config.n_head, config.head_dim
+    x = torch.randn(B, T, config.n_embd)
+    q, k, v = attn.qkv(x).split(attn.split_sizes, dim=-1)
+    q = q.view(B, T, H, Dh).transpose(1, 2)
+    k = k.view(B, T, 2, Dh).transpose(1, 2).repeat_interleave(2, dim=1)
+    v = v.view(B, T, 2, Dh).transpose(1, 2).repeat_interleave(2, dim=1)
+    scores = (q @ k.transpose(-2, -1) / math.sqrt(Dh)).exp()  # (B, H, T, T)
+    scores = scores * torch.ones(T, T).tril()  # causal
+    weights = scores / (attn.sinks.exp().view(1, H, 1, 1) + scores.sum(-1, keepdim=True))
+    context = (weights @ v).transpose(1, 2).reshape(B, T, H * Dh)
+    expected = attn.proj(context)
+    torch.testing.assert_close(attn(x), expected, atol=1e-5, rtol=1e-5)
+    assert context[:, :, 3 * Dh:].abs().max() < 1e-6  # the last head gave all to its sink
+
+
 def test_rope_scores_depend_only_on_distance():
     config = get_preset("llama-3-tiny")
     freqs = rope_frequencies(config)
@@ -242,6 +291,8 @@ def test_kv_cache_stores_only_the_kv_heads():
     ({"sliding_window_pattern": 6}, "sliding_window_pattern"),  # and no window
     ({"rope_scaling": "ntk"}, "rope_scaling"),
     ({"rope_attention_factor": 0.0}, "rope_attention_factor"),
+    ({"swiglu_limit": 7.0}, "swiglu_limit"),  # a dense MLP: the clamp is for experts
+    ({"rope_yarn_truncate": False}, "rope_yarn_truncate"),  # and no YaRN
 ])
 def test_bad_configs_name_the_field_and_value(overrides, field):
     with pytest.raises(LLMScratchError, match=rf"model\.{field}=") as err:

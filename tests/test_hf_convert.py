@@ -23,6 +23,7 @@ from llmscratch.generation.engine import Engine
 from llmscratch.generation.sampling import SamplingConfig, generate
 from llmscratch.model import get_preset
 from llmscratch.model.hf_config import config_from_hf, family_of
+from llmscratch.model.rope import rope_frequencies, rope_gain
 from llmscratch.runs import load as load_module
 from llmscratch.runs.hf_import import load_hf_model
 from llmscratch.runs.load import load_for_inference
@@ -153,13 +154,15 @@ def mean_loss(logits: torch.Tensor, ids: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("family", LAYER_TYPED)
 def test_local_and_global_layers_match_transformers(folders, family, tmp_path):
-    """Gemma 3 and Olmo 3: local layers (a window of 8) and global ones, each kind with its
-    own RoPE, on sequences longer than the window: the same loss (1e-4), the same 64 greedy
-    tokens through our KV cache and through the engine, and an export with the same loss."""
+    """Gemma 3, Olmo 3 and gpt-oss: local layers (a window of 8) and global ones, each kind
+    with its own RoPE (gpt-oss: one for both), on sequences longer than the window: the same
+    loss (1e-4), the same 64 greedy tokens through our KV cache and through the engine, and
+    an export with the same loss."""
     hf, folder, run = folders[family]
     ours = load_hf_model(folder)
     c = ours.config
-    assert [c.layer_is_local(i) for i in range(c.n_layer)] == [True, True, False, True]
+    kinds = [True, False, True] if family == "gpt_oss" else [True, True, False, True]
+    assert [c.layer_is_local(i) for i in range(c.n_layer)] == kinds
     ids = torch.randint(0, VOCAB, (2, 48))
     with torch.no_grad():
         expected = mean_loss(hf(ids).logits, ids)
@@ -286,6 +289,54 @@ def test_the_text_model_of_a_multimodal_gemma3_is_imported(tmp_path):
     save_file(tensors, str(old / "model.safetensors"))
     with torch.no_grad():
         assert max_diff(logits(load_hf_model(old), ids), expected) <= TOLERANCE
+
+
+# gpt-oss-20b's config.json as released: its experts in MXFP4.
+GPT_OSS_20B = {
+    "architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss", "attention_bias": True,
+    "head_dim": 64, "hidden_act": "silu", "hidden_size": 2880, "intermediate_size": 2880,
+    "layer_types": ["sliding_attention", "full_attention"] * 12,
+    "max_position_embeddings": 131072, "num_attention_heads": 64, "num_experts_per_tok": 4,
+    "num_hidden_layers": 24, "num_key_value_heads": 8, "num_local_experts": 32,
+    "quantization_config": {"modules_to_not_convert": ["model.layers.*.self_attn"],
+                            "quant_method": "mxfp4"},
+    "rms_norm_eps": 1e-05, "rope_theta": 150000,
+    "rope_scaling": {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0,
+                     "original_max_position_embeddings": 4096, "rope_type": "yarn",
+                     "truncate": False},
+    "sliding_window": 128, "swiglu_limit": 7.0, "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16", "vocab_size": 201088,
+}
+
+
+def test_gpt_oss_20b_reads_as_its_preset_and_its_mxfp4_experts_are_refused(folders, tmp_path,
+                                                                          capsys):
+    """Saved in bf16 (no quantization_config), the file is our gpt-oss-20b preset, whose YaRN
+    (bounds unrounded) is transformers'; as released, one line names the quantization."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    bf16 = {k: v for k, v in GPT_OSS_20B.items() if k != "quantization_config"}
+    config = config_from_hf(bf16)
+    explicit = {"n_kv_head": config.kv_heads, "head_size": config.head_dim}
+    assert config == get_preset("gpt-oss-20b", **explicit)
+    theirs = transformers.AutoConfig.for_model(**{k: v for k, v in bf16.items()
+                                                  if k != "architectures"})
+    inv_freq, gain = ROPE_INIT_FUNCTIONS["yarn"](theirs)
+    torch.testing.assert_close(rope_frequencies(config), inv_freq)
+    assert rope_gain(config) == pytest.approx(gain)
+
+    folder = tmp_path / "hf"  # a tiny gpt-oss folder (weights, tokenizer) with the real config
+    shutil.copytree(folders["gpt_oss"][1], folder)
+    (folder / "config.json").write_text(json.dumps(GPT_OSS_20B))
+    assert main(["convert", "from-hf", str(folder), str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "quantized (mxfp4)" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_gpt_oss_without_attention_biases_is_refused_in_one_line():
+    with pytest.raises(LLMScratchError, match="attention_bias=False is not supported"):
+        config_from_hf({**GPT_OSS_20B, "quantization_config": None, "attention_bias": False})
 
 
 @pytest.mark.parametrize("field, value, named", [
@@ -450,6 +501,8 @@ def test_export_refuses_an_architecture_without_hf_equivalent():
     with pytest.raises(LLMScratchError, match="qk_norm=True") as err:
         family_of(get_preset("gpt2-tiny", qk_norm=True))  # GPT-2 with QK-norm: no HF class
     assert "\n" not in str(err.value)
+    with pytest.raises(LLMScratchError, match="attn_sinks=True"):
+        family_of(get_preset("gemma3-tiny", attn_sinks=True))  # only gpt-oss has sinks
 
 
 def test_an_imported_run_keeps_only_its_model_and_the_sources_generation_settings(

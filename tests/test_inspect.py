@@ -80,3 +80,21 @@ def test_text_report_and_bad_input(capsys):
         assert main(["inspect", *args]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err
+
+
+def test_gpt_oss_reports_its_active_experts_window_and_cache(capsys):
+    """gpt-oss-20b at 8k tokens: 4 of 32 biased experts active; 12 local layers read 128 keys,
+    12 global ones all 8,192; the sinks add nothing to the cache (8 kv heads of 64)."""
+    report = inspect_json(capsys, "gpt-oss-20b", "--seq", "8192")
+    params = report["parameters"]
+    expert = 3 * 2880 * 2880 + 3 * 2880  # gate, up, proj and their biases
+    assert params["total"] - params["active"] == 24 * 28 * expert
+    n_matmul = params["active"] - 201088 * 2880  # untied: the embedding lookup is free
+    # OpenAI's model card: 20.91B in all, 3.61B active (counted without the embedding table).
+    assert round(params["total"] / 1e7) == 2091 and round(n_matmul / 1e7) == 361
+    keys = 12 * 128 + 12 * 8192
+    assert report["flops_per_token"]["inference"] == 2 * n_matmul + 4 * keys * 64 * 64
+    assert report["memory_bytes"]["kv_cache"] == 24 * 2 * 8192 * 8 * 64 * 2
+    assert "with sinks" in report["architecture"]
+    assert "clamped SwiGLU (limit 7)" in report["architecture"]
+    assert "local (window 128) and global layers alternating" in report["architecture"]

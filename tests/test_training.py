@@ -53,6 +53,22 @@ def test_weight_decay_only_on_matrices():
     assert sum(p.numel() for g in (decay, no_decay) for p in g["params"]) == model.num_params()
 
 
+def test_stacked_expert_biases_are_neither_decayed_nor_given_to_muon():
+    """gpt-oss's expert biases are (E, F) and (E, D): vectors, whatever their dims."""
+    model = GPT(get_preset("gpt-oss-tiny"))
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay, no_decay = build_optimizer(model, TrainConfig()).param_groups
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert {n.rsplit(".", 1)[-1] for n in decayed} == {"weight", "gate", "up", "proj"}
+    assert {"blocks.0.mlp.gate_bias", "blocks.0.attn.sinks"} <= {names[id(p)]
+                                                                for p in no_decay["params"]}
+    muon = build_optimizer(model, TrainConfig(optimizer="muon")).param_groups
+    in_muon = {names[id(p)] for g in muon if g["muon"] for p in g["params"]}
+    assert "blocks.0.mlp.router.weight" in in_muon
+    decayed = {names[id(p)] for g in muon if g["weight_decay"] > 0 for p in g["params"]}
+    assert not any(n.endswith("bias") for n in in_muon | decayed)
+
+
 def test_batches_cover_each_epoch_once_and_are_reproducible():
     tokens = np.arange(1000, dtype=np.int32)
     batches = TokenWindows([tokens], seq_len=10, batch_size=9, seed=3)

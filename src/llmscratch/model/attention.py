@@ -46,6 +46,7 @@ from llmscratch.model.config import ModelConfig
 from llmscratch.model.kv_cache import KVCache
 from llmscratch.model.norms import RMSNorm
 from llmscratch.model.rope import apply_rope
+from llmscratch.model.sinks import softmax_with_sinks
 
 
 def visible_keys(
@@ -83,14 +84,15 @@ def visible_keys(
 
 def explicit_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor | None = None,
-    scale: float | None = None,
+    scale: float | None = None, sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention spelled out: scores, mask, softmax, weighted sum.
 
     q: (B, H, T, Dh); k, v: (B, H, S, Dh) with S >= T, the T queries being the
     last T of the S positions. `visible` is a mask from `visible_keys`; None
     means plain causal. `scale` multiplies the scores (None: 1/sqrt(Dh)).
-    Returns (B, H, T, Dh).
+    `sinks` (H,): one more logit per head in the softmax's denominator
+    (gpt-oss; sinks.py). Returns (B, H, T, Dh).
 
     Three choices keep it fast without changing the math: the scale is
     applied to the T x Dh queries rather than the T x S scores; the mask is
@@ -107,7 +109,10 @@ def explicit_attention(
     if scale is None:
         scale = 1.0 / math.sqrt(q.size(-1))
     attn_scores = (q * scale) @ k.transpose(-2, -1)  # (B, H, T, S)
-    attn_weights = torch.softmax(attn_scores + mask_bias, dim=-1)  # (B, H, T, S)
+    if sinks is not None:
+        attn_weights = softmax_with_sinks(attn_scores + mask_bias, sinks)  # (B, H, T, S)
+    else:
+        attn_weights = torch.softmax(attn_scores + mask_bias, dim=-1)  # (B, H, T, S)
     return attn_weights @ v  # (B, H, T, Dh)
 
 
@@ -179,6 +184,9 @@ class CausalSelfAttention(nn.Module):
         self.scale = 1.0 / math.sqrt(config.attn_scalar or config.head_dim)
         self.proj = nn.Linear(q_width, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
+        # gpt-oss: a learned sink logit per query head (sinks.py); the fused kernel cannot
+        # take it, so such a layer always runs the explicit path.
+        self.sinks = nn.Parameter(torch.zeros(config.n_head)) if config.attn_sinks else None
 
     def forward(
         self,
@@ -208,10 +216,10 @@ class CausalSelfAttention(nn.Module):
             k = k.repeat_interleave(H // Hkv, dim=1)  # (B, H, S, Dh)
             v = v.repeat_interleave(H // Hkv, dim=1)  # (B, H, S, Dh)
 
-        if use_fused_kernel(self.attn_impl, q, k):
+        if self.sinks is None and use_fused_kernel(self.attn_impl, q, k):
             context = fused_attention(q, k, v, visible, self.scale)  # (B, H, T, Dh)
         else:
-            context = explicit_attention(q, k, v, visible, self.scale)  # (B, H, T, Dh)
+            context = explicit_attention(q, k, v, visible, self.scale, self.sinks)  # (B, H, T, Dh)
 
         context = context.transpose(1, 2).reshape(B, T, H * Dh)  # (B, T, H Dh): heads side by side
         out = self.proj(context)  # (B, T, D)

@@ -31,6 +31,12 @@ Local layers rotate with RoPE base `rope_local_theta`, unscaled (0: exactly
 like the global layers); `rope_scaling` stretches the global layers, which
 are the ones that see far.
 
+gpt-oss is Qwen3-MoE's switches with `bias` on (attention, router and
+experts), no QK-norm, local and global layers alternating (pattern 2, window
+128), YaRN on every layer with unrounded bounds (`rope_yarn_truncate` off),
+and two parts of its own: `attn_sinks` (sinks.py) and the experts' clamped
+SwiGLU (`swiglu_limit`, moe.py).
+
 Sizes that are usually derived have a 0 default meaning "derive it", read
 through a property: `n_kv_head` -> `kv_heads`, `head_size` -> `head_dim`,
 `mlp_hidden` -> `mlp_dim`. Presets are looked up by exact name.
@@ -132,6 +138,16 @@ class ModelConfig:
             the number of classes of a classifier, 1 for a reward model; 0 = none.
         head_pooling: what the sequence head reads: "last" (the last real token)
             or "mean" (the mean over real tokens).
+        attn_sinks: a learned logit per query head joins every softmax's
+            denominator, so a head may give its attention to nothing (gpt-oss;
+            see sinks.py).
+        swiglu_limit: > 0: the experts' activation is gpt-oss's clamped SwiGLU,
+            (clamp(up, +-limit) + 1) * g sigmoid(alpha g) with g = min(gate, limit);
+            0: plain SwiGLU (see moe.py).
+        swiglu_alpha: the sigmoid's gain in that activation (gpt-oss: 1.702, which
+            makes g sigmoid(alpha g) the sigmoid approximation of GELU).
+        rope_yarn_truncate: yarn scaling: round the blended pairs' bounds outwards
+            to whole pairs (the YaRN default); gpt-oss keeps them fractional.
     """
 
     vocab_size: int = 50257
@@ -173,6 +189,11 @@ class ModelConfig:
     attn_impl: str = "auto"
     head_outputs: int = 0
     head_pooling: str = "last"
+    # gpt-oss: attention sinks, the clamped SwiGLU of its experts, YaRN unrounded.
+    attn_sinks: bool = False
+    swiglu_limit: float = 0.0
+    swiglu_alpha: float = 1.702
+    rope_yarn_truncate: bool = True
 
     def __post_init__(self) -> None:
         check_fields(self, "model.")  # types, and whole numbers that fit 64 bits
@@ -233,6 +254,19 @@ class ModelConfig:
             _fail("n_expert", self.n_expert, "experts need mlp='moe'; set both expert counts to 0")
         if not 0.0 <= self.dropout < 1.0:
             _fail("dropout", self.dropout, "give a probability in [0, 1)")
+        self._check_gpt_oss()
+
+    def _check_gpt_oss(self) -> None:
+        """gpt-oss's switches: the clamped SwiGLU is its experts' activation, and YaRN's
+        rounding is a YaRN option."""
+        if self.swiglu_limit < 0:
+            _fail("swiglu_limit", self.swiglu_limit, "give 0 (plain SwiGLU) or a positive clamp")
+        if self.swiglu_limit and self.mlp != "moe":
+            _fail("swiglu_limit", self.swiglu_limit, "the clamped SwiGLU is for mlp='moe' experts")
+        if self.swiglu_alpha <= 0:
+            _fail("swiglu_alpha", self.swiglu_alpha, "give a positive sigmoid gain such as 1.702")
+        if not self.rope_yarn_truncate and self.rope_scaling != "yarn":
+            _fail("rope_yarn_truncate", False, "it is an option of rope_scaling='yarn'")
 
     @property
     def kv_heads(self) -> int:
@@ -338,6 +372,24 @@ def _olmo3(**sizes) -> ModelConfig:
     return ModelConfig(**{**family, **sizes})
 
 
+def _gpt_oss(**sizes) -> ModelConfig:
+    """gpt-oss: 201k vocabulary, attention with sinks and biases, sliding-window (128) and
+    global layers alternating, all with YaRN (4k -> 128k, bounds unrounded), and a Mixture
+    of Experts with biases, routed by a softmax over the top 4 logits, whose experts use a
+    clamped SwiGLU."""
+    family = dict(
+        vocab_size=201088, context_length=131072, n_head=64, n_kv_head=8, head_size=64,
+        n_embd=2880, positions="rope", rope_theta=150000.0, rope_scaling="yarn",
+        rope_factor=32.0, rope_original_context=4096, rope_low_freq_factor=1.0,
+        rope_high_freq_factor=32.0, rope_attention_factor=0.1 * math.log(32.0) + 1,
+        rope_yarn_truncate=False, norm="rmsnorm", norm_eps=1e-5, mlp="moe", mlp_hidden=2880,
+        n_expert_active=4, moe_renormalize=True, bias=True, attn_sinks=True, swiglu_limit=7.0,
+        swiglu_alpha=1.702, sliding_window=128, sliding_window_pattern=2,
+        tie_embeddings=False, dtype="bf16",
+    )
+    return ModelConfig(**{**family, **sizes})
+
+
 # Sizes are those of the released checkpoints (their config.json on the Hugging
 # Face hub); tests/test_families.py checks every parameter count against
 # `transformers`. The demo and tiny presets are for the CPU demo and for tests.
@@ -406,6 +458,16 @@ PRESETS: dict[str, ModelConfig] = {
                          n_embd=64, mlp_hidden=128, sliding_window=8, rope_factor=4.0,
                          rope_original_context=16, rope_attention_factor=0.1 * math.log(4.0) + 1,
                          dtype="fp32"),
+    # 20.9B parameters (3.6B active, not counting the embedding table) and 116.8B (5.1B
+    # active); released with their experts in MXFP4 (convert from-hf reads bf16 or fp32 ones).
+    "gpt-oss-20b": _gpt_oss(n_layer=24, n_expert=32),
+    "gpt-oss-120b": _gpt_oss(n_layer=36, n_expert=128),
+    # Four layers: local, global, local, global (a window of 8 tokens), YaRN from 16 tokens.
+    "gpt-oss-tiny": _gpt_oss(vocab_size=512, context_length=256, n_layer=4, n_head=4,
+                             n_kv_head=2, head_size=16, n_embd=64, mlp_hidden=32, n_expert=8,
+                             n_expert_active=2, sliding_window=8, rope_factor=4.0,
+                             rope_original_context=16,
+                             rope_attention_factor=0.1 * math.log(4.0) + 1, dtype="fp32"),
 }
 
 

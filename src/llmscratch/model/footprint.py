@@ -20,7 +20,8 @@ even for a 30B model. Memory is estimated from them and from the shapes:
                   per_layer = 4 D + (2 H + 3 Hkv) Dh + mlp (+ 2 D for
                   sandwich norms), where mlp is 2 F (GELU), 4 F (SwiGLU,
                   GeGLU) or K (D + 4 F) + E (MoE)
-    KV cache      2 L B T Hkv Dh x bytes (inference)
+    KV cache      2 L B T Hkv Dh x bytes (inference; attention sinks, gpt-oss's,
+                  are weights, not cached)
 
 Training needs weights + gradients + optimizer + activations; inference
 needs weights + KV cache. Activations are an estimate (within tens of
@@ -96,9 +97,13 @@ def describe(c: ModelConfig) -> str:
     """One line naming the architecture's parts."""
     attention = f"{c.n_head} heads of width {c.head_dim} ({c.attention_kind}"
     attention += f", {c.kv_heads} kv heads)" if c.kv_heads != c.n_head else ")"
+    if c.attn_sinks:
+        attention += " with sinks"
     mlp = f"{c.mlp} MLP of width {c.mlp_dim}"
     if c.mlp == "moe":
         mlp = f"MoE of {c.n_expert} experts ({c.n_expert_active} active) of width {c.mlp_dim}"
+        if c.swiglu_limit:
+            mlp += f", clamped SwiGLU (limit {c.swiglu_limit:g})"
     positions = "learned positions" if c.positions == "learned" else f"RoPE theta {c.rope_theta:g}"
     if c.rope_scaling != "none":
         positions += f" ({c.rope_scaling} scaling x{c.rope_factor:g})"
@@ -109,7 +114,9 @@ def describe(c: ModelConfig) -> str:
              f"vocabulary {c.vocab_size}", f"context {c.context_length}"]
     if c.qk_norm:
         parts.append("QK-norm" if c.qk_norm_scope == "head" else "QK-norm over all heads")
-    if c.sliding_window_pattern:
+    if c.sliding_window_pattern == 2:  # gpt-oss
+        parts.append(f"local (window {c.sliding_window}) and global layers alternating")
+    elif c.sliding_window_pattern:
         P = c.sliding_window_pattern
         parts.append(f"{P - 1} local layers (window {c.sliding_window}) to 1 global")
     elif c.sliding_window:

@@ -1,5 +1,5 @@
 """Hugging Face `config.json` <-> `ModelConfig`, for GPT-2, Llama 3, Qwen3(-MoE), Gemma 3
-(text) and Olmo 3.
+(text), Olmo 3 and gpt-oss.
 
 Hugging Face names the same sizes differently per family (GPT-2's `n_embd`
 is Llama's `hidden_size`) and spells RoPE two ways: `rope_theta` plus
@@ -7,7 +7,8 @@ is Llama's `hidden_size`) and spells RoPE two ways: `rope_theta` plus
 5 (for Gemma 3 and Olmo 3, one dict per layer type: "sliding_attention"
 and "full_attention"). `config_from_hf` reads both; `config_to_hf` writes
 the first, which every transformers version reads, except for Gemma 3 and
-Olmo 3, whose per-layer RoPE only the second can say. Features a family has
+Olmo 3, whose per-layer RoPE only the second can say (and gpt-oss, whose
+YaRN option `truncate` only the second holds). Features a family has
 that our model lacks (another activation, dense layers between MoE layers,
 soft-capped logits...) are refused with the field's name rather than
 converted wrongly.
@@ -27,6 +28,7 @@ ARCHITECTURES = {
     "Qwen3MoeForCausalLM": "qwen3_moe",
     "Gemma3ForCausalLM": "gemma3_text",
     "Olmo3ForCausalLM": "olmo3",
+    "GptOssForCausalLM": "gpt_oss",
 }
 # Multimodal architectures whose text model we import (without the vision encoder), and
 # the text model's own architecture. Gemma 3 4B and larger are released only so; their
@@ -83,6 +85,12 @@ def config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
 
 def _config_from_hf(hf: dict, source: str) -> ModelConfig:
     family = hf_family(hf, source)
+    if hf.get("quantization_config"):  # e.g. gpt-oss's MXFP4 experts
+        method = hf["quantization_config"].get("quant_method", "unknown")
+        raise LLMScratchError(f"{source}: the checkpoint is quantized ({method}); convert "
+                              "one saved in bf16 or fp32")
+    if family == "gpt_oss":
+        return _gpt_oss_from_hf(hf, source)
 
     def require(field: str, wanted, default) -> None:
         if hf.get(field, default) != wanted:
@@ -157,11 +165,38 @@ def _config_from_hf(hf: dict, source: str) -> ModelConfig:
     return ModelConfig(**sizes)
 
 
+def _gpt_oss_from_hf(hf: dict, source: str) -> ModelConfig:
+    """gpt-oss: one RoPE (usually YaRN) for every layer, local and global layers alternating,
+    sinks and biases in attention, biased experts with the clamped SwiGLU."""
+    if not hf.get("attention_bias", True):
+        raise LLMScratchError(f"{source}: attention_bias=False is not supported for gpt-oss "
+                              "(its experts keep their biases; our model has one bias switch)")
+    params = hf.get("rope_parameters") or {}
+    theta = params.get("rope_theta", hf.get("rope_theta", 150000.0))
+    rope = _rope_fields(theta, hf.get("rope_scaling") or params, source)
+    D, H = hf["hidden_size"], hf["num_attention_heads"]
+    return ModelConfig(
+        vocab_size=hf["vocab_size"], context_length=hf["max_position_embeddings"],
+        n_layer=hf["num_hidden_layers"], n_head=H, n_embd=D,
+        n_kv_head=hf.get("num_key_value_heads") or H, head_size=hf.get("head_dim") or D // H,
+        norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-5), positions="rope", mlp="moe",
+        mlp_hidden=hf["intermediate_size"],
+        n_expert=hf.get("num_local_experts") or hf["num_experts"],
+        n_expert_active=hf["num_experts_per_tok"], moe_renormalize=True, bias=True,
+        attn_sinks=True, swiglu_limit=float(hf.get("swiglu_limit", 7.0)),
+        swiglu_alpha=float(hf.get("swiglu_alpha", 1.702)),
+        tie_embeddings=hf.get("tie_word_embeddings", False),
+        dtype="bf16" if (hf.get("torch_dtype") or hf.get("dtype")) == "bfloat16" else "fp32",
+        **rope, **_layer_pattern(hf, "gpt_oss", source),
+    )
+
+
 def _layer_pattern(hf: dict, family: str, source: str) -> dict:
     """`sliding_window` and `sliding_window_pattern` from `layer_types`, the kind of each
     layer (or, in older Gemma 3 files, from `sliding_window_pattern`: every P-th is global)."""
     n = hf["num_hidden_layers"]
     every = hf.get("sliding_window_pattern", 6) if family == "gemma3_text" else 4
+    every = 2 if family == "gpt_oss" else every  # gpt-oss alternates
     kinds = hf.get("layer_types") or [
         "sliding_attention" if (i + 1) % every else "full_attention" for i in range(n)]
     unknown = set(kinds) - {"sliding_attention", "full_attention"}
@@ -191,6 +226,9 @@ def _rope_by_layer_kind(hf: dict, family: str, source: str) -> dict:
         full = {**(hf.get("rope_scaling") or params),
                 "rope_theta": hf.get("rope_theta", params.get("rope_theta"))}
         sliding = {"rope_theta": hf.get("rope_local_base_freq")}
+    if full.get("truncate", True) is not True:  # transformers reads it from a flat dict only
+        raise LLMScratchError(f"{source}: yarn with truncate={full['truncate']!r} is not "
+                              "supported by layer type")
     default_global, default_local = THETAS[family]
     fields = _rope_fields(full.get("rope_theta") or default_global, full, source)
     if sliding.get("rope_type", sliding.get("type", "default")) != "default":
@@ -233,7 +271,7 @@ def _rope_fields(theta, scaling: dict, source: str) -> dict:
 def _yarn_fields(theta, scaling: dict, source: str) -> dict:
     """YaRN's parameters: beta_slow and beta_fast are our llama3 thresholds (in turns
     within the original context); a missing attention_factor is YaRN's default."""
-    if scaling.get("truncate", True) is not True:
+    if scaling.get("truncate", True) not in (True, False):
         raise LLMScratchError(f"{source}: yarn with truncate={scaling['truncate']!r} is not "
                               "supported")
     if scaling.get("mscale") and scaling.get("mscale_all_dim"):
@@ -249,6 +287,7 @@ def _yarn_fields(theta, scaling: dict, source: str) -> dict:
         "rope_high_freq_factor": float(scaling.get("beta_fast") or 32),
         "rope_original_context": int(scaling["original_max_position_embeddings"]),
         "rope_attention_factor": float(attention_factor),
+        "rope_yarn_truncate": bool(scaling.get("truncate", True)),
     }
 
 
@@ -261,7 +300,17 @@ def family_of(config: ModelConfig) -> str:
     if c.qk_norm and c.qk_norm_scope != "head":
         plain = False
     rope_ok = c.rope_scaling != "llama3"
-    if (c.positions, c.norm, c.mlp) == ("learned", "layernorm", "gelu"):
+    # gpt-oss's parts exist in no other family (nor YaRN unrounded: transformers reads it
+    # only where one RoPE serves every layer).
+    gpt_oss_parts = c.attn_sinks or c.swiglu_limit or not c.rope_yarn_truncate
+    if gpt_oss_parts:
+        if (c.positions, c.norm, c.norm_placement, c.norm_zero_centred, c.scale_embeddings,
+                c.mlp, c.moe_renormalize, c.qk_norm, c.attn_scalar, c.rope_local_theta, c.bias,
+                c.qkv_bias, c.attn_sinks) == ("rope", "rmsnorm", "pre", False, False, "moe",
+                                              True, False, 0, 0, True, False, True) \
+                and c.swiglu_limit > 0:
+            return "gpt_oss"
+    elif (c.positions, c.norm, c.mlp) == ("learned", "layernorm", "gelu"):
         if c.kv_heads == c.n_head and c.head_dim * c.n_head == c.n_embd and plain and not (
             c.qk_norm or c.sliding_window or c.rope_scaling != "none"
         ):
@@ -288,8 +337,9 @@ def family_of(config: ModelConfig) -> str:
     raise LLMScratchError(
         f"no Hugging Face architecture matches positions={c.positions}, norm={c.norm}, "
         f"norm_placement={c.norm_placement}, mlp={c.mlp}, qk_norm={c.qk_norm}, bias={c.bias}, "
-        f"sliding_window={c.sliding_window}, rope_scaling={c.rope_scaling}; GPT-2, Llama, "
-        "Qwen3(-MoE), Gemma 3 and Olmo 3 combinations can be exported"
+        f"sliding_window={c.sliding_window}, rope_scaling={c.rope_scaling}, "
+        f"attn_sinks={c.attn_sinks}, swiglu_limit={c.swiglu_limit}; GPT-2, Llama, "
+        "Qwen3(-MoE), Gemma 3, Olmo 3 and gpt-oss combinations can be exported"
     )
 
 
@@ -332,6 +382,17 @@ def config_to_hf(config: ModelConfig) -> dict:
                 "full_attention": {"rope_theta": c.rope_theta,
                                    **(_hf_scaling(c) or {"rope_type": "default"})},
                 "sliding_attention": {"rope_type": "default", "rope_theta": local_theta}})
+    if family == "gpt_oss":  # one RoPE for all layers, in transformers 5's spelling
+        for name in ("rope_theta", "rope_scaling", "mlp_bias", "hidden_act"):
+            del hf[name]
+        hf.update(
+            layer_types=["sliding_attention" if c.layer_is_local(i) else "full_attention"
+                         for i in range(c.n_layer)],
+            sliding_window=c.sliding_window or None, num_local_experts=c.n_expert,
+            num_experts_per_tok=c.n_expert_active, swiglu_limit=c.swiglu_limit,
+            swiglu_alpha=c.swiglu_alpha,
+            rope_parameters={"rope_theta": c.rope_theta,
+                             **(_hf_scaling(c) or {"rope_type": "default"})})
     if family == "gemma3_text":
         scalar = c.attn_scalar or c.head_dim
         del hf["hidden_act"]
@@ -349,7 +410,7 @@ def _hf_scaling(c: ModelConfig) -> dict | None:
         return {"rope_type": "yarn", "factor": c.rope_factor,
                 "beta_slow": c.rope_low_freq_factor, "beta_fast": c.rope_high_freq_factor,
                 "original_max_position_embeddings": c.rope_original_context,
-                "attention_factor": c.rope_attention_factor, "truncate": True}
+                "attention_factor": c.rope_attention_factor, "truncate": c.rope_yarn_truncate}
     if c.rope_scaling == "llama3":
         return {"rope_type": "llama3", "factor": c.rope_factor,
                 "low_freq_factor": c.rope_low_freq_factor,

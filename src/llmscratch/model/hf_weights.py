@@ -1,10 +1,12 @@
 """Our tensors <-> Hugging Face's: one table of names and layouts, for both directions.
 
 For every tensor of our model, `weight_links` lists the Hugging Face tensors
-it is made of. Most are the same matrix under another name. Three kinds are
+it is made of. Most are the same matrix under another name. Four kinds are
 not: our fused q/k/v projection is Hugging Face's q_proj, k_proj and v_proj
 concatenated; our stacked MoE experts are its E per-expert matrices stacked;
-and GPT-2's `Conv1D` layers store (in, out), the transpose of a Linear weight.
+GPT-2's `Conv1D` layers (and gpt-oss's experts) store (in, out), the transpose
+of a Linear weight; and gpt-oss's `gate_up_proj` holds our experts' gate and
+up projections interleaved, gate in the even columns, up in the odd ones.
 
     hf_tensors(model)               ours -> Hugging Face names (export)
     model_from_hf(config, read)     Hugging Face tensors -> a GPT (import)
@@ -50,14 +52,19 @@ class Link:
     """Our tensor `ours` is made of the Hugging Face tensors `theirs`.
 
     join: "same" (one tensor, the same matrix), "cat" (concatenated along dim
-    0: q, k, v) or "stack" (stacked along a new dim 0: one per expert).
-    transpose: stored as (in, out) by GPT-2's Conv1D, the transpose of ours.
+    0: q, k, v), "stack" (stacked along a new dim 0: one per expert), "even"
+    or "odd" (the even or odd columns of their one tensor: gpt-oss's gate_up_proj).
+    transpose: stored as (in, out) by GPT-2's Conv1D, the transpose of ours
+    (the last two dims swapped, for a stack of matrices).
     """
 
     ours: str
     theirs: list[str]
     join: str = "same"
     transpose: bool = False
+
+
+INTERLEAVED = ("even", "odd")  # joins that take every other column of one tensor
 
 
 def weight_links(config: ModelConfig) -> list[Link]:
@@ -96,7 +103,11 @@ def weight_links(config: ModelConfig) -> list[Link]:
                 same(f"{ours}.attn.q_norm", f"{attn}.q_norm")
                 same(f"{ours}.attn.k_norm", f"{attn}.k_norm")
             same(f"{ours}.attn.proj", f"{attn}.o_proj", bias=c.bias)
-            if c.mlp == "moe":
+            if c.attn_sinks:
+                links.append(Link(f"{ours}.attn.sinks", [f"{attn}.sinks"]))
+            if family == "gpt_oss":
+                links.extend(gpt_oss_expert_links(ours, theirs))
+            elif c.mlp == "moe":
                 same(f"{ours}.mlp.router", f"{theirs}.mlp.gate")
                 for ours_name, theirs_name in [("gate", "gate_proj"), ("up", "up_proj"),
                                                ("proj", "down_proj")]:
@@ -113,6 +124,22 @@ def weight_links(config: ModelConfig) -> list[Link]:
     return links
 
 
+def gpt_oss_expert_links(ours: str, theirs: str) -> list[Link]:
+    """gpt-oss's router and experts: (E, D, 2F) gate_up_proj, gate and up interleaved, and
+    (E, F, D) down_proj, each the transpose of our (E, F, D) and (E, D, F), with biases."""
+    experts = f"{theirs}.mlp.experts"
+    return [
+        Link(f"{ours}.mlp.router.weight", [f"{theirs}.mlp.router.weight"]),
+        Link(f"{ours}.mlp.router.bias", [f"{theirs}.mlp.router.bias"]),
+        Link(f"{ours}.mlp.gate", [f"{experts}.gate_up_proj"], "even", transpose=True),
+        Link(f"{ours}.mlp.up", [f"{experts}.gate_up_proj"], "odd", transpose=True),
+        Link(f"{ours}.mlp.proj", [f"{experts}.down_proj"], transpose=True),
+        Link(f"{ours}.mlp.gate_bias", [f"{experts}.gate_up_proj_bias"], "even"),
+        Link(f"{ours}.mlp.up_bias", [f"{experts}.gate_up_proj_bias"], "odd"),
+        Link(f"{ours}.mlp.proj_bias", [f"{experts}.down_proj_bias"]),
+    ]
+
+
 def their_shapes(link: Link, our_shape: torch.Size, config: ModelConfig) -> list[tuple]:
     """The shape each Hugging Face tensor of `link` must have, given our tensor's shape."""
     if link.join == "stack":
@@ -120,7 +147,12 @@ def their_shapes(link: Link, our_shape: torch.Size, config: ModelConfig) -> list
     if link.join == "cat":  # q, k, v rows: H Dh, Hkv Dh, Hkv Dh
         rows = [config.n_head * config.head_dim] + [config.kv_heads * config.head_dim] * 2
         return [(r, *our_shape[1:]) for r in rows]
-    return [tuple(reversed(our_shape)) if link.transpose else tuple(our_shape)]
+    shape = tuple(our_shape)
+    if link.transpose:
+        shape = (*shape[:-2], shape[-1], shape[-2])
+    if link.join in INTERLEAVED:  # their last dim holds ours and its partner's
+        shape = (*shape[:-1], 2 * shape[-1])
+    return [shape]
 
 
 def join_tensors(link: Link, pieces: list[torch.Tensor]) -> torch.Tensor:
@@ -129,7 +161,10 @@ def join_tensors(link: Link, pieces: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat(pieces, dim=0)
     if link.join == "stack":
         return torch.stack(pieces, dim=0)
-    return pieces[0].t() if link.transpose else pieces[0]
+    tensor = pieces[0]
+    if link.join in INTERLEAVED:
+        tensor = tensor[..., INTERLEAVED.index(link.join)::2]  # every other column
+    return tensor.transpose(-2, -1) if link.transpose else tensor
 
 
 def split_tensor(link: Link, tensor: torch.Tensor, config: ModelConfig) -> list[torch.Tensor]:
@@ -139,8 +174,8 @@ def split_tensor(link: Link, tensor: torch.Tensor, config: ModelConfig) -> list[
         pieces = list(tensor.split(rows, dim=0))
     elif link.join == "stack":
         pieces = list(tensor.unbind(0))
-    else:
-        pieces = [tensor.t() if link.transpose else tensor]
+    else:  # (interleaved halves are put together by hf_tensors)
+        pieces = [tensor.transpose(-2, -1) if link.transpose else tensor]
     return [p.contiguous() for p in pieces]
 
 
@@ -189,11 +224,17 @@ def hf_tensors(model: GPT, dtype: str | None = None) -> dict[str, torch.Tensor]:
     config = model.config
     ours = model.state_dict()
     cast_to = torch_dtype(dtype) if dtype else None
-    tensors = {}
+    tensors, halves = {}, {}
     for link in weight_links(config):
         pieces = split_tensor(link, ours[link.ours], config)
         for name, piece in zip(link.theirs, pieces, strict=True):
-            tensors[name] = piece.to(cast_to) if cast_to is not None else piece
+            piece = piece.to(cast_to) if cast_to is not None else piece
+            if link.join in INTERLEAVED:  # gpt-oss's gate_up: wait for both halves
+                halves.setdefault(name, [None, None])[INTERLEAVED.index(link.join)] = piece
+            else:
+                tensors[name] = piece
+    for name, (even, odd) in halves.items():  # (..., F) twice -> (..., 2F), alternating
+        tensors[name] = torch.stack([even, odd], dim=-1).flatten(-2)
     if family_of(config) == "gpt2" and not config.bias:  # GPT-2 always has biases: zeros
         for name, piece in list(tensors.items()):
             if name.startswith("transformer.h.") or name.startswith("transformer.ln_f"):

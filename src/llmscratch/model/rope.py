@@ -81,7 +81,8 @@ def yarn_scaled(freqs: torch.Tensor, config: ModelConfig) -> torch.Tensor:
     times (YaRN's beta_fast) are kept, pairs that turn fewer than
     `rope_low_freq_factor` times (beta_slow) are slowed by `rope_factor`. In
     between, the blend is linear in the pair index p rather than in turns.
-    Pair p turns L / (2 pi theta^(2p/Dh)) times; solved for p, rounded outwards.
+    Pair p turns L / (2 pi theta^(2p/Dh)) times; solved for p, rounded outwards
+    (unless `rope_yarn_truncate` is off, as in gpt-oss: then the fractional p).
     """
     c = config
 
@@ -89,8 +90,10 @@ def yarn_scaled(freqs: torch.Tensor, config: ModelConfig) -> torch.Tensor:
         turns = math.log(c.rope_original_context / (times * 2 * math.pi))
         return c.head_dim * turns / (2 * math.log(c.rope_theta))
 
-    low = max(math.floor(pair_turning(c.rope_high_freq_factor)), 0)
-    high = min(math.ceil(pair_turning(c.rope_low_freq_factor)), c.head_dim - 1)
+    low, high = pair_turning(c.rope_high_freq_factor), pair_turning(c.rope_low_freq_factor)
+    if c.rope_yarn_truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, c.head_dim - 1)
     pairs = torch.arange(freqs.numel(), device=freqs.device, dtype=torch.float32)  # (P,)
     slow = ((pairs - low) / max(high - low, 1e-3)).clamp(0.0, 1.0)  # (P,) 1 = slowed
     return slow * freqs / c.rope_factor + (1 - slow) * freqs

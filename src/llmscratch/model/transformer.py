@@ -240,6 +240,7 @@ class GPT(nn.Module):
         | biases                                  | 0                         |
         | LayerNorm / RMSNorm weight, bias        | 1 / 0                     |
         | zero-centred RMSNorm weight (1 + w)     | 0                         |
+        | attention sinks (gpt-oss)               | 0                         |
 
         Each of the 2 L residual branches adds to the stream; shrinking their
         output projections keeps the stream's variance from growing with depth
@@ -257,6 +258,10 @@ class GPT(nn.Module):
                 nn.init.normal_(module.gate, mean=0.0, std=0.02)
                 nn.init.normal_(module.up, mean=0.0, std=0.02)
                 nn.init.normal_(module.proj, mean=0.0, std=residual_std)
+                for bias in module.expert_tensors()[3:]:  # gpt-oss's expert biases
+                    nn.init.zeros_(bias)
+            elif isinstance(module, CausalSelfAttention) and module.sinks is not None:
+                nn.init.zeros_(module.sinks)  # gpt-oss: every sink logit starts at 0
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
             elif isinstance(module, RMSNorm) and module.zero_centred:

@@ -40,7 +40,9 @@ Llama's and Qwen3's gate_proj and up_proj are our separate `mlp.gate`
 and `mlp.up`, so they carry over one to one. A Qwen3-MoE router (our
 `mlp.router`) is Hugging Face's `mlp.gate`: an nn.Linear in transformers 4,
 which PEFT adapts, but a router module of its own in transformers 5, which
-it does not; adapt only attention there. Experts are never adapted.
+it does not; adapt only attention there. gpt-oss's router (`mlp.router` in
+both) is likewise a module of its own (GptOssTopKRouter), which PEFT refuses.
+Experts are never adapted.
 """
 
 from __future__ import annotations

@@ -31,17 +31,23 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     return build_adamw(model, cfg)
 
 
+def is_matrix(name: str, param: torch.Tensor) -> bool:
+    """Whether a parameter is a weight matrix (or a stack of them, one per expert) rather
+    than a vector: biases stacked per expert (gpt-oss's, 2-D) are vectors too."""
+    return param.dim() >= 2 and not name.endswith("bias")
+
+
 def build_adamw(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW where only matrices (Linear and token-embedding weights) are decayed.
 
     Weight decay pulls weights towards zero. That regularises the big
-    matrices, but on biases and LayerNorm gains (vectors, ndim < 2) it only
-    fights the scale they are there to learn, so they get none (as in GPT-2
-    and nanoGPT). A tied embedding/output matrix is one parameter, decayed once.
+    matrices, but on biases and LayerNorm gains (vectors) it only fights the
+    scale they are there to learn, so they get none (as in GPT-2 and nanoGPT).
+    A tied embedding/output matrix is one parameter, decayed once.
     """
-    params = [p for p in model.parameters() if p.requires_grad]  # frozen ones do not train
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # frozen: no
+    decay = [p for n, p in named if is_matrix(n, p)]
+    no_decay = [p for n, p in named if not is_matrix(n, p)]
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay, "initial_lr": cfg.lr},
         {"params": no_decay, "weight_decay": 0.0, "initial_lr": cfg.lr},
@@ -61,9 +67,9 @@ def build_muon(model: torch.nn.Module, cfg: TrainConfig) -> Muon:
     runs in bf16 when the run computes in bf16, else in fp32.
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    hidden = [p for n, p in named if p.dim() == 2 and ".blocks." in f".{n}"]
+    hidden = [p for n, p in named if p.dim() == 2 and is_matrix(n, p) and ".blocks." in f".{n}"]
     hidden_ids = {id(p) for p in hidden}
-    others = [p for n, p in named if id(p) not in hidden_ids]
+    others = [(n, p) for n, p in named if id(p) not in hidden_ids]
     # Attention's fused query/key/value weight is three matrices stacked by rows:
     # Muon orthogonalizes each piece on its own (its own group, with the heights).
     qkv_splits = {id(m.qkv.weight): m.split_sizes for m in model.modules()
@@ -77,9 +83,9 @@ def build_muon(model: torch.nn.Module, cfg: TrainConfig) -> Muon:
         for split, params in by_split.items()
     ]
     groups += [
-        {"params": [p for p in others if p.dim() >= 2], "weight_decay": cfg.weight_decay,
+        {"params": [p for n, p in others if is_matrix(n, p)], "weight_decay": cfg.weight_decay,
          "initial_lr": cfg.lr},
-        {"params": [p for p in others if p.dim() < 2], "weight_decay": 0.0,
+        {"params": [p for n, p in others if not is_matrix(n, p)], "weight_decay": 0.0,
          "initial_lr": cfg.lr},
     ]
     ns_dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
