@@ -1,5 +1,5 @@
 """Hugging Face `config.json` <-> `ModelConfig`, for GPT-2, Llama 3, Qwen3(-MoE), Gemma 3
-(text) and Olmo 3.
+(text), Olmo 3 and DeepSeek V3 (whose own fields hf_deepseek.py maps).
 
 Hugging Face names the same sizes differently per family (GPT-2's `n_embd`
 is Llama's `hidden_size`) and spells RoPE two ways: `rope_theta` plus
@@ -19,6 +19,7 @@ import math
 
 from llmscratch.errors import LLMScratchError
 from llmscratch.model.config import ModelConfig
+from llmscratch.model.hf_deepseek import deepseek_from_hf, deepseek_to_hf, is_deepseek_v3
 
 ARCHITECTURES = {
     "GPT2LMHeadModel": "gpt2",
@@ -27,6 +28,7 @@ ARCHITECTURES = {
     "Qwen3MoeForCausalLM": "qwen3_moe",
     "Gemma3ForCausalLM": "gemma3_text",
     "Olmo3ForCausalLM": "olmo3",
+    "DeepseekV3ForCausalLM": "deepseek_v3",
 }
 # Multimodal architectures whose text model we import (without the vision encoder), and
 # the text model's own architecture. Gemma 3 4B and larger are released only so; their
@@ -89,6 +91,10 @@ def _config_from_hf(hf: dict, source: str) -> ModelConfig:
             raise LLMScratchError(f"{source}: {field}={hf.get(field)!r} is not supported "
                                   f"(only {wanted!r})")
 
+    if hf.get("quantization_config"):
+        method = (hf["quantization_config"] or {}).get("quant_method", "?")
+        raise LLMScratchError(f"{source}: quantization_config ({method}) is not supported: "
+                              "quantized weights are not loaded; use a bf16 or fp32 checkpoint")
     # The dtype the weights were saved in; converting may choose another.
     dtype = "bf16" if (hf.get("torch_dtype") or hf.get("dtype")) == "bfloat16" else "fp32"
     if family == "gpt2":
@@ -111,6 +117,8 @@ def _config_from_hf(hf: dict, source: str) -> ModelConfig:
     else:
         require("hidden_act", "silu", "silu")
     if family in LAYER_TYPED:
+        require("attention_bias", False, False)
+    if family == "deepseek_v3":  # no biases in latent attention here
         require("attention_bias", False, False)
     if hf.get("mlp_bias", False) != hf.get("attention_bias", False):
         raise LLMScratchError(f"{source}: attention_bias and mlp_bias differ; not supported")
@@ -136,6 +144,8 @@ def _config_from_hf(hf: dict, source: str) -> ModelConfig:
                      attn_scalar=float(hf.get("query_pre_attn_scalar", 256)))
     if family == "olmo3":
         sizes.update(norm_placement="post", qk_norm_scope="all")
+    if family == "deepseek_v3":
+        sizes.update(deepseek_from_hf(hf, source))
     if family in ("qwen3", "qwen3_moe") and hf.get("use_sliding_window"):
         if any(kind != "sliding_attention" for kind in hf.get("layer_types") or []) or (
             family == "qwen3" and hf.get("max_window_layers", 28) > 0 and not hf.get("layer_types")
@@ -152,7 +162,7 @@ def _config_from_hf(hf: dict, source: str) -> ModelConfig:
             n_expert_active=hf["num_experts_per_tok"],
             moe_renormalize=hf.get("norm_topk_prob", False),
         )
-    else:
+    elif family != "deepseek_v3":
         sizes["mlp_hidden"] = hf["intermediate_size"]
     return ModelConfig(**sizes)
 
@@ -236,13 +246,13 @@ def _yarn_fields(theta, scaling: dict, source: str) -> dict:
     if scaling.get("truncate", True) is not True:
         raise LLMScratchError(f"{source}: yarn with truncate={scaling['truncate']!r} is not "
                               "supported")
-    if scaling.get("mscale") and scaling.get("mscale_all_dim"):
-        raise LLMScratchError(f"{source}: yarn with mscale and mscale_all_dim (DeepSeek's) is "
-                              "not supported")
     factor = float(scaling["factor"])
     attention_factor = scaling.get("attention_factor")
+    mscale, mscale_all_dim = scaling.get("mscale"), scaling.get("mscale_all_dim")
+    if attention_factor is None and mscale and mscale_all_dim:  # DeepSeek's: a ratio of the two
+        attention_factor = _yarn_mscale(factor, mscale) / _yarn_mscale(factor, mscale_all_dim)
     if attention_factor is None:
-        attention_factor = 0.1 * math.log(factor) + 1 if factor > 1 else 1.0
+        attention_factor = _yarn_mscale(factor, 1.0)
     return {
         "rope_theta": float(theta), "rope_scaling": "yarn", "rope_factor": factor,
         "rope_low_freq_factor": float(scaling.get("beta_slow") or 1),
@@ -250,6 +260,11 @@ def _yarn_fields(theta, scaling: dict, source: str) -> dict:
         "rope_original_context": int(scaling["original_max_position_embeddings"]),
         "rope_attention_factor": float(attention_factor),
     }
+
+
+def _yarn_mscale(factor: float, m: float) -> float:
+    """YaRN's 0.1 m ln(factor) + 1 (1 for no stretch)."""
+    return 0.1 * m * math.log(factor) + 1 if factor > 1 else 1.0
 
 
 def family_of(config: ModelConfig) -> str:
@@ -260,6 +275,11 @@ def family_of(config: ModelConfig) -> str:
              c.sliding_window_pattern, c.rope_local_theta) == ("pre", False, False, 0, 0, 0)
     if c.qk_norm and c.qk_norm_scope != "head":
         plain = False
+    if c.kv_lora_rank and is_deepseek_v3(c):
+        return "deepseek_v3"
+    if c.kv_lora_rank or (c.n_shared_expert, c.moe_router, c.moe_groups, c.moe_routed_scale,
+                          c.moe_dense_layers) != (0, "softmax", 1, 1.0, 0):
+        plain = False  # DeepSeek's parts
     rope_ok = c.rope_scaling != "llama3"
     if (c.positions, c.norm, c.mlp) == ("learned", "layernorm", "gelu"):
         if c.kv_heads == c.n_head and c.head_dim * c.n_head == c.n_embd and plain and not (
@@ -289,7 +309,7 @@ def family_of(config: ModelConfig) -> str:
         f"no Hugging Face architecture matches positions={c.positions}, norm={c.norm}, "
         f"norm_placement={c.norm_placement}, mlp={c.mlp}, qk_norm={c.qk_norm}, bias={c.bias}, "
         f"sliding_window={c.sliding_window}, rope_scaling={c.rope_scaling}; GPT-2, Llama, "
-        "Qwen3(-MoE), Gemma 3 and Olmo 3 combinations can be exported"
+        "Qwen3(-MoE), Gemma 3, Olmo 3 and DeepSeek V3 combinations can be exported"
     )
 
 
@@ -320,6 +340,11 @@ def config_to_hf(config: ModelConfig) -> dict:
                   moe_intermediate_size=c.mlp_dim, norm_topk_prob=c.moe_renormalize,
                   decoder_sparse_step=1, mlp_only_layers=[],
                   intermediate_size=c.mlp_dim * c.n_expert_active)  # unused: no dense layers
+    if family == "deepseek_v3":
+        del hf["mlp_bias"]
+        hf.update(deepseek_to_hf(c))
+        if c.rope_mscale_all_dim:
+            hf["rope_scaling"]["mscale_all_dim"] = c.rope_mscale_all_dim
     if family in LAYER_TYPED:  # transformers 5's spelling: RoPE by layer type
         for name in ("rope_theta", "rope_scaling", "mlp_bias"):
             del hf[name]
