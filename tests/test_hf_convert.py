@@ -252,6 +252,28 @@ def test_deepseek_v3_without_a_query_latent_matches_transformers(tmp_path):
         assert max_diff(reloaded(ids).logits, hf(ids).logits) <= TOLERANCE
 
 
+def test_deepseek_v3_multi_token_prediction_layer_is_left_out(folders, tmp_path):
+    """The released checkpoint holds one layer more than num_hidden_layers (its multi-token
+    prediction module, model.layers.61): it is not imported. Other unknown tensors still are
+    refused."""
+    hf, folder, _ = folders["deepseek_v3"]
+    tensors = {}
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        for name in f.keys():
+            tensors[name] = f.get_tensor(name)
+    mtp = tmp_path / "mtp"
+    shutil.copytree(folder, mtp)
+    save_file({**tensors, "model.layers.3.eh_proj.weight": torch.zeros(32, 64),
+               "model.layers.3.enorm.weight": torch.ones(32)}, str(mtp / "model.safetensors"))
+    ids = torch.randint(0, VOCAB, (1, 20))
+    with torch.no_grad():
+        assert max_diff(logits(load_hf_model(mtp), ids), hf(ids).logits) <= TOLERANCE
+    save_file({**tensors, "model.layers.2.mlp.extra.weight": torch.ones(32)},
+              str(mtp / "model.safetensors"))
+    with pytest.raises(LLMScratchError, match="model.layers.2.mlp.extra.weight"):
+        load_hf_model(mtp)
+
+
 @pytest.mark.parametrize("field, value, named", [
     ("quantization_config", {"quant_method": "fp8"}, "quantization_config (fp8)"),
     ("num_key_value_heads", 2, "num_key_value_heads=2"),

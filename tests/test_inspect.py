@@ -69,8 +69,6 @@ def test_latent_attention_caches_its_latent_and_reads_keys_of_its_head_widths(ca
     assert report["flops_per_token"]["inference"] == 2 * n_matmul + attention
     assert report["kv_cache_bytes_per_token"] == 61 * (512 + 64) * 2
     assert "latent attention (latent 512, RoPE key 64" in report["architecture"]
-    assert main(["inspect", "deepseek-v3"]) == 0
-    assert "KV cache per token: 70,272 bytes" in capsys.readouterr().out
 
 
 def test_weight_estimate_matches_real_tensors(capsys, tmp_path):

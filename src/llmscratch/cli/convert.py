@@ -133,7 +133,6 @@ def render(report: dict) -> str:
     for key, value in memory.items():
         label = key.replace("_total", " total").replace("_", " ")
         lines.append(f"  {label:<15}{value / 2**30:>12,.2f} GiB")
-    lines.append(f"KV cache per token: {report['kv_cache_bytes_per_token']:,} bytes")
     return "\n".join(lines)
 
 
