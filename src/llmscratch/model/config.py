@@ -31,6 +31,11 @@ Local layers rotate with RoPE base `rope_local_theta`, unscaled (0: exactly
 like the global layers); `rope_scaling` stretches the global layers, which
 are the ones that see far.
 
+DeepSeek V3 is Qwen3-MoE with two mechanisms switched: multi-head latent
+attention (`kv_lora_rank` > 0; latent_attention.py), and its routing
+(`moe_router` "sigmoid", expert groups, a shared expert, dense first layers;
+moe.py). `layer_is_dense(i)` says which layers have no experts.
+
 Sizes that are usually derived have a 0 default meaning "derive it", read
 through a property: `n_kv_head` -> `kv_heads`, `head_size` -> `head_dim`,
 `mlp_hidden` -> `mlp_dim`. Presets are looked up by exact name.
@@ -58,7 +63,7 @@ def torch_dtype(name: str) -> torch.dtype:
 @dataclass
 class ModelConfig:
     """Architecture of a decoder-only transformer (GPT-2, Llama 3, Qwen3, Qwen3-MoE, Gemma 3,
-    Olmo 3).
+    Olmo 3, DeepSeek V3).
 
     Fields:
         vocab_size: number of token ids the embedding and output layer cover.

@@ -1,4 +1,5 @@
-"""The decoder-only transformer, top to bottom: GPT-2, Llama 3, Qwen3(-MoE), Gemma 3, Olmo 3.
+"""The decoder-only transformer, top to bottom: GPT-2, Llama 3, Qwen3(-MoE), Gemma 3, Olmo 3,
+DeepSeek V3.
 
 Legend: B batch, T tokens, S keys (cached + T), D width (n_embd), V vocabulary,
 F MLP width.
@@ -29,8 +30,9 @@ model's forward; the heads then read the output layer's weight.
 The config's switches choose the parts (docs/families.md shows each switch):
 `positions` learned table or RoPE inside attention; `norm` LayerNorm or
 RMSNorm, and `norm_placement` where it sits; `mlp` GELU, SwiGLU, GeGLU or
-Mixture of Experts; `n_kv_head`, `qk_norm`, `attn_scalar` shape the
-attention; `sliding_window` and `sliding_window_pattern` say which layers
+Mixture of Experts (DeepSeek's first layers dense); `n_kv_head`, `qk_norm`,
+`attn_scalar` shape the attention, and `kv_lora_rank` makes it latent
+attention (DeepSeek's); `sliding_window` and `sliding_window_pattern` say which layers
 are local (they see only the latest tokens) and which global.
 
 `forward` is only the math, in whatever dtype it is given: mixed precision,
