@@ -314,9 +314,25 @@ DEEPSEEK_V3 = {
 
 
 def test_deepseek_v3_config_json_reads_as_its_preset():
+    """Read as transformers reads it, also when the fields at transformers' defaults are left
+    out; the fp8 original's quantization_config is refused in one line."""
     config = config_from_hf(DEEPSEEK_V3)
     assert config == get_preset("deepseek-v3")
     assert family_of(config) == "deepseek_v3"
+    defaults = ("q_lora_rank", "kv_lora_rank", "n_group", "topk_group", "n_shared_experts",
+                "first_k_dense_replace", "routed_scaling_factor", "norm_topk_prob",
+                "intermediate_size", "moe_intermediate_size", "n_routed_experts")
+    sparse = {k: v for k, v in DEEPSEEK_V3.items() if k not in defaults}
+    assert config_from_hf(sparse) == config
+    theirs = transformers.AutoConfig.for_model(**{k: v for k, v in sparse.items()
+                                                  if k != "architectures"})
+    assert (theirs.q_lora_rank, theirs.n_group, theirs.topk_group, theirs.first_k_dense_replace,
+            theirs.routed_scaling_factor, theirs.rope_interleave) == (
+        config.q_lora_rank, config.moe_groups, config.moe_groups_active,
+        config.moe_dense_layers, config.moe_routed_scale, config.rope_interleave)
+    fp8 = {**DEEPSEEK_V3, "quantization_config": {"quant_method": "fp8", "fmt": "e4m3"}}
+    with pytest.raises(LLMScratchError, match=r"quantization_config \(fp8\)"):
+        config_from_hf(fp8)
 
 
 # The released checkpoints' config.json in the hub's older spelling (rope_theta, rope_scaling,
