@@ -127,21 +127,22 @@ def test_deepseek_v3_tiny_trains_and_resumes_bit_exact(tmp_path, small_text, mon
     """Latent attention, sigmoid-routed experts with their router bias (a buffer), a dense
     layer: a run trains, and one interrupted and resumed ends with exactly the weights
     (and biases) of an uninterrupted one."""
-    config = load_config(TINY_CONFIG, ["model.preset=deepseek-v3-tiny", "train.max_steps=8",
-                                       "train.eval_every=4", "train.checkpoint_every=100",
-                                       "train.dtype=fp32"])
+    config = load_config(TINY_CONFIG, ["model.preset=deepseek-v3-tiny", "train.max_steps=6",
+                                       "train.eval_every=3", "train.checkpoint_every=100",
+                                       "train.dtype=fp32", "train.seq_len=64",
+                                       "train.sample_tokens=0"])
     config.data.files = [str(small_text)]
     result = pretrain_module.pretrain(config, tmp_path / "straight")
     assert math.isfinite(result.final.bpb)
 
     validate = Trainer._validate
 
-    def ctrl_c_at_step_4(self, state):
+    def ctrl_c_at_step_3(self, state):
         validate(self, state)
-        if state.step == 4:
+        if state.step == 3:
             signal.raise_signal(signal.SIGINT)
 
-    monkeypatch.setattr(Trainer, "_validate", ctrl_c_at_step_4)
+    monkeypatch.setattr(Trainer, "_validate", ctrl_c_at_step_3)
     with pytest.raises(TrainingInterrupted):
         pretrain_module.pretrain(config, tmp_path / "stopped")
     monkeypatch.setattr(Trainer, "_validate", validate)
