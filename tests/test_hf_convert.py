@@ -279,6 +279,8 @@ def test_deepseek_v3_multi_token_prediction_layer_is_left_out(folders, tmp_path)
     ("num_key_value_heads", 2, "num_key_value_heads=2"),
     ("attention_bias", True, "attention_bias=True"),
     ("n_group", 3, "model.moe_groups=3"),  # 8 experts do not split into 3 groups
+    ("rope_parameters", {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0,
+                         "mscale_all_dim": 1.0}, "mscale_all_dim with rope type 'linear'"),
 ])
 def test_a_deepseek_v3_field_we_do_not_support_is_named(folders, tmp_path, capsys, field,
                                                         value, named):

@@ -43,7 +43,11 @@ def deepseek_from_hf(hf: dict, source: str) -> dict:
                               f"not supported: latent attention gives each of the {heads} "
                               "heads its own key and value")
     scaling = hf.get("rope_scaling") or hf.get("rope_parameters") or {}
-    yarn = scaling.get("rope_type", scaling.get("type")) == "yarn"
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    yarn = kind == "yarn"
+    if scaling.get("mscale_all_dim") and kind not in ("default", "yarn"):
+        raise LLMScratchError(f"{source}: mscale_all_dim with rope type {kind!r} is not "
+                              "supported (only with yarn)")
     return dict(
         n_kv_head=0, head_size=0, qk_norm=False,
         kv_lora_rank=hf["kv_lora_rank"], q_lora_rank=hf["q_lora_rank"] or 0,
