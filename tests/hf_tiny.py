@@ -8,7 +8,10 @@ Gemma 3's and Olmo 3's local and global layers (a window of 8, shorter than
 the test sequences; the last layer after a global one is local again), each
 kind with its own RoPE, Gemma's linear scaling and its query scale, Olmo's YaRN;
 and gpt-oss's alternating layers (local, global, local) under one unrounded YaRN,
-with sinks, biases, and experts whose SwiGLU clamp (1.0 here, not 7) is reached.
+with sinks, biases, and experts whose SwiGLU clamp (1.0 here, not 7) is reached;
+and DeepSeek V3's latent attention (a query latent, interleaved RoPE, YaRN with its
+mscale) and its first layer dense, the others with experts in groups, a shared
+expert and the router's bias (random, so that it steers the choice).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import torch
 from llmscratch.tokenizer import Tokenizer, train_bpe
 from llmscratch.tokenizer.hf_json import save_hf_tokenizer
 
-FAMILIES = ["gpt2", "llama", "qwen3", "qwen3_moe", "gemma3_text", "olmo3", "gpt_oss"]
+FAMILIES = ["gpt2", "llama", "qwen3", "qwen3_moe", "gemma3_text", "olmo3", "gpt_oss",
+            "deepseek_v3"]
 LAYER_TYPED = ["gemma3_text", "olmo3", "gpt_oss"]  # local and global layers
 VOCAB = 320
 SPECIALS = {
@@ -33,6 +37,7 @@ SPECIALS = {
     "gemma3_text": ("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"),
     "olmo3": ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
     "gpt_oss": ("<|endoftext|>", "<|start|>", "<|end|>"),
+    "deepseek_v3": ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"),
 }
 TEXT = (
     "First Citizen: Before we proceed any further, hear me speak.\n"
@@ -45,6 +50,7 @@ TEXT = (
 def hf_config(family: str, **overrides):
     """A tiny `transformers` config of `family` (no bos/eos, so generation never stops)."""
     from transformers import (
+        DeepseekV3Config,
         Gemma3TextConfig,
         GPT2Config,
         GptOssConfig,
@@ -66,6 +72,17 @@ def hf_config(family: str, **overrides):
         return LlamaConfig(**{**common, "intermediate_size": 64, "rope_theta": 500000.0,
                               "rope_scaling": rope, "rms_norm_eps": 1e-5,
                               "tie_word_embeddings": False, **overrides})
+    if family == "deepseek_v3":  # 3 layers: 1 dense, 2 with 8 experts in 4 groups, 2 active
+        rope = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0, "mscale": 1.0,
+                "mscale_all_dim": 0.5, "original_max_position_embeddings": 16}
+        return DeepseekV3Config(**{**common, "num_hidden_layers": 3, "num_key_value_heads": 4,
+                                   "intermediate_size": 64, "moe_intermediate_size": 16,
+                                   "kv_lora_rank": 16, "q_lora_rank": 24, "qk_rope_head_dim": 8,
+                                   "qk_nope_head_dim": 8, "v_head_dim": 12,
+                                   "n_routed_experts": 8, "num_experts_per_tok": 2, "n_group": 4,
+                                   "topk_group": 2, "n_shared_experts": 1,
+                                   "first_k_dense_replace": 1, "rope_parameters": rope,
+                                   "tie_word_embeddings": False, **overrides})
     if family == "qwen3":
         return Qwen3Config(**{**common, "intermediate_size": 64, "head_dim": 16,
                               "tie_word_embeddings": True, **overrides})
@@ -105,8 +122,11 @@ def hf_model(family: str, seed: int = 0, **overrides):
         for param in model.parameters():
             if param.dim() >= 2:
                 param.normal_(0.0, 0.1)
-            elif family in LAYER_TYPED:  # norm gains away from their init, so they matter
+            elif family in LAYER_TYPED or family == "deepseek_v3":  # norm gains away from 1
                 param.add_(0.1 * torch.randn_like(param))
+        for name, buffer in model.named_buffers():  # DeepSeek's router bias
+            if name.endswith("e_score_correction_bias"):
+                buffer.normal_(0.0, 0.1)
     return model.eval()
 
 

@@ -14,7 +14,7 @@ from llmscratch.model import GPT
 from tests.test_families import tiny  # a tiny model of a family, its norms perturbed
 
 FAMILIES = ["gpt2-tiny", "llama-3-tiny", "qwen3-tiny", "qwen3-moe-tiny", "gemma3-tiny",
-            "olmo3-tiny", "gpt-oss-tiny"]
+            "olmo3-tiny", "gpt-oss-tiny", "deepseek-v3-tiny"]
 GREEDY = SamplingConfig(max_new_tokens=16, temperature=0)
 
 

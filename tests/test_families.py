@@ -1,6 +1,7 @@
 """One model, six families: sizes equal transformers', attention paths agree, padding,
 KV cache, RoPE, Mixture of Experts against a dense run of every expert, config errors."""
 
+import itertools
 import math
 import re
 from dataclasses import replace
@@ -13,10 +14,11 @@ import torch.nn.functional as F
 from llmscratch.errors import LLMScratchError
 from llmscratch.generation.sampling import SamplingConfig, generate
 from llmscratch.model import GPT, get_preset
+from llmscratch.model.footprint import footprint
 from llmscratch.model.rope import apply_rope, rope_angles, rope_frequencies, rope_gain
 
 TINY = ["gpt2-tiny", "llama-3-tiny", "qwen3-tiny", "qwen3-moe-tiny", "gemma3-tiny",
-        "olmo3-tiny", "gpt-oss-tiny"]
+        "olmo3-tiny", "gpt-oss-tiny", "deepseek-v3-tiny"]
 # Parameter counts of the released checkpoints (the Hugging Face model cards
 # round them: 124M, 1.24B, 3.21B, 8.03B, 0.6B, 1.7B, 4.0B, 8.2B, 30.5B).
 RELEASED = {
@@ -34,6 +36,9 @@ def tiny(name: str, **overrides) -> GPT:
         for param in model.parameters():
             if param.dim() == 1:
                 param.add_(0.1 * torch.randn_like(param))
+        for name, buffer in model.named_buffers():  # DeepSeek's router bias: let it steer
+            if name.endswith("expert_bias"):
+                buffer.add_(0.1 * torch.randn_like(buffer))
     return model
 
 
@@ -61,7 +66,8 @@ def test_preset_parameter_counts_equal_transformers(preset):
 # vision encoder), to the percent.
 ROUNDED = {"gemma-3-270m": 268e6, "gemma-3-1b": 1.0e9, "gemma-3-4b": 3.88e9,
            "gemma-3-12b": 11.77e9, "gemma-3-27b": 27.0e9, "olmo-3-7b": 7.3e9,
-           "olmo-3-32b": 32.2e9, "gpt-oss-20b": 20.9e9, "gpt-oss-120b": 116.8e9}
+           "olmo-3-32b": 32.2e9, "gpt-oss-20b": 20.9e9, "gpt-oss-120b": 116.8e9,
+           "deepseek-v3": 671e9}
 
 
 @pytest.mark.parametrize("preset", list(ROUNDED))
@@ -78,6 +84,16 @@ def test_moe_active_parameters():
     # 8 of 128 experts per layer: 48 layers x 120 idle experts x 3 matrices of 2048 x 768.
     idle = 48 * 120 * 3 * 2048 * 768
     assert model.num_params(active=True) == model.num_params() - idle == 3_353_032_704
+
+
+def test_deepseek_v3_active_parameters():
+    with torch.device("meta"):
+        model = GPT(get_preset("deepseek-v3"))
+    # 8 of 256 routed experts in the 58 layers after the 3 dense ones: 3 matrices of 7168 x 2048.
+    idle = 58 * 248 * 3 * 7168 * 2048
+    assert model.num_params(active=True) == model.num_params() - idle
+    # 37.6B with the embedding and the output layer: "37B activated"
+    assert model.num_params(active=True) == 37_552_282_624
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -224,6 +240,34 @@ def test_attention_sinks_join_the_softmax_denominator(impl):
     expected = attn.proj(context)
     torch.testing.assert_close(attn(x), expected, atol=1e-5, rtol=1e-5)
     assert context[:, :, 3 * Dh:].abs().max() < 1e-6  # the last head gave all to its sink
+def test_deepseek_moe_equals_a_hand_computed_routing_of_every_expert():
+    """Sigmoid scores; the bias steers the choice only; experts only from each token's 2 best
+    of 4 groups (a group is worth its 2 best choices); the weights renormalised and scaled;
+    and the shared expert on every token."""
+    torch.manual_seed(0)
+    config = get_preset("deepseek-v3-tiny")
+    moe = GPT(config).blocks[1].mlp
+    moe.expert_bias.normal_(0.0, 0.3)
+    x = torch.randn(3, 11, config.n_embd)
+    scores = torch.sigmoid(x @ moe.router.weight.T)  # (B, T, E)
+    weights = torch.zeros_like(scores)
+    steered = 0
+    for b, t in itertools.product(range(3), range(11)):
+        choice = (scores[b, t] + moe.expert_bias).tolist()  # 8 experts: 4 groups of 2
+        worth = [choice[2 * g] + choice[2 * g + 1] for g in range(4)]
+        groups = sorted(range(4), key=lambda g: -worth[g])[:2]
+        allowed = [e for e in range(8) if e // 2 in groups]
+        chosen = sorted(allowed, key=lambda e: -choice[e])[:2]
+        steered += set(chosen) != set(scores[b, t].topk(2).indices.tolist())
+        weights[b, t, chosen] = scores[b, t, chosen] / scores[b, t, chosen].sum() * 2.5
+    assert steered > 0  # the bias and the groups changed some token's experts
+    every = torch.stack([
+        (F.silu(x @ moe.gate[e].T) * (x @ moe.up[e].T)) @ moe.proj[e].T
+        for e in range(config.n_expert)
+    ], dim=-2)  # (B, T, E, D)
+    shared = moe.shared.proj(F.silu(moe.shared.gate(x)) * moe.shared.up(x))  # (B, T, D)
+    dense = (weights.unsqueeze(-1) * every).sum(dim=-2) + shared
+    torch.testing.assert_close(moe(x), dense, atol=1e-5, rtol=1e-5)
 
 
 def test_rope_scores_depend_only_on_distance():
@@ -277,6 +321,18 @@ def test_kv_cache_stores_only_the_kv_heads():
     assert cache.keys[0].shape == (1, 2, 16, 16)  # (B, Hkv, Tmax, Dh): 2 kv heads, not 4
 
 
+def test_latent_attention_caches_one_latent_and_one_rope_key_per_token():
+    model = tiny("deepseek-v3-tiny")
+    cache = model.new_cache(batch_size=1, max_len=16)
+    assert cache.keys[0].shape == (1, 1, 16, 32)  # (B, 1, Tmax, kv_lora_rank)
+    assert cache.values[0].shape == (1, 1, 16, 16)  # (B, 1, Tmax, qk_rope_head_dim)
+    # DeepSeek V3: 61 layers x (512 + 64) numbers x 2 bytes a token, against 61 x 2 x 128
+    # heads x 128 x 2 for multi-head attention with its head count and value width.
+    report = footprint(get_preset("deepseek-v3"), seq=1000)
+    assert report["memory_bytes"]["kv_cache"] == 1000 * 61 * (512 + 64) * 2
+    assert report["kv_cache_bytes_per_token"] == 61 * (512 + 64) * 2  # 70,272
+
+
 @pytest.mark.parametrize("overrides, field", [
     ({"n_kv_head": 3}, "n_kv_head"),
     ({"positions": "alibi"}, "positions"),
@@ -293,6 +349,15 @@ def test_kv_cache_stores_only_the_kv_heads():
     ({"rope_attention_factor": 0.0}, "rope_attention_factor"),
     ({"swiglu_limit": 7.0}, "swiglu_limit"),  # a dense MLP: the clamp is for experts
     ({"rope_yarn_truncate": False}, "rope_yarn_truncate"),  # and no YaRN
+    ({"qk_rope_head_dim": 8}, "qk_rope_head_dim"),  # and no kv_lora_rank
+    ({"kv_lora_rank": 16, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 8},
+     "positions"),  # learned positions
+    ({"moe_router": "sigmoid"}, "moe_router"),  # and no experts
+    ({"mlp": "moe", "n_expert": 4, "n_expert_active": 2, "moe_router": "relu"}, "moe_router"),
+    ({"mlp": "moe", "n_expert": 4, "n_expert_active": 2, "moe_groups": 3}, "moe_groups"),
+    ({"mlp": "moe", "n_expert": 4, "n_expert_active": 3, "moe_groups": 2}, "moe_groups_active"),
+    ({"mlp": "moe", "n_expert": 4, "n_expert_active": 2, "moe_dense_layers": 1},
+     "dense_mlp_hidden"),
 ])
 def test_bad_configs_name_the_field_and_value(overrides, field):
     with pytest.raises(LLMScratchError, match=rf"model\.{field}=") as err:

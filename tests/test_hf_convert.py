@@ -194,6 +194,152 @@ def test_local_and_global_layers_match_transformers(folders, family, tmp_path):
         assert abs(mean_loss(reloaded(ids).logits, ids) - expected) <= TOLERANCE
 
 
+def test_deepseek_v3_matches_transformers(folders, tmp_path):
+    """DeepSeek V3: latent attention (a query latent, interleaved RoPE, YaRN with DeepSeek's
+    mscale), a dense first layer, then experts (sigmoid routing with a bias, in groups, a
+    shared expert), on sequences longer than YaRN's original context: the same loss (1e-4),
+    the same 64 greedy tokens through our KV cache (which holds the latents) and through the
+    engine, and an export with the same loss."""
+    hf, folder, run = folders["deepseek_v3"]
+    ours = load_hf_model(folder)
+    c = ours.config
+    assert [c.layer_is_dense(i) for i in range(c.n_layer)] == [True, False, False]
+    assert ours.new_cache(1, 8).keys[0].shape == (1, 1, 8, 16)  # (B, 1, T, kv_lora_rank)
+    ids = torch.randint(0, VOCAB, (2, 48))
+    with torch.no_grad():
+        expected = mean_loss(hf(ids).logits, ids)
+        assert abs(mean_loss(logits(ours, ids), ids) - expected) <= TOLERANCE
+
+    prompt = ids[0, :5].tolist()
+    with torch.no_grad():
+        theirs = hf.generate(ids[:1, :5], max_new_tokens=64, do_sample=False,
+                             attention_mask=torch.ones(1, 5, dtype=torch.int64))[0, 5:].tolist()
+    greedy = SamplingConfig(max_new_tokens=64, temperature=0)
+    assert generate(ours, prompt, greedy) == theirs
+    prompts = [prompt, ids[1, :11].tolist()]
+    uncached = []
+    for p in prompts:
+        tokens = list(p)
+        with torch.no_grad():
+            for _ in range(20):
+                tokens.append(int(logits(ours, torch.tensor([tokens]))[0, -1].argmax()))
+        uncached.append(tokens[len(p):])
+    engine = Engine(ours, block_size=4, max_batch=4)  # latents and RoPE keys in paged blocks
+    assert engine.generate(prompts, SamplingConfig(max_new_tokens=20, temperature=0)) == uncached
+
+    out = tmp_path / "exported"
+    assert main(["convert", "to-hf", str(run), str(out)]) == 0
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        assert abs(mean_loss(reloaded(ids).logits, ids) - expected) <= TOLERANCE
+
+
+def test_deepseek_v3_without_a_query_latent_matches_transformers(tmp_path):
+    """q_lora_rank null (a plain query projection, as DeepSeek V2 Lite), RoPE pairs not
+    interleaved, no groups, weights not renormalised, unscaled RoPE: logits within 1e-4,
+    both ways."""
+    hf = hf_model("deepseek_v3", q_lora_rank=None, rope_interleave=False, n_group=1,
+                  topk_group=1, norm_topk_prob=False,
+                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    folder = save_folder(hf, "deepseek_v3", tmp_path / "hf")
+    ours = load_hf_model(folder)
+    assert (ours.config.q_lora_rank, ours.config.moe_groups) == (0, 1)
+    ids = torch.randint(0, VOCAB, (2, 40))
+    with torch.no_grad():
+        assert max_diff(logits(ours, ids), hf(ids).logits) <= TOLERANCE
+    run, out = tmp_path / "run", tmp_path / "exported"
+    assert main(["convert", "from-hf", str(folder), str(run)]) == 0
+    assert main(["convert", "to-hf", str(run), str(out)]) == 0
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        assert max_diff(reloaded(ids).logits, hf(ids).logits) <= TOLERANCE
+
+
+def test_deepseek_v3_multi_token_prediction_layer_is_left_out(folders, tmp_path):
+    """The released checkpoint holds one layer more than num_hidden_layers (its multi-token
+    prediction module, model.layers.61): it is not imported. Other unknown tensors still are
+    refused."""
+    hf, folder, _ = folders["deepseek_v3"]
+    tensors = {}
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        for name in f.keys():
+            tensors[name] = f.get_tensor(name)
+    mtp = tmp_path / "mtp"
+    shutil.copytree(folder, mtp)
+    save_file({**tensors, "model.layers.3.eh_proj.weight": torch.zeros(32, 64),
+               "model.layers.3.enorm.weight": torch.ones(32)}, str(mtp / "model.safetensors"))
+    ids = torch.randint(0, VOCAB, (1, 20))
+    with torch.no_grad():
+        assert max_diff(logits(load_hf_model(mtp), ids), hf(ids).logits) <= TOLERANCE
+    save_file({**tensors, "model.layers.2.mlp.extra.weight": torch.ones(32)},
+              str(mtp / "model.safetensors"))
+    with pytest.raises(LLMScratchError, match="model.layers.2.mlp.extra.weight"):
+        load_hf_model(mtp)
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("quantization_config", {"quant_method": "fp8"}, "quantized (fp8)"),
+    ("num_key_value_heads", 2, "num_key_value_heads=2"),
+    ("attention_bias", True, "attention_bias=True"),
+    ("n_group", 3, "model.moe_groups=3"),  # 8 experts do not split into 3 groups
+    ("rope_parameters", {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0,
+                         "mscale_all_dim": 1.0}, "mscale_all_dim with rope type 'linear'"),
+])
+def test_a_deepseek_v3_field_we_do_not_support_is_named(folders, tmp_path, capsys, field,
+                                                        value, named):
+    folder = tmp_path / "hf"
+    shutil.copytree(folders["deepseek_v3"][1], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config[field] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    assert main(["convert", "from-hf", str(folder), str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and named in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+# DeepSeek V3 as released, in bf16 (the hub's own is fp8, with a quantization_config that
+# is refused): its multi-token prediction layer (num_nextn_predict_layers) is not imported.
+DEEPSEEK_V3 = {
+    "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
+    "vocab_size": 129280, "hidden_size": 7168, "intermediate_size": 18432,
+    "moe_intermediate_size": 2048, "num_hidden_layers": 61, "num_nextn_predict_layers": 1,
+    "num_attention_heads": 128, "num_key_value_heads": 128, "n_shared_experts": 1,
+    "n_routed_experts": 256, "ep_size": 1, "routed_scaling_factor": 2.5, "kv_lora_rank": 512,
+    "q_lora_rank": 1536, "qk_rope_head_dim": 64, "v_head_dim": 128, "qk_nope_head_dim": 128,
+    "topk_method": "noaux_tc", "n_group": 8, "topk_group": 4, "num_experts_per_tok": 8,
+    "moe_layer_freq": 1, "first_k_dense_replace": 3, "norm_topk_prob": True,
+    "scoring_func": "sigmoid", "hidden_act": "silu", "max_position_embeddings": 163840,
+    "rms_norm_eps": 1e-06, "rope_theta": 10000, "tie_word_embeddings": False,
+    "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0,
+                     "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096,
+                     "type": "yarn"},
+    "attention_bias": False, "torch_dtype": "bfloat16",
+}
+
+
+def test_deepseek_v3_config_json_reads_as_its_preset():
+    """Read as transformers reads it, also when the fields at transformers' defaults are left
+    out; the fp8 original's quantization_config is refused in one line."""
+    config = config_from_hf(DEEPSEEK_V3)
+    assert config == get_preset("deepseek-v3")
+    assert family_of(config) == "deepseek_v3"
+    defaults = ("q_lora_rank", "kv_lora_rank", "n_group", "topk_group", "n_shared_experts",
+                "first_k_dense_replace", "routed_scaling_factor", "norm_topk_prob",
+                "intermediate_size", "moe_intermediate_size", "n_routed_experts")
+    sparse = {k: v for k, v in DEEPSEEK_V3.items() if k not in defaults}
+    assert config_from_hf(sparse) == config
+    theirs = transformers.AutoConfig.for_model(**{k: v for k, v in sparse.items()
+                                                  if k != "architectures"})
+    assert (theirs.q_lora_rank, theirs.n_group, theirs.topk_group, theirs.first_k_dense_replace,
+            theirs.routed_scaling_factor, theirs.rope_interleave) == (
+        config.q_lora_rank, config.moe_groups, config.moe_groups_active,
+        config.moe_dense_layers, config.moe_routed_scale, config.rope_interleave)
+    fp8 = {**DEEPSEEK_V3, "quantization_config": {"quant_method": "fp8", "fmt": "e4m3"}}
+    with pytest.raises(LLMScratchError, match=r"quantized \(fp8\)"):
+        config_from_hf(fp8)
+
+
 # The released checkpoints' config.json in the hub's older spelling (rope_theta, rope_scaling,
 # Gemma's rope_local_base_freq and sliding_window_pattern, no layer_types).
 GEMMA3_4B = {

@@ -58,6 +58,19 @@ def test_local_layers_read_only_their_window(capsys):
     assert "5 local layers (window 512) to 1 global" in report["architecture"]
 
 
+def test_latent_attention_caches_its_latent_and_reads_keys_of_its_head_widths(capsys):
+    """DeepSeek V3: the cache holds 512 + 64 numbers per token and layer; each of 128 heads
+    scores keys of 128 + 64 features and sums values of 128."""
+    report = inspect_json(capsys, "deepseek-v3", "--seq", "4096")
+    with torch.device("meta"):
+        model = GPT(get_preset("deepseek-v3"))
+    n_matmul = model.num_params(active=True) - model.tok_emb.weight.numel()
+    attention = 2 * 61 * 4096 * 128 * (192 + 128)
+    assert report["flops_per_token"]["inference"] == 2 * n_matmul + attention
+    assert report["kv_cache_bytes_per_token"] == 61 * (512 + 64) * 2
+    assert "latent attention (latent 512, RoPE key 64" in report["architecture"]
+
+
 def test_weight_estimate_matches_real_tensors(capsys, tmp_path):
     hf_dir = save_folder(hf_model("qwen3_moe"), "qwen3_moe", tmp_path / "hf")
     run = tmp_path / "run"

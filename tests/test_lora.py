@@ -65,6 +65,13 @@ def test_fresh_adapter_changes_nothing(name):
                  "gpt-oss-tiny": ["attn.qkv", "attn.proj", "mlp.router"]}.get(
         name, ["attn.qkv", "attn.proj", "mlp.gate", "mlp.up", "mlp.proj"])
     layers = range(model.config.n_layer)
+    if name == "deepseek-v3-tiny":  # latent attention; a dense layer, then experts
+        attention = ["attn.q_a", "attn.q_b", "attn.kv_a", "attn.kv_b", "attn.proj"]
+        per_layer = [["mlp.gate", "mlp.up", "mlp.proj"]] + [
+            ["mlp.router", "mlp.shared.gate", "mlp.shared.up", "mlp.shared.proj"]] * 2
+        assert names == [f"blocks.{i}.{layer}" for i in layers
+                         for layer in attention + per_layer[i]]
+        return
     assert names == [f"blocks.{i}.{layer}" for i in layers for layer in per_block]
 
 

@@ -139,6 +139,37 @@ def test_ctrl_c_then_resume_is_bit_exact(tmp_path, small_text, monkeypatch, opti
     assert math.isfinite(result.final.bpb)
 
 
+def test_deepseek_v3_tiny_trains_and_resumes_bit_exact(tmp_path, small_text, monkeypatch):
+    """Latent attention, sigmoid-routed experts with their router bias (a buffer), a dense
+    layer: a run trains, and one interrupted and resumed ends with exactly the weights
+    (and biases) of an uninterrupted one."""
+    config = load_config(TINY_CONFIG, ["model.preset=deepseek-v3-tiny", "train.max_steps=6",
+                                       "train.eval_every=3", "train.checkpoint_every=100",
+                                       "train.dtype=fp32", "train.seq_len=64",
+                                       "train.sample_tokens=0"])
+    config.data.files = [str(small_text)]
+    result = pretrain_module.pretrain(config, tmp_path / "straight")
+    assert math.isfinite(result.final.bpb)
+
+    validate = Trainer._validate
+
+    def ctrl_c_at_step_3(self, state):
+        validate(self, state)
+        if state.step == 3:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(Trainer, "_validate", ctrl_c_at_step_3)
+    with pytest.raises(TrainingInterrupted):
+        pretrain_module.pretrain(config, tmp_path / "stopped")
+    monkeypatch.setattr(Trainer, "_validate", validate)
+    pretrain_module.resume(tmp_path / "stopped")
+    straight = load_file(latest_checkpoint(Run(tmp_path / "straight")) / "model.safetensors")
+    resumed = load_file(latest_checkpoint(Run(tmp_path / "stopped")) / "model.safetensors")
+    assert "blocks.1.mlp.expert_bias" in straight and "blocks.0.attn.kv_b.weight" in straight
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
 def test_compiled_run_gives_the_losses_of_the_eager_run(tmp_path, small_text):
     """train.compile=true changes how the forward runs, not what it computes."""
     losses = {}

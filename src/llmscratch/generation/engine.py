@@ -61,8 +61,9 @@ class Engine:
         self.device = embedding.device
         c = model.config
         if num_blocks is None:
-            block_bytes = 2 * c.n_layer * block_size * c.kv_heads * c.head_dim \
-                * embedding.element_size()  # keys and values of every layer
+            heads, key_width, value_width = c.cache_widths  # keys and values of every layer
+            block_bytes = c.n_layer * block_size * heads * (key_width + value_width) \
+                * embedding.element_size()
             blocks_per_sequence = -(-c.context_length // block_size)
             num_blocks = max(min(max_batch * blocks_per_sequence, cache_bytes // block_bytes), 1)
         self.cache = PagedKVCache(c, num_blocks, block_size, embedding.dtype, self.device)

@@ -34,11 +34,12 @@ class PagedKVCache:
 
     def __init__(self, config: ModelConfig, num_blocks: int, block_size: int,
                  dtype: torch.dtype, device: torch.device | str) -> None:
-        shape = (num_blocks * block_size, config.kv_heads, config.head_dim)  # (N, Hkv, Dh)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device)
-                     for _ in range(config.n_layer)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device)
-                       for _ in range(config.n_layer)]
+        # (N, Hkv, Dh); latent attention (DeepSeek) keeps its latents and RoPE keys instead
+        heads, key_width, value_width = config.cache_widths
+        self.keys = [torch.zeros(num_blocks * block_size, heads, key_width, dtype=dtype,
+                                 device=device) for _ in range(config.n_layer)]
+        self.values = [torch.zeros(num_blocks * block_size, heads, value_width, dtype=dtype,
+                                   device=device) for _ in range(config.n_layer)]
         self.num_blocks, self.block_size = num_blocks, block_size
         # Where a layer's gathered keys and values go: buffers reused by every layer and step
         # (attention is done with one layer's before the next layer gathers). Allocating them

@@ -36,6 +36,10 @@ experts), no QK-norm, local and global layers alternating (pattern 2, window
 128), YaRN on every layer with unrounded bounds (`rope_yarn_truncate` off),
 and two parts of its own: `attn_sinks` (sinks.py) and the experts' clamped
 SwiGLU (`swiglu_limit`, moe.py).
+DeepSeek V3 is Qwen3-MoE with two mechanisms switched: multi-head latent
+attention (`kv_lora_rank` > 0; latent_attention.py), and its routing
+(`moe_router` "sigmoid", expert groups, a shared expert, dense first layers;
+moe.py). `layer_is_dense(i)` says which layers have no experts.
 
 Sizes that are usually derived have a 0 default meaning "derive it", read
 through a property: `n_kv_head` -> `kv_heads`, `head_size` -> `head_dim`,
@@ -64,7 +68,7 @@ def torch_dtype(name: str) -> torch.dtype:
 @dataclass
 class ModelConfig:
     """Architecture of a decoder-only transformer (GPT-2, Llama 3, Qwen3, Qwen3-MoE, Gemma 3,
-    Olmo 3).
+    Olmo 3, DeepSeek V3).
 
     Fields:
         vocab_size: number of token ids the embedding and output layer cover.
@@ -148,6 +152,33 @@ class ModelConfig:
             makes g sigmoid(alpha g) the sigmoid approximation of GELU).
         rope_yarn_truncate: yarn scaling: round the blended pairs' bounds outwards
             to whole pairs (the YaRN default); gpt-oss keeps them fractional.
+
+    DeepSeek V3 (multi-head latent attention: latent_attention.py; its MoE: moe.py):
+        kv_lora_rank: > 0 turns on multi-head latent attention (MLA): keys and
+            values are made from one latent of this width per token, which is
+            what the KV cache holds (with the RoPE key); 0 = ordinary attention.
+        q_lora_rank: queries pass through a latent of this width too; 0 = a
+            plain query projection.
+        qk_rope_head_dim: width of the part of each query and key that RoPE
+            rotates; the key's is one vector shared by all heads.
+        qk_nope_head_dim: width of the part of each query and key without RoPE.
+        v_head_dim: width of each value head.
+        rope_interleave: RoPE pairs neighbours (x0, x1), (x2, x3), ... as
+            DeepSeek's checkpoints do, instead of x_p with x_{p + P}.
+        rope_mscale_all_dim: yarn scaling in MLA: the scores are multiplied by
+            (0.1 m ln(rope_factor) + 1)^2 for this m (DeepSeek's mscale_all_dim); 0: no.
+        n_shared_expert: experts that every token goes through besides its
+            routed ones (one SwiGLU of n_shared_expert x mlp_hidden).
+        moe_router: "softmax" (Qwen3-MoE) or "sigmoid" (DeepSeek V3: each
+            expert's score is a sigmoid, and a bias that only steers the choice).
+        moe_groups: experts form this many groups; a token picks its experts
+            from the moe_groups_active best groups only (1: no groups).
+        moe_groups_active: how many groups each token may pick from.
+        moe_routed_scale: the routed experts' weights are multiplied by this
+            (DeepSeek's routed_scaling_factor).
+        moe_dense_layers: the first this many layers have a plain SwiGLU MLP of
+            width dense_mlp_hidden instead of experts (first_k_dense_replace).
+        dense_mlp_hidden: hidden width of those dense layers.
     """
 
     vocab_size: int = 50257
@@ -194,6 +225,21 @@ class ModelConfig:
     swiglu_limit: float = 0.0
     swiglu_alpha: float = 1.702
     rope_yarn_truncate: bool = True
+    # DeepSeek V3: multi-head latent attention and its Mixture of Experts (see above).
+    kv_lora_rank: int = 0
+    q_lora_rank: int = 0
+    qk_rope_head_dim: int = 0
+    qk_nope_head_dim: int = 0
+    v_head_dim: int = 0
+    rope_interleave: bool = False
+    rope_mscale_all_dim: float = 0.0
+    n_shared_expert: int = 0
+    moe_router: str = "softmax"
+    moe_groups: int = 1
+    moe_groups_active: int = 1
+    moe_routed_scale: float = 1.0
+    moe_dense_layers: int = 0
+    dense_mlp_hidden: int = 0
 
     def __post_init__(self) -> None:
         check_fields(self, "model.")  # types, and whole numbers that fit 64 bits
@@ -204,7 +250,7 @@ class ModelConfig:
                      "sliding_window_pattern", "attn_scalar", "rope_local_theta"):
             if getattr(self, name) < 0:
                 _fail(name, getattr(self, name), "give 0 (derive it) or a positive number")
-        if self.head_size == 0 and self.n_embd % self.n_head:
+        if self.head_size == 0 and self.n_embd % self.n_head and not self.kv_lora_rank:
             raise LLMScratchError(
                 f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}; "
                 "pick a head count that divides the width, or set model.head_size"
@@ -222,8 +268,9 @@ class ModelConfig:
         _check_choice("head_pooling", self.head_pooling, ("last", "mean"))
         if self.head_outputs < 0:
             _fail("head_outputs", self.head_outputs, "give 0 (no head) or a positive number")
-        if self.positions == "rope" and self.head_dim % 2:
-            _fail("head_size", self.head_dim, "RoPE rotates pairs of features: use an even width")
+        if self.positions == "rope" and self.rope_dim % 2:
+            _fail("qk_rope_head_dim" if self.kv_lora_rank else "head_size", self.rope_dim,
+                  "RoPE rotates pairs of features: use an even width")
         if self.rope_theta <= 0:
             _fail("rope_theta", self.rope_theta, "give a positive base such as 10000")
         if self.rope_scaling in ("llama3", "yarn") and not (
@@ -255,6 +302,7 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             _fail("dropout", self.dropout, "give a probability in [0, 1)")
         self._check_gpt_oss()
+        _check_deepseek(self)
 
     def _check_gpt_oss(self) -> None:
         """gpt-oss's switches: the clamped SwiGLU is its experts' activation, and YaRN's
@@ -275,8 +323,32 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        """Width of each head: `head_size`, or n_embd / n_head when it is 0."""
+        """Width of each head: `head_size`, or n_embd / n_head when it is 0. With latent
+        attention, the width of a query or key head (qk_nope_head_dim + qk_rope_head_dim)."""
+        if self.kv_lora_rank:
+            return self.qk_nope_head_dim + self.qk_rope_head_dim
         return self.head_size or self.n_embd // self.n_head
+
+    @property
+    def rope_dim(self) -> int:
+        """Width RoPE rotates in each head: all of it, or latent attention's qk_rope_head_dim."""
+        return self.qk_rope_head_dim if self.kv_lora_rank else self.head_dim
+
+    @property
+    def cache_widths(self) -> tuple[int, int, int]:
+        """What the KV cache holds per token and layer: (heads, key width, value width).
+
+        Keys and values of `kv_heads` heads of `head_dim`; with latent attention,
+        one "head" holding the latent (kv_lora_rank) in place of keys and the
+        shared RoPE key (qk_rope_head_dim) in place of values.
+        """
+        if self.kv_lora_rank:
+            return 1, self.kv_lora_rank, self.qk_rope_head_dim
+        return self.kv_heads, self.head_dim, self.head_dim
+
+    def layer_is_dense(self, layer: int) -> bool:
+        """Whether layer `layer` (from 0) of a Mixture-of-Experts model has a plain MLP."""
+        return self.mlp == "moe" and layer < self.moe_dense_layers
 
     @property
     def mlp_dim(self) -> int:
@@ -314,6 +386,63 @@ def _fail(name: str, value, fix: str):
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         _fail(name, value, "choose one of " + ", ".join(repr(c) for c in choices))
+
+
+def _check_deepseek(c: ModelConfig) -> None:
+    """DeepSeek V3's switches: latent attention's sizes, and the MoE router's options."""
+    mla = ("q_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim")
+    for name in ("kv_lora_rank", *mla, "n_shared_expert", "moe_dense_layers",
+                 "dense_mlp_hidden", "rope_mscale_all_dim"):
+        if getattr(c, name) < 0:
+            _fail(name, getattr(c, name), "give 0 or a positive number")
+    if c.kv_lora_rank:
+        for name in mla[1:]:
+            if getattr(c, name) < 1:
+                _fail(name, getattr(c, name), "latent attention needs a positive width")
+        if c.positions != "rope":
+            _fail("positions", c.positions, "latent attention needs positions='rope'")
+        if c.head_size or c.kv_heads != c.n_head:
+            _fail("head_size" if c.head_size else "n_kv_head", c.head_size or c.n_kv_head,
+                  "latent attention sets its own head widths and key/value heads: give 0")
+        if c.qk_norm or c.bias or c.qkv_bias:
+            _fail("qk_norm" if c.qk_norm else "bias", True,
+                  "latent attention has no QK-norm and no biases here")
+    else:
+        for name in (*mla, "rope_interleave"):
+            if getattr(c, name):
+                _fail(name, getattr(c, name), "this is for latent attention: set kv_lora_rank")
+    if c.rope_mscale_all_dim and (c.rope_scaling != "yarn" or not c.kv_lora_rank):
+        _fail("rope_mscale_all_dim", c.rope_mscale_all_dim,
+              "it scales latent attention's scores under yarn scaling only")
+    _check_choice("moe_router", c.moe_router, ("softmax", "sigmoid"))
+    moe_options = dict(n_shared_expert=c.n_shared_expert, moe_router=c.moe_router != "softmax",
+                       moe_groups=c.moe_groups != 1, moe_groups_active=c.moe_groups_active != 1,
+                       moe_routed_scale=c.moe_routed_scale != 1.0,
+                       moe_dense_layers=c.moe_dense_layers)
+    if c.mlp != "moe":
+        for name, used in moe_options.items():
+            if used:
+                _fail(name, getattr(c, name), "this is an option of mlp='moe'")
+        return
+    if c.moe_groups < 1 or c.n_expert % c.moe_groups:
+        _fail("moe_groups", c.moe_groups, f"give a number of groups that divides "
+              f"n_expert={c.n_expert}")
+    per_group = c.n_expert // c.moe_groups
+    if c.moe_groups > 1 and per_group < 2:
+        _fail("moe_groups", c.moe_groups, "a group is scored by its best two experts: "
+              "give at least two experts per group")
+    if not 1 <= c.moe_groups_active <= c.moe_groups:
+        _fail("moe_groups_active", c.moe_groups_active,
+              f"give between 1 and moe_groups={c.moe_groups}")
+    if c.n_expert_active > c.moe_groups_active * per_group:
+        _fail("moe_groups_active", c.moe_groups_active, f"its groups hold fewer experts than "
+              f"n_expert_active={c.n_expert_active}")
+    if c.moe_routed_scale <= 0:
+        _fail("moe_routed_scale", c.moe_routed_scale, "give a positive number")
+    if c.moe_dense_layers > c.n_layer:
+        _fail("moe_dense_layers", c.moe_dense_layers, f"at most n_layer={c.n_layer}")
+    if c.moe_dense_layers and not c.dense_mlp_hidden:
+        _fail("dense_mlp_hidden", 0, "dense layers need a hidden width")
 
 
 def _llama3(**sizes) -> ModelConfig:
@@ -386,6 +515,25 @@ def _gpt_oss(**sizes) -> ModelConfig:
         n_expert_active=4, moe_renormalize=True, bias=True, attn_sinks=True, swiglu_limit=7.0,
         swiglu_alpha=1.702, sliding_window=128, sliding_window_pattern=2,
         tie_embeddings=False, dtype="bf16",
+    )
+    return ModelConfig(**{**family, **sizes})
+
+
+def _deepseek_v3(**sizes) -> ModelConfig:
+    """DeepSeek V3: 129k vocabulary; multi-head latent attention (the cache holds a
+    512-wide latent and a 64-wide RoPE key per token and layer) with YaRN from 4k to 160k
+    tokens; after 3 dense layers, 256 routed experts (8 active, chosen by sigmoid scores
+    from the 4 best of 8 groups) and 1 shared expert per layer."""
+    family = dict(
+        vocab_size=129280, context_length=163840, positions="rope", rope_theta=10000.0,
+        rope_scaling="yarn", rope_factor=40.0, rope_original_context=4096,
+        rope_low_freq_factor=1.0, rope_high_freq_factor=32.0, rope_attention_factor=1.0,
+        rope_mscale_all_dim=1.0, rope_interleave=True, norm="rmsnorm", norm_eps=1e-6,
+        kv_lora_rank=512, q_lora_rank=1536, qk_rope_head_dim=64, qk_nope_head_dim=128,
+        v_head_dim=128, mlp="moe", mlp_hidden=2048, n_expert=256, n_expert_active=8,
+        n_shared_expert=1, moe_router="sigmoid", moe_groups=8, moe_groups_active=4,
+        moe_routed_scale=2.5, moe_renormalize=True, moe_dense_layers=3,
+        dense_mlp_hidden=18432, bias=False, tie_embeddings=False, dtype="bf16",
     )
     return ModelConfig(**{**family, **sizes})
 
@@ -468,6 +616,16 @@ PRESETS: dict[str, ModelConfig] = {
                              n_expert_active=2, sliding_window=8, rope_factor=4.0,
                              rope_original_context=16,
                              rope_attention_factor=0.1 * math.log(4.0) + 1, dtype="fp32"),
+    # 671B parameters in all (without the multi-token prediction module), 37B active.
+    "deepseek-v3": _deepseek_v3(n_layer=61, n_head=128, n_embd=7168),
+    # Three layers: one dense, two with experts (8 in 4 groups, 2 active, 1 shared).
+    "deepseek-v3-tiny": _deepseek_v3(vocab_size=512, context_length=256, n_layer=3, n_head=4,
+                                     n_embd=64, kv_lora_rank=32, q_lora_rank=48,
+                                     qk_rope_head_dim=16, qk_nope_head_dim=16, v_head_dim=16,
+                                     mlp_hidden=32, n_expert=8, n_expert_active=2, moe_groups=4,
+                                     moe_groups_active=2, moe_dense_layers=1,
+                                     dense_mlp_hidden=128, rope_factor=4.0,
+                                     rope_original_context=16, dtype="fp32"),
 }
 
 

@@ -17,11 +17,14 @@ even for a 30B model. Memory is estimated from them and from the shapes:
                   and keeps only the gradient of the final hidden states (D),
                   plus, while it runs, one chunk: R x V x (4 + bytes) with
                   R = min(B T, 1,024) rows (fp32 softmax, logits and gradient)
-                  per_layer = 4 D + (2 H + 3 Hkv) Dh + mlp (+ 2 D for
-                  sandwich norms), where mlp is 2 F (GELU), 4 F (SwiGLU,
-                  GeGLU) or K (D + 4 F) + E (MoE)
-    KV cache      2 L B T Hkv Dh x bytes (inference; attention sinks, gpt-oss's,
-                  are weights, not cached)
+                  per_layer = 4 D + attn + mlp (+ 2 D for sandwich norms),
+                  where attn is (2 H + 3 Hkv) Dh (latent attention: its
+                  latents, and q, k, v of every head) and mlp is 2 F (GELU,
+                  ReLU squared), 4 F (SwiGLU, GeGLU) or K (D + 4 F) + E (MoE;
+                  + 4 F per shared expert; DeepSeek's first layers are SwiGLU)
+    KV cache      2 L B T Hkv Dh x bytes (inference); latent attention
+                  caches L B T (C + Dr): its latent and its RoPE key;
+                  attention sinks (gpt-oss) are weights, not cached
 
 Training needs weights + gradients + optimizer + activations; inference
 needs weights + KV cache. Activations are an estimate (within tens of
@@ -53,23 +56,19 @@ def footprint(config: ModelConfig, batch: int = 1, seq: int = 0, dtype: str = ""
     non_embedding = model.num_params(non_embedding=True)
     active = model.num_params(active=True)
 
-    if c.mlp in ("gelu", "relu2"):
-        mlp = 2 * c.mlp_dim
-    elif c.mlp in ("swiglu", "geglu"):
-        mlp = 4 * c.mlp_dim
-    else:
-        mlp = c.n_expert_active * (c.n_embd + 4 * c.mlp_dim) + c.n_expert
-    per_layer = 4 * c.n_embd + (2 * c.n_head + 3 * c.kv_heads) * c.head_dim + mlp
+    per_layer = 4 * c.n_embd + attention_activations(c)
     if c.norm_placement == "sandwich":
         per_layer += 2 * c.n_embd
-    per_token = c.n_layer * per_layer + 2 * c.n_embd
+    per_token = sum(per_layer + mlp_activations(c, i) for i in range(c.n_layer)) + 2 * c.n_embd
+    heads, key_width, value_width = c.cache_widths
+    kv_per_token = c.n_layer * heads * (key_width + value_width) * nbytes  # every layer's
     memory = {
         "weights": total * nbytes,
         "gradients": total * nbytes,
         "optimizer": 2 * total * nbytes,
         "activations": batch * T * per_token * nbytes
                        + min(batch * T, ROWS_PER_CHUNK) * c.vocab_size * (4 + nbytes),
-        "kv_cache": 2 * c.n_layer * batch * T * c.kv_heads * c.head_dim * nbytes,
+        "kv_cache": batch * T * kv_per_token,
     }
     memory["training_total"] = sum(memory[k] for k in ("weights", "gradients", "optimizer",
                                                        "activations"))
@@ -90,7 +89,28 @@ def footprint(config: ModelConfig, batch: int = 1, seq: int = 0, dtype: str = ""
             "inference": model.flops_per_token(T, training=False),
         },
         "memory_bytes": memory,
+        "kv_cache_bytes_per_token": kv_per_token,
     }
+
+
+def attention_activations(c: ModelConfig) -> int:
+    """Numbers per token one layer's attention keeps for the backward pass."""
+    if not c.kv_lora_rank:
+        return (2 * c.n_head + 3 * c.kv_heads) * c.head_dim
+    latents = 2 * (c.q_lora_rank + c.kv_lora_rank + c.qk_rope_head_dim)  # before and after norms
+    return latents + c.n_head * (3 * c.head_dim + 3 * c.v_head_dim)  # q, k; kv, v, output
+
+
+def mlp_activations(c: ModelConfig, layer: int) -> int:
+    """Numbers per token layer `layer`'s MLP keeps for the backward pass."""
+    if c.mlp in ("gelu", "relu2"):
+        return 2 * c.mlp_dim
+    if c.mlp in ("swiglu", "geglu"):
+        return 4 * c.mlp_dim
+    if c.layer_is_dense(layer):
+        return 4 * c.dense_mlp_hidden
+    shared = 4 * c.n_shared_expert * c.mlp_dim
+    return c.n_expert_active * (c.n_embd + 4 * c.mlp_dim) + c.n_expert + shared
 
 
 def describe(c: ModelConfig) -> str:
@@ -99,11 +119,23 @@ def describe(c: ModelConfig) -> str:
     attention += f", {c.kv_heads} kv heads)" if c.kv_heads != c.n_head else ")"
     if c.attn_sinks:
         attention += " with sinks"
+    if c.kv_lora_rank:
+        attention = (f"{c.n_head} heads of latent attention (latent {c.kv_lora_rank}, RoPE key "
+                     f"{c.qk_rope_head_dim}, q.k width {c.head_dim}, values {c.v_head_dim}")
+        attention += f", query latent {c.q_lora_rank})" if c.q_lora_rank else ")"
     mlp = f"{c.mlp} MLP of width {c.mlp_dim}"
     if c.mlp == "moe":
         mlp = f"MoE of {c.n_expert} experts ({c.n_expert_active} active) of width {c.mlp_dim}"
         if c.swiglu_limit:
             mlp += f", clamped SwiGLU (limit {c.swiglu_limit:g})"
+        if c.moe_router == "sigmoid":
+            mlp += ", sigmoid routing"
+        if c.moe_groups > 1:
+            mlp += f" from {c.moe_groups_active} of {c.moe_groups} groups"
+        if c.n_shared_expert:
+            mlp += f", {c.n_shared_expert} shared"
+        if c.moe_dense_layers:
+            mlp += f", after {c.moe_dense_layers} dense layers of width {c.dense_mlp_hidden}"
     positions = "learned positions" if c.positions == "learned" else f"RoPE theta {c.rope_theta:g}"
     if c.rope_scaling != "none":
         positions += f" ({c.rope_scaling} scaling x{c.rope_factor:g})"

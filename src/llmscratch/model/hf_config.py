@@ -1,5 +1,5 @@
 """Hugging Face `config.json` <-> `ModelConfig`, for GPT-2, Llama 3, Qwen3(-MoE), Gemma 3
-(text), Olmo 3 and gpt-oss.
+(text), Olmo 3, gpt-oss and DeepSeek V3 (whose own fields hf_deepseek.py maps).
 
 Hugging Face names the same sizes differently per family (GPT-2's `n_embd`
 is Llama's `hidden_size`) and spells RoPE two ways: `rope_theta` plus
@@ -20,6 +20,7 @@ import math
 
 from llmscratch.errors import LLMScratchError
 from llmscratch.model.config import ModelConfig
+from llmscratch.model.hf_deepseek import deepseek_from_hf, deepseek_to_hf, is_deepseek_v3
 
 ARCHITECTURES = {
     "GPT2LMHeadModel": "gpt2",
@@ -29,6 +30,7 @@ ARCHITECTURES = {
     "Gemma3ForCausalLM": "gemma3_text",
     "Olmo3ForCausalLM": "olmo3",
     "GptOssForCausalLM": "gpt_oss",
+    "DeepseekV3ForCausalLM": "deepseek_v3",
 }
 # Multimodal architectures whose text model we import (without the vision encoder), and
 # the text model's own architecture. Gemma 3 4B and larger are released only so; their
@@ -85,10 +87,10 @@ def config_from_hf(hf: dict, source: str = "config.json") -> ModelConfig:
 
 def _config_from_hf(hf: dict, source: str) -> ModelConfig:
     family = hf_family(hf, source)
-    if hf.get("quantization_config"):  # e.g. gpt-oss's MXFP4 experts
-        method = hf["quantization_config"].get("quant_method", "unknown")
-        raise LLMScratchError(f"{source}: the checkpoint is quantized ({method}); convert "
-                              "one saved in bf16 or fp32")
+    if hf.get("quantization_config"):  # gpt-oss's MXFP4 experts, DeepSeek V3's fp8
+        method = (hf["quantization_config"] or {}).get("quant_method", "?")
+        raise LLMScratchError(f"{source}: the checkpoint is quantized ({method}), "
+                              "quantization_config; convert one saved in bf16 or fp32")
     if family == "gpt_oss":
         return _gpt_oss_from_hf(hf, source)
 
@@ -120,6 +122,8 @@ def _config_from_hf(hf: dict, source: str) -> ModelConfig:
         require("hidden_act", "silu", "silu")
     if family in LAYER_TYPED:
         require("attention_bias", False, False)
+    if family == "deepseek_v3":  # no biases in latent attention here
+        require("attention_bias", False, False)
     if hf.get("mlp_bias", False) != hf.get("attention_bias", False):
         raise LLMScratchError(f"{source}: attention_bias and mlp_bias differ; not supported")
     D, H = hf["hidden_size"], hf["num_attention_heads"]
@@ -144,6 +148,8 @@ def _config_from_hf(hf: dict, source: str) -> ModelConfig:
                      attn_scalar=float(hf.get("query_pre_attn_scalar", 256)))
     if family == "olmo3":
         sizes.update(norm_placement="post", qk_norm_scope="all")
+    if family == "deepseek_v3":
+        sizes.update(deepseek_from_hf(hf, source))
     if family in ("qwen3", "qwen3_moe") and hf.get("use_sliding_window"):
         if any(kind != "sliding_attention" for kind in hf.get("layer_types") or []) or (
             family == "qwen3" and hf.get("max_window_layers", 28) > 0 and not hf.get("layer_types")
@@ -160,7 +166,7 @@ def _config_from_hf(hf: dict, source: str) -> ModelConfig:
             n_expert_active=hf["num_experts_per_tok"],
             moe_renormalize=hf.get("norm_topk_prob", False),
         )
-    else:
+    elif family != "deepseek_v3":
         sizes["mlp_hidden"] = hf["intermediate_size"]
     return ModelConfig(**sizes)
 
@@ -274,13 +280,13 @@ def _yarn_fields(theta, scaling: dict, source: str) -> dict:
     if scaling.get("truncate", True) not in (True, False):
         raise LLMScratchError(f"{source}: yarn with truncate={scaling['truncate']!r} is not "
                               "supported")
-    if scaling.get("mscale") and scaling.get("mscale_all_dim"):
-        raise LLMScratchError(f"{source}: yarn with mscale and mscale_all_dim (DeepSeek's) is "
-                              "not supported")
     factor = float(scaling["factor"])
     attention_factor = scaling.get("attention_factor")
+    mscale, mscale_all_dim = scaling.get("mscale"), scaling.get("mscale_all_dim")
+    if attention_factor is None and mscale and mscale_all_dim:  # DeepSeek's: a ratio of the two
+        attention_factor = _yarn_mscale(factor, mscale) / _yarn_mscale(factor, mscale_all_dim)
     if attention_factor is None:
-        attention_factor = 0.1 * math.log(factor) + 1 if factor > 1 else 1.0
+        attention_factor = _yarn_mscale(factor, 1.0)
     return {
         "rope_theta": float(theta), "rope_scaling": "yarn", "rope_factor": factor,
         "rope_low_freq_factor": float(scaling.get("beta_slow") or 1),
@@ -291,6 +297,11 @@ def _yarn_fields(theta, scaling: dict, source: str) -> dict:
     }
 
 
+def _yarn_mscale(factor: float, m: float) -> float:
+    """YaRN's 0.1 m ln(factor) + 1 (1 for no stretch)."""
+    return 0.1 * m * math.log(factor) + 1 if factor > 1 else 1.0
+
+
 def family_of(config: ModelConfig) -> str:
     """The Hugging Face family that can hold this architecture, or an error saying why none."""
     c = config
@@ -299,6 +310,11 @@ def family_of(config: ModelConfig) -> str:
              c.sliding_window_pattern, c.rope_local_theta) == ("pre", False, False, 0, 0, 0)
     if c.qk_norm and c.qk_norm_scope != "head":
         plain = False
+    if c.kv_lora_rank and is_deepseek_v3(c):
+        return "deepseek_v3"
+    if c.kv_lora_rank or (c.n_shared_expert, c.moe_router, c.moe_groups, c.moe_routed_scale,
+                          c.moe_dense_layers) != (0, "softmax", 1, 1.0, 0):
+        plain = False  # DeepSeek's parts
     rope_ok = c.rope_scaling != "llama3"
     # gpt-oss's parts exist in no other family (nor YaRN unrounded: transformers reads it
     # only where one RoPE serves every layer).
@@ -339,7 +355,7 @@ def family_of(config: ModelConfig) -> str:
         f"norm_placement={c.norm_placement}, mlp={c.mlp}, qk_norm={c.qk_norm}, bias={c.bias}, "
         f"sliding_window={c.sliding_window}, rope_scaling={c.rope_scaling}, "
         f"attn_sinks={c.attn_sinks}, swiglu_limit={c.swiglu_limit}; GPT-2, Llama, "
-        "Qwen3(-MoE), Gemma 3, Olmo 3 and gpt-oss combinations can be exported"
+        "Qwen3(-MoE), Gemma 3, Olmo 3, gpt-oss and DeepSeek V3 combinations can be exported"
     )
 
 
@@ -370,6 +386,11 @@ def config_to_hf(config: ModelConfig) -> dict:
                   moe_intermediate_size=c.mlp_dim, norm_topk_prob=c.moe_renormalize,
                   decoder_sparse_step=1, mlp_only_layers=[],
                   intermediate_size=c.mlp_dim * c.n_expert_active)  # unused: no dense layers
+    if family == "deepseek_v3":
+        del hf["mlp_bias"]
+        hf.update(deepseek_to_hf(c))
+        if c.rope_mscale_all_dim:
+            hf["rope_scaling"]["mscale_all_dim"] = c.rope_mscale_all_dim
     if family in LAYER_TYPED:  # transformers 5's spelling: RoPE by layer type
         for name in ("rope_theta", "rope_scaling", "mlp_bias"):
             del hf[name]

@@ -18,6 +18,7 @@ knows only the model.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -96,9 +97,12 @@ def weight_links(config: ModelConfig) -> list[Link]:
             attn = f"{theirs}.self_attn"
             for our_norm, their_norm in NORM_NAMES[c.norm_placement].items():
                 same(f"{ours}.{our_norm}", f"{theirs}.{their_norm}")
-            for kind in ["weight", "bias"] if c.bias or c.qkv_bias else ["weight"]:
-                qkv = [f"{attn}.{p}_proj.{kind}" for p in "qkv"]
-                links.append(Link(f"{ours}.attn.qkv.{kind}", qkv, join="cat"))
+            if c.kv_lora_rank:  # DeepSeek's latent attention
+                links += latent_attention_links(f"{ours}.attn", attn, c)
+            else:
+                for kind in ["weight", "bias"] if c.bias or c.qkv_bias else ["weight"]:
+                    qkv = [f"{attn}.{p}_proj.{kind}" for p in "qkv"]
+                    links.append(Link(f"{ours}.attn.qkv.{kind}", qkv, join="cat"))
             if c.qk_norm:
                 same(f"{ours}.attn.q_norm", f"{attn}.q_norm")
                 same(f"{ours}.attn.k_norm", f"{attn}.k_norm")
@@ -107,8 +111,9 @@ def weight_links(config: ModelConfig) -> list[Link]:
                 links.append(Link(f"{ours}.attn.sinks", [f"{attn}.sinks"]))
             if family == "gpt_oss":
                 links.extend(gpt_oss_expert_links(ours, theirs))
-            elif c.mlp == "moe":
+            elif c.mlp == "moe" and not c.layer_is_dense(i):
                 same(f"{ours}.mlp.router", f"{theirs}.mlp.gate")
+                links += deepseek_moe_links(f"{ours}.mlp", f"{theirs}.mlp", c)
                 for ours_name, theirs_name in [("gate", "gate_proj"), ("up", "up_proj"),
                                                ("proj", "down_proj")]:
                     experts = [f"{theirs}.mlp.experts.{e}.{theirs_name}.weight"
@@ -138,6 +143,30 @@ def gpt_oss_expert_links(ours: str, theirs: str) -> list[Link]:
         Link(f"{ours}.mlp.up_bias", [f"{experts}.gate_up_proj_bias"], "odd"),
         Link(f"{ours}.mlp.proj_bias", [f"{experts}.down_proj_bias"]),
     ]
+def latent_attention_links(ours: str, theirs: str, c: ModelConfig) -> list[Link]:
+    """DeepSeek's latent attention: the same matrices under other names."""
+    names = [("kv_a", "kv_a_proj_with_mqa"), ("kv_norm", "kv_a_layernorm"), ("kv_b", "kv_b_proj")]
+    names += ([("q_a", "q_a_proj"), ("q_norm", "q_a_layernorm"), ("q_b", "q_b_proj")]
+              if c.q_lora_rank else [("q", "q_proj")])
+    return [Link(f"{ours}.{a}.weight", [f"{theirs}.{b}.weight"]) for a, b in names]
+
+
+def deepseek_moe_links(ours: str, theirs: str, c: ModelConfig) -> list[Link]:
+    """DeepSeek's MoE beyond Qwen3-MoE's: the router's bias and the shared expert."""
+    links = []
+    if c.moe_router == "sigmoid":
+        links.append(Link(f"{ours}.expert_bias", [f"{theirs}.gate.e_score_correction_bias"]))
+    if c.n_shared_expert:
+        for a, b in [("gate", "gate_proj"), ("up", "up_proj"), ("proj", "down_proj")]:
+            links.append(Link(f"{ours}.shared.{a}.weight", [f"{theirs}.shared_experts.{b}.weight"]))
+    return links
+
+
+def is_mtp_module(name: str, config: ModelConfig) -> bool:
+    """Whether `name` belongs to DeepSeek V3's multi-token prediction module (the layers after
+    the last, model.layers.61 in the released model), which next-token generation never uses."""
+    match = re.match(r"model\.layers\.(\d+)\.", name)
+    return bool(config.kv_lora_rank and match and int(match.group(1)) >= config.n_layer)
 
 
 def their_shapes(link: Link, our_shape: torch.Size, config: ModelConfig) -> list[tuple]:
@@ -212,6 +241,7 @@ def model_from_hf(config: ModelConfig, read: Callable[[str, tuple], torch.Tensor
         name for name in set(names) - used
         if not name.endswith(IGNORED_SUFFIXES) and not (name == "lm_head.weight"
                                                         and config.tie_embeddings)
+        and not is_mtp_module(name, config)
     )
     if unknown:
         raise LLMScratchError(f"the checkpoint has tensors this architecture does not use, "

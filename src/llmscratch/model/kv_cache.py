@@ -10,6 +10,12 @@ so tensor shapes never change between decode steps (friendly to
 
 Legend: B batch, Hkv key/value heads, T new tokens, Tmax cache capacity,
 Dh head width.
+
+A layer of multi-head latent attention (DeepSeek V3, latent_attention.py)
+caches no per-head keys and values: per token, one latent vector and one
+RoPE key shared by all heads. It stores them as a single "head" in the two
+buffers, the latent where keys go and the RoPE key where values go, of
+widths `key_dim` and `value_dim` (config.cache_widths).
 """
 
 from __future__ import annotations
@@ -33,10 +39,13 @@ class KVCache:
         head_dim: int,
         dtype: torch.dtype,
         device: torch.device | str,
+        value_dim: int = 0,
     ) -> None:
         shape = (batch_size, n_kv_head, max_len, head_dim)  # (B, Hkv, Tmax, Dh)
+        value_shape = (*shape[:3], value_dim or head_dim)  # the same, unless latent attention's
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        self.values = [torch.zeros(value_shape, dtype=dtype, device=device)
+                       for _ in range(n_layer)]
         self.max_len = max_len
         self.pos = 0
 

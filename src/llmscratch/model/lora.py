@@ -45,9 +45,10 @@ from torch import nn
 
 from llmscratch.errors import LLMScratchError
 
-# Every block's attention projections and its MLP's linear layers: GPT-2's fc and proj,
-# Llama's and Qwen3's gate, up and proj, or an MoE block's router.
-DEFAULT_TARGETS = ("blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.*")
+# Every block's attention projections (qkv and proj; DeepSeek's latent attention's q_a,
+# q_b, kv_a, kv_b and proj) and its MLP's linear layers: GPT-2's fc and proj, Llama's and
+# Qwen3's gate, up and proj, or an MoE block's router (and DeepSeek's shared expert).
+DEFAULT_TARGETS = ("blocks.*.attn.*", "blocks.*.mlp.*")
 OUTPUT_LAYER = "lm_head"
 
 

@@ -16,6 +16,19 @@ since exp(l_i) / sum_top exp(l_j) is p_i / sum_top p_j (so `moe_renormalize`
 on). Its router and experts have biases (`bias`), and its experts use a
 clamped SwiGLU (`swiglu_limit`, `expert_activation` below).
 
+DeepSeek V3 routes differently, by switches of the config:
+
+    scores   = sigmoid(router logits)                   (N, E)   moe_router="sigmoid"
+    choice   = scores + expert_bias                     (N, E)   the bias steers the choice only
+    groups:  experts form G groups; a group's worth is its best two choices,
+             and only the moe_groups_active best groups may be chosen from
+    top K by choice; weights = their scores, renormalised, x moe_routed_scale
+    + a shared expert that every token goes through      n_shared_expert
+
+The bias is not learned by gradient: DeepSeek nudges it during training so
+that overused experts are chosen less ("auxiliary-loss-free load balancing",
+DeepSeek-AI, 2024, "DeepSeek-V3", section 2.1.2); here it is loaded and kept.
+
 Compute is batched by expert, not by token: the N K (token, expert)
 assignments are sorted by expert, so each expert's tokens form one slice and
 one matmul; a loop visits the E experts (not the N tokens), and the outputs
@@ -32,9 +45,10 @@ from llmscratch.model.config import ModelConfig
 
 
 class MoE(nn.Module):
-    """A router and E SwiGLU experts whose weights (and biases) are stacked along dim 0."""
+    """A router and E SwiGLU experts whose weights (and biases) are stacked along dim 0;
+    `shared`, if given, is an MLP every token goes through besides (DeepSeek's shared experts)."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, shared: nn.Module | None = None) -> None:
         super().__init__()
         E, D, hidden = config.n_expert, config.n_embd, config.mlp_dim
         self.n_expert = E
@@ -42,6 +56,12 @@ class MoE(nn.Module):
         self.renormalize = config.moe_renormalize
         self.swiglu_limit, self.swiglu_alpha = config.swiglu_limit, config.swiglu_alpha
         self.router = nn.Linear(D, E, bias=config.bias)
+        self.sigmoid = config.moe_router == "sigmoid"
+        self.groups, self.groups_active = config.moe_groups, config.moe_groups_active
+        self.routed_scale = config.moe_routed_scale
+        # (E,) added to the scores when choosing (sigmoid routing only): a buffer, not learned.
+        self.register_buffer("expert_bias", torch.zeros(E) if self.sigmoid else None)
+        self.shared = shared
         # Expert e is SwiGLU(x) = (silu(x gate[e]^T) * (x up[e]^T)) proj[e]^T.
         self.gate = nn.Parameter(torch.empty(E, hidden, D))  # (E, F, D)
         self.up = nn.Parameter(torch.empty(E, hidden, D))  # (E, F, D)
@@ -55,12 +75,34 @@ class MoE(nn.Module):
 
     def route(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each token's K experts and their weights: (N, K) weights, (N, K) expert ids."""
-        router_logits = self.router(tokens)  # (N, E)
-        probs = torch.softmax(router_logits.float(), dim=-1)  # (N, E), in fp32
-        top_probs, top_experts = probs.topk(self.top_k, dim=-1)  # (N, K), (N, K)
-        if self.renormalize:
-            top_probs = top_probs / top_probs.sum(dim=-1, keepdim=True)  # rows sum to 1
-        return top_probs.to(tokens.dtype), top_experts
+        router_logits = self.router(tokens).float()  # (N, E), in fp32
+        if self.sigmoid:  # each expert scored on its own, in (0, 1)
+            scores = torch.sigmoid(router_logits)  # (N, E)
+            choice = scores + self.expert_bias.float()  # (N, E)
+        else:  # the experts compete for one unit of probability
+            scores = choice = torch.softmax(router_logits, dim=-1)  # (N, E)
+        if self.groups > 1:
+            choice = self.best_groups_only(choice)  # (N, E)
+        top_experts = choice.topk(self.top_k, dim=-1).indices  # (N, K)
+        top_probs = scores.gather(1, top_experts)  # (N, K)
+        if self.renormalize:  # rows sum to 1 (the 1e-20 only guards against 0 / 0)
+            top_probs = top_probs / (top_probs.sum(dim=-1, keepdim=True) + 1e-20)
+        return (top_probs * self.routed_scale).to(tokens.dtype), top_experts
+
+    def best_groups_only(self, choice: torch.Tensor) -> torch.Tensor:
+        """`choice` (N, E) with the experts outside each token's best groups at -inf.
+
+        The E experts form G groups of E / G in a row; a group is worth the sum
+        of its best two choice scores, and each token keeps its groups_active best.
+        (DeepSeek places each group on one device, so a token's experts live on
+        few devices.)
+        """
+        N, E = choice.shape
+        grouped = choice.view(N, self.groups, E // self.groups)  # (N, G, E / G)
+        group_worth = grouped.topk(2, dim=-1).values.sum(dim=-1)  # (N, G)
+        best = group_worth.topk(self.groups_active, dim=-1).indices  # (N, Gk)
+        keep = torch.zeros_like(group_worth, dtype=torch.bool).scatter_(1, best, True)  # (N, G)
+        return grouped.masked_fill(~keep.unsqueeze(-1), float("-inf")).view(N, E)  # (N, E)
 
     def expert_activation(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         """SwiGLU: silu(gate) * up; or, with `swiglu_limit` L > 0, gpt-oss's clamped one:
@@ -106,7 +148,10 @@ class MoE(nn.Module):
         expert_outputs = expert_outputs * weights.flatten()[order].unsqueeze(-1)  # (N K, D)
 
         combined = torch.zeros_like(tokens).index_add_(0, token_of, expert_outputs)  # (N, D)
-        return combined.view(B, T, D)  # (B, T, D)
+        combined = combined.view(B, T, D)  # (B, T, D)
+        if self.shared is not None:
+            combined = combined + self.shared(x)  # (B, T, D)
+        return combined
 
     def expert_tensors(self) -> list[nn.Parameter]:
         """The experts' stacked weights and biases (dim 0: the expert)."""

@@ -1,6 +1,7 @@
 """Rotary position embeddings (RoPE), with Llama 3's, YaRN's and linear frequency scaling.
 
-Legend: B batch, H heads, T tokens, Dh head width, P = Dh / 2 rotated pairs.
+Legend: B batch, H heads, T tokens, Dh head width (the part RoPE rotates:
+config.rope_dim), P = Dh / 2 rotated pairs.
 
 RoPE (Su et al., 2021, "RoFormer") gives attention a sense of order without a
 position table: before q and k meet, each pair of their features is rotated
@@ -35,8 +36,8 @@ def rope_frequencies(config: ModelConfig, device: torch.device | str | None = No
     """
     own_base = local and config.rope_local_theta > 0
     theta = config.rope_local_theta if own_base else config.rope_theta
-    exponents = torch.arange(0, config.head_dim, 2, device=device, dtype=torch.float32)  # (P,)
-    freqs = 1.0 / theta ** (exponents / config.head_dim)  # (P,)
+    exponents = torch.arange(0, config.rope_dim, 2, device=device, dtype=torch.float32)  # (P,)
+    freqs = 1.0 / theta ** (exponents / config.rope_dim)  # (P,)
     if own_base:
         return freqs
     if config.rope_scaling == "llama3":
@@ -88,12 +89,12 @@ def yarn_scaled(freqs: torch.Tensor, config: ModelConfig) -> torch.Tensor:
 
     def pair_turning(times: float) -> float:  # the (fractional) p that turns `times` times in L
         turns = math.log(c.rope_original_context / (times * 2 * math.pi))
-        return c.head_dim * turns / (2 * math.log(c.rope_theta))
+        return c.rope_dim * turns / (2 * math.log(c.rope_theta))
 
     low, high = pair_turning(c.rope_high_freq_factor), pair_turning(c.rope_low_freq_factor)
     if c.rope_yarn_truncate:
         low, high = math.floor(low), math.ceil(high)
-    low, high = max(low, 0), min(high, c.head_dim - 1)
+    low, high = max(low, 0), min(high, c.rope_dim - 1)
     pairs = torch.arange(freqs.numel(), device=freqs.device, dtype=torch.float32)  # (P,)
     slow = ((pairs - low) / max(high - low, 1e-3)).clamp(0.0, 1.0)  # (P,) 1 = slowed
     return slow * freqs / c.rope_factor + (1 - slow) * freqs

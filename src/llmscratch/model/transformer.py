@@ -1,4 +1,5 @@
-"""The decoder-only transformer, top to bottom: GPT-2, Llama 3, Qwen3(-MoE), Gemma 3, Olmo 3.
+"""The decoder-only transformer, top to bottom: GPT-2, Llama 3, Qwen3(-MoE), Gemma 3, Olmo 3,
+DeepSeek V3.
 
 Legend: B batch, T tokens, S keys (cached + T), D width (n_embd), V vocabulary,
 F MLP width.
@@ -29,8 +30,9 @@ model's forward; the heads then read the output layer's weight.
 The config's switches choose the parts (docs/families.md shows each switch):
 `positions` learned table or RoPE inside attention; `norm` LayerNorm or
 RMSNorm, and `norm_placement` where it sits; `mlp` GELU, SwiGLU, GeGLU or
-Mixture of Experts; `n_kv_head`, `qk_norm`, `attn_scalar` shape the
-attention; `sliding_window` and `sliding_window_pattern` say which layers
+Mixture of Experts (DeepSeek's first layers dense); `n_kv_head`, `qk_norm`,
+`attn_scalar` shape the attention, and `kv_lora_rank` makes it latent
+attention (DeepSeek's); `sliding_window` and `sliding_window_pattern` say which layers
 are local (they see only the latest tokens) and which global.
 
 `forward` is only the math, in whatever dtype it is given: mixed precision,
@@ -51,6 +53,7 @@ from llmscratch.model.attention import CausalSelfAttention, visible_keys
 from llmscratch.model.config import ModelConfig
 from llmscratch.model.heads import SequenceHead, linear_cross_entropy, linear_log_probs
 from llmscratch.model.kv_cache import KVCache
+from llmscratch.model.latent_attention import LatentAttention
 from llmscratch.model.moe import MoE
 from llmscratch.model.norms import RMSNorm, make_norm
 from llmscratch.model.rope import rope_angles, rope_frequencies, rope_gain
@@ -88,11 +91,12 @@ class SwiGLU(nn.Module):
     elementwise; a third projects back to D.
     """
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, hidden: int = 0) -> None:
         super().__init__()
-        self.gate = nn.Linear(config.n_embd, config.mlp_dim, bias=config.bias)
-        self.up = nn.Linear(config.n_embd, config.mlp_dim, bias=config.bias)
-        self.proj = nn.Linear(config.mlp_dim, config.n_embd, bias=config.bias)
+        width = hidden or config.mlp_dim  # another width: DeepSeek's dense and shared MLPs
+        self.gate = nn.Linear(config.n_embd, width, bias=config.bias)
+        self.up = nn.Linear(config.n_embd, width, bias=config.bias)
+        self.proj = nn.Linear(width, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
 
     def activation(self, x: torch.Tensor) -> torch.Tensor:
@@ -113,6 +117,17 @@ class GeGLU(SwiGLU):
 MLPS = {"gelu": MLP, "relu2": ReLUSquared, "swiglu": SwiGLU, "geglu": GeGLU, "moe": MoE}
 
 
+def make_mlp(config: ModelConfig, layer_idx: int) -> nn.Module:
+    """Layer `layer_idx`'s MLP: the config's kind, except DeepSeek V3's first dense layers
+    (a SwiGLU of width dense_mlp_hidden); its experts get their shared SwiGLU expert."""
+    c = config
+    if c.layer_is_dense(layer_idx):
+        return SwiGLU(c, c.dense_mlp_hidden)
+    if c.mlp == "moe" and c.n_shared_expert:
+        return MoE(c, shared=SwiGLU(c, c.n_shared_expert * c.mlp_dim))
+    return MLPS[c.mlp](c)
+
+
 class Block(nn.Module):
     """One transformer block: attention then MLP, each a residual branch with its norms.
 
@@ -131,10 +146,11 @@ class Block(nn.Module):
         pre = config.norm_placement in ("pre", "sandwich")
         post = config.norm_placement in ("sandwich", "post")
         self.ln_1 = make_norm(config, D) if pre else nn.Identity()
-        self.attn = CausalSelfAttention(config, layer_idx)
+        self.attn = (LatentAttention if config.kv_lora_rank else CausalSelfAttention)(config,
+                                                                                   layer_idx)
         self.post_ln_1 = make_norm(config, D) if post else nn.Identity()
         self.ln_2 = make_norm(config, D) if pre else nn.Identity()
-        self.mlp = MLPS[config.mlp](config)
+        self.mlp = make_mlp(config, layer_idx)
         self.post_ln_2 = make_norm(config, D) if post else nn.Identity()
 
     def forward(
@@ -260,6 +276,8 @@ class GPT(nn.Module):
                 nn.init.normal_(module.proj, mean=0.0, std=residual_std)
                 for bias in module.expert_tensors()[3:]:  # gpt-oss's expert biases
                     nn.init.zeros_(bias)
+                if module.expert_bias is not None:
+                    nn.init.zeros_(module.expert_bias)
             elif isinstance(module, CausalSelfAttention) and module.sinks is not None:
                 nn.init.zeros_(module.sinks)  # gpt-oss: every sink logit starts at 0
             elif isinstance(module, nn.Embedding):
@@ -367,9 +385,10 @@ class GPT(nn.Module):
         """An empty KV cache sized for this model, on its device and in its dtype."""
         param = self.tok_emb.weight  # (the linear layers' weights may be packed for inference)
         c = self.config
+        heads, key_width, value_width = c.cache_widths  # MLA: a latent and a RoPE key
         return KVCache(
-            c.n_layer, batch_size, c.kv_heads, max_len or c.context_length, c.head_dim,
-            dtype=param.dtype, device=param.device,
+            c.n_layer, batch_size, heads, max_len or c.context_length, key_width,
+            dtype=param.dtype, device=param.device, value_dim=value_width,
         )
 
     def num_params(self, non_embedding: bool = False, active: bool = False) -> int:
@@ -390,7 +409,8 @@ class GPT(nn.Module):
                 n -= self.lm_head.weight.numel()
         if active and self.config.mlp == "moe":
             idle = self.config.n_expert - self.config.n_expert_active
-            n -= sum(idle * block.mlp.expert_params() for block in self.blocks)
+            n -= sum(idle * block.mlp.expert_params() for block in self.blocks
+                     if isinstance(block.mlp, MoE))
         return n
 
     def flops_per_token(self, seq_len: int | None = None, training: bool = True) -> int:
@@ -400,8 +420,9 @@ class GPT(nn.Module):
         Every weight is one multiply-add (2 FLOPs) per token; attention scores
         and the weighted sum cost 2 T' H Dh each, where T' is the number of
         keys a token reads: T, or the sliding window in a local layer (the
-        formula's L T' is summed over layers). With H Dh = D this is
-        6 N + 12 L T D for training (Kaplan et al., 2020, appendix; PaLM,
+        formula's L T' is summed over layers; in latent attention q . k spans
+        qk_nope_head_dim + qk_rope_head_dim features, the values v_head_dim).
+        With H Dh = D this is 6 N + 12 L T D for training (Kaplan et al., 2020, appendix; PaLM,
         Chowdhery et al., 2022, appendix B).
         """
         c = self.config
@@ -416,5 +437,6 @@ class GPT(nn.Module):
             n_matmul -= self.pos_emb.weight.numel()
         if not c.tie_embeddings:
             n_matmul -= self.tok_emb.weight.numel()
-        forward = 2 * n_matmul + 4 * keys * c.n_head * c.head_dim
+        value_dim = c.v_head_dim if c.kv_lora_rank else c.head_dim
+        forward = 2 * n_matmul + 2 * keys * c.n_head * (c.head_dim + value_dim)
         return 3 * forward if training else forward
