@@ -42,7 +42,7 @@ def test_a_draft_model_drafts_its_own_greedy_continuation_after_rejections():
     cfg = SamplingConfig(temperature=0)
     gen = torch.Generator()
     ids = repetitive_prompts()[0]
-    for step in range(5):  # each time, keep 1 draft token and replace the next (rejected)
+    for _ in range(5):  # each time, keep 1 draft token and replace the next (rejected)
         draft, _ = drafter.propose(ids, 4, cfg, len(ids), gen)
         assert draft == generate(model, ids, SamplingConfig(4, temperature=0))
         ids = ids + draft[:1] + [(draft[1] + 1) % 512]

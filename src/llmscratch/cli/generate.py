@@ -67,13 +67,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.repetition_penalty, args.frequency_penalty, args.presence_penalty)
     device = resolve_device(args.device)
     model, tokenizer, settings = load_for_inference(args.run, device, args.dtype)
-    drafter = make_drafter(args, tokenizer, device) if args.speculative is not None else None
     pack_linear_weights(model)  # on the CPU: oneDNN's faster kernels (only inference follows)
     prompt_ids = tokenizer.encode(args.prompt)
     if len(prompt_ids) >= model.config.context_length:
         raise LLMScratchError(
             f"the prompt is {len(prompt_ids)} tokens; the model's context length is "
             f"{model.config.context_length}; shorten the prompt")
+    drafter = None
+    if args.speculative is not None:
+        drafter = make_drafter(args, tokenizer, device, len(prompt_ids) + args.max_new_tokens)
     new_ids = []
     stream = StreamDecoder(tokenizer)
     if not args.json:
@@ -113,9 +115,9 @@ def token_stream(model, prompt_ids, sampling, stop, vocab, drafter, draft_tokens
     return tokens, stats
 
 
-def make_drafter(args, tokenizer, device):
+def make_drafter(args, tokenizer, device, max_len: int):
     """--speculative's drafter: prompt lookup, or a draft run's model (checked to read the
-    same tokens before its weights are read)."""
+    same tokens before its weights are read) with a cache for `max_len` tokens."""
     from llmscratch.generation.cpu_weights import pack_linear_weights
     from llmscratch.generation.speculative import DraftModel, PromptLookup
     from llmscratch.runs.load import load_draft
@@ -124,4 +126,4 @@ def make_drafter(args, tokenizer, device):
         return PromptLookup()
     draft = load_draft(args.speculative, tokenizer, device, args.dtype)
     pack_linear_weights(draft)
-    return DraftModel(draft, tokenizer.vocab_size)
+    return DraftModel(draft, tokenizer.vocab_size, max_len)

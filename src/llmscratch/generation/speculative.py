@@ -112,19 +112,24 @@ class DraftModel:
     truncated away (the longest prefix its cache shares with the sequence
     stays), so each step feeds it only the tokens it has not read.
     `vocab_size` is the tokenizer's: both models' outputs are cut to it.
+    `max_len`: the longest sequence it will draft for (prompt and reply; default and
+    at most its context length), which sizes its cache.
     """
 
-    def __init__(self, model: torch.nn.Module, vocab_size: int) -> None:
+    def __init__(self, model: torch.nn.Module, vocab_size: int, max_len: int | None = None
+                 ) -> None:
         self.model = model.eval()
         self.vocab_size = vocab_size
-        self.cache = model.new_cache(batch_size=1)
+        context_length = model.config.context_length
+        self.cache = model.new_cache(batch_size=1, max_len=min(max_len or context_length,
+                                                               context_length))
         self.cached: list[int] = []  # the tokens whose keys and values the cache holds
         self.device = next(model.parameters()).device
 
     def propose(self, ids: Sequence[int], k: int, cfg: SamplingConfig, prompt_len: int,
                 gen: torch.Generator) -> tuple[list[int], torch.Tensor | None]:
         """Up to k draft tokens to follow `ids`, and the distributions q (k, V) drawn from."""
-        k = min(k, self.model.config.context_length - len(ids) + 1)  # it reads ids + k - 1
+        k = min(k, self.cache.max_len - len(ids) + 1)  # it reads ids and k - 1 drafts
         if k < 1:
             return [], None
         keep = shared_prefix(self.cached, ids, limit=len(ids) - 1)  # feed at least one token
