@@ -14,7 +14,7 @@ import yaml
 from llmscratch import __version__
 from llmscratch.cli import build_parser, main
 from llmscratch.errors import LLMScratchError
-from tests.conftest import TINY_CONFIG
+from tests.conftest import TINY_CONFIG, new_run
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -63,6 +63,35 @@ def test_generate_is_deterministic_per_seed(tiny_run, capsys):
     assert len(first["token_ids"]) <= 25 and isinstance(first["text"], str)
     assert generate(1) == first
     assert generate(2)["token_ids"] != first["token_ids"]
+
+
+def test_speculative_generate_writes_the_plain_greedy_text_and_reports_acceptance(
+        tiny_run, capsys):
+    def generate(*extra: str) -> dict:
+        assert main(["generate", "--run", str(tiny_run), "--prompt", "ROMEO: ROMEO: ROMEO:",
+                     "--max-new-tokens", "30", "--temperature", "0", "--json", *extra]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    plain = generate()
+    assert "speculative" not in plain
+    lookup = generate("--speculative", "prompt-lookup", "--draft-tokens", "3")
+    assert lookup["token_ids"] == plain["token_ids"]
+    assert lookup["speculative"]["drafted"] > 0
+    itself = generate("--speculative", str(tiny_run))  # a draft that always agrees
+    assert itself["token_ids"] == plain["token_ids"]
+    assert itself["speculative"]["acceptance_rate"] == 1.0
+    assert main(["generate", "--run", str(tiny_run), "--prompt", "ROMEO:", "--max-new-tokens",
+                 "5", "--speculative", "prompt-lookup"]) == 0
+    assert "draft tokens accepted" in capsys.readouterr().err
+
+
+def test_a_draft_model_with_another_tokenizer_is_refused_in_one_line(tiny_run, tmp_path, capsys):
+    other = new_run(tmp_path / "other")  # another tokenizer (and no checkpoint: never read)
+    assert main(["generate", "--run", str(tiny_run), "--prompt", "x", "--speculative",
+                 str(other.path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --speculative") and "tokenizer differs" in err
+    assert "\n" not in err
 
 
 def test_version_and_help():
@@ -184,6 +213,10 @@ BAD_INPUTS = [
     (["eval", "--run", "{tmp}/not_a_run", "--data", "{text}"], "is not a run directory"),
     (["generate", "--run", "{run}", "--prompt", ""], "prompt is empty"),
     (["generate", "--run", "{run}", "--prompt", "word " * 200], "context length is 64"),
+    (["generate", "--run", "{run}", "--prompt", "x", "--speculative", "prompt-lookup",
+      "--draft-tokens", "0"], "--draft-tokens must be at least 1"),
+    (["generate", "--run", "{run}", "--prompt", "x", "--speculative", "{tmp}/not_a_run"],
+     "is not a run directory"),
     (["pretrain", "--config", TINY_CONFIG, "--out", "{tmp}/o", "train.max_step=2"],
      "did you mean 'train.max_steps'"),
     (["pretrain", "--config", TINY_CONFIG, "--out", "{tmp}/o", "model.preset=gpt7"],

@@ -14,7 +14,9 @@ def register(sub) -> None:
     p = add_command(sub, "generate", "Generate text from a trained or imported model.",
                     "  llmscratch generate --run runs/demo --prompt 'ROMEO:'\n"
                     "  llmscratch generate --run runs/demo --prompt 'To be' --temperature 0 "
-                    "--json\n")
+                    "--json\n"
+                    "  llmscratch generate --run runs/demo --prompt \"$(cat notes.txt)\" "
+                    "--speculative prompt-lookup\n")
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("--max-new-tokens", type=int, default=200, help="at most this many tokens")
@@ -31,6 +33,12 @@ def register(sub) -> None:
                    help="once for any generated token, in [-2, 2] (0 = off)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same text")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--speculative", metavar="prompt-lookup|RUN_DIR",
+                   help="speculative decoding: draft tokens by looking the last few up in the "
+                        "prompt and reply, or with a smaller run's model (same tokenizer); the "
+                        "model checks them in one pass. Same distribution, often faster")
+    p.add_argument("--draft-tokens", type=int, default=5,
+                   help="with --speculative: at most this many draft tokens a step")
     add_device_options(p)
     p.set_defaults(func=cmd_generate)
 
@@ -46,35 +54,76 @@ def add_device_options(p) -> None:
 def cmd_generate(args: argparse.Namespace) -> int:
     from llmscratch.distributed import resolve_device
     from llmscratch.generation.cpu_weights import pack_linear_weights
-    from llmscratch.generation.sampling import SamplingConfig, generate_tokens
+    from llmscratch.generation.sampling import SamplingConfig
     from llmscratch.runs.load import load_for_inference
     from llmscratch.tokenizer import StreamDecoder
 
     if not args.prompt:
         raise LLMScratchError("the prompt is empty; give some text with --prompt")
+    if args.draft_tokens < 1:
+        raise LLMScratchError(f"--draft-tokens must be at least 1, got {args.draft_tokens}")
     sampling = SamplingConfig(  # checks every value before the model is loaded
         args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, args.min_p,
         args.repetition_penalty, args.frequency_penalty, args.presence_penalty)
-    model, tokenizer, settings = load_for_inference(args.run, resolve_device(args.device),
-                                                    args.dtype)
+    device = resolve_device(args.device)
+    model, tokenizer, settings = load_for_inference(args.run, device, args.dtype)
     pack_linear_weights(model)  # on the CPU: oneDNN's faster kernels (only inference follows)
     prompt_ids = tokenizer.encode(args.prompt)
     if len(prompt_ids) >= model.config.context_length:
         raise LLMScratchError(
             f"the prompt is {len(prompt_ids)} tokens; the model's context length is "
             f"{model.config.context_length}; shorten the prompt")
+    drafter = None
+    if args.speculative is not None:
+        drafter = make_drafter(args, tokenizer, device, len(prompt_ids) + args.max_new_tokens)
     new_ids = []
     stream = StreamDecoder(tokenizer)
     if not args.json:
         say(args.prompt, end="")
-    for token in generate_tokens(model, prompt_ids, sampling, settings.stop_token_ids,
-                                 tokenizer.vocab_size):
+    tokens, stats = token_stream(model, prompt_ids, sampling, settings.stop_token_ids,
+                                 tokenizer.vocab_size, drafter, args.draft_tokens)
+    for token in tokens:
         new_ids.append(token)
         if not args.json:
             say(stream.push(token), end="")
     if args.json:
-        print(json.dumps({"prompt": args.prompt, "text": tokenizer.decode(new_ids),
-                          "token_ids": new_ids, "prompt_token_ids": prompt_ids}))
+        result = {"prompt": args.prompt, "text": tokenizer.decode(new_ids),
+                  "token_ids": new_ids, "prompt_token_ids": prompt_ids}
+        if stats is not None:
+            result["speculative"] = {"drafted": stats.drafted, "accepted": stats.accepted,
+                                     "acceptance_rate": stats.acceptance_rate,
+                                     "forward_passes": stats.steps}
+        print(json.dumps(result))
     else:
         sys.stdout.write(stream.flush() + "\n")
+        if stats is not None:
+            print(stats.describe(), file=sys.stderr)
     return 0
+
+
+def token_stream(model, prompt_ids, sampling, stop, vocab, drafter, draft_tokens):
+    """The new tokens as they come (plain decoding, or speculative with a drafter), and the
+    speculation's statistics (None without a drafter)."""
+    from llmscratch.generation.sampling import generate_tokens
+    from llmscratch.generation.speculative import SpeculationStats, speculative_tokens
+
+    if drafter is None:
+        return generate_tokens(model, prompt_ids, sampling, stop, vocab), None
+    stats = SpeculationStats()
+    tokens = speculative_tokens(model, prompt_ids, sampling, drafter, draft_tokens, stop, vocab,
+                                stats)
+    return tokens, stats
+
+
+def make_drafter(args, tokenizer, device, max_len: int):
+    """--speculative's drafter: prompt lookup, or a draft run's model (checked to read the
+    same tokens before its weights are read) with a cache for `max_len` tokens."""
+    from llmscratch.generation.cpu_weights import pack_linear_weights
+    from llmscratch.generation.speculative import DraftModel, PromptLookup
+    from llmscratch.runs.load import load_draft
+
+    if args.speculative == "prompt-lookup":
+        return PromptLookup()
+    draft = load_draft(args.speculative, tokenizer, device, args.dtype)
+    pack_linear_weights(draft)
+    return DraftModel(draft, tokenizer.vocab_size, max_len)

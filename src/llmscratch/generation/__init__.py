@@ -6,6 +6,7 @@
     paged_cache.py     the cache's memory, and the per-step view the model attends over
     scheduler.py       continuous batching: who runs each step; preemption
     engine.py          Engine: one step = schedule, one forward pass, sample, finish
+    speculative.py     speculative decoding: cheap drafts the model checks in one pass
 """
 
 from llmscratch.generation.engine import Engine

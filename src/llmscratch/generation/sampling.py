@@ -138,9 +138,23 @@ def sample_next(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator,
 
     prompt_ids, output_ids: the sequence so far, for the penalties.
     """
+    if cfg.temperature == 0:
+        return apply_penalties(logits, cfg, prompt_ids, output_ids).argmax(dim=-1)
+    probs = next_token_probs(logits, cfg, prompt_ids, output_ids)  # (B, V)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)  # (B,)
+
+
+def next_token_probs(logits: torch.Tensor, cfg: SamplingConfig, prompt_ids: Collection[int] = (),
+                     output_ids: Collection[int] = ()) -> torch.Tensor:
+    """The distribution `sample_next` draws from, (B, V) fp32, each row summing to 1.
+
+    Greedy decoding (temperature 0) is the distribution that puts all its mass on
+    the most likely token: one-hot rows. Speculative decoding (speculative.py)
+    compares these probabilities with a draft's.
+    """
     logits = apply_penalties(logits, cfg, prompt_ids, output_ids)
     if cfg.temperature == 0:
-        return logits.argmax(dim=-1)
+        return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.size(-1)).float()
     logits = logits.float() / cfg.temperature  # (B, V)
     if cfg.top_k > 0:
         kth_best = torch.topk(logits, min(cfg.top_k, logits.size(-1))).values[:, -1:]  # (B, 1)
@@ -155,8 +169,9 @@ def sample_next(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator,
     probs = torch.softmax(logits, dim=-1)  # (B, V)
     if cfg.min_p > 0:
         top_prob = probs.amax(dim=-1, keepdim=True)  # (B, 1)
-        probs = probs.masked_fill(probs < cfg.min_p * top_prob, 0.0)  # multinomial renormalises
-    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)  # (B,)
+        probs = probs.masked_fill(probs < cfg.min_p * top_prob, 0.0)
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    return probs
 
 
 @torch.no_grad()

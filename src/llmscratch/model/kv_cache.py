@@ -67,5 +67,12 @@ class KVCache:
         """Called by the model once every layer has stored `n_tokens` new positions."""
         self.pos += n_tokens
 
+    def truncate(self, length: int) -> None:
+        """Keep the first `length` positions and forget the rest; the next forward
+        overwrites them (speculative decoding drops the draft tokens it rejects)."""
+        if not 0 <= length <= self.pos:
+            raise ValueError(f"cannot truncate a cache of {self.pos} positions to {length}")
+        self.pos = length
+
     def reset(self) -> None:
         self.pos = 0

@@ -2,6 +2,7 @@
 
     model = load_model(run)                        # eval mode, on the CPU, in its own dtype
     reference = load_reference("runs/sft", policy, tokenizer)   # DPO, RL: frozen, fp32
+    draft = load_draft("runs/small", tokenizer, device="cpu")   # speculative decoding
     model, tokenizer, settings = load_for_inference("runs/demo", device="cuda", dtype="bf16")
 
 `dtype=None` keeps the checkpoint's dtype, but for one case: bf16 weights
@@ -86,8 +87,7 @@ def load_reference(path: str, policy: GPT, tokenizer: Tokenizer) -> GPT:
     """align.reference's model, frozen, after checking it reads the policy's tokens."""
     run = Run.open(path)
     theirs = run.tokenizer()
-    if theirs.vocab_size != tokenizer.vocab_size or theirs.encode("Hello, world! 123") != \
-            tokenizer.encode("Hello, world! 123"):
+    if not theirs.reads_like(tokenizer):
         raise LLMScratchError(f"align.reference={path}: its tokenizer differs from the policy's "
                               f"({theirs.vocab_size:,} against {tokenizer.vocab_size:,} tokens); "
                               "the reference must read the same tokens")
@@ -97,6 +97,19 @@ def load_reference(path: str, policy: GPT, tokenizer: Tokenizer) -> GPT:
                               f"{model.config.vocab_size:,} entries, the policy's "
                               f"{policy.config.vocab_size:,}")
     return model.requires_grad_(False)
+
+
+def load_draft(path: str | Path, tokenizer: Tokenizer, device: str | torch.device = "cpu",
+               dtype: str | None = None) -> GPT:
+    """The model of the run at `path`, for speculative decoding (generation/speculative.py):
+    ready for inference as `load_for_inference` makes it, once its tokenizer is checked
+    (before any weights are read) to read the same tokens as `tokenizer`."""
+    theirs = Run.open(path).tokenizer()
+    if not theirs.reads_like(tokenizer):
+        raise LLMScratchError(f"--speculative {path}: its tokenizer differs from the model's "
+                              f"({theirs.vocab_size:,} against {tokenizer.vocab_size:,} tokens); "
+                              "a draft model must read the same tokens")
+    return load_for_inference(path, device, dtype)[0]
 
 
 def adapt(model: GPT, config: RunConfig, tensors: dict[str, torch.Tensor]) -> None:

@@ -155,6 +155,17 @@ class Tokenizer:
                 f"token id {token_id!r} is not in this tokenizer (vocab size {self.vocab_size})"
             ) from None
 
+    def reads_like(self, other: Tokenizer) -> bool:
+        """Whether `other` gives every text the same ids and every id the same bytes: the
+        same vocabulary, special tokens, pre-tokenizer and merge rule (names aside). Two
+        models must read alike to share work: a DPO reference, a speculative draft."""
+        mine, theirs = self.parts, other.parts
+        same = (mine.ranks == theirs.ranks and mine.special_tokens == theirs.special_tokens
+                and mine.pattern == theirs.pattern and mine.merge_rule == theirs.merge_rule
+                and self.ignore_merges == other.ignore_merges
+                and mine.normalization == theirs.normalization)
+        return same and (mine.merge_rule == "rank" or mine.merges == theirs.merges)
+
     # ------------------------------------------------------------- encoding
 
     def encode(

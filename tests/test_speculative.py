@@ -1,0 +1,190 @@
+"""Speculative decoding changes the speed, never the text's distribution: greedy output is
+plain greedy output, token for token, and sampled tokens follow the target model's
+probabilities (computed exactly here, by enumerating a tiny vocabulary)."""
+
+import itertools
+
+import pytest
+import torch
+
+from llmscratch.generation.sampling import SamplingConfig, generate, next_token_probs
+from llmscratch.generation.speculative import (
+    DraftModel,
+    PromptLookup,
+    SpeculationStats,
+    lookup,
+    speculative_tokens,
+    verify,
+)
+from llmscratch.model import GPT, get_preset
+from tests.test_families import tiny
+
+
+def spec(model, prompt, cfg, drafter, k, stop_ids=()):
+    stats = SpeculationStats()
+    tokens = list(speculative_tokens(model, prompt, cfg, drafter, k, stop_ids, None, stats))
+    return tokens, stats
+
+
+def test_prompt_lookup_proposes_what_followed_the_most_recent_match_of_the_longest_ngram():
+    #      0  1  2  3  4  5  6  7  8  9
+    ids = [5, 6, 7, 8, 9, 6, 7, 1, 2, 6, 7]
+    assert lookup(ids, 3) == [1, 2, 6]  # "6 7" last seen at 5..6, then 1 2 6
+    assert lookup(ids, 3, max_ngram=1) == [1, 2, 6]  # "7" last seen at 6
+    assert lookup([5, 6, 7, 8, 6, 7], 2) == [8, 6]  # 3-gram "8 6 7" absent: "6 7" at 1..2
+    assert lookup([1, 2, 3], 4) == []  # no earlier occurrence of anything
+    assert lookup([4, 4], 4) == [4]  # the continuation is cut at the sequence's end
+
+
+def test_a_draft_model_drafts_its_own_greedy_continuation_after_rejections():
+    model = tiny("llama-3-tiny")
+    drafter = DraftModel(model, 512)
+    cfg = SamplingConfig(temperature=0)
+    gen = torch.Generator()
+    ids = repetitive_prompts()[0]
+    for _ in range(5):  # each time, keep 1 draft token and replace the next (rejected)
+        draft, _ = drafter.propose(ids, 4, cfg, len(ids), gen)
+        assert draft == generate(model, ids, SamplingConfig(4, temperature=0))
+        ids = ids + draft[:1] + [(draft[1] + 1) % 512]
+
+
+def repetitive_prompts(seed=3) -> list[list[int]]:
+    """Random prompts, some of them repeating themselves (so prompt lookup finds matches)."""
+    gen = torch.Generator().manual_seed(seed)
+    words = [torch.randint(0, 512, (n,), generator=gen).tolist() for n in (6, 9, 4)]
+    return [words[0] + words[1] + words[0], words[1] * 3, words[2], words[2] + words[0] * 2]
+
+
+@pytest.mark.parametrize("name", ["gpt2-tiny", "llama-3-tiny"])
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_greedy_speculation_writes_the_plain_greedy_tokens(name, k):
+    model = tiny(name)
+    torch.manual_seed(1)
+    other = GPT(model.config).eval()  # a draft that mostly disagrees: many rejections
+    cfg = SamplingConfig(max_new_tokens=24, temperature=0)
+    drafted = accepted = 0
+    for prompt in repetitive_prompts():
+        expected = generate(model, prompt, cfg)
+        for drafter in (PromptLookup(), DraftModel(other, 512), DraftModel(model, 512)):
+            tokens, stats = spec(model, prompt, cfg, drafter, k)
+            assert tokens == expected, type(drafter).__name__
+            drafted, accepted = drafted + stats.drafted, accepted + stats.accepted
+            if isinstance(drafter, DraftModel) and drafter.model is model:
+                assert stats.accepted == stats.drafted > 0  # a model agrees with itself
+    assert 0 < accepted < drafted  # both outcomes were exercised
+
+
+def test_greedy_speculation_stops_at_a_stop_token_and_at_the_context_length():
+    model = tiny("gpt2-tiny")  # a context of 64 tokens
+    cfg = SamplingConfig(max_new_tokens=100, temperature=0)
+    prompt = repetitive_prompts()[0]
+    plain = generate(model, prompt, cfg)
+    assert len(plain) == 64 - len(prompt)  # the context is what ends it
+    for k in (2, 5):
+        assert spec(model, prompt, cfg, PromptLookup(), k)[0] == plain
+        assert spec(model, prompt, cfg, DraftModel(model, 512), k)[0] == plain
+        for stop in {plain[3], plain[10]}:  # the reply ends before the first of its stop tokens
+            expected = generate(model, prompt, cfg, stop_ids={stop})
+            assert len(expected) < len(plain)
+            assert spec(model, prompt, cfg, PromptLookup(), k, {stop})[0] == expected
+            assert spec(model, prompt, cfg, DraftModel(model, 512), k, {stop})[0] == expected
+
+
+def test_greedy_speculation_with_penalties_sees_accepted_drafts_as_generated():
+    model = tiny("llama-3-tiny")
+    cfg = SamplingConfig(max_new_tokens=20, temperature=0, repetition_penalty=1.5,
+                         frequency_penalty=0.5, presence_penalty=0.3)
+    for prompt in repetitive_prompts():
+        expected = generate(model, prompt, cfg)
+        assert spec(model, prompt, cfg, PromptLookup(), 4)[0] == expected
+        assert spec(model, prompt, cfg, DraftModel(model, 512), 4)[0] == expected
+
+
+# --- sampling: the accept/reject rule keeps the target's distribution ------------------
+
+P = torch.tensor([0.5, 0.3, 0.1, 0.1, 0.0, 0.0])  # the target's distribution
+Q = torch.tensor([0.1, 0.1, 0.1, 0.1, 0.3, 0.3])  # the draft's, far from it
+DRAWS = 5_000
+
+
+def rule_frequencies(q: torch.Tensor | None, draft_token: int = 0) -> torch.Tensor:
+    """How often each token comes out of one step of the rule with one draft token (drawn
+    from q, or always `draft_token` when q is None), over DRAWS steps (fixed seed)."""
+    gen = torch.Generator().manual_seed(99)
+    counts = torch.zeros(len(P))
+    p = torch.stack([P, torch.full_like(P, 1 / len(P))])  # a bonus row after the draft
+    for _ in range(DRAWS):
+        x = draft_token if q is None else int(torch.multinomial(q, 1, generator=gen))
+        n, token = verify(p, [x], None if q is None else q[None], gen)
+        counts[x if n else token] += 1
+    return counts / DRAWS
+
+
+def test_the_accept_reject_rule_draws_tokens_with_the_targets_probabilities():
+    # Four standard deviations of a frequency are at most 0.028 here. The mistakes this
+    # test exists for move some frequency by 0.1 or more: drawing from p rather than from
+    # max(0, p - q) after a rejection gives [0.4, 0.28, 0.16, 0.16, 0, 0] with Q, and
+    # token 0 with probability 0.75 with a one-hot q on it; accepting without the
+    # min(1, p/q) test gives q, or always x.
+    assert torch.allclose(rule_frequencies(Q), P, atol=0.03)
+    assert torch.allclose(rule_frequencies(None, 0), P, atol=0.03)  # prompt lookup's one-hot q
+
+
+def exact_distribution(model, prompt, cfg, n: int) -> dict[tuple[int, ...], float]:
+    """The target's probability of each sequence of n new tokens, by enumeration."""
+    V = model.config.vocab_size
+    table = {}
+    with torch.no_grad():
+        for seq in itertools.product(range(V), repeat=n):
+            ids = torch.tensor([prompt + list(seq[:-1])])
+            probs = next_token_probs(model.logits(model(ids))[0, len(prompt) - 1:], cfg)
+            table[seq] = float(torch.prod(probs[torch.arange(n), torch.tensor(seq)]))
+    return table
+
+
+def chi_square(counts: dict, probs: dict, runs: int) -> tuple[float, int]:
+    """Pearson's statistic and its number of cells; cells expected fewer than 5 times are
+    pooled into one."""
+    statistic, pooled_count, pooled_expected, cells = 0.0, 0, 0.0, 0
+    for cell, p in probs.items():
+        if runs * p >= 5:
+            statistic += (counts[cell] - runs * p) ** 2 / (runs * p)
+            cells += 1
+        else:
+            pooled_count, pooled_expected = pooled_count + counts[cell], pooled_expected + runs * p
+    statistic += (pooled_count - pooled_expected) ** 2 / pooled_expected
+    return statistic, cells + 1
+
+
+@pytest.mark.parametrize("drafter", ["prompt-lookup", "draft-model"])
+def test_sampled_speculation_follows_the_targets_distribution(drafter):
+    """Three tokens from a 4-token vocabulary, 600 times (seeds 0 to 599, two drafts a
+    step): how often each of the 64 replies came, against its exact probability.
+
+    About 20 cells are expected 5 times or more, so the statistic is about 20 by chance
+    (13 and 24 here) and above 45 one time in 2,000. Resampling from p instead of the
+    residual gives 97 with the draft model and 123 with prompt lookup; accepting every
+    draft, over 2,000.
+    """
+    torch.manual_seed(0)
+    config = get_preset("gpt2-tiny", vocab_size=4, context_length=16, n_layer=1,
+                        tie_embeddings=False)
+    model = GPT(config).eval()
+    draft = GPT(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(15)  # spread, but far from uniform
+        draft.load_state_dict(model.state_dict())
+        draft.lm_head.weight.mul_(-0.3)  # a draft that leans away from the target
+    prompt = [0, 1, 2, 0, 1]  # prompt lookup proposes "2 0 1" after "0 1"
+    exact = exact_distribution(model, prompt, SamplingConfig(temperature=1.0), 3)
+    counts = dict.fromkeys(exact, 0)
+    stats = SpeculationStats()
+    runs = 600
+    for seed in range(runs):
+        make = PromptLookup() if drafter == "prompt-lookup" else DraftModel(draft, 4)
+        tokens = speculative_tokens(model, prompt, SamplingConfig(3, 1.0, seed=seed), make, 2,
+                                    stats=stats)
+        counts[tuple(tokens)] += 1
+    statistic, cells = chi_square(counts, exact, runs)
+    assert 0.1 < stats.acceptance_rate < 0.9  # both branches of the rule ran
+    assert cells >= 15 and statistic < 45
