@@ -74,6 +74,12 @@ MODES = ("int8", "int4")
 GROUP_SIZE = 32  # int4: weights sharing one scale and minimum (the kernel takes 32 to 256)
 _ROW_MULTIPLE = 16  # int4: the packing kernel's row tile
 _TINY = 1e-10  # a floor for scales: an all-zero row or group still divides
+# The kernels' vectorized code takes bf16 activations (AVX2 and AVX-512); with fp32 ones
+# they run scalar code, 15 to 50 times slower (measured: bench/quantize_speed.py's docstring).
+KERNEL_DTYPE = torch.bfloat16
+# int8 with this many rows or more (a prompt) multiplies by the dequantized weight instead:
+# the kernel is built for a few rows, and on 64 it was 2x slower than an ordinary matmul.
+DEQUANTIZE_ROWS = 32
 
 
 # --- the arithmetic --------------------------------------------------------------------
@@ -120,23 +126,26 @@ class Int8Linear(nn.Module):
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        dtype = linear.weight.dtype  # the activations' dtype: the kernel wants scales in it
         q, scale = quantize_int8(linear.weight)
         self.register_buffer("weight_int8", q)  # (N, K)
-        self.register_buffer("scale", scale.to(dtype))  # (N,)
+        self.register_buffer("scale", scale.to(KERNEL_DTYPE))  # (N,), as the kernel takes it
         self.bias = None if linear.bias is None else linear.bias.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (..., in_features) -> (..., out_features)."""
-        rows = x.reshape(-1, self.in_features).to(self.scale.dtype).contiguous()  # (M, K)
-        y = torch._weight_int8pack_mm(rows, self.weight_int8, self.scale)  # (M, N)
+        """x: (..., in_features) -> (..., out_features), in x's dtype."""
+        rows = x.reshape(-1, self.in_features)  # (M, K)
+        if rows.shape[0] >= DEQUANTIZE_ROWS:  # a prompt: an ordinary matmul is faster
+            y = nn.functional.linear(rows, self.dequantized().to(x.dtype))
+        else:
+            y = torch._weight_int8pack_mm(rows.to(KERNEL_DTYPE).contiguous(), self.weight_int8,
+                                          self.scale).to(x.dtype)  # (M, N)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def dequantized(self) -> torch.Tensor:
-        """The weight this layer multiplies by, as a float (N, K) tensor."""
-        return dequantize_int8(self.weight_int8, self.scale).to(self.scale.dtype)
+        """The weight this layer multiplies by, as an fp32 (N, K) tensor."""
+        return dequantize_int8(self.weight_int8, self.scale)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
@@ -149,7 +158,6 @@ class Int4Linear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.group_size = group_size
-        dtype = linear.weight.dtype
         weight = linear.weight.detach()
         extra = -self.out_features % _ROW_MULTIPLE  # rows of zeros the kernel's tiles need
         if extra:
@@ -160,26 +168,26 @@ class Int4Linear(nn.Module):
         zero = low + 8 * scale
         self.register_buffer("scale_and_zero",
                              torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()
-                             .to(dtype))
+                             .to(KERNEL_DTYPE))
         self.bias = None if linear.bias is None else linear.bias.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (..., in_features) -> (..., out_features)."""
-        dtype = self.scale_and_zero.dtype
-        rows = x.reshape(-1, self.in_features).to(dtype).contiguous()  # (M, K)
+        """x: (..., in_features) -> (..., out_features), in x's dtype."""
+        rows = x.reshape(-1, self.in_features).to(KERNEL_DTYPE).contiguous()  # (M, K)
         y = torch._weight_int4pack_mm_for_cpu(rows, self.weight_int4, self.group_size,
                                               self.scale_and_zero)  # (M, N')
-        y = y[:, :self.out_features]  # the padding rows' outputs dropped
+        y = y[:, :self.out_features].to(x.dtype)  # the padding rows' outputs dropped
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def dequantized(self) -> torch.Tensor:
-        """The weight this layer multiplies by, as a float (N, K) tensor."""
-        identity = torch.eye(self.in_features, dtype=self.scale_and_zero.dtype)
-        # The kernel itself unpacks: I @ W.T = W.T (the packed layout is the kernel's own).
+        """The weight this layer multiplies by, as an fp32 (N, K) tensor (for tests: slow)."""
+        identity = torch.eye(self.in_features)
+        # The kernel itself unpacks: I @ W.T = W.T (the packed layout is the kernel's own),
+        # in fp32 (its scalar code) to keep every bit of (q - 8) * scale + zero.
         w = torch._weight_int4pack_mm_for_cpu(identity, self.weight_int4, self.group_size,
-                                              self.scale_and_zero).T
+                                              self.scale_and_zero.float()).T
         return w[:self.out_features].contiguous()
 
     def extra_repr(self) -> str:
