@@ -36,8 +36,18 @@ Which kernels. PyTorch ships CPU kernels for exactly these layouts, the ones
 tile at a time), and `torch._convert_weight_to_int4pack_for_cpu` (two 4-bit
 levels per byte, in the order its kernel reads them) with
 `torch._weight_int4pack_mm_for_cpu`, which reads a group's weight as
-(q - 8) * scale + zero, so zero = min + 8 * scale. Both take fp32 or bf16
-activations. torchao 0.18 (pip `torchao`, for torch >= 2.11) was the other
+(q - 8) * scale + zero, so zero = min + 8 * scale.
+
+Both kernels' vectorized code takes bf16 activations; given fp32 ones they
+run scalar code, 15 to 50 times slower (bench/quantize_speed.py's docstring
+has the measurements). So the layers round their input to bf16 (8
+significant bits: finer than an int8 step) and return the output in the
+input's dtype. The kernels are built for a few rows (a decode step): int8
+sends a prompt's rows (DEQUANTIZE_ROWS or more) to an ordinary matmul by the
+dequantized weight, faster there; int4 has no such path (its packed layout
+is the kernel's own), so an int4 prefill is slower than an fp32 one.
+
+torchao 0.18 (pip `torchao`, for torch >= 2.11) was the other
 choice: its CPU int4 layout calls the same `_weight_int4pack_mm_for_cpu`,
 and its int8 weight-only tensor, in eager mode, converts the whole int8
 weight to float at every call before an ordinary matmul (it counts on
@@ -59,8 +69,8 @@ The kernels are the CPU's: on another device `quantize_linear_weights`
 refuses with a message. int4 needs a row count divisible by 16 (rows of
 zeros are added, and their outputs dropped) and an input width divisible
 by the group size (a layer where it is not falls back to int8).
-A quantized model is for inference only: it does not train, and its
-state_dict lacks the quantized weights.
+A quantized model is for inference only: it does not train, and nothing
+saves it: a run's checkpoint stays in floating point, quantized as it loads.
 """
 
 from __future__ import annotations
