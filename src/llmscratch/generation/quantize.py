@@ -45,7 +45,8 @@ significant bits: finer than an int8 step) and return the output in the
 input's dtype. The kernels are built for a few rows (a decode step): int8
 sends a prompt's rows (DEQUANTIZE_ROWS or more) to an ordinary matmul by the
 dequantized weight, faster there; int4 has no such path (its packed layout
-is the kernel's own), so an int4 prefill is slower than an fp32 one.
+is the kernel's own): an int4 prefill goes through the kernel (on 512 rows
+of a 3,072 x 768 layer, 1.2x the time of the fp32 matmul, measured).
 
 torchao 0.18 (pip `torchao`, for torch >= 2.11) was the other
 choice: its CPU int4 layout calls the same `_weight_int4pack_mm_for_cpu`,
