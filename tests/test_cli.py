@@ -332,3 +332,61 @@ def test_every_command_a_message_names_exists():
 def _subcommands(parser) -> dict:
     return next((a.choices for a in parser._actions
                  if isinstance(a, argparse._SubParsersAction)), {})
+
+
+def test_quantize_works_in_generate_chat_serve_and_eval(tiny_run, small_text, capsys,
+                                                          monkeypatch):
+    """--quantize int8|int4 reaches the model of every inference command: generate's greedy
+    ids and eval's loss are those of the run's model quantized in this process."""
+    import io
+
+    from llmscratch.evaluation.perplexity import evaluate_text
+    from llmscratch.generation.quantize import Int4Linear, Int8Linear, quantize_linear_weights
+    from llmscratch.generation.sampling import SamplingConfig, generate_tokens
+    from llmscratch.runs.load import load_for_inference
+    from llmscratch.serving.app import serve_run
+
+    def quantized(mode):
+        model, tokenizer, settings = load_for_inference(tiny_run, "cpu")
+        quantize_linear_weights(model, mode)
+        return model, tokenizer, settings
+
+    model, tokenizer, settings = quantized("int8")
+    expected = list(generate_tokens(model, tokenizer.encode("To be"),
+                                    SamplingConfig(8, temperature=0), settings.stop_token_ids,
+                                    tokenizer.vocab_size))
+    assert main(["generate", "--run", str(tiny_run), "--prompt", "To be", "--temperature", "0",
+                 "--max-new-tokens", "8", "--quantize", "int8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["token_ids"] == expected
+    text = small_text.read_text()[:3000]
+    data = tiny_run.parent / "eval.txt"
+    data.write_text(text)
+    for mode in ("int8", "int4"):
+        model, tokenizer, _ = quantized(mode)
+        assert main(["eval", "--run", str(tiny_run), "--data", str(data), "--json",
+                     "--quantize", mode]) == 0
+        loss = json.loads(capsys.readouterr().out)["loss"]
+        assert loss == pytest.approx(evaluate_text(model, tokenizer, text).loss, rel=1e-6)
+    calls = []
+    monkeypatch.setattr("llmscratch.generation.quantize.quantize_linear_weights",
+                        lambda model, mode: calls.append(mode))
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\n"))
+    assert main(["chat", "--run", str(tiny_run), "--max-new-tokens", "2",
+                 "--quantize", "int4"]) == 0
+    assert calls == ["int4"]
+    state, _ = serve_run(str(tiny_run), device="cpu", quantize="int4")
+    try:
+        layers = list(state.engine._engine.model.modules())
+        assert any(isinstance(m, Int4Linear) for m in layers)
+        assert any(isinstance(m, Int8Linear) for m in layers)  # the output layer
+    finally:
+        state.engine.stop()
+
+
+def test_a_bad_quantize_value_or_device_is_one_line(tiny_run, small_text):
+    out = run_cli("generate", "--run", str(tiny_run), "--prompt", "x", "--quantize", "int3")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "invalid choice: 'int3'" in out.stderr and out.stderr.startswith("error:")
+    out = run_cli("eval", "--run", str(tiny_run), "--data", str(small_text), "--quantize",
+                  "int8", "--device", "cuda")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr

@@ -101,6 +101,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from llmscratch.distributed import resolve_device
     from llmscratch.generation.cpu_weights import pack_linear_weights
     from llmscratch.generation.engine import Engine
+    from llmscratch.generation.quantize import quantize_linear_weights
     from llmscratch.generation.sampling import SamplingConfig
     from llmscratch.runs.load import load_for_inference
     from llmscratch.tokenizer import StopText
@@ -110,6 +111,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
                               seed=args.seed)
     model, tokenizer, settings = load_for_inference(args.run, resolve_device(args.device),
                                                     args.dtype)
+    quantize_linear_weights(model, args.quantize)  # --quantize int8|int4 (None: unchanged)
     pack_linear_weights(model)  # on the CPU: oneDNN's faster kernels (only inference follows)
     engine = Engine(model, max_batch=1, vocab_size=tokenizer.vocab_size)
     context = model.config.context_length

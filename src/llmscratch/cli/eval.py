@@ -118,6 +118,7 @@ def cmd_text(args: argparse.Namespace) -> int:
     from llmscratch.data.corpus import read_text_file
     from llmscratch.distributed import resolve_device
     from llmscratch.evaluation.perplexity import evaluate_text
+    from llmscratch.generation.quantize import quantize_linear_weights
     from llmscratch.runs.load import load_for_inference
 
     if not (args.run and args.data):
@@ -127,6 +128,7 @@ def cmd_text(args: argparse.Namespace) -> int:
         raise LLMScratchError(f"--batch-size must be at least 1, got {args.batch_size}")
     text = read_text_file(Path(args.data))
     model, tokenizer, _ = load_for_inference(args.run, resolve_device(args.device), args.dtype)
+    quantize_linear_weights(model, args.quantize)  # --quantize int8|int4 (None: unchanged)
     result = evaluate_text(model, tokenizer, text, batch_size=args.batch_size)
     if args.json:
         print(json.dumps(vars(result)))
@@ -150,7 +152,8 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     if not args.run:
         raise LLMScratchError("eval tasks needs --run DIR")
     config = EvalTasksConfig(args.run, [t.strip() for t in args.tasks.split(",") if t.strip()],
-                             args.limit, args.shots, args.batch_tokens, args.device, args.dtype)
+                             args.limit, args.shots, args.batch_tokens, args.device, args.dtype,
+                             args.quantize)
     results = evaluate_tasks(config, say=(lambda line: None) if args.json else say)
     update_report(Run.open(args.run))
     if args.json:
@@ -208,7 +211,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
     judge = JudgeConfig(args.endpoint, args.model, api_key, args.seed, args.retries,
                         args.backoff, args.timeout)
     config = JudgeRunConfig(args.run, args.data, judge, args.out, args.limit,
-                            args.max_new_tokens, args.device, args.dtype)
+                            args.max_new_tokens, args.device, args.dtype, args.quantize)
     summary = judge_run(config, say=(lambda line: None) if args.json else say)
     if args.json:
         print(json.dumps(summary))

@@ -49,11 +49,15 @@ def add_device_options(p) -> None:
     p.add_argument("--dtype", choices=["fp32", "bf16"],
                    help="the weights' dtype (default: the checkpoint's, but fp32 for bf16 "
                         "weights on a CPU without fast bf16 matmuls)")
+    p.add_argument("--quantize", choices=["int8", "int4"],
+                   help="weight-only quantization of the linear layers, on the CPU: int8 per "
+                        "output channel, int4 in groups of 32 (docs/inference.md)")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from llmscratch.distributed import resolve_device
     from llmscratch.generation.cpu_weights import pack_linear_weights
+    from llmscratch.generation.quantize import quantize_linear_weights
     from llmscratch.generation.sampling import SamplingConfig
     from llmscratch.runs.load import load_for_inference
     from llmscratch.tokenizer import StreamDecoder
@@ -67,6 +71,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.repetition_penalty, args.frequency_penalty, args.presence_penalty)
     device = resolve_device(args.device)
     model, tokenizer, settings = load_for_inference(args.run, device, args.dtype)
+    quantize_linear_weights(model, args.quantize)  # --quantize int8|int4 (None: unchanged)
     pack_linear_weights(model)  # on the CPU: oneDNN's faster kernels (only inference follows)
     prompt_ids = tokenizer.encode(args.prompt)
     if len(prompt_ids) >= model.config.context_length:

@@ -59,7 +59,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sock = listen(args.host, args.port)  # before the model loads: a port in use fails at once
     try:
         state, app = serve_run(args.run, args.device, args.dtype, args.model_name,
-                               args.api_key, args.max_concurrency, args.max_batch)
+                               args.api_key, args.max_concurrency, args.max_batch,
+                               args.quantize)
         try:
             root = url(sock)
             say(f"serving {state.model_name} on {root}/v1 (OpenAI-compatible; Ctrl-C stops)")

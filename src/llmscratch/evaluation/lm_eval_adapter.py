@@ -39,6 +39,7 @@ from llmscratch.errors import LLMScratchError
 from llmscratch.evaluation.generation_tasks import generate_replies
 from llmscratch.evaluation.multiple_choice import encode_pair, score_requests
 from llmscratch.generation.cpu_weights import pack_linear_weights
+from llmscratch.generation.quantize import quantize_linear_weights
 from llmscratch.runs.load import load_for_inference
 from llmscratch.training.allocator import keep_freed_memory
 
@@ -51,18 +52,19 @@ class LLMScratchLM(LM):
     """A run's newest checkpoint, scored in batches (module docstring).
 
     model_args: run (the run directory), device (auto, cpu, cuda), dtype (fp32, bf16;
-    default the checkpoint's), batch_tokens (tokens of one scoring batch; default by
-    device, evaluation/multiple_choice.py),
+    default the checkpoint's), quantize (int8, int4: generation/quantize.py), batch_tokens
+    (tokens of one scoring batch; default by device, evaluation/multiple_choice.py),
     max_gen_toks (a reply's default limit). lm_eval's own batch_size is ignored:
     batches are sized in tokens.
     """
 
     def __init__(self, run: str, device: str | None = "auto", dtype: str | None = None,
                  batch_tokens: int | str | None = None, max_gen_toks: int | str = 256,
-                 **lm_eval_options) -> None:
+                 quantize: str | None = None, **lm_eval_options) -> None:
         super().__init__()
         self.model, self.tokenizer, self.settings = load_for_inference(
             run, _device(device), dtype)
+        quantize_linear_weights(self.model, quantize or None)
         pack_linear_weights(self.model)  # on the CPU: oneDNN's kernels (inference only)
         if self.model.tok_emb.weight.device.type == "cpu":
             keep_freed_memory()  # as the training loop does (training/allocator.py)

@@ -168,6 +168,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 None if grad_weight is None else grad_weight.mul_(grad_loss), None, None)
 
 
+def layer_cross_entropy(hidden: torch.Tensor, layer: nn.Module,
+                        targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of `layer(hidden)` against `targets`, a chunk of rows at a time,
+    without gradients: for an output layer whose weight is not a tensor to read (one packed
+    or quantized for inference, generation/). hidden: (N, D); targets: (N,) -> scalar fp32."""
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    rows = max(1, LOGIT_BYTES_PER_CHUNK // (4 * layer.out_features))
+    with torch.no_grad():
+        for start in range(0, hidden.size(0), rows):
+            logits = layer(hidden[start:start + rows]).float()  # (n, V)
+            total += F.cross_entropy(logits, targets[start:start + rows],
+                                     ignore_index=IGNORE_INDEX, reduction="sum")
+    return total
+
+
 def plain_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                         reduction: str = "mean") -> torch.Tensor:
     """The same loss the readable way, with the whole (N, V) logit matrix (for tests)."""

@@ -51,7 +51,12 @@ from torch import nn
 from llmscratch.errors import LLMScratchError
 from llmscratch.model.attention import CausalSelfAttention, visible_keys
 from llmscratch.model.config import ModelConfig
-from llmscratch.model.heads import SequenceHead, linear_cross_entropy, linear_log_probs
+from llmscratch.model.heads import (
+    SequenceHead,
+    layer_cross_entropy,
+    linear_cross_entropy,
+    linear_log_probs,
+)
 from llmscratch.model.kv_cache import KVCache
 from llmscratch.model.latent_attention import LatentAttention
 from llmscratch.model.moe import MoE
@@ -368,6 +373,9 @@ class GPT(nn.Module):
         layer a chunk of rows at a time (model/heads.py).
         """
         flat_targets = targets.flatten()  # (B T,)
+        if type(self.lm_head) is not nn.Linear:  # packed or quantized for inference: no weight
+            return (layer_cross_entropy(hidden.flatten(0, 1), self.lm_head, flat_targets),
+                    (flat_targets != -100).sum())
         loss_sum = linear_cross_entropy(hidden.flatten(0, 1), self.lm_head.weight, flat_targets)
         return loss_sum, (flat_targets != -100).sum()
 

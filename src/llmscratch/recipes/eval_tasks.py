@@ -38,6 +38,7 @@ from llmscratch.evaluation.perplexity import evaluate_text
 from llmscratch.evaluation.task_formats import fewshot_query, read_docs, shot_indices
 from llmscratch.evaluation.tasks import Doc, TaskSpec, resolve_task
 from llmscratch.generation.cpu_weights import pack_linear_weights
+from llmscratch.generation.quantize import quantize_linear_weights
 from llmscratch.io import atomic_write_json, parse_json
 from llmscratch.model import GPT
 from llmscratch.runs.load import load_for_inference
@@ -59,7 +60,8 @@ class EvalTasksConfig:
     shots: solved examples put before each question (few-shot), drawn with the task's seed.
     batch_tokens: tokens a multiple-choice batch holds (None: by device, multiple_choice.py).
     device, dtype: where and in
-    what the model runs (dtype None: the checkpoint's).
+    what the model runs (dtype None: the checkpoint's). quantize: int8, int4 or None
+    (generation/quantize.py).
     """
 
     run: str
@@ -69,6 +71,7 @@ class EvalTasksConfig:
     batch_tokens: int | None = None
     device: str = "auto"
     dtype: str | None = None
+    quantize: str | None = None
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -100,6 +103,7 @@ def evaluate_tasks(config: EvalTasksConfig, say: Callable[[str], None] = print) 
             fewshot_query(spec, docs[spec.name], 0, config.shots)  # enough examples?
     model, tokenizer, settings = load_for_inference(run.path, resolve_device(config.device),
                                                     config.dtype)
+    quantize_linear_weights(model, config.quantize)
     if model.tok_emb.weight.device.type == "cpu":
         keep_freed_memory()  # batches reuse their buffers instead of faulting fresh pages in
     prompt_format = run_prompt_format(run)

@@ -35,6 +35,7 @@ from llmscratch.evaluation.generation_tasks import generate_replies
 from llmscratch.evaluation.judge import Judge, JudgeConfig, judge_prompt, parse_score
 from llmscratch.evaluation.tasks import Doc, TaskSpec
 from llmscratch.generation.cpu_weights import pack_linear_weights
+from llmscratch.generation.quantize import quantize_linear_weights
 from llmscratch.io import atomic_write_json, read_json
 from llmscratch.recipes.eval_tasks import RESULT_FORMAT, prompt_ids, run_prompt_format
 from llmscratch.runs.load import load_for_inference
@@ -60,6 +61,7 @@ class JudgeRunConfig:
     max_new_tokens: int = 256
     device: str = "auto"
     dtype: str | None = None
+    quantize: str | None = None  # int8, int4 or None (generation/quantize.py)
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
@@ -95,6 +97,7 @@ def judge_run(config: JudgeRunConfig, say: Callable[[str], None] = print) -> dic
         raise LLMScratchError(f"--out {out}: folder {out.parent} does not exist")
     model, tokenizer, settings = load_for_inference(run.path, resolve_device(config.device),
                                                     config.dtype)
+    quantize_linear_weights(model, config.quantize)
     pack_linear_weights(model)
     spec = TaskSpec("judge", "generation", format="builtin")
     fmt = run_prompt_format(run)

@@ -52,6 +52,7 @@ from llmscratch.distributed import resolve_device
 from llmscratch.errors import LLMScratchError
 from llmscratch.generation.cpu_weights import pack_linear_weights
 from llmscratch.generation.engine import Engine
+from llmscratch.generation.quantize import quantize_linear_weights
 from llmscratch.io import parse_json
 from llmscratch.runs.load import load_for_inference
 from llmscratch.serving.async_engine import AsyncEngine, EngineError
@@ -412,11 +413,14 @@ def _metrics(state: ServerState) -> str:
 
 def serve_run(run_dir: str, device: str = "auto", dtype: str | None = None,
               model_name: str | None = None, api_key: str | None = None,
-              max_concurrency: int = 64, max_batch: int = 32) -> tuple[ServerState, FastAPI]:
-    """A run's model, its engine started in its thread, and the app that serves them."""
+              max_concurrency: int = 64, max_batch: int = 32, quantize: str | None = None
+              ) -> tuple[ServerState, FastAPI]:
+    """A run's model (its linear layers quantized to `quantize`: int8, int4 or None), its
+    engine started in its thread, and the app that serves them."""
     if max_concurrency < 1 or max_batch < 1:
         raise LLMScratchError("--max-concurrency and --max-batch must be at least 1")
     model, tokenizer, settings = load_for_inference(run_dir, resolve_device(device), dtype)
+    quantize_linear_weights(model, quantize)
     pack_linear_weights(model)  # on the CPU: oneDNN's faster kernels (only inference follows)
     engine = AsyncEngine(Engine(model, max_batch=max_batch, vocab_size=tokenizer.vocab_size))
     state = ServerState(engine, tokenizer, model_name or Path(run_dir).resolve().name,
