@@ -1,8 +1,8 @@
 """The model's architecture, as one typed config, and named presets.
 
 `ModelConfig` says everything needed to build `GPT` (model/transformer.py).
-GPT-2, Llama 3, Qwen3, Qwen3-MoE, Gemma 3 and Olmo 3 are one model with
-different switches:
+GPT-2, Llama 3, Qwen3, Qwen3-MoE, Gemma 3, Olmo 3 and Qwen3-Next are one
+model with different switches:
 
     field             GPT-2      Llama 3       Qwen3    Qwen3-MoE  Gemma 3       Olmo 3
     positions         learned    rope (+llama3 rope     rope       rope (+linear rope (+yarn
@@ -30,6 +30,11 @@ sees the window, or everything if it is 0. `layer_is_local(i)` says which.
 Local layers rotate with RoPE base `rope_local_theta`, unscaled (0: exactly
 like the global layers); `rope_scaling` stretches the global layers, which
 are the ones that see far.
+
+Qwen3-Next (`qwen3-next-80b-a3b`) is Qwen3-MoE with four more switches:
+`full_attention_interval` 4 (three Gated DeltaNet layers, linear attention
+with a fixed-size memory, to one full-attention layer), `attn_output_gate`,
+`rope_fraction` 0.25 and `moe_shared_hidden`; its RMSNorms are zero-centred.
 
 Sizes that are usually derived have a 0 default meaning "derive it", read
 through a property: `n_kv_head` -> `kv_heads`, `head_size` -> `head_dim`,
@@ -131,6 +136,22 @@ class ModelConfig:
             the number of classes of a classifier, 1 for a reward model; 0 = none.
         head_pooling: what the sequence head reads: "last" (the last real token)
             or "mean" (the mean over real tokens).
+
+    Qwen3-Next's fields (see linear_attention.py):
+        full_attention_interval: P > 0: layers P, 2P, ... (from 1) are full
+            attention and the others Gated DeltaNet layers (Qwen3-Next: 4, three
+            DeltaNet layers to one attention layer); 0: no DeltaNet layers.
+        linear_n_key_head, linear_n_value_head: query/key heads and value heads of
+            a DeltaNet layer (value heads: a multiple of key heads, which they share).
+        linear_key_size, linear_value_size: width of each key (and query) head and
+            of each value head; a head's memory is a key-size x value-size matrix.
+        linear_conv_kernel: length of the causal depthwise convolution over q, k, v.
+        attn_output_gate: the attention output is multiplied by sigmoid(gate), a
+            gate projected from the input beside q, k and v (one per feature).
+        rope_fraction: the share of each head's features RoPE rotates (Qwen3-Next:
+            0.25); the others carry no position.
+        moe_shared_hidden: width of a shared expert beside the routed ones, which
+            every token goes through, scaled by a sigmoid gate of its own (0: none).
     """
 
     vocab_size: int = 50257
@@ -172,6 +193,17 @@ class ModelConfig:
     attn_impl: str = "auto"
     head_outputs: int = 0
     head_pooling: str = "last"
+    # Qwen3-Next: Gated DeltaNet layers between full-attention layers (linear_attention.py),
+    # a sigmoid gate on the attention output, RoPE on part of each head, a shared expert.
+    full_attention_interval: int = 0
+    linear_n_key_head: int = 0
+    linear_n_value_head: int = 0
+    linear_key_size: int = 0
+    linear_value_size: int = 0
+    linear_conv_kernel: int = 4
+    attn_output_gate: bool = False
+    rope_fraction: float = 1.0
+    moe_shared_hidden: int = 0
 
     def __post_init__(self) -> None:
         check_fields(self, "model.")  # types, and whole numbers that fit 64 bits
@@ -232,6 +264,33 @@ class ModelConfig:
             _fail("n_expert", self.n_expert, "experts need mlp='moe'; set both expert counts to 0")
         if not 0.0 <= self.dropout < 1.0:
             _fail("dropout", self.dropout, "give a probability in [0, 1)")
+        self._check_qwen3_next()
+
+    def _check_qwen3_next(self) -> None:
+        """Qwen3-Next's switches: Gated DeltaNet sizes, partial RoPE, shared expert."""
+        for name in ("full_attention_interval", "linear_n_key_head", "linear_n_value_head",
+                     "linear_key_size", "linear_value_size", "moe_shared_hidden"):
+            if getattr(self, name) < 0:
+                _fail(name, getattr(self, name), "give 0 (none) or a positive number")
+        if self.full_attention_interval:
+            for name in ("linear_n_key_head", "linear_n_value_head", "linear_key_size",
+                         "linear_value_size", "linear_conv_kernel"):
+                if getattr(self, name) < 1:
+                    _fail(name, getattr(self, name), "Gated DeltaNet layers "
+                          "(full_attention_interval > 0) need a positive size")
+            if self.linear_n_value_head % self.linear_n_key_head:
+                _fail("linear_n_value_head", self.linear_n_value_head,
+                      f"it must be a multiple of linear_n_key_head={self.linear_n_key_head}")
+            if self.sliding_window:
+                _fail("sliding_window", self.sliding_window, "Gated DeltaNet layers "
+                      "(full_attention_interval > 0) do not combine with a sliding window")
+        if not 0.0 < self.rope_fraction <= 1.0:
+            _fail("rope_fraction", self.rope_fraction, "give a fraction in (0, 1]")
+        if self.positions == "rope" and (self.rope_dim < 2 or self.rope_dim % 2):
+            _fail("rope_fraction", self.rope_fraction, f"it rotates {self.rope_dim} of the "
+                  f"{self.head_dim} features of a head; RoPE needs an even number of them")
+        if self.moe_shared_hidden and self.mlp != "moe":
+            _fail("moe_shared_hidden", self.moe_shared_hidden, "a shared expert needs mlp='moe'")
 
     @property
     def kv_heads(self) -> int:
@@ -247,6 +306,18 @@ class ModelConfig:
     def mlp_dim(self) -> int:
         """Hidden width of the MLP: `mlp_hidden`, or GPT-2's 4 * n_embd when it is 0."""
         return self.mlp_hidden or 4 * self.n_embd
+
+    @property
+    def rope_dim(self) -> int:
+        """How many features of each head RoPE rotates: all of them, or the first
+        `rope_fraction` of them (Qwen3-Next: a quarter); the rest pass unrotated."""
+        return int(self.head_dim * self.rope_fraction)
+
+    def layer_is_linear(self, layer: int) -> bool:
+        """Whether layer `layer` (from 0) is a Gated DeltaNet layer: with
+        full_attention_interval P > 0, all but layers P, 2P, ... (counting from 1)."""
+        P = self.full_attention_interval
+        return P > 0 and (layer + 1) % P != 0
 
     def layer_is_local(self, layer: int) -> bool:
         """Whether layer `layer` (from 0) attends through the sliding window (a local layer)."""
@@ -337,6 +408,21 @@ def _olmo3(**sizes) -> ModelConfig:
     return ModelConfig(**{**family, **sizes})
 
 
+def _qwen3_next(**sizes) -> ModelConfig:
+    """Qwen3-Next: Qwen3-MoE's vocabulary and router, three Gated DeltaNet layers to one
+    full-attention layer, whose output is gated and whose RoPE turns a quarter of each
+    256-wide head; zero-centred norms; a shared expert beside 10 of 512 routed ones."""
+    family = dict(
+        vocab_size=151936, context_length=262144, n_kv_head=2, head_size=256,
+        positions="rope", rope_theta=10000000.0, rope_fraction=0.25, norm="rmsnorm",
+        norm_eps=1e-6, norm_zero_centred=True, mlp="moe", qk_norm=True, bias=False,
+        full_attention_interval=4, linear_n_key_head=16, linear_n_value_head=32,
+        linear_key_size=128, linear_value_size=128, linear_conv_kernel=4,
+        attn_output_gate=True, tie_embeddings=False, dtype="bf16",
+    )
+    return ModelConfig(**{**family, **sizes})
+
+
 # Sizes are those of the released checkpoints (their config.json on the Hugging
 # Face hub); tests/test_families.py checks every parameter count against
 # `transformers`. The demo and tiny presets are for the CPU demo and for tests.
@@ -405,6 +491,16 @@ PRESETS: dict[str, ModelConfig] = {
                          n_embd=64, mlp_hidden=128, sliding_window=8, rope_factor=4.0,
                          rope_original_context=16, rope_attention_factor=0.1 * math.log(4.0) + 1,
                          dtype="fp32"),
+    # 79.7B parameters in all, 3.9B active per token (10 of 512 experts and a shared one;
+    # 3.3B without the embeddings: the model card's "80B-A3B").
+    "qwen3-next-80b-a3b": _qwen3_next(n_layer=48, n_head=16, n_embd=2048, mlp_hidden=512,
+                                      n_expert=512, n_expert_active=10, moe_shared_hidden=512),
+    # Four layers: three Gated DeltaNet layers and one full-attention layer.
+    "qwen3-next-tiny": _qwen3_next(vocab_size=512, context_length=256, n_layer=4, n_head=4,
+                                   n_embd=64, head_size=16, mlp_hidden=32, n_expert=8,
+                                   n_expert_active=2, moe_shared_hidden=32, linear_n_key_head=2,
+                                   linear_n_value_head=4, linear_key_size=16,
+                                   linear_value_size=16, dtype="fp32"),
 }
 
 

@@ -19,8 +19,13 @@ even for a 30B model. Memory is estimated from them and from the shapes:
                   R = min(B T, 1,024) rows (fp32 softmax, logits and gradient)
                   per_layer = 4 D + (2 H + 3 Hkv) Dh + mlp (+ 2 D for
                   sandwich norms), where mlp is 2 F (GELU), 4 F (SwiGLU,
-                  GeGLU) or K (D + 4 F) + E (MoE)
-    KV cache      2 L B T Hkv Dh x bytes (inference)
+                  GeGLU) or K (D + 4 F) + E (MoE; + 4 Fs for a shared
+                  expert); a Gated DeltaNet layer has 2 C + 3 Hv Dv in
+                  place of the attention's (2 H + 3 Hkv) Dh
+    KV cache      2 L B T Hkv Dh x bytes (inference), L counting attention
+                  layers only; each Gated DeltaNet layer keeps a state of
+                  the same size at any T instead: B (C (K - 1) x bytes +
+                  Hv Dk Dv x 4), its memory in fp32
 
 Training needs weights + gradients + optimizer + activations; inference
 needs weights + KV cache. Activations are an estimate (within tens of
@@ -29,10 +34,13 @@ percent); the weights are exact.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from llmscratch.model.config import ModelConfig, torch_dtype
 from llmscratch.model.heads import ROWS_PER_CHUNK
+from llmscratch.model.linear_attention import state_shapes
 from llmscratch.model.transformer import GPT
 
 
@@ -57,18 +65,27 @@ def footprint(config: ModelConfig, batch: int = 1, seq: int = 0, dtype: str = ""
     elif c.mlp in ("swiglu", "geglu"):
         mlp = 4 * c.mlp_dim
     else:
-        mlp = c.n_expert_active * (c.n_embd + 4 * c.mlp_dim) + c.n_expert
-    per_layer = 4 * c.n_embd + (2 * c.n_head + 3 * c.kv_heads) * c.head_dim + mlp
+        mlp = c.n_expert_active * (c.n_embd + 4 * c.mlp_dim) + c.n_expert \
+            + 4 * c.moe_shared_hidden
+    n_linear = sum(c.layer_is_linear(i) for i in range(c.n_layer))  # Gated DeltaNet layers
+    n_attention = c.n_layer - n_linear
+    conv_state, memory = state_shapes(c, batch)
+    channels, value_width = conv_state[1], c.linear_n_value_head * c.linear_value_size
+    attention = (2 * c.n_head + 3 * c.kv_heads) * c.head_dim
+    per_layer = 4 * c.n_embd + mlp
     if c.norm_placement == "sandwich":
         per_layer += 2 * c.n_embd
-    per_token = c.n_layer * per_layer + 2 * c.n_embd
+    per_token = c.n_layer * per_layer + n_attention * attention \
+        + n_linear * (2 * channels + 3 * value_width) + 2 * c.n_embd
+    state_bytes = n_linear * (math.prod(conv_state) * nbytes + math.prod(memory) * 4)
     memory = {
         "weights": total * nbytes,
         "gradients": total * nbytes,
         "optimizer": 2 * total * nbytes,
         "activations": batch * T * per_token * nbytes
                        + min(batch * T, ROWS_PER_CHUNK) * c.vocab_size * (4 + nbytes),
-        "kv_cache": 2 * c.n_layer * batch * T * c.kv_heads * c.head_dim * nbytes,
+        "kv_cache": 2 * n_attention * batch * T * c.kv_heads * c.head_dim * nbytes
+                    + state_bytes,
     }
     memory["training_total"] = sum(memory[k] for k in ("weights", "gradients", "optimizer",
                                                        "activations"))
@@ -99,6 +116,8 @@ def describe(c: ModelConfig) -> str:
     mlp = f"{c.mlp} MLP of width {c.mlp_dim}"
     if c.mlp == "moe":
         mlp = f"MoE of {c.n_expert} experts ({c.n_expert_active} active) of width {c.mlp_dim}"
+        if c.moe_shared_hidden:
+            mlp += f" and a shared expert of width {c.moe_shared_hidden}"
     positions = "learned positions" if c.positions == "learned" else f"RoPE theta {c.rope_theta:g}"
     if c.rope_scaling != "none":
         positions += f" ({c.rope_scaling} scaling x{c.rope_factor:g})"
@@ -109,6 +128,14 @@ def describe(c: ModelConfig) -> str:
              f"vocabulary {c.vocab_size}", f"context {c.context_length}"]
     if c.qk_norm:
         parts.append("QK-norm" if c.qk_norm_scope == "head" else "QK-norm over all heads")
+    if c.full_attention_interval:
+        P = c.full_attention_interval
+        parts.append(f"{P - 1} Gated DeltaNet layers ({c.linear_n_value_head} value heads, "
+                     f"{c.linear_n_key_head} key heads) to 1 attention layer")
+    if c.attn_output_gate:
+        parts.append("gated attention output")
+    if c.rope_fraction < 1:
+        parts.append(f"RoPE on {c.rope_dim} of {c.head_dim} features")
     if c.sliding_window_pattern:
         P = c.sliding_window_pattern
         parts.append(f"{P - 1} local layers (window {c.sliding_window}) to 1 global")

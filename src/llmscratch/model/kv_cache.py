@@ -10,6 +10,10 @@ so tensor shapes never change between decode steps (friendly to
 
 Legend: B batch, Hkv key/value heads, T new tokens, Tmax cache capacity,
 Dh head width.
+
+Gated DeltaNet layers (Qwen3-Next; model/linear_attention.py) keep no keys
+and values: each keeps a fixed-size state instead, the last inputs of its
+convolution and its memory matrices, rewritten in place at every step.
 """
 
 from __future__ import annotations
@@ -33,10 +37,21 @@ class KVCache:
         head_dim: int,
         dtype: torch.dtype,
         device: torch.device | str,
+        recurrent: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] | None = None,
     ) -> None:
+        """recurrent: for each Gated DeltaNet layer, the shapes of its convolution state
+        (B, C, K - 1) and of its memory (B, Hv, Dk, Dv); these layers get those (the
+        memory in fp32) and no keys or values (None)."""
+        recurrent = recurrent or {}
         shape = (batch_size, n_kv_head, max_len, head_dim)  # (B, Hkv, Tmax, Dh)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
+        self.keys = [None if i in recurrent else torch.zeros(shape, dtype=dtype, device=device)
+                     for i in range(n_layer)]
+        self.values = [None if i in recurrent else torch.zeros(shape, dtype=dtype, device=device)
+                       for i in range(n_layer)]
+        self.conv_states = {i: torch.zeros(conv, dtype=dtype, device=device)
+                            for i, (conv, _) in recurrent.items()}
+        self.recurrent_states = {i: torch.zeros(memory, dtype=torch.float32, device=device)
+                                 for i, (_, memory) in recurrent.items()}
         self.max_len = max_len
         self.pos = 0
 
@@ -60,3 +75,5 @@ class KVCache:
 
     def reset(self) -> None:
         self.pos = 0
+        for state in [*self.conv_states.values(), *self.recurrent_states.values()]:
+            state.zero_()

@@ -35,8 +35,9 @@ def rope_frequencies(config: ModelConfig, device: torch.device | str | None = No
     """
     own_base = local and config.rope_local_theta > 0
     theta = config.rope_local_theta if own_base else config.rope_theta
-    exponents = torch.arange(0, config.head_dim, 2, device=device, dtype=torch.float32)  # (P,)
-    freqs = 1.0 / theta ** (exponents / config.head_dim)  # (P,)
+    dim = config.rope_dim  # the rotated features: Dh, or its first part (Qwen3-Next)
+    exponents = torch.arange(0, dim, 2, device=device, dtype=torch.float32)  # (P,)
+    freqs = 1.0 / theta ** (exponents / dim)  # (P,)
     if own_base:
         return freqs
     if config.rope_scaling == "llama3":
@@ -87,10 +88,10 @@ def yarn_scaled(freqs: torch.Tensor, config: ModelConfig) -> torch.Tensor:
 
     def pair_turning(times: float) -> float:  # the (fractional) p that turns `times` times in L
         turns = math.log(c.rope_original_context / (times * 2 * math.pi))
-        return c.head_dim * turns / (2 * math.log(c.rope_theta))
+        return c.rope_dim * turns / (2 * math.log(c.rope_theta))
 
     low = max(math.floor(pair_turning(c.rope_high_freq_factor)), 0)
-    high = min(math.ceil(pair_turning(c.rope_low_freq_factor)), c.head_dim - 1)
+    high = min(math.ceil(pair_turning(c.rope_low_freq_factor)), c.rope_dim - 1)
     pairs = torch.arange(freqs.numel(), device=freqs.device, dtype=torch.float32)  # (P,)
     slow = ((pairs - low) / max(high - low, 1e-3)).clamp(0.0, 1.0)  # (P,) 1 = slowed
     return slow * freqs / c.rope_factor + (1 - slow) * freqs
@@ -128,6 +129,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     The rotation [[cos, -sin], [sin, cos]] applied to (a, b) gives
     (a cos - b sin, b cos + a sin): x * cos plus the "rotated half" (-b, a) * sin.
     """
+    rotated = cos.size(-1)
+    if rotated < x.size(-1):  # partial RoPE: the features past the rotated ones pass as they are
+        return torch.cat([apply_rope(x[..., :rotated], cos, sin), x[..., rotated:]], dim=-1)
     half = x.size(-1) // 2
     first, second = x[..., :half], x[..., half:]  # (B, H, T, P) each
     rotated_half = torch.cat([-second, first], dim=-1)  # (B, H, T, Dh)
