@@ -6,7 +6,9 @@ sequences, so the scaling matters), Qwen3's head width independent of the
 width and its tied embeddings, Qwen3-MoE's renormalised top-k routing, and
 Gemma 3's and Olmo 3's local and global layers (a window of 8, shorter than
 the test sequences; the last layer after a global one is local again), each
-kind with its own RoPE, Gemma's linear scaling and its query scale, Olmo's YaRN.
+kind with its own RoPE, Gemma's linear scaling and its query scale, Olmo's YaRN;
+Qwen3-Next's three Gated DeltaNet layers (value heads sharing key heads) to one
+full-attention layer with its output gate and partial RoPE, and its shared expert.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from llmscratch.tokenizer import Tokenizer, train_bpe
 from llmscratch.tokenizer.hf_json import save_hf_tokenizer
 
-FAMILIES = ["gpt2", "llama", "qwen3", "qwen3_moe", "gemma3_text", "olmo3"]
+FAMILIES = ["gpt2", "llama", "qwen3", "qwen3_moe", "gemma3_text", "olmo3", "qwen3_next"]
 LAYER_TYPED = ["gemma3_text", "olmo3"]  # local and global layers
 VOCAB = 320
 SPECIALS = {
@@ -30,6 +32,7 @@ SPECIALS = {
     "qwen3_moe": ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
     "gemma3_text": ("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"),
     "olmo3": ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+    "qwen3_next": ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
 }
 TEXT = (
     "First Citizen: Before we proceed any further, hear me speak.\n"
@@ -48,6 +51,7 @@ def hf_config(family: str, **overrides):
         Olmo3Config,
         Qwen3Config,
         Qwen3MoeConfig,
+        Qwen3NextConfig,
     )
 
     no_specials = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
@@ -65,6 +69,14 @@ def hf_config(family: str, **overrides):
     if family == "qwen3":
         return Qwen3Config(**{**common, "intermediate_size": 64, "head_dim": 16,
                               "tie_word_embeddings": True, **overrides})
+    if family == "qwen3_next":  # three Gated DeltaNet layers, then full attention
+        return Qwen3NextConfig(**{
+            **common, "num_hidden_layers": 4, "max_position_embeddings": 256, "head_dim": 16,
+            "partial_rotary_factor": 0.25,
+            "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 8,
+            "linear_value_head_dim": 8, "linear_conv_kernel_dim": 4, "num_experts": 8,
+            "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+            "shared_expert_intermediate_size": 16, "norm_topk_prob": True, **overrides})
     # Four layers: local, local, global, local.
     kinds = ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]
     layered = {**common, "num_hidden_layers": 4, "layer_types": kinds, "sliding_window": 8,
@@ -94,7 +106,7 @@ def hf_model(family: str, seed: int = 0, **overrides):
         for param in model.parameters():
             if param.dim() >= 2:
                 param.normal_(0.0, 0.1)
-            elif family in LAYER_TYPED:  # norm gains away from their init, so they matter
+            elif family in (*LAYER_TYPED, "qwen3_next"):  # norm gains away from their init
                 param.add_(0.1 * torch.randn_like(param))
     return model.eval()
 

@@ -61,7 +61,10 @@ def test_fresh_adapter_changes_nothing(name):
         names = apply_lora(model, LoRAConfig(rank=4))
         assert torch.equal(logits(model, ids), before)  # B = 0: the update is exactly zero
     per_block = {"gpt2-tiny": ["attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"],
-                 "qwen3-moe-tiny": ["attn.qkv", "attn.proj", "mlp.router"]}.get(
+                 "qwen3-moe-tiny": ["attn.qkv", "attn.proj", "mlp.router"],
+                 "qwen3-next-tiny": ["attn.qkv", "attn.proj", "mlp.router", "mlp.shared.gate",
+                                     "mlp.shared.up", "mlp.shared.proj",
+                                     "mlp.shared.shared_gate"]}.get(
         name, ["attn.qkv", "attn.proj", "mlp.gate", "mlp.up", "mlp.proj"])
     layers = range(model.config.n_layer)
     assert names == [f"blocks.{i}.{layer}" for i in layers for layer in per_block]

@@ -3,8 +3,10 @@
 For every tensor of our model, `weight_links` lists the Hugging Face tensors
 it is made of. Most are the same matrix under another name. Three kinds are
 not: our fused q/k/v projection is Hugging Face's q_proj, k_proj and v_proj
-concatenated; our stacked MoE experts are its E per-expert matrices stacked;
-and GPT-2's `Conv1D` layers store (in, out), the transpose of a Linear weight.
+concatenated (Qwen3-Next's, and its Gated DeltaNet's in_proj_qkvz and
+in_proj_ba, with their rows reordered: they interleave per head what we keep
+apart); our stacked MoE experts are its E per-expert matrices stacked; and
+GPT-2's `Conv1D` layers store (in, out), the transpose of a Linear weight.
 
     hf_tensors(model)               ours -> Hugging Face names (export)
     model_from_hf(config, read)     Hugging Face tensors -> a GPT (import)
@@ -43,6 +45,9 @@ VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_towe
                    "model.multi_modal_projector.")
 # Non-weight tensors some checkpoints carry: GPT-2's causal-mask buffers, RoPE tables.
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
+# Qwen3-Next's multi-token-prediction layer (for speculative decoding), which transformers
+# does not load either.
+IGNORED_PREFIXES = ("mtp.",)
 
 
 @dataclass
@@ -52,12 +57,17 @@ class Link:
     join: "same" (one tensor, the same matrix), "cat" (concatenated along dim
     0: q, k, v) or "stack" (stacked along a new dim 0: one per expert).
     transpose: stored as (in, out) by GPT-2's Conv1D, the transpose of ours.
+    rows: "cat": the rows of each Hugging Face tensor (None: q, k, v of attention).
+    order: "cat": our rows are theirs concatenated, then taken in this order
+        (Qwen3-Next interleaves per head what we keep apart); None: as they are.
     """
 
     ours: str
     theirs: list[str]
     join: str = "same"
     transpose: bool = False
+    rows: list[int] | None = None
+    order: torch.Tensor | None = None
 
 
 def weight_links(config: ModelConfig) -> list[Link]:
@@ -89,15 +99,18 @@ def weight_links(config: ModelConfig) -> list[Link]:
             attn = f"{theirs}.self_attn"
             for our_norm, their_norm in NORM_NAMES[c.norm_placement].items():
                 same(f"{ours}.{our_norm}", f"{theirs}.{their_norm}")
-            for kind in ["weight", "bias"] if c.bias or c.qkv_bias else ["weight"]:
-                qkv = [f"{attn}.{p}_proj.{kind}" for p in "qkv"]
-                links.append(Link(f"{ours}.attn.qkv.{kind}", qkv, join="cat"))
-            if c.qk_norm:
-                same(f"{ours}.attn.q_norm", f"{attn}.q_norm")
-                same(f"{ours}.attn.k_norm", f"{attn}.k_norm")
-            same(f"{ours}.attn.proj", f"{attn}.o_proj", bias=c.bias)
+            if c.layer_is_linear(i):  # Qwen3-Next's Gated DeltaNet layer
+                links += gated_deltanet_links(c, f"{ours}.attn", f"{theirs}.linear_attn")
+            else:
+                links += attention_links(c, f"{ours}.attn", attn)
             if c.mlp == "moe":
                 same(f"{ours}.mlp.router", f"{theirs}.mlp.gate")
+                if c.moe_shared_hidden:  # Qwen3-Next's shared expert
+                    for ours_name, theirs_name in [("gate", "gate_proj"), ("up", "up_proj"),
+                                                   ("proj", "down_proj")]:
+                        same(f"{ours}.mlp.shared.{ours_name}",
+                             f"{theirs}.mlp.shared_expert.{theirs_name}")
+                    same(f"{ours}.mlp.shared.shared_gate", f"{theirs}.mlp.shared_expert_gate")
                 for ours_name, theirs_name in [("gate", "gate_proj"), ("up", "up_proj"),
                                                ("proj", "down_proj")]:
                     experts = [f"{theirs}.mlp.experts.{e}.{theirs_name}.weight"
@@ -113,12 +126,74 @@ def weight_links(config: ModelConfig) -> list[Link]:
     return links
 
 
+def attention_links(c: ModelConfig, ours: str, theirs: str) -> list[Link]:
+    """An attention layer's tensors: q, k, v projections (fused in ours), QK-norm, output."""
+    links = []
+    for kind in ["weight", "bias"] if c.bias or c.qkv_bias else ["weight"]:
+        qkv = [f"{theirs}.{p}_proj.{kind}" for p in "qkv"]
+        if c.attn_output_gate:  # Qwen3-Next's q_proj: per head, its queries then its gates
+            links.append(Link(f"{ours}.qkv.{kind}", qkv, join="cat", rows=_gated_rows(c),
+                              order=_gated_order(c)))
+        else:
+            links.append(Link(f"{ours}.qkv.{kind}", qkv, join="cat"))
+    if c.qk_norm:
+        links.append(Link(f"{ours}.q_norm.weight", [f"{theirs}.q_norm.weight"]))
+        links.append(Link(f"{ours}.k_norm.weight", [f"{theirs}.k_norm.weight"]))
+    links.append(Link(f"{ours}.proj.weight", [f"{theirs}.o_proj.weight"]))
+    if c.bias:
+        links.append(Link(f"{ours}.proj.bias", [f"{theirs}.o_proj.bias"]))
+    return links
+
+
+def _gated_rows(c: ModelConfig) -> list[int]:
+    """Rows of q_proj (queries and gates), k_proj and v_proj."""
+    return [2 * c.n_head * c.head_dim] + [c.kv_heads * c.head_dim] * 2
+
+
+def _gated_order(c: ModelConfig) -> torch.Tensor:
+    """Our q, k, v, gate rows among q_proj's (per head h: its Dh queries, then its Dh
+    gates), k_proj's and v_proj's, concatenated."""
+    H, Dh, kv = c.n_head, c.head_dim, c.kv_heads * c.head_dim
+    q_proj = torch.arange(2 * H * Dh).view(H, 2, Dh)  # (H, queries or gates, Dh)
+    k_and_v = torch.arange(2 * H * Dh, 2 * H * Dh + 2 * kv)
+    return torch.cat([q_proj[:, 0].flatten(), k_and_v, q_proj[:, 1].flatten()])
+
+
+def gated_deltanet_links(c: ModelConfig, ours: str, theirs: str) -> list[Link]:
+    """A Gated DeltaNet layer's tensors. Our one input projection (q, k, v, z, b, a) is
+    Qwen3-Next's in_proj_qkvz and in_proj_ba, whose rows are grouped by key head."""
+    Hk, G = c.linear_n_key_head, c.linear_n_value_head // c.linear_n_key_head
+    per_head = 2 * c.linear_key_size + 2 * G * c.linear_value_size  # q, k, G v, G z
+    rows = [Hk * per_head, Hk * 2 * G]
+    links = [Link(f"{ours}.qkv.weight", [f"{theirs}.in_proj_qkvz.weight",
+                                         f"{theirs}.in_proj_ba.weight"],
+                  join="cat", rows=rows, order=_deltanet_order(c))]
+    for name, their_name in [("conv.weight", "conv1d.weight"), ("A_log", "A_log"),
+                             ("dt_bias", "dt_bias"), ("norm.weight", "norm.weight"),
+                             ("proj.weight", "out_proj.weight")]:
+        links.append(Link(f"{ours}.{name}", [f"{theirs}.{their_name}"]))
+    return links
+
+
+def _deltanet_order(c: ModelConfig) -> torch.Tensor:
+    """Our rows (all heads' q, then k, v, z, b, a) among in_proj_qkvz's and in_proj_ba's
+    concatenated, which hold per key head its q, k, its G value heads' v, z, then b, a."""
+    Hk, Dk, Dv = c.linear_n_key_head, c.linear_key_size, c.linear_value_size
+    G = c.linear_n_value_head // Hk
+    qkvz = torch.arange(Hk * (2 * Dk + 2 * G * Dv)).view(Hk, -1)  # (Hk, 2 Dk + 2 G Dv)
+    ba = qkvz.numel() + torch.arange(Hk * 2 * G).view(Hk, 2 * G)  # (Hk, 2 G)
+    q, k, v, z = qkvz.split([Dk, Dk, G * Dv, G * Dv], dim=1)
+    b, a = ba.split([G, G], dim=1)
+    return torch.cat([x.flatten() for x in (q, k, v, z, b, a)])
+
+
 def their_shapes(link: Link, our_shape: torch.Size, config: ModelConfig) -> list[tuple]:
     """The shape each Hugging Face tensor of `link` must have, given our tensor's shape."""
     if link.join == "stack":
         return [tuple(our_shape[1:])] * len(link.theirs)
-    if link.join == "cat":  # q, k, v rows: H Dh, Hkv Dh, Hkv Dh
-        rows = [config.n_head * config.head_dim] + [config.kv_heads * config.head_dim] * 2
+    if link.join == "cat":  # q, k, v rows: H Dh, Hkv Dh, Hkv Dh, unless the link says
+        rows = link.rows or [config.n_head * config.head_dim] + [config.kv_heads
+                                                                 * config.head_dim] * 2
         return [(r, *our_shape[1:]) for r in rows]
     return [tuple(reversed(our_shape)) if link.transpose else tuple(our_shape)]
 
@@ -126,7 +201,8 @@ def their_shapes(link: Link, our_shape: torch.Size, config: ModelConfig) -> list
 def join_tensors(link: Link, pieces: list[torch.Tensor]) -> torch.Tensor:
     """Hugging Face tensors -> ours."""
     if link.join == "cat":
-        return torch.cat(pieces, dim=0)
+        joined = torch.cat(pieces, dim=0)
+        return joined if link.order is None else joined[link.order]
     if link.join == "stack":
         return torch.stack(pieces, dim=0)
     return pieces[0].t() if link.transpose else pieces[0]
@@ -136,6 +212,8 @@ def split_tensor(link: Link, tensor: torch.Tensor, config: ModelConfig) -> list[
     """Ours -> Hugging Face tensors (contiguous, ready to save)."""
     if link.join == "cat":
         rows = [shape[0] for shape in their_shapes(link, tensor.shape, config)]
+        if link.order is not None:  # back to their order
+            tensor = tensor[link.order.argsort()]
         pieces = list(tensor.split(rows, dim=0))
     elif link.join == "stack":
         pieces = list(tensor.unbind(0))
@@ -175,8 +253,8 @@ def model_from_hf(config: ModelConfig, read: Callable[[str, tuple], torch.Tensor
         used.update(link.theirs)
     unknown = sorted(
         name for name in set(names) - used
-        if not name.endswith(IGNORED_SUFFIXES) and not (name == "lm_head.weight"
-                                                        and config.tie_embeddings)
+        if not name.endswith(IGNORED_SUFFIXES) and not name.startswith(IGNORED_PREFIXES)
+        and not (name == "lm_head.weight" and config.tie_embeddings)
     )
     if unknown:
         raise LLMScratchError(f"the checkpoint has tensors this architecture does not use, "
