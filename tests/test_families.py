@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from llmscratch.errors import LLMScratchError
 from llmscratch.generation.sampling import SamplingConfig, generate
 from llmscratch.model import GPT, get_preset
+from llmscratch.model.config import torch_dtype
+from llmscratch.model.footprint import footprint
 from llmscratch.model.linear_attention import chunk_gated_delta_rule, recurrent_gated_delta_rule
 from llmscratch.model.rope import apply_rope, rope_angles, rope_frequencies, rope_gain
 
@@ -345,3 +347,13 @@ def test_shared_expert_adds_its_gated_swiglu_to_the_routed_experts():
     with_shared = moe(x)
     moe.shared = None  # the routed experts alone
     torch.testing.assert_close(with_shared - moe(x), expected_shared, atol=1e-5, rtol=1e-5)
+
+
+def test_inspect_counts_the_bytes_the_cache_holds():
+    """Keys and values of the attention layer, the DeltaNet layers' fixed-size states."""
+    for dtype in ("fp32", "bf16"):
+        model = GPT(get_preset("qwen3-next-tiny", dtype=dtype)).to(torch_dtype(dtype))
+        cache = model.new_cache(batch_size=2, max_len=100)
+        held = sum(t.nbytes for t in [*cache.keys, *cache.values, *cache.conv_states.values(),
+                                      *cache.recurrent_states.values()] if t is not None)
+        assert footprint(model.config, batch=2, seq=100)["memory_bytes"]["kv_cache"] == held
