@@ -22,7 +22,8 @@ import torch
 from llmscratch.tokenizer import Tokenizer, train_bpe
 from llmscratch.tokenizer.hf_json import save_hf_tokenizer
 
-FAMILIES = ["gpt2", "llama", "qwen3", "qwen3_moe", "gemma3_text", "olmo3", "qwen3_next"]
+FAMILIES = ["gpt2", "llama", "qwen3", "qwen3_moe", "gemma3_text", "olmo3", "qwen3_next",
+            "qwen3_5_text"]
 LAYER_TYPED = ["gemma3_text", "olmo3"]  # local and global layers
 VOCAB = 320
 SPECIALS = {
@@ -33,6 +34,7 @@ SPECIALS = {
     "gemma3_text": ("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"),
     "olmo3": ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
     "qwen3_next": ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+    "qwen3_5_text": ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
 }
 TEXT = (
     "First Citizen: Before we proceed any further, hear me speak.\n"
@@ -49,6 +51,7 @@ def hf_config(family: str, **overrides):
         GPT2Config,
         LlamaConfig,
         Olmo3Config,
+        Qwen3_5TextConfig,
         Qwen3Config,
         Qwen3MoeConfig,
         Qwen3NextConfig,
@@ -69,14 +72,17 @@ def hf_config(family: str, **overrides):
     if family == "qwen3":
         return Qwen3Config(**{**common, "intermediate_size": 64, "head_dim": 16,
                               "tie_word_embeddings": True, **overrides})
-    if family == "qwen3_next":  # three Gated DeltaNet layers, then full attention
+    # Three Gated DeltaNet layers (value heads sharing key heads), then full attention.
+    hybrid = {**common, "num_hidden_layers": 4, "max_position_embeddings": 256, "head_dim": 16,
+              "partial_rotary_factor": 0.25, "linear_num_key_heads": 2,
+              "linear_num_value_heads": 4, "linear_key_head_dim": 8, "linear_value_head_dim": 8,
+              "linear_conv_kernel_dim": 4}
+    if family == "qwen3_next":
         return Qwen3NextConfig(**{
-            **common, "num_hidden_layers": 4, "max_position_embeddings": 256, "head_dim": 16,
-            "partial_rotary_factor": 0.25,
-            "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 8,
-            "linear_value_head_dim": 8, "linear_conv_kernel_dim": 4, "num_experts": 8,
-            "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+            **hybrid, "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
             "shared_expert_intermediate_size": 16, "norm_topk_prob": True, **overrides})
+    if family == "qwen3_5_text":
+        return Qwen3_5TextConfig(**{**hybrid, "intermediate_size": 64, **overrides})
     # Four layers: local, local, global, local.
     kinds = ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]
     layered = {**common, "num_hidden_layers": 4, "layer_types": kinds, "sliding_window": 8,
@@ -106,7 +112,7 @@ def hf_model(family: str, seed: int = 0, **overrides):
         for param in model.parameters():
             if param.dim() >= 2:
                 param.normal_(0.0, 0.1)
-            elif family in (*LAYER_TYPED, "qwen3_next"):  # norm gains away from their init
+            elif family in (*LAYER_TYPED, "qwen3_next", "qwen3_5_text"):  # gains moved
                 param.add_(0.1 * torch.randn_like(param))
     return model.eval()
 

@@ -19,7 +19,7 @@ from llmscratch.model.linear_attention import chunk_gated_delta_rule, recurrent_
 from llmscratch.model.rope import apply_rope, rope_angles, rope_frequencies, rope_gain
 
 TINY = ["gpt2-tiny", "llama-3-tiny", "qwen3-tiny", "qwen3-moe-tiny", "gemma3-tiny",
-        "olmo3-tiny", "qwen3-next-tiny"]
+        "olmo3-tiny", "qwen3-next-tiny", "qwen3.5-tiny"]
 # Parameter counts of the released checkpoints (the Hugging Face model cards
 # round them: 124M, 1.24B, 3.21B, 8.03B, 0.6B, 1.7B, 4.0B, 8.2B, 30.5B).
 RELEASED = {

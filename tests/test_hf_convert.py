@@ -107,10 +107,12 @@ def test_converted_run_works_with_generate_and_eval(folders, tmp_path, capsys):
         assert json.loads(capsys.readouterr().out)["tokens"] > 100
 
 
-def test_qwen3_next_past_one_chunk_and_64_greedy_tokens_match_transformers(folders, tmp_path):
+@pytest.mark.parametrize("family", ["qwen3_next", "qwen3_5_text"])
+def test_deltanet_past_one_chunk_and_64_greedy_tokens_match_transformers(folders, tmp_path,
+                                                                         family):
     """150 tokens (the chunked form across three chunks of 64: Gated DeltaNet layers), 64
     greedy tokens through our cache (the recurrent form), and the exported model's loss."""
-    hf, folder, run = folders["qwen3_next"]
+    hf, folder, run = folders[family]
     ours = load_hf_model(folder)
     ids = torch.randint(0, VOCAB, (2, 150), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

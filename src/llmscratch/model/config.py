@@ -35,6 +35,7 @@ Qwen3-Next (`qwen3-next-80b-a3b`) is Qwen3-MoE with four more switches:
 `full_attention_interval` 4 (three Gated DeltaNet layers, linear attention
 with a fixed-size memory, to one full-attention layer), `attn_output_gate`,
 `rope_fraction` 0.25 and `moe_shared_hidden`; its RMSNorms are zero-centred.
+Qwen3.5's dense text models are the same with `mlp` "swiglu" (`qwen3.5-tiny`).
 
 Sizes that are usually derived have a 0 default meaning "derive it", read
 through a property: `n_kv_head` -> `kv_heads`, `head_size` -> `head_dim`,
@@ -501,6 +502,11 @@ PRESETS: dict[str, ModelConfig] = {
                                    n_expert_active=2, moe_shared_hidden=32, linear_n_key_head=2,
                                    linear_n_value_head=4, linear_key_size=16,
                                    linear_value_size=16, dtype="fp32"),
+    # Qwen3.5's dense text models: Qwen3-Next's layers with a SwiGLU MLP in place of the MoE.
+    "qwen3.5-tiny": _qwen3_next(vocab_size=512, context_length=256, n_layer=4, n_head=4,
+                                n_embd=64, head_size=16, mlp="swiglu", mlp_hidden=128,
+                                linear_n_key_head=2, linear_n_value_head=4, linear_key_size=16,
+                                linear_value_size=16, dtype="fp32"),
 }
 
 

@@ -99,8 +99,9 @@ def weight_links(config: ModelConfig) -> list[Link]:
             attn = f"{theirs}.self_attn"
             for our_norm, their_norm in NORM_NAMES[c.norm_placement].items():
                 same(f"{ours}.{our_norm}", f"{theirs}.{their_norm}")
-            if c.layer_is_linear(i):  # Qwen3-Next's Gated DeltaNet layer
-                links += gated_deltanet_links(c, f"{ours}.attn", f"{theirs}.linear_attn")
+            if c.layer_is_linear(i):  # Qwen3-Next's and Qwen3.5's Gated DeltaNet layer
+                links += gated_deltanet_links(c, f"{ours}.attn", f"{theirs}.linear_attn",
+                                              family)
             else:
                 links += attention_links(c, f"{ours}.attn", attn)
             if c.mlp == "moe":
@@ -159,15 +160,23 @@ def _gated_order(c: ModelConfig) -> torch.Tensor:
     return torch.cat([q_proj[:, 0].flatten(), k_and_v, q_proj[:, 1].flatten()])
 
 
-def gated_deltanet_links(c: ModelConfig, ours: str, theirs: str) -> list[Link]:
+def gated_deltanet_links(c: ModelConfig, ours: str, theirs: str,
+                         family: str = "qwen3_next") -> list[Link]:
     """A Gated DeltaNet layer's tensors. Our one input projection (q, k, v, z, b, a) is
-    Qwen3-Next's in_proj_qkvz and in_proj_ba, whose rows are grouped by key head."""
+    Qwen3-Next's in_proj_qkvz and in_proj_ba, whose rows are grouped by key head, or
+    Qwen3.5's in_proj_qkv, in_proj_z, in_proj_b and in_proj_a, in our order."""
     Hk, G = c.linear_n_key_head, c.linear_n_value_head // c.linear_n_key_head
-    per_head = 2 * c.linear_key_size + 2 * G * c.linear_value_size  # q, k, G v, G z
-    rows = [Hk * per_head, Hk * 2 * G]
-    links = [Link(f"{ours}.qkv.weight", [f"{theirs}.in_proj_qkvz.weight",
-                                         f"{theirs}.in_proj_ba.weight"],
-                  join="cat", rows=rows, order=_deltanet_order(c))]
+    Hv, Dv = c.linear_n_value_head, c.linear_value_size
+    if family == "qwen3_5_text":
+        rows = [2 * Hk * c.linear_key_size + Hv * Dv, Hv * Dv, Hv, Hv]
+        projections = [f"{theirs}.in_proj_{p}.weight" for p in ("qkv", "z", "b", "a")]
+        links = [Link(f"{ours}.qkv.weight", projections, join="cat", rows=rows)]
+    else:
+        per_head = 2 * c.linear_key_size + 2 * G * Dv  # q, k, G v, G z
+        rows = [Hk * per_head, Hk * 2 * G]
+        links = [Link(f"{ours}.qkv.weight", [f"{theirs}.in_proj_qkvz.weight",
+                                             f"{theirs}.in_proj_ba.weight"],
+                      join="cat", rows=rows, order=_deltanet_order(c))]
     for name, their_name in [("conv.weight", "conv1d.weight"), ("A_log", "A_log"),
                              ("dt_bias", "dt_bias"), ("norm.weight", "norm.weight"),
                              ("proj.weight", "out_proj.weight")]:
