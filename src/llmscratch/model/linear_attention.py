@@ -108,11 +108,13 @@ def chunk_gated_delta_rule(
     chunk_decay = log_gamma[..., -1].exp()[..., None, None]  # (B, H, N, 1, 1): Gamma_L
     S = state if state is not None else q.new_zeros(B, H, Dk, Dv)  # (B, H, Dk, Dv)
     starts, corrections = [], []
-    for n in range(N):  # the recurrence across chunks
-        U = W[:, :, n] - Y[:, :, n] @ S  # (B, H, L, Dv)
+    # (unbind: chunk n's slices, without a gradient the full size of each tensor per chunk)
+    for W_n, Y_n, decay_n, k_n in zip(W.unbind(2), Y.unbind(2), chunk_decay.unbind(2),
+                                      k_to_end.unbind(2), strict=True):  # across chunks
+        U = W_n - Y_n @ S  # (B, H, L, Dv)
         starts.append(S)
         corrections.append(U)
-        S = S * chunk_decay[:, :, n] + k_to_end[:, :, n].transpose(-1, -2) @ U  # (B, H, Dk, Dv)
+        S = S * decay_n + k_n.transpose(-1, -2) @ U  # (B, H, Dk, Dv)
     S_0 = torch.stack(starts, dim=2)  # (B, H, N, Dk, Dv)
     U = torch.stack(corrections, dim=2)  # (B, H, N, L, Dv)
 
@@ -160,11 +162,13 @@ class GatedDeltaNet(nn.Module):
         key_width = c.linear_n_key_head * c.linear_key_size  # Hk Dk
         value_width = c.linear_n_value_head * c.linear_value_size  # Hv Dv
         Hv = c.linear_n_value_head
-        # One matmul makes q, k, v (which the convolution mixes over time) and the gates:
-        # z (the output's, Hv Dv), b (the learning rate's, Hv) and a (the decay's, Hv).
-        self.split_sizes = [key_width, key_width, value_width, value_width, Hv, Hv]
-        self.qkv = nn.Linear(c.n_embd, sum(self.split_sizes), bias=False)
         channels = 2 * key_width + value_width  # C
+        # One matmul makes q, k, v side by side (the C channels the convolution mixes over
+        # time) and the gates: z (the output's, Hv Dv), b (the learning rate's, Hv) and a
+        # (the decay's, Hv).
+        self.split_sizes = [channels, value_width, Hv, Hv]
+        self.qkv_sizes = [key_width, key_width, value_width]
+        self.qkv = nn.Linear(c.n_embd, sum(self.split_sizes), bias=False)
         # Depthwise: each channel is mixed with its own K latest values, and no other channel.
         self.conv = nn.Conv1d(channels, channels, c.linear_conv_kernel, groups=channels,
                               bias=False)  # weight (C, 1, K)
@@ -195,9 +199,9 @@ class GatedDeltaNet(nn.Module):
                 return self.forward_packed(x, segments)
             real = (segments != 0).unsqueeze(-1)  # (B, T, 1)
             x = x * real.to(x.dtype)  # padding writes nothing (and is not decayed, below)
-        q, k, v, z, b, a = self.qkv(x).split(self.split_sizes, dim=-1)
-        q, k, v = self.convolve(torch.cat([q, k, v], dim=-1), cache).split(
-            self.split_sizes[:3], dim=-1)  # (B, T, Hk Dk) x 2, (B, T, Hv Dv)
+        qkv, z, b, a = self.qkv(x).split(self.split_sizes, dim=-1)  # (B, T, C) and the gates
+        mixed = self.convolve(qkv, cache)  # (B, T, C)
+        q, k, v = mixed.split(self.qkv_sizes, dim=-1)  # (B, T, Hk Dk) x 2, (B, T, Hv Dv)
         beta = torch.sigmoid(b.float())  # (B, T, Hv)
         g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias.float())  # (B, T, Hv)
         if real is not None:
