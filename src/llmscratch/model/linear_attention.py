@@ -1,5 +1,5 @@
 """Gated DeltaNet: linear attention with a fixed-size memory, rewritten by the delta rule
-(the linear-attention layers of Qwen3-Next).
+(the linear-attention layers of Qwen3-Next and Qwen3.5).
 
 Legend: B batch, T tokens, D width, Hk query/key heads, Hv value heads (G = Hv / Hk of
 them share a key head), Dk key width, Dv value width, C = 2 Hk Dk + Hv Dv convolved
