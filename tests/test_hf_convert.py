@@ -325,6 +325,30 @@ def test_the_text_model_of_a_multimodal_gemma3_is_imported(tmp_path):
         assert max_diff(logits(load_hf_model(old), ids), expected) <= TOLERANCE
 
 
+def test_the_text_model_of_a_multimodal_qwen3_5_is_imported(tmp_path):
+    """Qwen3.5 is released as Qwen3_5ForConditionalGeneration: its text model (under
+    model.language_model.) is imported without the vision encoder (model.visual.), to the
+    logits of text without images."""
+    vision = {"depth": 1, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2,
+              "out_hidden_size": 32, "patch_size": 14, "num_position_embeddings": 16}
+    config = transformers.Qwen3_5Config(text_config=hf_config("qwen3_5_text").to_dict(),
+                                        vision_config=vision, image_token_id=VOCAB - 3,
+                                        video_token_id=VOCAB - 2,
+                                        vision_start_token_id=VOCAB - 1,
+                                        vision_end_token_id=VOCAB - 4)
+    torch.manual_seed(0)
+    hf = transformers.Qwen3_5ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for param in hf.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    folder = save_folder(hf, "qwen3_5_text", tmp_path / "mm")
+    ids = torch.randint(0, VOCAB - 4, (2, 80))
+    with torch.no_grad():
+        assert max_diff(logits(load_hf_model(folder), ids), hf(input_ids=ids).logits) \
+            <= TOLERANCE
+    assert main(["convert", "from-hf", str(folder), str(tmp_path / "run")]) == 0
+
+
 @pytest.mark.parametrize("field, value, named", [
     ("final_logit_softcapping", 30.0, "final_logit_softcapping=30.0"),
     ("use_bidirectional_attention", True, "use_bidirectional_attention=True"),

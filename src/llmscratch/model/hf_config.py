@@ -33,13 +33,24 @@ ARCHITECTURES = {
 # Multimodal architectures whose text model we import (without the vision encoder), and
 # the text model's own architecture. Gemma 3 4B and larger are released only so; their
 # config.json gives the text model's fields that differ from Gemma3TextConfig's defaults.
-TEXT_MODELS = {"Gemma3ForConditionalGeneration": "Gemma3ForCausalLM"}
+TEXT_MODELS = {"Gemma3ForConditionalGeneration": "Gemma3ForCausalLM",
+               "Qwen3_5ForConditionalGeneration": "Qwen3_5ForCausalLM"}
 GEMMA3_TEXT_DEFAULTS = {
     "vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216,
     "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
     "head_dim": 256, "max_position_embeddings": 131072, "rms_norm_eps": 1e-6,
     "query_pre_attn_scalar": 256, "sliding_window": 4096,
 }
+# Qwen3.5's text models are released inside Qwen3_5ForConditionalGeneration too; the
+# defaults of Qwen3_5TextConfig that the DeltaNet fields' own defaults do not cover.
+QWEN3_5_TEXT_DEFAULTS = {
+    "vocab_size": 248320, "hidden_size": 4096, "intermediate_size": 12288,
+    "num_hidden_layers": 32, "num_attention_heads": 16, "num_key_value_heads": 4,
+    "head_dim": 256, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
+}
+# Each multimodal architecture's text defaults, and whether it ties its embeddings.
+TEXT_DEFAULTS = {"Gemma3ForConditionalGeneration": (GEMMA3_TEXT_DEFAULTS, True),
+                 "Qwen3_5ForConditionalGeneration": (QWEN3_5_TEXT_DEFAULTS, False)}
 # Families whose layers are local or global by `layer_types`, each kind with its own
 # RoPE; the default bases of their (global, local) layers.
 LAYER_TYPED = ("gemma3_text", "olmo3")
@@ -67,7 +78,8 @@ def text_model_config(hf: dict) -> dict:
     if architecture not in TEXT_MODELS:
         return hf
     dtype = hf.get("torch_dtype") or hf.get("dtype")
-    return {**GEMMA3_TEXT_DEFAULTS, "tie_word_embeddings": hf.get("tie_word_embeddings", True),
+    defaults, tied = TEXT_DEFAULTS[architecture]
+    return {**defaults, "tie_word_embeddings": hf.get("tie_word_embeddings", tied),
             "torch_dtype": dtype, **(hf.get("text_config") or {}),
             "architectures": [TEXT_MODELS[architecture]]}
 

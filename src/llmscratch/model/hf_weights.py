@@ -42,7 +42,7 @@ NORM_NAMES = {
 TEXT_MODEL_PREFIXES = {"model.language_model.": "model.", "language_model.model.": "model.",
                        "language_model.lm_head.": "lm_head."}
 VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
-                   "model.multi_modal_projector.")
+                   "model.multi_modal_projector.", "model.visual.")  # (the last: Qwen3.5)
 # Non-weight tensors some checkpoints carry: GPT-2's causal-mask buffers, RoPE tables.
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
 # Qwen3-Next's multi-token-prediction layer (for speculative decoding), which transformers
