@@ -1,5 +1,6 @@
-"""One model, six families: sizes equal transformers', attention paths agree, padding,
-KV cache, RoPE, Mixture of Experts against a dense run of every expert, config errors."""
+"""One model, eight families: sizes equal transformers', attention paths agree, padding,
+KV cache, RoPE, Mixture of Experts against a dense run of every expert, config errors, and
+Qwen3-Next's Gated DeltaNet (chunked form against the recurrence), output gate, shared expert."""
 
 import math
 import re
