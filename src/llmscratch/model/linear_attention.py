@@ -219,13 +219,12 @@ class GatedDeltaNet(nn.Module):
         B, T, C = qkv.shape
         K = self.conv.kernel_size[0]
         inputs = qkv.transpose(1, 2)  # (B, C, T)
-        if cache is None:
-            history = inputs.new_zeros(B, C, K - 1)  # (B, C, K - 1)
-        else:
-            history = cache.conv_states[self.layer_idx].to(inputs.dtype)
+        if cache is None:  # K - 1 zeros before the first input (the last K - 1 outputs dropped)
+            mixed = F.conv1d(inputs, self.conv.weight, padding=K - 1, groups=C)[:, :, :T]
+            return F.silu(mixed).transpose(1, 2)  # (B, T, C)
+        history = cache.conv_states[self.layer_idx].to(inputs.dtype)  # (B, C, K - 1)
         extended = torch.cat([history, inputs], dim=-1)  # (B, C, K - 1 + T)
-        if cache is not None:
-            cache.conv_states[self.layer_idx].copy_(extended[:, :, extended.size(-1) - (K - 1):])
+        cache.conv_states[self.layer_idx].copy_(extended[:, :, extended.size(-1) - (K - 1):])
         mixed = F.conv1d(extended, self.conv.weight, groups=C)  # (B, C, T)
         return F.silu(mixed).transpose(1, 2)  # (B, T, C)
 
