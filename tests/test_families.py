@@ -300,6 +300,25 @@ def test_chunked_delta_rule_equals_the_token_by_token_recurrence():
     torch.testing.assert_close(step_state, final, atol=1e-5, rtol=1e-5)
 
 
+def test_chunked_delta_rule_has_the_gradients_of_the_recurrence():
+    """Training differentiates the chunked form (through its triangular solve): the same
+    gradients as the token-by-token recurrence, for every input."""
+    torch.manual_seed(0)
+    B, H, T, Dk, Dv = 1, 2, 21, 4, 3
+    inputs = [F.normalize(torch.randn(B, H, T, Dk), dim=-1) * Dk ** -0.5,
+              F.normalize(torch.randn(B, H, T, Dk), dim=-1), torch.randn(B, H, T, Dv),
+              -torch.rand(B, H, T), torch.rand(B, H, T), torch.randn(B, H, Dk, Dv)]
+    weights = torch.randn(B, H, T, Dv), torch.randn(B, H, Dk, Dv)
+    grads = []
+    for rule in (lambda *x: chunk_gated_delta_rule(*x, chunk=8), recurrent_gated_delta_rule):
+        leaves = [x.clone().requires_grad_() for x in inputs]
+        out, final = rule(*leaves)
+        ((out * weights[0]).sum() + (final * weights[1]).sum()).backward()
+        grads.append([x.grad for x in leaves])
+    for chunked, recurrent in zip(*grads, strict=True):
+        torch.testing.assert_close(chunked, recurrent, atol=1e-5, rtol=1e-5)
+
+
 def test_deltanet_layers_cache_a_fixed_size_state_and_attention_layers_keys():
     model = tiny("qwen3-next-tiny")
     cache = model.new_cache(batch_size=2, max_len=80)
