@@ -12,6 +12,8 @@ with sinks, biases, and experts whose SwiGLU clamp (1.0 here, not 7) is reached;
 and DeepSeek V3's latent attention (a query latent, interleaved RoPE, YaRN with its
 mscale) and its first layer dense, the others with experts in groups, a shared
 expert and the router's bias (random, so that it steers the choice).
+Qwen3-Next's three Gated DeltaNet layers (value heads sharing key heads) to one
+full-attention layer with its output gate and partial RoPE, and its shared expert.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from llmscratch.tokenizer import Tokenizer, train_bpe
 from llmscratch.tokenizer.hf_json import save_hf_tokenizer
 
 FAMILIES = ["gpt2", "llama", "qwen3", "qwen3_moe", "gemma3_text", "olmo3", "gpt_oss",
-            "deepseek_v3"]
+            "deepseek_v3", "qwen3_next", "qwen3_5_text"]
 LAYER_TYPED = ["gemma3_text", "olmo3", "gpt_oss"]  # local and global layers
 VOCAB = 320
 SPECIALS = {
@@ -38,6 +40,8 @@ SPECIALS = {
     "olmo3": ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
     "gpt_oss": ("<|endoftext|>", "<|start|>", "<|end|>"),
     "deepseek_v3": ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"),
+    "qwen3_next": ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+    "qwen3_5_text": ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
 }
 TEXT = (
     "First Citizen: Before we proceed any further, hear me speak.\n"
@@ -56,8 +60,10 @@ def hf_config(family: str, **overrides):
         GptOssConfig,
         LlamaConfig,
         Olmo3Config,
+        Qwen3_5TextConfig,
         Qwen3Config,
         Qwen3MoeConfig,
+        Qwen3NextConfig,
     )
 
     no_specials = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
@@ -86,6 +92,17 @@ def hf_config(family: str, **overrides):
     if family == "qwen3":
         return Qwen3Config(**{**common, "intermediate_size": 64, "head_dim": 16,
                               "tie_word_embeddings": True, **overrides})
+    # Three Gated DeltaNet layers (value heads sharing key heads), then full attention.
+    hybrid = {**common, "num_hidden_layers": 4, "max_position_embeddings": 256, "head_dim": 16,
+              "partial_rotary_factor": 0.25, "linear_num_key_heads": 2,
+              "linear_num_value_heads": 4, "linear_key_head_dim": 8, "linear_value_head_dim": 8,
+              "linear_conv_kernel_dim": 4}
+    if family == "qwen3_next":
+        return Qwen3NextConfig(**{
+            **hybrid, "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+            "shared_expert_intermediate_size": 16, "norm_topk_prob": True, **overrides})
+    if family == "qwen3_5_text":
+        return Qwen3_5TextConfig(**{**hybrid, "intermediate_size": 64, **overrides})
     # Four layers: local, local, global, local.
     kinds = ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]
     layered = {**common, "num_hidden_layers": 4, "layer_types": kinds, "sliding_window": 8,
@@ -122,7 +139,7 @@ def hf_model(family: str, seed: int = 0, **overrides):
         for param in model.parameters():
             if param.dim() >= 2:
                 param.normal_(0.0, 0.1)
-            elif family in LAYER_TYPED or family == "deepseek_v3":  # norm gains away from 1
+            elif family in (*LAYER_TYPED, "deepseek_v3", "qwen3_next", "qwen3_5_text"):  # gains
                 param.add_(0.1 * torch.randn_like(param))
         for name, buffer in model.named_buffers():  # DeepSeek's router bias
             if name.endswith("e_score_correction_bias"):

@@ -135,7 +135,7 @@ def test_seconds_per_step_times_real_steps_after_the_warm_up(monkeypatch):
 
     import llmscratch.training.throughput as throughput
     from llmscratch.model import GPT
-    from llmscratch.model.config import get_preset
+    from llmscratch.model.presets import get_preset
     from llmscratch.runs.config import TrainConfig
 
     durations = iter([9.0, 9.0, 9.0, 0.5, 0.25, 0.75])  # 3 slow warm-up steps, then 3 timed

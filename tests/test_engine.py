@@ -284,3 +284,11 @@ def test_the_default_cache_is_sized_to_the_batch_or_capped_by_bytes():
     block_bytes = 2 * c.n_layer * 16 * c.kv_heads * c.head_dim * 4  # keys and values, fp32
     capped = Engine(model, max_batch=3, cache_bytes=5 * block_bytes)
     assert capped.cache.num_blocks == 5  # a long-context model does not take all memory
+
+
+def test_a_model_with_gated_deltanet_layers_is_refused_in_one_line():
+    """The paged cache holds keys and values only: a Qwen3-Next model, whose DeltaNet layers
+    keep a state instead, is refused rather than served wrongly."""
+    with pytest.raises(LLMScratchError, match="Gated DeltaNet") as err:
+        Engine(tiny("qwen3-next-tiny"))
+    assert "\n" not in str(err.value)

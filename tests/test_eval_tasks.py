@@ -61,12 +61,13 @@ def reference_log_prob(model, context_ids, choice_ids) -> float:
 # --- scoring against the model's own log-probabilities ----------------------------------
 
 
-def test_shared_context_batches_give_each_request_its_own_log_prob():
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "qwen3-next-tiny"])  # caches: keys, states
+def test_shared_context_batches_give_each_request_its_own_log_prob(preset):
     """Contexts run once for all their choices, left-padded in batches, caches copied per
     choice: the same numbers as one plain forward per request (fp32, 1e-4)."""
     torch.manual_seed(0)
     tokenizer = train_bpe(["the cat sat on the mat and the dog ran to the park " * 20], 300)
-    model = GPT(get_preset("gpt2-tiny")).eval()
+    model = GPT(get_preset(preset)).eval()
     requests = [encode_pair(tokenizer, ctx, choice)
                 for ctx, choices, _ in QUESTIONS for choice in choices]
     requests.append(encode_pair(tokenizer, "a", " b"))  # a one-token choice, alone in a batch

@@ -1,5 +1,6 @@
-"""One model, six families: sizes equal transformers', attention paths agree, padding,
-KV cache, RoPE, Mixture of Experts against a dense run of every expert, config errors."""
+"""One model, eight families: sizes equal transformers', attention paths agree, padding,
+KV cache, RoPE, Mixture of Experts against a dense run of every expert, config errors, and
+Qwen3-Next's Gated DeltaNet (chunked form against the recurrence), output gate, shared expert."""
 
 import itertools
 import math
@@ -14,11 +15,13 @@ import torch.nn.functional as F
 from llmscratch.errors import LLMScratchError
 from llmscratch.generation.sampling import SamplingConfig, generate
 from llmscratch.model import GPT, get_preset
+from llmscratch.model.config import torch_dtype
 from llmscratch.model.footprint import footprint
+from llmscratch.model.linear_attention import chunk_gated_delta_rule, recurrent_gated_delta_rule
 from llmscratch.model.rope import apply_rope, rope_angles, rope_frequencies, rope_gain
 
 TINY = ["gpt2-tiny", "llama-3-tiny", "qwen3-tiny", "qwen3-moe-tiny", "gemma3-tiny",
-        "olmo3-tiny", "gpt-oss-tiny", "deepseek-v3-tiny"]
+        "olmo3-tiny", "gpt-oss-tiny", "deepseek-v3-tiny", "qwen3-next-tiny", "qwen3.5-tiny"]
 # Parameter counts of the released checkpoints (the Hugging Face model cards
 # round them: 124M, 1.24B, 3.21B, 8.03B, 0.6B, 1.7B, 4.0B, 8.2B, 30.5B).
 RELEASED = {
@@ -26,6 +29,7 @@ RELEASED = {
     "gpt2-xl": 1_557_611_200, "llama-3.2-1b": 1_235_814_400, "llama-3.2-3b": 3_212_749_824,
     "llama-3.1-8b": 8_030_261_248, "qwen3-0.6b": 596_049_920, "qwen3-1.7b": 1_720_574_976,
     "qwen3-4b": 4_022_468_096, "qwen3-8b": 8_190_735_360, "qwen3-30b-a3b": 30_532_122_624,
+    "qwen3-next-80b-a3b": 79_674_391_296,
 }
 
 
@@ -84,6 +88,10 @@ def test_moe_active_parameters():
     # 8 of 128 experts per layer: 48 layers x 120 idle experts x 3 matrices of 2048 x 768.
     idle = 48 * 120 * 3 * 2048 * 768
     assert model.num_params(active=True) == model.num_params() - idle == 3_353_032_704
+    with torch.device("meta"):  # Qwen3-Next: 10 of 512 experts, and the shared one always
+        model = GPT(get_preset("qwen3-next-80b-a3b"))
+    idle = 48 * 502 * 3 * 2048 * 512
+    assert model.num_params(active=True) == model.num_params() - idle == 3_874_929_408
 
 
 def test_deepseek_v3_active_parameters():
@@ -358,6 +366,10 @@ def test_latent_attention_caches_one_latent_and_one_rope_key_per_token():
     ({"mlp": "moe", "n_expert": 4, "n_expert_active": 3, "moe_groups": 2}, "moe_groups_active"),
     ({"mlp": "moe", "n_expert": 4, "n_expert_active": 2, "moe_dense_layers": 1},
      "dense_mlp_hidden"),
+    ({"full_attention_interval": 4}, "linear_n_key_head"),  # DeltaNet layers without sizes
+    ({"rope_fraction": 1.5}, "rope_fraction"),
+    ({"positions": "rope", "rope_fraction": 0.1}, "rope_fraction"),  # 1 of 16 features
+    ({"moe_shared_hidden": 32}, "moe_shared_hidden"),  # and no MoE
 ])
 def test_bad_configs_name_the_field_and_value(overrides, field):
     with pytest.raises(LLMScratchError, match=rf"model\.{field}=") as err:
@@ -375,3 +387,108 @@ def test_docs_snippets_are_the_running_code():
         source = (root / "src" / "llmscratch" / "model" / file_name).read_text()
         for line in snippet.strip("\n").splitlines():
             assert line in source, f"{file_name} no longer has: {line.strip()}"
+
+
+# --- Qwen3-Next: Gated DeltaNet layers, the gated attention output, the shared expert ----
+
+
+def test_chunked_delta_rule_equals_the_token_by_token_recurrence():
+    """The chunked form (matmuls within chunks) computes the recurrence of the module
+    docstring, from a given state, across chunk boundaries and a padded last chunk."""
+    torch.manual_seed(0)
+    B, H, T, Dk, Dv = 2, 3, 37, 8, 6
+    q = F.normalize(torch.randn(B, H, T, Dk), dim=-1) * Dk ** -0.5
+    k = F.normalize(torch.randn(B, H, T, Dk), dim=-1)
+    v, state = torch.randn(B, H, T, Dv), torch.randn(B, H, Dk, Dv)
+    g, beta = -torch.rand(B, H, T), torch.rand(B, H, T)
+    out, final = chunk_gated_delta_rule(q, k, v, g, beta, state, chunk=8)  # 5 chunks
+    S, expected = state.clone(), []
+    for t in range(T):  # the recurrence, written with matrices
+        S = S * g[:, :, t].exp()[..., None, None]
+        u = beta[:, :, t, None] * (v[:, :, t] - (S.transpose(-1, -2) @ k[:, :, t, :, None])[..., 0])
+        S = S + k[:, :, t, :, None] @ u[:, :, None, :]
+        expected.append((S.transpose(-1, -2) @ q[:, :, t, :, None])[..., 0])
+    torch.testing.assert_close(out, torch.stack(expected, dim=2), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(final, S, atol=1e-5, rtol=1e-5)
+    step_out, step_state = recurrent_gated_delta_rule(q, k, v, g, beta, state)
+    torch.testing.assert_close(step_out, out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(step_state, final, atol=1e-5, rtol=1e-5)
+
+
+def test_chunked_delta_rule_has_the_gradients_of_the_recurrence():
+    """Training differentiates the chunked form (through its triangular solve): the same
+    gradients as the token-by-token recurrence, for every input."""
+    torch.manual_seed(0)
+    B, H, T, Dk, Dv = 1, 2, 21, 4, 3
+    inputs = [F.normalize(torch.randn(B, H, T, Dk), dim=-1) * Dk ** -0.5,
+              F.normalize(torch.randn(B, H, T, Dk), dim=-1), torch.randn(B, H, T, Dv),
+              -torch.rand(B, H, T), torch.rand(B, H, T), torch.randn(B, H, Dk, Dv)]
+    weights = torch.randn(B, H, T, Dv), torch.randn(B, H, Dk, Dv)
+    grads = []
+    for rule in (lambda *x: chunk_gated_delta_rule(*x, chunk=8), recurrent_gated_delta_rule):
+        leaves = [x.clone().requires_grad_() for x in inputs]
+        out, final = rule(*leaves)
+        ((out * weights[0]).sum() + (final * weights[1]).sum()).backward()
+        grads.append([x.grad for x in leaves])
+    for chunked, recurrent in zip(*grads, strict=True):
+        torch.testing.assert_close(chunked, recurrent, atol=1e-5, rtol=1e-5)
+
+
+def test_deltanet_layers_cache_a_fixed_size_state_and_attention_layers_keys():
+    model = tiny("qwen3-next-tiny")
+    cache = model.new_cache(batch_size=2, max_len=80)
+    assert [k is None for k in cache.keys] == [True, True, True, False]  # 3 DeltaNet, 1 full
+    assert cache.recurrent_states[0].shape == (2, 4, 16, 16)  # (B, Hv, Dk, Dv)
+    assert cache.conv_states[0].shape == (2, 2 * 2 * 16 + 4 * 16, 3)  # (B, C, K - 1)
+    ids = torch.randint(0, 512, (2, 100))  # two chunks and more, then decoding
+    full = model(ids)
+    pieces = [model(ids[:, :70], cache)] + [model(ids[:, t:t + 1], cache) for t in range(70, 75)]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full[:, :75], atol=1e-5, rtol=1e-5)
+
+
+def test_attention_output_gate_and_partial_rope():
+    """The gated output is the plain one times sigmoid(gate); partial RoPE leaves the
+    features past the rotated ones as they are."""
+    config = get_preset("qwen3-next-tiny")
+    attn = GPT(config).blocks[3].attn  # the full-attention layer
+    x = torch.randn(1, 5, config.n_embd)
+    gate = x @ attn.qkv.weight[-attn.split_sizes[-1]:].T  # (1, 5, H Dh)
+    seen = {}
+    attn.proj.register_forward_hook(lambda module, inputs, out: seen.update(gated=inputs[0]))
+    attn(x)
+    ungated = seen["gated"] / torch.sigmoid(gate)
+    plain = replace(config, attn_output_gate=False)
+    plain_attn = GPT(plain).blocks[3].attn
+    with torch.no_grad():
+        plain_attn.load_state_dict({**attn.state_dict(), "qkv.weight":
+                                    attn.qkv.weight[:-attn.split_sizes[-1]]})
+    plain_attn.proj.register_forward_hook(lambda module, inputs, out: seen.update(plain=inputs[0]))
+    plain_attn(x)
+    torch.testing.assert_close(ungated, seen["plain"], atol=1e-5, rtol=1e-5)
+    cos, sin = rope_angles(torch.arange(6), rope_frequencies(config))  # (6, 4): 4 of 16 turn
+    q = torch.randn(1, 2, 6, 16)
+    rotated = apply_rope(q, cos, sin)
+    assert torch.equal(rotated[..., 4:], q[..., 4:])
+    torch.testing.assert_close(rotated[..., :4], apply_rope(q[..., :4], cos, sin))
+
+
+def test_shared_expert_adds_its_gated_swiglu_to_the_routed_experts():
+    torch.manual_seed(0)
+    moe = GPT(get_preset("qwen3-next-tiny")).blocks[0].mlp
+    x = torch.randn(2, 7, moe.router.in_features)
+    shared = moe.shared
+    expected_shared = torch.sigmoid(x @ shared.shared_gate.weight.T) * (
+        (F.silu(x @ shared.gate.weight.T) * (x @ shared.up.weight.T)) @ shared.proj.weight.T)
+    with_shared = moe(x)
+    moe.shared = None  # the routed experts alone
+    torch.testing.assert_close(with_shared - moe(x), expected_shared, atol=1e-5, rtol=1e-5)
+
+
+def test_inspect_counts_the_bytes_the_cache_holds():
+    """Keys and values of the attention layer, the DeltaNet layers' fixed-size states."""
+    for dtype in ("fp32", "bf16"):
+        model = GPT(get_preset("qwen3-next-tiny", dtype=dtype)).to(torch_dtype(dtype))
+        cache = model.new_cache(batch_size=2, max_len=100)
+        held = sum(t.nbytes for t in [*cache.keys, *cache.values, *cache.conv_states.values(),
+                                      *cache.recurrent_states.values()] if t is not None)
+        assert footprint(model.config, batch=2, seq=100)["memory_bytes"]["kv_cache"] == held

@@ -108,6 +108,29 @@ def test_converted_run_works_with_generate_and_eval(folders, tmp_path, capsys):
         assert json.loads(capsys.readouterr().out)["tokens"] > 100
 
 
+@pytest.mark.parametrize("family", ["qwen3_next", "qwen3_5_text"])
+def test_deltanet_past_one_chunk_and_64_greedy_tokens_match_transformers(folders, tmp_path,
+                                                                         family):
+    """150 tokens (the chunked form across three chunks of 64: Gated DeltaNet layers), 64
+    greedy tokens through our cache (the recurrent form), and the exported model's loss."""
+    hf, folder, run = folders[family]
+    ours = load_hf_model(folder)
+    ids = torch.randint(0, VOCAB, (2, 150), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        loss_sum, count = ours.next_token_loss(ours(ids)[:, :-1], ids[:, 1:])
+        assert abs(loss_sum.item() / count.item() - hf(ids, labels=ids).loss.item()) <= TOLERANCE
+        theirs = hf.generate(ids[:1, :10], max_new_tokens=64, do_sample=False,
+                             attention_mask=torch.ones(1, 10, dtype=torch.int64))
+    new = generate(ours, ids[0, :10].tolist(), SamplingConfig(max_new_tokens=64, temperature=0))
+    assert new == theirs[0, 10:].tolist()
+    out = tmp_path / "exported"
+    assert main(["convert", "to-hf", str(run), str(out)]) == 0
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        assert abs(reloaded(ids, labels=ids).loss.item() - hf(ids, labels=ids).loss.item()) \
+            <= TOLERANCE
+
+
 def test_sharded_checkpoint_and_bf16(tmp_path):
     hf = hf_model("llama")
     folder = save_folder(hf, "llama", tmp_path / "sharded", max_shard_size="20KB")
@@ -376,6 +399,20 @@ OLMO3_7B = {
     "torch_dtype": "bfloat16",
 }
 
+# Qwen3-Next 80B-A3B as released: every fourth layer full attention by full_attention_interval.
+QWEN3_NEXT_80B = {
+    "architectures": ["Qwen3NextForCausalLM"], "model_type": "qwen3_next", "vocab_size": 151936,
+    "hidden_size": 2048, "intermediate_size": 5120, "num_hidden_layers": 48,
+    "num_attention_heads": 16, "num_key_value_heads": 2, "head_dim": 256, "hidden_act": "silu",
+    "max_position_embeddings": 262144, "rms_norm_eps": 1e-06, "rope_theta": 10000000,
+    "rope_scaling": None, "partial_rotary_factor": 0.25, "attention_bias": False,
+    "full_attention_interval": 4, "linear_conv_kernel_dim": 4, "linear_key_head_dim": 128,
+    "linear_value_head_dim": 128, "linear_num_key_heads": 16, "linear_num_value_heads": 32,
+    "decoder_sparse_step": 1, "mlp_only_layers": [], "moe_intermediate_size": 512,
+    "shared_expert_intermediate_size": 512, "num_experts": 512, "num_experts_per_tok": 10,
+    "norm_topk_prob": True, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+}
+
 
 @pytest.mark.parametrize("hub, preset", [(GEMMA3_4B, "gemma-3-4b"), (OLMO3_7B, "olmo-3-7b"),
                                          (GEMMA3_4B_MULTIMODAL, "gemma-3-4b")])
@@ -485,6 +522,30 @@ def test_gpt_oss_without_attention_biases_is_refused_in_one_line():
         config_from_hf({**GPT_OSS_20B, "quantization_config": None, "attention_bias": False})
 
 
+def test_the_text_model_of_a_multimodal_qwen3_5_is_imported(tmp_path):
+    """Qwen3.5 is released as Qwen3_5ForConditionalGeneration: its text model (under
+    model.language_model.) is imported without the vision encoder (model.visual.), to the
+    logits of text without images."""
+    vision = {"depth": 1, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2,
+              "out_hidden_size": 32, "patch_size": 14, "num_position_embeddings": 16}
+    config = transformers.Qwen3_5Config(text_config=hf_config("qwen3_5_text").to_dict(),
+                                        vision_config=vision, image_token_id=VOCAB - 3,
+                                        video_token_id=VOCAB - 2,
+                                        vision_start_token_id=VOCAB - 1,
+                                        vision_end_token_id=VOCAB - 4)
+    torch.manual_seed(0)
+    hf = transformers.Qwen3_5ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for param in hf.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    folder = save_folder(hf, "qwen3_5_text", tmp_path / "mm")
+    ids = torch.randint(0, VOCAB - 4, (2, 80))
+    with torch.no_grad():
+        assert max_diff(logits(load_hf_model(folder), ids), hf(input_ids=ids).logits) \
+            <= TOLERANCE
+    assert main(["convert", "from-hf", str(folder), str(tmp_path / "run")]) == 0
+
+
 @pytest.mark.parametrize("field, value, named", [
     ("final_logit_softcapping", 30.0, "final_logit_softcapping=30.0"),
     ("use_bidirectional_attention", True, "use_bidirectional_attention=True"),
@@ -500,6 +561,40 @@ def test_a_gemma3_field_we_do_not_support_is_named(folders, tmp_path, capsys, fi
                                                   named):
     folder = tmp_path / "hf"
     shutil.copytree(folders["gemma3_text"][1], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config[field] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    assert main(["convert", "from-hf", str(folder), str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and named in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_released_qwen3_next_config_json_reads_as_its_preset():
+    config = config_from_hf(QWEN3_NEXT_80B)
+    assert replace(config, mlp_hidden=0) == get_preset("qwen3-next-80b-a3b", mlp_hidden=0)
+    assert config.mlp_dim == 512
+    theirs = transformers.AutoConfig.for_model(**{k: v for k, v in QWEN3_NEXT_80B.items()
+                                                  if k != "architectures"})
+    assert theirs.layer_types == ["linear_attention" if config.layer_is_linear(i)
+                                  else "full_attention" for i in range(config.n_layer)]
+    assert theirs.rope_parameters["partial_rotary_factor"] == config.rope_fraction == 0.25
+    assert theirs.rope_parameters["rope_theta"] == config.rope_theta
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("decoder_sparse_step", 2, "decoder_sparse_step"),
+    ("mlp_only_layers", [0], "mlp_only_layers"),
+    ("attention_bias", True, "attention_bias=True"),
+    ("hidden_act", "gelu", "hidden_act='gelu'"),
+    ("layer_types", ["linear_attention", "full_attention", "linear_attention",
+                     "linear_attention"], "layer_types"),
+    ("shared_expert_intermediate_size", 0, "shared_expert_intermediate_size"),
+])
+def test_a_qwen3_next_field_we_do_not_support_is_named(folders, tmp_path, capsys, field, value,
+                                                      named):
+    folder = tmp_path / "hf"
+    shutil.copytree(folders["qwen3_next"][1], folder)
     config = json.loads((folder / "config.json").read_text())
     config[field] = value
     (folder / "config.json").write_text(json.dumps(config))

@@ -62,7 +62,10 @@ def test_fresh_adapter_changes_nothing(name):
         assert torch.equal(logits(model, ids), before)  # B = 0: the update is exactly zero
     per_block = {"gpt2-tiny": ["attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"],
                  "qwen3-moe-tiny": ["attn.qkv", "attn.proj", "mlp.router"],
-                 "gpt-oss-tiny": ["attn.qkv", "attn.proj", "mlp.router"]}.get(
+                 "gpt-oss-tiny": ["attn.qkv", "attn.proj", "mlp.router"],
+                 "qwen3-next-tiny": ["attn.qkv", "attn.proj", "mlp.router", "mlp.shared.gate",
+                                     "mlp.shared.up", "mlp.shared.proj",
+                                     "mlp.shared.shared_gate"]}.get(
         name, ["attn.qkv", "attn.proj", "mlp.gate", "mlp.up", "mlp.proj"])
     layers = range(model.config.n_layer)
     if name == "deepseek-v3-tiny":  # latent attention; a dense layer, then experts
@@ -88,7 +91,9 @@ def test_merge_unmerge_and_remove(name):
         assert max_diff(adapted, base) > 1e-2  # the adapters matter
 
         merge_lora(model)
-        assert max_diff(logits(model, ids), adapted) <= 1e-5
+        # (Rounding of W + B A in fp32; a Gated DeltaNet's L2-normalised q, k amplify it.)
+        tolerance = 3e-5 if model.config.full_attention_interval else 1e-5
+        assert max_diff(logits(model, ids), adapted) <= tolerance
         assert any(max_diff(model.state_dict()[k], v) > 1e-3 for k, v in original.items())
         unmerge_lora(model)
         state = model.state_dict()
@@ -97,7 +102,7 @@ def test_merge_unmerge_and_remove(name):
         assert remove_lora(model) == names
         assert not lora_layers(model)
         assert set(model.state_dict()) == set(original)  # a full model again
-        assert max_diff(logits(model, ids), adapted) <= 1e-5
+        assert max_diff(logits(model, ids), adapted) <= tolerance
 
 
 def test_only_adapters_train():

@@ -9,8 +9,8 @@ typo fails at once, naming the key and the closest valid one:
 
 Numbers must be finite: `nan` or `inf` in a config is always a mistake, and
 one that would otherwise surface steps later as a NaN loss (or be saved).
-A section whose class has a `from_preset(name)` constructor (the model's)
-may start from `preset: NAME` and override some fields.
+A section whose class is given a preset lookup (`presets=`; a run's model
+section: runs/config.py) may start from `preset: NAME` and override some fields.
 
 Overrides use dotted keys, `train.lr=3e-4`; their values are parsed as YAML
 scalars. `field_docs` reads each field's description from the class
@@ -24,7 +24,7 @@ import difflib
 import math
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,14 +106,19 @@ def _coerce_union(value: Any, kinds: tuple, key: str) -> Any:
     raise LLMScratchError(f"{key} must be {names}, got {value!r} ({type(value).__name__})")
 
 
-def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
-    """Build dataclass `cls` from a dict, checking every key and type (nested sections too)."""
+def from_dict(cls: type, data: Any, prefix: str = "",
+              presets: dict[type, Callable[[str], Any]] | None = None) -> Any:
+    """Build dataclass `cls` from a dict, checking every key and type (nested sections too).
+
+    `presets` maps a section's class to a function from a preset's name to an instance:
+    such a section may say `preset: NAME`, and its other keys replace the preset's fields."""
     if not isinstance(data, dict):
         raise LLMScratchError(f"{prefix.rstrip('.') or 'config'} must be a mapping of keys to "
                               f"values, got {data!r}")
-    if "preset" in data and hasattr(cls, "from_preset"):
+    presets = presets or {}
+    if "preset" in data and cls in presets:
         data = dict(data)
-        base = dataclasses.asdict(cls.from_preset(str(data.pop("preset"))))
+        base = dataclasses.asdict(presets[cls](str(data.pop("preset"))))
         data = {**base, **data}
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
@@ -128,7 +133,8 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
             )
         kind = hints[key]
         if dataclasses.is_dataclass(kind):
-            kwargs[key] = from_dict(kind, {} if value is None else value, f"{prefix}{key}.")
+            kwargs[key] = from_dict(kind, {} if value is None else value, f"{prefix}{key}.",
+                                    presets)
         else:
             kwargs[key] = _coerce(value, kind, f"{prefix}{key}")
     return cls(**kwargs)

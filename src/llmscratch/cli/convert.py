@@ -104,7 +104,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def resolve_model(spec: str):
     """(ModelConfig, kind) for a preset name, a run directory or a Hugging Face folder."""
-    from llmscratch.model.config import PRESETS
+    from llmscratch.model.presets import PRESETS
     from llmscratch.runs.hf_import import read_hf_config
     from llmscratch.runs.run import Run
 

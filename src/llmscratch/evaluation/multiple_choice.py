@@ -173,6 +173,8 @@ def _cache_per_choice(model: GPT, cache: KVCache, owner: torch.Tensor, room: int
     pass writes each position before any query can see it."""
     rows = model.new_cache(0, cache.max_len + room)  # the buffers are replaced below
     for layer, (keys, values) in enumerate(zip(cache.keys, cache.values, strict=True)):
+        if keys is None:  # a Gated DeltaNet layer: its fixed-size state, below
+            continue
         for buffers, stored in ((rows.keys, keys), (rows.values, values)):
             B, H, T, Dh = stored.shape
             buffer = stored.new_empty(len(owner), H, T + room, Dh)  # (R, Hkv, Lc + Lx, Dh)
@@ -180,6 +182,8 @@ def _cache_per_choice(model: GPT, cache: KVCache, owner: torch.Tensor, room: int
             # index_select of these rows measured 30x slower than the same copy by [].)
             buffer[:, :, :T] = stored[owner]
             buffers[layer] = buffer
+    rows.conv_states = {i: state[owner] for i, state in cache.conv_states.items()}
+    rows.recurrent_states = {i: state[owner] for i, state in cache.recurrent_states.items()}
     rows.pos = cache.pos
     return rows
 

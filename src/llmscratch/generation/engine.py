@@ -56,6 +56,11 @@ class Engine:
                  block_size: int = DEFAULT_BLOCK_SIZE, max_batch: int = 32,
                  max_batch_tokens: int = 4096, vocab_size: int | None = None,
                  cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        if any(model.config.layer_is_linear(i) for i in range(model.config.n_layer)):
+            raise LLMScratchError(
+                "the inference engine cannot serve Gated DeltaNet layers "
+                "(model.full_attention_interval > 0, Qwen3-Next) yet: its paged cache holds "
+                "keys and values only; use `llmscratch generate`, which keeps their state")
         self.model = model.eval()
         embedding = model.tok_emb.weight  # (the linear layers' may be packed: cpu_weights.py)
         self.device = embedding.device

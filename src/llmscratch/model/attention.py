@@ -167,9 +167,13 @@ class CausalSelfAttention(nn.Module):
         q_width = config.n_head * config.head_dim  # H Dh
         kv_width = config.kv_heads * config.head_dim  # Hkv Dh
         # One matmul makes queries, keys and values for all heads: (D) -> (H + 2 Hkv) Dh.
-        self.qkv = nn.Linear(config.n_embd, q_width + 2 * kv_width,
-                             bias=config.bias or config.qkv_bias)
         self.split_sizes = [q_width, kv_width, kv_width]
+        # Qwen3-Next's output gate: the same matmul also makes a gate for every feature of
+        # the output, which is multiplied by sigmoid(gate) before the output projection.
+        if config.attn_output_gate:
+            self.split_sizes.append(q_width)
+        self.qkv = nn.Linear(config.n_embd, sum(self.split_sizes),
+                             bias=config.bias or config.qkv_bias)
         # QK-norm (Qwen3, Gemma 3): each head's query and key get unit RMS and a learned
         # gain, which bounds the attention logits (Henry et al., 2020; Dehghani et al., 2023).
         # Olmo 2 and 3 normalise all heads' queries (and keys) of a token together.
@@ -200,7 +204,8 @@ class CausalSelfAttention(nn.Module):
         causal. Returns (B, T, D)."""
         B, T, _ = x.shape  # (B, T, D)
         H, Hkv, Dh = self.n_head, self.n_kv_head, self.head_dim
-        q, k, v = self.qkv(x).split(self.split_sizes, dim=-1)  # (B, T, H Dh), 2 x (B, T, Hkv Dh)
+        # (B, T, H Dh), 2 x (B, T, Hkv Dh) and, with an output gate, (B, T, H Dh)
+        q, k, v, *gate = self.qkv(x).split(self.split_sizes, dim=-1)
         if self.qk_norm == "all":  # over every head's features at once
             q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(B, T, H, Dh).transpose(1, 2)  # (B, H, T, Dh)
@@ -222,5 +227,7 @@ class CausalSelfAttention(nn.Module):
             context = explicit_attention(q, k, v, visible, self.scale, self.sinks)  # (B, H, T, Dh)
 
         context = context.transpose(1, 2).reshape(B, T, H * Dh)  # (B, T, H Dh): heads side by side
+        if gate:
+            context = context * torch.sigmoid(gate[0])  # (B, T, H Dh)
         out = self.proj(context)  # (B, T, D)
         return F.dropout(out, self.dropout, self.training)

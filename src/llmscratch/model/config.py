@@ -1,8 +1,8 @@
-"""The model's architecture, as one typed config, and named presets.
+"""The model's architecture, as one typed config (its named sizes: presets.py).
 
 `ModelConfig` says everything needed to build `GPT` (model/transformer.py).
-GPT-2, Llama 3, Qwen3, Qwen3-MoE, Gemma 3 and Olmo 3 are one model with
-different switches:
+GPT-2, Llama 3, Qwen3, Qwen3-MoE, Gemma 3, Olmo 3, gpt-oss, DeepSeek V3 and
+Qwen3-Next are one model with different switches:
 
     field             GPT-2      Llama 3       Qwen3    Qwen3-MoE  Gemma 3       Olmo 3
     positions         learned    rope (+llama3 rope     rope       rope (+linear rope (+yarn
@@ -40,16 +40,20 @@ DeepSeek V3 is Qwen3-MoE with two mechanisms switched: multi-head latent
 attention (`kv_lora_rank` > 0; latent_attention.py), and its routing
 (`moe_router` "sigmoid", expert groups, a shared expert, dense first layers;
 moe.py). `layer_is_dense(i)` says which layers have no experts.
+Qwen3-Next (`qwen3-next-80b-a3b`) is Qwen3-MoE with four more switches:
+`full_attention_interval` 4 (three Gated DeltaNet layers, linear attention
+with a fixed-size memory, to one full-attention layer), `attn_output_gate`,
+`rope_fraction` 0.25 and `moe_shared_hidden`; its RMSNorms are zero-centred.
+Qwen3.5's dense text models are the same with `mlp` "swiglu" (`qwen3.5-tiny`).
 
 Sizes that are usually derived have a 0 default meaning "derive it", read
 through a property: `n_kv_head` -> `kv_heads`, `head_size` -> `head_dim`,
-`mlp_hidden` -> `mlp_dim`. Presets are looked up by exact name.
+`mlp_hidden` -> `mlp_dim`. Presets (presets.py) are looked up by exact name.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -179,6 +183,22 @@ class ModelConfig:
         moe_dense_layers: the first this many layers have a plain SwiGLU MLP of
             width dense_mlp_hidden instead of experts (first_k_dense_replace).
         dense_mlp_hidden: hidden width of those dense layers.
+
+    Qwen3-Next's fields (see linear_attention.py):
+        full_attention_interval: P > 0: layers P, 2P, ... (from 1) are full
+            attention and the others Gated DeltaNet layers (Qwen3-Next: 4, three
+            DeltaNet layers to one attention layer); 0: no DeltaNet layers.
+        linear_n_key_head, linear_n_value_head: query/key heads and value heads of
+            a DeltaNet layer (value heads: a multiple of key heads, which they share).
+        linear_key_size, linear_value_size: width of each key (and query) head and
+            of each value head; a head's memory is a key-size x value-size matrix.
+        linear_conv_kernel: length of the causal depthwise convolution over q, k, v.
+        attn_output_gate: the attention output is multiplied by sigmoid(gate), a
+            gate projected from the input beside q, k and v (one per feature).
+        rope_fraction: the share of each head's features RoPE rotates (Qwen3-Next:
+            0.25); the others carry no position.
+        moe_shared_hidden: width of a shared expert beside the routed ones, which
+            every token goes through, scaled by a sigmoid gate of its own (0: none).
     """
 
     vocab_size: int = 50257
@@ -240,6 +260,17 @@ class ModelConfig:
     moe_routed_scale: float = 1.0
     moe_dense_layers: int = 0
     dense_mlp_hidden: int = 0
+    # Qwen3-Next: Gated DeltaNet layers between full-attention layers (linear_attention.py),
+    # a sigmoid gate on the attention output, RoPE on part of each head, a shared expert.
+    full_attention_interval: int = 0
+    linear_n_key_head: int = 0
+    linear_n_value_head: int = 0
+    linear_key_size: int = 0
+    linear_value_size: int = 0
+    linear_conv_kernel: int = 4
+    attn_output_gate: bool = False
+    rope_fraction: float = 1.0
+    moe_shared_hidden: int = 0
 
     def __post_init__(self) -> None:
         check_fields(self, "model.")  # types, and whole numbers that fit 64 bits
@@ -268,7 +299,8 @@ class ModelConfig:
         _check_choice("head_pooling", self.head_pooling, ("last", "mean"))
         if self.head_outputs < 0:
             _fail("head_outputs", self.head_outputs, "give 0 (no head) or a positive number")
-        if self.positions == "rope" and self.rope_dim % 2:
+        if self.positions == "rope" and self.rope_dim % 2 and self.rope_fraction == 1.0:
+            # (a fraction of the head is checked with Qwen3-Next's switches)
             _fail("qk_rope_head_dim" if self.kv_lora_rank else "head_size", self.rope_dim,
                   "RoPE rotates pairs of features: use an even width")
         if self.rope_theta <= 0:
@@ -303,6 +335,7 @@ class ModelConfig:
             _fail("dropout", self.dropout, "give a probability in [0, 1)")
         self._check_gpt_oss()
         _check_deepseek(self)
+        self._check_qwen3_next()
 
     def _check_gpt_oss(self) -> None:
         """gpt-oss's switches: the clamped SwiGLU is its experts' activation, and YaRN's
@@ -315,6 +348,32 @@ class ModelConfig:
             _fail("swiglu_alpha", self.swiglu_alpha, "give a positive sigmoid gain such as 1.702")
         if not self.rope_yarn_truncate and self.rope_scaling != "yarn":
             _fail("rope_yarn_truncate", False, "it is an option of rope_scaling='yarn'")
+
+    def _check_qwen3_next(self) -> None:
+        """Qwen3-Next's switches: Gated DeltaNet sizes, partial RoPE, shared expert."""
+        for name in ("full_attention_interval", "linear_n_key_head", "linear_n_value_head",
+                     "linear_key_size", "linear_value_size", "moe_shared_hidden"):
+            if getattr(self, name) < 0:
+                _fail(name, getattr(self, name), "give 0 (none) or a positive number")
+        if self.full_attention_interval:
+            for name in ("linear_n_key_head", "linear_n_value_head", "linear_key_size",
+                         "linear_value_size", "linear_conv_kernel"):
+                if getattr(self, name) < 1:
+                    _fail(name, getattr(self, name), "Gated DeltaNet layers "
+                          "(full_attention_interval > 0) need a positive size")
+            if self.linear_n_value_head % self.linear_n_key_head:
+                _fail("linear_n_value_head", self.linear_n_value_head,
+                      f"it must be a multiple of linear_n_key_head={self.linear_n_key_head}")
+            if self.sliding_window:
+                _fail("sliding_window", self.sliding_window, "Gated DeltaNet layers "
+                      "(full_attention_interval > 0) do not combine with a sliding window")
+        if not 0.0 < self.rope_fraction <= 1.0:
+            _fail("rope_fraction", self.rope_fraction, "give a fraction in (0, 1]")
+        if self.positions == "rope" and (self.rope_dim < 2 or self.rope_dim % 2):
+            _fail("rope_fraction", self.rope_fraction, f"it rotates {self.rope_dim} of the "
+                  f"{self.head_dim} features of a head; RoPE needs an even number of them")
+        if self.moe_shared_hidden and self.mlp != "moe":
+            _fail("moe_shared_hidden", self.moe_shared_hidden, "a shared expert needs mlp='moe'")
 
     @property
     def kv_heads(self) -> int:
@@ -331,8 +390,12 @@ class ModelConfig:
 
     @property
     def rope_dim(self) -> int:
-        """Width RoPE rotates in each head: all of it, or latent attention's qk_rope_head_dim."""
-        return self.qk_rope_head_dim if self.kv_lora_rank else self.head_dim
+        """How many features of each head RoPE rotates: all of them, the first
+        `rope_fraction` of them (Qwen3-Next: a quarter; the rest pass unrotated), or
+        latent attention's qk_rope_head_dim."""
+        if self.kv_lora_rank:
+            return self.qk_rope_head_dim
+        return int(self.head_dim * self.rope_fraction)
 
     @property
     def cache_widths(self) -> tuple[int, int, int]:
@@ -355,6 +418,12 @@ class ModelConfig:
         """Hidden width of the MLP: `mlp_hidden`, or GPT-2's 4 * n_embd when it is 0."""
         return self.mlp_hidden or 4 * self.n_embd
 
+    def layer_is_linear(self, layer: int) -> bool:
+        """Whether layer `layer` (from 0) is a Gated DeltaNet layer: with
+        full_attention_interval P > 0, all but layers P, 2P, ... (counting from 1)."""
+        P = self.full_attention_interval
+        return P > 0 and (layer + 1) % P != 0
+
     def layer_is_local(self, layer: int) -> bool:
         """Whether layer `layer` (from 0) attends through the sliding window (a local layer)."""
         if not self.sliding_window:
@@ -373,10 +442,6 @@ class ModelConfig:
         """This config's weight dtype as a torch dtype."""
         return torch_dtype(self.dtype)
 
-    @classmethod
-    def from_preset(cls, name: str) -> ModelConfig:
-        """The preset `name` (a YAML model section may start with `preset: NAME`)."""
-        return get_preset(name)
 
 
 def _fail(name: str, value, fix: str):
@@ -443,201 +508,3 @@ def _check_deepseek(c: ModelConfig) -> None:
         _fail("moe_dense_layers", c.moe_dense_layers, f"at most n_layer={c.n_layer}")
     if c.moe_dense_layers and not c.dense_mlp_hidden:
         _fail("dense_mlp_hidden", 0, "dense layers need a hidden width")
-
-
-def _llama3(**sizes) -> ModelConfig:
-    """Llama 3.x: 128k vocabulary, GQA with 8 kv heads, RoPE with llama3 scaling."""
-    family = dict(
-        vocab_size=128256, context_length=131072, n_kv_head=8, positions="rope",
-        rope_theta=500000.0, rope_scaling="llama3", rope_low_freq_factor=1.0,
-        rope_high_freq_factor=4.0, rope_original_context=8192, norm="rmsnorm", norm_eps=1e-5,
-        mlp="swiglu", bias=False, dtype="bf16",
-    )
-    return ModelConfig(**{**family, **sizes})
-
-
-def _qwen3(**sizes) -> ModelConfig:
-    """Qwen3: 152k vocabulary, 128-wide heads with QK-norm, GQA with 8 kv heads."""
-    family = dict(
-        vocab_size=151936, context_length=40960, n_kv_head=8, head_size=128, positions="rope",
-        rope_theta=1000000.0, norm="rmsnorm", norm_eps=1e-6, mlp="swiglu", qk_norm=True,
-        bias=False, dtype="bf16",
-    )
-    return ModelConfig(**{**family, **sizes})
-
-
-def _gemma3(**sizes) -> ModelConfig:
-    """Gemma 3 (text): 262k vocabulary, sandwich norms with 1 + w gains, GeGLU, scaled
-    embeddings, five local layers (RoPE base 10k) to one global layer (base 1M)."""
-    family = dict(
-        vocab_size=262144, context_length=32768, head_size=256, attn_scalar=256,
-        positions="rope", rope_theta=1000000.0, rope_local_theta=10000.0, norm="rmsnorm",
-        norm_eps=1e-6, norm_placement="sandwich", norm_zero_centred=True,
-        scale_embeddings=True, mlp="geglu", qk_norm=True, bias=False, sliding_window=512,
-        sliding_window_pattern=6, tie_embeddings=True, dtype="bf16",
-    )
-    return ModelConfig(**{**family, **sizes})
-
-
-def _gemma3_long(**sizes) -> ModelConfig:
-    """Gemma 3 4B and larger: a 128k context, the global layers' RoPE slowed 8 times."""
-    return _gemma3(**{**dict(vocab_size=262208, context_length=131072, sliding_window=1024,
-                             rope_scaling="linear", rope_factor=8.0), **sizes})
-
-
-def _olmo3(**sizes) -> ModelConfig:
-    """Olmo 3: 100k vocabulary, norms after each sub-layer (no pre-norm), QK-norm over all
-    heads at once, three sliding-window layers to one global layer, whose RoPE YaRN
-    stretches from the 8k tokens of pretraining to 64k."""
-    family = dict(
-        vocab_size=100278, context_length=65536, positions="rope", rope_theta=500000.0,
-        rope_scaling="yarn", rope_factor=8.0, rope_original_context=8192,
-        rope_low_freq_factor=1.0, rope_high_freq_factor=32.0,
-        rope_attention_factor=0.1 * math.log(8.0) + 1, rope_local_theta=500000.0,
-        norm="rmsnorm", norm_eps=1e-6, norm_placement="post",
-        mlp="swiglu", qk_norm=True, qk_norm_scope="all", bias=False, sliding_window=4096,
-        sliding_window_pattern=4, tie_embeddings=False, dtype="bf16",
-    )
-    return ModelConfig(**{**family, **sizes})
-
-
-def _gpt_oss(**sizes) -> ModelConfig:
-    """gpt-oss: 201k vocabulary, attention with sinks and biases, sliding-window (128) and
-    global layers alternating, all with YaRN (4k -> 128k, bounds unrounded), and a Mixture
-    of Experts with biases, routed by a softmax over the top 4 logits, whose experts use a
-    clamped SwiGLU."""
-    family = dict(
-        vocab_size=201088, context_length=131072, n_head=64, n_kv_head=8, head_size=64,
-        n_embd=2880, positions="rope", rope_theta=150000.0, rope_scaling="yarn",
-        rope_factor=32.0, rope_original_context=4096, rope_low_freq_factor=1.0,
-        rope_high_freq_factor=32.0, rope_attention_factor=0.1 * math.log(32.0) + 1,
-        rope_yarn_truncate=False, norm="rmsnorm", norm_eps=1e-5, mlp="moe", mlp_hidden=2880,
-        n_expert_active=4, moe_renormalize=True, bias=True, attn_sinks=True, swiglu_limit=7.0,
-        swiglu_alpha=1.702, sliding_window=128, sliding_window_pattern=2,
-        tie_embeddings=False, dtype="bf16",
-    )
-    return ModelConfig(**{**family, **sizes})
-
-
-def _deepseek_v3(**sizes) -> ModelConfig:
-    """DeepSeek V3: 129k vocabulary; multi-head latent attention (the cache holds a
-    512-wide latent and a 64-wide RoPE key per token and layer) with YaRN from 4k to 160k
-    tokens; after 3 dense layers, 256 routed experts (8 active, chosen by sigmoid scores
-    from the 4 best of 8 groups) and 1 shared expert per layer."""
-    family = dict(
-        vocab_size=129280, context_length=163840, positions="rope", rope_theta=10000.0,
-        rope_scaling="yarn", rope_factor=40.0, rope_original_context=4096,
-        rope_low_freq_factor=1.0, rope_high_freq_factor=32.0, rope_attention_factor=1.0,
-        rope_mscale_all_dim=1.0, rope_interleave=True, norm="rmsnorm", norm_eps=1e-6,
-        kv_lora_rank=512, q_lora_rank=1536, qk_rope_head_dim=64, qk_nope_head_dim=128,
-        v_head_dim=128, mlp="moe", mlp_hidden=2048, n_expert=256, n_expert_active=8,
-        n_shared_expert=1, moe_router="sigmoid", moe_groups=8, moe_groups_active=4,
-        moe_routed_scale=2.5, moe_renormalize=True, moe_dense_layers=3,
-        dense_mlp_hidden=18432, bias=False, tie_embeddings=False, dtype="bf16",
-    )
-    return ModelConfig(**{**family, **sizes})
-
-
-# Sizes are those of the released checkpoints (their config.json on the Hugging
-# Face hub); tests/test_families.py checks every parameter count against
-# `transformers`. The demo and tiny presets are for the CPU demo and for tests.
-PRESETS: dict[str, ModelConfig] = {
-    "gpt2": ModelConfig(n_layer=12, n_head=12, n_embd=768),
-    "gpt2-medium": ModelConfig(n_layer=24, n_head=16, n_embd=1024),
-    "gpt2-large": ModelConfig(n_layer=36, n_head=20, n_embd=1280),
-    "gpt2-xl": ModelConfig(n_layer=48, n_head=25, n_embd=1600),
-    # 4.3M parameters: the 10-minute CPU demo's model (configs/demo.yaml). On a 2-core
-    # CPU, 4 layers of width 256 ran faster per token than 6 of width 192 and
-    # reached a lower validation loss for the same tokens; a 2,048-token vocabulary
-    # and an untied output layer each lowered it further (docs/archive/benchmarks-history.md).
-    "gpt2-demo": ModelConfig(vocab_size=2048, context_length=256, n_layer=4, n_head=4,
-                             n_embd=256, tie_embeddings=False),
-    # 1.7M parameters: the demo's model where fewer than 2,000 steps of gpt2-demo fit in
-    # its budget (recipes/demo.py): in fp32, or on a slow CPU. A smaller model learns more
-    # from the time then: 2 layers of width 192 reached 2.02 bpb against 2.15 for gpt2-demo
-    # in the same 515 s in fp32, and 1.99 against 2.08 in bf16 on a CPU where 1,300
-    # steps of gpt2-demo fit (docs/benchmarks.md, "Why gpt2-demo or gpt2-demo-small").
-    "gpt2-demo-small": ModelConfig(vocab_size=2048, context_length=256, n_layer=2, n_head=3,
-                                   n_embd=192, tie_embeddings=False),
-    # A few thousand parameters: for tests that must run in milliseconds.
-    "gpt2-tiny": ModelConfig(vocab_size=512, context_length=64, n_layer=2, n_head=2, n_embd=32),
-    "llama-3.2-1b": _llama3(n_layer=16, n_head=32, n_embd=2048, mlp_hidden=8192,
-                            rope_factor=32.0, tie_embeddings=True),
-    "llama-3.2-3b": _llama3(n_layer=28, n_head=24, n_embd=3072, mlp_hidden=8192,
-                            rope_factor=32.0, tie_embeddings=True),
-    "llama-3.1-8b": _llama3(n_layer=32, n_head=32, n_embd=4096, mlp_hidden=14336,
-                            rope_factor=8.0, tie_embeddings=False),
-    "llama-3-tiny": _llama3(vocab_size=512, context_length=256, n_layer=2, n_head=4, n_embd=64,
-                            n_kv_head=2, mlp_hidden=128, rope_factor=8.0,
-                            rope_original_context=64, tie_embeddings=False, dtype="fp32"),
-    "qwen3-0.6b": _qwen3(n_layer=28, n_head=16, n_embd=1024, mlp_hidden=3072,
-                         tie_embeddings=True),
-    "qwen3-1.7b": _qwen3(n_layer=28, n_head=16, n_embd=2048, mlp_hidden=6144,
-                         tie_embeddings=True),
-    "qwen3-4b": _qwen3(n_layer=36, n_head=32, n_embd=2560, mlp_hidden=9728, tie_embeddings=True),
-    "qwen3-8b": _qwen3(n_layer=36, n_head=32, n_embd=4096, mlp_hidden=12288,
-                       tie_embeddings=False),
-    "qwen3-tiny": _qwen3(vocab_size=512, context_length=256, n_layer=2, n_head=4, n_embd=64,
-                         n_kv_head=2, head_size=32, mlp_hidden=128, tie_embeddings=True,
-                         dtype="fp32"),
-    # 30.5B parameters in all, 3.3B active per token: 8 of 128 experts.
-    "qwen3-30b-a3b": _qwen3(n_layer=48, n_head=32, n_embd=2048, n_kv_head=4, mlp="moe",
-                            mlp_hidden=768, n_expert=128, n_expert_active=8,
-                            tie_embeddings=False),
-    "qwen3-moe-tiny": _qwen3(vocab_size=512, context_length=256, n_layer=2, n_head=4, n_embd=64,
-                             n_kv_head=2, head_size=32, mlp="moe", mlp_hidden=32, n_expert=8,
-                             n_expert_active=2, tie_embeddings=False, dtype="fp32"),
-    "gemma-3-270m": _gemma3(n_layer=18, n_head=4, n_kv_head=1, n_embd=640, mlp_hidden=2048),
-    "gemma-3-1b": _gemma3(n_layer=26, n_head=4, n_kv_head=1, n_embd=1152, mlp_hidden=6912),
-    "gemma-3-4b": _gemma3_long(n_layer=34, n_head=8, n_kv_head=4, n_embd=2560,
-                               mlp_hidden=10240),
-    "gemma-3-12b": _gemma3_long(n_layer=48, n_head=16, n_kv_head=8, n_embd=3840,
-                                mlp_hidden=15360),
-    "gemma-3-27b": _gemma3_long(n_layer=62, n_head=32, n_kv_head=16, n_embd=5376,
-                                mlp_hidden=21504, head_size=128, attn_scalar=168),
-    # Six layers: five local (a window of 8 tokens) and one global, as in the real ones.
-    "gemma3-tiny": _gemma3(vocab_size=512, context_length=256, n_layer=6, n_head=4,
-                           n_kv_head=2, n_embd=64, head_size=16, attn_scalar=16,
-                           mlp_hidden=128, sliding_window=8, dtype="fp32"),
-    "olmo-3-7b": _olmo3(n_layer=32, n_head=32, n_embd=4096, mlp_hidden=11008),
-    "olmo-3-32b": _olmo3(n_layer=64, n_head=40, n_kv_head=8, n_embd=5120, mlp_hidden=27648),
-    # Four layers: three local (a window of 8 tokens) and one global.
-    "olmo3-tiny": _olmo3(vocab_size=512, context_length=256, n_layer=4, n_head=4, n_kv_head=2,
-                         n_embd=64, mlp_hidden=128, sliding_window=8, rope_factor=4.0,
-                         rope_original_context=16, rope_attention_factor=0.1 * math.log(4.0) + 1,
-                         dtype="fp32"),
-    # 20.9B parameters (3.6B active, not counting the embedding table) and 116.8B (5.1B
-    # active); released with their experts in MXFP4 (convert from-hf reads bf16 or fp32 ones).
-    "gpt-oss-20b": _gpt_oss(n_layer=24, n_expert=32),
-    "gpt-oss-120b": _gpt_oss(n_layer=36, n_expert=128),
-    # Four layers: local, global, local, global (a window of 8 tokens), YaRN from 16 tokens.
-    "gpt-oss-tiny": _gpt_oss(vocab_size=512, context_length=256, n_layer=4, n_head=4,
-                             n_kv_head=2, head_size=16, n_embd=64, mlp_hidden=32, n_expert=8,
-                             n_expert_active=2, sliding_window=8, rope_factor=4.0,
-                             rope_original_context=16,
-                             rope_attention_factor=0.1 * math.log(4.0) + 1, dtype="fp32"),
-    # 671B parameters in all (without the multi-token prediction module), 37B active.
-    "deepseek-v3": _deepseek_v3(n_layer=61, n_head=128, n_embd=7168),
-    # Three layers: one dense, two with experts (8 in 4 groups, 2 active, 1 shared).
-    "deepseek-v3-tiny": _deepseek_v3(vocab_size=512, context_length=256, n_layer=3, n_head=4,
-                                     n_embd=64, kv_lora_rank=32, q_lora_rank=48,
-                                     qk_rope_head_dim=16, qk_nope_head_dim=16, v_head_dim=16,
-                                     mlp_hidden=32, n_expert=8, n_expert_active=2, moe_groups=4,
-                                     moe_groups_active=2, moe_dense_layers=1,
-                                     dense_mlp_hidden=128, rope_factor=4.0,
-                                     rope_original_context=16, dtype="fp32"),
-}
-
-
-def get_preset(name: str, **overrides) -> ModelConfig:
-    """Return a copy of the preset `name`, with some fields replaced."""
-    if name not in PRESETS:
-        raise LLMScratchError(
-            f"unknown model preset {name!r}; known presets: {', '.join(sorted(PRESETS))}"
-        )
-    preset = PRESETS[name]
-    known = {f.name for f in fields(ModelConfig)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise LLMScratchError(f"unknown model field(s) {sorted(unknown)} for preset {name!r}")
-    return replace(preset, **overrides)

@@ -19,12 +19,16 @@ even for a 30B model. Memory is estimated from them and from the shapes:
                   R = min(B T, 1,024) rows (fp32 softmax, logits and gradient)
                   per_layer = 4 D + attn + mlp (+ 2 D for sandwich norms),
                   where attn is (2 H + 3 Hkv) Dh (latent attention: its
-                  latents, and q, k, v of every head) and mlp is 2 F (GELU,
-                  ReLU squared), 4 F (SwiGLU, GeGLU) or K (D + 4 F) + E (MoE;
+                  latents, and q, k, v of every head; a Gated DeltaNet
+                  layer: 2 C + 3 Hv Dv) and mlp is 2 F (GELU, ReLU
+                  squared), 4 F (SwiGLU, GeGLU) or K (D + 4 F) + E (MoE;
                   + 4 F per shared expert; DeepSeek's first layers are SwiGLU)
-    KV cache      2 L B T Hkv Dh x bytes (inference); latent attention
-                  caches L B T (C + Dr): its latent and its RoPE key;
-                  attention sinks (gpt-oss) are weights, not cached
+    KV cache      2 L B T Hkv Dh x bytes (inference), L counting attention
+                  layers only; latent attention caches L B T (C + Dr): its
+                  latent and its RoPE key; attention sinks (gpt-oss) are
+                  weights, not cached; each Gated DeltaNet layer keeps a
+                  state of the same size at any T instead: B (C (K - 1) x
+                  bytes + Hv Dk Dv x 4), its memory in fp32
 
 Training needs weights + gradients + optimizer + activations; inference
 needs weights + KV cache. Activations are an estimate (within tens of
@@ -33,10 +37,13 @@ percent); the weights are exact.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from llmscratch.model.config import ModelConfig, torch_dtype
 from llmscratch.model.heads import ROWS_PER_CHUNK
+from llmscratch.model.linear_attention import state_shapes
 from llmscratch.model.transformer import GPT
 
 
@@ -56,19 +63,21 @@ def footprint(config: ModelConfig, batch: int = 1, seq: int = 0, dtype: str = ""
     non_embedding = model.num_params(non_embedding=True)
     active = model.num_params(active=True)
 
-    per_layer = 4 * c.n_embd + attention_activations(c)
-    if c.norm_placement == "sandwich":
-        per_layer += 2 * c.n_embd
-    per_token = sum(per_layer + mlp_activations(c, i) for i in range(c.n_layer)) + 2 * c.n_embd
+    per_layer = 4 * c.n_embd + (2 * c.n_embd if c.norm_placement == "sandwich" else 0)
+    per_token = sum(per_layer + attention_activations(c, i) + mlp_activations(c, i)
+                    for i in range(c.n_layer)) + 2 * c.n_embd
+    n_linear = sum(c.layer_is_linear(i) for i in range(c.n_layer))  # Gated DeltaNet layers
     heads, key_width, value_width = c.cache_widths
-    kv_per_token = c.n_layer * heads * (key_width + value_width) * nbytes  # every layer's
+    kv_per_token = (c.n_layer - n_linear) * heads * (key_width + value_width) * nbytes
+    conv_state, recurrent_state = state_shapes(c, batch)
+    state_bytes = n_linear * (math.prod(conv_state) * nbytes + math.prod(recurrent_state) * 4)
     memory = {
         "weights": total * nbytes,
         "gradients": total * nbytes,
         "optimizer": 2 * total * nbytes,
         "activations": batch * T * per_token * nbytes
                        + min(batch * T, ROWS_PER_CHUNK) * c.vocab_size * (4 + nbytes),
-        "kv_cache": batch * T * kv_per_token,
+        "kv_cache": batch * T * kv_per_token + state_bytes,
     }
     memory["training_total"] = sum(memory[k] for k in ("weights", "gradients", "optimizer",
                                                        "activations"))
@@ -93,8 +102,12 @@ def footprint(config: ModelConfig, batch: int = 1, seq: int = 0, dtype: str = ""
     }
 
 
-def attention_activations(c: ModelConfig) -> int:
-    """Numbers per token one layer's attention keeps for the backward pass."""
+def attention_activations(c: ModelConfig, layer: int) -> int:
+    """Numbers per token layer `layer`'s attention (or Gated DeltaNet) keeps for the backward
+    pass."""
+    if c.layer_is_linear(layer):
+        channels = state_shapes(c, 1)[0][1]  # q, k and v side by side
+        return 2 * channels + 3 * c.linear_n_value_head * c.linear_value_size
     if not c.kv_lora_rank:
         return (2 * c.n_head + 3 * c.kv_heads) * c.head_dim
     latents = 2 * (c.q_lora_rank + c.kv_lora_rank + c.qk_rope_head_dim)  # before and after norms
@@ -109,7 +122,7 @@ def mlp_activations(c: ModelConfig, layer: int) -> int:
         return 4 * c.mlp_dim
     if c.layer_is_dense(layer):
         return 4 * c.dense_mlp_hidden
-    shared = 4 * c.n_shared_expert * c.mlp_dim
+    shared = 4 * (c.n_shared_expert * c.mlp_dim + c.moe_shared_hidden)
     return c.n_expert_active * (c.n_embd + 4 * c.mlp_dim) + c.n_expert + shared
 
 
@@ -134,6 +147,8 @@ def describe(c: ModelConfig) -> str:
             mlp += f" from {c.moe_groups_active} of {c.moe_groups} groups"
         if c.n_shared_expert:
             mlp += f", {c.n_shared_expert} shared"
+        if c.moe_shared_hidden:
+            mlp += f" and a shared expert of width {c.moe_shared_hidden}"
         if c.moe_dense_layers:
             mlp += f", after {c.moe_dense_layers} dense layers of width {c.dense_mlp_hidden}"
     positions = "learned positions" if c.positions == "learned" else f"RoPE theta {c.rope_theta:g}"
@@ -146,6 +161,14 @@ def describe(c: ModelConfig) -> str:
              f"vocabulary {c.vocab_size}", f"context {c.context_length}"]
     if c.qk_norm:
         parts.append("QK-norm" if c.qk_norm_scope == "head" else "QK-norm over all heads")
+    if c.full_attention_interval:
+        P = c.full_attention_interval
+        parts.append(f"{P - 1} Gated DeltaNet layers ({c.linear_n_value_head} value heads, "
+                     f"{c.linear_n_key_head} key heads) to 1 attention layer")
+    if c.attn_output_gate:
+        parts.append("gated attention output")
+    if c.rope_fraction < 1:
+        parts.append(f"RoPE on {c.rope_dim} of {c.head_dim} features")
     if c.sliding_window_pattern == 2:  # gpt-oss
         parts.append(f"local (window {c.sliding_window}) and global layers alternating")
     elif c.sliding_window_pattern:

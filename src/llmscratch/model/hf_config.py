@@ -1,5 +1,6 @@
 """Hugging Face `config.json` <-> `ModelConfig`, for GPT-2, Llama 3, Qwen3(-MoE), Gemma 3
-(text), Olmo 3, gpt-oss and DeepSeek V3 (whose own fields hf_deepseek.py maps).
+(text), Olmo 3, gpt-oss, DeepSeek V3 (whose own fields hf_deepseek.py maps), Qwen3-Next
+and Qwen3.5 (text).
 
 Hugging Face names the same sizes differently per family (GPT-2's `n_embd`
 is Llama's `hidden_size`) and spells RoPE two ways: `rope_theta` plus
@@ -31,20 +32,36 @@ ARCHITECTURES = {
     "Olmo3ForCausalLM": "olmo3",
     "GptOssForCausalLM": "gpt_oss",
     "DeepseekV3ForCausalLM": "deepseek_v3",
+    "Qwen3NextForCausalLM": "qwen3_next",
+    "Qwen3_5ForCausalLM": "qwen3_5_text",
 }
 # Multimodal architectures whose text model we import (without the vision encoder), and
 # the text model's own architecture. Gemma 3 4B and larger are released only so; their
 # config.json gives the text model's fields that differ from Gemma3TextConfig's defaults.
-TEXT_MODELS = {"Gemma3ForConditionalGeneration": "Gemma3ForCausalLM"}
+TEXT_MODELS = {"Gemma3ForConditionalGeneration": "Gemma3ForCausalLM",
+               "Qwen3_5ForConditionalGeneration": "Qwen3_5ForCausalLM"}
 GEMMA3_TEXT_DEFAULTS = {
     "vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216,
     "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
     "head_dim": 256, "max_position_embeddings": 131072, "rms_norm_eps": 1e-6,
     "query_pre_attn_scalar": 256, "sliding_window": 4096,
 }
+# Qwen3.5's text models are released inside Qwen3_5ForConditionalGeneration too; the
+# defaults of Qwen3_5TextConfig that the DeltaNet fields' own defaults do not cover.
+QWEN3_5_TEXT_DEFAULTS = {
+    "vocab_size": 248320, "hidden_size": 4096, "intermediate_size": 12288,
+    "num_hidden_layers": 32, "num_attention_heads": 16, "num_key_value_heads": 4,
+    "head_dim": 256, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
+}
+# Each multimodal architecture's text defaults, and whether it ties its embeddings.
+TEXT_DEFAULTS = {"Gemma3ForConditionalGeneration": (GEMMA3_TEXT_DEFAULTS, True),
+                 "Qwen3_5ForConditionalGeneration": (QWEN3_5_TEXT_DEFAULTS, False)}
 # Families whose layers are local or global by `layer_types`, each kind with its own
 # RoPE; the default bases of their (global, local) layers.
 LAYER_TYPED = ("gemma3_text", "olmo3")
+# Families with Gated DeltaNet layers between full-attention layers: Qwen3-Next (MoE with
+# a shared expert) and Qwen3.5's dense text models.
+HYBRID = ("qwen3_next", "qwen3_5_text")
 THETAS = {"gemma3_text": (1000000.0, 10000.0), "olmo3": (500000.0, 500000.0)}
 HF_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16"}
 
@@ -66,7 +83,8 @@ def text_model_config(hf: dict) -> dict:
     if architecture not in TEXT_MODELS:
         return hf
     dtype = hf.get("torch_dtype") or hf.get("dtype")
-    return {**GEMMA3_TEXT_DEFAULTS, "tie_word_embeddings": hf.get("tie_word_embeddings", True),
+    defaults, tied = TEXT_DEFAULTS[architecture]
+    return {**defaults, "tie_word_embeddings": hf.get("tie_word_embeddings", tied),
             "torch_dtype": dtype, **(hf.get("text_config") or {}),
             "architectures": [TEXT_MODELS[architecture]]}
 
@@ -120,14 +138,15 @@ def _config_from_hf(hf: dict, source: str) -> ModelConfig:
         require("use_bidirectional_attention", False, False)
     else:
         require("hidden_act", "silu", "silu")
-    if family in LAYER_TYPED:
+    if family in (*LAYER_TYPED, *HYBRID):
         require("attention_bias", False, False)
     if family == "deepseek_v3":  # no biases in latent attention here
         require("attention_bias", False, False)
     if hf.get("mlp_bias", False) != hf.get("attention_bias", False):
         raise LLMScratchError(f"{source}: attention_bias and mlp_bias differ; not supported")
     D, H = hf["hidden_size"], hf["num_attention_heads"]
-    default_head = {"qwen3": 128, "gemma3_text": 256}.get(family, D // H)
+    default_head = {"qwen3": 128, "gemma3_text": 256, "qwen3_next": 256,
+                    "qwen3_5_text": 256}.get(family, D // H)
     sizes = dict(
         vocab_size=hf["vocab_size"], context_length=hf["max_position_embeddings"],
         n_layer=hf["num_hidden_layers"], n_head=H, n_embd=D,
@@ -156,7 +175,9 @@ def _config_from_hf(hf: dict, source: str) -> ModelConfig:
         ):
             raise LLMScratchError(f"{source}: sliding window on only some layers is not supported")
         sizes["sliding_window"] = hf["sliding_window"]
-    if family == "qwen3_moe":
+    if family in HYBRID:
+        sizes.update(_qwen3_next_fields(hf, family, source))
+    if family in ("qwen3_moe", "qwen3_next"):
         if hf.get("mlp_only_layers") or hf.get("decoder_sparse_step", 1) != 1:
             raise LLMScratchError(f"{source}: dense layers between MoE layers (mlp_only_layers, "
                                   "decoder_sparse_step) are not supported")
@@ -194,6 +215,39 @@ def _gpt_oss_from_hf(hf: dict, source: str) -> ModelConfig:
         tie_embeddings=hf.get("tie_word_embeddings", False),
         dtype="bf16" if (hf.get("torch_dtype") or hf.get("dtype")) == "bfloat16" else "fp32",
         **rope, **_layer_pattern(hf, "gpt_oss", source),
+    )
+
+
+def _qwen3_next_fields(hf: dict, family: str, source: str) -> dict:
+    """Qwen3-Next's switches: which layers are Gated DeltaNet (`layer_types`, or every
+    `full_attention_interval`-th is full attention), their sizes, partial RoPE, the
+    gated attention output, zero-centred norms and (not in Qwen3.5's dense models)
+    the shared expert."""
+    n = hf["num_hidden_layers"]
+    every = hf.get("full_attention_interval", 4)
+    kinds = hf.get("layer_types") or [
+        "linear_attention" if (i + 1) % every else "full_attention" for i in range(n)]
+    linear = [kind == "linear_attention" for kind in kinds]
+    if set(kinds) - {"linear_attention", "full_attention"} or len(kinds) != n:
+        raise LLMScratchError(f"{source}: layer_types must give one of 'linear_attention', "
+                              f"'full_attention' for each of the {n} layers")
+    P = linear.index(False) + 1 if not all(linear) else 0
+    if not P or linear != [(i + 1) % P != 0 for i in range(n)]:
+        raise LLMScratchError(f"{source}: layer_types is not a repeating pattern of "
+                              "linear_attention layers and then one full_attention layer; "
+                              "not supported")
+    if family == "qwen3_next" and not hf.get("shared_expert_intermediate_size"):
+        raise LLMScratchError(f"{source}: shared_expert_intermediate_size must be positive")
+    params = hf.get("rope_parameters") or {}
+    fraction = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 0.25))
+    return dict(
+        full_attention_interval=P, linear_n_key_head=hf.get("linear_num_key_heads", 16),
+        linear_n_value_head=hf.get("linear_num_value_heads", 32),
+        linear_key_size=hf.get("linear_key_head_dim", 128),
+        linear_value_size=hf.get("linear_value_head_dim", 128),
+        linear_conv_kernel=hf.get("linear_conv_kernel_dim", 4), attn_output_gate=True,
+        rope_fraction=float(fraction), norm_zero_centred=True,
+        moe_shared_hidden=hf["shared_expert_intermediate_size"] if family == "qwen3_next" else 0,
     )
 
 
@@ -305,6 +359,23 @@ def _yarn_mscale(factor: float, m: float) -> float:
 def family_of(config: ModelConfig) -> str:
     """The Hugging Face family that can hold this architecture, or an error saying why none."""
     c = config
+    if (c.full_attention_interval, c.attn_output_gate, c.rope_fraction,
+            c.moe_shared_hidden) != (0, False, 1.0, 0):  # Qwen3-Next's switches
+        hybrid = (c.positions, c.norm, c.norm_placement, c.norm_zero_centred,
+                  c.scale_embeddings, c.qk_norm, c.qk_norm_scope, c.bias, c.qkv_bias,
+                  c.attn_output_gate, c.sliding_window, c.rope_scaling, c.attn_scalar) == (
+            "rope", "rmsnorm", "pre", True, False, True, "head", False, False, True, 0, "none",
+            0) and c.full_attention_interval > 0
+        if hybrid and c.mlp == "moe" and c.moe_shared_hidden:
+            return "qwen3_next"
+        if hybrid and c.mlp == "swiglu":
+            return "qwen3_5_text"
+        raise LLMScratchError(
+            "no Hugging Face architecture matches this combination of Gated DeltaNet layers "
+            f"(full_attention_interval={c.full_attention_interval}), attn_output_gate="
+            f"{c.attn_output_gate}, rope_fraction={c.rope_fraction}, mlp={c.mlp}, "
+            f"moe_shared_hidden={c.moe_shared_hidden}; Qwen3-Next (MoE and a shared expert) "
+            "and Qwen3.5 (SwiGLU) have the first three, with their other switches")
     # The parts each family fixes, beyond the ones tested below.
     plain = (c.norm_placement, c.norm_zero_centred, c.scale_embeddings, c.attn_scalar,
              c.sliding_window_pattern, c.rope_local_theta) == ("pre", False, False, 0, 0, 0)
@@ -391,6 +462,20 @@ def config_to_hf(config: ModelConfig) -> dict:
         hf.update(deepseek_to_hf(c))
         if c.rope_mscale_all_dim:
             hf["rope_scaling"]["mscale_all_dim"] = c.rope_mscale_all_dim
+    if family in HYBRID:
+        del hf["mlp_bias"]
+        hf.update(
+            layer_types=["linear_attention" if c.layer_is_linear(i) else "full_attention"
+                         for i in range(c.n_layer)],
+            linear_num_key_heads=c.linear_n_key_head, linear_num_value_heads=c.linear_n_value_head,
+            linear_key_head_dim=c.linear_key_size, linear_value_head_dim=c.linear_value_size,
+            linear_conv_kernel_dim=c.linear_conv_kernel, partial_rotary_factor=c.rope_fraction)
+    if family == "qwen3_next":
+        hf.update(
+            num_experts=c.n_expert, num_experts_per_tok=c.n_expert_active,
+            moe_intermediate_size=c.mlp_dim, norm_topk_prob=c.moe_renormalize,
+            shared_expert_intermediate_size=c.moe_shared_hidden, decoder_sparse_step=1,
+            mlp_only_layers=[], intermediate_size=c.mlp_dim * c.n_expert_active)  # unused
     if family in LAYER_TYPED:  # transformers 5's spelling: RoPE by layer type
         for name in ("rope_theta", "rope_scaling", "mlp_bias"):
             del hf[name]

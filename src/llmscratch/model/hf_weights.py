@@ -3,7 +3,9 @@
 For every tensor of our model, `weight_links` lists the Hugging Face tensors
 it is made of. Most are the same matrix under another name. Four kinds are
 not: our fused q/k/v projection is Hugging Face's q_proj, k_proj and v_proj
-concatenated; our stacked MoE experts are its E per-expert matrices stacked;
+concatenated (Qwen3-Next's, and its Gated DeltaNet's in_proj_qkvz and
+in_proj_ba, with their rows reordered: they interleave per head what we keep
+apart); our stacked MoE experts are its E per-expert matrices stacked;
 GPT-2's `Conv1D` layers (and gpt-oss's experts) store (in, out), the transpose
 of a Linear weight; and gpt-oss's `gate_up_proj` holds our experts' gate and
 up projections interleaved, gate in the even columns, up in the odd ones.
@@ -43,9 +45,12 @@ NORM_NAMES = {
 TEXT_MODEL_PREFIXES = {"model.language_model.": "model.", "language_model.model.": "model.",
                        "language_model.lm_head.": "lm_head."}
 VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
-                   "model.multi_modal_projector.")
+                   "model.multi_modal_projector.", "model.visual.")  # (the last: Qwen3.5)
 # Non-weight tensors some checkpoints carry: GPT-2's causal-mask buffers, RoPE tables.
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
+# Qwen3-Next's multi-token-prediction layer (for speculative decoding), which transformers
+# does not load either.
+IGNORED_PREFIXES = ("mtp.",)
 
 
 @dataclass
@@ -57,12 +62,17 @@ class Link:
     or "odd" (the even or odd columns of their one tensor: gpt-oss's gate_up_proj).
     transpose: stored as (in, out) by GPT-2's Conv1D, the transpose of ours
     (the last two dims swapped, for a stack of matrices).
+    rows: "cat": the rows of each Hugging Face tensor (None: q, k, v of attention).
+    order: "cat": our rows are theirs concatenated, then taken in this order
+        (Qwen3-Next interleaves per head what we keep apart); None: as they are.
     """
 
     ours: str
     theirs: list[str]
     join: str = "same"
     transpose: bool = False
+    rows: list[int] | None = None
+    order: torch.Tensor | None = None
 
 
 INTERLEAVED = ("even", "odd")  # joins that take every other column of one tensor
@@ -97,16 +107,14 @@ def weight_links(config: ModelConfig) -> list[Link]:
             attn = f"{theirs}.self_attn"
             for our_norm, their_norm in NORM_NAMES[c.norm_placement].items():
                 same(f"{ours}.{our_norm}", f"{theirs}.{their_norm}")
-            if c.kv_lora_rank:  # DeepSeek's latent attention
+            if c.layer_is_linear(i):  # Qwen3-Next's and Qwen3.5's Gated DeltaNet layer
+                links += gated_deltanet_links(c, f"{ours}.attn", f"{theirs}.linear_attn",
+                                              family)
+            elif c.kv_lora_rank:  # DeepSeek's latent attention
                 links += latent_attention_links(f"{ours}.attn", attn, c)
+                same(f"{ours}.attn.proj", f"{attn}.o_proj", bias=c.bias)
             else:
-                for kind in ["weight", "bias"] if c.bias or c.qkv_bias else ["weight"]:
-                    qkv = [f"{attn}.{p}_proj.{kind}" for p in "qkv"]
-                    links.append(Link(f"{ours}.attn.qkv.{kind}", qkv, join="cat"))
-            if c.qk_norm:
-                same(f"{ours}.attn.q_norm", f"{attn}.q_norm")
-                same(f"{ours}.attn.k_norm", f"{attn}.k_norm")
-            same(f"{ours}.attn.proj", f"{attn}.o_proj", bias=c.bias)
+                links += attention_links(c, f"{ours}.attn", attn)
             if c.attn_sinks:
                 links.append(Link(f"{ours}.attn.sinks", [f"{attn}.sinks"]))
             if family == "gpt_oss":
@@ -114,6 +122,12 @@ def weight_links(config: ModelConfig) -> list[Link]:
             elif c.mlp == "moe" and not c.layer_is_dense(i):
                 same(f"{ours}.mlp.router", f"{theirs}.mlp.gate")
                 links += deepseek_moe_links(f"{ours}.mlp", f"{theirs}.mlp", c)
+                if c.moe_shared_hidden:  # Qwen3-Next's shared expert
+                    for ours_name, theirs_name in [("gate", "gate_proj"), ("up", "up_proj"),
+                                                   ("proj", "down_proj")]:
+                        same(f"{ours}.mlp.shared.{ours_name}",
+                             f"{theirs}.mlp.shared_expert.{theirs_name}")
+                    same(f"{ours}.mlp.shared.shared_gate", f"{theirs}.mlp.shared_expert_gate")
                 for ours_name, theirs_name in [("gate", "gate_proj"), ("up", "up_proj"),
                                                ("proj", "down_proj")]:
                     experts = [f"{theirs}.mlp.experts.{e}.{theirs_name}.weight"
@@ -143,6 +157,8 @@ def gpt_oss_expert_links(ours: str, theirs: str) -> list[Link]:
         Link(f"{ours}.mlp.up_bias", [f"{experts}.gate_up_proj_bias"], "odd"),
         Link(f"{ours}.mlp.proj_bias", [f"{experts}.down_proj_bias"]),
     ]
+
+
 def latent_attention_links(ours: str, theirs: str, c: ModelConfig) -> list[Link]:
     """DeepSeek's latent attention: the same matrices under other names."""
     names = [("kv_a", "kv_a_proj_with_mqa"), ("kv_norm", "kv_a_layernorm"), ("kv_b", "kv_b_proj")]
@@ -169,12 +185,82 @@ def is_mtp_module(name: str, config: ModelConfig) -> bool:
     return bool(config.kv_lora_rank and match and int(match.group(1)) >= config.n_layer)
 
 
+def attention_links(c: ModelConfig, ours: str, theirs: str) -> list[Link]:
+    """An attention layer's tensors: q, k, v projections (fused in ours), QK-norm, output."""
+    links = []
+    for kind in ["weight", "bias"] if c.bias or c.qkv_bias else ["weight"]:
+        qkv = [f"{theirs}.{p}_proj.{kind}" for p in "qkv"]
+        if c.attn_output_gate:  # Qwen3-Next's q_proj: per head, its queries then its gates
+            links.append(Link(f"{ours}.qkv.{kind}", qkv, join="cat", rows=_gated_rows(c),
+                              order=_gated_order(c)))
+        else:
+            links.append(Link(f"{ours}.qkv.{kind}", qkv, join="cat"))
+    if c.qk_norm:
+        links.append(Link(f"{ours}.q_norm.weight", [f"{theirs}.q_norm.weight"]))
+        links.append(Link(f"{ours}.k_norm.weight", [f"{theirs}.k_norm.weight"]))
+    links.append(Link(f"{ours}.proj.weight", [f"{theirs}.o_proj.weight"]))
+    if c.bias:
+        links.append(Link(f"{ours}.proj.bias", [f"{theirs}.o_proj.bias"]))
+    return links
+
+
+def _gated_rows(c: ModelConfig) -> list[int]:
+    """Rows of q_proj (queries and gates), k_proj and v_proj."""
+    return [2 * c.n_head * c.head_dim] + [c.kv_heads * c.head_dim] * 2
+
+
+def _gated_order(c: ModelConfig) -> torch.Tensor:
+    """Our q, k, v, gate rows among q_proj's (per head h: its Dh queries, then its Dh
+    gates), k_proj's and v_proj's, concatenated."""
+    H, Dh, kv = c.n_head, c.head_dim, c.kv_heads * c.head_dim
+    q_proj = torch.arange(2 * H * Dh).view(H, 2, Dh)  # (H, queries or gates, Dh)
+    k_and_v = torch.arange(2 * H * Dh, 2 * H * Dh + 2 * kv)
+    return torch.cat([q_proj[:, 0].flatten(), k_and_v, q_proj[:, 1].flatten()])
+
+
+def gated_deltanet_links(c: ModelConfig, ours: str, theirs: str,
+                         family: str = "qwen3_next") -> list[Link]:
+    """A Gated DeltaNet layer's tensors. Our one input projection (q, k, v, z, b, a) is
+    Qwen3-Next's in_proj_qkvz and in_proj_ba, whose rows are grouped by key head, or
+    Qwen3.5's in_proj_qkv, in_proj_z, in_proj_b and in_proj_a, in our order."""
+    Hk, G = c.linear_n_key_head, c.linear_n_value_head // c.linear_n_key_head
+    Hv, Dv = c.linear_n_value_head, c.linear_value_size
+    if family == "qwen3_5_text":
+        rows = [2 * Hk * c.linear_key_size + Hv * Dv, Hv * Dv, Hv, Hv]
+        projections = [f"{theirs}.in_proj_{p}.weight" for p in ("qkv", "z", "b", "a")]
+        links = [Link(f"{ours}.qkv.weight", projections, join="cat", rows=rows)]
+    else:
+        per_head = 2 * c.linear_key_size + 2 * G * Dv  # q, k, G v, G z
+        rows = [Hk * per_head, Hk * 2 * G]
+        links = [Link(f"{ours}.qkv.weight", [f"{theirs}.in_proj_qkvz.weight",
+                                             f"{theirs}.in_proj_ba.weight"],
+                      join="cat", rows=rows, order=_deltanet_order(c))]
+    for name, their_name in [("conv.weight", "conv1d.weight"), ("A_log", "A_log"),
+                             ("dt_bias", "dt_bias"), ("norm.weight", "norm.weight"),
+                             ("proj.weight", "out_proj.weight")]:
+        links.append(Link(f"{ours}.{name}", [f"{theirs}.{their_name}"]))
+    return links
+
+
+def _deltanet_order(c: ModelConfig) -> torch.Tensor:
+    """Our rows (all heads' q, then k, v, z, b, a) among in_proj_qkvz's and in_proj_ba's
+    concatenated, which hold per key head its q, k, its G value heads' v, z, then b, a."""
+    Hk, Dk, Dv = c.linear_n_key_head, c.linear_key_size, c.linear_value_size
+    G = c.linear_n_value_head // Hk
+    qkvz = torch.arange(Hk * (2 * Dk + 2 * G * Dv)).view(Hk, -1)  # (Hk, 2 Dk + 2 G Dv)
+    ba = qkvz.numel() + torch.arange(Hk * 2 * G).view(Hk, 2 * G)  # (Hk, 2 G)
+    q, k, v, z = qkvz.split([Dk, Dk, G * Dv, G * Dv], dim=1)
+    b, a = ba.split([G, G], dim=1)
+    return torch.cat([x.flatten() for x in (q, k, v, z, b, a)])
+
+
 def their_shapes(link: Link, our_shape: torch.Size, config: ModelConfig) -> list[tuple]:
     """The shape each Hugging Face tensor of `link` must have, given our tensor's shape."""
     if link.join == "stack":
         return [tuple(our_shape[1:])] * len(link.theirs)
-    if link.join == "cat":  # q, k, v rows: H Dh, Hkv Dh, Hkv Dh
-        rows = [config.n_head * config.head_dim] + [config.kv_heads * config.head_dim] * 2
+    if link.join == "cat":  # q, k, v rows: H Dh, Hkv Dh, Hkv Dh, unless the link says
+        rows = link.rows or [config.n_head * config.head_dim] + [config.kv_heads
+                                                                 * config.head_dim] * 2
         return [(r, *our_shape[1:]) for r in rows]
     shape = tuple(our_shape)
     if link.transpose:
@@ -187,7 +273,8 @@ def their_shapes(link: Link, our_shape: torch.Size, config: ModelConfig) -> list
 def join_tensors(link: Link, pieces: list[torch.Tensor]) -> torch.Tensor:
     """Hugging Face tensors -> ours."""
     if link.join == "cat":
-        return torch.cat(pieces, dim=0)
+        joined = torch.cat(pieces, dim=0)
+        return joined if link.order is None else joined[link.order]
     if link.join == "stack":
         return torch.stack(pieces, dim=0)
     tensor = pieces[0]
@@ -200,6 +287,8 @@ def split_tensor(link: Link, tensor: torch.Tensor, config: ModelConfig) -> list[
     """Ours -> Hugging Face tensors (contiguous, ready to save)."""
     if link.join == "cat":
         rows = [shape[0] for shape in their_shapes(link, tensor.shape, config)]
+        if link.order is not None:  # back to their order
+            tensor = tensor[link.order.argsort()]
         pieces = list(tensor.split(rows, dim=0))
     elif link.join == "stack":
         pieces = list(tensor.unbind(0))
@@ -239,8 +328,8 @@ def model_from_hf(config: ModelConfig, read: Callable[[str, tuple], torch.Tensor
         used.update(link.theirs)
     unknown = sorted(
         name for name in set(names) - used
-        if not name.endswith(IGNORED_SUFFIXES) and not (name == "lm_head.weight"
-                                                        and config.tie_embeddings)
+        if not name.endswith(IGNORED_SUFFIXES) and not name.startswith(IGNORED_PREFIXES)
+        and not (name == "lm_head.weight" and config.tie_embeddings)
         and not is_mtp_module(name, config)
     )
     if unknown:

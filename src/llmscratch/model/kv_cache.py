@@ -16,6 +16,10 @@ caches no per-head keys and values: per token, one latent vector and one
 RoPE key shared by all heads. It stores them as a single "head" in the two
 buffers, the latent where keys go and the RoPE key where values go, of
 widths `key_dim` and `value_dim` (config.cache_widths).
+
+Gated DeltaNet layers (Qwen3-Next; model/linear_attention.py) keep no keys
+and values: each keeps a fixed-size state instead, the last inputs of its
+convolution and its memory matrices, rewritten in place at every step.
 """
 
 from __future__ import annotations
@@ -40,12 +44,23 @@ class KVCache:
         dtype: torch.dtype,
         device: torch.device | str,
         value_dim: int = 0,
+        recurrent: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] | None = None,
     ) -> None:
+        """recurrent: for each Gated DeltaNet layer, the shapes of its convolution state
+        (B, C, K - 1) and of its memory (B, Hv, Dk, Dv); these layers get those (the
+        memory in fp32) and no keys or values (None)."""
+        recurrent = recurrent or {}
         shape = (batch_size, n_kv_head, max_len, head_dim)  # (B, Hkv, Tmax, Dh)
         value_shape = (*shape[:3], value_dim or head_dim)  # the same, unless latent attention's
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layer)]
-        self.values = [torch.zeros(value_shape, dtype=dtype, device=device)
-                       for _ in range(n_layer)]
+        self.keys = [None if i in recurrent else torch.zeros(shape, dtype=dtype, device=device)
+                     for i in range(n_layer)]
+        self.values = [None if i in recurrent
+                       else torch.zeros(value_shape, dtype=dtype, device=device)
+                       for i in range(n_layer)]
+        self.conv_states = {i: torch.zeros(conv, dtype=dtype, device=device)
+                            for i, (conv, _) in recurrent.items()}
+        self.recurrent_states = {i: torch.zeros(memory, dtype=torch.float32, device=device)
+                                 for i, (_, memory) in recurrent.items()}
         self.max_len = max_len
         self.pos = 0
 
@@ -76,3 +91,5 @@ class KVCache:
 
     def reset(self) -> None:
         self.pos = 0
+        for state in [*self.conv_states.values(), *self.recurrent_states.values()]:
+            state.zero_()

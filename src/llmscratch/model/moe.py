@@ -33,6 +33,10 @@ Compute is batched by expert, not by token: the N K (token, expert)
 assignments are sorted by expert, so each expert's tokens form one slice and
 one matmul; a loop visits the E experts (not the N tokens), and the outputs
 are added back to their tokens with one `index_add_`.
+
+Qwen3-Next adds a shared expert (`moe_shared_hidden`): one more SwiGLU that
+every token goes through, its output scaled by sigmoid(x . w), a gate of its
+own, and added to the routed experts' (as Qwen2-MoE; DeepSeekMoE, Dai et al., 2024).
 """
 
 from __future__ import annotations
@@ -72,6 +76,8 @@ class MoE(nn.Module):
             self.gate_bias = nn.Parameter(torch.zeros(E, hidden))  # (E, F)
             self.up_bias = nn.Parameter(torch.zeros(E, hidden))  # (E, F)
             self.proj_bias = nn.Parameter(torch.zeros(E, D))  # (E, D)
+        if config.moe_shared_hidden:  # Qwen3-Next: a shared expert with a gate of its own
+            self.shared = SharedExpert(D, config.moe_shared_hidden)
 
     def route(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each token's K experts and their weights: (N, K) weights, (N, K) expert ids."""
@@ -148,10 +154,9 @@ class MoE(nn.Module):
         expert_outputs = expert_outputs * weights.flatten()[order].unsqueeze(-1)  # (N K, D)
 
         combined = torch.zeros_like(tokens).index_add_(0, token_of, expert_outputs)  # (N, D)
-        combined = combined.view(B, T, D)  # (B, T, D)
-        if self.shared is not None:
-            combined = combined + self.shared(x)  # (B, T, D)
-        return combined
+        if self.shared is not None:  # DeepSeek's and Qwen3-Next's shared experts
+            combined = combined + self.shared(tokens)  # (N, D)
+        return combined.view(B, T, D)  # (B, T, D)
 
     def expert_tensors(self) -> list[nn.Parameter]:
         """The experts' stacked weights and biases (dim 0: the expert)."""
@@ -161,3 +166,19 @@ class MoE(nn.Module):
     def expert_params(self) -> int:
         """Parameters of one expert (gate, up and proj, and their biases)."""
         return sum(t.numel() for t in self.expert_tensors()) // self.n_expert
+
+
+class SharedExpert(nn.Module):
+    """A SwiGLU expert that sees every token, weighed by a sigmoid gate (Qwen3-Next):
+    sigmoid(x shared_gate^T) * (silu(x gate^T) * (x up^T)) proj^T."""
+
+    def __init__(self, n_embd: int, hidden: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(n_embd, hidden, bias=False)
+        self.up = nn.Linear(n_embd, hidden, bias=False)
+        self.proj = nn.Linear(hidden, n_embd, bias=False)
+        self.shared_gate = nn.Linear(n_embd, 1, bias=False)  # how much of it a token takes
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        hidden = F.silu(self.gate(tokens)) * self.up(tokens)  # (N, F)
+        return torch.sigmoid(self.shared_gate(tokens)) * self.proj(hidden)  # (N, D)

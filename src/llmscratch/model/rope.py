@@ -36,8 +36,9 @@ def rope_frequencies(config: ModelConfig, device: torch.device | str | None = No
     """
     own_base = local and config.rope_local_theta > 0
     theta = config.rope_local_theta if own_base else config.rope_theta
-    exponents = torch.arange(0, config.rope_dim, 2, device=device, dtype=torch.float32)  # (P,)
-    freqs = 1.0 / theta ** (exponents / config.rope_dim)  # (P,)
+    dim = config.rope_dim  # the rotated features: Dh, or its first part (Qwen3-Next)
+    exponents = torch.arange(0, dim, 2, device=device, dtype=torch.float32)  # (P,)
+    freqs = 1.0 / theta ** (exponents / dim)  # (P,)
     if own_base:
         return freqs
     if config.rope_scaling == "llama3":
@@ -132,6 +133,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     The rotation [[cos, -sin], [sin, cos]] applied to (a, b) gives
     (a cos - b sin, b cos + a sin): x * cos plus the "rotated half" (-b, a) * sin.
     """
+    rotated = cos.size(-1)
+    if rotated < x.size(-1):  # partial RoPE: the features past the rotated ones pass as they are
+        return torch.cat([apply_rope(x[..., :rotated], cos, sin), x[..., rotated:]], dim=-1)
     half = x.size(-1) // 2
     first, second = x[..., :half], x[..., half:]  # (B, H, T, P) each
     rotated_half = torch.cat([-second, first], dim=-1)  # (B, H, T, Dh)

@@ -33,7 +33,10 @@ RMSNorm, and `norm_placement` where it sits; `mlp` GELU, SwiGLU, GeGLU or
 Mixture of Experts (DeepSeek's first layers dense); `n_kv_head`, `qk_norm`,
 `attn_scalar` shape the attention, and `kv_lora_rank` makes it latent
 attention (DeepSeek's); `sliding_window` and `sliding_window_pattern` say which layers
-are local (they see only the latest tokens) and which global.
+are local (they see only the latest tokens) and which global;
+`full_attention_interval` puts Gated DeltaNet layers, linear attention with a
+fixed-size memory, in the place of attention in all but every P-th block
+(Qwen3-Next; model/linear_attention.py).
 
 `forward` is only the math, in whatever dtype it is given: mixed precision,
 `torch.compile` and parallelism are applied from outside (training/).
@@ -59,6 +62,7 @@ from llmscratch.model.heads import (
 )
 from llmscratch.model.kv_cache import KVCache
 from llmscratch.model.latent_attention import LatentAttention
+from llmscratch.model.linear_attention import GatedDeltaNet, state_shapes
 from llmscratch.model.moe import MoE
 from llmscratch.model.norms import RMSNorm, make_norm
 from llmscratch.model.rope import rope_angles, rope_frequencies, rope_gain
@@ -151,8 +155,12 @@ class Block(nn.Module):
         pre = config.norm_placement in ("pre", "sandwich")
         post = config.norm_placement in ("sandwich", "post")
         self.ln_1 = make_norm(config, D) if pre else nn.Identity()
-        self.attn = (LatentAttention if config.kv_lora_rank else CausalSelfAttention)(config,
-                                                                                   layer_idx)
+        self.linear = config.layer_is_linear(layer_idx)
+        if self.linear:  # Qwen3-Next: a Gated DeltaNet layer in attention's place
+            self.attn = GatedDeltaNet(config, layer_idx)
+        else:
+            self.attn = (LatentAttention if config.kv_lora_rank else CausalSelfAttention)(
+                config, layer_idx)
         self.post_ln_1 = make_norm(config, D) if post else nn.Identity()
         self.ln_2 = make_norm(config, D) if pre else nn.Identity()
         self.mlp = make_mlp(config, layer_idx)
@@ -164,8 +172,12 @@ class Block(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: KVCache | None = None,
         visible: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.post_ln_1(self.attn(self.ln_1(x), rope, cache, visible))  # (B, T, D)
+        if self.linear:  # it reads the mask itself: padding, and where packed sequences start
+            x = x + self.post_ln_1(self.attn(self.ln_1(x), cache, attention_mask))  # (B, T, D)
+        else:
+            x = x + self.post_ln_1(self.attn(self.ln_1(x), rope, cache, visible))  # (B, T, D)
         x = x + self.post_ln_2(self.mlp(self.ln_2(x)))  # (B, T, D)
         return x
 
@@ -287,6 +299,8 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.sinks)  # gpt-oss: every sink logit starts at 0
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            elif isinstance(module, GatedDeltaNet):
+                module.init_decay()
             elif isinstance(module, RMSNorm) and module.zero_centred:
                 nn.init.zeros_(module.weight)  # a gain of 1 + 0
             elif isinstance(module, (nn.LayerNorm, RMSNorm)):
@@ -350,7 +364,7 @@ class GPT(nn.Module):
         x = F.dropout(x, c.dropout, self.training)
         for i, block in enumerate(self.blocks):
             local = c.layer_is_local(i)
-            x = block(x, rope[local], cache, visible[local])  # (B, T, D)
+            x = block(x, rope[local], cache, visible[local], attention_mask)  # (B, T, D)
         if cache is not None:
             cache.advance(T)
         return self.ln_f(x)  # (B, T, D)
@@ -394,9 +408,11 @@ class GPT(nn.Module):
         param = self.tok_emb.weight  # (the linear layers' weights may be packed for inference)
         c = self.config
         heads, key_width, value_width = c.cache_widths  # MLA: a latent and a RoPE key
+        recurrent = {i: state_shapes(c, batch_size) for i in range(c.n_layer)
+                     if c.layer_is_linear(i)}  # Gated DeltaNet layers keep a state instead
         return KVCache(
             c.n_layer, batch_size, heads, max_len or c.context_length, key_width,
-            dtype=param.dtype, device=param.device, value_dim=value_width,
+            dtype=param.dtype, device=param.device, value_dim=value_width, recurrent=recurrent,
         )
 
     def num_params(self, non_embedding: bool = False, active: bool = False) -> int:
@@ -428,16 +444,21 @@ class GPT(nn.Module):
         Every weight is one multiply-add (2 FLOPs) per token; attention scores
         and the weighted sum cost 2 T' H Dh each, where T' is the number of
         keys a token reads: T, or the sliding window in a local layer (the
-        formula's L T' is summed over layers; in latent attention q . k spans
-        qk_nope_head_dim + qk_rope_head_dim features, the values v_head_dim).
-        With H Dh = D this is 6 N + 12 L T D for training (Kaplan et al., 2020, appendix; PaLM,
+        formula's L T' is summed over the attention layers; in latent attention q . k spans
+        qk_nope_head_dim + qk_rope_head_dim features, the values v_head_dim; a Gated DeltaNet
+        layer reads and rewrites its memory instead, 4 Hv Dk Dv). With H Dh = D this is
+        6 N + 12 L T D for training (Kaplan et al., 2020, appendix; PaLM,
         Chowdhery et al., 2022, appendix B).
         """
         c = self.config
         T = seq_len or c.context_length
         # Keys read per layer, summed over layers: T, or the window in local layers.
         keys = sum(min(T, c.sliding_window) if c.layer_is_local(i) else T
-                   for i in range(c.n_layer))
+                   for i in range(c.n_layer) if not c.layer_is_linear(i))
+        # A Gated DeltaNet layer reads and rewrites its memory instead: about two
+        # multiply-adds per entry of its Hv matrices (Dk, Dv), whatever T.
+        n_linear = sum(c.layer_is_linear(i) for i in range(c.n_layer))
+        memory = 4 * n_linear * c.linear_n_value_head * c.linear_key_size * c.linear_value_size
         # Every weight is used in a matmul except the embedding lookups; a tied
         # token embedding is still used once, as the output layer.
         n_matmul = self.num_params(active=True)
@@ -446,5 +467,5 @@ class GPT(nn.Module):
         if not c.tie_embeddings:
             n_matmul -= self.tok_emb.weight.numel()
         value_dim = c.v_head_dim if c.kv_lora_rank else c.head_dim
-        forward = 2 * n_matmul + 2 * keys * c.n_head * (c.head_dim + value_dim)
+        forward = 2 * n_matmul + 2 * keys * c.n_head * (c.head_dim + value_dim) + memory
         return 3 * forward if training else forward

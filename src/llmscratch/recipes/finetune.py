@@ -38,7 +38,7 @@ from typing import Protocol
 
 import torch
 
-from llmscratch.config import apply_overrides, from_dict, read_yaml
+from llmscratch.config import apply_overrides, read_yaml
 from llmscratch.data.examples import Example
 from llmscratch.distributed import DistInfo, barrier
 from llmscratch.errors import LLMScratchError
@@ -59,7 +59,7 @@ from llmscratch.runs.checkpoint import (
     load_checkpoint,
     resumable_checkpoint,
 )
-from llmscratch.runs.config import SECTIONS, RunConfig
+from llmscratch.runs.config import SECTIONS, RunConfig, run_config_from
 from llmscratch.runs.load import load_model
 from llmscratch.runs.run import BaseRun, Run, RunInfo
 from llmscratch.tokenizer import Tokenizer
@@ -153,7 +153,7 @@ def finetune_config(method: str, path: str | None, data: str | None,
     document["finetune"]["method"] = method
     if data:
         document["finetune"]["data"] = data
-    return from_dict(RunConfig, apply_overrides(document, length_overrides(given), SECTIONS))
+    return run_config_from(apply_overrides(document, length_overrides(given), SECTIONS))
 
 
 def length_overrides(given: dict) -> list[str]:

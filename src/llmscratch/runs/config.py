@@ -26,6 +26,7 @@ from llmscratch.errors import LLMScratchError
 from llmscratch.io import atomic_write_text
 from llmscratch.model.config import ModelConfig
 from llmscratch.model.lora import DEFAULT_TARGETS, LoRAConfig
+from llmscratch.model.presets import get_preset
 from llmscratch.tokenizer.patterns import PATTERNS
 
 
@@ -447,7 +448,12 @@ SECTIONS = tuple(f.name for f in fields(RunConfig))
 def load_config(path: str | Path | None, overrides: typing.Sequence[str] = ()) -> RunConfig:
     """Read a YAML config (or start from defaults), apply overrides, validate."""
     data = _upgrade(read_yaml(path)) if path is not None else {}
-    return from_dict(RunConfig, apply_overrides(data, overrides, SECTIONS))
+    return run_config_from(apply_overrides(data, overrides, SECTIONS))
+
+
+def run_config_from(data: dict) -> RunConfig:
+    """A RunConfig from plain data; its model section may start from `preset: NAME`."""
+    return from_dict(RunConfig, data, presets={ModelConfig: get_preset})
 
 
 def _upgrade(document: dict) -> dict:

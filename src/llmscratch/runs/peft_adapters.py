@@ -108,6 +108,8 @@ def hf_layers(model: GPT) -> dict[str, HFLayer]:
         ours = link.ours.removesuffix(".weight")
         if link.join == "stack" or ours == link.ours or ours == OUTPUT_LAYER:
             continue  # MoE experts (3-D), biases, the output layer
+        if link.order is not None:
+            continue  # rows regrouped (Qwen3-Next's projections): not split into theirs yet
         if not isinstance(model.get_submodule(ours), (nn.Linear, LoRALinear)):
             continue  # embeddings and norms
         our_shape = shapes[link.ours]  # (O, I)
