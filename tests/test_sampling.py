@@ -13,7 +13,14 @@ import pytest
 import torch
 
 from llmscratch.errors import LLMScratchError
-from llmscratch.generation.sampling import SamplingConfig, apply_penalties, sample_next
+from llmscratch.generation.sampling import (
+    SamplingConfig,
+    TokenCounts,
+    apply_penalties,
+    penalize,
+    sample_next,
+    sample_rows,
+)
 
 LOGITS = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])  # 6 tokens, most likely first
 DRAWS = 40_000
@@ -143,3 +150,54 @@ def test_min_p_keeps_tokens_at_least_that_fraction_as_likely_as_the_best():
     want = torch.where(kept, probs, torch.zeros_like(probs))
     torch.testing.assert_close(got, want / want.sum(), atol=0.01, rtol=0)
     assert (~kept).any() and (got[~kept] == 0).all()
+
+
+def test_one_batch_samples_every_row_with_its_own_settings():
+    """Rows of one `sample_rows` call, each with its settings and its own random number,
+    draw from the distributions they would have alone: half the rows top-k 3 at
+    temperature 1, half top-p 0.7 at 0.5 with a presence penalty, one row greedy."""
+    first = SamplingConfig(temperature=1.0, top_k=3)
+    second = SamplingConfig(temperature=0.5, top_p=0.7, presence_penalty=2.0)
+    configs = [first, second] * (DRAWS // 2) + [SamplingConfig(temperature=0)]
+    counts = TokenCounts([], len(LOGITS))
+    counts.add(1)  # token 1 was generated once: the second config's rows penalise it
+    uniforms = torch.rand(len(configs), generator=torch.Generator().manual_seed(5))
+    tokens = sample_rows(LOGITS.expand(len(configs), -1), configs, uniforms,
+                         [counts] * len(configs))
+    assert int(tokens[-1]) == 0  # the greedy row
+
+    def freq(drawn):
+        return torch.bincount(drawn, minlength=len(LOGITS)).double() / len(drawn)
+
+    torch.testing.assert_close(freq(tokens[:-1:2]), expected(1.0, top_k=3), atol=0.015, rtol=0)
+    penalised = LOGITS.clone()
+    penalised[1] -= 2.0
+    probs = torch.softmax(penalised.double() / 0.5, dim=-1)
+    order = probs.argsort(descending=True)
+    kept = order[:int((probs[order].cumsum(0) - probs[order] < 0.7).sum())]
+    want = torch.zeros_like(probs)
+    want[kept] = probs[kept] / probs[kept].sum()
+    torch.testing.assert_close(freq(tokens[1:-1:2]), want, atol=0.015, rtol=0)
+    for i in (0, 1, 2, 3, len(configs) - 1):  # and each row alone draws the same token
+        alone = sample_rows(LOGITS[None], [configs[i]], uniforms[i:i + 1], [counts])
+        assert int(alone) == int(tokens[i])
+
+
+def test_token_counts_kept_as_the_text_grows_penalise_as_computed_by_hand():
+    logits = torch.randn(3, 10)
+    cfg = SamplingConfig(repetition_penalty=1.7, frequency_penalty=0.5, presence_penalty=0.3,
+                         logit_bias={4: 2.0})
+    counts = TokenCounts([1, 2, 12], 10)  # 12 is past the vocabulary: ignored
+    for token in [2, 5, 5, 11]:
+        counts.add(token)
+    got = penalize(logits, [cfg] * 3, [counts] * 3)
+    want = logits.clone()
+    for t in (1, 2, 5):  # in the prompt or the output
+        want[:, t] = torch.where(want[:, t] > 0, want[:, t] / 1.7, want[:, t] * 1.7)
+    want[:, 2] -= 0.5 * 1 + 0.3  # generated once
+    want[:, 5] -= 0.5 * 2 + 0.3  # generated twice
+    want[:, 4] += 2.0
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(apply_penalties(logits, cfg, [1, 2, 12], [2, 5, 5, 11]), want)
+    plain = SamplingConfig()
+    assert penalize(logits, [plain] * 3, [None] * 3) is logits  # nothing to do: untouched
