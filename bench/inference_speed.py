@@ -62,7 +62,12 @@ import time
 import torch
 
 from llmscratch.generation import Engine, SamplingConfig, generate
-from llmscratch.generation.cpu_weights import PackedLinear, can_pack, pack_linear_weights
+from llmscratch.generation.cpu_weights import (
+    PackedLinear,
+    can_pack,
+    pack_linear_weights,
+    packing_pays,
+)
 from llmscratch.model import GPT, get_preset
 from llmscratch.model.config import torch_dtype
 
@@ -95,7 +100,7 @@ def models(dtype: torch.dtype, packed: bool = True):
     theirs.load_state_dict(hf_tensors(ours), strict=False)
     ours, theirs = ours.to(dtype), theirs.to(dtype)
     if packed:
-        pack_linear_weights(ours)
+        pack_linear_weights(ours, measure=False)  # packed whatever the machine would choose
     return ours, theirs
 
 
@@ -341,8 +346,11 @@ def main() -> None:
             rows += throughput(precision, args.throughput_rounds, args.static_batch, bandwidth)
     if "memory" in parts:
         rows += memory()
+    chosen = {p: packing_pays(torch_dtype(p), 768, 3072) for p in precisions
+              if can_pack(torch.nn.Linear(1, 1, dtype=torch_dtype(p)))}
     machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, " \
-              f"{torch.get_num_threads()} threads"
+              f"{torch.get_num_threads()} threads; `generate` packs weights here: " \
+              + ", ".join(f"{p} {'yes' if yes else 'no'}" for p, yes in chosen.items())
     if args.json:
         print(json.dumps({"machine": machine, "copy_bandwidth": bandwidth, "rows": rows}))
         return
