@@ -10,6 +10,13 @@ so tensor shapes never change between decode steps (friendly to
 
 Legend: B batch, Hkv key/value heads, T new tokens, Tmax cache capacity,
 Dh head width.
+
+The model talks to a cache through `pos`, `update` and `advance`. A cache
+may instead attend itself: one with `positions` (each new token's position,
+(B, T)) and `attend(layer, q, k, v, kernel, window)` (store k and v, return
+the attention's output) is handed each layer's queries, keys and values
+whole. The engine's paged cache works this way (generation/paged_cache.py),
+so it decides where keys live and how they are read.
 """
 
 from __future__ import annotations
