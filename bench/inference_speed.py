@@ -23,7 +23,9 @@ from PyTorch's kernels on this machine.
 
 throughput: 64 requests, prompts of 16 to 512 tokens and outputs of 16 to
 256 (fixed seed), all submitted at once. Ours: the engine (up to 64
-sequences a step). Theirs: `transformers`' continuous batching (its paged
+sequences a step), its decode attention reading the cache either by copying
+each step's keys out through the block tables (the default) or with
+flex_attention reading the blocks in place (compiled once, before timing). Theirs: `transformers`' continuous batching (its paged
 cache, `init_continuous_batching`, warmed up and reused) and padded static
 batches of `generate` (`--static-batch` requests at a time, each batch run
 to its longest output; only the tokens each request asked for count).
@@ -256,12 +258,16 @@ def throughput(precision: str, rounds: int, static_batch: int, bandwidth: float
     # Cache blocks for every request at its full length: no request waits for memory.
     blocks = sum(-(-(len(p) + n) // 16) for p, n in zip(prompts, lengths, strict=True))
     engine = Engine(ours, num_blocks=blocks, block_size=16, max_batch=64)
+    flex = Engine(ours, num_blocks=blocks, block_size=16, max_batch=64, paged_attention="flex")
     alone = Engine(ours, max_batch=1)
     manager, hf_run = hf_continuous(theirs, prompts, lengths)
     try:
         hf_run(prompts[:4], [4] * 4)  # warm-up: its cache is allocated and touched
         engine.generate(prompts[:4], settings[:4])
+        flex.generate(prompts[:4], settings[:4])  # and flex_attention is compiled
         runs = {"llmscratch engine": lambda: engine.generate(prompts, settings),
+                "llmscratch engine, flex_attention decode": lambda: flex.generate(prompts,
+                                                                                   settings),
                 "transformers continuous batching": lambda: hf_run(prompts, lengths),
                 f"transformers generate, batches of {static_batch}":
                     lambda: hf_static(theirs, prompts, lengths, static_batch),

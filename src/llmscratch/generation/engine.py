@@ -25,7 +25,7 @@ import torch
 
 from llmscratch.errors import LLMScratchError
 from llmscratch.generation.block_manager import BlockManager
-from llmscratch.generation.paged_cache import PagedKVCache, StepBatch
+from llmscratch.generation.paged_cache import FlexDecode, PagedKVCache, StepBatch
 from llmscratch.generation.sampling import SamplingConfig, TokenCounts, sample_rows
 from llmscratch.generation.scheduler import Scheduler
 from llmscratch.generation.sequence import Sequence, TokenLogprobs
@@ -57,12 +57,16 @@ class Engine:
     otherwise reserve more memory than the machine has). Sliding-window
     layers get a smaller pool: `max_batch` windows and one full context. vocab_size: the
     tokenizer's, when the output layer is wider (ids past it are never drawn).
+    paged_attention: how a decode step reads the cache: "gather" (its keys copied
+    out through the block tables, then PyTorch's attention) or "flex" (compiled
+    flex_attention reading the blocks in place; paged_cache.py says which is faster).
     """
 
     def __init__(self, model: GPT, num_blocks: int | None = None,
                  block_size: int = DEFAULT_BLOCK_SIZE, max_batch: int = 32,
                  max_batch_tokens: int = 4096, vocab_size: int | None = None,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, paged_attention: str = "gather"
+                 ) -> None:
         self.model = model.eval()
         embedding = model.tok_emb.weight  # (the linear layers' may be packed: cpu_weights.py)
         self.device = embedding.device
@@ -83,6 +87,9 @@ class Engine:
         self.blocks = BlockManager(num_blocks, block_size, window, window_blocks)
         self.cache = PagedKVCache(c, num_blocks, block_size, embedding.dtype, self.device,
                                   window_blocks)
+        if paged_attention == "flex":  # decode reads the blocks in place (paged_cache.py)
+            pools = {"all": num_blocks, "window": window_blocks} if window else {"all": num_blocks}
+            self.cache.flex = FlexDecode(max_batch, block_size, pools, self.device)
         self.scheduler = Scheduler(self.blocks, max_batch, max_batch_tokens)
         self.vocab_size = vocab_size
 

@@ -65,6 +65,7 @@ class PagedKVCache:
             shape = (config.kv_heads, blocks * block_size, config.head_dim)  # (Hkv, N, Dh)
             self.keys.append(torch.zeros(shape, dtype=dtype, device=device))
             self.values.append(torch.zeros(shape, dtype=dtype, device=device))
+        self.flex: FlexDecode | None = None  # set by the engine to read blocks in place
         # Where a decode step's keys and values are read into: buffers reused by every layer
         # and step (attention is done with one layer's before the next layer reads). Allocating
         # them afresh costs more than the copy: the operating system hands a large allocation
@@ -117,6 +118,7 @@ class StepBatch:
         self.last = torch.cumsum(new_t, 0) - 1  # (B,) each sequence's last new token
         self.decode = all(n == 1 for n in new)
         self._reads: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.flex_masks: dict[tuple[str, int], object] = {}
 
     def _table(self, tables: list[list[int | None]]) -> torch.Tensor:
         """Block tables as one (B, blocks) tensor; -1 where there is no block."""
@@ -175,6 +177,8 @@ class StepBatch:
     def _decode(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                 kernel: Kernel, window: int) -> torch.Tensor:
         """All B new tokens at once, each over the keys it sees: (1, H, B, Dh) out."""
+        if self.cache.flex is not None:
+            return self.cache.flex(self, q, keys, values, kernel, window)
         where, visible = self._reading(window)  # (B S,), (B, 1, 1, S)
         B, S = visible.size(0), visible.size(-1)
         Hkv, _, Dh = keys.shape
@@ -211,3 +215,88 @@ class StepBatch:
 
     def advance(self, n_tokens: int) -> None:
         """Lengths are the engine's to keep: nothing to do here."""
+
+
+class FlexDecode:
+    """Decode attention that reads the blocks in place: PyTorch's flex_attention, compiled,
+    with a block mask whose rows are the block tables (after PyTorch's paged attention).
+
+    The B queries are one row of up to `rows` positions (padded, so one compiled kernel
+    serves every step), the keys are the pool's slots themselves (1, Hkv, N, Dh), and
+    query i visits only the blocks of its table; a mask inside each block keeps its
+    positions before its length (and, in a window layer, within the window). Compiling
+    needs a C++ compiler on the CPU and takes tens of seconds once per model and process.
+    """
+
+    def __init__(self, rows: int, block_size: int, pool_blocks: dict[str, int],
+                 device: torch.device) -> None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        self.rows, self.block_size = rows, block_size
+        self.kernel = torch.compile(flex_attention, dynamic=False)
+        # Per pool, updated in place each step so the compiled code sees the same tensors:
+        # which row owns each block, the block's place in its sequence, each row's length.
+        self.owner = {p: torch.full((n,), -1, dtype=torch.int64, device=device)
+                      for p, n in pool_blocks.items()}
+        self.index = {p: torch.zeros(n, dtype=torch.int64, device=device)
+                      for p, n in pool_blocks.items()}
+        self.totals = torch.zeros(rows, dtype=torch.int64, device=device)
+        self.masks: dict[tuple[str, int], object] = {}
+
+    def mask_mod(self, pool: str, window: int):
+        """Which (query row, slot) pairs attend: one function per pool and window, made once."""
+        if (pool, window) not in self.masks:
+            owner, index, totals, bs = self.owner[pool], self.index[pool], self.totals, \
+                self.block_size
+
+            def visible(b, h, q_idx, kv_idx):
+                block = kv_idx // bs
+                position = index[block] * bs + kv_idx % bs
+                seen = (owner[block] == q_idx) & (position < totals[q_idx])
+                if window:
+                    seen = seen & (position >= totals[q_idx] - window)
+                return seen
+
+            self.masks[(pool, window)] = visible
+        return self.masks[(pool, window)]
+
+    def __call__(self, batch: StepBatch, q: torch.Tensor, keys: torch.Tensor,
+                 values: torch.Tensor, kernel: Kernel, window: int) -> torch.Tensor:
+        pool = batch.pool(window)
+        block_mask = batch.flex_masks.get((pool, window))
+        if block_mask is None:
+            block_mask = self.block_mask(batch, pool, window, keys.size(1))
+            batch.flex_masks[(pool, window)] = block_mask
+        B, H = q.size(2), q.size(1)
+        padded = q.new_zeros(1, H, self.rows, q.size(-1))  # (1, H, rows, Dh)
+        padded[:, :, :B] = q
+        scale = getattr(getattr(kernel, "__self__", None), "scale", None)
+        out = self.kernel(padded, keys.unsqueeze(0), values.unsqueeze(0),
+                          block_mask=block_mask, scale=scale,
+                          enable_gqa=H != keys.size(0))  # (1, H, rows, Dh)
+        return out[:, :, :B]
+
+    def block_mask(self, batch: StepBatch, pool: str, window: int, slots: int):
+        """This step's block mask for one pool: row i visits the blocks of its table."""
+        from torch.nn.attention.flex_attention import BlockMask
+
+        table = batch.tables[pool]  # (B, width), -1 where no block
+        B, bs = table.size(0), self.block_size
+        nblocks = slots // bs
+        rows = torch.arange(B, device=table.device)[:, None].expand_as(table)
+        places = torch.arange(table.size(1), device=table.device).expand_as(table)
+        real = table >= 0
+        self.owner[pool].fill_(-1)
+        self.owner[pool][table[real]] = rows[real]
+        self.index[pool][table[real]] = places[real]
+        self.totals.zero_()
+        self.totals[:B] = torch.tensor(batch.totals, device=table.device)
+        counts = torch.zeros(1, 1, self.rows, dtype=torch.int32, device=table.device)
+        counts[0, 0, :B] = real.sum(dim=1).int()
+        indices = torch.zeros(1, 1, self.rows, nblocks, dtype=torch.int32, device=table.device)
+        ordered = torch.sort(real.int(), dim=1, descending=True, stable=True).indices
+        compact = table.gather(1, ordered).clamp(min=0)  # each row's blocks first
+        indices[0, 0, :B, :table.size(1)] = compact.int()
+        return BlockMask.from_kv_blocks(counts, indices, BLOCK_SIZE=(1, bs),
+                                        mask_mod=self.mask_mod(pool, window),
+                                        seq_lengths=(self.rows, slots))
