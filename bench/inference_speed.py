@@ -25,8 +25,9 @@ throughput: 64 requests, prompts of 16 to 512 tokens and outputs of 16 to
 256 (fixed seed), all submitted at once. Ours: the engine (up to 64
 sequences a step), its decode attention reading the cache either by copying
 each step's keys out through the block tables (the default) or with
-flex_attention reading the blocks in place (compiled once, before timing). Theirs: `transformers`' continuous batching (its paged
-cache, `init_continuous_batching`, warmed up and reused) and padded static
+flex_attention reading the blocks in place (compiled once, before timing).
+Theirs: `transformers`' continuous batching (its paged cache,
+`init_continuous_batching`, warmed up and reused) and padded static
 batches of `generate` (`--static-batch` requests at a time, each batch run
 to its longest output; only the tokens each request asked for count).
 Output tokens/s, the ratio to the best peer, and to our own batch-1 rate
