@@ -369,3 +369,18 @@ def test_packing_is_chosen_by_what_this_machine_measures(monkeypatch):
     assert sum(type(m) is torch.nn.Linear for m in slow.modules()) == linears
     monkeypatch.setattr(cpu_weights, "packing_pays", verdict(True))
     assert pack_linear_weights(copy.deepcopy(model)) == linears
+
+
+def test_flex_attention_decode_reads_the_blocks_in_place_to_the_same_tokens():
+    """The opt-in decode path (compiled flex_attention, the block tables as its block mask)
+    gives the uncached forward's tokens, with grouped-query heads and a window pool."""
+    import shutil
+
+    if not (shutil.which("g++") or shutil.which("c++")):
+        pytest.skip("torch.compile needs a C++ compiler on the CPU")
+    model = tiny("gemma3-tiny")
+    batch = prompts([3, 17, 9, 30, 1])
+    expected = [uncached_greedy(model, p, 16) for p in batch]
+    engine = Engine(model, block_size=4, max_batch=8, paged_attention="flex")
+    assert engine.generate(batch, GREEDY) == expected
+    assert engine.blocks.used == 0
