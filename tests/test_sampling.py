@@ -153,17 +153,16 @@ def test_min_p_keeps_tokens_at_least_that_fraction_as_likely_as_the_best():
 
 
 def test_one_batch_samples_every_row_with_its_own_settings():
-    """Rows of one `sample_rows` call, each with its settings and its own random number,
-    draw from the distributions they would have alone: half the rows top-k 3 at
-    temperature 1, half top-p 0.7 at 0.5 with a presence penalty, one row greedy."""
+    """Rows of one `sample_rows` call, each with its settings, draw from the distributions
+    they would have alone: half the rows top-k 3 at temperature 1, half top-p 0.7 at 0.5
+    with a presence penalty, one row greedy."""
     first = SamplingConfig(temperature=1.0, top_k=3)
     second = SamplingConfig(temperature=0.5, top_p=0.7, presence_penalty=2.0)
     configs = [first, second] * (DRAWS // 2) + [SamplingConfig(temperature=0)]
     counts = TokenCounts([], len(LOGITS))
     counts.add(1)  # token 1 was generated once: the second config's rows penalise it
-    uniforms = torch.rand(len(configs), generator=torch.Generator().manual_seed(5))
-    tokens = sample_rows(LOGITS.expand(len(configs), -1), configs, uniforms,
-                         [counts] * len(configs))
+    tokens = sample_rows(LOGITS.expand(len(configs), -1), configs,
+                         torch.Generator().manual_seed(5), [counts] * len(configs))
     assert int(tokens[-1]) == 0  # the greedy row
 
     def freq(drawn):
@@ -178,9 +177,28 @@ def test_one_batch_samples_every_row_with_its_own_settings():
     want = torch.zeros_like(probs)
     want[kept] = probs[kept] / probs[kept].sum()
     torch.testing.assert_close(freq(tokens[1:-1:2]), want, atol=0.015, rtol=0)
-    for i in (0, 1, 2, 3, len(configs) - 1):  # and each row alone draws the same token
-        alone = sample_rows(LOGITS[None], [configs[i]], uniforms[i:i + 1], [counts])
-        assert int(alone) == int(tokens[i])
+
+
+def test_each_row_draws_from_its_own_generator_as_it_would_alone():
+    """A row's token depends on its logits, its settings and its generator only, and is
+    the token torch.multinomial draws with that generator (so `generate`, the engine and
+    a plain multinomial loop with the same seed write the same text)."""
+    logits = torch.randn(5, 50)
+    configs = [SamplingConfig(temperature=1.0), SamplingConfig(temperature=0),
+               SamplingConfig(temperature=0.7, top_k=5), SamplingConfig(top_p=0.5),
+               SamplingConfig(temperature=1.3, min_p=0.1)]
+    for _ in range(20):
+        seeds = torch.randint(0, 2**31, (5,)).tolist()
+        together = sample_rows(logits, configs,
+                               [torch.Generator().manual_seed(s) for s in seeds])
+        for i, (cfg, seed) in enumerate(zip(configs, seeds, strict=True)):
+            alone = sample_next(logits[i:i + 1], cfg, torch.Generator().manual_seed(seed))
+            assert int(alone) == int(together[i])
+    probs = torch.softmax(logits[:1] / 1.0, dim=-1)
+    for seed in range(20):
+        drawn = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed))
+        ours = sample_next(logits[:1], configs[0], torch.Generator().manual_seed(seed))
+        assert int(drawn) == int(ours)
 
 
 def test_token_counts_kept_as_the_text_grows_penalise_as_computed_by_hand():

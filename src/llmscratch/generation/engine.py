@@ -171,16 +171,14 @@ class Engine:
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
         """Every sequence's next token (B,), in one batched call; each draws its random
-        number from its own generator (none when greedy) and penalises its own tokens."""
+        numbers from its own generator (none when greedy) and penalises its own tokens."""
         for seq in seqs:
             if seq.sampling.penalizes and seq.counts is None:
                 seq.counts = TokenCounts(seq.prompt_ids, logits.size(-1), logits.device)
                 for token in seq.output_ids:
                     seq.counts.add(token)
-        uniforms = torch.tensor([float(torch.rand(1, generator=seq.generator))
-                                 if seq.sampling.temperature else 0.0 for seq in seqs])
-        return sample_rows(logits, [seq.sampling for seq in seqs], uniforms,
-                           [seq.counts for seq in seqs])
+        return sample_rows(logits, [seq.sampling for seq in seqs],
+                           [seq.generator for seq in seqs], [seq.counts for seq in seqs])
 
     def abort(self, seq: Sequence, reason: str = "abort") -> None:
         """Drop a request (its client left, or its text hit a stop string): blocks freed now."""

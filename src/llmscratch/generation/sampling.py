@@ -25,13 +25,15 @@ then the distribution:
 - min-p (Nguyen et al., 2024) keeps the tokens at least min_p times as likely
   as the most likely one.
 
-Each token costs one uniform random number u from the sequence's own
-`torch.Generator`: the token is the first whose cumulative probability
-reaches 1 - u (inverse transform sampling), so the same seed gives the same
-text. `sample_rows` does all this for a whole batch at once, each row with
-its own settings (as (B,) tensors) and its own random number: the engine
-samples every sequence of a step in one call, and keeps each sequence's
-token counts for the penalties as it goes (`TokenCounts`).
+The draw is torch.multinomial's own (for one sample): with q a vector of
+exponential random numbers from the sequence's `torch.Generator`, the token
+is argmax(p / q), which picks each token with probability p (the
+exponential race). Done by hand, it runs for a whole batch at once, every
+row with its own settings (as (B,) tensors) and its own generator's numbers:
+`sample_rows`, which the engine calls once a step for all its sequences,
+keeping each one's token counts for the penalties as it goes
+(`TokenCounts`). The same seed gives the same text, alone or in a batch,
+and the same as `torch.multinomial` would draw.
 """
 
 from __future__ import annotations
@@ -195,16 +197,30 @@ def truncate(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> 
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
 
 
-def sample_rows(logits: torch.Tensor, configs: Seq[SamplingConfig], uniforms: torch.Tensor,
+def exponential_noise(like: torch.Tensor, generators: torch.Generator | Seq[torch.Generator],
+                      drawn: torch.Tensor) -> torch.Tensor:
+    """Exponential random numbers shaped like `like` (B, V): all rows from one generator,
+    or row i from generators[i] (only the rows where `drawn`, (B,) bool, is True; 1 elsewhere).
+
+    Each row is filled on its generator's device, as torch.multinomial fills it.
+    """
+    if isinstance(generators, torch.Generator):
+        noise = torch.empty(like.shape, device=generators.device)
+        return noise.exponential_(1, generator=generators).to(like.device)
+    noise = torch.ones(like.shape, device=generators[0].device if generators else "cpu")
+    for i in drawn.nonzero().flatten().tolist():
+        noise[i].exponential_(1, generator=generators[i])
+    return noise.to(like.device)
+
+
+def sample_rows(logits: torch.Tensor, configs: Seq[SamplingConfig],
+                generators: torch.Generator | Seq[torch.Generator],
                 counts: Seq[TokenCounts | None] | None = None) -> torch.Tensor:
     """Pick the next token of every row of `logits` (B, V), each row with its own config;
-    returns (B,) int64. Every step of the batch is one tensor operation for all rows.
-
-    uniforms: (B,) numbers in [0, 1), one per row, drawn from the row's own
-    generator: the row's token is where its cumulative distribution first
-    reaches (1 - u) of its total (inverse transform sampling), so a row's
-    token depends only on its logits, its config and its own random numbers,
-    never on the other rows. counts: each row's `TokenCounts`, for the penalties.
+    returns (B,) int64. Every step is one tensor operation for all rows, but the
+    random numbers, which come from each row's own generator (or one for all rows), so
+    a row's token never depends on the others. counts: each row's `TokenCounts`, for
+    the penalties.
     """
     if counts is not None:
         logits = penalize(logits, configs, counts)
@@ -222,9 +238,8 @@ def sample_rows(logits: torch.Tensor, configs: Seq[SamplingConfig], uniforms: to
     probs = torch.softmax(logits, dim=-1)  # (B, V)
     min_p = row_settings(configs, "min_p", device)[:, None]  # (B, 1)
     probs = probs.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), 0.0)
-    cdf = torch.cumsum(probs, dim=-1)  # (B, V)
-    target = (1 - uniforms.to(device))[:, None] * cdf[:, -1:]  # (B, 1), in (0, total]
-    drawn = torch.searchsorted(cdf, target).squeeze(-1).clamp(max=logits.size(-1) - 1)  # (B,)
+    noise = exponential_noise(probs, generators, ~greedy.cpu())  # (B, V)
+    drawn = (probs / noise).argmax(dim=-1)  # (B,): the exponential race
     return torch.where(greedy, best, drawn)
 
 
@@ -235,8 +250,7 @@ def sample_next(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator,
     generator; returns (B,) int64. prompt_ids, output_ids: the sequence so far, for the
     penalties."""
     logits = apply_penalties(logits, cfg, prompt_ids, output_ids)
-    uniforms = torch.rand(logits.size(0), generator=gen, device=gen.device)  # (B,)
-    return sample_rows(logits, [cfg] * logits.size(0), uniforms)
+    return sample_rows(logits, [cfg] * logits.size(0), gen)
 
 
 @torch.no_grad()
@@ -271,8 +285,7 @@ def generate_tokens(
             logits = model.logits(hidden)[:, :vocab_size]  # (1, V)
             if cfg.penalizes and counts is None:
                 counts = TokenCounts(prompt_ids, logits.size(-1), device)
-            uniform = torch.rand(1, generator=gen, device=device)  # (1,)
-            next_id = sample_rows(logits, [cfg], uniform, [counts])  # (1,)
+            next_id = sample_rows(logits, [cfg], gen, [counts])  # (1,)
             token = int(next_id.item())
             if token in stop_ids:
                 return
