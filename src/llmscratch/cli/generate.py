@@ -57,7 +57,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.repetition_penalty, args.frequency_penalty, args.presence_penalty)
     model, tokenizer, settings = load_for_inference(args.run, resolve_device(args.device),
                                                     args.dtype)
-    pack_linear_weights(model)  # on the CPU: oneDNN's faster kernels (only inference follows)
+    pack_linear_weights(model)  # on the CPU: oneDNN's kernels where faster (inference only)
     prompt_ids = tokenizer.encode(args.prompt)
     if len(prompt_ids) >= model.config.context_length:
         raise LLMScratchError(
