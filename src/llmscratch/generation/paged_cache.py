@@ -54,6 +54,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from llmscratch.model.attention import visible_keys
 from llmscratch.model.config import ModelConfig
@@ -243,8 +244,6 @@ class FlexDecode:
 
     def __init__(self, rows: int, block_size: int, pool_blocks: dict[str, int],
                  device: torch.device) -> None:
-        from torch.nn.attention.flex_attention import flex_attention
-
         self.rows, self.block_size = rows, block_size
         self.kernel = torch.compile(flex_attention, dynamic=False)
         # Per pool, updated in place each step so the compiled code sees the same tensors:
@@ -291,8 +290,6 @@ class FlexDecode:
 
     def block_mask(self, batch: StepBatch, pool: str, window: int, slots: int):
         """This step's block mask for one pool: row i visits the blocks of its table."""
-        from torch.nn.attention.flex_attention import BlockMask
-
         table = batch.tables[pool]  # (B, width), -1 where no block
         B, bs = table.size(0), self.block_size
         nblocks = slots // bs
