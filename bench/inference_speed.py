@@ -23,8 +23,11 @@ from PyTorch's kernels on this machine.
 
 throughput: 64 requests, prompts of 16 to 512 tokens and outputs of 16 to
 256 (fixed seed), all submitted at once. Ours: the engine (up to 64
-sequences a step). Theirs: `transformers`' continuous batching (its paged
-cache, `init_continuous_batching`, warmed up and reused) and padded static
+sequences a step), its decode attention reading the cache either by copying
+each step's keys out through the block tables (the default) or with
+flex_attention reading the blocks in place (compiled once, before timing).
+Theirs: `transformers`' continuous batching (its paged cache,
+`init_continuous_batching`, warmed up and reused) and padded static
 batches of `generate` (`--static-batch` requests at a time, each batch run
 to its longest output; only the tokens each request asked for count).
 Output tokens/s, the ratio to the best peer, and to our own batch-1 rate
@@ -62,7 +65,12 @@ import time
 import torch
 
 from llmscratch.generation import Engine, SamplingConfig, generate
-from llmscratch.generation.cpu_weights import PackedLinear, can_pack, pack_linear_weights
+from llmscratch.generation.cpu_weights import (
+    PackedLinear,
+    can_pack,
+    pack_linear_weights,
+    packing_pays,
+)
 from llmscratch.model import GPT, get_preset
 from llmscratch.model.config import torch_dtype
 
@@ -95,7 +103,7 @@ def models(dtype: torch.dtype, packed: bool = True):
     theirs.load_state_dict(hf_tensors(ours), strict=False)
     ours, theirs = ours.to(dtype), theirs.to(dtype)
     if packed:
-        pack_linear_weights(ours)
+        pack_linear_weights(ours, measure=False)  # packed whatever the machine would choose
     return ours, theirs
 
 
@@ -251,12 +259,16 @@ def throughput(precision: str, rounds: int, static_batch: int, bandwidth: float
     # Cache blocks for every request at its full length: no request waits for memory.
     blocks = sum(-(-(len(p) + n) // 16) for p, n in zip(prompts, lengths, strict=True))
     engine = Engine(ours, num_blocks=blocks, block_size=16, max_batch=64)
+    flex = Engine(ours, num_blocks=blocks, block_size=16, max_batch=64, paged_attention="flex")
     alone = Engine(ours, max_batch=1)
     manager, hf_run = hf_continuous(theirs, prompts, lengths)
     try:
         hf_run(prompts[:4], [4] * 4)  # warm-up: its cache is allocated and touched
         engine.generate(prompts[:4], settings[:4])
+        flex.generate(prompts[:4], settings[:4])  # and flex_attention is compiled
         runs = {"llmscratch engine": lambda: engine.generate(prompts, settings),
+                "llmscratch engine, flex_attention decode": lambda: flex.generate(prompts,
+                                                                                   settings),
                 "transformers continuous batching": lambda: hf_run(prompts, lengths),
                 f"transformers generate, batches of {static_batch}":
                     lambda: hf_static(theirs, prompts, lengths, static_batch),
@@ -341,8 +353,11 @@ def main() -> None:
             rows += throughput(precision, args.throughput_rounds, args.static_batch, bandwidth)
     if "memory" in parts:
         rows += memory()
+    chosen = {p: packing_pays(torch_dtype(p), 768, 3072) for p in precisions
+              if can_pack(torch.nn.Linear(1, 1, dtype=torch_dtype(p)))}
     machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, " \
-              f"{torch.get_num_threads()} threads"
+              f"{torch.get_num_threads()} threads; `generate` packs weights here: " \
+              + ", ".join(f"{p} {'yes' if yes else 'no'}" for p, yes in chosen.items())
     if args.json:
         print(json.dumps({"machine": machine, "copy_bandwidth": bandwidth, "rows": rows}))
         return

@@ -126,14 +126,14 @@ def test_a_failing_step_ends_its_sequences_and_the_engine_goes_on(monkeypatch):
     engine = Engine(model, block_size=4)
     running = engine.add(prompts([5])[0], SamplingConfig(max_new_tokens=20, temperature=0))
     engine.step()  # its prefill
-    sample_next = engine_module.sample_next
+    sample_rows = engine_module.sample_rows
 
-    def fails(logits, cfg, *args):
-        if cfg.seed == 13:
+    def fails(logits, configs, *args):
+        if any(cfg.seed == 13 for cfg in configs):
             raise RuntimeError("a bug in sampling")
-        return sample_next(logits, cfg, *args)
+        return sample_rows(logits, configs, *args)
 
-    monkeypatch.setattr(engine_module, "sample_next", fails)
+    monkeypatch.setattr(engine_module, "sample_rows", fails)
     poisoned = engine.add(prompts([6])[0], SamplingConfig(max_new_tokens=5, seed=13))
     with pytest.raises(engine_module.StepFailed) as failed:
         engine.step()  # the new request's prefill step: it alone is ended
@@ -259,10 +259,10 @@ def test_packed_linear_weights_compute_the_same_model(name, dtype):
     packed = copy.deepcopy(model)
     linears = sum(type(m) is torch.nn.Linear for m in model.modules())
     if not can_pack(model):  # bf16 on an AVX2-only CPU: oneDNN has no kernel, nothing changes
-        assert pack_linear_weights(packed) == 0
+        assert pack_linear_weights(packed, measure=False) == 0
         assert sum(type(m) is torch.nn.Linear for m in packed.modules()) == linears
         pytest.skip(f"oneDNN cannot pack {dtype} weights on this CPU")
-    assert pack_linear_weights(packed) == linears > 0
+    assert pack_linear_weights(packed, measure=False) == linears > 0
     assert not any(type(m) is torch.nn.Linear for m in packed.modules())
     ids = torch.tensor(prompts([11, 11]))
     with torch.no_grad():
@@ -292,3 +292,101 @@ def test_a_model_with_gated_deltanet_layers_is_refused_in_one_line():
     with pytest.raises(LLMScratchError, match="Gated DeltaNet") as err:
         Engine(tiny("qwen3-next-tiny"))
     assert "\n" not in str(err.value)
+def test_a_prefill_of_many_prompts_and_each_decode_step_are_one_forward_pass():
+    """Prompts of different lengths are packed into one row: one pass through the weights
+    for all of them, and the tokens stay those each request gets alone."""
+    model = tiny("qwen3-tiny")
+    batch = prompts([3, 17, 9, 30, 1])
+    calls = []
+    model.register_forward_hook(lambda module, args, output: calls.append(args[0].shape))
+    engine = Engine(model, block_size=4, max_batch=8)
+    seqs = [engine.add(p, GREEDY) for p in batch]
+    engine.step()
+    assert calls == [(1, 3 + 17 + 9 + 30 + 1)]  # the prefill: every prompt in one row
+    engine.step()
+    assert calls[1:] == [(1, 5)]  # a decode step: every sequence's newest token
+    while not engine.scheduler.idle:
+        engine.step()
+    calls.clear()
+    assert [s.output_ids for s in seqs] == [uncached_greedy(model, p, 16) for p in batch]
+
+
+def test_blocks_are_hashed_once_when_they_fill(monkeypatch):
+    """Prefix sharing hashes each block once, when it fills; no step walks every block."""
+    from llmscratch.generation import block_manager
+
+    hashed = []
+    real_hash = block_manager.block_hash
+    monkeypatch.setattr(block_manager, "block_hash",
+                        lambda tokens, previous: hashed.append(tuple(tokens))
+                        or real_hash(tokens, previous))
+    model = tiny("gpt2-tiny")
+    prompt = prompts([12])[0]  # three full blocks of 4
+    engine = Engine(model, block_size=4, max_batch=1)
+    engine.generate([prompt], GREEDY)
+    # One look-up of block 0, not in the cache, ends the search; then 12 + 16 tokens, the
+    # last never computed: 27 computed, 6 full blocks, each hashed once, as it fills.
+    assert len(hashed) == 1 + 6
+    hashed.clear()
+    assert engine.generate([prompt], GREEDY)[0] == uncached_greedy(model, prompt, 16)
+    # Again: blocks 0 and 1 found in the cache (2 hashes), then the 4 that fill afresh.
+    assert engine.blocks.cache_hits == 2 and len(hashed) == 2 + 4
+
+
+@pytest.mark.parametrize("name", ["gemma3-tiny", "olmo3-tiny"])
+def test_sliding_window_layers_hold_only_their_window_on_a_long_generation(name):
+    """Local layers (a window of 8) keep their keys in a pool of their own, and give back
+    each block no later query sees: over 200 new tokens, a sequence holds at most
+    8 / 4 + 2 of them while its global layers' blocks grow with the text; the tokens stay
+    those of the uncached forward pass."""
+    model = tiny(name)
+    prompt = prompts([10])[0]
+    engine = Engine(model, block_size=4, max_batch=2)
+    seq = engine.add(prompt, SamplingConfig(max_new_tokens=200, temperature=0))
+    held = []
+    while not engine.scheduler.idle:
+        engine.step()
+        held.append(engine.blocks.window_pool.used)
+    assert seq.output_ids == uncached_greedy(model, prompt, 200)
+    assert max(held[1:]) <= 8 // 4 + 2  # after the prefill
+    assert max(held) >= -(-10 // 4)  # the prefill wrote all 10 positions
+    # The pool: room for 2 windows and one full context (256 / 4), not 2 full contexts.
+    assert engine.cache.window_blocks == 2 * (8 // 4 + 2) + 64 < engine.cache.num_blocks == 128
+    assert engine.blocks.used == 0
+
+
+def test_packing_is_chosen_by_what_this_machine_measures(monkeypatch):
+    """Packed weights are used only where they are faster here: `packing_pays` times both
+    kernels once per layer shape; the model keeps nn.Linear where plain is faster."""
+    from llmscratch.generation import cpu_weights
+
+    model = tiny("llama-3-tiny")
+    if not can_pack(model):
+        pytest.skip("packing does not apply here")
+    linears = sum(type(m) is torch.nn.Linear for m in model.modules())
+    asked = []
+
+    def verdict(pays):
+        return lambda dtype, k, n: asked.append((dtype, k, n)) or pays
+
+    monkeypatch.setattr(cpu_weights, "packing_pays", verdict(False))
+    slow = copy.deepcopy(model)
+    assert pack_linear_weights(slow) == 0 and asked[0][0] == torch.float32
+    assert sum(type(m) is torch.nn.Linear for m in slow.modules()) == linears
+    monkeypatch.setattr(cpu_weights, "packing_pays", verdict(True))
+    assert pack_linear_weights(copy.deepcopy(model)) == linears
+
+
+def test_flex_attention_decode_reads_the_blocks_in_place_to_the_same_tokens():
+    """The opt-in decode path (compiled flex_attention, the block tables as its block mask)
+    gives the uncached forward's tokens, with grouped-query heads and a window pool."""
+    import shutil
+
+    if not (shutil.which("g++") or shutil.which("c++")):
+        pytest.skip("torch.compile needs a C++ compiler on the CPU")
+    model = tiny("gemma3-tiny")
+    batch = prompts([3, 17, 9, 30, 1])
+    expected = [uncached_greedy(model, p, 16) for p in batch]
+    engine = Engine(model, block_size=4, max_batch=8, paged_attention="flex")
+    assert engine.generate(batch, GREEDY) == expected
+    assert engine.blocks.used == 0

@@ -55,6 +55,28 @@ def test_bf16_explicit_attention_agrees_with_sdpa_forward_and_backward():
     assert cosine > 0.999
 
 
+@pytest.mark.parametrize("kernel", ["explicit", "fused"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_grouped_query_attention_never_copies_heads_and_equals_the_heads_repeated(kernel,
+                                                                                   masked):
+    """Query head h reads key/value head h // G, as if each were repeated G times (by hand
+    below), but the kernels get the Hkv heads as they are: no `repeat_interleave`."""
+    from llmscratch.model import attention
+
+    q = torch.randn(2, 6, 5, 8)  # (B, H = 6, T, Dh)
+    k, v = torch.randn(2, 2, 9, 8), torch.randn(2, 2, 9, 8)  # (B, Hkv = 2, S, Dh): G = 3
+    segments = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 2, 2, 2, 2, 2]])
+    visible = attention.visible_keys(5, 9, q.device, 4, segments) if masked else None
+    k_all, v_all = k.repeat_interleave(3, dim=1), v.repeat_interleave(3, dim=1)
+    mask = visible if masked else attention.visible_keys(5, 9, q.device)
+    scores = (q @ k_all.transpose(-2, -1) / 8 ** 0.5).masked_fill(~mask, float("-inf"))
+    expected = torch.softmax(scores, dim=-1) @ v_all  # (B, H, T, Dh)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.Tensor, "repeat_interleave", None)  # any use of it fails
+        got = getattr(attention, f"{kernel}_attention")(q, k, v, visible)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_auto_attention_picks_the_kernel_by_device_dtype_and_length():
     from llmscratch.model.attention import use_fused_kernel
 

@@ -13,7 +13,14 @@ import pytest
 import torch
 
 from llmscratch.errors import LLMScratchError
-from llmscratch.generation.sampling import SamplingConfig, apply_penalties, sample_next
+from llmscratch.generation.sampling import (
+    SamplingConfig,
+    TokenCounts,
+    apply_penalties,
+    penalize,
+    sample_next,
+    sample_rows,
+)
 
 LOGITS = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])  # 6 tokens, most likely first
 DRAWS = 40_000
@@ -143,3 +150,72 @@ def test_min_p_keeps_tokens_at_least_that_fraction_as_likely_as_the_best():
     want = torch.where(kept, probs, torch.zeros_like(probs))
     torch.testing.assert_close(got, want / want.sum(), atol=0.01, rtol=0)
     assert (~kept).any() and (got[~kept] == 0).all()
+
+
+def test_one_batch_samples_every_row_with_its_own_settings():
+    """Rows of one `sample_rows` call, each with its settings, draw from the distributions
+    they would have alone: half the rows top-k 3 at temperature 1, half top-p 0.7 at 0.5
+    with a presence penalty, one row greedy."""
+    first = SamplingConfig(temperature=1.0, top_k=3)
+    second = SamplingConfig(temperature=0.5, top_p=0.7, presence_penalty=2.0)
+    configs = [first, second] * (DRAWS // 2) + [SamplingConfig(temperature=0)]
+    counts = TokenCounts([], len(LOGITS))
+    counts.add(1)  # token 1 was generated once: the second config's rows penalise it
+    tokens = sample_rows(LOGITS.expand(len(configs), -1), configs,
+                         torch.Generator().manual_seed(5), [counts] * len(configs))
+    assert int(tokens[-1]) == 0  # the greedy row
+
+    def freq(drawn):
+        return torch.bincount(drawn, minlength=len(LOGITS)).double() / len(drawn)
+
+    torch.testing.assert_close(freq(tokens[:-1:2]), expected(1.0, top_k=3), atol=0.015, rtol=0)
+    penalised = LOGITS.clone()
+    penalised[1] -= 2.0
+    probs = torch.softmax(penalised.double() / 0.5, dim=-1)
+    order = probs.argsort(descending=True)
+    kept = order[:int((probs[order].cumsum(0) - probs[order] < 0.7).sum())]
+    want = torch.zeros_like(probs)
+    want[kept] = probs[kept] / probs[kept].sum()
+    torch.testing.assert_close(freq(tokens[1:-1:2]), want, atol=0.015, rtol=0)
+
+
+def test_each_row_draws_from_its_own_generator_as_it_would_alone():
+    """A row's token depends on its logits, its settings and its generator only, and is
+    the token torch.multinomial draws with that generator (so `generate`, the engine and
+    a plain multinomial loop with the same seed write the same text)."""
+    logits = torch.randn(5, 50)
+    configs = [SamplingConfig(temperature=1.0), SamplingConfig(temperature=0),
+               SamplingConfig(temperature=0.7, top_k=5), SamplingConfig(top_p=0.5),
+               SamplingConfig(temperature=1.3, min_p=0.1)]
+    for _ in range(20):
+        seeds = torch.randint(0, 2**31, (5,)).tolist()
+        together = sample_rows(logits, configs,
+                               [torch.Generator().manual_seed(s) for s in seeds])
+        for i, (cfg, seed) in enumerate(zip(configs, seeds, strict=True)):
+            alone = sample_next(logits[i:i + 1], cfg, torch.Generator().manual_seed(seed))
+            assert int(alone) == int(together[i])
+    probs = torch.softmax(logits[:1] / 1.0, dim=-1)
+    for seed in range(20):
+        drawn = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed))
+        ours = sample_next(logits[:1], configs[0], torch.Generator().manual_seed(seed))
+        assert int(drawn) == int(ours)
+
+
+def test_token_counts_kept_as_the_text_grows_penalise_as_computed_by_hand():
+    logits = torch.randn(3, 10)
+    cfg = SamplingConfig(repetition_penalty=1.7, frequency_penalty=0.5, presence_penalty=0.3,
+                         logit_bias={4: 2.0})
+    counts = TokenCounts([1, 2, 12], 10)  # 12 is past the vocabulary: ignored
+    for token in [2, 5, 5, 11]:
+        counts.add(token)
+    got = penalize(logits, [cfg] * 3, [counts] * 3)
+    want = logits.clone()
+    for t in (1, 2, 5):  # in the prompt or the output
+        want[:, t] = torch.where(want[:, t] > 0, want[:, t] / 1.7, want[:, t] * 1.7)
+    want[:, 2] -= 0.5 * 1 + 0.3  # generated once
+    want[:, 5] -= 0.5 * 2 + 0.3  # generated twice
+    want[:, 4] += 2.0
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(apply_penalties(logits, cfg, [1, 2, 12], [2, 5, 5, 11]), want)
+    plain = SamplingConfig()
+    assert penalize(logits, [plain] * 3, [None] * 3) is logits  # nothing to do: untouched

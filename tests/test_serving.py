@@ -231,20 +231,20 @@ def test_a_request_the_engine_fails_on_gets_an_error_and_the_others_go_on(server
     one are served, /health stays true."""
     from llmscratch.generation import engine as engine_module
 
-    add, sample_next = engine_module.Engine.add, engine_module.sample_next
+    add, sample_rows = engine_module.Engine.add, engine_module.sample_rows
 
     def add_fails(self, prompt_ids, sampling, stop_ids=()):
         if sampling.seed == 13:
             raise RuntimeError("a bug when a request is added")
         return add(self, prompt_ids, sampling, stop_ids)
 
-    def sample_fails(logits, cfg, *args):
-        if cfg.seed == 14:
+    def sample_fails(logits, configs, *args):
+        if any(cfg.seed == 14 for cfg in configs):
             raise RuntimeError("a bug in a step")
-        return sample_next(logits, cfg, *args)
+        return sample_rows(logits, configs, *args)
 
     monkeypatch.setattr(engine_module.Engine, "add", add_fails)
-    monkeypatch.setattr(engine_module, "sample_next", sample_fails)
+    monkeypatch.setattr(engine_module, "sample_rows", sample_fails)
     client = server.client()
     before = server.metrics()["llmscratch_request_errors_total"]
     expected = client.completions.create(model="tiny", prompt="ROMEO:", max_tokens=30,

@@ -112,7 +112,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     model, tokenizer, settings = load_for_inference(args.run, resolve_device(args.device),
                                                     args.dtype)
     quantize_linear_weights(model, args.quantize)  # --quantize int8|int4 (None: unchanged)
-    pack_linear_weights(model)  # on the CPU: oneDNN's faster kernels (only inference follows)
+    pack_linear_weights(model)  # on the CPU: oneDNN's kernels where faster (inference only)
     engine = Engine(model, max_batch=1, vocab_size=tokenizer.vocab_size)
     context = model.config.context_length
 

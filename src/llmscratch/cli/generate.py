@@ -72,7 +72,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, tokenizer, settings = load_for_inference(args.run, device, args.dtype)
     quantize_linear_weights(model, args.quantize)  # --quantize int8|int4 (None: unchanged)
-    pack_linear_weights(model)  # on the CPU: oneDNN's faster kernels (only inference follows)
+    pack_linear_weights(model)  # on the CPU: oneDNN's kernels where faster (inference only)
     prompt_ids = tokenizer.encode(args.prompt)
     if len(prompt_ids) >= model.config.context_length:
         raise LLMScratchError(

@@ -4,15 +4,16 @@
     outputs = engine.generate([prompt_a, prompt_b], SamplingConfig(temperature=0))
 
 Each `step` asks the scheduler which sequences run (scheduler.py) and runs
-the model over their not-yet-computed tokens, with a `BatchCache` view of
-the paged cache (paged_cache.py): in a decode step, all the sequences' newest
-tokens in one batch; in a prefill step, each new prompt in a forward pass of
-its own, so no prompt is padded to the longest. It then samples one token
-for each sequence from its last position and lets finished sequences go.
-The model is the same one that trains: its attention reads and writes the
-cache through the view.
+the model once over all their not-yet-computed tokens, packed into one row
+with a `StepBatch` view of the paged cache (paged_cache.py): in a decode
+step, every sequence's newest token; in a prefill step, every new prompt,
+whatever their lengths, with no padding. It then samples one token for each
+sequence from its last position, all rows at once (sampling.py:
+`sample_rows`), and lets finished sequences go. The model is the same one
+that trains: its attention hands the view its queries, keys and values, and
+the view attends over the cache.
 
-Legend: B sequences in the step, T new tokens of the longest, V vocabulary.
+Legend: B sequences in the step, M new tokens of them all, D width, V vocabulary.
 """
 
 from __future__ import annotations
@@ -24,14 +25,19 @@ import torch
 
 from llmscratch.errors import LLMScratchError
 from llmscratch.generation.block_manager import BlockManager
-from llmscratch.generation.paged_cache import BatchCache, PagedKVCache
-from llmscratch.generation.sampling import SamplingConfig, sample_next
+from llmscratch.generation.paged_cache import FlexDecode, PagedKVCache, StepBatch
+from llmscratch.generation.sampling import SamplingConfig, TokenCounts, sample_rows
 from llmscratch.generation.scheduler import Scheduler
 from llmscratch.generation.sequence import Sequence, TokenLogprobs
 from llmscratch.model import GPT
 
 DEFAULT_BLOCK_SIZE = 16
 DEFAULT_CACHE_BYTES = 4 * 2**30  # at most 4 GiB of KV cache unless told
+
+
+def blocks_per_sequence(num_tokens: int, block_size: int) -> int:
+    """Blocks that hold `num_tokens` positions."""
+    return -(-num_tokens // block_size)
 
 
 class StepFailed(Exception):
@@ -48,14 +54,19 @@ class Engine:
     num_blocks: KV-cache blocks of `block_size` positions (default: room for
     `max_batch` sequences of the full context length, or as many blocks as
     `cache_bytes` hold if that is fewer: a model with a long context would
-    otherwise reserve more memory than the machine has). vocab_size: the
+    otherwise reserve more memory than the machine has). Sliding-window
+    layers get a smaller pool: `max_batch` windows and one full context. vocab_size: the
     tokenizer's, when the output layer is wider (ids past it are never drawn).
+    paged_attention: how a decode step reads the cache: "gather" (its keys copied
+    out through the block tables, then PyTorch's attention) or "flex" (compiled
+    flex_attention reading the blocks in place; paged_cache.py says which is faster).
     """
 
     def __init__(self, model: GPT, num_blocks: int | None = None,
                  block_size: int = DEFAULT_BLOCK_SIZE, max_batch: int = 32,
                  max_batch_tokens: int = 4096, vocab_size: int | None = None,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, paged_attention: str = "gather"
+                 ) -> None:
         if any(model.config.layer_is_linear(i) for i in range(model.config.n_layer)):
             raise LLMScratchError(
                 "the inference engine cannot serve Gated DeltaNet layers "
@@ -69,10 +80,26 @@ class Engine:
             heads, key_width, value_width = c.cache_widths  # keys and values of every layer
             block_bytes = c.n_layer * block_size * heads * (key_width + value_width) \
                 * embedding.element_size()
-            blocks_per_sequence = -(-c.context_length // block_size)
-            num_blocks = max(min(max_batch * blocks_per_sequence, cache_bytes // block_bytes), 1)
-        self.cache = PagedKVCache(c, num_blocks, block_size, embedding.dtype, self.device)
-        self.blocks = BlockManager(num_blocks, block_size)
+            longest = blocks_per_sequence(c.context_length, block_size)
+            num_blocks = max(min(max_batch * longest, cache_bytes // block_bytes), 1)
+        # Sliding-window layers keep only their window, in a pool of blocks of their own
+        # (block_manager.py): room for `max_batch` windows and one prompt as long as the context.
+        window = c.sliding_window if any(c.layer_is_local(i) for i in range(c.n_layer)) else 0
+        window = window if window < c.context_length else 0
+        window_blocks = 0
+        if window:
+            window_blocks = min(num_blocks, max_batch * (window // block_size + 2)
+                                + blocks_per_sequence(c.context_length, block_size))
+        self.blocks = BlockManager(num_blocks, block_size, window, window_blocks)
+        self.cache = PagedKVCache(c, num_blocks, block_size, embedding.dtype, self.device,
+                                  window_blocks)
+        if paged_attention == "flex":  # decode reads the blocks in place (paged_cache.py)
+            if c.kv_lora_rank:
+                raise LLMScratchError("paged_attention='flex' reads keys and values in place; "
+                                      "latent attention (DeepSeek V3) caches latents: use "
+                                      "'gather'")
+            pools = {"all": num_blocks, "window": window_blocks} if window else {"all": num_blocks}
+            self.cache.flex = FlexDecode(max_batch, block_size, pools, self.device)
         self.scheduler = Scheduler(self.blocks, max_batch, max_batch_tokens)
         self.vocab_size = vocab_size
 
@@ -127,17 +154,13 @@ class Engine:
             raise StepFailed(seqs) from err
 
     def _step(self, seqs: list[Sequence], prefill: bool) -> list[tuple[Sequence, int]]:
-        # Prompts differ in length, and padding them to the longest would compute the padding:
-        # each prompt runs alone (its many tokens already share each read of the weights).
-        # Decoding sequences add one token each and run together.
-        groups = [[seq] for seq in seqs] if prefill else [seqs]
-        logits = torch.cat([self._forward(group) for group in groups])  # (B, V)
-        produced = []
-        for seq, row in zip(seqs, logits, strict=True):
+        logits = self._forward(seqs)  # (B, V): every sequence's new tokens in one pass
+        for seq in seqs:
             seq.num_computed = seq.num_tokens
             self.blocks.commit(seq)
-            token = int(sample_next(row[None], seq.sampling, seq.generator, seq.prompt_ids,
-                                    seq.output_ids))
+        tokens = self._sample(seqs, logits).tolist()  # (B,)
+        produced = []
+        for seq, row, token in zip(seqs, logits, tokens, strict=True):
             if seq.sampling.logprobs is not None:
                 seq.logprobs.append(token_logprobs(row, token, seq.sampling.logprobs))
             produced.append((seq, token))
@@ -145,16 +168,27 @@ class Engine:
         return produced
 
     def _forward(self, seqs: list[Sequence]) -> torch.Tensor:
-        """The model over each sequence's uncomputed tokens; next-token logits (B, V) in fp32."""
+        """The model over every sequence's uncomputed tokens, packed into one row (prompts of
+        any lengths, no padding: paged_cache.py); next-token logits (B, V) in fp32."""
         new = [seq.num_tokens - seq.num_computed for seq in seqs]
-        T = max(new)
-        inputs = torch.zeros(len(seqs), T, dtype=torch.int64)  # (B, T), left padded
-        for i, (seq, n) in enumerate(zip(seqs, new, strict=True)):
-            inputs[i, T - n:] = torch.tensor(seq.token_ids[seq.num_computed:])
-        view = BatchCache(self.cache, [s.block_table for s in seqs],
-                          [s.num_computed for s in seqs], new, self.device)
-        hidden = self.model(inputs.to(self.device), view, view.attention_mask)  # (B, T, D)
-        return self.model.logits(hidden[:, -1])[:, :self.vocab_size].float().cpu()  # (B, V)
+        ids = [t for seq in seqs for t in seq.token_ids[seq.num_computed:]]
+        inputs = torch.tensor([ids], dtype=torch.int64).to(self.device)  # (1, M)
+        windows = [s.window_table for s in seqs] if self.cache.window_blocks else None
+        batch = StepBatch(self.cache, [s.block_table for s in seqs],
+                          [s.num_computed for s in seqs], new, self.device, windows)
+        hidden = self.model(inputs, batch)[0, batch.last]  # (B, D): each sequence's last token
+        return self.model.logits(hidden)[:, :self.vocab_size].float()  # (B, V)
+
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
+        """Every sequence's next token (B,), in one batched call; each draws its random
+        numbers from its own generator (none when greedy) and penalises its own tokens."""
+        for seq in seqs:
+            if seq.sampling.penalizes and seq.counts is None:
+                seq.counts = TokenCounts(seq.prompt_ids, logits.size(-1), logits.device)
+                for token in seq.output_ids:
+                    seq.counts.add(token)
+        return sample_rows(logits, [seq.sampling for seq in seqs],
+                           [seq.generator for seq in seqs], [seq.counts for seq in seqs])
 
     def abort(self, seq: Sequence, reason: str = "abort") -> None:
         """Drop a request (its client left, or its text hit a stop string): blocks freed now."""
@@ -187,6 +221,8 @@ class Engine:
             seq.finish_reason, seq.stop_token = "stop", token
         else:
             seq.output_ids.append(token)
+            if seq.counts is not None:
+                seq.counts.add(token)
             if len(seq.output_ids) >= seq.sampling.max_new_tokens or seq.num_tokens >= context:
                 seq.finish_reason = "length"
         if seq.finish_reason is not None:

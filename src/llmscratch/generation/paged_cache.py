@@ -1,50 +1,92 @@
-"""The paged KV cache's memory, and the view of it that the model reads for one batch.
+"""The paged KV cache's memory, and the view of it through which one engine step attends.
 
-Legend: N slots (blocks x block_size), L layers, Hkv key/value heads, Dh head
-width, B sequences in the batch, T new tokens of the longest, S = the longest
-sequence's cached + new tokens.
+Legend: N slots (blocks x block_size), L layers, Hkv key/value heads, H query
+heads, Dh head width, B sequences in the step, n_i the new tokens of
+sequence i, M = sum n_i all new tokens of the step, S keys a query reads.
 
 `PagedKVCache` holds every layer's keys and values as one tensor of slots,
-(N, Hkv, Dh): slot `block * block_size + offset` is a token position of
-whichever sequence owns that block (block_manager.py).
+(Hkv, N, Dh): slot `block * block_size + offset` is a token position of
+whichever sequence owns that block (block_manager.py). Heads come first, so
+a head's keys for any list of slots come out as rows of one matrix.
 
-`BatchCache` is what the model sees during one engine step. It has the
-interface of the dense cache (model/kv_cache.py: `pos`, `update`, `advance`),
-so the model's own attention runs unchanged over it: for each layer it
-writes the new tokens' keys and values into their slots, then gathers every
-sequence's keys and values, left-padded to the longest:
+`StepBatch` is what the model sees during one engine step. Every sequence's
+new tokens are packed into one row of M tokens, with no padding:
 
-    sequence a (5 cached, 1 new):   . . . a0 a1 a2 a3 a4 a5
-    sequence b (0 cached, 4 new):   . . . . . b0 b1 b2 b3 ...   (S = 9 here)
+    a (5 cached, 1 new), b (0 cached, 4 new), c (2 cached, 1 new):
+    tokens     a5 b0 b1 b2 b3 c2          (1, M = 6)
+    positions   5  0  1  2  3  2          each token's place in its own sequence
 
-The model is given the matching attention mask, so padding is invisible and
-each token's position is its index among real tokens. The new tokens of a
-sequence are the last ones of its row, as the model expects of a cache.
+so a prefill of many prompts is one pass through the weights for all their
+tokens. Its `attend` (the model's attention calls it in place of the dense
+cache's `update`: model/attention.py) writes the new keys and values into
+their slots, then gives each sequence's queries its own keys:
+
+- a prefill step: sequence by sequence, the model's kernel over that
+  sequence's keys: its new ones as they are when nothing was cached (no copy
+  at all), else its slots read through its block table;
+- a decode step (one new token each): one kernel call for all B queries,
+  each reading through its block table the slots of the keys it sees (only
+  the last `window` ones in a sliding-window layer), with a mask for the
+  rows shorter than the longest.
+
+How a decode step reads through the block tables was chosen by measuring
+(docs/benchmarks.md, "Inference: attention that reads the pages"). PyTorch
+has no paged attention kernel for the CPU in eager mode. By default a decode
+step copies the keys it reads into one buffer (`index_select`, reused between
+layers and steps), laid out heads first so that each head's S x Dh keys are
+one dense matrix, and the model's kernel reads that: in a micro-benchmark of
+one layer's decode attention (64 sequences of 16 to 700 positions, GPT-2's
+heads) 2.2x faster in fp32 and 1.9x in bf16 than the earlier layout, which
+copied positions first and then had to reorder bf16 keys once more.
+`FlexDecode` (Engine(paged_attention="flex")) reads the blocks in place with
+PyTorch's compiled flex_attention, its block mask made of the block tables:
+2.1x faster than the copy in that micro-benchmark, but over a whole
+throughput workload on a busy machine only 8% (32.9 against 30.4 tokens/s,
+the median of two rounds that disagreed: 0.98x and 1.25x; it pads every
+step to `max_batch` queries and builds its block mask each step), and it
+needs a C++ compiler and 20 to 100 seconds of compiling per model and
+process; so it is there to choose, not the default. The same code runs on a GPU, where
+flex_attention is the natural choice.
 """
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Callable
 
+import torch
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+from llmscratch.model.attention import visible_keys
 from llmscratch.model.config import ModelConfig
+
+# The model's attention kernel: q (B, H, T, Dh), k, v (B, Hkv, S, Dh), a mask -> (B, H, T, Dh).
+Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
 class PagedKVCache:
-    """Keys and values of every layer, in slots of `block_size` positions per block."""
+    """Keys and values of every layer, in slots of `block_size` positions per block.
+
+    window_blocks: > 0 gives the sliding-window layers a pool of their own of
+    that many blocks (block_manager.py); the other layers have `num_blocks`.
+    """
 
     def __init__(self, config: ModelConfig, num_blocks: int, block_size: int,
-                 dtype: torch.dtype, device: torch.device | str) -> None:
-        # (N, Hkv, Dh); latent attention (DeepSeek) keeps its latents and RoPE keys instead
+                 dtype: torch.dtype, device: torch.device | str, window_blocks: int = 0) -> None:
+        self.num_blocks, self.block_size, self.window_blocks = num_blocks, block_size, window_blocks
+        # Keys (Hkv, N, Dh) and values; latent attention (DeepSeek) keeps one "head" of its
+        # latents where keys go and one of its RoPE keys where values go (config.cache_widths).
         heads, key_width, value_width = config.cache_widths
-        self.keys = [torch.zeros(num_blocks * block_size, heads, key_width, dtype=dtype,
-                                 device=device) for _ in range(config.n_layer)]
-        self.values = [torch.zeros(num_blocks * block_size, heads, value_width, dtype=dtype,
-                                   device=device) for _ in range(config.n_layer)]
-        self.num_blocks, self.block_size = num_blocks, block_size
-        # Where a layer's gathered keys and values go: buffers reused by every layer and step
-        # (attention is done with one layer's before the next layer gathers). Allocating them
-        # afresh costs more than the copy: the operating system hands a large allocation over
-        # page by page, and on 2 cores that is slower than the gather itself.
+        self.keys, self.values = [], []
+        for layer in range(config.n_layer):
+            blocks = window_blocks if window_blocks and config.layer_is_local(layer) else num_blocks
+            slots = blocks * block_size
+            self.keys.append(torch.zeros(heads, slots, key_width, dtype=dtype, device=device))
+            self.values.append(torch.zeros(heads, slots, value_width, dtype=dtype, device=device))
+        self.flex: FlexDecode | None = None  # set by the engine to read blocks in place
+        # Where a decode step's keys and values are read into: buffers reused by every layer
+        # and step (attention is done with one layer's before the next layer reads). Allocating
+        # them afresh costs more than the copy: the operating system hands a large allocation
+        # over page by page, and on 2 cores that is slower than the copy itself.
         self._buffers: dict[str, torch.Tensor] = {}
 
     def buffer(self, name: str, numel: int) -> torch.Tensor:
@@ -56,76 +98,218 @@ class PagedKVCache:
         return buffer[:numel]
 
     def bytes_per_block(self) -> int:
-        """Memory one block takes, keys and values of every layer."""
-        per_slot = sum(t[0].numel() * t.element_size() for t in self.keys + self.values)
+        """Memory one block takes, keys and values of every layer (of one pool's layers, with
+        a window pool: what a position costs in each pool together)."""
+        per_slot = sum(t[:, 0].numel() * t.element_size() for t in self.keys + self.values)
         return per_slot * self.block_size
 
 
-class BatchCache:
-    """One step's view of the paged cache (see the module docstring).
+class StepBatch:
+    """One step's packed tokens and their view of the paged cache (see the module docstring).
 
-    block_tables: each sequence's blocks; cached: how many of its tokens the
-    cache already holds; new: how many it computes this step (its input row
-    ends with them; T = the longest `new`).
+    block_tables: each sequence's blocks; window_tables: its blocks in the
+    sliding-window layers' pool (None where it has none: block_manager.py),
+    or None without such a pool; cached: how many of its tokens the cache
+    already holds; new: how many it computes this step.
     """
 
     def __init__(self, cache: PagedKVCache, block_tables: list[list[int]], cached: list[int],
-                 new: list[int], device: torch.device) -> None:
-        self.cache = cache
-        totals = [c + n for c, n in zip(cached, new, strict=True)]
-        self.T, self.S = max(new), max(totals)
-        bs = cache.block_size
+                 new: list[int], device: torch.device,
+                 window_tables: list[list[int | None]] | None = None) -> None:
+        self.cache, self.cached, self.new = cache, cached, new
+        self.totals = [c + n for c, n in zip(cached, new, strict=True)]
+        self.device = device
+        self.tables = {"all": self._table(block_tables)}  # (B, blocks) per pool
+        if window_tables is not None:
+            self.tables["window"] = self._table(window_tables)
+        cached_t = torch.tensor(cached, device=device)  # (B,)
+        new_t = torch.tensor(new, device=device)  # (B,)
+        # The packed row: sequence i's new tokens are positions cached_i .. total_i - 1.
+        self.rows = torch.repeat_interleave(torch.arange(len(new), device=device), new_t)  # (M,)
+        starts = torch.cumsum(new_t, 0) - new_t  # (B,) where each sequence's tokens begin
+        within = torch.arange(int(sum(new)), device=device) - starts[self.rows]  # (M,)
+        self.positions = (cached_t[self.rows] + within).unsqueeze(0)  # (1, M)
+        # Where each pool stores this step's tokens (every one has a slot in both).
+        self.writes = {pool: self.slots(self.rows, self.positions[0], pool)  # (M,)
+                       for pool in self.tables}
+        self.last = torch.cumsum(new_t, 0) - 1  # (B,) each sequence's last new token
+        self.decode = all(n == 1 for n in new)
+        self._reads: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.flex_masks: dict[tuple[str, int], object] = {}
 
-        def slot(table: list[int], position: int) -> int:
-            return table[position // bs] * bs + position % bs
+    def _table(self, tables: list[list[int | None]]) -> torch.Tensor:
+        """Block tables as one (B, blocks) tensor; -1 where there is no block."""
+        width = max(len(t) for t in tables)
+        out = torch.full((len(tables), width), -1, dtype=torch.int64)
+        for i, table in enumerate(tables):
+            out[i, :len(table)] = torch.tensor([-1 if b is None else b for b in table])
+        return out.to(self.device)
 
-        # Where this step's real new tokens go: (row, column in the input, slot).
-        rows, columns, slots = [], [], []
-        for i, (table, c, n) in enumerate(zip(block_tables, cached, new, strict=True)):
-            for j in range(n):
-                rows.append(i)
-                columns.append(self.T - n + j)
-                slots.append(slot(table, c + j))
-        self.write_rows = torch.tensor(rows, device=device)
-        self.write_columns = torch.tensor(columns, device=device)
-        self.write_slots = torch.tensor(slots, device=device)
-        # Which slot each key position of the left-padded (B, S) layout reads; padding
-        # reads slot 0, and the attention mask hides it.
-        gather = torch.zeros(len(totals), self.S, dtype=torch.int64)
-        self.attention_mask = torch.zeros(len(totals), self.S, dtype=torch.int64)
-        for i, (table, total) in enumerate(zip(block_tables, totals, strict=True)):
-            gather[i, self.S - total:] = torch.tensor([slot(table, p) for p in range(total)])
-            self.attention_mask[i, self.S - total:] = 1
-        self.gather = gather.to(device)  # (B, S)
-        self.attention_mask = self.attention_mask.to(device)  # (B, S)
+    def pool(self, window: int) -> str:
+        """Which pool a layer with this window keeps its keys in."""
+        return "window" if window and "window" in self.tables else "all"
 
-    @property
-    def pos(self) -> int:
-        """Key positions before the T new ones in the padded layout (the model places the
-        new tokens after them)."""
-        return self.S - self.T
+    def slots(self, rows: torch.Tensor, positions: torch.Tensor, pool: str = "all"
+              ) -> torch.Tensor:
+        """The slot of each (sequence row, position) pair, through the pool's block tables
+        (negative where the pool holds no block for it)."""
+        bs = self.cache.block_size
+        block = self.tables[pool][rows, positions // bs]
+        return torch.where(block >= 0, block * bs + positions % bs, -1)
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the new tokens' k, v (B, Hkv, T, Dh); return all of them (B, Hkv, S, Dh)."""
-        keys, values = self.cache.keys[layer], self.cache.values[layer]  # (N, Hkv, Dh)
-        keys[self.write_slots] = k[self.write_rows, :, self.write_columns]  # (n, Hkv, Dh)
-        values[self.write_slots] = v[self.write_rows, :, self.write_columns]
-        return self._gather(keys, "keys"), self._gather(values, "values")
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               kernel: Kernel, window: int = 0) -> torch.Tensor:
+        """Store the step's keys and values, then attend: q (1, H, M, Dh), k, v (1, Hkv, M, Dh)
+        -> (1, H, M, Dh). `window` > 0: each query sees only the latest `window` keys."""
+        keys, values = self.cache.keys[layer], self.cache.values[layer]  # (Hkv, N, Dh)
+        slots = self.writes[self.pool(window)]  # (M,)
+        keys.index_copy_(1, slots, k[0])
+        values.index_copy_(1, slots, v[0])
+        if self.decode:
+            return self._decode(q, keys, values, kernel, window)
+        return self._prefill(q, k, v, keys, values, kernel, window)
 
-    def _gather(self, slots: torch.Tensor, name: str) -> torch.Tensor:
-        """Every sequence's keys (or values) from their slots (N, Hkv, Dh): (B, Hkv, S, Dh)."""
-        (B, S), (_, Hkv, Dh) = self.gather.shape, slots.shape
-        rows = self.cache.buffer(name, B * S * Hkv * Dh).view(B * S, Hkv, Dh)
-        torch.index_select(slots, 0, self.gather.view(-1), out=rows)  # one row per position
-        gathered = rows.view(B, S, Hkv, Dh).transpose(1, 2)  # (B, Hkv, S, Dh), a strided view
-        if slots.dtype == torch.float32 or slots.device.type != "cpu":
-            return gathered  # attention reads the view as fast as a contiguous copy
-        # PyTorch's CPU attention reads bf16 keys from this view far slower than contiguous
-        # ones: reorder them first (on a 2-core AMD EPYC, 64 sequences of 768 positions:
-        # 70 ms a layer for gather and attention from the view, 25 ms with this copy).
-        contiguous = self.cache.buffer(name + " contiguous", rows.numel()).view(B, Hkv, S, Dh)
-        return contiguous.copy_(gathered)
+    def _prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keys: torch.Tensor,
+                 values: torch.Tensor, kernel: Kernel, window: int) -> torch.Tensor:
+        """Each sequence's queries over its own keys, one kernel call per sequence: the
+        step's new keys as they are, after those of its cached prefix that its queries see,
+        read through its block table."""
+        outputs, start = [], 0
+        for i, (c, n) in enumerate(zip(self.cached, self.new, strict=True)):
+            q_i = q[:, :, start:start + n]  # (1, H, n, Dh)
+            k_i, v_i = k[:, :, start:start + n], v[:, :, start:start + n]  # (1, Hkv, n, Dh)
+            first = max(0, c - window + 1) if window else 0  # the earliest key a query sees
+            if c > first:
+                where = self.slots(torch.full((c - first,), i, device=self.device),
+                                   torch.arange(first, c, device=self.device),
+                                   self.pool(window))  # (c - first,)
+                k_i = torch.cat([keys[:, where].unsqueeze(0), k_i], dim=2)  # (1, Hkv, S, Dh)
+                v_i = torch.cat([values[:, where].unsqueeze(0), v_i], dim=2)
+            S = c - first + n
+            visible = visible_keys(n, S, q.device, window) if (S > n or window) else None
+            outputs.append(kernel(q_i, k_i, v_i, visible))  # (1, H, n, Dh)
+            start += n
+        return torch.cat(outputs, dim=2)  # (1, H, M, Dh)
+
+    def _decode(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                kernel: Kernel, window: int) -> torch.Tensor:
+        """All B new tokens at once, each over the keys it sees: (1, H, B, Dh) out."""
+        if self.cache.flex is not None:
+            return self.cache.flex(self, q, keys, values, kernel, window)
+        where, visible = self._reading(window)  # (B S,), (B, 1, 1, S)
+        B, S = visible.size(0), visible.size(-1)
+        (Hkv, _, Dh), Dv = keys.shape, values.size(-1)  # (Dv: Dh, or a RoPE key's width)
+        read_k = self.cache.buffer("keys", Hkv * B * S * Dh).view(Hkv, B * S, Dh)
+        read_v = self.cache.buffer("values", Hkv * B * S * Dv).view(Hkv, B * S, Dv)
+        torch.index_select(keys, 1, where, out=read_k)
+        torch.index_select(values, 1, where, out=read_v)
+        # (Hkv, B, S, Dh) -> (B, Hkv, S, Dh): each head's S x Dh keys stay one dense matrix.
+        read_k = read_k.view(Hkv, B, S, Dh).transpose(0, 1)
+        read_v = read_v.view(Hkv, B, S, Dv).transpose(0, 1)
+        queries = q[0].transpose(0, 1).unsqueeze(2)  # (B, H, 1, Dh)
+        out = kernel(queries, read_k, read_v, visible)  # (B, H, 1, Dh)
+        return out.squeeze(2).transpose(0, 1).unsqueeze(0)  # (1, H, B, Dh)
+
+    def _reading(self, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which slots a decode step's queries read, and which of them are real.
+
+        Row i reads its last min(total_i, window) positions (all of them when
+        window is 0), right-aligned in S = the most any row reads; the places
+        before a shorter row's first key read slot 0 and are masked out. The
+        same for every layer of one window, so worked out once a step.
+        """
+        if window not in self._reads:
+            totals = torch.tensor(self.totals, device=self.device)  # (B,)
+            seen = totals.clamp(max=window) if window else totals  # (B,)
+            S = int(seen.max())
+            positions = totals[:, None] - S + torch.arange(S, device=self.device)  # (B, S)
+            real = positions >= totals[:, None] - seen[:, None]  # (B, S)
+            rows = torch.arange(len(self.totals), device=self.device)[:, None].expand(-1, S)
+            where = self.slots(rows, positions.clamp(min=0), self.pool(window))  # (B, S)
+            where = torch.where(real, where, 0)
+            self._reads[window] = (where.reshape(-1), real[:, None, None, :])
+        return self._reads[window]
 
     def advance(self, n_tokens: int) -> None:
         """Lengths are the engine's to keep: nothing to do here."""
+
+
+class FlexDecode:
+    """Decode attention that reads the blocks in place: PyTorch's flex_attention, compiled,
+    with a block mask whose rows are the block tables (after PyTorch's paged attention).
+
+    The B queries are one row of up to `rows` positions (padded, so one compiled kernel
+    serves every step), the keys are the pool's slots themselves (1, Hkv, N, Dh), and
+    query i visits only the blocks of its table; a mask inside each block keeps its
+    positions before its length (and, in a window layer, within the window). Compiling
+    needs a C++ compiler on the CPU and takes tens of seconds once per model and process.
+    """
+
+    def __init__(self, rows: int, block_size: int, pool_blocks: dict[str, int],
+                 device: torch.device) -> None:
+        self.rows, self.block_size = rows, block_size
+        self.kernel = torch.compile(flex_attention, dynamic=False)
+        # Per pool, updated in place each step so the compiled code sees the same tensors:
+        # which row owns each block, the block's place in its sequence, each row's length.
+        self.owner = {p: torch.full((n,), -1, dtype=torch.int64, device=device)
+                      for p, n in pool_blocks.items()}
+        self.index = {p: torch.zeros(n, dtype=torch.int64, device=device)
+                      for p, n in pool_blocks.items()}
+        self.totals = torch.zeros(rows, dtype=torch.int64, device=device)
+        self.masks: dict[tuple[str, int], object] = {}
+
+    def mask_mod(self, pool: str, window: int):
+        """Which (query row, slot) pairs attend: one function per pool and window, made once."""
+        if (pool, window) not in self.masks:
+            owner, index, totals, bs = self.owner[pool], self.index[pool], self.totals, \
+                self.block_size
+
+            def visible(b, h, q_idx, kv_idx):
+                block = kv_idx // bs
+                position = index[block] * bs + kv_idx % bs
+                seen = (owner[block] == q_idx) & (position < totals[q_idx])
+                if window:
+                    seen = seen & (position >= totals[q_idx] - window)
+                return seen
+
+            self.masks[(pool, window)] = visible
+        return self.masks[(pool, window)]
+
+    def __call__(self, batch: StepBatch, q: torch.Tensor, keys: torch.Tensor,
+                 values: torch.Tensor, kernel: Kernel, window: int) -> torch.Tensor:
+        pool = batch.pool(window)
+        block_mask = batch.flex_masks.get((pool, window))
+        if block_mask is None:
+            block_mask = self.block_mask(batch, pool, window, keys.size(1))
+            batch.flex_masks[(pool, window)] = block_mask
+        B, H = q.size(2), q.size(1)
+        padded = q.new_zeros(1, H, self.rows, q.size(-1))  # (1, H, rows, Dh)
+        padded[:, :, :B] = q
+        scale = getattr(getattr(kernel, "__self__", None), "scale", None)
+        out = self.kernel(padded, keys.unsqueeze(0), values.unsqueeze(0),
+                          block_mask=block_mask, scale=scale,
+                          enable_gqa=H != keys.size(0))  # (1, H, rows, Dh)
+        return out[:, :, :B]
+
+    def block_mask(self, batch: StepBatch, pool: str, window: int, slots: int):
+        """This step's block mask for one pool: row i visits the blocks of its table."""
+        table = batch.tables[pool]  # (B, width), -1 where no block
+        B, bs = table.size(0), self.block_size
+        nblocks = slots // bs
+        rows = torch.arange(B, device=table.device)[:, None].expand_as(table)
+        places = torch.arange(table.size(1), device=table.device).expand_as(table)
+        real = table >= 0
+        self.owner[pool].fill_(-1)
+        self.owner[pool][table[real]] = rows[real]
+        self.index[pool][table[real]] = places[real]
+        self.totals.zero_()
+        self.totals[:B] = torch.tensor(batch.totals, device=table.device)
+        counts = torch.zeros(1, 1, self.rows, dtype=torch.int32, device=table.device)
+        counts[0, 0, :B] = real.sum(dim=1).int()
+        indices = torch.zeros(1, 1, self.rows, nblocks, dtype=torch.int32, device=table.device)
+        ordered = torch.sort(real.int(), dim=1, descending=True, stable=True).indices
+        compact = table.gather(1, ordered).clamp(min=0)  # each row's blocks first
+        indices[0, 0, :B, :table.size(1)] = compact.int()
+        return BlockMask.from_kv_blocks(counts, indices, BLOCK_SIZE=(1, bs),
+                                        mask_mod=self.mask_mod(pool, window),
+                                        seq_lengths=(self.rows, slots))

@@ -25,13 +25,22 @@ then the distribution:
 - min-p (Nguyen et al., 2024) keeps the tokens at least min_p times as likely
   as the most likely one.
 
-Sampling uses its own `torch.Generator`, so the same seed gives the same text.
+The draw is torch.multinomial's own (for one sample): with q a vector of
+exponential random numbers from the sequence's `torch.Generator`, the token
+is argmax(p / q), which picks each token with probability p (the
+exponential race). Done by hand, it runs for a whole batch at once, every
+row with its own settings (as (B,) tensors) and its own generator's numbers:
+`sample_rows`, which the engine calls once a step for all its sequences,
+keeping each one's token counts for the penalties as it goes
+(`TokenCounts`). The same seed gives the same text, alone or in a batch,
+and the same as `torch.multinomial` would draw.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterator
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
 import torch
@@ -105,43 +114,143 @@ class SamplingConfig:
                 or self.presence_penalty != 0.0 or bool(self.logit_bias))
 
 
-def apply_penalties(logits: torch.Tensor, cfg: SamplingConfig, prompt_ids: Collection[int],
-                    output_ids: Collection[int]) -> torch.Tensor:
-    """Logits (B, V) with the repetition, frequency and presence penalties of one sequence,
-    and its logit bias, applied (see the module docstring); every row gets the same."""
-    if not cfg.penalizes:
+class TokenCounts:
+    """One sequence's tokens so far, as the penalties need them: which tokens its prompt
+    holds, and how many times each was generated; (V,) tensors, updated by one write per
+    new token instead of being rebuilt from the whole sequence at every step."""
+
+    def __init__(self, prompt_ids: Collection[int], vocab: int,
+                 device: torch.device | str = "cpu") -> None:
+        self.vocab = vocab
+        self.in_prompt = torch.zeros(vocab, dtype=torch.bool, device=device)  # (V,)
+        ids = [t for t in prompt_ids if t < vocab]
+        self.in_prompt[torch.tensor(ids, dtype=torch.int64, device=device)] = True
+        self.generated = torch.zeros(vocab, device=device)  # (V,) fp32 counts
+
+    def add(self, token: int) -> None:
+        if token < self.vocab:
+            self.generated[token] += 1
+
+
+def row_settings(configs: Seq[SamplingConfig], name: str, device: torch.device) -> torch.Tensor:
+    """One setting of every row's config as a (B,) tensor."""
+    return torch.tensor([getattr(cfg, name) for cfg in configs], device=device)
+
+
+def penalize(logits: torch.Tensor, configs: Seq[SamplingConfig],
+             counts: Seq[TokenCounts | None]) -> torch.Tensor:
+    """Logits (B, V) with each row's repetition, frequency and presence penalties and its
+    logit bias applied (see the module docstring), all rows that have any at once.
+
+    counts: each row's `TokenCounts` (None where its config penalises nothing).
+    """
+    rows = [i for i, cfg in enumerate(configs) if cfg.penalizes]
+    if not rows:
         return logits
     logits = logits.float().clone()  # (B, V)
-    V = logits.size(-1)
-    if cfg.repetition_penalty != 1.0:
-        seen = torch.tensor(sorted({t for t in [*prompt_ids, *output_ids] if t < V}),
-                            dtype=torch.int64, device=logits.device)
-        picked = logits[:, seen]  # (B, n)
-        logits[:, seen] = torch.where(picked > 0, picked / cfg.repetition_penalty,
-                                      picked * cfg.repetition_penalty)
-    if output_ids and (cfg.frequency_penalty or cfg.presence_penalty):
-        counts = torch.bincount(torch.tensor([t for t in output_ids if t < V],
-                                             dtype=torch.int64, device=logits.device),
-                                minlength=V).float()  # (V,)
-        logits -= cfg.frequency_penalty * counts + cfg.presence_penalty * (counts > 0).float()
-    if cfg.logit_bias:
-        biased = {t: b for t, b in cfg.logit_bias.items() if t < V}
-        ids = torch.tensor(list(biased), dtype=torch.int64, device=logits.device)
-        logits[:, ids] += torch.tensor(list(biased.values()), device=logits.device)
+    index = torch.tensor(rows, device=logits.device)
+    picked = logits[index]  # (R, V): the rows that penalise
+    chosen = [configs[i] for i in rows]
+    generated = torch.stack([counts[i].generated for i in rows])  # (R, V)
+    seen = torch.stack([counts[i].in_prompt for i in rows]) | (generated > 0)  # (R, V)
+    r = row_settings(chosen, "repetition_penalty", logits.device)[:, None]  # (R, 1)
+    picked = torch.where(seen, torch.where(picked > 0, picked / r, picked * r), picked)
+    f = row_settings(chosen, "frequency_penalty", logits.device)[:, None]  # (R, 1)
+    p = row_settings(chosen, "presence_penalty", logits.device)[:, None]  # (R, 1)
+    picked = picked - (f * generated + p * (generated > 0).float())
+    for j, cfg in enumerate(chosen):
+        biased = {t: b for t, b in (cfg.logit_bias or {}).items() if t < picked.size(-1)}
+        if biased:
+            ids = torch.tensor(list(biased), dtype=torch.int64, device=logits.device)
+            picked[j, ids] += torch.tensor(list(biased.values()), device=logits.device)
+    logits[index] = picked
     return logits
+
+
+def apply_penalties(logits: torch.Tensor, cfg: SamplingConfig, prompt_ids: Collection[int],
+                    output_ids: Collection[int]) -> torch.Tensor:
+    """Logits (B, V) with the penalties of one sequence (prompt and output so far) and its
+    logit bias applied; every row gets the same."""
+    if not cfg.penalizes:
+        return logits
+    counts = TokenCounts(prompt_ids, logits.size(-1), logits.device)
+    for token in output_ids:
+        counts.add(token)
+    return penalize(logits, [cfg] * logits.size(0), [counts] * logits.size(0))
+
+
+def truncate(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Each row's top-k, then its top-p: logits (R, V) with the tokens cut set to -inf.
+
+    top_k (R,): 0 keeps all; top_p (R,): 1 keeps all. One sort serves both.
+    """
+    V = logits.size(-1)
+    sorted_logits, order = torch.sort(logits, descending=True)  # (R, V)
+    k = torch.where(top_k > 0, top_k.clamp(max=V), V)  # (R,)
+    kth_best = sorted_logits.gather(-1, (k - 1)[:, None])  # (R, 1)
+    sorted_logits = sorted_logits.masked_fill(sorted_logits < kth_best, float("-inf"))
+    sorted_probs = torch.softmax(sorted_logits, dim=-1)  # (R, V)
+    # Drop a token if the tokens ranked above it already reach top_p.
+    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # (R, V)
+    drop = (mass_before >= top_p[:, None]) & (top_p[:, None] < 1)
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+
+
+def exponential_noise(like: torch.Tensor, generators: torch.Generator | Seq[torch.Generator],
+                      drawn: torch.Tensor) -> torch.Tensor:
+    """Exponential random numbers shaped like `like` (B, V): all rows from one generator,
+    or row i from generators[i] (only the rows where `drawn`, (B,) bool, is True; 1 elsewhere).
+
+    Each row is filled on its generator's device, as torch.multinomial fills it.
+    """
+    if isinstance(generators, torch.Generator):
+        noise = torch.empty(like.shape, device=generators.device)
+        return noise.exponential_(1, generator=generators).to(like.device)
+    noise = torch.ones(like.shape, device=generators[0].device if generators else "cpu")
+    for i in drawn.nonzero().flatten().tolist():
+        noise[i].exponential_(1, generator=generators[i])
+    return noise.to(like.device)
+
+
+def sample_rows(logits: torch.Tensor, configs: Seq[SamplingConfig],
+                generators: torch.Generator | Seq[torch.Generator],
+                counts: Seq[TokenCounts | None] | None = None) -> torch.Tensor:
+    """Pick the next token of every row of `logits` (B, V), each row with its own config;
+    returns (B,) int64. Every step is one tensor operation for all rows, but the
+    random numbers, which come from each row's own generator (or one for all rows), so
+    a row's token never depends on the others. counts: each row's `TokenCounts`, for
+    the penalties.
+    """
+    if counts is not None:
+        logits = penalize(logits, configs, counts)
+    device = logits.device
+    temperature = row_settings(configs, "temperature", device)  # (B,)
+    greedy = temperature == 0
+    best = logits.argmax(dim=-1)  # (B,)
+    if bool(greedy.all()):
+        return best
+    logits = logits.float() / torch.where(greedy, 1.0, temperature)[:, None]  # (B, V)
+    top_k, top_p = row_settings(configs, "top_k", device), row_settings(configs, "top_p", device)
+    cut = (top_k > 0) | (top_p < 1)  # (B,) rows that truncate
+    if bool(cut.any()):
+        logits[cut] = truncate(logits[cut], top_k[cut], top_p[cut])
+    probs = torch.softmax(logits, dim=-1)  # (B, V)
+    min_p = row_settings(configs, "min_p", device)[:, None]  # (B, 1)
+    probs = probs.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), 0.0)
+    noise = exponential_noise(probs, generators, ~greedy.cpu())  # (B, V)
+    drawn = (probs / noise).argmax(dim=-1)  # (B,): the exponential race
+    return torch.where(greedy, best, drawn)
 
 
 def sample_next(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator,
                 prompt_ids: Collection[int] = (), output_ids: Collection[int] = ()
                 ) -> torch.Tensor:
-    """Pick the next token for each row of `logits` (B, V); returns (B,) int64.
-
-    prompt_ids, output_ids: the sequence so far, for the penalties.
-    """
-    if cfg.temperature == 0:
-        return apply_penalties(logits, cfg, prompt_ids, output_ids).argmax(dim=-1)
-    probs = next_token_probs(logits, cfg, prompt_ids, output_ids)  # (B, V)
-    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)  # (B,)
+    """Pick the next token for each row of `logits` (B, V) with one config and one
+    generator; returns (B,) int64. prompt_ids, output_ids: the sequence so far, for the
+    penalties."""
+    logits = apply_penalties(logits, cfg, prompt_ids, output_ids)
+    return sample_rows(logits, [cfg] * logits.size(0), gen)
 
 
 def next_token_probs(logits: torch.Tensor, cfg: SamplingConfig, prompt_ids: Collection[int] = (),
@@ -200,15 +309,18 @@ def generate_tokens(
     try:
         cache = model.new_cache(batch_size=1, max_len=min(context_length, len(prompt_ids) + budget))
         tokens = torch.tensor([prompt_ids], dtype=torch.int64, device=device)  # (1, T)
-        new_ids: list[int] = []
+        counts = None  # the penalties' token counts, kept as the text grows
         for _ in range(budget):
             hidden = model(tokens, cache)[:, -1]  # (1, D): the last position's, prefill or decode
             logits = model.logits(hidden)[:, :vocab_size]  # (1, V)
-            next_id = sample_next(logits, cfg, gen, prompt_ids, new_ids)  # (1,)
+            if cfg.penalizes and counts is None:
+                counts = TokenCounts(prompt_ids, logits.size(-1), device)
+            next_id = sample_rows(logits, [cfg], gen, [counts])  # (1,)
             token = int(next_id.item())
             if token in stop_ids:
                 return
-            new_ids.append(token)
+            if counts is not None:
+                counts.add(token)
             yield token
             tokens = next_id.view(1, 1)  # (1, 1)
     finally:

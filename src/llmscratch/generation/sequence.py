@@ -9,7 +9,7 @@ from enum import Enum
 
 import torch
 
-from llmscratch.generation.sampling import SamplingConfig
+from llmscratch.generation.sampling import SamplingConfig, TokenCounts
 
 _ids = itertools.count()
 
@@ -50,11 +50,18 @@ class Sequence:
     status: Status = Status.WAITING
     num_computed: int = 0
     block_table: list[int] = field(default_factory=list)
+    # Sliding-window layers' blocks (None where no query sees them any more), when the
+    # model has such layers: block_manager.py.
+    window_table: list[int | None] = field(default_factory=list)
+    window_released: int = 0  # leading entries of window_table already given back
+    num_hashed: int = 0  # leading blocks of block_table hashed for prefix sharing
+    last_hash: bytes | None = None  # the hash of the last of them (the next one chains to it)
     finish_reason: str | None = None  # "stop" (a stop id), "length", "abort" or "error"
     stop_token: int | None = None  # the stop id that ended it (not in output_ids)
     # With sampling.logprobs = k: per new token, its log-probability and the k likeliest.
     logprobs: list[TokenLogprobs] = field(default_factory=list)
     generator: torch.Generator = field(init=False)
+    counts: TokenCounts | None = None  # its tokens, counted for the penalties (when it has any)
 
     def __post_init__(self) -> None:
         self.generator = torch.Generator().manual_seed(self.sampling.seed)

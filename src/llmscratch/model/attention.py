@@ -88,11 +88,16 @@ def explicit_attention(
 ) -> torch.Tensor:
     """Attention spelled out: scores, mask, softmax, weighted sum.
 
-    q: (B, H, T, Dh); k, v: (B, H, S, Dh) with S >= T, the T queries being the
-    last T of the S positions. `visible` is a mask from `visible_keys`; None
+    q: (B, H, T, Dh); k, v: (B, Hkv, S, Dh) with S >= T, the T queries being
+    the last T of the S positions, and H a multiple of Hkv (query head h reads
+    key/value head h // G). `visible` is a mask from `visible_keys`; None
     means plain causal. `scale` multiplies the scores (None: 1/sqrt(Dh)).
     `sinks` (H,): one more logit per head in the softmax's denominator
     (gpt-oss; sinks.py). Returns (B, H, T, Dh).
+
+    Grouped-query heads are not copied out to H key heads: the G query heads
+    that share a key/value head are laid side by side as G T rows of one
+    matrix, (B, Hkv, G T, Dh), which meets its keys in one product.
 
     Three choices keep it fast without changing the math: the scale is
     applied to the T x Dh queries rather than the T x S scores; the mask is
@@ -101,36 +106,47 @@ def explicit_attention(
     dtype, because PyTorch's softmax kernels already accumulate in fp32 for
     bf16 input (casting to fp32 and back would only add two passes).
     """
-    T, S = q.size(-2), k.size(-2)
+    B, H, T, Dh = q.shape
+    Hkv, S = k.size(1), k.size(-2)
+    G = H // Hkv  # query heads per key/value head
     if visible is None:
         visible = visible_keys(T, S, q.device)  # (T, S)
     mask_bias = torch.zeros(visible.shape, dtype=q.dtype, device=q.device)
     mask_bias = mask_bias.masked_fill(~visible, float("-inf"))  # (T, S) or (B, 1, T, S)
+    if mask_bias.dim() == 4:
+        mask_bias = mask_bias.unsqueeze(2)  # (B, 1, 1, T, S): the same for all G heads
     if scale is None:
-        scale = 1.0 / math.sqrt(q.size(-1))
-    attn_scores = (q * scale) @ k.transpose(-2, -1)  # (B, H, T, S)
-    if sinks is not None:
-        attn_weights = softmax_with_sinks(attn_scores + mask_bias, sinks)  # (B, H, T, S)
+        scale = 1.0 / math.sqrt(Dh)
+    grouped_q = (q * scale).reshape(B, Hkv, G * T, Dh)  # (B, Hkv, G T, Dh)
+    attn_scores = (grouped_q @ k.transpose(-2, -1)).view(B, Hkv, G, T, S)  # (B, Hkv, G, T, S)
+    attn_scores = attn_scores + mask_bias  # (B, Hkv, G, T, S)
+    if sinks is not None:  # one more logit for each of the H = Hkv G query heads
+        attn_weights = softmax_with_sinks(attn_scores.view(B, H, T, S), sinks)  # (B, H, T, S)
     else:
-        attn_weights = torch.softmax(attn_scores + mask_bias, dim=-1)  # (B, H, T, S)
-    return attn_weights @ v  # (B, H, T, Dh)
+        attn_weights = torch.softmax(attn_scores, dim=-1)  # (B, Hkv, G, T, S)
+    context = attn_weights.reshape(B, Hkv, G * T, S) @ v  # (B, Hkv, G T, Dv)
+    return context.view(B, H, T, v.size(-1))  # (Dv: Dh, or latent attention's value width)
 
 
 def fused_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor | None = None,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """The same function through PyTorch's fused kernel (flash / memory-efficient)."""
+    """The same function through PyTorch's fused kernel (flash / memory-efficient); with
+    fewer key/value heads than query heads, the kernel's own grouped-query mode."""
+    gqa = q.size(1) != k.size(1)
     if visible is not None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, scale=scale,
+                                              enable_gqa=gqa)
     T, S = q.size(-2), k.size(-2)
     if T == S:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
+                                              enable_gqa=gqa)
     if T == 1:  # one new token may see every cached key: no mask needed
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
     # Several new tokens after a cached prefix: the causal mask is offset by S - T.
     return F.scaled_dot_product_attention(q, k, v, attn_mask=visible_keys(T, S, q.device),
-                                          scale=scale)
+                                          scale=scale, enable_gqa=gqa)
 
 
 def use_fused_kernel(attn_impl: str, q: torch.Tensor, k: torch.Tensor) -> bool:
@@ -191,6 +207,17 @@ class CausalSelfAttention(nn.Module):
         # gpt-oss: a learned sink logit per query head (sinks.py); the fused kernel cannot
         # take it, so such a layer always runs the explicit path.
         self.sinks = nn.Parameter(torch.zeros(config.n_head)) if config.attn_sinks else None
+        # The keys a query sees reach back this far in a local layer (0: all of them).
+        self.window = config.sliding_window if config.layer_is_local(layer_idx) else 0
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  visible: torch.Tensor | None = None) -> torch.Tensor:
+        """q (B, H, T, Dh) attends over k, v (B, Hkv, S, Dh) with the kernel `attn_impl`
+        picks for them (the explicit one where there are sinks); `visible` as in
+        `explicit_attention`. Returns (B, H, T, Dh)."""
+        if self.sinks is None and use_fused_kernel(self.attn_impl, q, k):
+            return fused_attention(q, k, v, visible, self.scale)
+        return explicit_attention(q, k, v, visible, self.scale, self.sinks)
 
     def forward(
         self,
@@ -215,17 +242,12 @@ class CausalSelfAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, S, Dh), S = cached + T
-        if Hkv != H:  # grouped-query: each key/value head serves G query heads in a row
-            k = k.repeat_interleave(H // Hkv, dim=1)  # (B, H, S, Dh)
-            v = v.repeat_interleave(H // Hkv, dim=1)  # (B, H, S, Dh)
-
-        if self.sinks is None and use_fused_kernel(self.attn_impl, q, k):
-            context = fused_attention(q, k, v, visible, self.scale)  # (B, H, T, Dh)
+        if cache is not None and hasattr(cache, "attend"):  # a cache that attends itself
+            context = cache.attend(self.layer_idx, q, k, v, self.attention, self.window)
         else:
-            context = explicit_attention(q, k, v, visible, self.scale, self.sinks)  # (B, H, T, Dh)
-
+            if cache is not None:
+                k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, S, Dh), S = cached + T
+            context = self.attention(q, k, v, visible)  # (B, H, T, Dh)
         context = context.transpose(1, 2).reshape(B, T, H * Dh)  # (B, T, H Dh): heads side by side
         if gate:
             context = context * torch.sigmoid(gate[0])  # (B, T, H Dh)

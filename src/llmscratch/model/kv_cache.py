@@ -20,6 +20,12 @@ widths `key_dim` and `value_dim` (config.cache_widths).
 Gated DeltaNet layers (Qwen3-Next; model/linear_attention.py) keep no keys
 and values: each keeps a fixed-size state instead, the last inputs of its
 convolution and its memory matrices, rewritten in place at every step.
+The model talks to a cache through `pos`, `update` and `advance`. A cache
+may instead attend itself: one with `positions` (each new token's position,
+(B, T)) and `attend(layer, q, k, v, kernel, window)` (store k and v, return
+the attention's output) is handed each layer's queries, keys and values
+whole. The engine's paged cache works this way (generation/paged_cache.py),
+so it decides where keys live and how they are read.
 """
 
 from __future__ import annotations

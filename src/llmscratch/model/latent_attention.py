@@ -123,18 +123,26 @@ class LatentAttention(nn.Module):
         if self.interleaved:
             q_rope, k_rope = deinterleave(q_rope), deinterleave(k_rope)
         q_rope, k_rope = apply_rope(q_rope, *rope), apply_rope(k_rope, *rope)
-        if cache is not None:  # the cache holds the latent and the RoPE key, not k and v
-            latent, k_rope = cache.update(self.layer_idx, latent, k_rope)  # (B, 1, S, C), (.., Dr)
-        S = latent.size(2)
+        q = torch.cat([q_nope, q_rope], dim=-1)  # (B, H, T, Dn + Dr)
+        # The cache holds the latent and the RoPE key, not k and v (one "head" of each).
+        if cache is not None and hasattr(cache, "attend"):  # the engine's paged cache
+            context = cache.attend(self.layer_idx, q, latent, k_rope, self.attention)
+        else:
+            if cache is not None:
+                latent, k_rope = cache.update(self.layer_idx, latent, k_rope)  # (B, 1, S, C)..
+            context = self.attention(q, latent, k_rope, visible)  # (B, H, T, Dv)
+        context = context.transpose(1, 2).reshape(B, T, H * Dv)  # (B, T, H Dv)
+        return F.dropout(self.proj(context), self.dropout, self.training)  # (B, T, D)
 
+    def attention(self, q: torch.Tensor, latent: torch.Tensor, k_rope: torch.Tensor,
+                  visible: torch.Tensor | None = None) -> torch.Tensor:
+        """q (B, H, T, Dn + Dr) over the keys and values made from the latents (B, 1, S, C)
+        and RoPE keys (B, 1, S, Dr) of the S positions it may see. Returns (B, H, T, Dv)."""
+        B, S = latent.size(0), latent.size(2)
+        H, Dn, Dr, Dv = self.n_head, self.nope_dim, self.rope_dim, self.v_dim
         kv = self.kv_b(latent).view(B, S, H, Dn + Dv).transpose(1, 2)  # (B, H, S, Dn + Dv)
         k_nope, v = kv.split([Dn, Dv], dim=-1)  # (B, H, S, Dn), (B, H, S, Dv)
         k = torch.cat([k_nope, k_rope.expand(B, H, S, Dr)], dim=-1)  # (B, H, S, Dn + Dr)
-        q = torch.cat([q_nope, q_rope], dim=-1)  # (B, H, T, Dn + Dr)
-
         if use_fused_kernel(self.attn_impl, q, k):
-            context = fused_attention(q, k, v, visible, self.scale)  # (B, H, T, Dv)
-        else:
-            context = explicit_attention(q, k, v, visible, self.scale)  # (B, H, T, Dv)
-        context = context.transpose(1, 2).reshape(B, T, H * Dv)  # (B, T, H Dv)
-        return F.dropout(self.proj(context), self.dropout, self.training)  # (B, T, D)
+            return fused_attention(q, k, v, visible, self.scale)  # (B, H, T, Dv)
+        return explicit_attention(q, k, v, visible, self.scale)  # (B, H, T, Dv)

@@ -317,7 +317,10 @@ class GPT(nn.Module):
         """The final hidden states (B, T, D) of the trunk: every layer, then the final norm.
 
         input_ids: (B, T) int64. With a `cache`, these are the tokens that follow
-        the `cache.pos` tokens already stored, and the cache is advanced by T.
+        the `cache.pos` tokens already stored, and the cache is advanced by T. A
+        cache that attends itself (one with `attend`: the engine's paged batches,
+        generation/paged_cache.py) gives each token's position instead
+        (`cache.positions`, (B, T)) and its attention sees what the cache says.
         attention_mask: optional (B, S), S = cache.pos + T: 1 for real tokens, 0
         for padding. Padding keys are hidden and positions count real tokens
         only, so each row of a padded batch (left or right) gets the hidden
@@ -328,21 +331,25 @@ class GPT(nn.Module):
         """
         c = self.config
         B, T = input_ids.shape
-        start = cache.pos if cache is not None else 0
-        S = start + T
-        if S > c.context_length:
-            raise LLMScratchError(
-                f"sequence of {S} tokens is longer than the model's context "
-                f"length {c.context_length}; shorten the input"
-            )
         device = input_ids.device
-        if attention_mask is None:
-            positions = torch.arange(start, S, device=device)  # (T,)
+        paged = cache is not None and hasattr(cache, "attend")
+        if paged:  # the cache knows each token's position and which keys it sees
+            positions = cache.positions  # (B, T)
         else:
-            if attention_mask.shape != (B, S):
-                raise ValueError(f"attention_mask must have shape {(B, S)}, "
-                                 f"got {tuple(attention_mask.shape)}")
-            positions = segment_positions(attention_mask)[:, start:]  # (B, T)
+            start = cache.pos if cache is not None else 0
+            S = start + T
+            if S > c.context_length:
+                raise LLMScratchError(
+                    f"sequence of {S} tokens is longer than the model's context "
+                    f"length {c.context_length}; shorten the input"
+                )
+            if attention_mask is None:
+                positions = torch.arange(start, S, device=device)  # (T,)
+            else:
+                if attention_mask.shape != (B, S):
+                    raise ValueError(f"attention_mask must have shape {(B, S)}, "
+                                     f"got {tuple(attention_mask.shape)}")
+                positions = segment_positions(attention_mask)[:, start:]  # (B, T)
 
         x = self.tok_emb(input_ids)  # (B, T, D)
         if c.scale_embeddings:  # Gemma: sqrt(D) in fp32, then rounded to x's dtype as theirs is
@@ -359,7 +366,7 @@ class GPT(nn.Module):
             # Plain causal attention needs no mask tensor (the fused kernel makes its own).
             window = c.sliding_window if local else 0
             visible[local] = None
-            if attention_mask is not None or window:
+            if not paged and (attention_mask is not None or window):
                 visible[local] = visible_keys(T, S, device, window, attention_mask)
         x = F.dropout(x, c.dropout, self.training)
         for i, block in enumerate(self.blocks):

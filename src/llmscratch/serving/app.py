@@ -421,7 +421,7 @@ def serve_run(run_dir: str, device: str = "auto", dtype: str | None = None,
         raise LLMScratchError("--max-concurrency and --max-batch must be at least 1")
     model, tokenizer, settings = load_for_inference(run_dir, resolve_device(device), dtype)
     quantize_linear_weights(model, quantize)
-    pack_linear_weights(model)  # on the CPU: oneDNN's faster kernels (only inference follows)
+    pack_linear_weights(model)  # on the CPU: oneDNN's kernels where faster (inference only)
     engine = AsyncEngine(Engine(model, max_batch=max_batch, vocab_size=tokenizer.vocab_size))
     state = ServerState(engine, tokenizer, model_name or Path(run_dir).resolve().name,
                         list(settings.stop_token_ids), settings.chat_template,
