@@ -188,3 +188,21 @@ def test_sampled_speculation_follows_the_targets_distribution(drafter):
     statistic, cells = chi_square(counts, exact, runs)
     assert 0.1 < stats.acceptance_rate < 0.9  # both branches of the rule ran
     assert cells >= 15 and statistic < 45
+
+
+def test_a_model_with_gated_deltanet_layers_is_not_speculated_on():
+    """Rejected drafts are dropped by moving the cache back, which a DeltaNet state cannot do:
+    such a model (as target or draft) is refused in one line, and its cache refuses to move
+    back rather than keep the rejected tokens in its state."""
+    from llmscratch.errors import LLMScratchError
+    from llmscratch.generation.speculative import check_can_rewind
+
+    config = get_preset("qwen3-next-tiny")
+    with pytest.raises(LLMScratchError, match="Gated DeltaNet") as err:
+        check_can_rewind(config, "draft model")
+    assert "\n" not in str(err.value) and "draft model" in str(err.value)
+    check_can_rewind(get_preset("qwen3-tiny"), "model")  # attention only: fine
+    cache = GPT(config).new_cache(1, 16)
+    cache.pos = 5
+    with pytest.raises(ValueError, match="cannot be truncated"):
+        cache.truncate(3)

@@ -59,6 +59,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from llmscratch.generation.cpu_weights import pack_linear_weights
     from llmscratch.generation.quantize import quantize_linear_weights
     from llmscratch.generation.sampling import SamplingConfig
+    from llmscratch.generation.speculative import check_can_rewind
     from llmscratch.runs.load import load_for_inference
     from llmscratch.tokenizer import StreamDecoder
 
@@ -80,6 +81,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             f"{model.config.context_length}; shorten the prompt")
     drafter = None
     if args.speculative is not None:
+        check_can_rewind(model.config, "model")
         drafter = make_drafter(args, tokenizer, device, len(prompt_ids) + args.max_new_tokens)
     new_ids = []
     stream = StreamDecoder(tokenizer)
@@ -124,11 +126,12 @@ def make_drafter(args, tokenizer, device, max_len: int):
     """--speculative's drafter: prompt lookup, or a draft run's model (checked to read the
     same tokens before its weights are read) with a cache for `max_len` tokens."""
     from llmscratch.generation.cpu_weights import pack_linear_weights
-    from llmscratch.generation.speculative import DraftModel, PromptLookup
+    from llmscratch.generation.speculative import DraftModel, PromptLookup, check_can_rewind
     from llmscratch.runs.load import load_draft
 
     if args.speculative == "prompt-lookup":
         return PromptLookup()
     draft = load_draft(args.speculative, tokenizer, device, args.dtype)
+    check_can_rewind(draft.config, "draft model")
     pack_linear_weights(draft)
     return DraftModel(draft, tokenizer.vocab_size, max_len)

@@ -52,7 +52,9 @@ from dataclasses import dataclass
 
 import torch
 
+from llmscratch.errors import LLMScratchError
 from llmscratch.generation.sampling import SamplingConfig, next_token_probs
+from llmscratch.model.config import ModelConfig
 
 
 @dataclass
@@ -253,3 +255,12 @@ def speculative_tokens(
                 yield token
     finally:
         model.train(was_training)
+
+
+def check_can_rewind(config: ModelConfig, whose: str) -> None:
+    """Speculation drops rejected draft tokens by moving the KV cache back; a Gated DeltaNet
+    layer (Qwen3-Next, Qwen3.5) folds every token into its state, which cannot move back."""
+    if any(config.layer_is_linear(i) for i in range(config.n_layer)):
+        raise LLMScratchError(
+            f"--speculative: the {whose} has Gated DeltaNet layers, whose state cannot drop "
+            "rejected draft tokens; generate without --speculative")

@@ -93,6 +93,9 @@ class KVCache:
         overwrites them (speculative decoding drops the draft tokens it rejects)."""
         if not 0 <= length <= self.pos:
             raise ValueError(f"cannot truncate a cache of {self.pos} positions to {length}")
+        if self.recurrent_states and length < self.pos:
+            raise ValueError("Gated DeltaNet layers' states hold every token: they cannot be "
+                             "truncated")
         self.pos = length
 
     def reset(self) -> None:
