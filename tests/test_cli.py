@@ -103,7 +103,8 @@ def test_version_and_help():
 
 @pytest.mark.parametrize("seconds, user, shape", [
     (0.2, [], (4, 256)),                     # 2,725 steps fit in 545 s: configs/demo.yaml
-    (0.4, [], (2, 192)),                     # 1,362 fit: fewer than 2,000, the smaller preset
+    (0.4, [], (2, 192)),                     # 1,362 fit: fewer than 2,500, the smaller preset
+    (0.22, [], (2, 192)),                    # 2,477 fit: still fewer than 2,500
     (0.4, ["model.n_layer=5"], (5, 192)),    # the user's own override still wins
 ])
 def test_demo_sizes_its_model_to_the_steps_that_fit(monkeypatch, tmp_path, seconds, user, shape):

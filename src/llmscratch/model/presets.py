@@ -137,7 +137,7 @@ PRESETS: dict[str, ModelConfig] = {
     # and an untied output layer each lowered it further (docs/archive/benchmarks-history.md).
     "gpt2-demo": ModelConfig(vocab_size=2048, context_length=256, n_layer=4, n_head=4,
                              n_embd=256, tie_embeddings=False),
-    # 1.7M parameters: the demo's model where fewer than 2,000 steps of gpt2-demo fit in
+    # 1.7M parameters: the demo's model where fewer than 2,500 steps of gpt2-demo fit in
     # its budget (recipes/demo.py): in fp32, or on a slow CPU. A smaller model learns more
     # from the time then: 2 layers of width 192 reached 2.02 bpb against 2.15 for gpt2-demo
     # in the same 515 s in fp32, and 1.99 against 2.08 in bf16 on a CPU where 1,300

@@ -7,11 +7,12 @@ gpt2-demo (4 layers x 256), learns more per step than gpt2-demo-small
 (2 x 192), whose steps take a third to two fifths of the time. With about
 2,800 steps of gpt2-demo (a CPU with fast bf16) gpt2-demo is at least as
 good: 1.94 to 1.97 bpb at 2,700 steps (seeds, threads) against 1.96 for
-gpt2-demo-small at 6,000. With about 1,300 (a slower CPU) or 900 (fp32),
-gpt2-demo-small wins: 1.99 against 2.08, and 2.02 against 2.15
-(docs/benchmarks.md, "Why gpt2-demo or gpt2-demo-small"). So the demo times a
-few steps of its model first, and trains gpt2-demo-small where fewer than
-DEMO_MIN_STEPS of them fit.
+gpt2-demo-small at 6,000. With about 2,000 (a slow day of the same CPU),
+1,300 (a slower CPU) or 900 (fp32), gpt2-demo-small wins: 1.97 against 2.02,
+1.99 against 2.08, and 2.02 against 2.15 (docs/benchmarks.md, "Why gpt2-demo
+or gpt2-demo-small"). The difference crosses zero near 2,500 steps. So the
+demo times a few steps of its model first, and trains gpt2-demo-small where
+fewer than DEMO_MIN_STEPS of them fit.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from llmscratch.training.throughput import seconds_per_step
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
-DEMO_MIN_STEPS = 2000
+DEMO_MIN_STEPS = 2500
 DEMO_SMALL_OVERRIDES = ["model.preset=gpt2-demo-small"]
 
 
