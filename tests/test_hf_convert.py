@@ -9,6 +9,7 @@ Then every bad input gives one line and exit code 2.
 import json
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -175,17 +176,11 @@ def mean_loss(logits: torch.Tensor, ids: torch.Tensor) -> float:
                                              ids[:, 1:].flatten()).item()
 
 
-@pytest.mark.parametrize("family", LAYER_TYPED)
-def test_local_and_global_layers_match_transformers(folders, family, tmp_path):
-    """Gemma 3, Olmo 3 and gpt-oss: local layers (a window of 8) and global ones, each kind
-    with its own RoPE (gpt-oss: one for both), on sequences longer than the window: the same
-    loss (1e-4), the same 64 greedy tokens through our KV cache and through the engine, and
-    an export with the same loss."""
-    hf, folder, run = folders[family]
-    ours = load_hf_model(folder)
-    c = ours.config
-    kinds = [True, False, True] if family == "gpt_oss" else [True, True, False, True]
-    assert [c.layer_is_local(i) for i in range(c.n_layer)] == kinds
+def check_parity(hf, ours, run: Path, tmp_path: Path) -> transformers.PreTrainedModel:
+    """On sequences of 48 tokens: the same loss as `hf` (1e-4), the same 64 greedy tokens as
+    its `generate` through our KV cache, the engine (paged cache, a batch of two prompts)
+    equal to our uncached forward pass, and `run` exported to the same loss. Returns the
+    reloaded export."""
     ids = torch.randint(0, VOCAB, (2, 48))
     with torch.no_grad():
         expected = mean_loss(hf(ids).logits, ids)
@@ -197,7 +192,6 @@ def test_local_and_global_layers_match_transformers(folders, family, tmp_path):
                              attention_mask=torch.ones(1, 5, dtype=torch.int64))[0, 5:].tolist()
     greedy = SamplingConfig(max_new_tokens=64, temperature=0)
     assert generate(ours, prompt, greedy) == theirs
-    # The engine (paged cache, a batch of prompts) against the uncached forward pass.
     prompts = [prompt, ids[1, :11].tolist()]
     uncached = []
     for p in prompts:
@@ -212,9 +206,24 @@ def test_local_and_global_layers_match_transformers(folders, family, tmp_path):
     out = tmp_path / "exported"
     assert main(["convert", "to-hf", str(run), str(out)]) == 0
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
-    assert reloaded.config.layer_types == hf.config.layer_types
     with torch.no_grad():
         assert abs(mean_loss(reloaded(ids).logits, ids) - expected) <= TOLERANCE
+    return reloaded
+
+
+@pytest.mark.parametrize("family", LAYER_TYPED)
+def test_local_and_global_layers_match_transformers(folders, family, tmp_path):
+    """Gemma 3, Olmo 3 and gpt-oss: local layers (a window of 8) and global ones, each kind
+    with its own RoPE (gpt-oss: one for both), on sequences longer than the window: the same
+    loss (1e-4), the same 64 greedy tokens through our KV cache and through the engine, and
+    an export with the same loss."""
+    hf, folder, run = folders[family]
+    ours = load_hf_model(folder)
+    c = ours.config
+    kinds = [True, False, True] if family == "gpt_oss" else [True, True, False, True]
+    assert [c.layer_is_local(i) for i in range(c.n_layer)] == kinds
+    reloaded = check_parity(hf, ours, run, tmp_path)
+    assert reloaded.config.layer_types == hf.config.layer_types
 
 
 def test_deepseek_v3_matches_transformers(folders, tmp_path):
@@ -222,39 +231,13 @@ def test_deepseek_v3_matches_transformers(folders, tmp_path):
     mscale), a dense first layer, then experts (sigmoid routing with a bias, in groups, a
     shared expert), on sequences longer than YaRN's original context: the same loss (1e-4),
     the same 64 greedy tokens through our KV cache (which holds the latents) and through the
-    engine, and an export with the same loss."""
+    engine (latents and RoPE keys in its paged blocks), and an export with the same loss."""
     hf, folder, run = folders["deepseek_v3"]
     ours = load_hf_model(folder)
     c = ours.config
     assert [c.layer_is_dense(i) for i in range(c.n_layer)] == [True, False, False]
     assert ours.new_cache(1, 8).keys[0].shape == (1, 1, 8, 16)  # (B, 1, T, kv_lora_rank)
-    ids = torch.randint(0, VOCAB, (2, 48))
-    with torch.no_grad():
-        expected = mean_loss(hf(ids).logits, ids)
-        assert abs(mean_loss(logits(ours, ids), ids) - expected) <= TOLERANCE
-
-    prompt = ids[0, :5].tolist()
-    with torch.no_grad():
-        theirs = hf.generate(ids[:1, :5], max_new_tokens=64, do_sample=False,
-                             attention_mask=torch.ones(1, 5, dtype=torch.int64))[0, 5:].tolist()
-    greedy = SamplingConfig(max_new_tokens=64, temperature=0)
-    assert generate(ours, prompt, greedy) == theirs
-    prompts = [prompt, ids[1, :11].tolist()]
-    uncached = []
-    for p in prompts:
-        tokens = list(p)
-        with torch.no_grad():
-            for _ in range(20):
-                tokens.append(int(logits(ours, torch.tensor([tokens]))[0, -1].argmax()))
-        uncached.append(tokens[len(p):])
-    engine = Engine(ours, block_size=4, max_batch=4)  # latents and RoPE keys in paged blocks
-    assert engine.generate(prompts, SamplingConfig(max_new_tokens=20, temperature=0)) == uncached
-
-    out = tmp_path / "exported"
-    assert main(["convert", "to-hf", str(run), str(out)]) == 0
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
-    with torch.no_grad():
-        assert abs(mean_loss(reloaded(ids).logits, ids) - expected) <= TOLERANCE
+    check_parity(hf, ours, run, tmp_path)
 
 
 def test_deepseek_v3_without_a_query_latent_matches_transformers(tmp_path):
