@@ -180,7 +180,12 @@ def decode(precision: str, new_tokens: int, rounds: int, bandwidth: float,
         runs["transformers generate"] = hf
     if setup.cpu:
         runs["weights' products alone"] = lambda: [products() for _ in range(new_tokens)]
-    assert generate(ours, prompt, greedy) == engine.generate([prompt], greedy)[0]
+    alone, batched = generate(ours, prompt, greedy), engine.generate([prompt], greedy)[0]
+    # The same kernels on a CPU give the same tokens; a GPU's dense and paged attention may
+    # round apart and flip a near-tie of random weights' logits: there, report, don't stop.
+    pairs = enumerate(zip(alone, batched, strict=True))
+    agree = next((i for i, (a, b) in pairs if a != b), len(alone))
+    assert agree == len(alone) or not setup.cpu, "the engine and `generate` disagree"
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
@@ -198,7 +203,8 @@ def decode(precision: str, new_tokens: int, rounds: int, bandwidth: float,
         rows.append({"part": "decode", "precision": precision, "model": name,
                      "tokens_per_s": rate,
                      "vs_transformers": rate / theirs_rate if theirs_rate else None,
-                     "of_bandwidth_limit": rate / limit})
+                     "of_bandwidth_limit": rate / limit,
+                     "engine_agrees_with_generate": f"{agree}/{len(alone)} tokens"})
     return rows
 
 
