@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/inference_speed.py                  # every part, fp32 and bf16
     .venv/bin/python bench/inference_speed.py --parts decode --precision fp32 --json
+    python bench/inference_speed.py --device cuda --preset qwen3-0.6b --no-peers \
+        --parts decode,throughput --precision bf16 --requests 256
 
 Every part uses GPT-2 124M's architecture with random weights, the same
 weights in ours and in `transformers`' GPT2LMHeadModel, greedy decoding and
@@ -21,11 +23,12 @@ here at the start. The row "weights' products alone" times only the
 matrix products a step needs (oneDNN, packed): the most any decoder can get
 from PyTorch's kernels on this machine.
 
-throughput: 64 requests, prompts of 16 to 512 tokens and outputs of 16 to
-256 (fixed seed), all submitted at once. Ours: the engine (up to 64
-sequences a step), its decode attention reading the cache either by copying
-each step's keys out through the block tables (the default) or with
-flex_attention reading the blocks in place (compiled once, before timing).
+throughput: 64 requests (`--requests`), prompts of 16 to 512 tokens and
+outputs of 16 to 256 (fixed seed), all submitted at once. Ours: the engine
+(every request in one batch), its decode attention reading the cache either
+by copying each step's keys out through the block tables (the default) or
+with flex_attention reading the blocks in place (compiled once, before
+timing).
 Theirs: `transformers`' continuous batching (its paged cache,
 `init_continuous_batching`, warmed up and reused) and padded static
 batches of `generate` (`--static-batch` requests at a time, each batch run
@@ -50,6 +53,14 @@ its prompt plus its longest answer, as a per-request preallocated cache holds
 it), for 32 requests with prompts of 16 to 256 tokens, with and without a
 shared 200-token system prompt.
 
+On a GPU (`--device cuda`) nothing is packed (packing is for oneDNN on
+the CPU), so the rows "engine, nn.Linear" and "weights' products alone"
+are left out; the bandwidth is a copy in the GPU's memory and the matrix
+products are timed there. `--preset` takes another model's shapes (random
+weights; `transformers`' peers only exist for GPT-2, so they need
+`--no-peers`), and `--requests` sets the throughput workload's size (the
+engine then takes every request into one batch).
+
 Latency through the HTTP server is measured by bench/serving_latency.py.
 """
 
@@ -61,6 +72,7 @@ import json
 import platform
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -75,34 +87,59 @@ from llmscratch.model import GPT, get_preset
 from llmscratch.model.config import torch_dtype
 
 
-def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
+@dataclass
+class Setup:
+    """Where and what the bench runs: the device, the model's shapes, and whether peers run."""
+
+    device: torch.device
+    preset: str = "gpt2"
+    peers: bool = True
+
+    @property
+    def cpu(self) -> bool:
+        return self.device.type == "cpu"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for a GPU's queued work (a CPU has none) so that a timer reads the real end."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def copy_bandwidth(device: torch.device, megabytes: int = 256, repeats: int = 5) -> float:
     """Bytes per second a large tensor copy moves (each byte read and written: counted twice).
 
     The source is filled first: pages never written all map to one zero page,
     and reading them would measure the cache instead of memory.
     """
-    source = torch.randn(megabytes * 2**20 // 4)
+    source = torch.randn(megabytes * 2**20 // 4, device=device)
     target = torch.randn_like(source)
     target.copy_(source)
+    synchronize(device)
     started = time.perf_counter()
     for _ in range(repeats):
         target.copy_(source)
+    synchronize(device)
     return 2 * source.numel() * 4 * repeats / (time.perf_counter() - started)
 
 
-def models(dtype: torch.dtype, packed: bool = True):
-    """Ours (its linear layers packed unless told) and transformers' GPT-2 124M, same weights."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from llmscratch.model.hf_weights import hf_tensors
-
+def models(dtype: torch.dtype, setup: Setup, packed: bool = True):
+    """Ours (on a CPU its linear layers packed unless told) and transformers' GPT-2 124M with
+    the same weights (None without peers)."""
     torch.manual_seed(0)
-    ours = GPT(get_preset("gpt2")).eval()
-    theirs = GPT2LMHeadModel(GPT2Config(bos_token_id=None, eos_token_id=None,
-                                        pad_token_id=None)).eval()
-    theirs.load_state_dict(hf_tensors(ours), strict=False)
-    ours, theirs = ours.to(dtype), theirs.to(dtype)
-    if packed:
+    ours = GPT(get_preset(setup.preset)).eval()
+    theirs = None
+    if setup.peers:
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        from llmscratch.model.hf_weights import hf_tensors
+
+        theirs = GPT2LMHeadModel(GPT2Config(bos_token_id=None, eos_token_id=None,
+                                            pad_token_id=None)).eval()
+        theirs.load_state_dict(hf_tensors(ours), strict=False)
+        theirs = theirs.to(setup.device, dtype)
+    ours = ours.to(setup.device, dtype)
+    if packed and setup.cpu:
         pack_linear_weights(ours, measure=False)  # packed whatever the machine would choose
     return ours, theirs
 
@@ -116,51 +153,68 @@ def weight_products(model: GPT, dtype: torch.dtype) -> callable:
     return lambda: [layer(inputs[layer.in_features]) for layer in layers]
 
 
-def decode(precision: str, new_tokens: int, rounds: int, bandwidth: float) -> list[dict]:
+def decode(precision: str, new_tokens: int, rounds: int, bandwidth: float,
+           setup: Setup) -> list[dict]:
     dtype = torch_dtype(precision)
-    ours, theirs = models(dtype)
-    plain, _ = models(dtype, packed=False)
+    ours, theirs = models(dtype, setup)
+    plain = models(dtype, Setup(setup.device, setup.preset, peers=False), packed=False)[0] \
+        if setup.cpu else ours  # nothing is packed on a GPU
     weight_bytes = sum(p.numel() * p.element_size() for p in plain.parameters())
     prompt = torch.randint(0, 50257, (16,), generator=torch.Generator().manual_seed(1)).tolist()
     greedy = SamplingConfig(max_new_tokens=new_tokens, temperature=0)
-    engine, plain_engine = Engine(ours, max_batch=1), Engine(plain, max_batch=1)
-    products = weight_products(plain, dtype)
+    engine = Engine(ours, max_batch=1)
 
     def hf() -> None:
         with torch.no_grad():
-            theirs.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, 16, dtype=int),
+            theirs.generate(torch.tensor([prompt], device=setup.device),
+                            attention_mask=torch.ones(1, 16, dtype=int, device=setup.device),
                             max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                             do_sample=False)
 
     runs = {"llmscratch generate": lambda: generate(ours, prompt, greedy),
-            "llmscratch engine": lambda: engine.generate([prompt], greedy),
-            "engine, nn.Linear": lambda: plain_engine.generate([prompt], greedy),
-            "transformers generate": hf,
-            "weights' products alone": lambda: [products() for _ in range(new_tokens)]}
-    assert generate(ours, prompt, greedy) == engine.generate([prompt], greedy)[0]
+            "llmscratch engine": lambda: engine.generate([prompt], greedy)}
+    if setup.cpu:  # packing is the CPU's: what it is worth, and the products alone
+        plain_engine, products = Engine(plain, max_batch=1), weight_products(plain, dtype)
+        runs["engine, nn.Linear"] = lambda: plain_engine.generate([prompt], greedy)
+    if setup.peers:
+        runs["transformers generate"] = hf
+    if setup.cpu:
+        runs["weights' products alone"] = lambda: [products() for _ in range(new_tokens)]
+    alone, batched = generate(ours, prompt, greedy), engine.generate([prompt], greedy)[0]
+    # The same kernels on a CPU give the same tokens; a GPU's dense and paged attention may
+    # round apart and flip a near-tie of random weights' logits: there, report, don't stop.
+    pairs = enumerate(zip(alone, batched, strict=True))
+    agree = next((i for i, (a, b) in pairs if a != b), len(alone))
+    assert agree == len(alone) or not setup.cpu, "the engine and `generate` disagree"
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
         for name, run in runs.items():
+            synchronize(setup.device)
             started = time.perf_counter()
             run()
+            synchronize(setup.device)
             seconds[name].append(time.perf_counter() - started)
     limit = bandwidth / weight_bytes  # tokens/s if each step only read the weights once
-    theirs_rate = new_tokens / statistics.median(seconds["transformers generate"])
+    theirs_rate = new_tokens / statistics.median(seconds["transformers generate"]) \
+        if setup.peers else None
     rows = []
     for name, times in seconds.items():
         rate = new_tokens / statistics.median(times)
         rows.append({"part": "decode", "precision": precision, "model": name,
-                     "tokens_per_s": rate, "vs_transformers": rate / theirs_rate,
-                     "of_bandwidth_limit": rate / limit})
+                     "tokens_per_s": rate,
+                     "vs_transformers": rate / theirs_rate if theirs_rate else None,
+                     "of_bandwidth_limit": rate / limit,
+                     "engine_agrees_with_generate": f"{agree}/{len(alone)} tokens"})
     return rows
 
 
-def workload(n: int = 64, seed: int = 3) -> tuple[list[list[int]], list[int]]:
+def workload(n: int = 64, seed: int = 3, vocab: int = 50257
+             ) -> tuple[list[list[int]], list[int]]:
     """n prompts of 16 to 512 random tokens, and how many tokens each asks for (16 to 256)."""
     gen = torch.Generator().manual_seed(seed)
     prompt_lengths = torch.randint(16, 513, (n,), generator=gen).tolist()
     output_lengths = torch.randint(16, 257, (n,), generator=gen).tolist()
-    prompts = [torch.randint(0, 50257, (p,), generator=gen).tolist() for p in prompt_lengths]
+    prompts = [torch.randint(0, vocab, (p,), generator=gen).tolist() for p in prompt_lengths]
     return prompts, output_lengths
 
 
@@ -194,8 +248,9 @@ def hf_static(model, prompts: list[list[int]], lengths: list[int], batch: int) -
     for i in range(0, len(prompts), batch):
         chunk, n = prompts[i:i + batch], max(lengths[i:i + batch])
         width = max(map(len, chunk))
-        ids = torch.tensor([[0] * (width - len(p)) + p for p in chunk])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+        ids = torch.tensor([[0] * (width - len(p)) + p for p in chunk], device=model.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk],
+                            device=model.device)
         with torch.no_grad():
             model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
                            do_sample=False, pad_token_id=0)
@@ -232,73 +287,87 @@ def workload_cost(model: GPT, prompts: list[list[int]], lengths: list[int]
 def matmul_rate(model: GPT, rows: tuple[int, ...] = (512, 2048), seconds: float = 1.0) -> float:
     """The fastest FLOP/s of the model's linear layers on inputs of `rows` rows, as the engine
     runs them."""
-    dtype = next(model.parameters()).dtype
+    weight = next(model.parameters())
+    dtype, device = weight.dtype, weight.device
     best = 0.0
     shapes = {(m.out_features, m.in_features) for m in model.modules()
               if isinstance(m, (torch.nn.Linear, PackedLinear))}
     for (n, k), m in itertools.product(shapes, rows):
-        layer = torch.nn.Linear(k, n, bias=False, dtype=dtype)
-        layer = PackedLinear(layer) if can_pack(layer) else layer
-        x = torch.randn(m, k, dtype=dtype)
+        layer = torch.nn.Linear(k, n, bias=False, dtype=dtype, device=device)
+        layer = PackedLinear(layer) if device.type == "cpu" and can_pack(layer) else layer
+        x = torch.randn(m, k, dtype=dtype, device=device)
         with torch.no_grad():
             layer(x)
+            synchronize(device)
             started, count = time.perf_counter(), 0
             while time.perf_counter() - started < seconds:
-                layer(x)
-                count += 1
+                for _ in range(10):  # on a GPU, queued ten at a time, then waited for
+                    layer(x)
+                synchronize(device)
+                count += 10
         best = max(best, 2 * m * n * k * count / (time.perf_counter() - started))
     return best
 
 
-def throughput(precision: str, rounds: int, static_batch: int, bandwidth: float
-               ) -> list[dict]:
+def throughput(precision: str, rounds: int, static_batch: int, bandwidth: float,
+               setup: Setup, requests: int = 64) -> list[dict]:
     dtype = torch_dtype(precision)
-    ours, theirs = models(dtype)
-    prompts, lengths = workload()
+    ours, theirs = models(dtype, setup)
+    prompts, lengths = workload(requests, vocab=min(50257, ours.config.vocab_size))
     settings = [SamplingConfig(max_new_tokens=n, temperature=0) for n in lengths]
     # Cache blocks for every request at its full length: no request waits for memory.
     blocks = sum(-(-(len(p) + n) // 16) for p, n in zip(prompts, lengths, strict=True))
-    engine = Engine(ours, num_blocks=blocks, block_size=16, max_batch=64)
-    flex = Engine(ours, num_blocks=blocks, block_size=16, max_batch=64, paged_attention="flex")
+    engine = Engine(ours, num_blocks=blocks, block_size=16, max_batch=requests)
+    flex = Engine(ours, num_blocks=blocks, block_size=16, max_batch=requests,
+                  paged_attention="flex")
     alone = Engine(ours, max_batch=1)
-    manager, hf_run = hf_continuous(theirs, prompts, lengths)
-    try:
+    alone_name = f"llmscratch engine, batch 1 ({len(prompts[:8])} requests)"
+    runs = {"llmscratch engine": lambda: engine.generate(prompts, settings),
+            "llmscratch engine, flex_attention decode": lambda: flex.generate(prompts,
+                                                                               settings),
+            alone_name:
+                lambda: [alone.generate([p], s) for p, s in zip(prompts[:8], settings[:8],
+                                                                 strict=True)]}
+    manager = None
+    if setup.peers:
+        manager, hf_run = hf_continuous(theirs, prompts, lengths)
         hf_run(prompts[:4], [4] * 4)  # warm-up: its cache is allocated and touched
+        runs["transformers continuous batching"] = lambda: hf_run(prompts, lengths)
+        runs[f"transformers generate, batches of {static_batch}"] = \
+            lambda: hf_static(theirs, prompts, lengths, static_batch)
+    try:
         engine.generate(prompts[:4], settings[:4])
         flex.generate(prompts[:4], settings[:4])  # and flex_attention is compiled
-        runs = {"llmscratch engine": lambda: engine.generate(prompts, settings),
-                "llmscratch engine, flex_attention decode": lambda: flex.generate(prompts,
-                                                                                   settings),
-                "transformers continuous batching": lambda: hf_run(prompts, lengths),
-                f"transformers generate, batches of {static_batch}":
-                    lambda: hf_static(theirs, prompts, lengths, static_batch),
-                "llmscratch engine, batch 1 (8 requests)":
-                    lambda: [alone.generate([p], s) for p, s in zip(prompts[:8], settings[:8],
-                                                                     strict=True)]}
         seconds: dict[str, list[float]] = {name: [] for name in runs}
         outputs = {}
         for _ in range(rounds):
             for name, run in runs.items():
+                synchronize(setup.device)
                 started = time.perf_counter()
                 outputs[name] = run()
+                synchronize(setup.device)
                 seconds[name].append(time.perf_counter() - started)
     finally:
-        manager.stop()
+        if manager is not None:
+            manager.stop()
     same = sum(a == b for a, b in zip(outputs["llmscratch engine"],
-                                      outputs["transformers continuous batching"], strict=True))
+                                      outputs["transformers continuous batching"], strict=True)
+               ) if setup.peers else None
     tokens = {name: sum(lengths[:8] if "batch 1" in name else lengths) for name in runs}
     rates = {name: tokens[name] / statistics.median(times) for name, times in seconds.items()}
-    best_peer = max(rate for name, rate in rates.items() if name.startswith("transformers"))
-    alone_rate = rates["llmscratch engine, batch 1 (8 requests)"]
+    best_peer = max((rate for name, rate in rates.items() if name.startswith("transformers")),
+                    default=None)
+    alone_rate = rates[alone_name]
     flops, cache_bytes = workload_cost(ours, prompts, lengths)
     flop_rate = matmul_rate(ours)
     rates["compute limit"] = sum(lengths) / (flops / flop_rate)
     rates["compute, then cache reads"] = sum(lengths) / (flops / flop_rate
                                                          + cache_bytes / bandwidth)
     return [{"part": "throughput", "precision": precision, "model": name,
-             "output_tokens_per_s": rate, "vs_best_peer": rate / best_peer,
+             "output_tokens_per_s": rate, "requests": len(prompts),
+             "vs_best_peer": rate / best_peer if best_peer else None,
              "vs_our_batch_1": rate / alone_rate,
-             "same_tokens_as_transformers": f"{same}/{len(prompts)}",
+             "same_tokens_as_transformers": f"{same}/{len(prompts)}" if setup.peers else None,
              "workload_tflop": flops / 1e12, "matmul_gflop_per_s": flop_rate / 1e9,
              "cache_gb_read": cache_bytes / 1e9}
             for name, rate in rates.items()]
@@ -342,22 +411,32 @@ def main() -> None:
     parser.add_argument("--static-batch", type=int, default=16,
                         help="throughput: requests per padded batch of transformers' generate")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--preset", default="gpt2",
+                        help="the model's shapes (random weights), e.g. qwen3-0.6b; "
+                             "other than gpt2 needs --no-peers")
+    parser.add_argument("--no-peers", action="store_true",
+                        help="time ours only (no transformers rows)")
+    parser.add_argument("--requests", type=int, default=64,
+                        help="throughput: requests in the workload (one batch)")
     args = parser.parse_args()
     parts, precisions = args.parts.split(","), args.precision.split(",")
-    bandwidth = copy_bandwidth()
+    if args.preset != "gpt2" and not args.no_peers:
+        parser.error("the transformers peers are GPT-2's: with --preset, add --no-peers")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA GPU")
+    setup = Setup(torch.device(args.device), args.preset, peers=not args.no_peers)
+    bandwidth = copy_bandwidth(setup.device)
     rows = []
     for precision in precisions:
         if "decode" in parts:
-            rows += decode(precision, args.new_tokens, args.rounds, bandwidth)
+            rows += decode(precision, args.new_tokens, args.rounds, bandwidth, setup)
         if "throughput" in parts:
-            rows += throughput(precision, args.throughput_rounds, args.static_batch, bandwidth)
+            rows += throughput(precision, args.throughput_rounds, args.static_batch, bandwidth,
+                               setup, args.requests)
     if "memory" in parts:
         rows += memory()
-    chosen = {p: packing_pays(torch_dtype(p), 768, 3072) for p in precisions
-              if can_pack(torch.nn.Linear(1, 1, dtype=torch_dtype(p)))}
-    machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, " \
-              f"{torch.get_num_threads()} threads; `generate` packs weights here: " \
-              + ", ".join(f"{p} {'yes' if yes else 'no'}" for p, yes in chosen.items())
+    machine = describe_machine(setup, precisions)
     if args.json:
         print(json.dumps({"machine": machine, "copy_bandwidth": bandwidth, "rows": rows}))
         return
@@ -366,11 +445,26 @@ def main() -> None:
         print(describe(row))
 
 
+def describe_machine(setup: Setup, precisions: list[str]) -> str:
+    """The machine, the preset, and (on a CPU) whether `generate` packs weights here."""
+    if not setup.cpu:
+        return f"{torch.cuda.get_device_name(setup.device)}, torch {torch.__version__}, " \
+               f"{setup.preset} shapes"
+    chosen = {p: packing_pays(torch_dtype(p), 768, 3072) for p in precisions
+              if can_pack(torch.nn.Linear(1, 1, dtype=torch_dtype(p)))}
+    return f"{platform.processor() or platform.machine()}, torch {torch.__version__}, " \
+           f"{torch.get_num_threads()} threads, {setup.preset} shapes; `generate` packs " \
+           "weights here: " + ", ".join(f"{p} {'yes' if yes else 'no'}"
+                                         for p, yes in chosen.items())
+
+
 def describe(row: dict) -> str:
     """One line of the table for a result row."""
     if row["part"] == "decode":
+        versus = f"{row['vs_transformers']:.2f}x transformers  " \
+            if row["vs_transformers"] is not None else ""
         return (f"decode      {row['precision']}  {row['model']:<40} "
-                f"{row['tokens_per_s']:7.1f} tok/s  {row['vs_transformers']:.2f}x transformers  "
+                f"{row['tokens_per_s']:7.1f} tok/s  {versus}"
                 f"{row['of_bandwidth_limit']:.0%} of the bandwidth limit")
     if row["part"] == "throughput" and row["model"].startswith("compute"):
         return (f"throughput  {row['precision']}  {row['model']:<40} "
@@ -379,10 +473,13 @@ def describe(row: dict) -> str:
                 f"{row['matmul_gflop_per_s']:.0f} GFLOP/s, {row['cache_gb_read']:.0f} GB of "
                 f"cache read at the copy bandwidth)")
     if row["part"] == "throughput":
+        versus = f"{row['vs_best_peer']:.2f}x the best peer  " \
+            if row["vs_best_peer"] is not None else ""
+        same = f"  (same tokens as transformers: {row['same_tokens_as_transformers']})" \
+            if row["same_tokens_as_transformers"] is not None else ""
         return (f"throughput  {row['precision']}  {row['model']:<40} "
-                f"{row['output_tokens_per_s']:7.1f} tok/s  {row['vs_best_peer']:.2f}x the best "
-                f"peer  {row['vs_our_batch_1']:.2f}x our batch 1  "
-                f"(same tokens as transformers: {row['same_tokens_as_transformers']})")
+                f"{row['output_tokens_per_s']:7.1f} tok/s  {versus}"
+                f"{row['vs_our_batch_1']:.2f}x our batch 1{same}")
     label = "shared 200-token system prompt" if row["shared_system_prompt"] else "no shared prefix"
     return (f"memory      {label:<46} paged {row['paged_bytes'] / 2**20:6.1f} MiB  "
             f"dense {row['dense_bytes'] / 2**20:6.1f} MiB  ({row['paged_vs_dense']:.2f}x)")

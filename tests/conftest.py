@@ -15,6 +15,18 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = str(REPO / "configs" / "tiny.yaml")
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `cuda` run only where torch sees a CUDA GPU (`pytest -m cuda` picks them)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA GPU visible to torch")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def small_text(tmp_path_factory) -> Path:
     """About 120 kB of the cleaned corpus: enough to train a 512-token tokenizer."""

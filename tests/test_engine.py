@@ -390,3 +390,29 @@ def test_flex_attention_decode_reads_the_blocks_in_place_to_the_same_tokens():
     engine = Engine(model, block_size=4, max_batch=8, paged_attention="flex")
     assert engine.generate(batch, GREEDY) == expected
     assert engine.blocks.used == 0
+
+
+def uncached_greedy_on(model: GPT, prompt: list[int], n: int) -> list[int]:
+    """`uncached_greedy` with the ids on the model's device."""
+    device = next(model.parameters()).device
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            x = torch.tensor([ids], device=device)
+            ids.append(int(model.logits(model(x))[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name, paged_attention",
+                         [(name, "gather") for name in FAMILIES] + [("qwen3-tiny", "flex")])
+def test_the_engine_on_cuda_gives_the_uncached_greedy_tokens(name, paged_attention):
+    """On a GPU, batched and alone, the engine writes what the plain forward picks there."""
+    model = tiny(name).cuda()
+    batch = prompts([3, 17, 9, 30, 1])
+    expected = [uncached_greedy_on(model, p, 16) for p in batch]
+    engine = Engine(model, block_size=4, max_batch=8, paged_attention=paged_attention)
+    assert engine.device.type == "cuda"
+    assert engine.generate(batch, GREEDY) == expected
+    assert [engine.generate([p], GREEDY)[0] for p in batch] == expected
+    assert engine.blocks.used == 0

@@ -191,3 +191,27 @@ def test_cpu_training_keeps_freed_memory_where_malloc_is_glibc():
 
     glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert keep_freed_memory() == glibc
+
+
+def losses_of_steps(device: torch.device, dtype: str, run, steps: int = 8) -> list[float]:
+    """The losses of `steps` of Trainer.train_step on one fixed batch, from the same start."""
+    from llmscratch.training.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model = GPT(get_preset("gpt2-tiny")).to(device)
+    ids = torch.randint(0, 512, (4, 33), generator=torch.Generator().manual_seed(0)).to(device)
+    cfg = TrainConfig(max_steps=steps, lr=3e-3, warmup_steps=0, dtype=dtype,
+                      device=device.type)
+    trainer = Trainer(model, NextTokenPrediction(device), Batches([(ids[:, :-1], ids[:, 1:])]),
+                      build_optimizer(model, cfg), Schedule.from_train(cfg), cfg, run, device)
+    state = TrainState()
+    return [trainer.train_step(state)["loss"] for _ in range(steps)]
+
+
+@pytest.mark.cuda
+def test_bf16_autocast_training_on_cuda_follows_fp32_on_the_cpu(tmp_path):
+    """A few optimizer steps in bf16 autocast on the GPU track the CPU's fp32 losses."""
+    cpu = losses_of_steps(CPU, "fp32", new_run(tmp_path / "cpu"))
+    gpu = losses_of_steps(torch.device("cuda"), "bf16", new_run(tmp_path / "gpu"))
+    assert gpu[-1] < 0.9 * gpu[0]  # it learns the batch
+    assert gpu == pytest.approx(cpu, rel=1e-2)

@@ -320,3 +320,28 @@ def test_relu_squared_mlp_is_relu_of_the_first_projection_squared_then_the_secon
     hidden = torch.where(fc > 0, fc * fc, torch.zeros_like(fc))
     expected = hidden @ mlp.proj.weight.T + mlp.proj.bias
     torch.testing.assert_close(mlp(x), expected)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["gpt2-tiny", "llama-3-tiny", "qwen3-tiny", "qwen3-moe-tiny"])
+def test_forward_and_backward_on_cuda_equal_the_cpu(name):
+    """The same weights and batch on the GPU give the CPU's loss and gradients (fp32)."""
+    from tests.test_families import tiny as family
+
+    cpu = family(name).train()
+    gpu = family(name).train().cuda()
+    ids = torch.randint(0, 512, (3, 25), generator=torch.Generator().manual_seed(0))
+    losses = []
+    for model in (cpu, gpu):
+        x = ids.to(next(model.parameters()).device)
+        loss = F.cross_entropy(logits(model, x[:, :-1]).flatten(0, 1).float(),
+                               x[:, 1:].flatten())
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    for (key, p), q in zip(cpu.named_parameters(), gpu.parameters(), strict=True):
+        if p.grad is None:
+            assert q.grad is None, key
+            continue
+        scale = p.grad.abs().max().item() + 1e-8
+        assert (q.grad.cpu() - p.grad).abs().max().item() <= 1e-3 * scale, key
