@@ -170,6 +170,21 @@ def test_sliding_window_matches_transformers(tmp_path):
         assert max_diff(logits(ours, ids), hf(ids).logits) <= TOLERANCE
 
 
+def assert_field_refused(hf_folder: Path, tmp_path: Path, capsys, field: str, value,
+                         named: str) -> None:
+    """`convert from-hf` of `hf_folder` with config.json's `field` set to `value` fails in one
+    `error:` line that contains `named`, and leaves no run behind."""
+    folder = tmp_path / "hf"
+    shutil.copytree(hf_folder, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config[field] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    assert main(["convert", "from-hf", str(folder), str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and named in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
 def mean_loss(logits: torch.Tensor, ids: torch.Tensor) -> float:
     """Mean next-token cross-entropy of (B, T, V) logits on the ids they were computed from."""
     return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
@@ -293,15 +308,7 @@ def test_deepseek_v3_multi_token_prediction_layer_is_left_out(folders, tmp_path)
 ])
 def test_a_deepseek_v3_field_we_do_not_support_is_named(folders, tmp_path, capsys, field,
                                                         value, named):
-    folder = tmp_path / "hf"
-    shutil.copytree(folders["deepseek_v3"][1], folder)
-    config = json.loads((folder / "config.json").read_text())
-    config[field] = value
-    (folder / "config.json").write_text(json.dumps(config))
-    assert main(["convert", "from-hf", str(folder), str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error:") and named in err and err.count("\n") == 1
-    assert not (tmp_path / "run").exists()
+    assert_field_refused(folders["deepseek_v3"][1], tmp_path, capsys, field, value, named)
 
 
 # DeepSeek V3 as released, in bf16 (the hub's own is fp8, with a quantization_config that
@@ -542,15 +549,7 @@ def test_the_text_model_of_a_multimodal_qwen3_5_is_imported(tmp_path):
 ])
 def test_a_gemma3_field_we_do_not_support_is_named(folders, tmp_path, capsys, field, value,
                                                   named):
-    folder = tmp_path / "hf"
-    shutil.copytree(folders["gemma3_text"][1], folder)
-    config = json.loads((folder / "config.json").read_text())
-    config[field] = value
-    (folder / "config.json").write_text(json.dumps(config))
-    assert main(["convert", "from-hf", str(folder), str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error:") and named in err and err.count("\n") == 1
-    assert not (tmp_path / "run").exists()
+    assert_field_refused(folders["gemma3_text"][1], tmp_path, capsys, field, value, named)
 
 
 def test_the_released_qwen3_next_config_json_reads_as_its_preset():
@@ -576,15 +575,7 @@ def test_the_released_qwen3_next_config_json_reads_as_its_preset():
 ])
 def test_a_qwen3_next_field_we_do_not_support_is_named(folders, tmp_path, capsys, field, value,
                                                       named):
-    folder = tmp_path / "hf"
-    shutil.copytree(folders["qwen3_next"][1], folder)
-    config = json.loads((folder / "config.json").read_text())
-    config[field] = value
-    (folder / "config.json").write_text(json.dumps(config))
-    assert main(["convert", "from-hf", str(folder), str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error:") and named in err and err.count("\n") == 1
-    assert not (tmp_path / "run").exists()
+    assert_field_refused(folders["qwen3_next"][1], tmp_path, capsys, field, value, named)
 
 
 def test_our_pretrained_run_exports_to_gpt2(tiny_run, tmp_path):
