@@ -96,8 +96,9 @@ def test_text_report_and_bad_input(capsys):
 
 
 def test_gpt_oss_reports_its_active_experts_window_and_cache(capsys):
-    """gpt-oss-20b at 8k tokens: 4 of 32 biased experts active; 12 local layers read 128 keys,
-    12 global ones all 8,192; the sinks add nothing to the cache (8 kv heads of 64)."""
+    """gpt-oss-20b at 8k tokens: 4 of 32 biased experts active; 12 local layers read (and
+    keep) 128 keys, 12 global ones all 8,192; the sinks add nothing to the cache (8 kv heads
+    of 64)."""
     report = inspect_json(capsys, "gpt-oss-20b", "--seq", "8192")
     params = report["parameters"]
     expert = 3 * 2880 * 2880 + 3 * 2880  # gate, up, proj and their biases
@@ -107,7 +108,66 @@ def test_gpt_oss_reports_its_active_experts_window_and_cache(capsys):
     assert round(params["total"] / 1e7) == 2091 and round(n_matmul / 1e7) == 361
     keys = 12 * 128 + 12 * 8192
     assert report["flops_per_token"]["inference"] == 2 * n_matmul + 4 * keys * 64 * 64
-    assert report["memory_bytes"]["kv_cache"] == 24 * 2 * 8192 * 8 * 64 * 2
+    assert report["memory_bytes"]["kv_cache"] == (12 * 8192 + 12 * 128) * 2 * 8 * 64 * 2
     assert "with sinks" in report["architecture"]
     assert "clamped SwiGLU (limit 7)" in report["architecture"]
     assert "local (window 128) and global layers alternating" in report["architecture"]
+
+
+# --- KV-cache bytes per token, checked against hand computations --------------------------
+
+
+@pytest.mark.parametrize("preset, per_token", [
+    ("gpt2", 12 * 2 * 12 * 64 * 2),  # MHA: 12 layers x (k, v) x 12 heads x 64 x 2 bytes
+    ("llama-3.1-8b", 32 * 2 * 8 * 128 * 2),  # GQA: 8 kv heads for 32 query heads
+    ("deepseek-v3", 61 * (512 + 64) * 2),  # MLA: a latent of 512 and a RoPE key of 64
+])
+def test_kv_bytes_per_token_of_full_attention(capsys, preset, per_token):
+    report = inspect_json(capsys, preset, "--seq", "1000", "--dtype", "bf16")
+    assert report["kv_cache_bytes_per_token"] == per_token
+    assert report["kv_cache"]["per_token_global"] == per_token  # no local layers
+    assert report["memory_bytes"]["kv_cache"] == 1000 * per_token
+
+
+def test_sliding_window_layers_keep_only_their_window(capsys):
+    """Gemma 3 27B at its 128k context: 10 global layers keep every token, 52 local ones
+    the last 1,024; 16 kv heads of 128, in bf16."""
+    per_layer = 2 * 16 * 128 * 2
+    report = inspect_json(capsys, "gemma-3-27b", "--batch", "2")
+    kv = report["kv_cache"]
+    assert (kv["per_token"], kv["per_token_global"]) == (62 * per_layer, 10 * per_layer)
+    assert (kv["window"], kv["local_layers"]) == (1024, 52)
+    assert report["memory_bytes"]["kv_cache"] == 2 * (131072 * 10 + 1024 * 52) * per_layer
+    # Shorter than the window, every layer keeps every token.
+    short = inspect_json(capsys, "gemma-3-27b", "--seq", "1000")
+    assert short["memory_bytes"]["kv_cache"] == 1000 * 62 * per_layer
+
+
+def test_gated_deltanet_state_is_the_same_at_any_length(capsys):
+    """Qwen3-Next 80B: 12 attention layers (2 kv heads of 256) grow with the text; each of
+    the 36 Gated DeltaNet layers keeps its convolution's last 3 inputs of 2 x 16 x 128 +
+    32 x 128 channels (bf16) and 32 memories of 128 x 128 (fp32)."""
+    state = 36 * ((2 * 16 * 128 + 32 * 128) * 3 * 2 + 32 * 128 * 128 * 4)
+    for seq in (10, 100_000):
+        report = inspect_json(capsys, "qwen3-next-80b-a3b", "--seq", str(seq))
+        assert report["kv_cache"]["state_per_sequence"] == state  # 77,266,944: 73.7 MiB
+        assert report["kv_cache_bytes_per_token"] == 12 * 2 * 2 * 256 * 2
+        assert report["memory_bytes"]["kv_cache"] == seq * 12 * 2 * 2 * 256 * 2 + state
+
+
+def test_text_report_shows_the_kv_cache_per_token_and_the_fixed_state(capsys):
+    assert main(["inspect", "gemma-3-27b"]) == 0
+    text = capsys.readouterr().out
+    assert "kv cache per sequence (bf16)" in text
+    assert "full                      507,904  bytes per token" in text
+    assert ("sliding                    81,920  bytes per token in the 10 global layers, and the "
+            "last 1,024 tokens in the 52 local ones: 416.00 MiB") in text
+    assert main(["inspect", "qwen3-next-80b-a3b"]) == 0
+    text = capsys.readouterr().out
+    assert "per token                  24,576  bytes per token" in text
+    assert ("state                  77,266,944  bytes, the same at any length, in the 36 Gated "
+            "DeltaNet layers: 73.69 MiB") in text
+    assert main(["inspect", "gpt2"]) == 0
+    text = capsys.readouterr().out
+    assert "kv cache per sequence (fp32)" in text and "73,728  bytes per token" in text
+    assert "sliding" not in text and "state " not in text

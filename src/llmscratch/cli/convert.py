@@ -133,7 +133,39 @@ def render(report: dict) -> str:
     for key, value in memory.items():
         label = key.replace("_total", " total").replace("_", " ")
         lines.append(f"  {label:<15}{value / 2**30:>12,.2f} GiB")
-    return "\n".join(lines)
+    return "\n".join(lines + ["", f"kv cache per sequence ({report['dtype']})",
+                              *kv_cache_lines(report["kv_cache"])])
+
+
+def kv_cache_lines(kv: dict) -> list[str]:
+    """The cache's bytes per token of context (every layer keeping every token, then
+    with sliding-window layers keeping their window), and the fixed state of Gated
+    DeltaNet layers (model/footprint.py: kv_cache_bytes)."""
+    n, local = kv["attention_layers"], kv["local_layers"]
+    lines = []
+    if n:
+        label = "full" if local else "per token"
+        lines.append(f"  {label:<15}{kv['per_token']:>18,}  bytes per token, every token "
+                     f"in {'each of the' if n > 1 else 'the'} {n} attention "
+                     f"layer{'s' if n > 1 else ''}")
+    if local:
+        window_bytes = kv["window"] * (kv["per_token"] - kv["per_token_global"])
+        lines.append(f"  {'sliding':<15}{kv['per_token_global']:>18,}  bytes per token in the "
+                     f"{n - local} global layers, and the last {kv['window']:,} tokens in the "
+                     f"{local} local ones: {_binary(window_bytes)}")
+    if kv["linear_layers"]:
+        lines.append(f"  {'state':<15}{kv['state_per_sequence']:>18,}  bytes, the same at any "
+                     f"length, in the {kv['linear_layers']} Gated DeltaNet layers: "
+                     f"{_binary(kv['state_per_sequence'])}")
+    return lines
+
+
+def _binary(n: int) -> str:
+    """n bytes in KiB, MiB or GiB."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:,.2f} {unit}"
+    return f"{n} bytes"
 
 
 def _si(n: float) -> str:

@@ -26,9 +26,12 @@ even for a 30B model. Memory is estimated from them and from the shapes:
     KV cache      2 L B T Hkv Dh x bytes (inference), L counting attention
                   layers only; latent attention caches L B T (C + Dr): its
                   latent and its RoPE key; attention sinks (gpt-oss) are
-                  weights, not cached; each Gated DeltaNet layer keeps a
-                  state of the same size at any T instead: B (C (K - 1) x
-                  bytes + Hv Dk Dv x 4), its memory in fp32
+                  weights, not cached; a sliding-window layer keeps at most
+                  its window W: min(T, W) tokens in place of T (what the
+                  engine's window pool holds, give or take its blocks); each
+                  Gated DeltaNet layer keeps a state of the same size at any
+                  T instead: B (C (K - 1) x bytes + Hv Dk Dv x 4), its memory
+                  in fp32
 
 Training needs weights + gradients + optimizer + activations; inference
 needs weights + KV cache. Activations are an estimate (within tens of
@@ -66,18 +69,17 @@ def footprint(config: ModelConfig, batch: int = 1, seq: int = 0, dtype: str = ""
     per_layer = 4 * c.n_embd + (2 * c.n_embd if c.norm_placement == "sandwich" else 0)
     per_token = sum(per_layer + attention_activations(c, i) + mlp_activations(c, i)
                     for i in range(c.n_layer)) + 2 * c.n_embd
-    n_linear = sum(c.layer_is_linear(i) for i in range(c.n_layer))  # Gated DeltaNet layers
-    heads, key_width, value_width = c.cache_widths
-    kv_per_token = (c.n_layer - n_linear) * heads * (key_width + value_width) * nbytes
-    conv_state, recurrent_state = state_shapes(c, batch)
-    state_bytes = n_linear * (math.prod(conv_state) * nbytes + math.prod(recurrent_state) * 4)
+    kv = kv_cache_bytes(c, nbytes)
+    kept = min(T, kv["window"]) if kv["window"] else T  # tokens a local layer keeps
     memory = {
         "weights": total * nbytes,
         "gradients": total * nbytes,
         "optimizer": 2 * total * nbytes,
         "activations": batch * T * per_token * nbytes
                        + min(batch * T, ROWS_PER_CHUNK) * c.vocab_size * (4 + nbytes),
-        "kv_cache": batch * T * kv_per_token + state_bytes,
+        "kv_cache": batch * (T * kv["per_token_global"]
+                             + kept * (kv["per_token"] - kv["per_token_global"])
+                             + kv["state_per_sequence"]),
     }
     memory["training_total"] = sum(memory[k] for k in ("weights", "gradients", "optimizer",
                                                        "activations"))
@@ -98,7 +100,36 @@ def footprint(config: ModelConfig, batch: int = 1, seq: int = 0, dtype: str = ""
             "inference": model.flops_per_token(T, training=False),
         },
         "memory_bytes": memory,
-        "kv_cache_bytes_per_token": kv_per_token,
+        "kv_cache_bytes_per_token": kv["per_token"],
+        "kv_cache": kv,
+    }
+
+
+def kv_cache_bytes(c: ModelConfig, nbytes: int) -> dict:
+    """What inference caches for one sequence, in bytes, values of `nbytes` each.
+
+    per_token: every attention layer's keys and values (latent attention: its latent
+    and RoPE key) for one token, as if each layer kept every token; per_token_global:
+    the same for the layers that do keep every token, without the sliding-window
+    layers, which keep only their last `window` tokens (0: no such layers);
+    state_per_sequence: the Gated DeltaNet layers' states, the same at any length.
+    A sequence of T tokens holds T per_token_global + min(T, window) (per_token -
+    per_token_global) + state_per_sequence.
+    """
+    heads, key_width, value_width = c.cache_widths
+    per_layer = heads * (key_width + value_width) * nbytes  # one token in one layer
+    attention = [i for i in range(c.n_layer) if not c.layer_is_linear(i)]
+    local = [i for i in attention if c.layer_is_local(i)]
+    conv_state, recurrent_state = state_shapes(c, 1)
+    state = math.prod(conv_state) * nbytes + math.prod(recurrent_state) * 4  # memory in fp32
+    return {
+        "per_token": len(attention) * per_layer,
+        "per_token_global": (len(attention) - len(local)) * per_layer,
+        "window": c.sliding_window if local else 0,
+        "attention_layers": len(attention),
+        "local_layers": len(local),
+        "linear_layers": c.n_layer - len(attention),
+        "state_per_sequence": (c.n_layer - len(attention)) * state,
     }
 
 
