@@ -355,6 +355,36 @@ def test_sliding_window_layers_hold_only_their_window_on_a_long_generation(name)
     assert engine.blocks.used == 0
 
 
+
+@pytest.mark.parametrize("name", ["gpt2-tiny", "llama-3-tiny", "deepseek-v3-tiny", "gemma3-tiny",
+                                  "gpt-oss-tiny"])
+def test_the_block_pools_hold_what_footprint_predicts(name):
+    """MHA, GQA, MLA, and sliding-window layers (a window of 8): a position of each pool
+    costs, in the tensors the engine allocated, footprint's bytes per token; a sequence of
+    30 tokens holds footprint's bytes for 30 tokens, plus at most the unfilled part of its
+    last block (and, in the window pool, of the two blocks at its window's ends)."""
+    from llmscratch.model.footprint import footprint
+
+    model = tiny(name)
+    c, bs = model.config, 4
+    engine = Engine(model, block_size=bs, max_batch=1)
+    seq = engine.add(prompts([10])[0], SamplingConfig(max_new_tokens=100, temperature=0))
+    while seq.num_tokens < 30:
+        engine.step()
+    cache = engine.cache
+    slot = {False: 0, True: 0}  # bytes of one position: global layers' pool, local layers'
+    for i in range(c.n_layer):
+        slot[c.layer_is_local(i)] += cache.keys[i][:, 0].nbytes + cache.values[i][:, 0].nbytes
+    report = footprint(c, seq=seq.num_tokens)
+    kv = report["kv_cache"]
+    assert (slot[False] + slot[True], slot[False]) == (kv["per_token"], kv["per_token_global"])
+    window_blocks = sum(b is not None for b in seq.window_table)
+    held = bs * (len(seq.block_table) * slot[False] + window_blocks * slot[True])
+    predicted = report["memory_bytes"]["kv_cache"]
+    assert predicted <= held <= predicted + (bs - 1) * slot[False] + (2 * bs - 2) * slot[True]
+    if slot[True]:  # the window pool holds about the window, not the 30 tokens
+        assert window_blocks * bs < 30 and held < 30 * kv["per_token"]
+
 def test_packing_is_chosen_by_what_this_machine_measures(monkeypatch):
     """Packed weights are used only where they are faster here: `packing_pays` times both
     kernels once per layer shape; the model keeps nn.Linear where plain is faster."""
