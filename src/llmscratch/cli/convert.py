@@ -2,7 +2,8 @@
 
     llmscratch convert from-hf SRC OUT     a Hugging Face folder as a run (runs/hf_import.py)
     llmscratch convert to-hf RUN OUT       a run as a Hugging Face folder (runs/hf_export.py)
-    llmscratch inspect PRESET|RUN|HF_DIR   parameters, FLOPs, memory (model/footprint.py)
+    llmscratch inspect PRESET|RUN|HF_DIR   parameters, FLOPs, memory, KV cache per token
+                                           (model/footprint.py)
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_to_hf)
 
     p = add_command(subparsers, "inspect",
-                    "Parameters, FLOPs per token and memory of a preset, run or Hugging Face "
-                    "folder.",
+                    "Parameters, FLOPs per token, memory and KV-cache bytes per token of a "
+                    "preset, run or Hugging Face folder.",
                     "  llmscratch inspect qwen3-30b-a3b\n"
                     "  llmscratch inspect llama-3.1-8b --batch 4 --seq 8192 --dtype bf16\n"
                     "  llmscratch inspect runs/demo --json\n")
