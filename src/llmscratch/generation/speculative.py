@@ -43,6 +43,18 @@ one at a time, which can flip a near-tie between two tokens).
 
 Rejected drafts leave keys and values in the caches past the accepted
 tokens; `KVCache.truncate` forgets them and the next pass overwrites them.
+
+In the engine (engine.py), a request that asks for it (`draft_tokens` > 0)
+carries up to k prompt-lookup drafts into each decode step: its last token
+and its drafts go into the step's packed row like a small prefill over its
+cached context (paged_cache.py: rows of any lengths), the same rule checks
+them, and the paged cache rolls back past the accepted tokens: the blocks
+the drafts took beyond them go back to the free list (`BlockManager.truncate`;
+only blocks the sequence alone holds: shared and hashed ones all lie before
+its computed end). Drafts take only free blocks: when the cache is full a
+sequence decodes plainly rather than preempting anyone for a guess. The
+engine drafts by prompt lookup only: a draft model would need a batched,
+paged cache of its own (`generate` has one for a single request).
 """
 
 from __future__ import annotations
@@ -53,7 +65,9 @@ from dataclasses import dataclass
 import torch
 
 from llmscratch.errors import LLMScratchError
+from llmscratch.generation.block_manager import BlockManager
 from llmscratch.generation.sampling import SamplingConfig, next_token_probs
+from llmscratch.generation.sequence import Sequence as EngineSequence
 from llmscratch.model.config import ModelConfig
 
 
@@ -70,6 +84,12 @@ class SpeculationStats:
     def acceptance_rate(self) -> float:
         """The fraction of draft tokens the target kept (0 when nothing was drafted)."""
         return self.accepted / self.drafted if self.drafted else 0.0
+
+    def add(self, drafted: int, accepted: int, tokens: int) -> None:
+        """Count one forward pass's check of `drafted` tokens, and the tokens it gave."""
+        self.steps += 1
+        self.drafted, self.accepted, self.tokens = (self.drafted + drafted,
+                                                    self.accepted + accepted, self.tokens + tokens)
 
     def describe(self) -> str:
         return (f"speculative decoding: {self.accepted}/{self.drafted} draft tokens accepted "
@@ -264,3 +284,58 @@ def check_can_rewind(config: ModelConfig, whose: str) -> None:
         raise LLMScratchError(
             f"--speculative: the {whose} has Gated DeltaNet layers, whose state cannot drop "
             "rejected draft tokens; generate without --speculative")
+
+
+def check_draft_tokens(draft_tokens: int, config: ModelConfig) -> None:
+    """Fail in one line unless a model can speculate with this many draft tokens a step
+    (0: no speculation)."""
+    if not isinstance(draft_tokens, int) or draft_tokens < 0:
+        raise LLMScratchError(f"draft_tokens must be a whole number >= 0 (0 = no speculative "
+                              f"decoding), got {draft_tokens!r}")
+    if draft_tokens:
+        check_can_rewind(config, "model")
+
+
+# --- in the engine (engine.py; the module docstring's last paragraph) ---------------------
+
+
+def engine_draft(seq: EngineSequence, drafter: PromptLookup, blocks: BlockManager,
+                 context_length: int) -> list[int]:
+    """The draft tokens a decoding sequence carries into the step: at most its
+    `draft_tokens`, leaving room in its budget and the context for the model's own token
+    after them, and only as many as the free blocks hold (the last token's slot is the
+    scheduler's; the drafts fill the positions after it)."""
+    k = min(seq.draft_tokens, seq.sampling.max_new_tokens - len(seq.output_ids) - 1,
+            context_length - seq.num_tokens - 1)
+    if k < 1:
+        return []
+    draft, _ = drafter.propose(seq.token_ids, k, seq.sampling, len(seq.prompt_ids),
+                               seq.generator)
+    if not draft:
+        return []
+    held = blocks.reserve(seq, seq.num_tokens + len(draft))  # positions its blocks hold
+    return draft[:held - seq.num_tokens]
+
+
+def scored_rows(last: torch.Tensor, drafts: list[list[int]]) -> torch.Tensor:
+    """Which of a step's packed tokens get logits: every sequence's last token (`last`, (B,))
+    and, before it, its draft tokens and the token before them: its last k + 1."""
+    if not any(drafts):
+        return last
+    ends = last.tolist()
+    rows = [row for end, draft in zip(ends, drafts, strict=True)
+            for row in range(end - len(draft), end + 1)]
+    return torch.tensor(rows, device=last.device)
+
+
+def accept_drafts(seq: EngineSequence, logits: torch.Tensor, draft: list[int],
+                  blocks: BlockManager) -> list[int]:
+    """The tokens a sequence gets from its step: the drafts the model accepts and the
+    model's own token after them (the rule of the module docstring; prompt lookup's q is
+    one-hot), drawn with the sequence's own generator. logits (k + 1, V): after its last
+    token and after each draft token. The cache is rolled back to the last token and the
+    accepted drafts: the blocks past them are given back."""
+    p = target_probs(logits, seq.sampling, seq.prompt_ids, seq.output_ids, draft)  # (k + 1, V)
+    n, token = verify(p.to(seq.generator.device), draft, None, seq.generator)
+    blocks.truncate(seq, seq.num_tokens + n)  # its tokens so far, and n drafts, computed
+    return [*draft[:n], token]
