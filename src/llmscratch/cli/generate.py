@@ -33,14 +33,37 @@ def register(sub) -> None:
                    help="once for any generated token, in [-2, 2] (0 = off)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same text")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--speculative", metavar="prompt-lookup|RUN_DIR",
-                   help="speculative decoding: draft tokens by looking the last few up in the "
-                        "prompt and reply, or with a smaller run's model (same tokenizer); the "
-                        "model checks them in one pass. Same distribution, often faster")
-    p.add_argument("--draft-tokens", type=int, default=5,
-                   help="with --speculative: at most this many draft tokens a step")
+    add_speculative_options(p, draft_model=True)
     add_device_options(p)
     p.set_defaults(func=cmd_generate)
+
+
+def add_speculative_options(p, draft_model: bool) -> None:
+    """--speculative and --draft-tokens: `generate` drafts by prompt lookup or with a draft
+    model; the engine (`chat`, `serve`) by prompt lookup only (generation/speculative.py)."""
+    drafters = ("by looking the last few up in the prompt and reply, or with a smaller run's "
+                "model (same tokenizer)") if draft_model else \
+        "by looking the last few up in the prompt and reply"
+    p.add_argument("--speculative", metavar="prompt-lookup|RUN_DIR" if draft_model else
+                   "prompt-lookup",
+                   help=f"speculative decoding: draft tokens {drafters}; the model checks them "
+                        "in one pass. Same distribution, often faster")
+    p.add_argument("--draft-tokens", type=int, default=5,
+                   help="with --speculative: at most this many draft tokens a step")
+
+
+def engine_draft_tokens(args: argparse.Namespace) -> int:
+    """The engine's draft tokens a step from --speculative and --draft-tokens (0: none),
+    checked before anything is loaded."""
+    if args.draft_tokens < 1:
+        raise LLMScratchError(f"--draft-tokens must be at least 1, got {args.draft_tokens}")
+    if args.speculative is None:
+        return 0
+    if args.speculative != "prompt-lookup":
+        raise LLMScratchError(f"--speculative {args.speculative}: the engine ({args.command}) "
+                              "drafts by prompt lookup only (--speculative prompt-lookup); a "
+                              "draft model is for `llmscratch generate`")
+    return args.draft_tokens
 
 
 def add_device_options(p) -> None:

@@ -407,22 +407,26 @@ def _metrics(state: ServerState) -> str:
         "llmscratch_requests_waiting": stats.waiting,
         "llmscratch_kv_blocks_used": stats.blocks_used,
         "llmscratch_kv_blocks_total": stats.blocks_total,
+        "llmscratch_draft_tokens_total": stats.draft_tokens,
+        "llmscratch_draft_tokens_accepted_total": stats.draft_tokens_accepted,
     }
     return "".join(f"{name} {value}\n" for name, value in lines.items())
 
 
 def serve_run(run_dir: str, device: str = "auto", dtype: str | None = None,
               model_name: str | None = None, api_key: str | None = None,
-              max_concurrency: int = 64, max_batch: int = 32, quantize: str | None = None
-              ) -> tuple[ServerState, FastAPI]:
+              max_concurrency: int = 64, max_batch: int = 32, quantize: str | None = None,
+              draft_tokens: int = 0) -> tuple[ServerState, FastAPI]:
     """A run's model (its linear layers quantized to `quantize`: int8, int4 or None), its
-    engine started in its thread, and the app that serves them."""
+    engine started in its thread, and the app that serves them. draft_tokens > 0: every
+    request speculates by prompt lookup with up to that many draft tokens a step."""
     if max_concurrency < 1 or max_batch < 1:
         raise LLMScratchError("--max-concurrency and --max-batch must be at least 1")
     model, tokenizer, settings = load_for_inference(run_dir, resolve_device(device), dtype)
     quantize_linear_weights(model, quantize)
     pack_linear_weights(model)  # on the CPU: oneDNN's kernels where faster (inference only)
-    engine = AsyncEngine(Engine(model, max_batch=max_batch, vocab_size=tokenizer.vocab_size))
+    engine = AsyncEngine(Engine(model, max_batch=max_batch, vocab_size=tokenizer.vocab_size,
+                                draft_tokens=draft_tokens))
     state = ServerState(engine, tokenizer, model_name or Path(run_dir).resolve().name,
                         list(settings.stop_token_ids), settings.chat_template,
                         {"bos_token": settings.bos_token, "eos_token": settings.eos_token},
