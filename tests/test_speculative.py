@@ -312,6 +312,22 @@ def test_engine_speculation_keeps_the_targets_distribution(greedy):
     assert cells >= 15 and statistic < 45
 
 
+@pytest.mark.cuda
+def test_engine_speculation_on_cuda_writes_the_plain_engine_tokens():
+    """On a GPU: greedy, what the plain engine writes there; sampled (each sequence's
+    generator on the CPU, the model's probabilities on the GPU), the same text for a seed."""
+    model = tiny("llama-3-tiny").cuda()
+    prompts = repetitive_prompts()
+    greedy = SamplingConfig(max_new_tokens=24, temperature=0)
+    engine = Engine(model, block_size=4, draft_tokens=4)
+    assert engine.generate(prompts, greedy) == Engine(model, block_size=4).generate(prompts,
+                                                                                    greedy)
+    assert engine.speculation.accepted > 0
+    sampled = [SamplingConfig(24, 1.0, seed=seed) for seed in range(len(prompts))]
+    assert engine.generate(prompts, sampled) == engine.generate(prompts, sampled)
+    assert engine.blocks.used == 0
+
+
 def test_the_engine_refuses_speculation_it_cannot_do_in_one_line():
     from llmscratch.errors import LLMScratchError
 
