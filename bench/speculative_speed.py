@@ -22,9 +22,10 @@ generate`) and with speculation (`generation/speculative.py`): prompt lookup
 proposes the words that followed the last three in the text, so it is
 rejected where a word was replaced, and the draft model likewise. Then the
 same through the engine (`generation/engine.py`, what `serve` and `chat`
-run), one request at a time (batch 1), plainly and with prompt lookup
-(`Engine(draft_tokens=k)`; the engine has no draft model); each round gets a
-fresh engine, so no prompt comes from the last round's prefix cache. The
+run), one request at a time (batch 1), plainly, with prompt lookup
+(`Engine(draft_tokens=k)`) and with the draft model (`draft_model=`); each
+round gets a fresh engine, so no prompt comes from the last round's prefix
+cache. The
 bench checks that speculation writes the same tokens, and prints tokens/s
 (median over interleaved rounds), the speed-up over plain decoding by the
 same code (`generate`, or the engine) and the acceptance rate.
@@ -131,13 +132,13 @@ def speed(target: GPT, draft: GPT, prompts: list[list[int]], k: int, rounds: int
         return lambda stats: [list(speculative_tokens(target, p, greedy, make_drafter(), k,
                                                       {EOT}, None, stats)) for p in prompts]
 
-    def engine(draft_tokens: int):
+    def engine(draft_tokens: int, draft_model: GPT | None = None):
         """A fresh engine's decoding, one request at a time, counting into `stats`."""
         def decode(stats: SpeculationStats) -> list[list[int]]:
             engine.speculation = stats
             return [engine.generate([p], greedy, {EOT})[0] for p in prompts]
 
-        engine = Engine(target, max_batch=1, draft_tokens=draft_tokens)
+        engine = Engine(target, max_batch=1, draft_tokens=draft_tokens, draft_model=draft_model)
         return decode
 
     # Each way: (made afresh each round, untimed) -> decode(stats), and what it is compared to.
@@ -146,7 +147,8 @@ def speed(target: GPT, draft: GPT, prompts: list[list[int]], k: int, rounds: int
             "prompt lookup": (lambda: speculate(PromptLookup), "plain"),
             "draft model": (lambda: speculate(lambda: DraftModel(draft, VOCAB)), "plain"),
             "engine plain": (lambda: engine(0), "plain"),
-            "engine lookup": (lambda: engine(k), "engine plain")}
+            "engine lookup": (lambda: engine(k), "engine plain"),
+            "engine draft": (lambda: engine(k, draft), "engine plain")}
     stats = {name: SpeculationStats() for name in ways}
     for name, (make, _) in ways.items():  # a warm-up, and the check that nothing changes
         assert make()(stats[name]) == plain, f"{name} changed the output"

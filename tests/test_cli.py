@@ -101,6 +101,7 @@ def test_chat_speculates_to_the_same_replies_and_refuses_a_model_that_cannot_rew
     replies = chat()
     assert "model> " in replies
     assert chat("--speculative", "prompt-lookup", "--draft-tokens", "3") == replies
+    assert chat("--speculative", str(tiny_run)) == replies  # a draft model that always agrees
     real = load.load_for_inference
 
     def with_deltanet(*args, **kwargs):  # the run's tokenizer, a Qwen3-Next model
@@ -253,8 +254,9 @@ BAD_INPUTS = [
      "--draft-tokens must be at least 1"),
     (["serve", "--run", "{run}", "--speculative", "prompt-lookup", "--draft-tokens", "0"],
      "--draft-tokens must be at least 1"),
-    (["chat", "--run", "{run}", "--speculative", "{run}"], "drafts by prompt lookup only"),
-    (["serve", "--run", "{run}", "--speculative", "{run}"], "drafts by prompt lookup only"),
+    (["chat", "--run", "{run}", "--speculative", "{tmp}/not_a_run"], "is not a run directory"),
+    (["serve", "--run", "{run}", "--port", "0", "--speculative", "{tmp}/not_a_run"],
+     "is not a run directory"),
     (["pretrain", "--config", TINY_CONFIG, "--out", "{tmp}/o", "train.max_step=2"],
      "did you mean 'train.max_steps'"),
     (["pretrain", "--config", TINY_CONFIG, "--out", "{tmp}/o", "model.preset=gpt7"],

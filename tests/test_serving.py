@@ -204,7 +204,8 @@ def test_a_speculating_server_writes_the_same_text_logprobs_and_stops(tiny_run, 
     """`serve --speculative prompt-lookup`: a step may give a request several tokens; each
     reaches the client, with its own log-probabilities, and a stop string still cuts the
     text. Greedy, as the plain server writes it (this model repeats one token: most drafts
-    are right); sampled, as the engine itself writes with the same seed."""
+    are right); sampled, as the engine itself writes with the same seed. And `--speculative
+    RUN_DIR`: a draft model's drafts."""
     from llmscratch.generation.engine import Engine
 
     fast = Server(tiny_run, draft_tokens=4)
@@ -237,6 +238,14 @@ def test_a_speculating_server_writes_the_same_text_logprobs_and_stops(tiny_run, 
         assert metrics["llmscratch_kv_blocks_used"] == 0
     finally:
         fast.close()
+    drafted = Server(tiny_run, draft_tokens=3, draft_run=str(tiny_run))  # always agrees
+    try:
+        assert drafted.client().completions.create(**greedy).choices[0].text == plain.text
+        metrics = drafted.metrics()
+        assert metrics["llmscratch_draft_tokens_accepted_total"] == \
+            metrics["llmscratch_draft_tokens_total"] > 0
+    finally:
+        drafted.close()
 
 
 def test_over_the_concurrency_limit_is_429(tiny_run, monkeypatch):

@@ -2,6 +2,7 @@
 plain greedy output, token for token, and sampled tokens follow the target model's
 probabilities (computed exactly here, by enumerating a tiny vocabulary)."""
 
+import copy
 import itertools
 
 import pytest
@@ -283,33 +284,63 @@ def test_engine_speculation_ends_where_plain_decoding_does_even_inside_a_step():
     assert engine.blocks.used == 0
 
 
-@pytest.mark.parametrize("greedy", [True, False])
-def test_engine_speculation_keeps_the_targets_distribution(greedy):
+@pytest.mark.parametrize("drafter, greedy", [("prompt-lookup", True), ("prompt-lookup", False),
+                                             ("draft-model", False)])
+def test_engine_speculation_keeps_the_targets_distribution(drafter, greedy):
     """The statistical test of `test_sampled_speculation_follows_the_targets_distribution`,
-    through the engine: 600 seeded requests batched, prompt lookup drafting 2 a step."""
+    through the engine: 600 seeded requests batched, drafting 2 tokens a step."""
     torch.manual_seed(0)
     config = get_preset("gpt2-tiny", vocab_size=4, context_length=16, n_layer=1,
                         tie_embeddings=False)
     model = GPT(config).eval()
+    draft = GPT(config).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(15)
+        draft.load_state_dict(model.state_dict())
+        draft.lm_head.weight.mul_(-0.3)  # a draft that leans away from the target
     prompt = [0, 1, 2, 0, 1]
     cfg = SamplingConfig(3, temperature=0 if greedy else 1.0)
     exact = exact_distribution(model, prompt, cfg, 3)
     runs = 600
-    engine = Engine(model, block_size=4, max_batch=64, draft_tokens=2)
+    engine = Engine(model, block_size=4, max_batch=64, draft_tokens=2,
+                    draft_model=draft if drafter == "draft-model" else None)
     samplings = [SamplingConfig(3, cfg.temperature, seed=seed) for seed in range(runs)]
     seqs, _ = run_engine(engine, [prompt] * runs, samplings, [2] * runs)
     counts = dict.fromkeys(exact, 0)
     for seq in seqs:
         counts[tuple(seq.output_ids)] += 1
-    assert engine.blocks.used == 0
+    assert engine.blocks.used == 0 and not engine.drafter.drafters  # nothing left behind
     if greedy:  # one reply, always
         assert counts == {cell: runs * (p == 1.0) for cell, p in exact.items()}
         return
     statistic, cells = chi_square(counts, exact, runs)
     assert 0.1 < engine.speculation.acceptance_rate < 0.9
     assert cells >= 15 and statistic < 45
+
+
+def test_engine_speculation_with_a_draft_model_writes_the_engines_plain_greedy_tokens():
+    """A draft model that sometimes agrees (the model's weights with noise), and one that
+    always does (the model itself), in a batch of speculating and plain requests and in
+    a cache small enough to preempt."""
+    model = tiny("llama-3-tiny")
+    torch.manual_seed(1)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for param in other.parameters():
+            param.add_(torch.randn_like(param) * 0.3 * param.std())
+    prompts = repetitive_prompts() * 2
+    greedy = SamplingConfig(max_new_tokens=20, temperature=0)
+    expected = Engine(model, block_size=4).generate(prompts, greedy)
+    for draft, num_blocks in ((other, None), (model, None), (other, 14)):
+        engine = Engine(model, num_blocks=num_blocks, block_size=4, draft_model=draft)
+        seqs, _ = run_engine(engine, prompts, [greedy] * 8, [4, 2, 3, 6, 0, 0, 0, 0])
+        assert [seq.output_ids for seq in seqs] == expected
+        stats = engine.speculation
+        assert 0 < stats.accepted < stats.drafted if draft is other else \
+            stats.accepted == stats.drafted > 0
+        assert engine.blocks.used == 0
+        if num_blocks:
+            assert engine.scheduler.preemptions > 0
 
 
 @pytest.mark.cuda

@@ -34,9 +34,10 @@ from llmscratch.generation.sampling import SamplingConfig, TokenCounts, sample_r
 from llmscratch.generation.scheduler import Scheduler
 from llmscratch.generation.sequence import Sequence, TokenLogprobs
 from llmscratch.generation.speculative import (
-    PromptLookup,
+    EngineDrafter,
     SpeculationStats,
     accept_drafts,
+    check_draft_model,
     check_draft_tokens,
     engine_draft,
     scored_rows,
@@ -72,17 +73,20 @@ class Engine:
     paged_attention: how a decode step reads the cache: "gather" (its keys copied
     out through the block tables, then PyTorch's attention) or "flex" (compiled
     flex_attention reading the blocks in place; paged_cache.py says which is faster).
-    draft_tokens: > 0 makes every request speculate by prompt lookup with up to this many
-    draft tokens a step, unless `add` says otherwise (speculative.py); `speculation`
-    counts what was drafted and accepted.
+    draft_tokens: > 0 makes every request speculate with up to this many draft tokens a
+    step, unless `add` says otherwise (speculative.py), drafted by `draft_model` (a smaller
+    model reading the same tokens) or else by prompt lookup; `speculation` counts what
+    was drafted and accepted.
     """
 
     def __init__(self, model: GPT, num_blocks: int | None = None,
                  block_size: int = DEFAULT_BLOCK_SIZE, max_batch: int = 32,
                  max_batch_tokens: int = 4096, vocab_size: int | None = None,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, paged_attention: str = "gather",
-                 draft_tokens: int = 0) -> None:
+                 draft_tokens: int = 0, draft_model: GPT | None = None) -> None:
         check_draft_tokens(draft_tokens, model.config)  # a model that cannot rewind: refused
+        if draft_model is not None:
+            check_draft_model(draft_model, model.config, vocab_size or model.config.vocab_size)
         if any(model.config.layer_is_linear(i) for i in range(model.config.n_layer)):
             raise LLMScratchError(
                 "the inference engine cannot serve Gated DeltaNet layers "
@@ -118,7 +122,8 @@ class Engine:
             self.cache.flex = FlexDecode(max_batch, block_size, pools, self.device)
         self.scheduler = Scheduler(self.blocks, max_batch, max_batch_tokens)
         self.vocab_size = vocab_size
-        self.draft_tokens, self.drafter = draft_tokens, PromptLookup()
+        self.draft_tokens = draft_tokens
+        self.drafter = EngineDrafter(draft_model, vocab_size or c.vocab_size)
         self.speculation = SpeculationStats()
 
     def add(self, prompt_ids: list[int], sampling: SamplingConfig,
@@ -176,8 +181,9 @@ class Engine:
 
     def _step(self, seqs: list[Sequence], prefill: bool) -> list[tuple[Sequence, int]]:
         context = self.model.config.context_length
-        drafts = [engine_draft(seq, self.drafter, self.blocks, context)
-                  if seq.draft_tokens and not prefill else [] for seq in seqs]
+        proposals = [engine_draft(seq, self.drafter, self.blocks, context)
+                     if seq.draft_tokens and not prefill else ([], None) for seq in seqs]
+        drafts = [draft for draft, _ in proposals]
         logits = self._forward(seqs, drafts)  # (B [+ drafts], V): all new tokens in one pass
         for seq in seqs:
             seq.num_computed = seq.num_tokens
@@ -189,9 +195,9 @@ class Engine:
         sampled = self._sample([seqs[i] for i in plain], rows).tolist() if plain else []
         tokens = dict(zip(plain, ([t] for t in sampled), strict=True))  # (B - drafting,)
         produced = []
-        for i, (seq, draft) in enumerate(zip(seqs, drafts, strict=True)):
+        for i, (seq, (draft, q)) in enumerate(zip(seqs, proposals, strict=True)):
             scored = logits[firsts[i]:firsts[i] + len(draft) + 1]  # (k + 1, V)
-            new = accept_drafts(seq, scored, draft, self.blocks) if draft else tokens[i]
+            new = accept_drafts(seq, scored, draft, q, self.blocks) if draft else tokens[i]
             for row, token in zip(scored, new, strict=False):  # n + 1 tokens of k + 1 rows
                 if seq.sampling.logprobs is not None:
                     seq.logprobs.append(token_logprobs(row, token, seq.sampling.logprobs))
@@ -204,6 +210,7 @@ class Engine:
             if draft and not seq.finished:  # the accepted drafts' keys and values stay
                 seq.num_computed += len(new) - 1
                 self.blocks.commit(seq)
+        self.drafter.forget_finished()  # a draft model's caches of the sequences that ended
         return produced
 
     def _forward(self, seqs: list[Sequence], drafts: list[list[int]]) -> torch.Tensor:
@@ -238,6 +245,7 @@ class Engine:
         if not seq.finished:
             seq.finish_reason = reason
             self.scheduler.finish(seq)
+            self.drafter.forget_finished()
 
     def stream(self, prompt_ids: list[int], sampling: SamplingConfig,
                stop_ids: Collection[int] = ()) -> Iterator[int]:
