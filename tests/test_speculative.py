@@ -350,13 +350,14 @@ def test_engine_speculation_on_cuda_writes_the_plain_engine_tokens():
     model = tiny("llama-3-tiny").cuda()
     prompts = repetitive_prompts()
     greedy = SamplingConfig(max_new_tokens=24, temperature=0)
-    engine = Engine(model, block_size=4, draft_tokens=4)
-    assert engine.generate(prompts, greedy) == Engine(model, block_size=4).generate(prompts,
-                                                                                    greedy)
-    assert engine.speculation.accepted > 0
+    plain = Engine(model, block_size=4).generate(prompts, greedy)
     sampled = [SamplingConfig(24, 1.0, seed=seed) for seed in range(len(prompts))]
-    assert engine.generate(prompts, sampled) == engine.generate(prompts, sampled)
-    assert engine.blocks.used == 0
+    for draft in (None, model):  # prompt lookup, and a draft model (on the GPU too)
+        engine = Engine(model, block_size=4, draft_tokens=4, draft_model=draft)
+        assert engine.generate(prompts, greedy) == plain
+        assert engine.speculation.accepted > 0
+        assert engine.generate(prompts, sampled) == engine.generate(prompts, sampled)
+        assert engine.blocks.used == 0
 
 
 def test_the_engine_refuses_speculation_it_cannot_do_in_one_line():

@@ -86,7 +86,7 @@ class Engine:
                  draft_tokens: int = 0, draft_model: GPT | None = None) -> None:
         check_draft_tokens(draft_tokens, model.config)  # a model that cannot rewind: refused
         if draft_model is not None:
-            check_draft_model(draft_model, model.config, vocab_size or model.config.vocab_size)
+            check_draft_model(draft_model, vocab_size or model.config.vocab_size)
         if any(model.config.layer_is_linear(i) for i in range(model.config.n_layer)):
             raise LLMScratchError(
                 "the inference engine cannot serve Gated DeltaNet layers "

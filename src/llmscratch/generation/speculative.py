@@ -167,8 +167,8 @@ class DraftModel:
             self.cached += feed
             logits = self.model.logits(hidden)[:, :self.vocab_size]  # (1, V)
             q = next_token_probs(logits, cfg, prompt_ids, output_ids + draft)  # (1, V)
-            token = int(torch.multinomial(q, 1, generator=gen)) if cfg.temperature else \
-                int(q.argmax())
+            token = int(torch.multinomial(q.to(gen.device), 1, generator=gen)) \
+                if cfg.temperature else int(q.argmax())  # (the engine's generators: CPU)
             draft.append(token)
             qs.append(q)
             feed = [token]
@@ -298,9 +298,9 @@ def check_draft_tokens(draft_tokens: int, config: ModelConfig) -> None:
         check_can_rewind(config, "model")
 
 
-def check_draft_model(draft: torch.nn.Module, target: ModelConfig, vocab_size: int) -> None:
-    """Fail in one line unless `draft` can draft for the target: it can rewind, and its
-    output layer covers the `vocab_size` ids the target draws from."""
+def check_draft_model(draft: torch.nn.Module, vocab_size: int) -> None:
+    """Fail in one line unless `draft` can draft for a model drawing from `vocab_size` ids:
+    it can rewind, and its output layer covers those ids."""
     check_can_rewind(draft.config, "draft model")
     if draft.config.vocab_size < vocab_size:
         raise LLMScratchError(f"--speculative: the draft model has {draft.config.vocab_size:,} "
