@@ -90,8 +90,9 @@ class SpeculationStats:
     def add(self, drafted: int, accepted: int, tokens: int) -> None:
         """Count one forward pass's check of `drafted` tokens, and the tokens it gave."""
         self.steps += 1
-        self.drafted, self.accepted, self.tokens = (self.drafted + drafted,
-                                                    self.accepted + accepted, self.tokens + tokens)
+        self.drafted += drafted
+        self.accepted += accepted
+        self.tokens += tokens
 
     def describe(self) -> str:
         return (f"speculative decoding: {self.accepted}/{self.drafted} draft tokens accepted "
