@@ -20,9 +20,15 @@ copies without replacing.
 Both are timed as plain greedy decoding (`generation/sampling.py:
 generate`) and with speculation (`generation/speculative.py`): prompt lookup
 proposes the words that followed the last three in the text, so it is
-rejected where a word was replaced, and the draft model likewise. The bench
-checks that speculation writes the same tokens, and prints tokens/s (median
-over interleaved rounds), the speed-up and the acceptance rate.
+rejected where a word was replaced, and the draft model likewise. Then the
+same through the engine (`generation/engine.py`, what `serve` and `chat`
+run), one request at a time (batch 1), plainly, with prompt lookup
+(`Engine(draft_tokens=k)`) and with the draft model (`draft_model=`); each
+round gets a fresh engine, so no prompt comes from the last round's prefix
+cache. The
+bench checks that speculation writes the same tokens, and prints tokens/s
+(median over interleaved rounds), the speed-up over plain decoding by the
+same code (`generate`, or the engine) and the acceptance rate.
 
 A model this small is not held back by reading its weights, as GPT-2 124M
 is on a CPU, but by the work around each forward pass; either way one pass
@@ -46,6 +52,7 @@ import torch
 
 from llmscratch.generation import SamplingConfig, generate
 from llmscratch.generation.cpu_weights import pack_linear_weights
+from llmscratch.generation.engine import Engine
 from llmscratch.generation.speculative import (
     DraftModel,
     PromptLookup,
@@ -121,33 +128,46 @@ def speed(target: GPT, draft: GPT, prompts: list[list[int]], k: int, rounds: int
     greedy = SamplingConfig(max_new_tokens=100, temperature=0)
     plain = [generate(target, p, greedy, {EOT}) for p in prompts]
 
-    def speculate(make_drafter, stats: SpeculationStats) -> list[list[int]]:
-        return [list(speculative_tokens(target, p, greedy, make_drafter(), k, {EOT}, None, stats))
-                for p in prompts]
+    def speculate(make_drafter):
+        return lambda stats: [list(speculative_tokens(target, p, greedy, make_drafter(), k,
+                                                      {EOT}, None, stats)) for p in prompts]
 
-    ways = {"plain": None, "prompt lookup": PromptLookup,
-            "draft model": lambda: DraftModel(draft, VOCAB)}
+    def engine(draft_tokens: int, draft_model: GPT | None = None):
+        """A fresh engine's decoding, one request at a time, counting into `stats`."""
+        def decode(stats: SpeculationStats) -> list[list[int]]:
+            engine.speculation = stats
+            return [engine.generate([p], greedy, {EOT})[0] for p in prompts]
+
+        engine = Engine(target, max_batch=1, draft_tokens=draft_tokens, draft_model=draft_model)
+        return decode
+
+    # Each way: (made afresh each round, untimed) -> decode(stats), and what it is compared to.
+    ways = {"plain": (lambda: lambda stats: [generate(target, p, greedy, {EOT})
+                                             for p in prompts], "plain"),
+            "prompt lookup": (lambda: speculate(PromptLookup), "plain"),
+            "draft model": (lambda: speculate(lambda: DraftModel(draft, VOCAB)), "plain"),
+            "engine plain": (lambda: engine(0), "plain"),
+            "engine lookup": (lambda: engine(k), "engine plain"),
+            "engine draft": (lambda: engine(k, draft), "engine plain")}
     stats = {name: SpeculationStats() for name in ways}
-    for name, make in ways.items():  # a warm-up, and the check that nothing changes
-        if make is not None:
-            assert speculate(make, stats[name]) == plain, f"{name} changed the output"
+    for name, (make, _) in ways.items():  # a warm-up, and the check that nothing changes
+        assert make()(stats[name]) == plain, f"{name} changed the output"
     seconds: dict[str, list[float]] = {name: [] for name in ways}
     for _ in range(rounds):
-        for name, make in ways.items():
+        for name, (make, _) in ways.items():
+            decode = make()
             started = time.perf_counter()
-            if make is None:
-                [generate(target, p, greedy, {EOT}) for p in prompts]
-            else:
-                speculate(make, SpeculationStats())
+            decode(SpeculationStats())
             seconds[name].append(time.perf_counter() - started)
     tokens = sum(len(t) for t in plain)
-    base = tokens / statistics.median(seconds["plain"])
+    rate = {name: tokens / statistics.median(seconds[name]) for name in ways}
     rows = []
-    for name in ways:
-        rate = tokens / statistics.median(seconds[name])
-        per_pass = stats[name].tokens / stats[name].steps if ways[name] else 1.0
-        rows.append({"decoding": name, "tokens_per_s": round(rate, 1),
-                     "speedup": round(rate / base, 2), "draft_tokens": k if ways[name] else 0,
+    for name, (_, baseline) in ways.items():
+        speculates = stats[name].drafted > 0
+        per_pass = stats[name].tokens / stats[name].steps if speculates else 1.0
+        rows.append({"decoding": name, "tokens_per_s": round(rate[name], 1),
+                     "speedup": round(rate[name] / rate[baseline], 2), "over": baseline,
+                     "draft_tokens": k if speculates else 0,
                      "acceptance_rate": round(stats[name].acceptance_rate, 3),
                      "tokens_per_pass": round(per_pass, 2)})
     return rows
@@ -208,10 +228,11 @@ def main() -> None:
         return
     print(f"answers written exactly (greedy): target {accuracy['target']:.0%}, "
           f"draft {accuracy['draft']:.0%}")
-    print(f"{'decoding':<15}{'tokens/s':>10}{'speed-up':>10}{'accepted':>10}{'tokens/pass':>13}")
+    print(f"{'decoding':<15}{'tokens/s':>10}{'speed-up':>10} {'over':<13}{'accepted':>9}"
+          f"{'tokens/pass':>13}")
     for row in rows:
-        print(f"{row['decoding']:<15}{row['tokens_per_s']:>10.1f}{row['speedup']:>9.2f}x"
-              f"{row['acceptance_rate']:>10.0%}{row['tokens_per_pass']:>13.2f}")
+        print(f"{row['decoding']:<15}{row['tokens_per_s']:>10.1f}{row['speedup']:>9.2f}x "
+              f"{row['over']:<13}{row['acceptance_rate']:>9.0%}{row['tokens_per_pass']:>13.2f}")
     print(f"GPT-2 124M shapes, cached pass after 200 tokens: 1 token {cost['pass_1_ms']} ms, "
           f"{k + 1} tokens {cost[f'pass_{k + 1}_ms']} ms ({cost['relative_cost']}x); "
           f"projected prompt-lookup speed-up at {per_pass} tokens a pass: "

@@ -85,6 +85,38 @@ def test_speculative_generate_writes_the_plain_greedy_text_and_reports_acceptanc
     assert "draft tokens accepted" in capsys.readouterr().err
 
 
+def test_chat_speculates_to_the_same_replies_and_refuses_a_model_that_cannot_rewind(
+        tiny_run, capsys, monkeypatch):
+    import io
+
+    from llmscratch.model import GPT, get_preset
+    from llmscratch.runs import load
+
+    def chat(*extra: str) -> str:
+        monkeypatch.setattr("sys.stdin", io.StringIO("ROMEO: ROMEO: ROMEO:\nHAMLET:\n"))
+        assert main(["chat", "--run", str(tiny_run), "--max-new-tokens", "12",
+                     "--temperature", "0", *extra]) == 0
+        return capsys.readouterr().out
+
+    replies = chat()
+    assert "model> " in replies
+    assert chat("--speculative", "prompt-lookup", "--draft-tokens", "3") == replies
+    assert chat("--speculative", str(tiny_run)) == replies  # a draft model that always agrees
+    real = load.load_for_inference
+
+    def with_deltanet(*args, **kwargs):  # the run's tokenizer, a Qwen3-Next model
+        _, tokenizer, settings = real(*args, **kwargs)
+        return GPT(get_preset("qwen3-next-tiny")), tokenizer, settings
+
+    monkeypatch.setattr(load, "load_for_inference", with_deltanet)  # chat's
+    monkeypatch.setattr("llmscratch.serving.app.load_for_inference", with_deltanet)  # serve's
+    for argv in (["chat"], ["serve", "--port", "0"]):
+        assert main([*argv, "--run", str(tiny_run), "--speculative", "prompt-lookup"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: --speculative: the model has Gated DeltaNet layers")
+        assert "\n" not in err
+
+
 def test_a_draft_model_with_another_tokenizer_is_refused_in_one_line(tiny_run, tmp_path, capsys):
     other = new_run(tmp_path / "other")  # another tokenizer (and no checkpoint: never read)
     assert main(["generate", "--run", str(tiny_run), "--prompt", "x", "--speculative",
@@ -217,6 +249,13 @@ BAD_INPUTS = [
     (["generate", "--run", "{run}", "--prompt", "x", "--speculative", "prompt-lookup",
       "--draft-tokens", "0"], "--draft-tokens must be at least 1"),
     (["generate", "--run", "{run}", "--prompt", "x", "--speculative", "{tmp}/not_a_run"],
+     "is not a run directory"),
+    (["chat", "--run", "{run}", "--speculative", "prompt-lookup", "--draft-tokens", "-2"],
+     "--draft-tokens must be at least 1"),
+    (["serve", "--run", "{run}", "--speculative", "prompt-lookup", "--draft-tokens", "0"],
+     "--draft-tokens must be at least 1"),
+    (["chat", "--run", "{run}", "--speculative", "{tmp}/not_a_run"], "is not a run directory"),
+    (["serve", "--run", "{run}", "--port", "0", "--speculative", "{tmp}/not_a_run"],
      "is not a run directory"),
     (["pretrain", "--config", TINY_CONFIG, "--out", "{tmp}/o", "train.max_step=2"],
      "did you mean 'train.max_steps'"),

@@ -200,6 +200,54 @@ def test_a_client_that_leaves_mid_stream_frees_its_blocks(server):
     assert httpx.get(f"{server.url}/health").status_code == 200
 
 
+def test_a_speculating_server_writes_the_same_text_logprobs_and_stops(tiny_run, server):
+    """`serve --speculative prompt-lookup`: a step may give a request several tokens; each
+    reaches the client, with its own log-probabilities, and a stop string still cuts the
+    text. Greedy, as the plain server writes it (this model repeats one token: most drafts
+    are right); sampled, as the engine itself writes with the same seed. And `--speculative
+    RUN_DIR`: a draft model's drafts."""
+    from llmscratch.generation.engine import Engine
+
+    fast = Server(tiny_run, draft_tokens=4)
+    try:
+        prompt = "ROMEO: ROMEO: ROMEO: ROMEO:"
+        greedy = dict(model="tiny", prompt=prompt, max_tokens=30, temperature=0, logprobs=2)
+        plain = server.client().completions.create(**greedy).choices[0]
+        for stream in (False, True):
+            result = fast.client().completions.create(**greedy, stream=stream)
+            chunks = list(result) if stream else [result]
+            assert "".join(c.choices[0].text for c in chunks) == plain.text
+            assert chunks[-1].choices[0].finish_reason == "length"
+            if not stream:
+                assert chunks[0].choices[0].logprobs.token_logprobs == pytest.approx(
+                    plain.logprobs.token_logprobs, abs=1e-5)
+        model, tokenizer, settings = load_for_inference(tiny_run, "cpu")
+        engine = Engine(model, vocab_size=tokenizer.vocab_size, draft_tokens=4)
+        ids = engine.generate([tokenizer.encode(prompt)], SamplingConfig(30, 1.0, seed=7),
+                              settings.stop_token_ids)[0]
+        text = tokenizer.decode(ids)
+        assert engine.speculation.drafted > 0
+        sampled = dict(model="tiny", prompt=prompt, max_tokens=30, temperature=1.0, seed=7)
+        assert fast.client().completions.create(**sampled).choices[0].text == text
+        stop = next(text[i:i + 3] for i in range(5, len(text)) if text[i:i + 3].isalpha())
+        cut = fast.client().completions.create(**sampled, stop=[stop]).choices[0]
+        assert cut.text == text[:text.find(stop)] and cut.finish_reason == "stop"
+        metrics = fast.metrics()
+        assert metrics["llmscratch_draft_tokens_accepted_total"] > 0
+        assert metrics["llmscratch_draft_tokens_total"] > 0
+        assert metrics["llmscratch_kv_blocks_used"] == 0
+    finally:
+        fast.close()
+    drafted = Server(tiny_run, draft_tokens=3, draft_run=str(tiny_run))  # always agrees
+    try:
+        assert drafted.client().completions.create(**greedy).choices[0].text == plain.text
+        metrics = drafted.metrics()
+        assert metrics["llmscratch_draft_tokens_accepted_total"] == \
+            metrics["llmscratch_draft_tokens_total"] > 0
+    finally:
+        drafted.close()
+
+
 def test_over_the_concurrency_limit_is_429(tiny_run, monkeypatch):
     from llmscratch.generation.engine import Engine
 

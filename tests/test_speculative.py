@@ -2,11 +2,13 @@
 plain greedy output, token for token, and sampled tokens follow the target model's
 probabilities (computed exactly here, by enumerating a tiny vocabulary)."""
 
+import copy
 import itertools
 
 import pytest
 import torch
 
+from llmscratch.generation.engine import Engine
 from llmscratch.generation.sampling import SamplingConfig, generate, next_token_probs
 from llmscratch.generation.speculative import (
     DraftModel,
@@ -206,3 +208,165 @@ def test_a_model_with_gated_deltanet_layers_is_not_speculated_on():
     cache.pos = 5
     with pytest.raises(ValueError, match="cannot be truncated"):
         cache.truncate(3)
+
+
+# --- in the engine: the same rule over the paged cache, requests batched --------------------
+
+
+def run_engine(engine, prompts, samplings, drafts, stops=None):
+    """Every request's finished Sequence, and how many tokens the step that ended it gave.
+    stops: each request's stop ids (default: none). After every step, each running sequence
+    holds the blocks of its computed tokens and no more."""
+    stops = stops or [()] * len(prompts)
+    seqs = [engine.add(p, s, stop, draft_tokens=k)
+            for p, s, k, stop in zip(prompts, samplings, drafts, stops, strict=True)]
+    last_step = {}
+    while not engine.scheduler.idle:
+        given = {}
+        for seq, _ in engine.step():
+            given[seq.id] = given.get(seq.id, 0) + 1
+        last_step.update(given)
+        for seq in engine.scheduler.running:  # rejected drafts' blocks were given back
+            assert len(seq.block_table) == engine.blocks.blocks_needed(seq.num_computed)
+    return seqs, [last_step[seq.id] for seq in seqs]
+
+
+@pytest.mark.parametrize("name", ["gpt2-tiny", "llama-3-tiny", "gemma3-tiny", "deepseek-v3-tiny"])
+@pytest.mark.parametrize("num_blocks", [None, 14])
+def test_engine_speculation_writes_the_engines_plain_greedy_tokens(name, num_blocks):
+    """Speculating and plain requests in one batch (each prompt both ways), with logprobs,
+    a stop token, short and long budgets: every request gets what the plain engine gives
+    it, drafts are accepted and rejected, and no block is left over. 14 blocks of 4 slots
+    make a cache too small for all at once: preemption, and drafts cut to the free blocks."""
+    model = tiny(name)
+    prompts = repetitive_prompts() * 2
+    samplings = [SamplingConfig(max_new_tokens=n, temperature=0, logprobs=2)
+                 for n in (30, 1, 30, 24) * 2]
+    plain_engine = Engine(model, block_size=4)
+    plain = plain_engine.run(prompts, samplings)
+    stops = [{plain[0].output_ids[12]}, (), (), ()] * 2  # the first prompt's, both ways
+    expected, _ = run_engine(plain_engine, prompts, samplings, [0] * 8, stops)
+    engine = Engine(model, num_blocks=num_blocks, block_size=4)
+    for _ in range(2):  # the second time, prompts' blocks come from the prefix cache
+        seqs, _ = run_engine(engine, prompts, samplings, [4, 2, 3, 6, 0, 0, 0, 0], stops)
+        for seq, want in zip(seqs, expected, strict=True):
+            assert seq.output_ids == want.output_ids
+            assert (seq.finish_reason, seq.stop_token) == (want.finish_reason, want.stop_token)
+            assert [t.token for t in seq.logprobs] == [t.token for t in want.logprobs]
+            assert [t.logprob for t in seq.logprobs] == pytest.approx(
+                [t.logprob for t in want.logprobs], abs=1e-4)
+        assert engine.blocks.used == 0
+    assert expected[0].finish_reason == "stop"
+    assert 0 < engine.speculation.accepted
+    if name != "gpt2-tiny":  # (whose replies repeat one token: every draft is right)
+        assert engine.speculation.accepted < engine.speculation.drafted
+    assert engine.blocks.cache_hits > 0
+    if num_blocks:
+        assert engine.scheduler.preemptions > 0
+
+
+def test_engine_speculation_ends_where_plain_decoding_does_even_inside_a_step():
+    """Every budget from 1 to 20 tokens and every stop token of the plain reply, all in one
+    batch: each reply is the plain one cut there, including where the end comes after
+    accepted drafts in the step that ends it."""
+    model = tiny("llama-3-tiny")
+    prompt = repetitive_prompts()[1]
+    plain = Engine(model).generate([prompt], SamplingConfig(20, temperature=0))[0]
+    engine = Engine(model, block_size=4, draft_tokens=4)
+    budgets = [SamplingConfig(n, temperature=0) for n in range(1, 21)]
+    seqs, last_step = run_engine(engine, [prompt] * 20, budgets, [4] * 20)
+    assert [seq.output_ids for seq in seqs] == [plain[:n] for n in range(1, 21)]
+    assert max(last_step) > 1  # some budgets were met by a step of several tokens
+    for stop in set(plain):
+        seqs, last_step = run_engine(engine, [prompt], [budgets[-1]], [4], [{stop}])
+        assert seqs[0].output_ids == plain[:plain.index(stop)]
+        assert seqs[0].finish_reason == "stop" and seqs[0].stop_token == stop
+    assert engine.blocks.used == 0
+
+
+@pytest.mark.parametrize("drafter, greedy", [("prompt-lookup", True), ("prompt-lookup", False),
+                                             ("draft-model", False)])
+def test_engine_speculation_keeps_the_targets_distribution(drafter, greedy):
+    """The statistical test of `test_sampled_speculation_follows_the_targets_distribution`,
+    through the engine: 600 seeded requests batched, drafting 2 tokens a step."""
+    torch.manual_seed(0)
+    config = get_preset("gpt2-tiny", vocab_size=4, context_length=16, n_layer=1,
+                        tie_embeddings=False)
+    model = GPT(config).eval()
+    draft = GPT(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(15)
+        draft.load_state_dict(model.state_dict())
+        draft.lm_head.weight.mul_(-0.3)  # a draft that leans away from the target
+    prompt = [0, 1, 2, 0, 1]
+    cfg = SamplingConfig(3, temperature=0 if greedy else 1.0)
+    exact = exact_distribution(model, prompt, cfg, 3)
+    runs = 600
+    engine = Engine(model, block_size=4, max_batch=64, draft_tokens=2,
+                    draft_model=draft if drafter == "draft-model" else None)
+    samplings = [SamplingConfig(3, cfg.temperature, seed=seed) for seed in range(runs)]
+    seqs, _ = run_engine(engine, [prompt] * runs, samplings, [2] * runs)
+    counts = dict.fromkeys(exact, 0)
+    for seq in seqs:
+        counts[tuple(seq.output_ids)] += 1
+    assert engine.blocks.used == 0 and not engine.drafter.drafters  # nothing left behind
+    if greedy:  # one reply, always
+        assert counts == {cell: runs * (p == 1.0) for cell, p in exact.items()}
+        return
+    statistic, cells = chi_square(counts, exact, runs)
+    assert 0.1 < engine.speculation.acceptance_rate < 0.9
+    assert cells >= 15 and statistic < 45
+
+
+def test_engine_speculation_with_a_draft_model_writes_the_engines_plain_greedy_tokens():
+    """A draft model that sometimes agrees (the model's weights with noise), and one that
+    always does (the model itself), in a batch of speculating and plain requests and in
+    a cache small enough to preempt."""
+    model = tiny("llama-3-tiny")
+    torch.manual_seed(1)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for param in other.parameters():
+            param.add_(torch.randn_like(param) * 0.3 * param.std())
+    prompts = repetitive_prompts() * 2
+    greedy = SamplingConfig(max_new_tokens=20, temperature=0)
+    expected = Engine(model, block_size=4).generate(prompts, greedy)
+    for draft, num_blocks in ((other, None), (model, None), (other, 14)):
+        engine = Engine(model, num_blocks=num_blocks, block_size=4, draft_model=draft)
+        seqs, _ = run_engine(engine, prompts, [greedy] * 8, [4, 2, 3, 6, 0, 0, 0, 0])
+        assert [seq.output_ids for seq in seqs] == expected
+        stats = engine.speculation
+        assert 0 < stats.accepted < stats.drafted if draft is other else \
+            stats.accepted == stats.drafted > 0
+        assert engine.blocks.used == 0
+        if num_blocks:
+            assert engine.scheduler.preemptions > 0
+
+
+@pytest.mark.cuda
+def test_engine_speculation_on_cuda_writes_the_plain_engine_tokens():
+    """On a GPU: greedy, what the plain engine writes there; sampled (each sequence's
+    generator on the CPU, the model's probabilities on the GPU), the same text for a seed."""
+    model = tiny("llama-3-tiny").cuda()
+    prompts = repetitive_prompts()
+    greedy = SamplingConfig(max_new_tokens=24, temperature=0)
+    plain = Engine(model, block_size=4).generate(prompts, greedy)
+    sampled = [SamplingConfig(24, 1.0, seed=seed) for seed in range(len(prompts))]
+    for draft in (None, model):  # prompt lookup, and a draft model (on the GPU too)
+        engine = Engine(model, block_size=4, draft_tokens=4, draft_model=draft)
+        assert engine.generate(prompts, greedy) == plain
+        assert engine.speculation.accepted > 0
+        assert engine.generate(prompts, sampled) == engine.generate(prompts, sampled)
+        assert engine.blocks.used == 0
+
+
+def test_the_engine_refuses_speculation_it_cannot_do_in_one_line():
+    from llmscratch.errors import LLMScratchError
+
+    with pytest.raises(LLMScratchError, match="--speculative: the model has Gated DeltaNet"):
+        Engine(GPT(get_preset("qwen3-next-tiny")), draft_tokens=4)
+    engine = Engine(tiny("gpt2-tiny"))
+    for bad in (-1, 2.5):
+        with pytest.raises(LLMScratchError, match="draft_tokens must be a whole number"):
+            engine.add([1, 2], SamplingConfig(), draft_tokens=bad)
+    assert engine.scheduler.idle

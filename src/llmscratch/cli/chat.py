@@ -30,7 +30,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from llmscratch.cli.common import add_command, say
-from llmscratch.cli.generate import add_device_options
+from llmscratch.cli.generate import (
+    add_device_options,
+    add_speculative_options,
+    engine_speculation,
+    load_draft_model,
+)
 from llmscratch.errors import LLMScratchError
 
 HELP = ("/system TEXT sets the system message and starts over, /reset forgets the "
@@ -41,13 +46,16 @@ HELP = ("/system TEXT sets the system message and starts over, /reset forgets th
 def register(sub) -> None:
     p = add_command(sub, "chat", "Chat with a run's model in the terminal, replies streamed.",
                     "  llmscratch chat --run runs/qwen3-0.6b --temperature 0.7\n"
-                    "  llmscratch chat --run runs/sft --system 'You are terse.'\n")
+                    "  llmscratch chat --run runs/sft --system 'You are terse.'\n"
+                    "  llmscratch chat --run runs/sft --speculative prompt-lookup\n"
+                    "  llmscratch chat --run runs/big --speculative runs/small --draft-tokens 4\n")
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--system", default="", help="a system message to start with")
     p.add_argument("--max-new-tokens", type=int, default=512, help="at most this many a reply")
     p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (1 = off)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same conversation")
+    add_speculative_options(p)
     add_device_options(p)
     p.set_defaults(func=cmd_chat)
 
@@ -107,13 +115,16 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from llmscratch.tokenizer import StopText
     from llmscratch.tokenizer.chat import encode_chat
 
+    draft_tokens, draft_run = engine_speculation(args)  # --speculative (0: off)
     sampling = SamplingConfig(args.max_new_tokens, args.temperature, top_p=args.top_p,
                               seed=args.seed)
-    model, tokenizer, settings = load_for_inference(args.run, resolve_device(args.device),
-                                                    args.dtype)
+    device = resolve_device(args.device)
+    model, tokenizer, settings = load_for_inference(args.run, device, args.dtype)
     quantize_linear_weights(model, args.quantize)  # --quantize int8|int4 (None: unchanged)
     pack_linear_weights(model)  # on the CPU: oneDNN's kernels where faster (inference only)
-    engine = Engine(model, max_batch=1, vocab_size=tokenizer.vocab_size)
+    draft = load_draft_model(draft_run, tokenizer, device, args.dtype) if draft_run else None
+    engine = Engine(model, max_batch=1, vocab_size=tokenizer.vocab_size,
+                    draft_tokens=draft_tokens, draft_model=draft)
     context = model.config.context_length
 
     def encode(messages: list[dict]) -> list[int]:

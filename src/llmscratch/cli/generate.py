@@ -33,14 +33,43 @@ def register(sub) -> None:
                    help="once for any generated token, in [-2, 2] (0 = off)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same text")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_speculative_options(p)
+    add_device_options(p)
+    p.set_defaults(func=cmd_generate)
+
+
+def add_speculative_options(p) -> None:
+    """--speculative and --draft-tokens, for `generate`, `chat` and `serve`
+    (generation/speculative.py)."""
     p.add_argument("--speculative", metavar="prompt-lookup|RUN_DIR",
                    help="speculative decoding: draft tokens by looking the last few up in the "
                         "prompt and reply, or with a smaller run's model (same tokenizer); the "
                         "model checks them in one pass. Same distribution, often faster")
     p.add_argument("--draft-tokens", type=int, default=5,
                    help="with --speculative: at most this many draft tokens a step")
-    add_device_options(p)
-    p.set_defaults(func=cmd_generate)
+
+
+def engine_speculation(args: argparse.Namespace) -> tuple[int, str | None]:
+    """The engine's draft tokens a step (0: no speculation) and the draft run (None: prompt
+    lookup), from --speculative and --draft-tokens, checked before anything is loaded."""
+    if args.draft_tokens < 1:
+        raise LLMScratchError(f"--draft-tokens must be at least 1, got {args.draft_tokens}")
+    if args.speculative is None:
+        return 0, None
+    return args.draft_tokens, None if args.speculative == "prompt-lookup" else args.speculative
+
+
+def load_draft_model(run_dir: str, tokenizer, device, dtype):
+    """A draft run's model, checked to read the same tokens before its weights are read
+    and to be able to drop rejected drafts, packed for the CPU."""
+    from llmscratch.generation.cpu_weights import pack_linear_weights
+    from llmscratch.generation.speculative import check_can_rewind
+    from llmscratch.runs.load import load_draft
+
+    draft = load_draft(run_dir, tokenizer, device, dtype)
+    check_can_rewind(draft.config, "draft model")
+    pack_linear_weights(draft)
+    return draft
 
 
 def add_device_options(p) -> None:
@@ -123,15 +152,11 @@ def token_stream(model, prompt_ids, sampling, stop, vocab, drafter, draft_tokens
 
 
 def make_drafter(args, tokenizer, device, max_len: int):
-    """--speculative's drafter: prompt lookup, or a draft run's model (checked to read the
-    same tokens before its weights are read) with a cache for `max_len` tokens."""
-    from llmscratch.generation.cpu_weights import pack_linear_weights
-    from llmscratch.generation.speculative import DraftModel, PromptLookup, check_can_rewind
-    from llmscratch.runs.load import load_draft
+    """--speculative's drafter: prompt lookup, or a draft run's model (`load_draft_model`)
+    with a cache for `max_len` tokens."""
+    from llmscratch.generation.speculative import DraftModel, PromptLookup
 
     if args.speculative == "prompt-lookup":
         return PromptLookup()
-    draft = load_draft(args.speculative, tokenizer, device, args.dtype)
-    check_can_rewind(draft.config, "draft model")
-    pack_linear_weights(draft)
+    draft = load_draft_model(args.speculative, tokenizer, device, args.dtype)
     return DraftModel(draft, tokenizer.vocab_size, max_len)

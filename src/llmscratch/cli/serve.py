@@ -7,7 +7,7 @@ import errno
 import socket
 
 from llmscratch.cli.common import add_command, say
-from llmscratch.cli.generate import add_device_options
+from llmscratch.cli.generate import add_device_options, add_speculative_options, engine_speculation
 from llmscratch.errors import LLMScratchError
 
 
@@ -15,6 +15,8 @@ def register(sub) -> None:
     p = add_command(sub, "serve", "Serve a run's model with an OpenAI-compatible HTTP API.",
                     "  llmscratch serve --run runs/qwen3-0.6b\n"
                     "  llmscratch serve --run runs/demo --port 8080 --api-key secret\n"
+                    "  llmscratch serve --run runs/demo --speculative prompt-lookup "
+                    "--draft-tokens 4\n"
                     "  curl localhost:8000/v1/chat/completions -H 'Content-Type: "
                     "application/json' \\\n"
                     "    -d '{\"messages\": [{\"role\": \"user\", \"content\": \"Hello\"}]}'\n")
@@ -30,6 +32,7 @@ def register(sub) -> None:
                    help="requests at once; more are answered 429")
     p.add_argument("--max-batch", type=at_least_one, default=32,
                    help="sequences in one engine step")
+    add_speculative_options(p)
     add_device_options(p)
     p.set_defaults(func=cmd_serve)
 
@@ -56,11 +59,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise LLMScratchError("llmscratch serve needs fastapi and uvicorn: "
                               "pip install 'llmscratch[serve]'") from None
 
+    draft_tokens, draft_run = engine_speculation(args)  # --speculative (0: off)
     sock = listen(args.host, args.port)  # before the model loads: a port in use fails at once
     try:
         state, app = serve_run(args.run, args.device, args.dtype, args.model_name,
                                args.api_key, args.max_concurrency, args.max_batch,
-                               args.quantize)
+                               args.quantize, draft_tokens, draft_run)
         try:
             root = url(sock)
             say(f"serving {state.model_name} on {root}/v1 (OpenAI-compatible; Ctrl-C stops)")

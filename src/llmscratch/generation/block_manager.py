@@ -252,3 +252,28 @@ class BlockManager:
         seq.window_table.clear()
         seq.num_computed = seq.num_hashed = seq.window_released = 0
         seq.last_hash = None
+
+    def reserve(self, seq: Sequence, num_tokens: int) -> int:
+        """Give `seq` blocks for up to `num_tokens` positions, as many as the free lists
+        allow without preempting anyone (speculative decoding's draft tokens: a guess
+        need not get room); returns the positions its blocks now hold."""
+        while len(seq.block_table) * self.block_size < num_tokens and self.pool.free and (
+                self.window_pool is None or self.window_pool.free):
+            seq.block_table.append(self.pool.fresh())
+            if self.window_pool is not None:
+                seq.window_table.append(self.window_pool.fresh())
+        return len(seq.block_table) * self.block_size
+
+    def truncate(self, seq: Sequence, num_tokens: int) -> None:
+        """Give back the blocks past a sequence's first `num_tokens` positions (rejected
+        draft tokens). Only blocks the sequence alone holds and nobody can have found by
+        hash go: the cached prefix and every hashed block lie before its computed end."""
+        keep = self.blocks_needed(num_tokens)
+        assert keep >= seq.num_hashed, "a hashed (shareable) block is never truncated"
+        for block_id in reversed(seq.block_table[keep:]):
+            assert self.pool.blocks[block_id].ref_count == 1
+            self.pool.release(block_id)
+        for block_id in reversed(seq.window_table[keep:]):
+            if block_id is not None:
+                self.window_pool.release(block_id)
+        del seq.block_table[keep:], seq.window_table[keep:]

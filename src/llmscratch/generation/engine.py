@@ -9,7 +9,10 @@ with a `StepBatch` view of the paged cache (paged_cache.py): in a decode
 step, every sequence's newest token; in a prefill step, every new prompt,
 whatever their lengths, with no padding. It then samples one token for each
 sequence from its last position, all rows at once (sampling.py:
-`sample_rows`), and lets finished sequences go. The model is the same one
+`sample_rows`), and lets finished sequences go. A request may ask for
+speculative decoding (`draft_tokens`): in a decode step it then brings
+draft tokens found in its own text, the pass scores them too, and it may
+get several tokens from one step (speculative.py). The model is the same one
 that trains: its attention hands the view its queries, keys and values, and
 the view attends over the cache.
 
@@ -18,6 +21,7 @@ Legend: B sequences in the step, M new tokens of them all, D width, V vocabulary
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Collection, Iterator
 from collections.abc import Sequence as Seq
 
@@ -29,6 +33,15 @@ from llmscratch.generation.paged_cache import FlexDecode, PagedKVCache, StepBatc
 from llmscratch.generation.sampling import SamplingConfig, TokenCounts, sample_rows
 from llmscratch.generation.scheduler import Scheduler
 from llmscratch.generation.sequence import Sequence, TokenLogprobs
+from llmscratch.generation.speculative import (
+    EngineDrafter,
+    SpeculationStats,
+    accept_drafts,
+    check_draft_model,
+    check_draft_tokens,
+    engine_draft,
+    scored_rows,
+)
 from llmscratch.model import GPT
 
 DEFAULT_BLOCK_SIZE = 16
@@ -60,13 +73,20 @@ class Engine:
     paged_attention: how a decode step reads the cache: "gather" (its keys copied
     out through the block tables, then PyTorch's attention) or "flex" (compiled
     flex_attention reading the blocks in place; paged_cache.py says which is faster).
+    draft_tokens: > 0 makes every request speculate with up to this many draft tokens a
+    step, unless `add` says otherwise (speculative.py), drafted by `draft_model` (a smaller
+    model reading the same tokens) or else by prompt lookup; `speculation` counts what
+    was drafted and accepted.
     """
 
     def __init__(self, model: GPT, num_blocks: int | None = None,
                  block_size: int = DEFAULT_BLOCK_SIZE, max_batch: int = 32,
                  max_batch_tokens: int = 4096, vocab_size: int | None = None,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES, paged_attention: str = "gather"
-                 ) -> None:
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, paged_attention: str = "gather",
+                 draft_tokens: int = 0, draft_model: GPT | None = None) -> None:
+        check_draft_tokens(draft_tokens, model.config)  # a model that cannot rewind: refused
+        if draft_model is not None:
+            check_draft_model(draft_model, vocab_size or model.config.vocab_size)
         if any(model.config.layer_is_linear(i) for i in range(model.config.n_layer)):
             raise LLMScratchError(
                 "the inference engine cannot serve Gated DeltaNet layers "
@@ -102,12 +122,18 @@ class Engine:
             self.cache.flex = FlexDecode(max_batch, block_size, pools, self.device)
         self.scheduler = Scheduler(self.blocks, max_batch, max_batch_tokens)
         self.vocab_size = vocab_size
+        self.draft_tokens = draft_tokens
+        self.drafter = EngineDrafter(draft_model, vocab_size or c.vocab_size)
+        self.speculation = SpeculationStats()
 
     def add(self, prompt_ids: list[int], sampling: SamplingConfig,
-            stop_ids: Collection[int] = ()) -> Sequence:
-        """Queue a request; it joins the running batch as soon as there is room."""
+            stop_ids: Collection[int] = (), draft_tokens: int | None = None) -> Sequence:
+        """Queue a request; it joins the running batch as soon as there is room.
+        draft_tokens: its speculative decoding's (default: the engine's; 0 = off)."""
         self.check(prompt_ids, sampling)
-        seq = Sequence(list(prompt_ids), sampling, stop_ids)
+        draft_tokens = self.draft_tokens if draft_tokens is None else draft_tokens
+        check_draft_tokens(draft_tokens, self.model.config)
+        seq = Sequence(list(prompt_ids), sampling, stop_ids, draft_tokens=draft_tokens)
         self.scheduler.add(seq)
         return seq
 
@@ -154,30 +180,54 @@ class Engine:
             raise StepFailed(seqs) from err
 
     def _step(self, seqs: list[Sequence], prefill: bool) -> list[tuple[Sequence, int]]:
-        logits = self._forward(seqs)  # (B, V): every sequence's new tokens in one pass
+        context = self.model.config.context_length
+        proposals = [engine_draft(seq, self.drafter, self.blocks, context)
+                     if seq.draft_tokens and not prefill else ([], None) for seq in seqs]
+        drafts = [draft for draft, _ in proposals]
+        logits = self._forward(seqs, drafts)  # (B [+ drafts], V): all new tokens in one pass
         for seq in seqs:
             seq.num_computed = seq.num_tokens
             self.blocks.commit(seq)
-        tokens = self._sample(seqs, logits).tolist()  # (B,)
+        # Each sequence's rows: its last token's, then its draft tokens' (none in most steps).
+        firsts = list(itertools.accumulate((len(d) + 1 for d in drafts), initial=0))
+        plain = [i for i, draft in enumerate(drafts) if not draft]
+        rows = logits if len(plain) == len(seqs) else logits[[firsts[i] for i in plain]]
+        sampled = self._sample([seqs[i] for i in plain], rows).tolist() if plain else []
+        tokens = dict(zip(plain, ([t] for t in sampled), strict=True))  # (B - drafting,)
         produced = []
-        for seq, row, token in zip(seqs, logits, tokens, strict=True):
-            if seq.sampling.logprobs is not None:
-                seq.logprobs.append(token_logprobs(row, token, seq.sampling.logprobs))
-            produced.append((seq, token))
-            self._append(seq, token)
+        for i, (seq, (draft, q)) in enumerate(zip(seqs, proposals, strict=True)):
+            scored = logits[firsts[i]:firsts[i] + len(draft) + 1]  # (k + 1, V)
+            new = accept_drafts(seq, scored, draft, q, self.blocks) if draft else tokens[i]
+            for row, token in zip(scored, new, strict=False):  # n + 1 tokens of k + 1 rows
+                if seq.sampling.logprobs is not None:
+                    seq.logprobs.append(token_logprobs(row, token, seq.sampling.logprobs))
+                produced.append((seq, token))
+                self._append(seq, token)
+                if seq.finished:
+                    break
+            if seq.draft_tokens and not prefill:
+                self.speculation.add(len(draft), len(new) - 1, len(new))
+            if draft and not seq.finished:  # the accepted drafts' keys and values stay
+                seq.num_computed += len(new) - 1
+                self.blocks.commit(seq)
+        self.drafter.forget_finished()  # a draft model's caches of the sequences that ended
         return produced
 
-    def _forward(self, seqs: list[Sequence]) -> torch.Tensor:
-        """The model over every sequence's uncomputed tokens, packed into one row (prompts of
-        any lengths, no padding: paged_cache.py); next-token logits (B, V) in fp32."""
-        new = [seq.num_tokens - seq.num_computed for seq in seqs]
-        ids = [t for seq in seqs for t in seq.token_ids[seq.num_computed:]]
+    def _forward(self, seqs: list[Sequence], drafts: list[list[int]]) -> torch.Tensor:
+        """The model over every sequence's uncomputed tokens and draft tokens, packed into one
+        row (prompts of any lengths, no padding: paged_cache.py); next-token logits in fp32
+        of every sequence's last token, (B, V), with each draft token's after its sequence's
+        last token's (B + drafts, V)."""
+        new = [seq.num_tokens - seq.num_computed + len(d)
+               for seq, d in zip(seqs, drafts, strict=True)]
+        ids = [t for seq, draft in zip(seqs, drafts, strict=True)
+               for t in seq.token_ids[seq.num_computed:] + draft]
         inputs = torch.tensor([ids], dtype=torch.int64).to(self.device)  # (1, M)
         windows = [s.window_table for s in seqs] if self.cache.window_blocks else None
         batch = StepBatch(self.cache, [s.block_table for s in seqs],
                           [s.num_computed for s in seqs], new, self.device, windows)
-        hidden = self.model(inputs, batch)[0, batch.last]  # (B, D): each sequence's last token
-        return self.model.logits(hidden)[:, :self.vocab_size].float()  # (B, V)
+        hidden = self.model(inputs, batch)[0, scored_rows(batch.last, drafts)]  # (B [+ k], D)
+        return self.model.logits(hidden)[:, :self.vocab_size].float()  # (B [+ drafts], V)
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> torch.Tensor:
         """Every sequence's next token (B,), in one batched call; each draws its random
@@ -195,6 +245,7 @@ class Engine:
         if not seq.finished:
             seq.finish_reason = reason
             self.scheduler.finish(seq)
+            self.drafter.forget_finished()
 
     def stream(self, prompt_ids: list[int], sampling: SamplingConfig,
                stop_ids: Collection[int] = ()) -> Iterator[int]:

@@ -62,6 +62,7 @@ class Sequence:
     logprobs: list[TokenLogprobs] = field(default_factory=list)
     generator: torch.Generator = field(init=False)
     counts: TokenCounts | None = None  # its tokens, counted for the penalties (when it has any)
+    draft_tokens: int = 0  # > 0: up to this many draft tokens a decode step (speculative.py)
 
     def __post_init__(self) -> None:
         self.generator = torch.Generator().manual_seed(self.sampling.seed)

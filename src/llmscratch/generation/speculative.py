@@ -43,6 +43,20 @@ one at a time, which can flip a near-tie between two tokens).
 
 Rejected drafts leave keys and values in the caches past the accepted
 tokens; `KVCache.truncate` forgets them and the next pass overwrites them.
+
+In the engine (engine.py), a request that asks for it (`draft_tokens` > 0)
+carries up to k drafts into each decode step (`EngineDrafter`: prompt
+lookup, or a draft model): its last token and its drafts go into the step's
+packed row like a small prefill over its cached context (paged_cache.py:
+rows of any lengths), the same rule checks them, and the paged cache rolls
+back past the accepted tokens: the blocks the drafts took beyond them go
+back to the free list (`BlockManager.truncate`; only blocks the sequence
+alone holds: shared and hashed ones all lie before its computed end).
+Drafts take only free blocks: when the cache is full a sequence decodes
+plainly rather than preempting anyone for a guess. A draft model drafts for
+each sequence on its own, with a dense cache per sequence sized to it
+(`DraftModel`, as `generate` does): simple, and right at batch 1, where
+speculation pays; with many sequences, their drafting is not batched.
 """
 
 from __future__ import annotations
@@ -53,7 +67,9 @@ from dataclasses import dataclass
 import torch
 
 from llmscratch.errors import LLMScratchError
+from llmscratch.generation.block_manager import BlockManager
 from llmscratch.generation.sampling import SamplingConfig, next_token_probs
+from llmscratch.generation.sequence import Sequence as EngineSequence
 from llmscratch.model.config import ModelConfig
 
 
@@ -70,6 +86,13 @@ class SpeculationStats:
     def acceptance_rate(self) -> float:
         """The fraction of draft tokens the target kept (0 when nothing was drafted)."""
         return self.accepted / self.drafted if self.drafted else 0.0
+
+    def add(self, drafted: int, accepted: int, tokens: int) -> None:
+        """Count one forward pass's check of `drafted` tokens, and the tokens it gave."""
+        self.steps += 1
+        self.drafted += drafted
+        self.accepted += accepted
+        self.tokens += tokens
 
     def describe(self) -> str:
         return (f"speculative decoding: {self.accepted}/{self.drafted} draft tokens accepted "
@@ -145,8 +168,8 @@ class DraftModel:
             self.cached += feed
             logits = self.model.logits(hidden)[:, :self.vocab_size]  # (1, V)
             q = next_token_probs(logits, cfg, prompt_ids, output_ids + draft)  # (1, V)
-            token = int(torch.multinomial(q, 1, generator=gen)) if cfg.temperature else \
-                int(q.argmax())
+            token = int(torch.multinomial(q.to(gen.device), 1, generator=gen)) \
+                if cfg.temperature else int(q.argmax())  # (the engine's generators: CPU)
             draft.append(token)
             qs.append(q)
             feed = [token]
@@ -264,3 +287,96 @@ def check_can_rewind(config: ModelConfig, whose: str) -> None:
         raise LLMScratchError(
             f"--speculative: the {whose} has Gated DeltaNet layers, whose state cannot drop "
             "rejected draft tokens; generate without --speculative")
+
+
+def check_draft_tokens(draft_tokens: int, config: ModelConfig) -> None:
+    """Fail in one line unless a model can speculate with this many draft tokens a step
+    (0: no speculation)."""
+    if not isinstance(draft_tokens, int) or draft_tokens < 0:
+        raise LLMScratchError(f"draft_tokens must be a whole number >= 0 (0 = no speculative "
+                              f"decoding), got {draft_tokens!r}")
+    if draft_tokens:
+        check_can_rewind(config, "model")
+
+
+def check_draft_model(draft: torch.nn.Module, vocab_size: int) -> None:
+    """Fail in one line unless `draft` can draft for a model drawing from `vocab_size` ids:
+    it can rewind, and its output layer covers those ids."""
+    check_can_rewind(draft.config, "draft model")
+    if draft.config.vocab_size < vocab_size:
+        raise LLMScratchError(f"--speculative: the draft model has {draft.config.vocab_size:,} "
+                              f"outputs; the model draws from {vocab_size:,} token ids")
+
+
+# --- in the engine (engine.py; the module docstring's last paragraph) ---------------------
+
+
+class EngineDrafter:
+    """Drafts for the engine's sequences: prompt lookup (no `model`), or a draft model
+    with a `DraftModel` (its own dense cache, sized to the sequence) per sequence, dropped
+    once the sequence has finished. vocab_size: the ids both models draw from."""
+
+    def __init__(self, model: torch.nn.Module | None = None, vocab_size: int = 0) -> None:
+        self.model, self.vocab_size = model, vocab_size
+        self.lookup = PromptLookup()
+        self.drafters: dict[int, tuple[EngineSequence, DraftModel]] = {}
+
+    def propose(self, seq: EngineSequence, k: int) -> tuple[list[int], torch.Tensor | None]:
+        """Up to k draft tokens to follow `seq`, and the distributions q (k, V) they were
+        drawn from (None: prompt lookup's, one-hot)."""
+        args = (seq.token_ids, k, seq.sampling, len(seq.prompt_ids), seq.generator)
+        if self.model is None:
+            return self.lookup.propose(*args)
+        if seq.id not in self.drafters:
+            longest = len(seq.prompt_ids) + seq.sampling.max_new_tokens
+            self.drafters[seq.id] = seq, DraftModel(self.model, self.vocab_size, longest)
+        return self.drafters[seq.id][1].propose(*args)
+
+    def forget_finished(self) -> None:
+        """Drop the draft caches of the sequences that have ended (or were aborted)."""
+        self.drafters = {i: (seq, d) for i, (seq, d) in self.drafters.items()
+                         if not seq.finished}
+
+
+def engine_draft(seq: EngineSequence, drafter: EngineDrafter, blocks: BlockManager,
+                 context_length: int) -> tuple[list[int], torch.Tensor | None]:
+    """The draft tokens a decoding sequence carries into the step, and their q: at most
+    its `draft_tokens`, leaving room in its budget and the context for the model's own
+    token after them, and only as many as the free blocks hold (the last token's slot is
+    the scheduler's; the drafts fill the positions after it)."""
+    k = min(seq.draft_tokens, seq.sampling.max_new_tokens - len(seq.output_ids) - 1,
+            context_length - seq.num_tokens - 1)
+    if k < 1:
+        return [], None
+    draft, q = drafter.propose(seq, k)
+    if not draft:
+        return [], None
+    held = blocks.reserve(seq, seq.num_tokens + len(draft))  # positions its blocks hold
+    n = held - seq.num_tokens
+    return draft[:n], None if q is None else q[:n]
+
+
+def scored_rows(last: torch.Tensor, drafts: list[list[int]]) -> torch.Tensor:
+    """Which of a step's packed tokens get logits: every sequence's last token (`last`, (B,))
+    and, before it, its draft tokens and the token before them: its last k + 1."""
+    if not any(drafts):
+        return last
+    ends = last.tolist()
+    rows = [row for end, draft in zip(ends, drafts, strict=True)
+            for row in range(end - len(draft), end + 1)]
+    return torch.tensor(rows, device=last.device)
+
+
+def accept_drafts(seq: EngineSequence, logits: torch.Tensor, draft: list[int],
+                  q: torch.Tensor | None, blocks: BlockManager) -> list[int]:
+    """The tokens a sequence gets from its step: the drafts the model accepts and the
+    model's own token after them (the rule of the module docstring; q (k, V) the draft
+    model's, None for prompt lookup's one-hot), drawn with the sequence's own generator.
+    logits (k + 1, V): after its last token and after each draft token. The cache is
+    rolled back to the last token and the accepted drafts: the blocks past them are
+    given back."""
+    p = target_probs(logits, seq.sampling, seq.prompt_ids, seq.output_ids, draft)  # (k + 1, V)
+    where = seq.generator.device  # its random numbers are drawn there
+    n, token = verify(p.to(where), draft, None if q is None else q.to(where), seq.generator)
+    blocks.truncate(seq, seq.num_tokens + n)  # its tokens so far, and n drafts, computed
+    return [*draft[:n], token]

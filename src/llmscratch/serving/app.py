@@ -54,7 +54,7 @@ from llmscratch.generation.cpu_weights import pack_linear_weights
 from llmscratch.generation.engine import Engine
 from llmscratch.generation.quantize import quantize_linear_weights
 from llmscratch.io import parse_json
-from llmscratch.runs.load import load_for_inference
+from llmscratch.runs.load import load_draft, load_for_inference
 from llmscratch.serving.async_engine import AsyncEngine, EngineError
 from llmscratch.serving.protocol import APIError, Params, parse_chat, parse_completion
 from llmscratch.tokenizer import StopText, Tokenizer
@@ -407,22 +407,32 @@ def _metrics(state: ServerState) -> str:
         "llmscratch_requests_waiting": stats.waiting,
         "llmscratch_kv_blocks_used": stats.blocks_used,
         "llmscratch_kv_blocks_total": stats.blocks_total,
+        "llmscratch_draft_tokens_total": stats.draft_tokens,
+        "llmscratch_draft_tokens_accepted_total": stats.draft_tokens_accepted,
     }
     return "".join(f"{name} {value}\n" for name, value in lines.items())
 
 
 def serve_run(run_dir: str, device: str = "auto", dtype: str | None = None,
               model_name: str | None = None, api_key: str | None = None,
-              max_concurrency: int = 64, max_batch: int = 32, quantize: str | None = None
+              max_concurrency: int = 64, max_batch: int = 32, quantize: str | None = None,
+              draft_tokens: int = 0, draft_run: str | None = None
               ) -> tuple[ServerState, FastAPI]:
     """A run's model (its linear layers quantized to `quantize`: int8, int4 or None), its
-    engine started in its thread, and the app that serves them."""
+    engine started in its thread, and the app that serves them. draft_tokens > 0: every
+    request speculates with up to that many draft tokens a step, drafted by the model of
+    `draft_run` (a run with the same tokenizer) or else by prompt lookup."""
     if max_concurrency < 1 or max_batch < 1:
         raise LLMScratchError("--max-concurrency and --max-batch must be at least 1")
     model, tokenizer, settings = load_for_inference(run_dir, resolve_device(device), dtype)
     quantize_linear_weights(model, quantize)
     pack_linear_weights(model)  # on the CPU: oneDNN's kernels where faster (inference only)
-    engine = AsyncEngine(Engine(model, max_batch=max_batch, vocab_size=tokenizer.vocab_size))
+    draft = load_draft(draft_run, tokenizer, model.tok_emb.weight.device, dtype) \
+        if draft_run else None
+    if draft is not None:
+        pack_linear_weights(draft)
+    engine = AsyncEngine(Engine(model, max_batch=max_batch, vocab_size=tokenizer.vocab_size,
+                                draft_tokens=draft_tokens, draft_model=draft))
     state = ServerState(engine, tokenizer, model_name or Path(run_dir).resolve().name,
                         list(settings.stop_token_ids), settings.chat_template,
                         {"bos_token": settings.bos_token, "eos_token": settings.eos_token},

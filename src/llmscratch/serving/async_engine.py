@@ -58,6 +58,8 @@ class EngineStats:
     waiting: int
     blocks_used: int
     blocks_total: int
+    draft_tokens: int = 0  # speculative decoding: draft tokens checked
+    draft_tokens_accepted: int = 0  # and of those, kept
 
 
 @dataclass(eq=False)  # each request is itself (and hashable), whatever it holds
@@ -71,6 +73,8 @@ class Request:
     pending: asyncio.Queue = field(default_factory=asyncio.Queue)  # events not yet read
     seq: Sequence | None = None
     finish_reason: str | None = None
+    produced: int = 0  # tokens the engine gave it so far (its stop token too): where the
+    # next token's log-probabilities are in `seq.logprobs`
 
     async def events(self) -> AsyncIterator[TokenEvent]:
         """The request's tokens as the engine makes them; `finish_reason` is set at the end.
@@ -138,8 +142,9 @@ class AsyncEngine:
     def stats(self) -> EngineStats:
         """The queues and the cache's blocks (counts read while the thread runs: a moment's)."""
         scheduler, blocks = self._engine.scheduler, self._engine.blocks
+        speculation = self._engine.speculation
         return EngineStats(len(scheduler.running), len(scheduler.waiting), blocks.used,
-                           len(blocks.blocks))
+                           len(blocks.blocks), speculation.drafted, speculation.accepted)
 
     def submit(self, prompt_ids: list[int], sampling: SamplingConfig,
                stop_ids: Collection[int] = ()) -> Request:
@@ -191,8 +196,10 @@ class AsyncEngine:
                 self._engine.abort(request.seq, "error")
                 self._fail(request, err)
             return
-        for seq, token in produced:
-            self._deliver(seq, token)
+        # A speculating sequence may get several tokens from one step: it ends after its last.
+        last = {seq.id: i for i, (seq, _) in enumerate(produced)}
+        for i, (seq, token) in enumerate(produced):
+            self._deliver(seq, token, ends=i == last[seq.id])
 
     def _read_inbox(self) -> None:
         while True:
@@ -220,15 +227,18 @@ class AsyncEngine:
         self._requests[request.seq.id] = request
         self.requests_total += 1
 
-    def _deliver(self, seq: Sequence, token: int) -> None:
+    def _deliver(self, seq: Sequence, token: int, ends: bool) -> None:
+        """Hand a token to its request; `ends`: the sequence's last token of this step, after
+        which a finished sequence's request ends."""
         request = self._requests.get(seq.id)
         if request is None:
             return
+        index, request.produced = request.produced, request.produced + 1
         if token not in seq.stop_ids:
             self.tokens_total += 1
-            logprobs = seq.logprobs[-1] if seq.logprobs else None
+            logprobs = seq.logprobs[index] if seq.logprobs else None
             self._put(request, ("token", TokenEvent(token, logprobs)))
-        if seq.finished:
+        if ends and seq.finished:
             self._finish(request, seq.finish_reason)
 
     def _finish(self, request: Request, reason: str) -> None:
