@@ -29,6 +29,11 @@ their slots, then gives each sequence's queries its own keys:
   the last `window` ones in a sliding-window layer), with a mask for the
   rows shorter than the longest.
 
+A Gated DeltaNet layer (Qwen3-Next, Qwen3.5) has no keys here: its `recur`
+runs the layer on each sequence's state, kept in a slot of the state pool
+(state_pool.py), a decode step's B sequences as one batch, a prefill's
+prompts one by one.
+
 How a decode step reads through the block tables was chosen by measuring
 (docs/benchmarks.md, "Inference: attention that reads the pages"). PyTorch
 has no paged attention kernel for the CPU in eager mode. By default a decode
