@@ -321,6 +321,8 @@ def test_hybrid_models_give_each_packed_prompt_the_uncached_greedy_output(name):
     engine = Engine(model, block_size=4, max_batch=8)
     assert engine.cache.keys[0] is None and engine.cache.keys[3] is not None  # 3 linear : 1
     assert run_checking_slots(engine, batch, GREEDY) == expected
+    assert [engine.generate([p], GREEDY)[0] for p in batch] == expected  # and alone (a
+    # 1-token prompt alone is a decode step from an empty slot)
     assert engine.blocks.used == engine.blocks.states.used == 0  # blocks and slots given back
 
 
