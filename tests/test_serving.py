@@ -490,3 +490,6 @@ def test_serve_and_chat_work_for_every_family(preset, tmp_path, monkeypatch, cap
     out = capsys.readouterr().out
     assert out.count("model> ") == 2 and "error: " not in out
     assert ("note: prefix caching is off" in out) == hybrid  # and why, for a hybrid
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: None)  # started, not run
+    assert main(["serve", "--run", str(run.path), "--port", "0", "--device", "cpu"]) == 0
+    assert ("note: prefix caching is off" in capsys.readouterr().out) == hybrid
