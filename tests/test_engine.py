@@ -15,6 +15,7 @@ from tests.test_families import tiny  # a tiny model of a family, its norms pert
 
 FAMILIES = ["gpt2-tiny", "llama-3-tiny", "qwen3-tiny", "qwen3-moe-tiny", "gemma3-tiny",
             "olmo3-tiny", "gpt-oss-tiny", "deepseek-v3-tiny"]
+HYBRID = ["qwen3-next-tiny", "qwen3.5-tiny"]  # Gated DeltaNet layers: a state per sequence
 GREEDY = SamplingConfig(max_new_tokens=16, temperature=0)
 
 
@@ -286,12 +287,133 @@ def test_the_default_cache_is_sized_to_the_batch_or_capped_by_bytes():
     assert capped.cache.num_blocks == 5  # a long-context model does not take all memory
 
 
-def test_a_model_with_gated_deltanet_layers_is_refused_in_one_line():
-    """The paged cache holds keys and values only: a Qwen3-Next model, whose DeltaNet layers
-    keep a state instead, is refused rather than served wrongly."""
-    with pytest.raises(LLMScratchError, match="Gated DeltaNet") as err:
-        Engine(tiny("qwen3-next-tiny"))
-    assert "\n" not in str(err.value)
+# --- Gated DeltaNet layers (Qwen3-Next, Qwen3.5): a state slot per sequence ---------------
+
+
+def check_slots(engine: Engine) -> None:
+    """Every running sequence holds a slot of its own, and no one else holds one."""
+    slots = [seq.state_slot for seq in engine.scheduler.running]
+    assert None not in slots and len(set(slots)) == len(slots)
+    assert engine.blocks.states.used == len(slots)
+    assert all(seq.state_slot is None for seq in engine.scheduler.waiting)
+
+
+def run_checking_slots(engine: Engine, batch, sampling) -> list[list[int]]:
+    seqs = [engine.add(p, sampling) for p in batch]
+    while not engine.scheduler.idle:
+        engine.step()
+        check_slots(engine)
+    return [seq.output_ids for seq in seqs]
+
+
+@pytest.mark.parametrize("name", HYBRID)
+def test_hybrid_models_give_each_packed_prompt_the_uncached_greedy_output(name):
+    """Gated DeltaNet layers keep their states in the state pool, one slot per sequence:
+    prompts packed into one prefill step (one of them over two chunks of 64) each start
+    from an empty state, and decode steps run every sequence's recurrence at once; the
+    tokens are those of the uncached forward and of `generate` (the dense cache)."""
+    from llmscratch.generation.sampling import generate
+
+    model = tiny(name)
+    batch = prompts([3, 17, 9, 70, 1])
+    expected = [uncached_greedy(model, p, 16) for p in batch]
+    assert [generate(model, p, GREEDY) for p in batch] == expected
+    engine = Engine(model, block_size=4, max_batch=8)
+    assert engine.cache.keys[0] is None and engine.cache.keys[3] is not None  # 3 linear : 1
+    assert run_checking_slots(engine, batch, GREEDY) == expected
+    assert [engine.generate([p], GREEDY)[0] for p in batch] == expected  # and alone (a
+    # 1-token prompt alone is a decode step from an empty slot)
+    assert engine.blocks.used == engine.blocks.states.used == 0  # blocks and slots given back
+
+
+def test_a_hybrid_request_arriving_mid_generation_gets_its_own_state():
+    """A prompt prefilled while another sequence decodes takes a fresh slot; neither
+    disturbs the other's state."""
+    model = tiny("qwen3.5-tiny")
+    first, late = prompts([10, 6])
+    engine = Engine(model, block_size=4)
+    long = engine.add(first, SamplingConfig(max_new_tokens=30, temperature=0))
+    for _ in range(5):
+        engine.step()
+    short = engine.add(late, SamplingConfig(max_new_tokens=8, temperature=0))
+    engine.step()  # the late one's prefill
+    assert engine.blocks.states.used == 2 and short.state_slot != long.state_slot
+    while not engine.scheduler.idle:
+        engine.step()
+        check_slots(engine)
+    assert long.output_ids == uncached_greedy(model, first, 30)
+    assert short.output_ids == uncached_greedy(model, late, 8)
+
+
+@pytest.mark.parametrize("name", HYBRID)
+def test_preempted_hybrid_requests_free_their_slots_and_compute_again_to_the_same_tokens(name):
+    """A preempted sequence is computed again from its first token: its slot goes back to
+    the pool at once, and it takes an empty one when it runs again."""
+    model = tiny(name)
+    batch = prompts([12, 20, 7, 15])
+    expected = [uncached_greedy(model, p, 16) for p in batch]
+    engine = Engine(model, num_blocks=16, block_size=4, max_batch=8)
+    assert run_checking_slots(engine, batch, GREEDY) == expected
+    assert engine.scheduler.preemptions > 0
+    assert engine.blocks.used == engine.blocks.states.used == 0
+
+
+def test_state_slots_return_to_the_pool_on_finish_and_abort_and_bound_the_running_batch():
+    """The pool has a slot per `max_batch` sequence: a third request waits for one, and
+    takes it when a sequence finishes or is aborted."""
+    model = tiny("qwen3-next-tiny")
+    engine = Engine(model, block_size=4, max_batch=2)
+    short, long, third = (engine.add(p, SamplingConfig(max_new_tokens=n, temperature=0))
+                          for p, n in zip(prompts([5, 6, 7]), (2, 40, 3), strict=True))
+    engine.step()  # two prefills: the pool is full, the third waits
+    assert engine.blocks.states.used == 2 and third.state_slot is None
+    assert list(engine.scheduler.waiting) == [third]
+    engine.step()  # the short one's second token: it finishes and gives back its slot
+    assert short.finished and short.state_slot is None and engine.blocks.states.used == 1
+    engine.step()  # the third's prefill, in the slot the short one gave back
+    assert third.state_slot is not None and engine.blocks.states.used == 2
+    engine.abort(long)
+    assert long.state_slot is None and engine.blocks.states.used == 1
+    while not engine.scheduler.idle:
+        engine.step()
+    assert third.output_ids == uncached_greedy(model, prompts([5, 6, 7])[2], 3)
+    assert engine.blocks.used == engine.blocks.states.used == 0
+
+
+def test_hybrid_models_share_no_prefix_and_say_why():
+    """The linear layers' state after a shared prefix is kept nowhere (state_pool.py), so
+    prefix caching is off: a second request with the same system prompt is computed in
+    full, and gets the uncached forward's tokens and log-probabilities (argmax alone would
+    not tell: in a tiny model the state rarely changes which token is best)."""
+    model = tiny("qwen3-next-tiny")
+    system = prompts([24], seed=2)[0]  # 6 full blocks of 4
+    batch = [system + tail for tail in prompts([1, 2], seed=3)]
+    engine = Engine(model, block_size=4, max_batch=1)
+    seqs = engine.run(batch, SamplingConfig(max_new_tokens=4, temperature=0, logprobs=1))
+    for prompt, seq in zip(batch, seqs, strict=True):
+        assert seq.output_ids == uncached_greedy(model, prompt, 4)
+        ids = prompt + seq.output_ids
+        with torch.no_grad():
+            reference = torch.log_softmax(model.logits(model(torch.tensor([ids])))[0], -1)
+        expected = [float(reference[len(prompt) - 1 + i, t]) for i, t in enumerate(seq.output_ids)]
+        assert [step.logprob for step in seq.logprobs] == pytest.approx(expected, abs=1e-5)
+    assert engine.blocks.cache_hits == 0
+    assert "Gated DeltaNet" in engine.prefix_caching_off
+    assert Engine(tiny("llama-3-tiny")).prefix_caching_off is None
+
+
+def test_the_default_cache_of_a_hybrid_model_counts_its_attention_layers_only():
+    """Its blocks hold keys of the attention layers alone (1 of 4 layers); the states of the
+    other 3 are in the pool, a fixed size per sequence."""
+    model = tiny("qwen3.5-tiny")
+    c = model.config
+    block_bytes = 1 * 16 * 2 * c.kv_heads * c.head_dim * 4  # one layer's keys and values, fp32
+    engine = Engine(model, max_batch=3, cache_bytes=5 * block_bytes)
+    assert engine.cache.num_blocks == 5 and engine.cache.bytes_per_block() == block_bytes
+    conv = 2 * 2 * 16 + 4 * 16  # C channels: q and k (2 heads of 16), v (4 heads of 16)
+    per_layer = conv * (c.linear_conv_kernel - 1) * 4 + 4 * 16 * 16 * 4  # (C, K - 1), memory
+    assert engine.blocks.states.slots == 3
+    assert engine.blocks.states.bytes_per_slot() == 3 * per_layer
 def test_a_prefill_of_many_prompts_and_each_decode_step_are_one_forward_pass():
     """Prompts of different lengths are packed into one row: one pass through the weights
     for all of them, and the tokens stay those each request gets alone."""
@@ -435,7 +557,8 @@ def uncached_greedy_on(model: GPT, prompt: list[int], n: int) -> list[int]:
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("name, paged_attention",
-                         [(name, "gather") for name in FAMILIES] + [("qwen3-tiny", "flex")])
+                         [(name, "gather") for name in FAMILIES + HYBRID]
+                         + [("qwen3-tiny", "flex")])
 def test_the_engine_on_cuda_gives_the_uncached_greedy_tokens(name, paged_attention):
     """On a GPU, batched and alone, the engine writes what the plain forward picks there."""
     model = tiny(name).cuda()

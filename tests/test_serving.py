@@ -12,6 +12,7 @@ import pytest
 import uvicorn
 
 from llmscratch.generation.sampling import SamplingConfig, generate
+from llmscratch.model.presets import PRESETS
 from llmscratch.runs.load import load_for_inference
 from llmscratch.serving.app import serve_run
 from llmscratch.tokenizer.chat import encode_chat
@@ -487,3 +488,56 @@ def test_serve_prints_the_api_and_the_chat_page_addresses(tiny_run, capsys, monk
     out = capsys.readouterr().out.splitlines()
     assert out == [f"serving tiny on http://127.0.0.1:{port}/v1 (OpenAI-compatible; Ctrl-C "
                    "stops)", f"chat page: http://127.0.0.1:{port}/"]
+
+
+# --- every family: `serve` and `chat` on a tiny model of each preset ----------------------
+
+TINY_PRESETS = sorted(name for name in PRESETS if name.endswith("-tiny"))
+
+
+@pytest.mark.parametrize("preset", TINY_PRESETS)
+def test_serve_and_chat_work_for_every_family(preset, tmp_path, monkeypatch, capsys):
+    """A tiny model of each family (Gated DeltaNet hybrids included: their states live in
+    the engine's state pool) answers a completion and a chat over the API with the tokens
+    of the single-request loop, and `llmscratch chat` holds a conversation with it."""
+    import io
+
+    from fastapi.testclient import TestClient
+
+    from llmscratch.cli import main
+    from llmscratch.runs.checkpoint import save_weights
+    from tests.conftest import new_run
+    from tests.test_families import tiny
+
+    run = new_run(tmp_path / "run", preset)
+    save_weights(run, tiny(preset))
+    model, tokenizer, settings = load_for_inference(run.path)
+    greedy = SamplingConfig(max_new_tokens=6, temperature=0)
+    messages = [{"role": "user", "content": "Who goes there?"}]
+
+    def expected(ids: list[int]) -> str:
+        return tokenizer.decode(generate(model, ids, greedy, settings.stop_token_ids,
+                                         tokenizer.vocab_size))
+
+    state, app = serve_run(str(run.path), device="cpu", model_name="tiny")
+    try:
+        client = TestClient(app)
+        ask = {"model": "tiny", "max_tokens": 6, "temperature": 0}
+        done = client.post("/v1/completions", json={**ask, "prompt": "ROMEO:"}).json()
+        assert done["choices"][0]["text"] == expected(tokenizer.encode("ROMEO:"))
+        said = client.post("/v1/chat/completions", json={**ask, "messages": messages}).json()
+        assert said["choices"][0]["message"]["content"] == expected(
+            chat_ids(tokenizer, settings, messages))
+        hybrid = state.engine.prefix_caching_off is not None
+        assert hybrid == (model.config.full_attention_interval > 0)
+    finally:
+        state.engine.stop()
+    monkeypatch.setattr("sys.stdin", io.StringIO("Who goes there?\nAnd you?\n"))
+    assert main(["chat", "--run", str(run.path), "--temperature", "0",
+                 "--max-new-tokens", "6", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("model> ") == 2 and "error: " not in out
+    assert ("note: prefix caching is off" in out) == hybrid  # and why, for a hybrid
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: None)  # started, not run
+    assert main(["serve", "--run", str(run.path), "--port", "0", "--device", "cpu"]) == 0
+    assert ("note: prefix caching is off" in capsys.readouterr().out) == hybrid

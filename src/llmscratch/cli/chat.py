@@ -134,6 +134,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     chat = Conversation(encode, context, room=min(args.max_new_tokens, context // 2))
     chat.set_system(args.system)
     say(f"chatting with {args.run} (/help for the commands)")
+    if engine.prefix_caching_off:  # each turn computes the whole conversation again
+        say(f"note: {engine.prefix_caching_off}")
     while True:
         text = _read()
         if text is None:

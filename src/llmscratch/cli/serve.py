@@ -69,6 +69,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             root = url(sock)
             say(f"serving {state.model_name} on {root}/v1 (OpenAI-compatible; Ctrl-C stops)")
             say(f"chat page: {root}/")
+            if state.engine.prefix_caching_off:
+                say(f"note: {state.engine.prefix_caching_off}")
             uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
         finally:
             state.engine.stop()

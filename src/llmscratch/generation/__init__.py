@@ -4,6 +4,7 @@
     sequence.py        one request inside the engine
     block_manager.py   the paged KV cache's blocks: block tables, prefix sharing, free list
     paged_cache.py     the cache's memory, and the per-step view the model attends over
+    state_pool.py      Gated DeltaNet layers' fixed-size states, a slot per running sequence
     scheduler.py       continuous batching: who runs each step; preemption
     engine.py          Engine: one step = schedule, one forward pass, sample, finish
     speculative.py     speculative decoding: cheap drafts the model checks in one pass

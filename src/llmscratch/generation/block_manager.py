@@ -41,6 +41,12 @@ Both pools name full blocks by the same hash, and a block given back keeps
 its contents until it is handed out again, so a cached prefix is shared
 when both hold what its continuation reads: the global pool every block
 before it, the window pool the blocks of its last window.
+
+Gated DeltaNet layers (Qwen3-Next, Qwen3.5) keep a state of fixed size per
+sequence instead of keys: a slot in a `StatePool` (state_pool.py), which the
+manager hands out and takes back with the sequence's blocks. A model with
+such layers has no prefix caching (`prefix_caching=False`): their state
+after a shared prefix is kept nowhere (state_pool.py says why).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from llmscratch.generation.sequence import Sequence
+from llmscratch.generation.state_pool import StatePool
 
 
 @dataclass
@@ -124,14 +131,19 @@ class BlockManager:
 
     window: > 0 when some layers see only the latest `window` keys; their blocks
     come from a second pool of `window_blocks` (see the module docstring).
+    states: the Gated DeltaNet layers' state slots, one per running sequence, or
+    None. prefix_caching: whether full blocks are shared between sequences.
     """
 
     def __init__(self, num_blocks: int, block_size: int, window: int = 0,
-                 window_blocks: int = 0) -> None:
+                 window_blocks: int = 0, states: StatePool | None = None,
+                 prefix_caching: bool = True) -> None:
         self.block_size = block_size
         self.pool = BlockPool(num_blocks)
         self.window = window
         self.window_pool = BlockPool(window_blocks) if window else None
+        self.states = states
+        self.prefix_caching = prefix_caching
         self.cache_hits = 0  # blocks reused instead of computed (for tests and metrics)
 
     @property
@@ -153,10 +165,12 @@ class BlockManager:
     def can_allocate(self, seq: Sequence) -> bool:
         """Whether the free lists hold enough blocks for all of `seq`'s tokens (not counting
         blocks the prefix cache might provide: a safe answer). A prefill writes every
-        position in both pools; the window pool gets most of its blocks back at once."""
+        position in both pools; the window pool gets most of its blocks back at once.
+        A model with linear layers needs a free state slot too."""
         needed = self.blocks_needed(seq.num_tokens)
         return len(self.pool.free) >= needed and (
-            self.window_pool is None or len(self.window_pool.free) >= needed)
+            self.window_pool is None or len(self.window_pool.free) >= needed) and (
+            self.states is None or bool(self.states.free))
 
     def allocate(self, seq: Sequence) -> None:
         """Blocks for every token of a sequence about to be prefilled; cached prefix blocks reused.
@@ -169,7 +183,7 @@ class BlockManager:
         bs, tokens = self.block_size, seq.token_ids
         found, hashes, previous = [], [], None
         # Only full blocks before the prompt's last token may come from the cache.
-        while (len(found) + 1) * bs < len(tokens):
+        while self.prefix_caching and (len(found) + 1) * bs < len(tokens):
             i = len(found)
             h = block_hash(tokens[i * bs:(i + 1) * bs], previous)
             cached = self.pool.find(h, tokens[i * bs:(i + 1) * bs])
@@ -190,6 +204,8 @@ class BlockManager:
         seq.num_computed = m * bs
         seq.num_hashed, seq.last_hash = m, (hashes[-1] if hashes else None)
         self.cache_hits += m
+        if self.states is not None:  # an empty state: the sequence is computed from its start
+            seq.state_slot = self.states.allocate()
 
     def _window_cached(self, tokens: list[int], hashes: list[bytes]) -> bool:
         """Whether the window pool holds the blocks a continuation after these reads."""
@@ -225,7 +241,7 @@ class BlockManager:
         sees. A decode step fills at most one block: this is one comparison a step, and
         one hash each `block_size` steps."""
         bs = self.block_size
-        while (seq.num_hashed + 1) * bs <= seq.num_computed:
+        while self.prefix_caching and (seq.num_hashed + 1) * bs <= seq.num_computed:
             i = seq.num_hashed
             tokens = seq.token_ids[i * bs:(i + 1) * bs]
             block = self.pool.blocks[seq.block_table[i]]
@@ -242,12 +258,16 @@ class BlockManager:
             seq.window_released = max(seq.window_released, self.first_seen(seq.num_computed))
 
     def free_blocks(self, seq: Sequence) -> None:
-        """Return a finished (or preempted) sequence's blocks; the cache forgets nothing yet."""
+        """Return a finished (or preempted) sequence's blocks, and its state slot; the cache
+        forgets nothing yet (but the slot's state, which only this sequence could use)."""
         for block_id in reversed(seq.block_table):
             self.pool.release(block_id)
         for block_id in reversed(seq.window_table):
             if block_id is not None:
                 self.window_pool.release(block_id)
+        if seq.state_slot is not None:
+            self.states.release(seq.state_slot)
+            seq.state_slot = None
         seq.block_table.clear()
         seq.window_table.clear()
         seq.num_computed = seq.num_hashed = seq.window_released = 0

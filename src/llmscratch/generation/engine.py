@@ -42,6 +42,7 @@ from llmscratch.generation.speculative import (
     engine_draft,
     scored_rows,
 )
+from llmscratch.generation.state_pool import NO_PREFIX_CACHING, StatePool
 from llmscratch.model import GPT
 
 DEFAULT_BLOCK_SIZE = 16
@@ -77,6 +78,9 @@ class Engine:
     step, unless `add` says otherwise (speculative.py), drafted by `draft_model` (a smaller
     model reading the same tokens) or else by prompt lookup; `speculation` counts what
     was drafted and accepted.
+    Gated DeltaNet layers (Qwen3-Next, Qwen3.5) keep their states in a pool of
+    `max_batch` slots beside the blocks (state_pool.py), and such a model has no prefix
+    caching: `prefix_caching_off` says why (None when it is on).
     """
 
     def __init__(self, model: GPT, num_blocks: int | None = None,
@@ -87,18 +91,14 @@ class Engine:
         check_draft_tokens(draft_tokens, model.config)  # a model that cannot rewind: refused
         if draft_model is not None:
             check_draft_model(draft_model, vocab_size or model.config.vocab_size)
-        if any(model.config.layer_is_linear(i) for i in range(model.config.n_layer)):
-            raise LLMScratchError(
-                "the inference engine cannot serve Gated DeltaNet layers "
-                "(model.full_attention_interval > 0, Qwen3-Next) yet: its paged cache holds "
-                "keys and values only; use `llmscratch generate`, which keeps their state")
         self.model = model.eval()
         embedding = model.tok_emb.weight  # (the linear layers' may be packed: cpu_weights.py)
         self.device = embedding.device
         c = model.config
         if num_blocks is None:
-            heads, key_width, value_width = c.cache_widths  # keys and values of every layer
-            block_bytes = c.n_layer * block_size * heads * (key_width + value_width) \
+            heads, key_width, value_width = c.cache_widths  # keys and values, per layer
+            attention_layers = max(sum(not c.layer_is_linear(i) for i in range(c.n_layer)), 1)
+            block_bytes = attention_layers * block_size * heads * (key_width + value_width) \
                 * embedding.element_size()
             longest = blocks_per_sequence(c.context_length, block_size)
             num_blocks = max(min(max_batch * longest, cache_bytes // block_bytes), 1)
@@ -110,9 +110,14 @@ class Engine:
         if window:
             window_blocks = min(num_blocks, max_batch * (window // block_size + 2)
                                 + blocks_per_sequence(c.context_length, block_size))
-        self.blocks = BlockManager(num_blocks, block_size, window, window_blocks)
+        linear = any(c.layer_is_linear(i) for i in range(c.n_layer))
+        states = StatePool(c, max_batch, embedding.dtype, self.device) if linear else None
+        self.prefix_caching_off = NO_PREFIX_CACHING if linear else None
+        self.blocks = BlockManager(num_blocks, block_size, window, window_blocks, states,
+                                   prefix_caching=not linear)
         self.cache = PagedKVCache(c, num_blocks, block_size, embedding.dtype, self.device,
                                   window_blocks)
+        self.cache.states = states
         if paged_attention == "flex":  # decode reads the blocks in place (paged_cache.py)
             if c.kv_lora_rank:
                 raise LLMScratchError("paged_attention='flex' reads keys and values in place; "
@@ -224,8 +229,9 @@ class Engine:
                for t in seq.token_ids[seq.num_computed:] + draft]
         inputs = torch.tensor([ids], dtype=torch.int64).to(self.device)  # (1, M)
         windows = [s.window_table for s in seqs] if self.cache.window_blocks else None
+        slots = [s.state_slot for s in seqs] if self.cache.states is not None else None
         batch = StepBatch(self.cache, [s.block_table for s in seqs],
-                          [s.num_computed for s in seqs], new, self.device, windows)
+                          [s.num_computed for s in seqs], new, self.device, windows, slots)
         hidden = self.model(inputs, batch)[0, scored_rows(batch.last, drafts)]  # (B [+ k], D)
         return self.model.logits(hidden)[:, :self.vocab_size].float()  # (B [+ drafts], V)
 

@@ -29,6 +29,11 @@ their slots, then gives each sequence's queries its own keys:
   the last `window` ones in a sliding-window layer), with a mask for the
   rows shorter than the longest.
 
+A Gated DeltaNet layer (Qwen3-Next, Qwen3.5) has no keys here: its `recur`
+runs the layer on each sequence's state, kept in a slot of the state pool
+(state_pool.py), a decode step's B sequences as one batch, a prefill's
+prompts one by one.
+
 How a decode step reads through the block tables was chosen by measuring
 (docs/benchmarks.md, "Inference: attention that reads the pages"). PyTorch
 has no paged attention kernel for the CPU in eager mode. By default a decode
@@ -56,6 +61,7 @@ from collections.abc import Callable
 import torch
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
+from llmscratch.generation.state_pool import StatePool
 from llmscratch.model.attention import visible_keys
 from llmscratch.model.config import ModelConfig
 
@@ -68,6 +74,8 @@ class PagedKVCache:
 
     window_blocks: > 0 gives the sliding-window layers a pool of their own of
     that many blocks (block_manager.py); the other layers have `num_blocks`.
+    Gated DeltaNet layers keep no keys (None here): their states are in `states`
+    (state_pool.py), set by the engine.
     """
 
     def __init__(self, config: ModelConfig, num_blocks: int, block_size: int,
@@ -76,13 +84,20 @@ class PagedKVCache:
         # Keys (Hkv, N, Dh) and values; latent attention (DeepSeek) keeps one "head" of its
         # latents where keys go and one of its RoPE keys where values go (config.cache_widths).
         heads, key_width, value_width = config.cache_widths
-        self.keys, self.values = [], []
+        self.keys: list[torch.Tensor | None] = []
+        self.values: list[torch.Tensor | None] = []
+        self.dtype, self.device = dtype, device
         for layer in range(config.n_layer):
+            if config.layer_is_linear(layer):
+                self.keys.append(None)
+                self.values.append(None)
+                continue
             blocks = window_blocks if window_blocks and config.layer_is_local(layer) else num_blocks
             slots = blocks * block_size
             self.keys.append(torch.zeros(heads, slots, key_width, dtype=dtype, device=device))
             self.values.append(torch.zeros(heads, slots, value_width, dtype=dtype, device=device))
         self.flex: FlexDecode | None = None  # set by the engine to read blocks in place
+        self.states: StatePool | None = None  # set by the engine for Gated DeltaNet layers
         # Where a decode step's keys and values are read into: buffers reused by every layer
         # and step (attention is done with one layer's before the next layer reads). Allocating
         # them afresh costs more than the copy: the operating system hands a large allocation
@@ -93,14 +108,15 @@ class PagedKVCache:
         """A reusable flat buffer of at least `numel` elements (grown when too small)."""
         buffer = self._buffers.get(name)
         if buffer is None or buffer.numel() < numel:
-            buffer = self._buffers[name] = torch.empty(numel, dtype=self.keys[0].dtype,
-                                                       device=self.keys[0].device)
+            buffer = self._buffers[name] = torch.empty(numel, dtype=self.dtype,
+                                                       device=self.device)
         return buffer[:numel]
 
     def bytes_per_block(self) -> int:
         """Memory one block takes, keys and values of every layer (of one pool's layers, with
         a window pool: what a position costs in each pool together)."""
-        per_slot = sum(t[:, 0].numel() * t.element_size() for t in self.keys + self.values)
+        per_slot = sum(t[:, 0].numel() * t.element_size() for t in self.keys + self.values
+                       if t is not None)
         return per_slot * self.block_size
 
 
@@ -110,12 +126,14 @@ class StepBatch:
     block_tables: each sequence's blocks; window_tables: its blocks in the
     sliding-window layers' pool (None where it has none: block_manager.py),
     or None without such a pool; cached: how many of its tokens the cache
-    already holds; new: how many it computes this step.
+    already holds; new: how many it computes this step; state_slots: each
+    sequence's slot in the cache's state pool, for Gated DeltaNet layers.
     """
 
     def __init__(self, cache: PagedKVCache, block_tables: list[list[int]], cached: list[int],
                  new: list[int], device: torch.device,
-                 window_tables: list[list[int | None]] | None = None) -> None:
+                 window_tables: list[list[int | None]] | None = None,
+                 state_slots: list[int] | None = None) -> None:
         self.cache, self.cached, self.new = cache, cached, new
         self.totals = [c + n for c, n in zip(cached, new, strict=True)]
         self.device = device
@@ -136,6 +154,9 @@ class StepBatch:
         self.decode = all(n == 1 for n in new)
         self._reads: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.flex_masks: dict[tuple[str, int], object] = {}
+        self.state_slots = state_slots
+        if state_slots is not None:
+            self._slots = torch.tensor(state_slots, device=device)  # (B,)
 
     def _table(self, tables: list[list[int | None]]) -> torch.Tensor:
         """Block tables as one (B, blocks) tensor; -1 where there is no block."""
@@ -229,6 +250,29 @@ class StepBatch:
             where = torch.where(real, where, 0)
             self._reads[window] = (where.reshape(-1), real[:, None, None, :])
         return self._reads[window]
+
+    def recur(self, layer: int, x: torch.Tensor, run: Callable[..., torch.Tensor]
+              ) -> torch.Tensor:
+        """A Gated DeltaNet layer over the step's tokens, each sequence from its own state
+        (state_pool.py): x (1, M, D) -> (1, M, D). `run(x, states)` is the layer over a
+        dense batch (B, T, D), reading and rewriting `states` (model/linear_attention.py).
+
+        A decode step gathers the B states, runs the B tokens as a batch of B rows of
+        one (the recurrent form) and writes the states back. A prefill step runs each
+        sequence's tokens alone (the chunked form) on views of its slot, so packed
+        prompts never mix: each starts from its own (empty) state.
+        """
+        pool = self.cache.states
+        if self.decode:
+            states = pool.gather(layer, self._slots)
+            out = run(x.transpose(0, 1), states)  # (B, 1, D)
+            pool.scatter(layer, self._slots, states)
+            return out.transpose(0, 1)  # (1, B, D)
+        outputs, start = [], 0
+        for slot, n in zip(self.state_slots, self.new, strict=True):
+            outputs.append(run(x[:, start:start + n], pool.view(layer, slot)))  # (1, n, D)
+            start += n
+        return torch.cat(outputs, dim=1)  # (1, M, D)
 
     def advance(self, n_tokens: int) -> None:
         """Lengths are the engine's to keep: nothing to do here."""

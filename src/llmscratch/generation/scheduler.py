@@ -8,15 +8,17 @@ a long answer never holds a short one back and a free slot never idles.
 Each step is one of two kinds:
 
 - prefill: waiting requests enter, as many as fit in `max_batch` sequences,
-  `max_batch_tokens` new tokens and the free KV-cache blocks; their prompts
+  `max_batch_tokens` new tokens and the free KV-cache blocks (and, for a
+  model with Gated DeltaNet layers, the free state slots); their prompts
   are computed in one forward pass (minus any prefix the cache already holds);
 - decode: every running sequence computes one token.
 
 A step prefills whenever someone is waiting and fits; otherwise it decodes.
 When the cache has no block left for a running sequence's next token, the
-newest running sequence is preempted: its blocks are freed and it goes back
-to the front of the queue, to be computed again later (its tokens and its
-random generator are kept, so its text is the one it would have written).
+newest running sequence is preempted: its blocks (and state slot) are freed
+and it goes back to the front of the queue, to be computed again later (its
+tokens and its random generator are kept, so its text is the one it would
+have written).
 Nothing crashes for lack of memory; a single request that cannot fit even
 alone is refused when it is added (engine.py).
 """

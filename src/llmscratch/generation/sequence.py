@@ -54,6 +54,8 @@ class Sequence:
     # model has such layers: block_manager.py.
     window_table: list[int | None] = field(default_factory=list)
     window_released: int = 0  # leading entries of window_table already given back
+    # Its Gated DeltaNet layers' states, when the model has such layers: state_pool.py.
+    state_slot: int | None = None
     num_hashed: int = 0  # leading blocks of block_table hashed for prefix sharing
     last_hash: bytes | None = None  # the hash of the last of them (the next one chains to it)
     finish_reason: str | None = None  # "stop" (a stop id), "length", "abort" or "error"

@@ -24,8 +24,10 @@ The model talks to a cache through `pos`, `update` and `advance`. A cache
 may instead attend itself: one with `positions` (each new token's position,
 (B, T)) and `attend(layer, q, k, v, kernel, window)` (store k and v, return
 the attention's output) is handed each layer's queries, keys and values
-whole. The engine's paged cache works this way (generation/paged_cache.py),
-so it decides where keys live and how they are read.
+whole, and, with `recur(layer, x, run)`, each Gated DeltaNet layer's input
+and the layer itself, to run on the states it keeps per sequence. The
+engine's paged cache works this way (generation/paged_cache.py), so it
+decides where keys and states live and how they are read.
 """
 
 from __future__ import annotations

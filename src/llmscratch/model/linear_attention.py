@@ -187,7 +187,13 @@ class GatedDeltaNet(nn.Module):
     def forward(self, x: torch.Tensor, cache: KVCache | None = None,
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, T, D), the T tokens after the cache's; attention_mask: (B, S) as the
-        model's (0 padding, 1, 2, ... sequences), or None. Returns (B, T, D)."""
+        model's (0 padding, 1, 2, ... sequences), or None. Returns (B, T, D).
+
+        A cache that keeps states per sequence itself (one with `recur`: the engine's
+        paged step, generation/paged_cache.py) is handed the layer, to run it on each
+        sequence's states."""
+        if cache is not None and hasattr(cache, "recur"):
+            return cache.recur(self.layer_idx, x, self.forward)
         T = x.size(1)
         real = None
         if attention_mask is not None:

@@ -134,6 +134,12 @@ class AsyncEngine:
     def context_length(self) -> int:
         return self._engine.model.config.context_length
 
+    @property
+    def prefix_caching_off(self) -> str | None:
+        """Why the engine shares no prompt prefixes (a model with Gated DeltaNet layers:
+        generation/state_pool.py), or None when it does."""
+        return self._engine.prefix_caching_off
+
     def check(self, prompt_ids: list[int], sampling: SamplingConfig) -> None:
         """`Engine.check`: fail in one line unless the request could run (it reads only the
         engine's configuration, so any thread may call it)."""
