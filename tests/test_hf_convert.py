@@ -552,6 +552,41 @@ def test_a_gemma3_field_we_do_not_support_is_named(folders, tmp_path, capsys, fi
     assert_field_refused(folders["gemma3_text"][1], tmp_path, capsys, field, value, named)
 
 
+def test_gemma4_kv_sharing_matches_transformers(folders, tmp_path):
+    """Gemma 4: six layers (local, local, global, twice), the last two reusing the keys and
+    values of layers 3 and 2 with a double-wide MLP, values normalised, unscaled scores,
+    random layer scalars: the same loss (1e-4), the same 64 greedy tokens through our KV cache
+    (which holds four layers) and through the engine (the sharing layers read their sources'
+    paged blocks), and an export with the same loss."""
+    hf, folder, run = folders["gemma4_text"]
+    ours = load_hf_model(folder)
+    c = ours.config
+    assert [c.layer_is_local(i) for i in range(c.n_layer)] == [True, True, False] * 2
+    assert (c.kv_shared_layers, c.kv_shared_mlp_double, c.attn_scalar) == (2, True, 1.0)
+    assert [k is None for k in ours.new_cache(1, 8).keys] == [False] * 4 + [True] * 2
+    reloaded = check_parity(hf, ours, run, tmp_path)
+    assert reloaded.config.kv_sharing_modes == hf.config.kv_sharing_modes
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("hidden_size_per_layer_input", 8, "hidden_size_per_layer_input=8"),
+    ("per_layer_config", {"2": {"head_dim": 32}, "5": {"head_dim": 32}}, "global_head_dim=32"),
+    ("attention_k_eq_v", True, "attention_k_eq_v=True"),
+    ("enable_moe_block", True, "enable_moe_block=True"),
+    ("final_logit_softcapping", 30.0, "final_logit_softcapping=30.0"),
+    ("use_bidirectional_attention", "all", "use_bidirectional_attention='all'"),
+    ("rope_parameters", None, "'proportional'"),
+    ("rope_parameters", {"full_attention": {"rope_type": "proportional", "rope_theta": 1e6,
+                                            "partial_rotary_factor": 0.25},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}},
+     "'proportional'"),
+    ("num_kv_shared_layers", 4, "model.kv_shared_layers=4"),  # global layers, no source
+])
+def test_a_gemma4_field_we_do_not_support_is_named(folders, tmp_path, capsys, field, value,
+                                                  named):
+    assert_field_refused(folders["gemma4_text"][1], tmp_path, capsys, field, value, named)
+
+
 def test_the_released_qwen3_next_config_json_reads_as_its_preset():
     config = config_from_hf(QWEN3_NEXT_80B)
     assert replace(config, mlp_hidden=0) == get_preset("qwen3-next-80b-a3b", mlp_hidden=0)

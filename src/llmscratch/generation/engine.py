@@ -30,6 +30,7 @@ from llmscratch.generation.sampling import SamplingConfig, TokenCounts, sample_r
 from llmscratch.generation.scheduler import Scheduler
 from llmscratch.generation.sequence import Sequence, TokenLogprobs
 from llmscratch.model import GPT
+from llmscratch.model.kv_sharing import caches_keys
 
 DEFAULT_BLOCK_SIZE = 16
 DEFAULT_CACHE_BYTES = 4 * 2**30  # at most 4 GiB of KV cache unless told
@@ -78,7 +79,8 @@ class Engine:
         c = model.config
         if num_blocks is None:
             heads, key_width, value_width = c.cache_widths  # keys and values of every layer
-            block_bytes = c.n_layer * block_size * heads * (key_width + value_width) \
+            caching = sum(caches_keys(c, i) for i in range(c.n_layer))  # (not KV-sharing ones)
+            block_bytes = caching * block_size * heads * (key_width + value_width) \
                 * embedding.element_size()
             longest = blocks_per_sequence(c.context_length, block_size)
             num_blocks = max(min(max_batch * longest, cache_bytes // block_bytes), 1)

@@ -58,6 +58,7 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from llmscratch.model.attention import visible_keys
 from llmscratch.model.config import ModelConfig
+from llmscratch.model.kv_sharing import kv_source
 
 # The model's attention kernel: q (B, H, T, Dh), k, v (B, Hkv, S, Dh), a mask -> (B, H, T, Dh).
 Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -78,6 +79,11 @@ class PagedKVCache:
         heads, key_width, value_width = config.cache_widths
         self.keys, self.values = [], []
         for layer in range(config.n_layer):
+            source = kv_source(config, layer)
+            if source is not None:  # Gemma 4: a KV-sharing layer reads its source's slots
+                self.keys.append(self.keys[source])
+                self.values.append(self.values[source])
+                continue
             blocks = window_blocks if window_blocks and config.layer_is_local(layer) else num_blocks
             slots = blocks * block_size
             self.keys.append(torch.zeros(heads, slots, key_width, dtype=dtype, device=device))
@@ -100,7 +106,8 @@ class PagedKVCache:
     def bytes_per_block(self) -> int:
         """Memory one block takes, keys and values of every layer (of one pool's layers, with
         a window pool: what a position costs in each pool together)."""
-        per_slot = sum(t[:, 0].numel() * t.element_size() for t in self.keys + self.values)
+        tensors = {id(t): t for t in self.keys + self.values}.values()  # shared ones once
+        per_slot = sum(t[:, 0].numel() * t.element_size() for t in tensors)
         return per_slot * self.block_size
 
 

@@ -200,6 +200,8 @@ class CausalSelfAttention(nn.Module):
         if self.qk_norm:
             self.q_norm = RMSNorm(q_norm_width, config.norm_eps, config.norm_zero_centred)
             self.k_norm = RMSNorm(k_norm_width, config.norm_eps, config.norm_zero_centred)
+        # Gemma 4: values too get unit RMS per head, with no gain.
+        self.v_norm_eps = config.norm_eps if config.v_norm else 0.0
         # Scores are q . k / sqrt(Dh), or / sqrt(attn_scalar) where a family fixes it (Gemma 3).
         self.scale = 1.0 / math.sqrt(config.attn_scalar or config.head_dim)
         self.proj = nn.Linear(q_width, config.n_embd, bias=config.bias)
@@ -225,10 +227,12 @@ class CausalSelfAttention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: KVCache | None = None,
         visible: torch.Tensor | None = None,
+        shared: dict | None = None,
     ) -> torch.Tensor:
         """x: (B, T, D); `rope`: (cos, sin) from rope.rope_angles, or None for
         learned positions; `visible`: a mask from `visible_keys`, None for plain
-        causal. Returns (B, T, D)."""
+        causal; `shared`: where this layer publishes the keys and values it attends
+        over, for later layers that reuse them (Gemma 4; kv_sharing.py). Returns (B, T, D)."""
         B, T, _ = x.shape  # (B, T, D)
         H, Hkv, Dh = self.n_head, self.n_kv_head, self.head_dim
         # (B, T, H Dh), 2 x (B, T, Hkv Dh) and, with an output gate, (B, T, H Dh)
@@ -240,13 +244,19 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, Hkv, Dh).transpose(1, 2)  # (B, Hkv, T, Dh)
         if self.qk_norm == "head":  # over each head's Dh features
             q, k = self.q_norm(q), self.k_norm(k)
+        if self.v_norm_eps:
+            v = F.rms_norm(v.float(), (Dh,), eps=self.v_norm_eps).to(v.dtype)  # (B, Hkv, T, Dh)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None and hasattr(cache, "attend"):  # a cache that attends itself
+            if shared is not None:  # this step's keys: sharing layers hand them to the cache
+                shared[self.window] = k, v
             context = cache.attend(self.layer_idx, q, k, v, self.attention, self.window)
         else:
             if cache is not None:
                 k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, S, Dh), S = cached + T
+            if shared is not None:  # all the keys: sharing layers attend over them
+                shared[self.window] = k, v
             context = self.attention(q, k, v, visible)  # (B, H, T, Dh)
         context = context.transpose(1, 2).reshape(B, T, H * Dh)  # (B, T, H Dh): heads side by side
         if gate:

@@ -199,6 +199,18 @@ class ModelConfig:
             0.25); the others carry no position.
         moe_shared_hidden: width of a shared expert beside the routed ones, which
             every token goes through, scaled by a sigmoid gate of its own (0: none).
+
+    Gemma 4's fields (see kv_sharing.py):
+        kv_shared_layers: the last this many layers compute queries only: each
+            attends over the keys and values of the last earlier layer of its kind
+            (local or global) that computes its own, and caches nothing (0: none).
+        v_norm: values get unit RMS per head, without a gain, as queries and keys
+            get from QK-norm (Gemma 4, whose scores are then q . k unscaled:
+            attn_scalar 1).
+        layer_scalar: each block's output is multiplied by a fixed number of its
+            own, stored with the weights (a buffer, not trained).
+        kv_shared_mlp_double: the sharing layers' MLP is 2 x mlp_hidden wide
+            (Hugging Face's use_double_wide_mlp).
     """
 
     vocab_size: int = 50257
@@ -271,6 +283,13 @@ class ModelConfig:
     attn_output_gate: bool = False
     rope_fraction: float = 1.0
     moe_shared_hidden: int = 0
+    # Gemma 4: the last kv_shared_layers layers reuse the keys and values of an earlier layer
+    # of their kind and cache nothing (kv_sharing.py); values RMS-normalised without a gain;
+    # a fixed scalar on each block's output; the sharing layers' MLP twice as wide.
+    kv_shared_layers: int = 0
+    v_norm: bool = False
+    layer_scalar: bool = False
+    kv_shared_mlp_double: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self, "model.")  # types, and whole numbers that fit 64 bits
@@ -336,6 +355,7 @@ class ModelConfig:
         self._check_gpt_oss()
         _check_deepseek(self)
         self._check_qwen3_next()
+        self._check_gemma4()
 
     def _check_gpt_oss(self) -> None:
         """gpt-oss's switches: the clamped SwiGLU is its experts' activation, and YaRN's
@@ -374,6 +394,29 @@ class ModelConfig:
                   f"{self.head_dim} features of a head; RoPE needs an even number of them")
         if self.moe_shared_hidden and self.mlp != "moe":
             _fail("moe_shared_hidden", self.moe_shared_hidden, "a shared expert needs mlp='moe'")
+
+    def _check_gemma4(self) -> None:
+        """Gemma 4's switches: KV sharing needs ordinary attention layers, and a layer of
+        each kind before the sharing ones to make keys for them (kv_sharing.py)."""
+        K = self.kv_shared_layers
+        if K < 0:
+            _fail("kv_shared_layers", K, "give 0 (none) or a positive number")
+        if K >= self.n_layer:
+            _fail("kv_shared_layers", K, f"at most n_layer - 1 = {self.n_layer - 1}: some "
+                  "layer must make the keys and values the others reuse")
+        if K and (self.kv_lora_rank or self.full_attention_interval or self.attn_output_gate):
+            _fail("kv_shared_layers", K, "KV sharing is for ordinary attention layers (no "
+                  "latent attention, Gated DeltaNet layers or output gate)")
+        first_shared = self.n_layer - K
+        kinds = {self.layer_is_local(i) for i in range(first_shared)}
+        for layer in range(first_shared, self.n_layer):
+            if self.layer_is_local(layer) not in kinds:
+                kind = "local" if self.layer_is_local(layer) else "global"
+                _fail("kv_shared_layers", K, f"layer {layer} is {kind} and no {kind} layer "
+                      "before the sharing ones makes keys for it")
+        if self.kv_shared_mlp_double and not K:
+            _fail("kv_shared_mlp_double", True, "it widens the KV-sharing layers' MLP: set "
+                  "kv_shared_layers")
 
     @property
     def kv_heads(self) -> int:

@@ -24,8 +24,9 @@ even for a 30B model. Memory is estimated from them and from the shapes:
                   squared), 4 F (SwiGLU, GeGLU) or K (D + 4 F) + E (MoE;
                   + 4 F per shared expert; DeepSeek's first layers are SwiGLU)
     KV cache      2 L B T Hkv Dh x bytes (inference), L counting attention
-                  layers only; latent attention caches L B T (C + Dr): its
-                  latent and its RoPE key; attention sinks (gpt-oss) are
+                  layers only, and not KV-sharing ones (Gemma 4); latent
+                  attention caches L B T (C + Dr): its latent and its RoPE
+                  key; attention sinks (gpt-oss) are
                   weights, not cached; each Gated DeltaNet layer keeps a
                   state of the same size at any T instead: B (C (K - 1) x
                   bytes + Hv Dk Dv x 4), its memory in fp32
@@ -43,6 +44,7 @@ import torch
 
 from llmscratch.model.config import ModelConfig, torch_dtype
 from llmscratch.model.heads import ROWS_PER_CHUNK
+from llmscratch.model.kv_sharing import caches_keys
 from llmscratch.model.linear_attention import state_shapes
 from llmscratch.model.transformer import GPT
 
@@ -67,8 +69,9 @@ def footprint(config: ModelConfig, batch: int = 1, seq: int = 0, dtype: str = ""
     per_token = sum(per_layer + attention_activations(c, i) + mlp_activations(c, i)
                     for i in range(c.n_layer)) + 2 * c.n_embd
     n_linear = sum(c.layer_is_linear(i) for i in range(c.n_layer))  # Gated DeltaNet layers
+    n_caching = sum(caches_keys(c, i) for i in range(c.n_layer))  # not them, nor KV-sharing
     heads, key_width, value_width = c.cache_widths
-    kv_per_token = (c.n_layer - n_linear) * heads * (key_width + value_width) * nbytes
+    kv_per_token = n_caching * heads * (key_width + value_width) * nbytes
     conv_state, recurrent_state = state_shapes(c, batch)
     state_bytes = n_linear * (math.prod(conv_state) * nbytes + math.prod(recurrent_state) * 4)
     memory = {
@@ -119,7 +122,8 @@ def mlp_activations(c: ModelConfig, layer: int) -> int:
     if c.mlp in ("gelu", "relu2"):
         return 2 * c.mlp_dim
     if c.mlp in ("swiglu", "geglu"):
-        return 4 * c.mlp_dim
+        double = c.kv_shared_mlp_double and not caches_keys(c, layer)  # Gemma 4's sharing layers
+        return 4 * c.mlp_dim * (2 if double else 1)
     if c.layer_is_dense(layer):
         return 4 * c.dense_mlp_hidden
     shared = 4 * (c.n_shared_expert * c.mlp_dim + c.moe_shared_hidden)
@@ -169,6 +173,9 @@ def describe(c: ModelConfig) -> str:
         parts.append("gated attention output")
     if c.rope_fraction < 1:
         parts.append(f"RoPE on {c.rope_dim} of {c.head_dim} features")
+    if c.kv_shared_layers:
+        parts.append(f"the last {c.kv_shared_layers} layers reuse earlier layers' keys and "
+                     "values")
     if c.sliding_window_pattern == 2:  # gpt-oss
         parts.append(f"local (window {c.sliding_window}) and global layers alternating")
     elif c.sliding_window_pattern:

@@ -29,6 +29,7 @@ import torch
 from llmscratch.errors import LLMScratchError
 from llmscratch.model.config import ModelConfig, torch_dtype
 from llmscratch.model.hf_config import family_of
+from llmscratch.model.kv_sharing import kv_source
 from llmscratch.model.transformer import GPT
 
 # Each placement's norms in a block, ours -> Hugging Face's (Llama, Qwen; Gemma; Olmo).
@@ -113,8 +114,12 @@ def weight_links(config: ModelConfig) -> list[Link]:
             elif c.kv_lora_rank:  # DeepSeek's latent attention
                 links += latent_attention_links(f"{ours}.attn", attn, c)
                 same(f"{ours}.attn.proj", f"{attn}.o_proj", bias=c.bias)
+            elif kv_source(c, i) is not None:  # Gemma 4: queries only
+                links += shared_kv_attention_links(f"{ours}.attn", attn)
             else:
                 links += attention_links(c, f"{ours}.attn", attn)
+            if c.layer_scalar:  # Gemma 4
+                links.append(Link(f"{ours}.scalar", [f"{theirs}.layer_scalar"]))
             if c.attn_sinks:
                 links.append(Link(f"{ours}.attn.sinks", [f"{attn}.sinks"]))
             if family == "gpt_oss":
@@ -202,6 +207,13 @@ def attention_links(c: ModelConfig, ours: str, theirs: str) -> list[Link]:
     if c.bias:
         links.append(Link(f"{ours}.proj.bias", [f"{theirs}.o_proj.bias"]))
     return links
+
+
+def shared_kv_attention_links(ours: str, theirs: str) -> list[Link]:
+    """A Gemma 4 KV-sharing layer's attention: q_proj (all our `qkv` holds), q_norm, o_proj;
+    no k_proj, v_proj or k_norm (kv_sharing.py)."""
+    return [Link(f"{ours}.{a}.weight", [f"{theirs}.{b}.weight"])
+            for a, b in [("qkv", "q_proj"), ("q_norm", "q_norm"), ("proj", "o_proj")]]
 
 
 def _gated_rows(c: ModelConfig) -> list[int]:

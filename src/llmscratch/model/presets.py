@@ -55,6 +55,20 @@ def _gemma3_long(**sizes) -> ModelConfig:
                              rope_scaling="linear", rope_factor=8.0), **sizes})
 
 
+def _gemma4(**sizes) -> ModelConfig:
+    """Gemma 4 (text), the part we hold: Gemma 3's layout with RMSNorm gains stored as they
+    apply (not 1 + w), values RMS-normalised too and scores unscaled (attn_scalar 1), a fixed
+    scalar per layer, and the last layers reusing earlier layers' keys and values."""
+    family = dict(
+        vocab_size=262144, context_length=131072, head_size=256, attn_scalar=1.0,
+        positions="rope", rope_theta=1000000.0, rope_local_theta=10000.0, norm="rmsnorm",
+        norm_eps=1e-6, norm_placement="sandwich", scale_embeddings=True, mlp="geglu",
+        qk_norm=True, v_norm=True, layer_scalar=True, bias=False, sliding_window=512,
+        sliding_window_pattern=6, tie_embeddings=True, dtype="bf16",
+    )
+    return ModelConfig(**{**family, **sizes})
+
+
 def _olmo3(**sizes) -> ModelConfig:
     """Olmo 3: 100k vocabulary, norms after each sub-layer (no pre-norm), QK-norm over all
     heads at once, three sliding-window layers to one global layer, whose RoPE YaRN
@@ -184,6 +198,13 @@ PRESETS: dict[str, ModelConfig] = {
     "gemma3-tiny": _gemma3(vocab_size=512, context_length=256, n_layer=6, n_head=4,
                            n_kv_head=2, n_embd=64, head_size=16, attn_scalar=16,
                            mlp_hidden=128, sliding_window=8, dtype="fp32"),
+    # Six layers: local, local, global, twice; the last two (one of each kind) reuse the keys
+    # and values of layers 3 and 2, with a double-wide MLP. (Released Gemma 4 models also have
+    # per-layer input embeddings and wider global heads, which we do not hold: no preset.)
+    "gemma4-tiny": _gemma4(vocab_size=512, context_length=256, n_layer=6, n_head=4, n_kv_head=2,
+                           n_embd=64, head_size=16, mlp_hidden=128, sliding_window=8,
+                           sliding_window_pattern=3, kv_shared_layers=2,
+                           kv_shared_mlp_double=True, dtype="fp32"),
     "olmo-3-7b": _olmo3(n_layer=32, n_head=32, n_embd=4096, mlp_hidden=11008),
     "olmo-3-32b": _olmo3(n_layer=64, n_head=40, n_kv_head=8, n_embd=5120, mlp_hidden=27648),
     # Four layers: three local (a window of 8 tokens) and one global.

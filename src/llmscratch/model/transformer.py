@@ -61,6 +61,7 @@ from llmscratch.model.heads import (
     linear_log_probs,
 )
 from llmscratch.model.kv_cache import KVCache
+from llmscratch.model.kv_sharing import SharedKVAttention, caches_keys, kv_source
 from llmscratch.model.latent_attention import LatentAttention
 from llmscratch.model.linear_attention import GatedDeltaNet, state_shapes
 from llmscratch.model.moe import MoE
@@ -134,6 +135,8 @@ def make_mlp(config: ModelConfig, layer_idx: int) -> nn.Module:
         return SwiGLU(c, c.dense_mlp_hidden)
     if c.mlp == "moe" and c.n_shared_expert:
         return MoE(c, shared=SwiGLU(c, c.n_shared_expert * c.mlp_dim))
+    if c.kv_shared_mlp_double and kv_source(c, layer_idx) is not None:  # Gemma 4
+        return MLPS[c.mlp](c, 2 * c.mlp_dim)
     return MLPS[c.mlp](c)
 
 
@@ -158,6 +161,8 @@ class Block(nn.Module):
         self.linear = config.layer_is_linear(layer_idx)
         if self.linear:  # Qwen3-Next: a Gated DeltaNet layer in attention's place
             self.attn = GatedDeltaNet(config, layer_idx)
+        elif kv_source(config, layer_idx) is not None:  # Gemma 4: an earlier layer's keys
+            self.attn = SharedKVAttention(config, layer_idx)
         else:
             self.attn = (LatentAttention if config.kv_lora_rank else CausalSelfAttention)(
                 config, layer_idx)
@@ -165,6 +170,9 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config, D) if pre else nn.Identity()
         self.mlp = make_mlp(config, layer_idx)
         self.post_ln_2 = make_norm(config, D) if post else nn.Identity()
+        # Gemma 4: the block's output is multiplied by a fixed number (a buffer, stored with
+        # the weights but not trained).
+        self.scalar = nn.Buffer(torch.ones(1)) if config.layer_scalar else None
 
     def forward(
         self,
@@ -173,12 +181,17 @@ class Block(nn.Module):
         cache: KVCache | None = None,
         visible: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        shared: dict | None = None,
     ) -> torch.Tensor:
         if self.linear:  # it reads the mask itself: padding, and where packed sequences start
             x = x + self.post_ln_1(self.attn(self.ln_1(x), cache, attention_mask))  # (B, T, D)
+        elif shared is not None:  # Gemma 4: layers publish or reuse keys (kv_sharing.py)
+            x = x + self.post_ln_1(self.attn(self.ln_1(x), rope, cache, visible, shared))
         else:
             x = x + self.post_ln_1(self.attn(self.ln_1(x), rope, cache, visible))  # (B, T, D)
         x = x + self.post_ln_2(self.mlp(self.ln_2(x)))  # (B, T, D)
+        if self.scalar is not None:
+            x = x * self.scalar.to(x.dtype)  # (B, T, D)
         return x
 
 
@@ -301,6 +314,8 @@ class GPT(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
             elif isinstance(module, GatedDeltaNet):
                 module.init_decay()
+            elif isinstance(module, Block) and module.scalar is not None:
+                nn.init.ones_(module.scalar)  # Gemma 4's layer scalar: 1 until loaded
             elif isinstance(module, RMSNorm) and module.zero_centred:
                 nn.init.zeros_(module.weight)  # a gain of 1 + 0
             elif isinstance(module, (nn.LayerNorm, RMSNorm)):
@@ -369,9 +384,10 @@ class GPT(nn.Module):
             if not paged and (attention_mask is not None or window):
                 visible[local] = visible_keys(T, S, device, window, attention_mask)
         x = F.dropout(x, c.dropout, self.training)
+        shared = {} if c.kv_shared_layers else None  # Gemma 4: keys and values, by kind
         for i, block in enumerate(self.blocks):
             local = c.layer_is_local(i)
-            x = block(x, rope[local], cache, visible[local], attention_mask)  # (B, T, D)
+            x = block(x, rope[local], cache, visible[local], attention_mask, shared)  # (B, T, D)
         if cache is not None:
             cache.advance(T)
         return self.ln_f(x)  # (B, T, D)
@@ -420,6 +436,8 @@ class GPT(nn.Module):
         return KVCache(
             c.n_layer, batch_size, heads, max_len or c.context_length, key_width,
             dtype=param.dtype, device=param.device, value_dim=value_width, recurrent=recurrent,
+            uncached=[i for i in range(c.n_layer) if not c.layer_is_linear(i)
+                      and not caches_keys(c, i)],  # Gemma 4's sharing layers: nothing
         )
 
     def num_params(self, non_embedding: bool = False, active: bool = False) -> int:
