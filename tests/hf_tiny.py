@@ -15,7 +15,8 @@ expert and the router's bias (random, so that it steers the choice).
 Qwen3-Next's three Gated DeltaNet layers (value heads sharing key heads) to one
 full-attention layer with its output gate and partial RoPE, and its shared expert.
 Gemma 4's six layers (local, local, global, twice), the last two reusing the keys and
-values of layers 3 and 2 with a double-wide MLP, and random layer scalars.
+values of layers 3 and 2 with a double-wide MLP, random layer scalars, and its logits
+soft-capped at 2 (not 30: the tiny model's logits are small).
 """
 
 from __future__ import annotations
@@ -123,7 +124,8 @@ def hf_config(family: str, **overrides):
                                    "layer_types": kinds[:3] * 2, "head_dim": 16,
                                    "global_head_dim": 16, "hidden_size_per_layer_input": 0,
                                    "num_kv_shared_layers": 2, "use_double_wide_mlp": True,
-                                   "rope_parameters": rope, **overrides})
+                                   "final_logit_softcapping": 2.0, "rope_parameters": rope,
+                                   **overrides})
     if family == "olmo3":  # YaRN on the global layers, from an original context of 16
         rope = {"full_attention": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
                                    "original_max_position_embeddings": 16},

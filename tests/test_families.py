@@ -546,7 +546,39 @@ def test_a_kv_sharing_layer_attends_over_its_sources_keys():
     assert k.shape == (1, 2, 20, 16) and attn.window == c.sliding_window
 
 
+def test_soft_capped_logits_and_the_losses_and_gradients_read_through_them():
+    """logit_softcap c: logits c tanh(z / c), within +-c; the summed loss and the token
+    log-probabilities (and their gradients) are those of the capped logits."""
+    model = tiny("gemma4-tiny", logit_softcap=0.5)
+    ids = torch.randint(0, 512, (2, 12))
+    targets = ids.roll(-1, dims=1)
+    targets[0, -3:] = -100
+    raw = model.lm_head(model(ids))
+    torch.testing.assert_close(model.logits(model(ids)), 0.5 * torch.tanh(raw / 0.5))
+    assert model.logits(model(ids)).abs().max() < 0.5 < raw.abs().max()
+
+    def reference(hidden):
+        log_probs = torch.log_softmax(0.5 * torch.tanh(model.lm_head(hidden) / 0.5), dim=-1)
+        picked = log_probs.gather(-1, targets.clamp_min(0)[..., None]).squeeze(-1)
+        return picked * (targets != -100)
+
+    for head in ("loss", "log_probs"):
+        hidden = model(ids).detach().requires_grad_()
+        expected = hidden.detach().clone().requires_grad_()
+        if head == "loss":
+            value, count = model.next_token_loss(hidden, targets)
+            assert count == 21
+            wanted = -reference(expected).sum()
+        else:
+            value, wanted = model.token_log_probs(hidden, targets), reference(expected)
+        torch.testing.assert_close(value, wanted)
+        value.sum().backward()
+        wanted.sum().backward()
+        torch.testing.assert_close(hidden.grad, expected.grad)
+
+
 @pytest.mark.parametrize("overrides, field", [
+    ({"logit_softcap": -1.0}, "logit_softcap"),
     ({"kv_shared_layers": 6}, "kv_shared_layers"),  # every layer: no source
     ({"kv_shared_layers": 4}, "kv_shared_layers"),  # global layers 2 and 5, none before
     ({"kv_shared_layers": -1}, "kv_shared_layers"),

@@ -555,17 +555,24 @@ def test_a_gemma3_field_we_do_not_support_is_named(folders, tmp_path, capsys, fi
 def test_gemma4_kv_sharing_matches_transformers(folders, tmp_path):
     """Gemma 4: six layers (local, local, global, twice), the last two reusing the keys and
     values of layers 3 and 2 with a double-wide MLP, values normalised, unscaled scores,
-    random layer scalars: the same loss (1e-4), the same 64 greedy tokens through our KV cache
-    (which holds four layers) and through the engine (the sharing layers read their sources'
-    paged blocks), and an export with the same loss."""
+    random layer scalars, logits soft-capped at 2: the same loss (1e-4), the same 64 greedy
+    tokens through our KV cache (which holds four layers) and through the engine (the sharing
+    layers read their sources' paged blocks), an export with the same loss, and our training
+    loss equal to theirs."""
     hf, folder, run = folders["gemma4_text"]
     ours = load_hf_model(folder)
     c = ours.config
     assert [c.layer_is_local(i) for i in range(c.n_layer)] == [True, True, False] * 2
     assert (c.kv_shared_layers, c.kv_shared_mlp_double, c.attn_scalar) == (2, True, 1.0)
+    assert c.logit_softcap == 2.0
     assert [k is None for k in ours.new_cache(1, 8).keys] == [False] * 4 + [True] * 2
     reloaded = check_parity(hf, ours, run, tmp_path)
     assert reloaded.config.kv_sharing_modes == hf.config.kv_sharing_modes
+    ids = torch.randint(0, VOCAB, (2, 48))
+    with torch.no_grad():  # the training loss (through the capped logits) is theirs too
+        loss_sum, count = ours.next_token_loss(ours(ids)[:, :-1], ids[:, 1:])
+        assert abs(loss_sum.item() / count.item() - hf(ids, labels=ids).loss.item()) \
+            <= TOLERANCE
 
 
 @pytest.mark.parametrize("field, value, named", [
@@ -573,7 +580,6 @@ def test_gemma4_kv_sharing_matches_transformers(folders, tmp_path):
     ("per_layer_config", {"2": {"head_dim": 32}, "5": {"head_dim": 32}}, "global_head_dim=32"),
     ("attention_k_eq_v", True, "attention_k_eq_v=True"),
     ("enable_moe_block", True, "enable_moe_block=True"),
-    ("final_logit_softcapping", 30.0, "final_logit_softcapping=30.0"),
     ("use_bidirectional_attention", "all", "use_bidirectional_attention='all'"),
     ("rope_parameters", None, "'proportional'"),
     ("rope_parameters", {"full_attention": {"rope_type": "proportional", "rope_theta": 1e6,

@@ -211,6 +211,8 @@ class ModelConfig:
             own, stored with the weights (a buffer, not trained).
         kv_shared_mlp_double: the sharing layers' MLP is 2 x mlp_hidden wide
             (Hugging Face's use_double_wide_mlp).
+        logit_softcap: c > 0: the next-token logits are c tanh(logits / c), squashed
+            smoothly into (-c, c) (Gemma 2 and 4: 30); 0: raw logits.
     """
 
     vocab_size: int = 50257
@@ -285,11 +287,13 @@ class ModelConfig:
     moe_shared_hidden: int = 0
     # Gemma 4: the last kv_shared_layers layers reuse the keys and values of an earlier layer
     # of their kind and cache nothing (kv_sharing.py); values RMS-normalised without a gain;
-    # a fixed scalar on each block's output; the sharing layers' MLP twice as wide.
+    # a fixed scalar on each block's output; the sharing layers' MLP twice as wide; logits
+    # soft-capped by tanh.
     kv_shared_layers: int = 0
     v_norm: bool = False
     layer_scalar: bool = False
     kv_shared_mlp_double: bool = False
+    logit_softcap: float = 0.0
 
     def __post_init__(self) -> None:
         check_fields(self, "model.")  # types, and whole numbers that fit 64 bits
@@ -414,6 +418,8 @@ class ModelConfig:
                 kind = "local" if self.layer_is_local(layer) else "global"
                 _fail("kv_shared_layers", K, f"layer {layer} is {kind} and no {kind} layer "
                       "before the sharing ones makes keys for it")
+        if self.logit_softcap < 0:
+            _fail("logit_softcap", self.logit_softcap, "give 0 (none) or a positive cap")
         if self.kv_shared_mlp_double and not K:
             _fail("kv_shared_mlp_double", True, "it widens the KV-sharing layers' MLP: set "
                   "kv_shared_layers")

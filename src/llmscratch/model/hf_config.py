@@ -390,9 +390,10 @@ def family_of(config: ModelConfig) -> str:
             return "gemma4_text"
         raise LLMScratchError(
             f"no Hugging Face architecture matches kv_shared_layers={c.kv_shared_layers}, "
-            f"v_norm={c.v_norm}, layer_scalar={c.layer_scalar} with mlp={c.mlp}, "
+            f"v_norm={c.v_norm}, layer_scalar={c.layer_scalar}, logit_softcap={c.logit_softcap} "
+            f"with mlp={c.mlp}, "
             f"norm_placement={c.norm_placement}, norm_zero_centred={c.norm_zero_centred}, "
-            f"attn_scalar={c.attn_scalar}; Gemma 4 has all three with Gemma 3's other switches, "
+            f"attn_scalar={c.attn_scalar}; Gemma 4 has these with Gemma 3's other switches, "
             "plain RMSNorm gains and unscaled scores (attn_scalar 1)")
     # The parts each family fixes, beyond the ones tested below.
     plain = (c.norm_placement, c.norm_zero_centred, c.scale_embeddings, c.attn_scalar,

@@ -58,13 +58,14 @@ def _gemma3_long(**sizes) -> ModelConfig:
 def _gemma4(**sizes) -> ModelConfig:
     """Gemma 4 (text), the part we hold: Gemma 3's layout with RMSNorm gains stored as they
     apply (not 1 + w), values RMS-normalised too and scores unscaled (attn_scalar 1), a fixed
-    scalar per layer, and the last layers reusing earlier layers' keys and values."""
+    scalar per layer, the last layers reusing earlier layers' keys and values, and its logits
+    soft-capped at 30."""
     family = dict(
         vocab_size=262144, context_length=131072, head_size=256, attn_scalar=1.0,
         positions="rope", rope_theta=1000000.0, rope_local_theta=10000.0, norm="rmsnorm",
         norm_eps=1e-6, norm_placement="sandwich", scale_embeddings=True, mlp="geglu",
         qk_norm=True, v_norm=True, layer_scalar=True, bias=False, sliding_window=512,
-        sliding_window_pattern=6, tie_embeddings=True, dtype="bf16",
+        sliding_window_pattern=6, tie_embeddings=True, logit_softcap=30.0, dtype="bf16",
     )
     return ModelConfig(**{**family, **sizes})
 

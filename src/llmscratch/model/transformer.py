@@ -55,6 +55,7 @@ from llmscratch.errors import LLMScratchError
 from llmscratch.model.attention import CausalSelfAttention, visible_keys
 from llmscratch.model.config import ModelConfig
 from llmscratch.model.heads import (
+    ROWS_PER_CHUNK,
     SequenceHead,
     layer_cross_entropy,
     linear_cross_entropy,
@@ -193,6 +194,17 @@ class Block(nn.Module):
         if self.scalar is not None:
             x = x * self.scalar.to(x.dtype)  # (B, T, D)
         return x
+
+
+def capped_cross_entropy(hidden: torch.Tensor, logits_of, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of `logits_of(hidden)` (soft-capped logits: Gemma 4), a chunk of
+    ROWS_PER_CHUNK rows at a time, through autograd: hidden (N, D), targets (N,) -> fp32."""
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.size(0), ROWS_PER_CHUNK):
+        logits = logits_of(hidden[start:start + ROWS_PER_CHUNK]).float()  # (n, V)
+        total = total + F.cross_entropy(logits, targets[start:start + ROWS_PER_CHUNK],
+                                        ignore_index=-100, reduction="sum")
+    return total
 
 
 def segment_positions(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -395,8 +407,11 @@ class GPT(nn.Module):
     # --- heads on the hidden states --------------------------------------------------
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Next-token logits from hidden states: (..., D) -> (..., V)."""
-        return self.lm_head(hidden)
+        """Next-token logits from hidden states: (..., D) -> (..., V). With `logit_softcap` c
+        (Gemma 4), c tanh(logits / c): about the same for small logits, never beyond +-c."""
+        logits = self.lm_head(hidden)  # (..., V)
+        cap = self.config.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap else logits
 
     def next_token_loss(self, hidden: torch.Tensor, targets: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -410,6 +425,9 @@ class GPT(nn.Module):
         layer a chunk of rows at a time (model/heads.py).
         """
         flat_targets = targets.flatten()  # (B T,)
+        if self.config.logit_softcap:  # heads.py's closed-form gradient is for raw logits
+            return (capped_cross_entropy(hidden.flatten(0, 1), self.logits, flat_targets),
+                    (flat_targets != -100).sum())
         if type(self.lm_head) is not nn.Linear:  # packed or quantized for inference: no weight
             return (layer_cross_entropy(hidden.flatten(0, 1), self.lm_head, flat_targets),
                     (flat_targets != -100).sum())
@@ -423,6 +441,10 @@ class GPT(nn.Module):
         at a time, so preference and RL objectives never hold (B, T, V) logits.
         """
         B, T = targets.shape
+        if self.config.logit_softcap:  # Gemma 4: through autograd, all (B, T, V) log-probs
+            log_probs = torch.log_softmax(self.logits(hidden).float(), dim=-1)  # (B, T, V)
+            picked = log_probs.gather(-1, targets.clamp_min(0)[..., None]).squeeze(-1)
+            return picked.masked_fill(targets == -100, 0.0)  # (B, T)
         flat = linear_log_probs(hidden.flatten(0, 1), self.lm_head.weight, targets.flatten())
         return flat.view(B, T)
 
