@@ -122,7 +122,8 @@ def hf_config(family: str, **overrides):
                 "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}
         return Gemma4TextConfig(**{**layered, "num_hidden_layers": 6,
                                    "layer_types": kinds[:3] * 2, "head_dim": 16,
-                                   "global_head_dim": 16, "hidden_size_per_layer_input": 0,
+                                   "global_head_dim": 16, "hidden_size_per_layer_input": 8,
+                                   "vocab_size_per_layer_input": VOCAB,
                                    "num_kv_shared_layers": 2, "use_double_wide_mlp": True,
                                    "final_logit_softcapping": 2.0, "rope_parameters": rope,
                                    **overrides})

@@ -576,7 +576,6 @@ def test_gemma4_kv_sharing_matches_transformers(folders, tmp_path):
 
 
 @pytest.mark.parametrize("field, value, named", [
-    ("hidden_size_per_layer_input", 8, "hidden_size_per_layer_input=8"),
     ("per_layer_config", {"2": {"head_dim": 32}, "5": {"head_dim": 32}}, "global_head_dim=32"),
     ("attention_k_eq_v", True, "attention_k_eq_v=True"),
     ("enable_moe_block", True, "enable_moe_block=True"),

@@ -213,6 +213,11 @@ class ModelConfig:
             (Hugging Face's use_double_wide_mlp).
         logit_softcap: c > 0: the next-token logits are c tanh(logits / c), squashed
             smoothly into (-c, c) (Gemma 2 and 4: 30); 0: raw logits.
+        per_layer_input: P > 0: every layer gets an input of its own, P numbers per
+            token from a second embedding table and the token's embedding, added
+            through a gated branch after its MLP (Gemma 4 E2B and E4B: 256;
+            per_layer_inputs.py); 0: none.
+        per_layer_vocab: the ids that second table covers; 0 means vocab_size.
     """
 
     vocab_size: int = 50257
@@ -288,12 +293,14 @@ class ModelConfig:
     # Gemma 4: the last kv_shared_layers layers reuse the keys and values of an earlier layer
     # of their kind and cache nothing (kv_sharing.py); values RMS-normalised without a gain;
     # a fixed scalar on each block's output; the sharing layers' MLP twice as wide; logits
-    # soft-capped by tanh.
+    # soft-capped by tanh; a small input embedding for every layer (per_layer_inputs.py).
     kv_shared_layers: int = 0
     v_norm: bool = False
     layer_scalar: bool = False
     kv_shared_mlp_double: bool = False
     logit_softcap: float = 0.0
+    per_layer_input: int = 0
+    per_layer_vocab: int = 0
 
     def __post_init__(self) -> None:
         check_fields(self, "model.")  # types, and whole numbers that fit 64 bits
@@ -418,6 +425,12 @@ class ModelConfig:
                 kind = "local" if self.layer_is_local(layer) else "global"
                 _fail("kv_shared_layers", K, f"layer {layer} is {kind} and no {kind} layer "
                       "before the sharing ones makes keys for it")
+        for name in ("per_layer_input", "per_layer_vocab"):
+            if getattr(self, name) < 0:
+                _fail(name, getattr(self, name), "give 0 or a positive number")
+        if self.per_layer_vocab and not self.per_layer_input:
+            _fail("per_layer_vocab", self.per_layer_vocab, "it sizes the per-layer input "
+                  "embedding: set per_layer_input")
         if self.logit_softcap < 0:
             _fail("logit_softcap", self.logit_softcap, "give 0 (none) or a positive cap")
         if self.kv_shared_mlp_double and not K:

@@ -12,12 +12,14 @@ QK-norm) with these differences:
     (always)                 attn_scalar = 1         scores q . k, unscaled
     (always)                 norm_zero_centred off   RMSNorm gains stored as w, not 1 + w
     final_logit_softcapping  logit_softcap           logits c tanh(logits / c) (null: 0)
+    hidden_size_per_layer_input  per_layer_input     every layer's own input (0: none)
+    vocab_size_per_layer_input   per_layer_vocab     its embedding table's ids
 
-Gemma 4's other mechanisms are refused by name: per-layer input embeddings
-(hidden_size_per_layer_input), wider heads on the global layers
-(global_head_dim), keys doubling as values (attention_k_eq_v), its MoE block
-(enable_moe_block), bidirectional attention, and "proportional" RoPE (the default of the global
-layers, whose rope_parameters must then be given).
+Gemma 4's other mechanisms are refused by name: wider heads on the global
+layers (global_head_dim), keys doubling as values (attention_k_eq_v), its
+MoE block (enable_moe_block), bidirectional attention, and "proportional"
+RoPE (the default of the global layers, whose rope_parameters must then be
+given).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from llmscratch.model.config import ModelConfig
 
 # Gemma4TextConfig's defaults (transformers 5) for the fields we refuse: a file that leaves
 # one out has that mechanism on.
-REFUSED = {"hidden_size_per_layer_input": (0, 256), "attention_k_eq_v": (False, False),
+REFUSED = {"attention_k_eq_v": (False, False),
            "enable_moe_block": (False, False),
            "use_bidirectional_attention": (None, None), "attention_bias": (False, False),
            "hidden_activation": ("gelu_pytorch_tanh", "gelu_pytorch_tanh")}
@@ -50,7 +52,10 @@ def gemma4_from_hf(hf: dict, source: str) -> dict:
                               "default, 'proportional' RoPE on the global layers, is not "
                               "supported")
     shared = hf.get("num_kv_shared_layers", 0)
+    per_layer = hf.get("hidden_size_per_layer_input", 256) or 0
     return dict(logit_softcap=float(hf.get("final_logit_softcapping") or 0.0), mlp="geglu",
+                per_layer_input=per_layer,
+                per_layer_vocab=hf.get("vocab_size_per_layer_input", 262144) if per_layer else 0,
                 norm_placement="sandwich", norm_zero_centred=False,
                 scale_embeddings=True, tie_embeddings=hf.get("tie_word_embeddings", True),
                 attn_scalar=1.0, v_norm=True, layer_scalar=True, kv_shared_layers=shared,
@@ -69,7 +74,8 @@ def _global_head_dim(hf: dict, head_dim: int) -> int:
 
 def is_gemma4(c: ModelConfig) -> bool:
     """Whether the config uses a switch of Gemma 4's own (then only Gemma 4 can hold it)."""
-    return bool(c.kv_shared_layers or c.v_norm or c.layer_scalar or c.logit_softcap)
+    return bool(c.kv_shared_layers or c.v_norm or c.layer_scalar or c.logit_softcap
+                or c.per_layer_input)
 
 
 def gemma4_fits(c: ModelConfig) -> bool:
@@ -85,7 +91,9 @@ def gemma4_to_hf(c: ModelConfig) -> dict:
     """Gemma4Text's own fields for our config (the rest as Gemma 3's)."""
     return {"hidden_activation": "gelu_pytorch_tanh",
             "final_logit_softcapping": c.logit_softcap or None,
-            "use_bidirectional_attention": None, "hidden_size_per_layer_input": 0,
+            "use_bidirectional_attention": None,
+            "hidden_size_per_layer_input": c.per_layer_input,
+            "vocab_size_per_layer_input": c.per_layer_vocab or c.vocab_size,
             "attention_k_eq_v": False, "enable_moe_block": False,
             "num_kv_shared_layers": c.kv_shared_layers,
             "use_double_wide_mlp": c.kv_shared_mlp_double, "global_head_dim": c.head_dim}

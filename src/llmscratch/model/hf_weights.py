@@ -120,6 +120,10 @@ def weight_links(config: ModelConfig) -> list[Link]:
                 links += attention_links(c, f"{ours}.attn", attn)
             if c.layer_scalar:  # Gemma 4
                 links.append(Link(f"{ours}.scalar", [f"{theirs}.layer_scalar"]))
+            if c.per_layer_input:  # Gemma 4 E2B, E4B: the branch reading the layer's input
+                same(f"{ours}.per_layer.gate", f"{theirs}.per_layer_input_gate")
+                same(f"{ours}.per_layer.up", f"{theirs}.per_layer_projection")
+                same(f"{ours}.per_layer.norm", f"{theirs}.post_per_layer_input_norm")
             if c.attn_sinks:
                 links.append(Link(f"{ours}.attn.sinks", [f"{attn}.sinks"]))
             if family == "gpt_oss":
@@ -143,6 +147,10 @@ def weight_links(config: ModelConfig) -> list[Link]:
                 same(f"{ours}.mlp.up", f"{theirs}.mlp.up_proj", bias=c.bias)
                 same(f"{ours}.mlp.proj", f"{theirs}.mlp.down_proj", bias=c.bias)
         same("ln_f", "model.norm")
+        if c.per_layer_input:  # Gemma 4 E2B, E4B: every layer's input
+            same("per_layer.embed", "model.embed_tokens_per_layer")
+            same("per_layer.context", "model.per_layer_model_projection")
+            same("per_layer.norm", "model.per_layer_projection_norm")
     if not c.tie_embeddings:
         same("lm_head", "lm_head")
     return links

@@ -205,7 +205,7 @@ PRESETS: dict[str, ModelConfig] = {
     "gemma4-tiny": _gemma4(vocab_size=512, context_length=256, n_layer=6, n_head=4, n_kv_head=2,
                            n_embd=64, head_size=16, mlp_hidden=128, sliding_window=8,
                            sliding_window_pattern=3, kv_shared_layers=2,
-                           kv_shared_mlp_double=True, dtype="fp32"),
+                           kv_shared_mlp_double=True, per_layer_input=8, dtype="fp32"),
     "olmo-3-7b": _olmo3(n_layer=32, n_head=32, n_embd=4096, mlp_hidden=11008),
     "olmo-3-32b": _olmo3(n_layer=64, n_head=40, n_kv_head=8, n_embd=5120, mlp_hidden=27648),
     # Four layers: three local (a window of 8 tokens) and one global.

@@ -67,6 +67,7 @@ from llmscratch.model.latent_attention import LatentAttention
 from llmscratch.model.linear_attention import GatedDeltaNet, state_shapes
 from llmscratch.model.moe import MoE
 from llmscratch.model.norms import RMSNorm, make_norm
+from llmscratch.model.per_layer_inputs import PerLayerBranch, PerLayerInputs
 from llmscratch.model.rope import rope_angles, rope_frequencies, rope_gain
 
 
@@ -174,6 +175,8 @@ class Block(nn.Module):
         # Gemma 4: the block's output is multiplied by a fixed number (a buffer, stored with
         # the weights but not trained).
         self.scalar = nn.Buffer(torch.ones(1)) if config.layer_scalar else None
+        # Gemma 4 E2B and E4B: one more branch, reading this layer's own input.
+        self.per_layer = PerLayerBranch(config) if config.per_layer_input else None
 
     def forward(
         self,
@@ -183,6 +186,7 @@ class Block(nn.Module):
         visible: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         shared: dict | None = None,
+        layer_input: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if self.linear:  # it reads the mask itself: padding, and where packed sequences start
             x = x + self.post_ln_1(self.attn(self.ln_1(x), cache, attention_mask))  # (B, T, D)
@@ -191,6 +195,8 @@ class Block(nn.Module):
         else:
             x = x + self.post_ln_1(self.attn(self.ln_1(x), rope, cache, visible))  # (B, T, D)
         x = x + self.post_ln_2(self.mlp(self.ln_2(x)))  # (B, T, D)
+        if self.per_layer is not None:
+            x = self.per_layer(x, layer_input)  # (B, T, D)
         if self.scalar is not None:
             x = x * self.scalar.to(x.dtype)  # (B, T, D)
         return x
@@ -236,6 +242,7 @@ class GPT(nn.Module):
         )
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_f = make_norm(config, config.n_embd)
+        self.per_layer = PerLayerInputs(config) if config.per_layer_input else None
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
@@ -383,6 +390,8 @@ class GPT(nn.Module):
             x = x * torch.tensor(math.sqrt(c.n_embd)).to(x.dtype)
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)  # (B, T, D)
+        # Gemma 4 E2B, E4B: every layer's own input, (B, T, L, P)
+        layer_inputs = self.per_layer(input_ids, x) if self.per_layer is not None else None
         # What attention needs, once per kind of layer (local: through the sliding window).
         rope, visible = {}, {}
         for local in {c.layer_is_local(i) for i in range(c.n_layer)}:
@@ -399,7 +408,8 @@ class GPT(nn.Module):
         shared = {} if c.kv_shared_layers else None  # Gemma 4: keys and values, by kind
         for i, block in enumerate(self.blocks):
             local = c.layer_is_local(i)
-            x = block(x, rope[local], cache, visible[local], attention_mask, shared)  # (B, T, D)
+            layer_input = layer_inputs[:, :, i] if layer_inputs is not None else None
+            x = block(x, rope[local], cache, visible[local], attention_mask, shared, layer_input)
         if cache is not None:
             cache.advance(T)
         return self.ln_f(x)  # (B, T, D)
@@ -476,6 +486,8 @@ class GPT(nn.Module):
             n -= self.tok_emb.weight.numel()
             if self.pos_emb is not None:
                 n -= self.pos_emb.weight.numel()
+            if self.per_layer is not None:  # Gemma 4's per-layer input table
+                n -= self.per_layer.embed.weight.numel()
             if not self.config.tie_embeddings:
                 n -= self.lm_head.weight.numel()
         if active and self.config.mlp == "moe":
@@ -511,6 +523,8 @@ class GPT(nn.Module):
         n_matmul = self.num_params(active=True)
         if self.pos_emb is not None:
             n_matmul -= self.pos_emb.weight.numel()
+        if self.per_layer is not None:  # a lookup too
+            n_matmul -= self.per_layer.embed.weight.numel()
         if not c.tie_embeddings:
             n_matmul -= self.tok_emb.weight.numel()
         value_dim = c.v_head_dim if c.kv_lora_rank else c.head_dim
