@@ -118,11 +118,12 @@ def hf_config(family: str, **overrides):
         return Gemma3TextConfig(**{**layered, "head_dim": 16, "query_pre_attn_scalar": 24,
                                    "rope_parameters": rope, **overrides})
     if family == "gemma4_text":  # six layers (l, l, G twice), the last two sharing KV
-        rope = {"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+        rope = {"full_attention": {"rope_type": "proportional", "rope_theta": 1e6,
+                                   "partial_rotary_factor": 0.25},
                 "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}
         return Gemma4TextConfig(**{**layered, "num_hidden_layers": 6,
                                    "layer_types": kinds[:3] * 2, "head_dim": 16,
-                                   "global_head_dim": 16, "hidden_size_per_layer_input": 8,
+                                   "global_head_dim": 32, "hidden_size_per_layer_input": 8,
                                    "vocab_size_per_layer_input": VOCAB,
                                    "num_kv_shared_layers": 2, "use_double_wide_mlp": True,
                                    "final_logit_softcapping": 2.0, "rope_parameters": rope,

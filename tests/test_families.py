@@ -524,10 +524,12 @@ def test_kv_sharing_layers_cache_nothing_and_read_their_sources_keys():
     assert [k is None for k in cache.keys] == [False] * 4 + [True] * 2
     held = sum(t.nbytes for t in [*cache.keys, *cache.values] if t is not None)
     assert footprint(c, batch=2, seq=100)["memory_bytes"]["kv_cache"] == held
-    assert footprint(c)["kv_cache_bytes_per_token"] == 4 * 2 * 2 * 16 * 4  # 4 layers, k and v
+    # Layers 0, 1, 3: k and v of 2 heads of 16; layer 2 (global): of 32; in fp32.
+    assert footprint(c)["kv_cache_bytes_per_token"] == (3 * 2 * 2 * 16 + 2 * 2 * 32) * 4
     paged = Engine(model, block_size=4, max_batch=2).cache
     assert paged.keys[4] is paged.keys[3] and paged.values[5] is paged.values[2]
-    assert paged.bytes_per_block() == 4 * 4 * 2 * 2 * 16 * 4  # 4 slots, 4 layers, k and v
+    assert paged.keys[2].shape[-1] == 32 and cache.keys[2].shape[-1] == 32
+    assert paged.bytes_per_block() == 4 * (3 * 2 * 2 * 16 + 2 * 2 * 32) * 4  # 4 slots
 
 
 def test_a_kv_sharing_layer_attends_over_its_sources_keys():
@@ -604,7 +606,26 @@ def test_per_layer_inputs_are_a_token_part_and_a_context_part_by_hand():
     assert model.num_params() - model.num_params(non_embedding=True) == 512 * 64 + table
 
 
+def test_global_layers_have_wider_heads_and_proportional_rope():
+    """gemma4-tiny's global layers: heads of 32 (local: 16), and RoPE on the first quarter of
+    their 16 pairs, at the frequencies of the whole width; the rest do not turn."""
+    model = tiny("gemma4-tiny", rope_proportional=0.25)
+    c = model.config
+    assert [c.layer_head_dim(i) for i in range(6)] == [16, 16, 32, 16, 16, 32]
+    assert model.blocks[2].attn.qkv.out_features == (4 + 2 + 2) * 32
+    assert model.blocks[5].attn.qkv.out_features == 4 * 32  # queries only (KV sharing)
+    freqs = rope_frequencies(c, None, local=False)  # (16,)
+    expected = 1e6 ** (-torch.arange(0, 32, 2) / 32)
+    torch.testing.assert_close(freqs[:4], expected[:4])
+    assert freqs.shape == (16,) and not freqs[4:].any()
+    torch.testing.assert_close(rope_frequencies(c, None, local=True),
+                               1e4 ** (-torch.arange(0, 16, 2) / 16))
+
+
 @pytest.mark.parametrize("overrides, field", [
+    ({"global_head_size": 31}, "global_head_size"),
+    ({"global_head_size": 0, "rope_proportional": 0.25, "sliding_window_pattern": 0},
+     "rope_proportional"),  # every layer local: no global layers
     ({"logit_softcap": -1.0}, "logit_softcap"),
     ({"per_layer_input": 0, "per_layer_vocab": 100}, "per_layer_vocab"),
     ({"kv_shared_layers": 6}, "kv_shared_layers"),  # every layer: no source

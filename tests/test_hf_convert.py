@@ -564,7 +564,7 @@ def test_gemma4_kv_sharing_matches_transformers(folders, tmp_path):
     c = ours.config
     assert [c.layer_is_local(i) for i in range(c.n_layer)] == [True, True, False] * 2
     assert (c.kv_shared_layers, c.kv_shared_mlp_double, c.attn_scalar) == (2, True, 1.0)
-    assert c.logit_softcap == 2.0
+    assert (c.logit_softcap, c.global_head_size, c.rope_proportional) == (2.0, 32, 0.25)
     assert [k is None for k in ours.new_cache(1, 8).keys] == [False] * 4 + [True] * 2
     reloaded = check_parity(hf, ours, run, tmp_path)
     assert reloaded.config.kv_sharing_modes == hf.config.kv_sharing_modes
@@ -575,16 +575,31 @@ def test_gemma4_kv_sharing_matches_transformers(folders, tmp_path):
             <= TOLERANCE
 
 
+def test_a_gemma4_config_json_without_rope_parameters_reads_transformers_defaults():
+    """Gemma4TextConfig's defaults where a file is silent: global heads of 512 (global_head_dim),
+    "proportional" RoPE on a quarter of their pairs (base 1M; local layers 10k), per-layer
+    inputs of 256 from a table of 262,144 ids, five local layers to one global."""
+    config = config_from_hf({"architectures": ["Gemma4ForCausalLM"], "vocab_size": 262144,
+                             "hidden_size": 64, "intermediate_size": 128,
+                             "num_hidden_layers": 6, "num_attention_heads": 4,
+                             "num_key_value_heads": 1, "max_position_embeddings": 1024,
+                             "sliding_window": 512})
+    assert (config.head_dim, config.global_head_size, config.rope_proportional) == (256, 512,
+                                                                                   0.25)
+    assert (config.rope_theta, config.rope_local_theta, config.rope_scaling) == (1e6, 1e4,
+                                                                                "none")
+    assert (config.per_layer_input, config.per_layer_vocab) == (256, 262144)
+    assert (config.sliding_window_pattern, config.sliding_window) == (6, 512)
+    assert (config.kv_shared_layers, config.logit_softcap) == (0, 0.0)
+
+
 @pytest.mark.parametrize("field, value, named", [
-    ("per_layer_config", {"2": {"head_dim": 32}, "5": {"head_dim": 32}}, "global_head_dim=32"),
     ("attention_k_eq_v", True, "attention_k_eq_v=True"),
     ("enable_moe_block", True, "enable_moe_block=True"),
     ("use_bidirectional_attention", "all", "use_bidirectional_attention='all'"),
-    ("rope_parameters", None, "'proportional'"),
-    ("rope_parameters", {"full_attention": {"rope_type": "proportional", "rope_theta": 1e6,
-                                            "partial_rotary_factor": 0.25},
-                         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}},
-     "'proportional'"),
+    ("hidden_activation", "gelu", "hidden_activation='gelu'"),
+    ("rope_parameters", {"full_attention": {"rope_type": "dynamic", "factor": 2.0},
+                         "sliding_attention": {"rope_type": "default"}}, "'dynamic'"),
     ("num_kv_shared_layers", 4, "model.kv_shared_layers=4"),  # global layers, no source
 ])
 def test_a_gemma4_field_we_do_not_support_is_named(folders, tmp_path, capsys, field, value,

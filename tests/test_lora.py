@@ -93,8 +93,8 @@ def test_merge_unmerge_and_remove(name):
         merge_lora(model)
         # (Rounding of W + B A in fp32; a Gated DeltaNet's L2-normalised q, k amplify it, and
         # so do Gemma 4's unscaled scores.)
-        tolerance = 3e-5 if model.config.full_attention_interval or name == "gemma4-tiny" \
-            else 1e-5
+        tolerance = {"gemma4-tiny": 1e-4}.get(
+            name, 3e-5 if model.config.full_attention_interval else 1e-5)
         assert max_diff(logits(model, ids), adapted) <= tolerance
         assert any(max_diff(model.state_dict()[k], v) > 1e-3 for k, v in original.items())
         unmerge_lora(model)

@@ -78,10 +78,10 @@ class Engine:
         self.device = embedding.device
         c = model.config
         if num_blocks is None:
-            heads, key_width, value_width = c.cache_widths  # keys and values of every layer
-            caching = sum(caches_keys(c, i) for i in range(c.n_layer))  # (not KV-sharing ones)
-            block_bytes = caching * block_size * heads * (key_width + value_width) \
-                * embedding.element_size()
+            # Keys and values of every layer that caches (not Gemma 4's KV-sharing ones).
+            block_bytes = sum(block_size * sum(c.layer_cache_widths(i)[1:])
+                              * c.layer_cache_widths(i)[0] for i in range(c.n_layer)
+                              if caches_keys(c, i)) * embedding.element_size()
             longest = blocks_per_sequence(c.context_length, block_size)
             num_blocks = max(min(max_batch * longest, cache_bytes // block_bytes), 1)
         # Sliding-window layers keep only their window, in a pool of blocks of their own

@@ -75,10 +75,11 @@ class PagedKVCache:
                  dtype: torch.dtype, device: torch.device | str, window_blocks: int = 0) -> None:
         self.num_blocks, self.block_size, self.window_blocks = num_blocks, block_size, window_blocks
         # Keys (Hkv, N, Dh) and values; latent attention (DeepSeek) keeps one "head" of its
-        # latents where keys go and one of its RoPE keys where values go (config.cache_widths).
-        heads, key_width, value_width = config.cache_widths
+        # latents where keys go and one of its RoPE keys where values go (config.cache_widths;
+        # Gemma 4's global layers: wider heads).
         self.keys, self.values = [], []
         for layer in range(config.n_layer):
+            heads, key_width, value_width = config.layer_cache_widths(layer)
             source = kv_source(config, layer)
             if source is not None:  # Gemma 4: a KV-sharing layer reads its source's slots
                 self.keys.append(self.keys[source])

@@ -177,11 +177,11 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.n_kv_head = config.kv_heads
-        self.head_dim = config.head_dim
+        self.head_dim = Dh = config.layer_head_dim(layer_idx)  # (Gemma 4: wider when global)
         self.layer_idx = layer_idx
         self.attn_impl = config.attn_impl
-        q_width = config.n_head * config.head_dim  # H Dh
-        kv_width = config.kv_heads * config.head_dim  # Hkv Dh
+        q_width = config.n_head * Dh  # H Dh
+        kv_width = config.kv_heads * Dh  # Hkv Dh
         # One matmul makes queries, keys and values for all heads: (D) -> (H + 2 Hkv) Dh.
         self.split_sizes = [q_width, kv_width, kv_width]
         # Qwen3-Next's output gate: the same matmul also makes a gate for every feature of
@@ -195,7 +195,7 @@ class CausalSelfAttention(nn.Module):
         # Olmo 2 and 3 normalise all heads' queries (and keys) of a token together.
         self.qk_norm = config.qk_norm_scope if config.qk_norm else None
         q_norm_width, k_norm_width = ((q_width, kv_width) if self.qk_norm == "all"
-                                      else (config.head_dim, config.head_dim))
+                                      else (Dh, Dh))
         self.q_norm = self.k_norm = None
         if self.qk_norm:
             self.q_norm = RMSNorm(q_norm_width, config.norm_eps, config.norm_zero_centred)
@@ -203,7 +203,7 @@ class CausalSelfAttention(nn.Module):
         # Gemma 4: values too get unit RMS per head, with no gain.
         self.v_norm_eps = config.norm_eps if config.v_norm else 0.0
         # Scores are q . k / sqrt(Dh), or / sqrt(attn_scalar) where a family fixes it (Gemma 3).
-        self.scale = 1.0 / math.sqrt(config.attn_scalar or config.head_dim)
+        self.scale = 1.0 / math.sqrt(config.attn_scalar or Dh)
         self.proj = nn.Linear(q_width, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         # gpt-oss: a learned sink logit per query head (sinks.py); the fused kernel cannot

@@ -218,6 +218,12 @@ class ModelConfig:
             through a gated branch after its MLP (Gemma 4 E2B and E4B: 256;
             per_layer_inputs.py); 0: none.
         per_layer_vocab: the ids that second table covers; 0 means vocab_size.
+        global_head_size: the heads of the global layers are this wide (their
+            queries, keys, values and cache), the local layers' head_dim (Gemma 4:
+            512 against 256); 0 means the same.
+        rope_proportional: f > 0: the global layers' RoPE is Gemma 4's
+            "proportional" kind: their first f Dh / 2 pairs turn at the frequencies
+            theta^(-2p / Dh) of the whole head, the others not at all (f 0.25).
     """
 
     vocab_size: int = 50257
@@ -301,6 +307,8 @@ class ModelConfig:
     logit_softcap: float = 0.0
     per_layer_input: int = 0
     per_layer_vocab: int = 0
+    global_head_size: int = 0
+    rope_proportional: float = 0.0
 
     def __post_init__(self) -> None:
         check_fields(self, "model.")  # types, and whole numbers that fit 64 bits
@@ -431,6 +439,18 @@ class ModelConfig:
         if self.per_layer_vocab and not self.per_layer_input:
             _fail("per_layer_vocab", self.per_layer_vocab, "it sizes the per-layer input "
                   "embedding: set per_layer_input")
+        if self.global_head_size < 0 or self.global_head_size % 2:
+            _fail("global_head_size", self.global_head_size, "give 0 (= head_size) or an "
+                  "even width")
+        if (self.global_head_size or self.rope_proportional) and not (
+                self.sliding_window_pattern and self.positions == "rope"
+                and self.rope_scaling in ("none", "linear") and self.rope_fraction == 1.0
+                and not self.kv_lora_rank):
+            _fail("global_head_size" if self.global_head_size else "rope_proportional",
+                  self.global_head_size or self.rope_proportional, "it is for the global "
+                  "layers of a sliding_window_pattern, with RoPE unscaled or linear")
+        if not 0.0 <= self.rope_proportional <= 1.0:
+            _fail("rope_proportional", self.rope_proportional, "give a fraction in [0, 1]")
         if self.logit_softcap < 0:
             _fail("logit_softcap", self.logit_softcap, "give 0 (none) or a positive cap")
         if self.kv_shared_mlp_double and not K:
@@ -470,6 +490,20 @@ class ModelConfig:
         if self.kv_lora_rank:
             return 1, self.kv_lora_rank, self.qk_rope_head_dim
         return self.kv_heads, self.head_dim, self.head_dim
+
+    def layer_head_dim(self, layer: int) -> int:
+        """Width of layer `layer`'s heads: `head_dim`, or `global_head_size` in a global
+        layer (Gemma 4)."""
+        if self.global_head_size and not self.layer_is_local(layer):
+            return self.global_head_size
+        return self.head_dim
+
+    def layer_cache_widths(self, layer: int) -> tuple[int, int, int]:
+        """`cache_widths` of layer `layer`: (heads, key width, value width)."""
+        heads, key_width, value_width = self.cache_widths
+        if self.layer_head_dim(layer) != self.head_dim:  # Gemma 4's wider global heads
+            return heads, self.layer_head_dim(layer), self.layer_head_dim(layer)
+        return heads, key_width, value_width
 
     def layer_is_dense(self, layer: int) -> bool:
         """Whether layer `layer` (from 0) of a Mixture-of-Experts model has a plain MLP."""

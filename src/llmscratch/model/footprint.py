@@ -69,9 +69,9 @@ def footprint(config: ModelConfig, batch: int = 1, seq: int = 0, dtype: str = ""
     per_token = sum(per_layer + attention_activations(c, i) + mlp_activations(c, i)
                     for i in range(c.n_layer)) + 2 * c.n_embd
     n_linear = sum(c.layer_is_linear(i) for i in range(c.n_layer))  # Gated DeltaNet layers
-    n_caching = sum(caches_keys(c, i) for i in range(c.n_layer))  # not them, nor KV-sharing
-    heads, key_width, value_width = c.cache_widths
-    kv_per_token = n_caching * heads * (key_width + value_width) * nbytes
+    # Attention layers' keys and values: not DeltaNet's, nor Gemma 4's KV-sharing layers'.
+    kv_per_token = sum(c.layer_cache_widths(i)[0] * sum(c.layer_cache_widths(i)[1:])
+                       for i in range(c.n_layer) if caches_keys(c, i)) * nbytes
     conv_state, recurrent_state = state_shapes(c, batch)
     state_bytes = n_linear * (math.prod(conv_state) * nbytes + math.prod(recurrent_state) * 4)
     memory = {
@@ -112,7 +112,7 @@ def attention_activations(c: ModelConfig, layer: int) -> int:
         channels = state_shapes(c, 1)[0][1]  # q, k and v side by side
         return 2 * channels + 3 * c.linear_n_value_head * c.linear_value_size
     if not c.kv_lora_rank:
-        return (2 * c.n_head + 3 * c.kv_heads) * c.head_dim
+        return (2 * c.n_head + 3 * c.kv_heads) * c.layer_head_dim(layer)
     latents = 2 * (c.q_lora_rank + c.kv_lora_rank + c.qk_rope_head_dim)  # before and after norms
     return latents + c.n_head * (3 * c.head_dim + 3 * c.v_head_dim)  # q, k; kv, v, output
 
@@ -173,6 +173,10 @@ def describe(c: ModelConfig) -> str:
         parts.append("gated attention output")
     if c.rope_fraction < 1:
         parts.append(f"RoPE on {c.rope_dim} of {c.head_dim} features")
+    if c.global_head_size:
+        parts.append(f"global layers' heads of width {c.global_head_size}")
+    if c.rope_proportional:
+        parts.append(f"global layers' RoPE on their first {c.rope_proportional:g} of pairs")
     if c.kv_shared_layers:
         parts.append(f"the last {c.kv_shared_layers} layers reuse earlier layers' keys and "
                      "values")

@@ -22,7 +22,14 @@ import math
 from llmscratch.errors import LLMScratchError
 from llmscratch.model.config import ModelConfig
 from llmscratch.model.hf_deepseek import deepseek_from_hf, deepseek_to_hf, is_deepseek_v3
-from llmscratch.model.hf_gemma4 import gemma4_fits, gemma4_from_hf, gemma4_to_hf, is_gemma4
+from llmscratch.model.hf_gemma4 import (
+    gemma4_fits,
+    gemma4_from_hf,
+    gemma4_to_hf,
+    is_gemma4,
+    proportional_rope,
+    without_proportional,
+)
 
 ARCHITECTURES = {
     "GPT2LMHeadModel": "gpt2",
@@ -161,7 +168,8 @@ def _config_from_hf(hf: dict, source: str) -> ModelConfig:
     )
     if family in LAYER_TYPED:
         sizes.update(_layer_pattern(hf, family, source))
-        sizes.update(_rope_by_layer_kind(hf, family, source))
+        spelled = without_proportional(hf) if family == "gemma4_text" else hf  # (Gemma 4)
+        sizes.update(_rope_by_layer_kind(spelled, family, source))
     else:
         sizes.update(_rope_from_hf(hf, source))
     if family == "gemma3_text":
@@ -527,6 +535,8 @@ def config_to_hf(config: ModelConfig) -> dict:
     if family == "gemma4_text":
         del hf["hidden_act"]
         hf.update(gemma4_to_hf(c))
+        params = hf["rope_parameters"]
+        params["full_attention"] = proportional_rope(c, params["full_attention"])
     return hf
 
 

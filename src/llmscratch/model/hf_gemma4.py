@@ -15,11 +15,13 @@ QK-norm) with these differences:
     hidden_size_per_layer_input  per_layer_input     every layer's own input (0: none)
     vocab_size_per_layer_input   per_layer_vocab     its embedding table's ids
 
-Gemma 4's other mechanisms are refused by name: wider heads on the global
-layers (global_head_dim), keys doubling as values (attention_k_eq_v), its
-MoE block (enable_moe_block), bidirectional attention, and "proportional"
-RoPE (the default of the global layers, whose rope_parameters must then be
-given).
+    global_head_dim          global_head_size        the global layers' wider heads
+    rope_parameters.         rope_proportional       their RoPE on the first pairs only
+      full_attention.partial_rotary_factor ("proportional")
+
+Gemma 4's other mechanisms are refused by name: keys doubling as values
+(attention_k_eq_v), its MoE block (enable_moe_block) and bidirectional
+attention.
 """
 
 from __future__ import annotations
@@ -44,22 +46,42 @@ def gemma4_from_hf(hf: dict, source: str) -> dict:
                                   f"supported (only {wanted!r})")
     head_dim = hf.get("head_dim") or 256
     global_head_dim = _global_head_dim(hf, head_dim)
-    if global_head_dim != head_dim:
-        raise LLMScratchError(f"{source}: global_head_dim={global_head_dim!r} is not supported "
-                              f"(only head_dim={head_dim}: the same heads in every layer)")
-    if "full_attention" not in (hf.get("rope_parameters") or {}):
-        raise LLMScratchError(f"{source}: rope_parameters by layer type are missing, and their "
-                              "default, 'proportional' RoPE on the global layers, is not "
-                              "supported")
+    full = rope_by_kind(hf)["full_attention"]
+    proportional = full.get("partial_rotary_factor", 1.0) \
+        if full.get("rope_type") == "proportional" else 1.0
     shared = hf.get("num_kv_shared_layers", 0)
     per_layer = hf.get("hidden_size_per_layer_input", 256) or 0
     return dict(logit_softcap=float(hf.get("final_logit_softcapping") or 0.0), mlp="geglu",
                 per_layer_input=per_layer,
+                global_head_size=global_head_dim if global_head_dim != head_dim else 0,
+                rope_proportional=float(proportional) if proportional != 1.0 else 0.0,
                 per_layer_vocab=hf.get("vocab_size_per_layer_input", 262144) if per_layer else 0,
                 norm_placement="sandwich", norm_zero_centred=False,
                 scale_embeddings=True, tie_embeddings=hf.get("tie_word_embeddings", True),
                 attn_scalar=1.0, v_norm=True, layer_scalar=True, kv_shared_layers=shared,
                 kv_shared_mlp_double=bool(shared and hf.get("use_double_wide_mlp", False)))
+
+
+def rope_by_kind(hf: dict) -> dict:
+    """`rope_parameters` by layer type, or Gemma4TextConfig's default when a file has none."""
+    params = hf.get("rope_parameters")
+    if params is None:
+        return {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25,
+                                   "rope_theta": 1000000.0}}
+    return params
+
+
+def without_proportional(hf: dict) -> dict:
+    """The config.json with the global layers' "proportional" RoPE spelled as the default (or
+    linear) RoPE it is once its slow pairs are switched off (our `rope_proportional`), for
+    hf_config.py to read like Gemma 3's."""
+    params = rope_by_kind(hf)
+    full = dict(params.get("full_attention") or {})
+    if full.get("rope_type") == "proportional":
+        full.pop("partial_rotary_factor", None)
+        full["rope_type"] = "linear" if full.get("factor", 1.0) != 1.0 else "default"
+    return {**hf, "rope_parameters": {**params, "full_attention": full}}
 
 
 def _global_head_dim(hf: dict, head_dim: int) -> int:
@@ -96,4 +118,14 @@ def gemma4_to_hf(c: ModelConfig) -> dict:
             "vocab_size_per_layer_input": c.per_layer_vocab or c.vocab_size,
             "attention_k_eq_v": False, "enable_moe_block": False,
             "num_kv_shared_layers": c.kv_shared_layers,
-            "use_double_wide_mlp": c.kv_shared_mlp_double, "global_head_dim": c.head_dim}
+            "use_double_wide_mlp": c.kv_shared_mlp_double,
+            "global_head_dim": c.global_head_size or c.head_dim}
+
+
+def proportional_rope(c: ModelConfig, full: dict) -> dict:
+    """The global layers' rope_parameters entry, "proportional" where `rope_proportional`."""
+    if not c.rope_proportional:
+        return full
+    factor = {"factor": c.rope_factor} if c.rope_scaling == "linear" else {}
+    return {"rope_type": "proportional", "rope_theta": c.rope_theta,
+            "partial_rotary_factor": c.rope_proportional, **factor}

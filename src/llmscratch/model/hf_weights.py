@@ -117,7 +117,7 @@ def weight_links(config: ModelConfig) -> list[Link]:
             elif kv_source(c, i) is not None:  # Gemma 4: queries only
                 links += shared_kv_attention_links(f"{ours}.attn", attn)
             else:
-                links += attention_links(c, f"{ours}.attn", attn)
+                links += attention_links(c, f"{ours}.attn", attn, i)
             if c.layer_scalar:  # Gemma 4
                 links.append(Link(f"{ours}.scalar", [f"{theirs}.layer_scalar"]))
             if c.per_layer_input:  # Gemma 4 E2B, E4B: the branch reading the layer's input
@@ -198,16 +198,18 @@ def is_mtp_module(name: str, config: ModelConfig) -> bool:
     return bool(config.kv_lora_rank and match and int(match.group(1)) >= config.n_layer)
 
 
-def attention_links(c: ModelConfig, ours: str, theirs: str) -> list[Link]:
+def attention_links(c: ModelConfig, ours: str, theirs: str, layer: int = 0) -> list[Link]:
     """An attention layer's tensors: q, k, v projections (fused in ours), QK-norm, output."""
     links = []
+    Dh = c.layer_head_dim(layer)  # (Gemma 4's global layers: wider)
+    rows = [c.n_head * Dh, c.kv_heads * Dh, c.kv_heads * Dh]
     for kind in ["weight", "bias"] if c.bias or c.qkv_bias else ["weight"]:
         qkv = [f"{theirs}.{p}_proj.{kind}" for p in "qkv"]
         if c.attn_output_gate:  # Qwen3-Next's q_proj: per head, its queries then its gates
             links.append(Link(f"{ours}.qkv.{kind}", qkv, join="cat", rows=_gated_rows(c),
                               order=_gated_order(c)))
         else:
-            links.append(Link(f"{ours}.qkv.{kind}", qkv, join="cat"))
+            links.append(Link(f"{ours}.qkv.{kind}", qkv, join="cat", rows=rows))
     if c.qk_norm:
         links.append(Link(f"{ours}.q_norm.weight", [f"{theirs}.q_norm.weight"]))
         links.append(Link(f"{ours}.k_norm.weight", [f"{theirs}.k_norm.weight"]))

@@ -73,7 +73,7 @@ class SharedKVAttention(CausalSelfAttention):
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__(config, layer_idx)
-        q_width = config.n_head * config.head_dim  # H Dh: queries only
+        q_width = config.n_head * self.head_dim  # H Dh: queries only
         self.split_sizes = [q_width]
         self.qkv = torch.nn.Linear(config.n_embd, q_width, bias=config.bias or config.qkv_bias)
         self.k_norm = None  # the source normalised its keys

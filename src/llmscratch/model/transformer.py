@@ -470,6 +470,8 @@ class GPT(nn.Module):
             dtype=param.dtype, device=param.device, value_dim=value_width, recurrent=recurrent,
             uncached=[i for i in range(c.n_layer) if not c.layer_is_linear(i)
                       and not caches_keys(c, i)],  # Gemma 4's sharing layers: nothing
+            widths={i: c.layer_head_dim(i) for i in range(c.n_layer)
+                    if c.layer_head_dim(i) != c.head_dim},  # Gemma 4's wider global heads
         )
 
     def num_params(self, non_embedding: bool = False, active: bool = False) -> int:
@@ -528,5 +530,8 @@ class GPT(nn.Module):
         if not c.tie_embeddings:
             n_matmul -= self.tok_emb.weight.numel()
         value_dim = c.v_head_dim if c.kv_lora_rank else c.head_dim
-        forward = 2 * n_matmul + 2 * keys * c.n_head * (c.head_dim + value_dim) + memory
+        # Gemma 4's global layers have wider heads: q . k and the weighted sum grow with them.
+        wider = sum(4 * T * c.n_head * (c.layer_head_dim(i) - c.head_dim)
+                    for i in range(c.n_layer) if not c.layer_is_local(i))
+        forward = 2 * n_matmul + 2 * keys * c.n_head * (c.head_dim + value_dim) + memory + wider
         return 3 * forward if training else forward
