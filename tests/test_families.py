@@ -556,6 +556,18 @@ def test_a_kv_sharing_layer_attends_over_its_sources_keys():
     assert k.shape == (1, 2, 20, 16) and attn.window == c.sliding_window
 
 
+@pytest.mark.parametrize("preset", ["gemma-4-e2b", "gemma-4-e4b"])
+def test_gemma4_presets_count_as_transformers(preset):
+    """The released text models' sizes: transformers builds the same parameters from our
+    config.json, and without the per-layer input table they are Google's "effective" sizes."""
+    with torch.device("meta"):
+        model = GPT(get_preset(preset))
+    assert model.num_params() == meta_hf_count(preset)
+    effective = model.num_params() - model.per_layer.embed.weight.numel()
+    assert effective == pytest.approx({"gemma-4-e2b": 2.3e9, "gemma-4-e4b": 4.5e9}[preset],
+                                      rel=0.035)
+
+
 def test_soft_capped_logits_and_the_losses_and_gradients_read_through_them():
     """logit_softcap c: logits c tanh(z / c), within +-c; the summed loss and the token
     log-probabilities (and their gradients) are those of the capped logits."""

@@ -575,6 +575,38 @@ def test_gemma4_kv_sharing_matches_transformers(folders, tmp_path):
             <= TOLERANCE
 
 
+def test_the_text_model_of_a_multimodal_gemma4_is_imported(tmp_path):
+    """Gemma 4 is released as Gemma4ForConditionalGeneration: its text model (under
+    model.language_model.) is imported without the vision encoder and its embedder, to the
+    logits of text without images, and converts back to a Gemma4ForCausalLM."""
+    vision = transformers.Gemma4VisionConfig(hidden_size=16, intermediate_size=32,
+                                             num_hidden_layers=1, num_attention_heads=2,
+                                             num_key_value_heads=2, head_dim=8, patch_size=4,
+                                             position_embedding_size=64)
+    specials = dict(boi_token_id=VOCAB - 4, eoi_token_id=VOCAB - 3, image_token_id=VOCAB - 2,
+                    video_token_id=VOCAB - 1, boa_token_id=VOCAB - 5, eoa_token_index=VOCAB - 6,
+                    audio_token_id=VOCAB - 7)
+    config = transformers.Gemma4Config(
+        text_config=hf_config("gemma4_text", pad_token_id=0).to_dict(), vision_config=vision,
+        audio_config=None, **specials)
+    torch.manual_seed(0)
+    hf = transformers.Gemma4ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for param in hf.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    folder = save_folder(hf, "gemma4_text", tmp_path / "mm")
+    ids = torch.randint(0, VOCAB - 8, (2, 40))
+    with torch.no_grad():
+        expected = hf(input_ids=ids).logits
+        assert max_diff(logits(load_hf_model(folder), ids), expected) <= TOLERANCE
+    run, out = tmp_path / "run", tmp_path / "exported"
+    assert main(["convert", "from-hf", str(folder), str(run)]) == 0
+    assert main(["convert", "to-hf", str(run), str(out)]) == 0
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        assert max_diff(reloaded(ids).logits, expected) <= TOLERANCE
+
+
 def test_a_gemma4_config_json_without_rope_parameters_reads_transformers_defaults():
     """Gemma4TextConfig's defaults where a file is silent: global heads of 512 (global_head_dim),
     "proportional" RoPE on a quarter of their pairs (base 1M; local layers 10k), per-layer

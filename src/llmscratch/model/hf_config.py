@@ -48,7 +48,8 @@ ARCHITECTURES = {
 # the text model's own architecture. Gemma 3 4B and larger are released only so; their
 # config.json gives the text model's fields that differ from Gemma3TextConfig's defaults.
 TEXT_MODELS = {"Gemma3ForConditionalGeneration": "Gemma3ForCausalLM",
-               "Qwen3_5ForConditionalGeneration": "Qwen3_5ForCausalLM"}
+               "Qwen3_5ForConditionalGeneration": "Qwen3_5ForCausalLM",
+               "Gemma4ForConditionalGeneration": "Gemma4ForCausalLM"}
 GEMMA3_TEXT_DEFAULTS = {
     "vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216,
     "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
@@ -63,8 +64,16 @@ QWEN3_5_TEXT_DEFAULTS = {
     "head_dim": 256, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
 }
 # Each multimodal architecture's text defaults, and whether it ties its embeddings.
+# Gemma 4 (all of its released sizes read images, E2B and E4B audio too): Gemma4TextConfig's.
+GEMMA4_TEXT_DEFAULTS = {
+    "vocab_size": 262144, "hidden_size": 2304, "intermediate_size": 9216,
+    "num_hidden_layers": 30, "num_attention_heads": 8, "num_key_value_heads": 4,
+    "head_dim": 256, "max_position_embeddings": 131072, "rms_norm_eps": 1e-6,
+    "sliding_window": 512,
+}
 TEXT_DEFAULTS = {"Gemma3ForConditionalGeneration": (GEMMA3_TEXT_DEFAULTS, True),
-                 "Qwen3_5ForConditionalGeneration": (QWEN3_5_TEXT_DEFAULTS, False)}
+                 "Qwen3_5ForConditionalGeneration": (QWEN3_5_TEXT_DEFAULTS, False),
+                 "Gemma4ForConditionalGeneration": (GEMMA4_TEXT_DEFAULTS, True)}
 # Families whose layers are local or global by `layer_types`, each kind with its own
 # RoPE; the default bases of their (global, local) layers.
 LAYER_TYPED = ("gemma3_text", "olmo3", "gemma4_text")

@@ -46,7 +46,8 @@ NORM_NAMES = {
 TEXT_MODEL_PREFIXES = {"model.language_model.": "model.", "language_model.model.": "model.",
                        "language_model.lm_head.": "lm_head."}
 VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
-                   "model.multi_modal_projector.", "model.visual.")  # (the last: Qwen3.5)
+                   "model.multi_modal_projector.", "model.visual.",  # (the last: Qwen3.5)
+                   "model.audio_tower.", "model.embed_vision.", "model.embed_audio.")  # Gemma 4
 # Non-weight tensors some checkpoints carry: GPT-2's causal-mask buffers, RoPE tables.
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
 # Qwen3-Next's multi-token-prediction layer (for speculative decoding), which transformers

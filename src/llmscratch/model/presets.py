@@ -200,6 +200,15 @@ PRESETS: dict[str, ModelConfig] = {
     "gemma3-tiny": _gemma3(vocab_size=512, context_length=256, n_layer=6, n_head=4,
                            n_kv_head=2, n_embd=64, head_size=16, attn_scalar=16,
                            mlp_hidden=128, sliding_window=8, dtype="fp32"),
+    # The text models of Gemma 4 E2B and E4B, their sizes as gemma.cpp's configs, Ollama's GGUF
+    # metadata (E2B) and NVIDIA's Megatron recipe (E4B) state them (not checked against their
+    # config.json here): 4.63B and 7.46B parameters, of which the per-layer input table holds
+    # 2.35B and 2.82B; the rest, 2.28B and 4.64B, is what Google calls "effective" (2.3B, 4.5B).
+    "gemma-4-e2b": _gemma4(n_layer=35, n_head=8, n_kv_head=1, n_embd=1536, mlp_hidden=6144,
+                           sliding_window_pattern=5, kv_shared_layers=20,
+                           kv_shared_mlp_double=True, per_layer_input=256),
+    "gemma-4-e4b": _gemma4(n_layer=42, n_head=8, n_kv_head=2, n_embd=2560, mlp_hidden=10240,
+                           kv_shared_layers=18, per_layer_input=256),
     # Six layers: local, local, global, twice; the last two (one of each kind) reuse the keys
     # and values of layers 3 and 2, with a double-wide MLP; global heads twice as wide.
     "gemma4-tiny": _gemma4(vocab_size=512, context_length=256, n_layer=6, n_head=4, n_kv_head=2,
