@@ -204,23 +204,19 @@ class ModelConfig:
         kv_shared_layers: the last this many layers compute queries only: each
             attends over the keys and values of the last earlier layer of its kind
             (local or global) that computes its own, and caches nothing (0: none).
-        v_norm: values get unit RMS per head, without a gain, as queries and keys
-            get from QK-norm (Gemma 4, whose scores are then q . k unscaled:
-            attn_scalar 1).
+        v_norm: values get unit RMS per head, without a gain (Gemma 4, whose scores
+            are q . k unscaled: attn_scalar 1).
         layer_scalar: each block's output is multiplied by a fixed number of its
             own, stored with the weights (a buffer, not trained).
         kv_shared_mlp_double: the sharing layers' MLP is 2 x mlp_hidden wide
             (Hugging Face's use_double_wide_mlp).
         logit_softcap: c > 0: the next-token logits are c tanh(logits / c), squashed
             smoothly into (-c, c) (Gemma 2 and 4: 30); 0: raw logits.
-        per_layer_input: P > 0: every layer gets an input of its own, P numbers per
-            token from a second embedding table and the token's embedding, added
-            through a gated branch after its MLP (Gemma 4 E2B and E4B: 256;
-            per_layer_inputs.py); 0: none.
-        per_layer_vocab: the ids that second table covers; 0 means vocab_size.
-        global_head_size: the heads of the global layers are this wide (their
-            queries, keys, values and cache), the local layers' head_dim (Gemma 4:
-            512 against 256); 0 means the same.
+        per_layer_input: P > 0: every layer reads P numbers of its own per token, from a
+            second embedding table (of per_layer_vocab ids; 0: vocab_size) and the
+            token's embedding (E2B, E4B: 256; per_layer_inputs.py); 0: none.
+        global_head_size: the global layers' heads are this wide, the local ones
+            head_dim (Gemma 4: 512 against 256); 0 means the same.
         rope_proportional: f > 0: the global layers' RoPE is Gemma 4's
             "proportional" kind: their first f Dh / 2 pairs turn at the frequencies
             theta^(-2p / Dh) of the whole head, the others not at all (f 0.25).
@@ -296,10 +292,8 @@ class ModelConfig:
     attn_output_gate: bool = False
     rope_fraction: float = 1.0
     moe_shared_hidden: int = 0
-    # Gemma 4: the last kv_shared_layers layers reuse the keys and values of an earlier layer
-    # of their kind and cache nothing (kv_sharing.py); values RMS-normalised without a gain;
-    # a fixed scalar on each block's output; the sharing layers' MLP twice as wide; logits
-    # soft-capped by tanh; a small input embedding for every layer (per_layer_inputs.py).
+    # Gemma 4: KV sharing (kv_sharing.py), value norm, layer scalars, soft-capped logits,
+    # per-layer inputs (per_layer_inputs.py), wider global heads with proportional RoPE.
     kv_shared_layers: int = 0
     v_norm: bool = False
     layer_scalar: bool = False
@@ -418,8 +412,10 @@ class ModelConfig:
         """Gemma 4's switches: KV sharing needs ordinary attention layers, and a layer of
         each kind before the sharing ones to make keys for them (kv_sharing.py)."""
         K = self.kv_shared_layers
-        if K < 0:
-            _fail("kv_shared_layers", K, "give 0 (none) or a positive number")
+        for name in ("kv_shared_layers", "per_layer_input", "per_layer_vocab",
+                     "global_head_size", "logit_softcap"):
+            if getattr(self, name) < 0:
+                _fail(name, getattr(self, name), "give 0 (none) or a positive number")
         if K >= self.n_layer:
             _fail("kv_shared_layers", K, f"at most n_layer - 1 = {self.n_layer - 1}: some "
                   "layer must make the keys and values the others reuse")
@@ -433,15 +429,11 @@ class ModelConfig:
                 kind = "local" if self.layer_is_local(layer) else "global"
                 _fail("kv_shared_layers", K, f"layer {layer} is {kind} and no {kind} layer "
                       "before the sharing ones makes keys for it")
-        for name in ("per_layer_input", "per_layer_vocab"):
-            if getattr(self, name) < 0:
-                _fail(name, getattr(self, name), "give 0 or a positive number")
         if self.per_layer_vocab and not self.per_layer_input:
             _fail("per_layer_vocab", self.per_layer_vocab, "it sizes the per-layer input "
                   "embedding: set per_layer_input")
-        if self.global_head_size < 0 or self.global_head_size % 2:
-            _fail("global_head_size", self.global_head_size, "give 0 (= head_size) or an "
-                  "even width")
+        if self.global_head_size % 2:
+            _fail("global_head_size", self.global_head_size, "RoPE turns pairs: an even width")
         if (self.global_head_size or self.rope_proportional) and not (
                 self.sliding_window_pattern and self.positions == "rope"
                 and self.rope_scaling in ("none", "linear") and self.rope_fraction == 1.0
@@ -451,8 +443,6 @@ class ModelConfig:
                   "layers of a sliding_window_pattern, with RoPE unscaled or linear")
         if not 0.0 <= self.rope_proportional <= 1.0:
             _fail("rope_proportional", self.rope_proportional, "give a fraction in [0, 1]")
-        if self.logit_softcap < 0:
-            _fail("logit_softcap", self.logit_softcap, "give 0 (none) or a positive cap")
         if self.kv_shared_mlp_double and not K:
             _fail("kv_shared_mlp_double", True, "it widens the KV-sharing layers' MLP: set "
                   "kv_shared_layers")
@@ -501,9 +491,8 @@ class ModelConfig:
     def layer_cache_widths(self, layer: int) -> tuple[int, int, int]:
         """`cache_widths` of layer `layer`: (heads, key width, value width)."""
         heads, key_width, value_width = self.cache_widths
-        if self.layer_head_dim(layer) != self.head_dim:  # Gemma 4's wider global heads
-            return heads, self.layer_head_dim(layer), self.layer_head_dim(layer)
-        return heads, key_width, value_width
+        wide = self.layer_head_dim(layer)  # (Gemma 4's global layers: wider heads)
+        return (heads, wide, wide) if wide != self.head_dim else (heads, key_width, value_width)
 
     def layer_is_dense(self, layer: int) -> bool:
         """Whether layer `layer` (from 0) of a Mixture-of-Experts model has a plain MLP."""
