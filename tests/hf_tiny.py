@@ -15,8 +15,9 @@ expert and the router's bias (random, so that it steers the choice).
 Qwen3-Next's three Gated DeltaNet layers (value heads sharing key heads) to one
 full-attention layer with its output gate and partial RoPE, and its shared expert.
 Gemma 4's six layers (local, local, global, twice), the last two reusing the keys and
-values of layers 3 and 2 with a double-wide MLP, random layer scalars, and its logits
-soft-capped at 2 (not 30: the tiny model's logits are small).
+values of layers 3 and 2 with a double-wide MLP, global heads twice as wide with RoPE on a
+quarter of their pairs ("proportional"), per-layer inputs, random layer scalars, and its
+logits soft-capped at 2 (not 30: the tiny model's logits are small).
 """
 
 from __future__ import annotations

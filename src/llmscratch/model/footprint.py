@@ -179,7 +179,12 @@ def describe(c: ModelConfig) -> str:
         parts.append(f"global layers' RoPE on their first {c.rope_proportional:g} of pairs")
     if c.kv_shared_layers:
         parts.append(f"the last {c.kv_shared_layers} layers reuse earlier layers' keys and "
-                     "values")
+                     "values" + (f", with MLPs of width {2 * c.mlp_dim}"
+                                 if c.kv_shared_mlp_double else ""))
+    if c.per_layer_input:
+        parts.append(f"per-layer inputs of width {c.per_layer_input}")
+    if c.logit_softcap:
+        parts.append(f"logits soft-capped at {c.logit_softcap:g}")
     if c.sliding_window_pattern == 2:  # gpt-oss
         parts.append(f"local (window {c.sliding_window}) and global layers alternating")
     elif c.sliding_window_pattern:
