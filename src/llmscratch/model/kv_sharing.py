@@ -10,16 +10,16 @@ and values of one earlier layer, its *source*: the last layer before the
 shared ones that is of the same kind (local, with the sliding window, or
 global). Eight layers, local (l) and global (G), the last K = 3 sharing:
 
-    layer   0  1  2  3  4 | 5  6  7
-    kind    l  l  G  l  l | l  G  l
-    keys    own own own own own | from 4, from 2, from 4
+    layer   0    1    2    3    4   | 5     6     7
+    kind    l    l    G    l    l   | l     G     l
+    keys    own  own  own  own  own | of 4  of 2  of 4
 
 Layers 5 to 7 still have their own queries, norms, MLP and output
-projection, so they compute something different from layer 4 or 2; but they
-ask the same question of the same memory. The cache holds L - K layers only:
-Gemma 4 E2B's 35 layers cache 15 (K = 20). The sharing layers have no key or
-value projections either, which saves their weights; Gemma 4 gives them a
-double-wide MLP instead (`kv_shared_mlp_double`).
+projection: they ask their own questions, of the memory layers 4 and 2
+made. The cache holds L - K layers only: Gemma 4 E2B's 35 layers cache 15
+(K = 20). The sharing layers have no key or value projections either,
+which saves their weights; Gemma 4 gives them a double-wide MLP instead
+(`kv_shared_mlp_double`).
 
 Every non-sharing layer publishes the keys and values it attends over in a
 dict, by kind; the last one of each kind to publish before the sharing
