@@ -575,6 +575,27 @@ def test_gemma4_kv_sharing_matches_transformers(folders, tmp_path):
             <= TOLERANCE
 
 
+def test_gemma4_key_and_value_tensors_of_sharing_layers_are_left_out(folders, tmp_path):
+    """The released checkpoints hold k_proj, v_proj and k_norm in the KV-sharing layers too,
+    which nothing reads: they are not imported. Other unknown tensors still are refused."""
+    hf, folder, _ = folders["gemma4_text"]
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    unused = tmp_path / "unused"
+    shutil.copytree(folder, unused)
+    save_file({**tensors, "model.layers.4.self_attn.k_proj.weight": torch.ones(32, 32),
+               "model.layers.5.self_attn.v_proj.weight": torch.ones(64, 32),
+               "model.layers.4.self_attn.k_norm.weight": torch.ones(16)},
+              str(unused / "model.safetensors"))
+    ids = torch.randint(0, VOCAB, (1, 20))
+    with torch.no_grad():
+        assert max_diff(logits(load_hf_model(unused), ids), hf(ids).logits) <= TOLERANCE
+    save_file({**tensors, "model.layers.3.self_attn.extra.weight": torch.ones(32)},
+              str(unused / "model.safetensors"))
+    with pytest.raises(LLMScratchError, match="model.layers.3.self_attn.extra.weight"):
+        load_hf_model(unused)
+
+
 def test_the_text_model_of_a_multimodal_gemma4_is_imported(tmp_path):
     """Gemma 4 is released as Gemma4ForConditionalGeneration: its text model (under
     model.language_model.) is imported without the vision encoder and its embedder, to the

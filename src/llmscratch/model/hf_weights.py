@@ -199,6 +199,14 @@ def is_mtp_module(name: str, config: ModelConfig) -> bool:
     return bool(config.kv_lora_rank and match and int(match.group(1)) >= config.n_layer)
 
 
+def is_unused_shared_kv(name: str, config: ModelConfig) -> bool:
+    """Whether `name` is a key or value tensor of a Gemma 4 KV-sharing layer, which the
+    released checkpoints hold but never use (transformers skips them too: kv_sharing.py)."""
+    match = re.match(r"model\.layers\.(\d+)\.self_attn\.(k_proj|v_proj|k_norm|v_norm)\.", name)
+    return bool(config.kv_shared_layers and match
+                and kv_source(config, int(match.group(1))) is not None)
+
+
 def attention_links(c: ModelConfig, ours: str, theirs: str, layer: int = 0) -> list[Link]:
     """An attention layer's tensors: q, k, v projections (fused in ours), QK-norm, output."""
     links = []
@@ -353,7 +361,7 @@ def model_from_hf(config: ModelConfig, read: Callable[[str, tuple], torch.Tensor
         name for name in set(names) - used
         if not name.endswith(IGNORED_SUFFIXES) and not name.startswith(IGNORED_PREFIXES)
         and not (name == "lm_head.weight" and config.tie_embeddings)
-        and not is_mtp_module(name, config)
+        and not is_mtp_module(name, config) and not is_unused_shared_kv(name, config)
     )
     if unknown:
         raise LLMScratchError(f"the checkpoint has tensors this architecture does not use, "
