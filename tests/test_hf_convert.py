@@ -646,8 +646,22 @@ def test_a_gemma4_config_json_without_rope_parameters_reads_transformers_default
     assert (config.kv_shared_layers, config.logit_softcap) == (0, 0.0)
 
 
+def test_gemma4_global_layers_with_values_from_the_keys_match_transformers(tmp_path):
+    """attention_k_eq_v (the global layers' values are their keys' projection, no v_proj) and
+    one key/value head in the global layers (two in the local ones): the same loss, 64 greedy
+    tokens through our cache and the engine, and an export with the same loss."""
+    hf = hf_model("gemma4_text", attention_k_eq_v=True, num_global_key_value_heads=1)
+    assert "model.layers.2.self_attn.v_proj.weight" not in hf.state_dict()
+    folder = save_folder(hf, "gemma4_text", tmp_path / "hf")
+    run = tmp_path / "run"
+    assert main(["convert", "from-hf", str(folder), str(run)]) == 0
+    ours = load_hf_model(folder)
+    assert (ours.config.global_k_is_v, ours.config.global_kv_heads) == (True, 1)
+    assert ours.new_cache(1, 8).keys[2].shape == (1, 1, 8, 32)  # 1 head of 32 (local: 2 of 16)
+    check_parity(hf, ours, run, tmp_path)
+
+
 @pytest.mark.parametrize("field, value, named", [
-    ("attention_k_eq_v", True, "attention_k_eq_v=True"),
     ("enable_moe_block", True, "enable_moe_block=True"),
     ("use_bidirectional_attention", "all", "use_bidirectional_attention='all'"),
     ("hidden_activation", "gelu", "hidden_activation='gelu'"),

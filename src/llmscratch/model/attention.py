@@ -176,14 +176,18 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         self.n_head = config.n_head
-        self.n_kv_head = config.kv_heads
+        self.n_kv_head = config.layer_kv_heads(layer_idx)  # (Gemma 4: other when global)
         self.head_dim = Dh = config.layer_head_dim(layer_idx)  # (Gemma 4: wider when global)
         self.layer_idx = layer_idx
         self.attn_impl = config.attn_impl
         q_width = config.n_head * Dh  # H Dh
-        kv_width = config.kv_heads * Dh  # Hkv Dh
+        kv_width = self.n_kv_head * Dh  # Hkv Dh
         # One matmul makes queries, keys and values for all heads: (D) -> (H + 2 Hkv) Dh.
         self.split_sizes = [q_width, kv_width, kv_width]
+        # Gemma 4's global layers may take their values from the keys' projection.
+        self.k_is_v = config.global_k_is_v and not config.layer_is_local(layer_idx)
+        if self.k_is_v:
+            self.split_sizes = [q_width, kv_width]
         # Qwen3-Next's output gate: the same matmul also makes a gate for every feature of
         # the output, which is multiplied by sigmoid(gate) before the output projection.
         if config.attn_output_gate:
@@ -236,7 +240,8 @@ class CausalSelfAttention(nn.Module):
         B, T, _ = x.shape  # (B, T, D)
         H, Hkv, Dh = self.n_head, self.n_kv_head, self.head_dim
         # (B, T, H Dh), 2 x (B, T, Hkv Dh) and, with an output gate, (B, T, H Dh)
-        q, k, v, *gate = self.qkv(x).split(self.split_sizes, dim=-1)
+        q, k, *rest = self.qkv(x).split(self.split_sizes, dim=-1)
+        v, *gate = [k, *rest] if self.k_is_v else rest  # (values: the raw keys, Gemma 4)
         if self.qk_norm == "all":  # over every head's features at once
             q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(B, T, H, Dh).transpose(1, 2)  # (B, H, T, Dh)

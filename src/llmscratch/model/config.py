@@ -217,6 +217,9 @@ class ModelConfig:
             token's embedding (E2B, E4B: 256; per_layer_inputs.py); 0: none.
         global_head_size: the global layers' heads are this wide, the local ones
             head_dim (Gemma 4: 512 against 256); 0 means the same.
+        global_kv_heads: key/value heads of the global layers; 0 means n_kv_head.
+        global_k_is_v: the global layers' values are their keys' projection (before
+            the keys' norm and RoPE): one matrix fewer (Gemma 4's attention_k_eq_v).
         rope_proportional: f > 0: the global layers' RoPE is Gemma 4's
             "proportional" kind: their first f Dh / 2 pairs turn at the frequencies
             theta^(-2p / Dh) of the whole head, the others not at all (f 0.25).
@@ -303,6 +306,8 @@ class ModelConfig:
     per_layer_vocab: int = 0
     global_head_size: int = 0
     rope_proportional: float = 0.0
+    global_kv_heads: int = 0
+    global_k_is_v: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self, "model.")  # types, and whole numbers that fit 64 bits
@@ -413,7 +418,7 @@ class ModelConfig:
         each kind before the sharing ones to make keys for them (kv_sharing.py)."""
         K = self.kv_shared_layers
         for name in ("kv_shared_layers", "per_layer_input", "per_layer_vocab",
-                     "global_head_size", "logit_softcap"):
+                     "global_head_size", "logit_softcap", "global_kv_heads"):
             if getattr(self, name) < 0:
                 _fail(name, getattr(self, name), "give 0 (none) or a positive number")
         if K >= self.n_layer:
@@ -434,13 +439,17 @@ class ModelConfig:
                   "embedding: set per_layer_input")
         if self.global_head_size % 2:
             _fail("global_head_size", self.global_head_size, "RoPE turns pairs: an even width")
-        if (self.global_head_size or self.rope_proportional) and not (
+        if self.global_kv_heads and self.n_head % self.global_kv_heads:
+            _fail("global_kv_heads", self.global_kv_heads, f"it must divide n_head={self.n_head}")
+        if (self.global_head_size or self.rope_proportional or self.global_kv_heads
+                or self.global_k_is_v) and not (
                 self.sliding_window_pattern and self.positions == "rope"
                 and self.rope_scaling in ("none", "linear") and self.rope_fraction == 1.0
                 and not self.kv_lora_rank):
-            _fail("global_head_size" if self.global_head_size else "rope_proportional",
-                  self.global_head_size or self.rope_proportional, "it is for the global "
-                  "layers of a sliding_window_pattern, with RoPE unscaled or linear")
+            name = next(n for n in ("global_head_size", "rope_proportional", "global_kv_heads",
+                                    "global_k_is_v") if getattr(self, n))
+            _fail(name, getattr(self, name), "it is for the global layers of a "
+                  "sliding_window_pattern, with RoPE unscaled or linear")
         if not 0.0 <= self.rope_proportional <= 1.0:
             _fail("rope_proportional", self.rope_proportional, "give a fraction in [0, 1]")
         if self.kv_shared_mlp_double and not K:
@@ -488,11 +497,19 @@ class ModelConfig:
             return self.global_head_size
         return self.head_dim
 
+    def layer_kv_heads(self, layer: int) -> int:
+        """Key/value heads of layer `layer`: `kv_heads`, or `global_kv_heads` in a global
+        layer (Gemma 4)."""
+        if self.global_kv_heads and not self.layer_is_local(layer):
+            return self.global_kv_heads
+        return self.kv_heads
+
     def layer_cache_widths(self, layer: int) -> tuple[int, int, int]:
         """`cache_widths` of layer `layer`: (heads, key width, value width)."""
-        heads, key_width, value_width = self.cache_widths
-        wide = self.layer_head_dim(layer)  # (Gemma 4's global layers: wider heads)
-        return (heads, wide, wide) if wide != self.head_dim else (heads, key_width, value_width)
+        if self.kv_lora_rank:
+            return self.cache_widths
+        Dh = self.layer_head_dim(layer)  # (Gemma 4's global layers: other heads)
+        return self.layer_kv_heads(layer), Dh, Dh
 
     def layer_is_dense(self, layer: int) -> bool:
         """Whether layer `layer` (from 0) of a Mixture-of-Experts model has a plain MLP."""

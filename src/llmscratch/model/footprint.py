@@ -112,7 +112,7 @@ def attention_activations(c: ModelConfig, layer: int) -> int:
         channels = state_shapes(c, 1)[0][1]  # q, k and v side by side
         return 2 * channels + 3 * c.linear_n_value_head * c.linear_value_size
     if not c.kv_lora_rank:
-        return (2 * c.n_head + 3 * c.kv_heads) * c.layer_head_dim(layer)
+        return (2 * c.n_head + 3 * c.layer_kv_heads(layer)) * c.layer_head_dim(layer)
     latents = 2 * (c.q_lora_rank + c.kv_lora_rank + c.qk_rope_head_dim)  # before and after norms
     return latents + c.n_head * (3 * c.head_dim + 3 * c.v_head_dim)  # q, k; kv, v, output
 
@@ -175,6 +175,10 @@ def describe(c: ModelConfig) -> str:
         parts.append(f"RoPE on {c.rope_dim} of {c.head_dim} features")
     if c.global_head_size:
         parts.append(f"global layers' heads of width {c.global_head_size}")
+    if c.global_kv_heads or c.global_k_is_v:
+        parts.append(f"global layers' {c.layer_kv_heads(c.sliding_window_pattern - 1)} kv "
+                     "heads" + (", values from the keys' projection" if c.global_k_is_v
+                                else ""))
     if c.rope_proportional:
         parts.append(f"global layers' RoPE on their first {c.rope_proportional:g} of pairs")
     if c.kv_shared_layers:

@@ -210,10 +210,11 @@ def is_unused_shared_kv(name: str, config: ModelConfig) -> bool:
 def attention_links(c: ModelConfig, ours: str, theirs: str, layer: int = 0) -> list[Link]:
     """An attention layer's tensors: q, k, v projections (fused in ours), QK-norm, output."""
     links = []
-    Dh = c.layer_head_dim(layer)  # (Gemma 4's global layers: wider)
-    rows = [c.n_head * Dh, c.kv_heads * Dh, c.kv_heads * Dh]
+    Dh, Hkv = c.layer_head_dim(layer), c.layer_kv_heads(layer)  # (Gemma 4: global layers)
+    k_is_v = c.global_k_is_v and not c.layer_is_local(layer)  # (Gemma 4: no v_proj)
+    rows = [c.n_head * Dh, Hkv * Dh] + ([] if k_is_v else [Hkv * Dh])
     for kind in ["weight", "bias"] if c.bias or c.qkv_bias else ["weight"]:
-        qkv = [f"{theirs}.{p}_proj.{kind}" for p in "qkv"]
+        qkv = [f"{theirs}.{p}_proj.{kind}" for p in ("qk" if k_is_v else "qkv")]
         if c.attn_output_gate:  # Qwen3-Next's q_proj: per head, its queries then its gates
             links.append(Link(f"{ours}.qkv.{kind}", qkv, join="cat", rows=_gated_rows(c),
                               order=_gated_order(c)))

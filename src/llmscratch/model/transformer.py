@@ -470,8 +470,8 @@ class GPT(nn.Module):
             dtype=param.dtype, device=param.device, value_dim=value_width, recurrent=recurrent,
             uncached=[i for i in range(c.n_layer) if not c.layer_is_linear(i)
                       and not caches_keys(c, i)],  # Gemma 4's sharing layers: nothing
-            widths={i: c.layer_head_dim(i) for i in range(c.n_layer)
-                    if c.layer_head_dim(i) != c.head_dim},  # Gemma 4's wider global heads
+            shapes={i: c.layer_cache_widths(i)[:2] for i in range(c.n_layer)
+                    if c.layer_cache_widths(i) != c.cache_widths},  # Gemma 4's global layers
         )
 
     def num_params(self, non_embedding: bool = False, active: bool = False) -> int:
