@@ -200,29 +200,18 @@ class ModelConfig:
         moe_shared_hidden: width of a shared expert beside the routed ones, which
             every token goes through, scaled by a sigmoid gate of its own (0: none).
 
-    Gemma 4's fields (see kv_sharing.py):
-        kv_shared_layers: the last this many layers compute queries only: each
-            attends over the keys and values of the last earlier layer of its kind
-            (local or global) that computes its own, and caches nothing (0: none).
-        v_norm: values get unit RMS per head, without a gain (Gemma 4, whose scores
-            are q . k unscaled: attn_scalar 1).
-        layer_scalar: each block's output is multiplied by a fixed number of its
-            own, stored with the weights (a buffer, not trained).
-        kv_shared_mlp_double: the sharing layers' MLP is 2 x mlp_hidden wide
-            (Hugging Face's use_double_wide_mlp).
-        logit_softcap: c > 0: the next-token logits are c tanh(logits / c), squashed
-            smoothly into (-c, c) (Gemma 2 and 4: 30); 0: raw logits.
-        per_layer_input: P > 0: every layer reads P numbers of its own per token, from a
-            second embedding table (of per_layer_vocab ids; 0: vocab_size) and the
-            token's embedding (E2B, E4B: 256; per_layer_inputs.py); 0: none.
-        global_head_size: the global layers' heads are this wide, the local ones
-            head_dim (Gemma 4: 512 against 256); 0 means the same.
-        global_kv_heads: key/value heads of the global layers; 0 means n_kv_head.
-        global_k_is_v: the global layers' values are their keys' projection (before
-            the keys' norm and RoPE): one matrix fewer (Gemma 4's attention_k_eq_v).
-        rope_proportional: f > 0: the global layers' RoPE is Gemma 4's
-            "proportional" kind: their first f Dh / 2 pairs turn at the frequencies
-            theta^(-2p / Dh) of the whole head, the others not at all (f 0.25).
+    Gemma 4's fields (kv_sharing.py, per_layer_inputs.py; 0 or off: none):
+        kv_shared_layers: the last K layers make queries only, over the keys and values
+            of the last earlier layer of their kind (local or global); they cache nothing.
+        v_norm, layer_scalar: values RMS-normalised without a gain (the scores are then
+            q . k unscaled: attn_scalar 1); each block's output times a stored number.
+        kv_shared_mlp_double: the sharing layers' MLP is 2 x mlp_hidden wide.
+        logit_softcap: c > 0: the logits are c tanh(logits / c) (Gemma 2 and 4: 30).
+        per_layer_input, per_layer_vocab: P > 0: every layer reads P numbers of its own
+            per token, from a second table (per_layer_vocab ids; 0: vocab_size).
+        global_head_size, global_kv_heads: the global layers' head width and key/value
+            heads (Gemma 4: 512 against 256); global_k_is_v: their values are their keys'
+            projection; rope_proportional f: their RoPE turns only their first f of pairs.
     """
 
     vocab_size: int = 50257
@@ -295,8 +284,7 @@ class ModelConfig:
     attn_output_gate: bool = False
     rope_fraction: float = 1.0
     moe_shared_hidden: int = 0
-    # Gemma 4: KV sharing (kv_sharing.py), value norm, layer scalars, soft-capped logits,
-    # per-layer inputs (per_layer_inputs.py), wider global heads with proportional RoPE.
+    # Gemma 4: KV sharing, value norm, layer scalars, soft-capped logits, per-layer inputs, ...
     kv_shared_layers: int = 0
     v_norm: bool = False
     layer_scalar: bool = False
@@ -414,8 +402,7 @@ class ModelConfig:
             _fail("moe_shared_hidden", self.moe_shared_hidden, "a shared expert needs mlp='moe'")
 
     def _check_gemma4(self) -> None:
-        """Gemma 4's switches: KV sharing needs ordinary attention layers, and a layer of
-        each kind before the sharing ones to make keys for them (kv_sharing.py)."""
+        """Gemma 4's switches: KV sharing needs a layer of each kind before the sharing ones."""
         K = self.kv_shared_layers
         for name in ("kv_shared_layers", "per_layer_input", "per_layer_vocab",
                      "global_head_size", "logit_softcap", "global_kv_heads"):
@@ -491,15 +478,14 @@ class ModelConfig:
         return self.kv_heads, self.head_dim, self.head_dim
 
     def layer_head_dim(self, layer: int) -> int:
-        """Width of layer `layer`'s heads: `head_dim`, or `global_head_size` in a global
-        layer (Gemma 4)."""
+        """Layer `layer`'s head width: `global_head_size` if set and it is global, else head_dim."""
         if self.global_head_size and not self.layer_is_local(layer):
             return self.global_head_size
         return self.head_dim
 
     def layer_kv_heads(self, layer: int) -> int:
-        """Key/value heads of layer `layer`: `kv_heads`, or `global_kv_heads` in a global
-        layer (Gemma 4)."""
+        """Layer `layer`'s key/value heads: `global_kv_heads` if set and it is global, else
+        kv_heads."""
         if self.global_kv_heads and not self.layer_is_local(layer):
             return self.global_kv_heads
         return self.kv_heads
