@@ -14,6 +14,10 @@ mscale) and its first layer dense, the others with experts in groups, a shared
 expert and the router's bias (random, so that it steers the choice).
 Qwen3-Next's three Gated DeltaNet layers (value heads sharing key heads) to one
 full-attention layer with its output gate and partial RoPE, and its shared expert.
+Gemma 4's six layers (local, local, global, twice), the last two reusing the keys and
+values of layers 3 and 2 with a double-wide MLP, global heads twice as wide with RoPE on a
+quarter of their pairs ("proportional"), per-layer inputs, random layer scalars, and its
+logits soft-capped at 2 (not 30: the tiny model's logits are small).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from llmscratch.tokenizer import Tokenizer, train_bpe
 from llmscratch.tokenizer.hf_json import save_hf_tokenizer
 
 FAMILIES = ["gpt2", "llama", "qwen3", "qwen3_moe", "gemma3_text", "olmo3", "gpt_oss",
-            "deepseek_v3", "qwen3_next", "qwen3_5_text"]
+            "deepseek_v3", "qwen3_next", "qwen3_5_text", "gemma4_text"]
 LAYER_TYPED = ["gemma3_text", "olmo3", "gpt_oss"]  # local and global layers
 VOCAB = 320
 SPECIALS = {
@@ -42,6 +46,7 @@ SPECIALS = {
     "deepseek_v3": ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"),
     "qwen3_next": ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
     "qwen3_5_text": ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+    "gemma4_text": ("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"),
 }
 TEXT = (
     "First Citizen: Before we proceed any further, hear me speak.\n"
@@ -56,6 +61,7 @@ def hf_config(family: str, **overrides):
     from transformers import (
         DeepseekV3Config,
         Gemma3TextConfig,
+        Gemma4TextConfig,
         GPT2Config,
         GptOssConfig,
         LlamaConfig,
@@ -112,6 +118,17 @@ def hf_config(family: str, **overrides):
                 "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}
         return Gemma3TextConfig(**{**layered, "head_dim": 16, "query_pre_attn_scalar": 24,
                                    "rope_parameters": rope, **overrides})
+    if family == "gemma4_text":  # six layers (l, l, G twice), the last two sharing KV
+        rope = {"full_attention": {"rope_type": "proportional", "rope_theta": 1e6,
+                                   "partial_rotary_factor": 0.25},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}
+        return Gemma4TextConfig(**{**layered, "num_hidden_layers": 6,
+                                   "layer_types": kinds[:3] * 2, "head_dim": 16,
+                                   "global_head_dim": 32, "hidden_size_per_layer_input": 8,
+                                   "vocab_size_per_layer_input": VOCAB,
+                                   "num_kv_shared_layers": 2, "use_double_wide_mlp": True,
+                                   "final_logit_softcapping": 2.0, "rope_parameters": rope,
+                                   **overrides})
     if family == "olmo3":  # YaRN on the global layers, from an original context of 16
         rope = {"full_attention": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
                                    "original_max_position_embeddings": 16},
@@ -139,11 +156,14 @@ def hf_model(family: str, seed: int = 0, **overrides):
         for param in model.parameters():
             if param.dim() >= 2:
                 param.normal_(0.0, 0.1)
-            elif family in (*LAYER_TYPED, "deepseek_v3", "qwen3_next", "qwen3_5_text"):  # gains
+            elif family in (*LAYER_TYPED, "deepseek_v3", "qwen3_next", "qwen3_5_text",
+                            "gemma4_text"):  # gains
                 param.add_(0.1 * torch.randn_like(param))
         for name, buffer in model.named_buffers():  # DeepSeek's router bias
             if name.endswith("e_score_correction_bias"):
                 buffer.normal_(0.0, 0.1)
+            if name.endswith("layer_scalar"):  # Gemma 4's, 1 until trained
+                buffer.uniform_(0.5, 1.5)
     return model.eval()
 
 

@@ -14,7 +14,7 @@ from llmscratch.model import GPT
 from tests.test_families import tiny  # a tiny model of a family, its norms perturbed
 
 FAMILIES = ["gpt2-tiny", "llama-3-tiny", "qwen3-tiny", "qwen3-moe-tiny", "gemma3-tiny",
-            "olmo3-tiny", "gpt-oss-tiny", "deepseek-v3-tiny"]
+            "olmo3-tiny", "gpt-oss-tiny", "deepseek-v3-tiny", "gemma4-tiny"]
 HYBRID = ["qwen3-next-tiny", "qwen3.5-tiny"]  # Gated DeltaNet layers: a state per sequence
 GREEDY = SamplingConfig(max_new_tokens=16, temperature=0)
 
@@ -455,7 +455,7 @@ def test_blocks_are_hashed_once_when_they_fill(monkeypatch):
     assert engine.blocks.cache_hits == 2 and len(hashed) == 2 + 4
 
 
-@pytest.mark.parametrize("name", ["gemma3-tiny", "olmo3-tiny"])
+@pytest.mark.parametrize("name", ["gemma3-tiny", "olmo3-tiny", "gemma4-tiny"])
 def test_sliding_window_layers_hold_only_their_window_on_a_long_generation(name):
     """Local layers (a window of 8) keep their keys in a pool of their own, and give back
     each block no later query sees: over 200 new tokens, a sequence holds at most

@@ -552,6 +552,128 @@ def test_a_gemma3_field_we_do_not_support_is_named(folders, tmp_path, capsys, fi
     assert_field_refused(folders["gemma3_text"][1], tmp_path, capsys, field, value, named)
 
 
+def test_gemma4_kv_sharing_matches_transformers(folders, tmp_path):
+    """Gemma 4: six layers (local, local, global, twice), the last two reusing the keys and
+    values of layers 3 and 2 with a double-wide MLP, values normalised, unscaled scores,
+    random layer scalars, logits soft-capped at 2: the same loss (1e-4), the same 64 greedy
+    tokens through our KV cache (which holds four layers) and through the engine (the sharing
+    layers read their sources' paged blocks), an export with the same loss, and our training
+    loss equal to theirs."""
+    hf, folder, run = folders["gemma4_text"]
+    ours = load_hf_model(folder)
+    c = ours.config
+    assert [c.layer_is_local(i) for i in range(c.n_layer)] == [True, True, False] * 2
+    assert (c.kv_shared_layers, c.kv_shared_mlp_double, c.attn_scalar) == (2, True, 1.0)
+    assert (c.logit_softcap, c.global_head_size, c.rope_proportional) == (2.0, 32, 0.25)
+    assert [k is None for k in ours.new_cache(1, 8).keys] == [False] * 4 + [True] * 2
+    reloaded = check_parity(hf, ours, run, tmp_path)
+    assert reloaded.config.kv_sharing_modes == hf.config.kv_sharing_modes
+    ids = torch.randint(0, VOCAB, (2, 48))
+    with torch.no_grad():  # the training loss (through the capped logits) is theirs too
+        loss_sum, count = ours.next_token_loss(ours(ids)[:, :-1], ids[:, 1:])
+        assert abs(loss_sum.item() / count.item() - hf(ids, labels=ids).loss.item()) \
+            <= TOLERANCE
+
+
+def test_gemma4_key_and_value_tensors_of_sharing_layers_are_left_out(folders, tmp_path):
+    """The released checkpoints hold k_proj, v_proj and k_norm in the KV-sharing layers too,
+    which nothing reads: they are not imported. Other unknown tensors still are refused."""
+    hf, folder, _ = folders["gemma4_text"]
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    unused = tmp_path / "unused"
+    shutil.copytree(folder, unused)
+    save_file({**tensors, "model.layers.4.self_attn.k_proj.weight": torch.ones(32, 32),
+               "model.layers.5.self_attn.v_proj.weight": torch.ones(64, 32),
+               "model.layers.4.self_attn.k_norm.weight": torch.ones(16)},
+              str(unused / "model.safetensors"))
+    ids = torch.randint(0, VOCAB, (1, 20))
+    with torch.no_grad():
+        assert max_diff(logits(load_hf_model(unused), ids), hf(ids).logits) <= TOLERANCE
+    save_file({**tensors, "model.layers.3.self_attn.extra.weight": torch.ones(32)},
+              str(unused / "model.safetensors"))
+    with pytest.raises(LLMScratchError, match="model.layers.3.self_attn.extra.weight"):
+        load_hf_model(unused)
+
+
+def test_the_text_model_of_a_multimodal_gemma4_is_imported(tmp_path):
+    """Gemma 4 is released as Gemma4ForConditionalGeneration: its text model (under
+    model.language_model.) is imported without the vision encoder and its embedder, to the
+    logits of text without images, and converts back to a Gemma4ForCausalLM."""
+    vision = transformers.Gemma4VisionConfig(hidden_size=16, intermediate_size=32,
+                                             num_hidden_layers=1, num_attention_heads=2,
+                                             num_key_value_heads=2, head_dim=8, patch_size=4,
+                                             position_embedding_size=64)
+    specials = dict(boi_token_id=VOCAB - 4, eoi_token_id=VOCAB - 3, image_token_id=VOCAB - 2,
+                    video_token_id=VOCAB - 1, boa_token_id=VOCAB - 5, eoa_token_index=VOCAB - 6,
+                    audio_token_id=VOCAB - 7)
+    config = transformers.Gemma4Config(
+        text_config=hf_config("gemma4_text", pad_token_id=0).to_dict(), vision_config=vision,
+        audio_config=None, **specials)
+    torch.manual_seed(0)
+    hf = transformers.Gemma4ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for param in hf.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    folder = save_folder(hf, "gemma4_text", tmp_path / "mm")
+    ids = torch.randint(0, VOCAB - 8, (2, 40))
+    with torch.no_grad():
+        expected = hf(input_ids=ids).logits
+        assert max_diff(logits(load_hf_model(folder), ids), expected) <= TOLERANCE
+    run, out = tmp_path / "run", tmp_path / "exported"
+    assert main(["convert", "from-hf", str(folder), str(run)]) == 0
+    assert main(["convert", "to-hf", str(run), str(out)]) == 0
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        assert max_diff(reloaded(ids).logits, expected) <= TOLERANCE
+
+
+def test_a_gemma4_config_json_without_rope_parameters_reads_transformers_defaults():
+    """Gemma4TextConfig's defaults where a file is silent: global heads of 512 (global_head_dim),
+    "proportional" RoPE on a quarter of their pairs (base 1M; local layers 10k), per-layer
+    inputs of 256 from a table of 262,144 ids, five local layers to one global."""
+    config = config_from_hf({"architectures": ["Gemma4ForCausalLM"], "vocab_size": 262144,
+                             "hidden_size": 64, "intermediate_size": 128,
+                             "num_hidden_layers": 6, "num_attention_heads": 4,
+                             "num_key_value_heads": 1, "max_position_embeddings": 1024,
+                             "sliding_window": 512})
+    assert (config.head_dim, config.global_head_size, config.rope_proportional) == (256, 512,
+                                                                                   0.25)
+    assert (config.rope_theta, config.rope_local_theta, config.rope_scaling) == (1e6, 1e4,
+                                                                                "none")
+    assert (config.per_layer_input, config.per_layer_vocab) == (256, 262144)
+    assert (config.sliding_window_pattern, config.sliding_window) == (6, 512)
+    assert (config.kv_shared_layers, config.logit_softcap) == (0, 0.0)
+
+
+def test_gemma4_global_layers_with_values_from_the_keys_match_transformers(tmp_path):
+    """attention_k_eq_v (the global layers' values are their keys' projection, no v_proj) and
+    one key/value head in the global layers (two in the local ones): the same loss, 64 greedy
+    tokens through our cache and the engine, and an export with the same loss."""
+    hf = hf_model("gemma4_text", attention_k_eq_v=True, num_global_key_value_heads=1)
+    assert "model.layers.2.self_attn.v_proj.weight" not in hf.state_dict()
+    folder = save_folder(hf, "gemma4_text", tmp_path / "hf")
+    run = tmp_path / "run"
+    assert main(["convert", "from-hf", str(folder), str(run)]) == 0
+    ours = load_hf_model(folder)
+    assert (ours.config.global_k_is_v, ours.config.global_kv_heads) == (True, 1)
+    assert ours.new_cache(1, 8).keys[2].shape == (1, 1, 8, 32)  # 1 head of 32 (local: 2 of 16)
+    check_parity(hf, ours, run, tmp_path)
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("enable_moe_block", True, "enable_moe_block=True"),
+    ("use_bidirectional_attention", "all", "use_bidirectional_attention='all'"),
+    ("hidden_activation", "gelu", "hidden_activation='gelu'"),
+    ("rope_parameters", {"full_attention": {"rope_type": "dynamic", "factor": 2.0},
+                         "sliding_attention": {"rope_type": "default"}}, "'dynamic'"),
+    ("num_kv_shared_layers", 4, "model.kv_shared_layers=4"),  # global layers, no source
+])
+def test_a_gemma4_field_we_do_not_support_is_named(folders, tmp_path, capsys, field, value,
+                                                  named):
+    assert_field_refused(folders["gemma4_text"][1], tmp_path, capsys, field, value, named)
+
+
 def test_the_released_qwen3_next_config_json_reads_as_its_preset():
     config = config_from_hf(QWEN3_NEXT_80B)
     assert replace(config, mlp_hidden=0) == get_preset("qwen3-next-80b-a3b", mlp_hidden=0)

@@ -91,8 +91,10 @@ def test_merge_unmerge_and_remove(name):
         assert max_diff(adapted, base) > 1e-2  # the adapters matter
 
         merge_lora(model)
-        # (Rounding of W + B A in fp32; a Gated DeltaNet's L2-normalised q, k amplify it.)
-        tolerance = 3e-5 if model.config.full_attention_interval else 1e-5
+        # (Rounding of W + B A in fp32; a Gated DeltaNet's L2-normalised q, k amplify it, and
+        # so do Gemma 4's unscaled scores.)
+        tolerance = {"gemma4-tiny": 1e-4}.get(
+            name, 3e-5 if model.config.full_attention_interval else 1e-5)
         assert max_diff(logits(model, ids), adapted) <= tolerance
         assert any(max_diff(model.state_dict()[k], v) > 1e-3 for k, v in original.items())
         unmerge_lora(model)

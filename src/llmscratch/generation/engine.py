@@ -44,6 +44,7 @@ from llmscratch.generation.speculative import (
 )
 from llmscratch.generation.state_pool import NO_PREFIX_CACHING, StatePool
 from llmscratch.model import GPT
+from llmscratch.model.footprint import kv_cache_bytes
 
 DEFAULT_BLOCK_SIZE = 16
 DEFAULT_CACHE_BYTES = 4 * 2**30  # at most 4 GiB of KV cache unless told
@@ -96,10 +97,10 @@ class Engine:
         self.device = embedding.device
         c = model.config
         if num_blocks is None:
-            heads, key_width, value_width = c.cache_widths  # keys and values, per layer
-            attention_layers = max(sum(not c.layer_is_linear(i) for i in range(c.n_layer)), 1)
-            block_bytes = attention_layers * block_size * heads * (key_width + value_width) \
-                * embedding.element_size()
+            # Keys and values of every layer that caches them (footprint.py: not Gated
+            # DeltaNet layers, nor Gemma 4's KV-sharing ones), for one block of positions.
+            per_token = kv_cache_bytes(c, embedding.element_size())["per_token"]
+            block_bytes = max(per_token, 1) * block_size
             longest = blocks_per_sequence(c.context_length, block_size)
             num_blocks = max(min(max_batch * longest, cache_bytes // block_bytes), 1)
         # Sliding-window layers keep only their window, in a pool of blocks of their own

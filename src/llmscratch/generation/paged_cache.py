@@ -64,6 +64,7 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from llmscratch.generation.state_pool import StatePool
 from llmscratch.model.attention import visible_keys
 from llmscratch.model.config import ModelConfig
+from llmscratch.model.kv_sharing import kv_source
 
 # The model's attention kernel: q (B, H, T, Dh), k, v (B, Hkv, S, Dh), a mask -> (B, H, T, Dh).
 Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -82,15 +83,21 @@ class PagedKVCache:
                  dtype: torch.dtype, device: torch.device | str, window_blocks: int = 0) -> None:
         self.num_blocks, self.block_size, self.window_blocks = num_blocks, block_size, window_blocks
         # Keys (Hkv, N, Dh) and values; latent attention (DeepSeek) keeps one "head" of its
-        # latents where keys go and one of its RoPE keys where values go (config.cache_widths).
-        heads, key_width, value_width = config.cache_widths
+        # latents where keys go and one of its RoPE keys where values go (config.cache_widths;
+        # Gemma 4's global layers: wider heads).
         self.keys: list[torch.Tensor | None] = []
         self.values: list[torch.Tensor | None] = []
         self.dtype, self.device = dtype, device
         for layer in range(config.n_layer):
-            if config.layer_is_linear(layer):
+            heads, key_width, value_width = config.layer_cache_widths(layer)
+            source = kv_source(config, layer)
+            if config.layer_is_linear(layer):  # Gated DeltaNet: a state, no keys (StatePool)
                 self.keys.append(None)
                 self.values.append(None)
+                continue
+            if source is not None:  # Gemma 4: a KV-sharing layer reads its source's slots
+                self.keys.append(self.keys[source])
+                self.values.append(self.values[source])
                 continue
             blocks = window_blocks if window_blocks and config.layer_is_local(layer) else num_blocks
             slots = blocks * block_size
@@ -115,8 +122,8 @@ class PagedKVCache:
     def bytes_per_block(self) -> int:
         """Memory one block takes, keys and values of every layer (of one pool's layers, with
         a window pool: what a position costs in each pool together)."""
-        per_slot = sum(t[:, 0].numel() * t.element_size() for t in self.keys + self.values
-                       if t is not None)
+        tensors = {id(t): t for t in self.keys + self.values if t is not None}.values()
+        per_slot = sum(t[:, 0].numel() * t.element_size() for t in tensors)  # shared ones once
         return per_slot * self.block_size
 
 

@@ -176,14 +176,18 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         self.n_head = config.n_head
-        self.n_kv_head = config.kv_heads
-        self.head_dim = config.head_dim
+        self.n_kv_head = config.layer_kv_heads(layer_idx)  # (Gemma 4: other when global)
+        self.head_dim = Dh = config.layer_head_dim(layer_idx)  # (Gemma 4: wider when global)
         self.layer_idx = layer_idx
         self.attn_impl = config.attn_impl
-        q_width = config.n_head * config.head_dim  # H Dh
-        kv_width = config.kv_heads * config.head_dim  # Hkv Dh
+        q_width = config.n_head * Dh  # H Dh
+        kv_width = self.n_kv_head * Dh  # Hkv Dh
         # One matmul makes queries, keys and values for all heads: (D) -> (H + 2 Hkv) Dh.
         self.split_sizes = [q_width, kv_width, kv_width]
+        # Gemma 4's global layers may take their values from the keys' projection.
+        self.k_is_v = config.global_k_is_v and not config.layer_is_local(layer_idx)
+        if self.k_is_v:
+            self.split_sizes = [q_width, kv_width]
         # Qwen3-Next's output gate: the same matmul also makes a gate for every feature of
         # the output, which is multiplied by sigmoid(gate) before the output projection.
         if config.attn_output_gate:
@@ -195,13 +199,15 @@ class CausalSelfAttention(nn.Module):
         # Olmo 2 and 3 normalise all heads' queries (and keys) of a token together.
         self.qk_norm = config.qk_norm_scope if config.qk_norm else None
         q_norm_width, k_norm_width = ((q_width, kv_width) if self.qk_norm == "all"
-                                      else (config.head_dim, config.head_dim))
+                                      else (Dh, Dh))
         self.q_norm = self.k_norm = None
         if self.qk_norm:
             self.q_norm = RMSNorm(q_norm_width, config.norm_eps, config.norm_zero_centred)
             self.k_norm = RMSNorm(k_norm_width, config.norm_eps, config.norm_zero_centred)
+        # Gemma 4: values too get unit RMS per head, with no gain.
+        self.v_norm_eps = config.norm_eps if config.v_norm else 0.0
         # Scores are q . k / sqrt(Dh), or / sqrt(attn_scalar) where a family fixes it (Gemma 3).
-        self.scale = 1.0 / math.sqrt(config.attn_scalar or config.head_dim)
+        self.scale = 1.0 / math.sqrt(config.attn_scalar or Dh)
         self.proj = nn.Linear(q_width, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
         # gpt-oss: a learned sink logit per query head (sinks.py); the fused kernel cannot
@@ -225,14 +231,17 @@ class CausalSelfAttention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: KVCache | None = None,
         visible: torch.Tensor | None = None,
+        shared: dict | None = None,
     ) -> torch.Tensor:
         """x: (B, T, D); `rope`: (cos, sin) from rope.rope_angles, or None for
         learned positions; `visible`: a mask from `visible_keys`, None for plain
-        causal. Returns (B, T, D)."""
+        causal; `shared`: where this layer publishes the keys and values it attends
+        over, for later layers that reuse them (Gemma 4; kv_sharing.py). Returns (B, T, D)."""
         B, T, _ = x.shape  # (B, T, D)
         H, Hkv, Dh = self.n_head, self.n_kv_head, self.head_dim
         # (B, T, H Dh), 2 x (B, T, Hkv Dh) and, with an output gate, (B, T, H Dh)
-        q, k, v, *gate = self.qkv(x).split(self.split_sizes, dim=-1)
+        q, k, *rest = self.qkv(x).split(self.split_sizes, dim=-1)
+        v, *gate = [k, *rest] if self.k_is_v else rest  # (values: the raw keys, Gemma 4)
         if self.qk_norm == "all":  # over every head's features at once
             q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(B, T, H, Dh).transpose(1, 2)  # (B, H, T, Dh)
@@ -240,13 +249,19 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, Hkv, Dh).transpose(1, 2)  # (B, Hkv, T, Dh)
         if self.qk_norm == "head":  # over each head's Dh features
             q, k = self.q_norm(q), self.k_norm(k)
+        if self.v_norm_eps:
+            v = F.rms_norm(v.float(), (Dh,), eps=self.v_norm_eps).to(v.dtype)  # (B, Hkv, T, Dh)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None and hasattr(cache, "attend"):  # a cache that attends itself
+            if shared is not None:  # this step's keys: sharing layers hand them to the cache
+                shared[self.window] = k, v
             context = cache.attend(self.layer_idx, q, k, v, self.attention, self.window)
         else:
             if cache is not None:
                 k, v = cache.update(self.layer_idx, k, v)  # (B, Hkv, S, Dh), S = cached + T
+            if shared is not None:  # all the keys: sharing layers attend over them
+                shared[self.window] = k, v
             context = self.attention(q, k, v, visible)  # (B, H, T, Dh)
         context = context.transpose(1, 2).reshape(B, T, H * Dh)  # (B, T, H Dh): heads side by side
         if gate:

@@ -199,6 +199,19 @@ class ModelConfig:
             0.25); the others carry no position.
         moe_shared_hidden: width of a shared expert beside the routed ones, which
             every token goes through, scaled by a sigmoid gate of its own (0: none).
+
+    Gemma 4's fields (kv_sharing.py, per_layer_inputs.py; 0 or off: none):
+        kv_shared_layers: the last K layers make queries only, over the keys and values
+            of the last earlier layer of their kind (local or global); they cache nothing.
+        v_norm, layer_scalar: values RMS-normalised without a gain (the scores are then
+            q . k unscaled: attn_scalar 1); each block's output times a stored number.
+        kv_shared_mlp_double: the sharing layers' MLP is 2 x mlp_hidden wide.
+        logit_softcap: c > 0: the logits are c tanh(logits / c) (Gemma 2 and 4: 30).
+        per_layer_input, per_layer_vocab: P > 0: every layer reads P numbers of its own
+            per token, from a second table (per_layer_vocab ids; 0: vocab_size).
+        global_head_size, global_kv_heads: the global layers' head width and key/value
+            heads (Gemma 4: 512 against 256); global_k_is_v: their values are their keys'
+            projection; rope_proportional f: their RoPE turns only their first f of pairs.
     """
 
     vocab_size: int = 50257
@@ -271,6 +284,18 @@ class ModelConfig:
     attn_output_gate: bool = False
     rope_fraction: float = 1.0
     moe_shared_hidden: int = 0
+    # Gemma 4: KV sharing, value norm, layer scalars, soft-capped logits, per-layer inputs, ...
+    kv_shared_layers: int = 0
+    v_norm: bool = False
+    layer_scalar: bool = False
+    kv_shared_mlp_double: bool = False
+    logit_softcap: float = 0.0
+    per_layer_input: int = 0
+    per_layer_vocab: int = 0
+    global_head_size: int = 0
+    rope_proportional: float = 0.0
+    global_kv_heads: int = 0
+    global_k_is_v: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self, "model.")  # types, and whole numbers that fit 64 bits
@@ -336,6 +361,7 @@ class ModelConfig:
         self._check_gpt_oss()
         _check_deepseek(self)
         self._check_qwen3_next()
+        self._check_gemma4()
 
     def _check_gpt_oss(self) -> None:
         """gpt-oss's switches: the clamped SwiGLU is its experts' activation, and YaRN's
@@ -375,6 +401,48 @@ class ModelConfig:
         if self.moe_shared_hidden and self.mlp != "moe":
             _fail("moe_shared_hidden", self.moe_shared_hidden, "a shared expert needs mlp='moe'")
 
+    def _check_gemma4(self) -> None:
+        """Gemma 4's switches: KV sharing needs a layer of each kind before the sharing ones."""
+        K = self.kv_shared_layers
+        for name in ("kv_shared_layers", "per_layer_input", "per_layer_vocab",
+                     "global_head_size", "logit_softcap", "global_kv_heads"):
+            if getattr(self, name) < 0:
+                _fail(name, getattr(self, name), "give 0 (none) or a positive number")
+        if K >= self.n_layer:
+            _fail("kv_shared_layers", K, f"at most n_layer - 1 = {self.n_layer - 1}: some "
+                  "layer must make the keys and values the others reuse")
+        if K and (self.kv_lora_rank or self.full_attention_interval or self.attn_output_gate):
+            _fail("kv_shared_layers", K, "KV sharing is for ordinary attention layers (no "
+                  "latent attention, Gated DeltaNet layers or output gate)")
+        first_shared = self.n_layer - K
+        kinds = {self.layer_is_local(i) for i in range(first_shared)}
+        for layer in range(first_shared, self.n_layer):
+            if self.layer_is_local(layer) not in kinds:
+                kind = "local" if self.layer_is_local(layer) else "global"
+                _fail("kv_shared_layers", K, f"layer {layer} is {kind} and no {kind} layer "
+                      "before the sharing ones makes keys for it")
+        if self.per_layer_vocab and not self.per_layer_input:
+            _fail("per_layer_vocab", self.per_layer_vocab, "it sizes the per-layer input "
+                  "embedding: set per_layer_input")
+        if self.global_head_size % 2:
+            _fail("global_head_size", self.global_head_size, "RoPE turns pairs: an even width")
+        if self.global_kv_heads and self.n_head % self.global_kv_heads:
+            _fail("global_kv_heads", self.global_kv_heads, f"it must divide n_head={self.n_head}")
+        if (self.global_head_size or self.rope_proportional or self.global_kv_heads
+                or self.global_k_is_v) and not (
+                self.sliding_window_pattern and self.positions == "rope"
+                and self.rope_scaling in ("none", "linear") and self.rope_fraction == 1.0
+                and not self.kv_lora_rank):
+            name = next(n for n in ("global_head_size", "rope_proportional", "global_kv_heads",
+                                    "global_k_is_v") if getattr(self, n))
+            _fail(name, getattr(self, name), "it is for the global layers of a "
+                  "sliding_window_pattern, with RoPE unscaled or linear")
+        if not 0.0 <= self.rope_proportional <= 1.0:
+            _fail("rope_proportional", self.rope_proportional, "give a fraction in [0, 1]")
+        if self.kv_shared_mlp_double and not K:
+            _fail("kv_shared_mlp_double", True, "it widens the KV-sharing layers' MLP: set "
+                  "kv_shared_layers")
+
     @property
     def kv_heads(self) -> int:
         """Key/value heads: `n_kv_head`, or one per query head when it is 0."""
@@ -408,6 +476,26 @@ class ModelConfig:
         if self.kv_lora_rank:
             return 1, self.kv_lora_rank, self.qk_rope_head_dim
         return self.kv_heads, self.head_dim, self.head_dim
+
+    def layer_head_dim(self, layer: int) -> int:
+        """Layer `layer`'s head width: `global_head_size` if set and it is global, else head_dim."""
+        if self.global_head_size and not self.layer_is_local(layer):
+            return self.global_head_size
+        return self.head_dim
+
+    def layer_kv_heads(self, layer: int) -> int:
+        """Layer `layer`'s key/value heads: `global_kv_heads` if set and it is global, else
+        kv_heads."""
+        if self.global_kv_heads and not self.layer_is_local(layer):
+            return self.global_kv_heads
+        return self.kv_heads
+
+    def layer_cache_widths(self, layer: int) -> tuple[int, int, int]:
+        """`cache_widths` of layer `layer`: (heads, key width, value width)."""
+        if self.kv_lora_rank:
+            return self.cache_widths
+        Dh = self.layer_head_dim(layer)  # (Gemma 4's global layers: other heads)
+        return self.layer_kv_heads(layer), Dh, Dh
 
     def layer_is_dense(self, layer: int) -> bool:
         """Whether layer `layer` (from 0) of a Mixture-of-Experts model has a plain MLP."""

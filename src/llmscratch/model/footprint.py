@@ -24,14 +24,14 @@ even for a 30B model. Memory is estimated from them and from the shapes:
                   squared), 4 F (SwiGLU, GeGLU) or K (D + 4 F) + E (MoE;
                   + 4 F per shared expert; DeepSeek's first layers are SwiGLU)
     KV cache      2 L B T Hkv Dh x bytes (inference), L counting attention
-                  layers only; latent attention caches L B T (C + Dr): its
-                  latent and its RoPE key; attention sinks (gpt-oss) are
-                  weights, not cached; a sliding-window layer keeps at most
-                  its window W: min(T, W) tokens in place of T (what the
-                  engine's window pool holds, give or take its blocks); each
-                  Gated DeltaNet layer keeps a state of the same size at any
-                  T instead: B (C (K - 1) x bytes + Hv Dk Dv x 4), its memory
-                  in fp32
+                  layers only, and not KV-sharing ones (Gemma 4); latent
+                  attention caches L B T (C + Dr): its latent and its RoPE
+                  key; attention sinks (gpt-oss) are weights, not cached; a
+                  sliding-window layer keeps at most its window W: min(T, W)
+                  tokens in place of T (what the engine's window pool holds,
+                  give or take its blocks); each Gated DeltaNet layer keeps a
+                  state of the same size at any T instead: B (C (K - 1) x
+                  bytes + Hv Dk Dv x 4), its memory in fp32
 
 Training needs weights + gradients + optimizer + activations; inference
 needs weights + KV cache. Activations are an estimate (within tens of
@@ -46,6 +46,7 @@ import torch
 
 from llmscratch.model.config import ModelConfig, torch_dtype
 from llmscratch.model.heads import ROWS_PER_CHUNK
+from llmscratch.model.kv_sharing import caches_keys
 from llmscratch.model.linear_attention import state_shapes
 from llmscratch.model.transformer import GPT
 
@@ -108,28 +109,33 @@ def footprint(config: ModelConfig, batch: int = 1, seq: int = 0, dtype: str = ""
 def kv_cache_bytes(c: ModelConfig, nbytes: int) -> dict:
     """What inference caches for one sequence, in bytes, values of `nbytes` each.
 
-    per_token: every attention layer's keys and values (latent attention: its latent
-    and RoPE key) for one token, as if each layer kept every token; per_token_global:
+    per_token: the keys and values (latent attention: its latent and RoPE key) of
+    every layer that caches them (attention_layers of them: not Gated DeltaNet layers,
+    nor Gemma 4's KV-sharing layers, which read another layer's) for one token, as if
+    each kept every token; per_token_global:
     the same for the layers that do keep every token, without the sliding-window
     layers, which keep only their last `window` tokens (0: no such layers);
     state_per_sequence: the Gated DeltaNet layers' states, the same at any length.
     A sequence of T tokens holds T per_token_global + min(T, window) (per_token -
     per_token_global) + state_per_sequence.
     """
-    heads, key_width, value_width = c.cache_widths
-    per_layer = heads * (key_width + value_width) * nbytes  # one token in one layer
-    attention = [i for i in range(c.n_layer) if not c.layer_is_linear(i)]
-    local = [i for i in attention if c.layer_is_local(i)]
+    def token_bytes(layer: int) -> int:  # one token's keys and values in `layer`
+        heads, key_width, value_width = c.layer_cache_widths(layer)
+        return heads * (key_width + value_width) * nbytes
+
+    caching = [i for i in range(c.n_layer) if caches_keys(c, i)]
+    local = [i for i in caching if c.layer_is_local(i)]
+    linear = sum(c.layer_is_linear(i) for i in range(c.n_layer))
     conv_state, recurrent_state = state_shapes(c, 1)
     state = math.prod(conv_state) * nbytes + math.prod(recurrent_state) * 4  # memory in fp32
     return {
-        "per_token": len(attention) * per_layer,
-        "per_token_global": (len(attention) - len(local)) * per_layer,
+        "per_token": sum(token_bytes(i) for i in caching),
+        "per_token_global": sum(token_bytes(i) for i in caching if i not in local),
         "window": c.sliding_window if local else 0,
-        "attention_layers": len(attention),
+        "attention_layers": len(caching),
         "local_layers": len(local),
-        "linear_layers": c.n_layer - len(attention),
-        "state_per_sequence": (c.n_layer - len(attention)) * state,
+        "linear_layers": linear,
+        "state_per_sequence": linear * state,
     }
 
 
@@ -140,7 +146,7 @@ def attention_activations(c: ModelConfig, layer: int) -> int:
         channels = state_shapes(c, 1)[0][1]  # q, k and v side by side
         return 2 * channels + 3 * c.linear_n_value_head * c.linear_value_size
     if not c.kv_lora_rank:
-        return (2 * c.n_head + 3 * c.kv_heads) * c.head_dim
+        return (2 * c.n_head + 3 * c.layer_kv_heads(layer)) * c.layer_head_dim(layer)
     latents = 2 * (c.q_lora_rank + c.kv_lora_rank + c.qk_rope_head_dim)  # before and after norms
     return latents + c.n_head * (3 * c.head_dim + 3 * c.v_head_dim)  # q, k; kv, v, output
 
@@ -150,7 +156,8 @@ def mlp_activations(c: ModelConfig, layer: int) -> int:
     if c.mlp in ("gelu", "relu2"):
         return 2 * c.mlp_dim
     if c.mlp in ("swiglu", "geglu"):
-        return 4 * c.mlp_dim
+        double = c.kv_shared_mlp_double and not caches_keys(c, layer)  # Gemma 4's sharing layers
+        return 4 * c.mlp_dim * (2 if double else 1)
     if c.layer_is_dense(layer):
         return 4 * c.dense_mlp_hidden
     shared = 4 * (c.n_shared_expert * c.mlp_dim + c.moe_shared_hidden)
@@ -200,6 +207,22 @@ def describe(c: ModelConfig) -> str:
         parts.append("gated attention output")
     if c.rope_fraction < 1:
         parts.append(f"RoPE on {c.rope_dim} of {c.head_dim} features")
+    if c.global_head_size:
+        parts.append(f"global layers' heads of width {c.global_head_size}")
+    if c.global_kv_heads or c.global_k_is_v:
+        parts.append(f"global layers' {c.layer_kv_heads(c.sliding_window_pattern - 1)} kv "
+                     "heads" + (", values from the keys' projection" if c.global_k_is_v
+                                else ""))
+    if c.rope_proportional:
+        parts.append(f"global layers' RoPE on their first {c.rope_proportional:g} of pairs")
+    if c.kv_shared_layers:
+        parts.append(f"the last {c.kv_shared_layers} layers reuse earlier layers' keys and "
+                     "values" + (f", with MLPs of width {2 * c.mlp_dim}"
+                                 if c.kv_shared_mlp_double else ""))
+    if c.per_layer_input:
+        parts.append(f"per-layer inputs of width {c.per_layer_input}")
+    if c.logit_softcap:
+        parts.append(f"logits soft-capped at {c.logit_softcap:g}")
     if c.sliding_window_pattern == 2:  # gpt-oss
         parts.append(f"local (window {c.sliding_window}) and global layers alternating")
     elif c.sliding_window_pattern:

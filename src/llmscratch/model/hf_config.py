@@ -1,6 +1,6 @@
 """Hugging Face `config.json` <-> `ModelConfig`, for GPT-2, Llama 3, Qwen3(-MoE), Gemma 3
-(text), Olmo 3, gpt-oss, DeepSeek V3 (whose own fields hf_deepseek.py maps), Qwen3-Next
-and Qwen3.5 (text).
+(text), Olmo 3, gpt-oss, DeepSeek V3 (whose own fields hf_deepseek.py maps), Qwen3-Next,
+Qwen3.5 (text) and Gemma 4 (text; hf_gemma4.py).
 
 Hugging Face names the same sizes differently per family (GPT-2's `n_embd`
 is Llama's `hidden_size`) and spells RoPE two ways: `rope_theta` plus
@@ -22,6 +22,14 @@ import math
 from llmscratch.errors import LLMScratchError
 from llmscratch.model.config import ModelConfig
 from llmscratch.model.hf_deepseek import deepseek_from_hf, deepseek_to_hf, is_deepseek_v3
+from llmscratch.model.hf_gemma4 import (
+    gemma4_fits,
+    gemma4_from_hf,
+    gemma4_to_hf,
+    is_gemma4,
+    proportional_rope,
+    without_proportional,
+)
 
 ARCHITECTURES = {
     "GPT2LMHeadModel": "gpt2",
@@ -34,12 +42,14 @@ ARCHITECTURES = {
     "DeepseekV3ForCausalLM": "deepseek_v3",
     "Qwen3NextForCausalLM": "qwen3_next",
     "Qwen3_5ForCausalLM": "qwen3_5_text",
+    "Gemma4ForCausalLM": "gemma4_text",
 }
 # Multimodal architectures whose text model we import (without the vision encoder), and
 # the text model's own architecture. Gemma 3 4B and larger are released only so; their
 # config.json gives the text model's fields that differ from Gemma3TextConfig's defaults.
 TEXT_MODELS = {"Gemma3ForConditionalGeneration": "Gemma3ForCausalLM",
-               "Qwen3_5ForConditionalGeneration": "Qwen3_5ForCausalLM"}
+               "Qwen3_5ForConditionalGeneration": "Qwen3_5ForCausalLM",
+               "Gemma4ForConditionalGeneration": "Gemma4ForCausalLM"}
 GEMMA3_TEXT_DEFAULTS = {
     "vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216,
     "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
@@ -54,15 +64,24 @@ QWEN3_5_TEXT_DEFAULTS = {
     "head_dim": 256, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
 }
 # Each multimodal architecture's text defaults, and whether it ties its embeddings.
+# Gemma 4 (all of its released sizes read images, E2B and E4B audio too): Gemma4TextConfig's.
+GEMMA4_TEXT_DEFAULTS = {
+    "vocab_size": 262144, "hidden_size": 2304, "intermediate_size": 9216,
+    "num_hidden_layers": 30, "num_attention_heads": 8, "num_key_value_heads": 4,
+    "head_dim": 256, "max_position_embeddings": 131072, "rms_norm_eps": 1e-6,
+    "sliding_window": 512,
+}
 TEXT_DEFAULTS = {"Gemma3ForConditionalGeneration": (GEMMA3_TEXT_DEFAULTS, True),
-                 "Qwen3_5ForConditionalGeneration": (QWEN3_5_TEXT_DEFAULTS, False)}
+                 "Qwen3_5ForConditionalGeneration": (QWEN3_5_TEXT_DEFAULTS, False),
+                 "Gemma4ForConditionalGeneration": (GEMMA4_TEXT_DEFAULTS, True)}
 # Families whose layers are local or global by `layer_types`, each kind with its own
 # RoPE; the default bases of their (global, local) layers.
-LAYER_TYPED = ("gemma3_text", "olmo3")
+LAYER_TYPED = ("gemma3_text", "olmo3", "gemma4_text")
 # Families with Gated DeltaNet layers between full-attention layers: Qwen3-Next (MoE with
 # a shared expert) and Qwen3.5's dense text models.
 HYBRID = ("qwen3_next", "qwen3_5_text")
-THETAS = {"gemma3_text": (1000000.0, 10000.0), "olmo3": (500000.0, 500000.0)}
+THETAS = {"gemma3_text": (1000000.0, 10000.0), "olmo3": (500000.0, 500000.0),
+          "gemma4_text": (1000000.0, 10000.0)}
 HF_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
@@ -136,7 +155,7 @@ def _config_from_hf(hf: dict, source: str) -> ModelConfig:
         for field in ("final_logit_softcapping", "attn_logit_softcapping"):
             require(field, None, None)
         require("use_bidirectional_attention", False, False)
-    else:
+    elif family != "gemma4_text":  # (Gemma 4's own fields: hf_gemma4.py)
         require("hidden_act", "silu", "silu")
     if family in (*LAYER_TYPED, *HYBRID):
         require("attention_bias", False, False)
@@ -146,7 +165,7 @@ def _config_from_hf(hf: dict, source: str) -> ModelConfig:
         raise LLMScratchError(f"{source}: attention_bias and mlp_bias differ; not supported")
     D, H = hf["hidden_size"], hf["num_attention_heads"]
     default_head = {"qwen3": 128, "gemma3_text": 256, "qwen3_next": 256,
-                    "qwen3_5_text": 256}.get(family, D // H)
+                    "qwen3_5_text": 256, "gemma4_text": 256}.get(family, D // H)
     sizes = dict(
         vocab_size=hf["vocab_size"], context_length=hf["max_position_embeddings"],
         n_layer=hf["num_hidden_layers"], n_head=H, n_embd=D,
@@ -158,7 +177,8 @@ def _config_from_hf(hf: dict, source: str) -> ModelConfig:
     )
     if family in LAYER_TYPED:
         sizes.update(_layer_pattern(hf, family, source))
-        sizes.update(_rope_by_layer_kind(hf, family, source))
+        spelled = without_proportional(hf) if family == "gemma4_text" else hf  # (Gemma 4)
+        sizes.update(_rope_by_layer_kind(spelled, family, source))
     else:
         sizes.update(_rope_from_hf(hf, source))
     if family == "gemma3_text":
@@ -167,6 +187,8 @@ def _config_from_hf(hf: dict, source: str) -> ModelConfig:
                      attn_scalar=float(hf.get("query_pre_attn_scalar", 256)))
     if family == "olmo3":
         sizes.update(norm_placement="post", qk_norm_scope="all")
+    if family == "gemma4_text":
+        sizes.update(gemma4_from_hf(hf, source))
     if family == "deepseek_v3":
         sizes.update(deepseek_from_hf(hf, source))
     if family in ("qwen3", "qwen3_moe") and hf.get("use_sliding_window"):
@@ -255,10 +277,13 @@ def _layer_pattern(hf: dict, family: str, source: str) -> dict:
     """`sliding_window` and `sliding_window_pattern` from `layer_types`, the kind of each
     layer (or, in older Gemma 3 files, from `sliding_window_pattern`: every P-th is global)."""
     n = hf["num_hidden_layers"]
-    every = hf.get("sliding_window_pattern", 6) if family == "gemma3_text" else 4
+    every = hf.get("sliding_window_pattern", 6) if family in ("gemma3_text", "gemma4_text") \
+        else 4
     every = 2 if family == "gpt_oss" else every  # gpt-oss alternates
     kinds = hf.get("layer_types") or [
         "sliding_attention" if (i + 1) % every else "full_attention" for i in range(n)]
+    if family == "gemma4_text" and kinds:  # transformers makes the last layer global anyway
+        kinds = [*kinds[:-1], "full_attention"]
     unknown = set(kinds) - {"sliding_attention", "full_attention"}
     if unknown or len(kinds) != n:
         raise LLMScratchError(f"{source}: layer_types must give one of 'sliding_attention', "
@@ -376,6 +401,17 @@ def family_of(config: ModelConfig) -> str:
             f"{c.attn_output_gate}, rope_fraction={c.rope_fraction}, mlp={c.mlp}, "
             f"moe_shared_hidden={c.moe_shared_hidden}; Qwen3-Next (MoE and a shared expert) "
             "and Qwen3.5 (SwiGLU) have the first three, with their other switches")
+    if is_gemma4(c):  # Gemma 4's switches (hf_gemma4.py)
+        local_rope_ok = c.rope_local_theta > 0 or c.rope_scaling == "none"
+        if gemma4_fits(c) and c.rope_scaling != "llama3" and local_rope_ok:
+            return "gemma4_text"
+        raise LLMScratchError(
+            f"no Hugging Face architecture matches kv_shared_layers={c.kv_shared_layers}, "
+            f"v_norm={c.v_norm}, layer_scalar={c.layer_scalar}, logit_softcap={c.logit_softcap} "
+            f"with mlp={c.mlp}, "
+            f"norm_placement={c.norm_placement}, norm_zero_centred={c.norm_zero_centred}, "
+            f"attn_scalar={c.attn_scalar}; Gemma 4 has these with Gemma 3's other switches, "
+            "plain RMSNorm gains and unscaled scores (attn_scalar 1)")
     # The parts each family fixes, beyond the ones tested below.
     plain = (c.norm_placement, c.norm_zero_centred, c.scale_embeddings, c.attn_scalar,
              c.sliding_window_pattern, c.rope_local_theta) == ("pre", False, False, 0, 0, 0)
@@ -505,6 +541,11 @@ def config_to_hf(config: ModelConfig) -> dict:
         hf.update(hidden_activation="gelu_pytorch_tanh", final_logit_softcapping=None,
                   attn_logit_softcapping=None, use_bidirectional_attention=False,
                   query_pre_attn_scalar=int(scalar) if scalar == int(scalar) else scalar)
+    if family == "gemma4_text":
+        del hf["hidden_act"]
+        hf.update(gemma4_to_hf(c))
+        params = hf["rope_parameters"]
+        params["full_attention"] = proportional_rope(c, params["full_attention"])
     return hf
 
 

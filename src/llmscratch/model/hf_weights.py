@@ -29,6 +29,7 @@ import torch
 from llmscratch.errors import LLMScratchError
 from llmscratch.model.config import ModelConfig, torch_dtype
 from llmscratch.model.hf_config import family_of
+from llmscratch.model.kv_sharing import kv_source
 from llmscratch.model.transformer import GPT
 
 # Each placement's norms in a block, ours -> Hugging Face's (Llama, Qwen; Gemma; Olmo).
@@ -45,7 +46,8 @@ NORM_NAMES = {
 TEXT_MODEL_PREFIXES = {"model.language_model.": "model.", "language_model.model.": "model.",
                        "language_model.lm_head.": "lm_head."}
 VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
-                   "model.multi_modal_projector.", "model.visual.")  # (the last: Qwen3.5)
+                   "model.multi_modal_projector.", "model.visual.",  # (the last: Qwen3.5)
+                   "model.audio_tower.", "model.embed_vision.", "model.embed_audio.")  # Gemma 4
 # Non-weight tensors some checkpoints carry: GPT-2's causal-mask buffers, RoPE tables.
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
 # Qwen3-Next's multi-token-prediction layer (for speculative decoding), which transformers
@@ -113,8 +115,16 @@ def weight_links(config: ModelConfig) -> list[Link]:
             elif c.kv_lora_rank:  # DeepSeek's latent attention
                 links += latent_attention_links(f"{ours}.attn", attn, c)
                 same(f"{ours}.attn.proj", f"{attn}.o_proj", bias=c.bias)
+            elif kv_source(c, i) is not None:  # Gemma 4: queries only
+                links += shared_kv_attention_links(f"{ours}.attn", attn)
             else:
-                links += attention_links(c, f"{ours}.attn", attn)
+                links += attention_links(c, f"{ours}.attn", attn, i)
+            if c.layer_scalar:  # Gemma 4
+                links.append(Link(f"{ours}.scalar", [f"{theirs}.layer_scalar"]))
+            if c.per_layer_input:  # Gemma 4 E2B, E4B: the branch reading the layer's input
+                same(f"{ours}.per_layer.gate", f"{theirs}.per_layer_input_gate")
+                same(f"{ours}.per_layer.up", f"{theirs}.per_layer_projection")
+                same(f"{ours}.per_layer.norm", f"{theirs}.post_per_layer_input_norm")
             if c.attn_sinks:
                 links.append(Link(f"{ours}.attn.sinks", [f"{attn}.sinks"]))
             if family == "gpt_oss":
@@ -138,6 +148,10 @@ def weight_links(config: ModelConfig) -> list[Link]:
                 same(f"{ours}.mlp.up", f"{theirs}.mlp.up_proj", bias=c.bias)
                 same(f"{ours}.mlp.proj", f"{theirs}.mlp.down_proj", bias=c.bias)
         same("ln_f", "model.norm")
+        if c.per_layer_input:  # Gemma 4 E2B, E4B: every layer's input
+            same("per_layer.embed", "model.embed_tokens_per_layer")
+            same("per_layer.context", "model.per_layer_model_projection")
+            same("per_layer.norm", "model.per_layer_projection_norm")
     if not c.tie_embeddings:
         same("lm_head", "lm_head")
     return links
@@ -185,16 +199,27 @@ def is_mtp_module(name: str, config: ModelConfig) -> bool:
     return bool(config.kv_lora_rank and match and int(match.group(1)) >= config.n_layer)
 
 
-def attention_links(c: ModelConfig, ours: str, theirs: str) -> list[Link]:
+def is_unused_shared_kv(name: str, config: ModelConfig) -> bool:
+    """Whether `name` is a key or value tensor of a Gemma 4 KV-sharing layer, which the
+    released checkpoints hold but never use (transformers skips them too: kv_sharing.py)."""
+    match = re.match(r"model\.layers\.(\d+)\.self_attn\.(k_proj|v_proj|k_norm|v_norm)\.", name)
+    return bool(config.kv_shared_layers and match
+                and kv_source(config, int(match.group(1))) is not None)
+
+
+def attention_links(c: ModelConfig, ours: str, theirs: str, layer: int = 0) -> list[Link]:
     """An attention layer's tensors: q, k, v projections (fused in ours), QK-norm, output."""
     links = []
+    Dh, Hkv = c.layer_head_dim(layer), c.layer_kv_heads(layer)  # (Gemma 4: global layers)
+    k_is_v = c.global_k_is_v and not c.layer_is_local(layer)  # (Gemma 4: no v_proj)
+    rows = [c.n_head * Dh, Hkv * Dh] + ([] if k_is_v else [Hkv * Dh])
     for kind in ["weight", "bias"] if c.bias or c.qkv_bias else ["weight"]:
-        qkv = [f"{theirs}.{p}_proj.{kind}" for p in "qkv"]
+        qkv = [f"{theirs}.{p}_proj.{kind}" for p in ("qk" if k_is_v else "qkv")]
         if c.attn_output_gate:  # Qwen3-Next's q_proj: per head, its queries then its gates
             links.append(Link(f"{ours}.qkv.{kind}", qkv, join="cat", rows=_gated_rows(c),
                               order=_gated_order(c)))
         else:
-            links.append(Link(f"{ours}.qkv.{kind}", qkv, join="cat"))
+            links.append(Link(f"{ours}.qkv.{kind}", qkv, join="cat", rows=rows))
     if c.qk_norm:
         links.append(Link(f"{ours}.q_norm.weight", [f"{theirs}.q_norm.weight"]))
         links.append(Link(f"{ours}.k_norm.weight", [f"{theirs}.k_norm.weight"]))
@@ -202,6 +227,13 @@ def attention_links(c: ModelConfig, ours: str, theirs: str) -> list[Link]:
     if c.bias:
         links.append(Link(f"{ours}.proj.bias", [f"{theirs}.o_proj.bias"]))
     return links
+
+
+def shared_kv_attention_links(ours: str, theirs: str) -> list[Link]:
+    """A Gemma 4 KV-sharing layer's attention: q_proj (all our `qkv` holds), q_norm, o_proj;
+    no k_proj, v_proj or k_norm (kv_sharing.py)."""
+    return [Link(f"{ours}.{a}.weight", [f"{theirs}.{b}.weight"])
+            for a, b in [("qkv", "q_proj"), ("q_norm", "q_norm"), ("proj", "o_proj")]]
 
 
 def _gated_rows(c: ModelConfig) -> list[int]:
@@ -330,7 +362,7 @@ def model_from_hf(config: ModelConfig, read: Callable[[str, tuple], torch.Tensor
         name for name in set(names) - used
         if not name.endswith(IGNORED_SUFFIXES) and not name.startswith(IGNORED_PREFIXES)
         and not (name == "lm_head.weight" and config.tie_embeddings)
-        and not is_mtp_module(name, config)
+        and not is_mtp_module(name, config) and not is_unused_shared_kv(name, config)
     )
     if unknown:
         raise LLMScratchError(f"the checkpoint has tensors this architecture does not use, "

@@ -53,18 +53,25 @@ class KVCache:
         device: torch.device | str,
         value_dim: int = 0,
         recurrent: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] | None = None,
+        uncached: list[int] | tuple[int, ...] = (),
+        shapes: dict[int, tuple[int, int]] | None = None,
     ) -> None:
         """recurrent: for each Gated DeltaNet layer, the shapes of its convolution state
         (B, C, K - 1) and of its memory (B, Hv, Dk, Dv); these layers get those (the
-        memory in fp32) and no keys or values (None)."""
+        memory in fp32) and no keys or values (None). uncached: layers that store nothing
+        (Gemma 4's KV-sharing layers, which read an earlier layer's keys: kv_sharing.py).
+        shapes: (heads, width) of the layers whose keys and values differ from the others'
+        (Gemma 4's global layers)."""
         recurrent = recurrent or {}
-        shape = (batch_size, n_kv_head, max_len, head_dim)  # (B, Hkv, Tmax, Dh)
-        value_shape = (*shape[:3], value_dim or head_dim)  # the same, unless latent attention's
-        self.keys = [None if i in recurrent else torch.zeros(shape, dtype=dtype, device=device)
-                     for i in range(n_layer)]
-        self.values = [None if i in recurrent
-                       else torch.zeros(value_shape, dtype=dtype, device=device)
-                       for i in range(n_layer)]
+        skip = set(recurrent) | set(uncached)
+        shapes = shapes or {}
+        self.keys, self.values = [], []
+        for i in range(n_layer):
+            heads, width = shapes.get(i, (n_kv_head, head_dim))  # (Hkv, Dh)
+            value_width = width if i in shapes else value_dim or head_dim  # (MLA: its own)
+            for buffers, last in ((self.keys, width), (self.values, value_width)):
+                buffers.append(None if i in skip else torch.zeros(
+                    (batch_size, heads, max_len, last), dtype=dtype, device=device))
         self.conv_states = {i: torch.zeros(conv, dtype=dtype, device=device)
                             for i, (conv, _) in recurrent.items()}
         self.recurrent_states = {i: torch.zeros(memory, dtype=torch.float32, device=device)

@@ -55,6 +55,22 @@ def _gemma3_long(**sizes) -> ModelConfig:
                              rope_scaling="linear", rope_factor=8.0), **sizes})
 
 
+def _gemma4(**sizes) -> ModelConfig:
+    """Gemma 4 (text): Gemma 3's layout with RMSNorm gains stored as they apply (not 1 + w),
+    values RMS-normalised too and scores unscaled (attn_scalar 1), global layers with heads
+    twice as wide and RoPE on a quarter of their pairs, a fixed scalar per layer, the last
+    layers reusing earlier layers' keys and values, and its logits soft-capped at 30."""
+    family = dict(
+        vocab_size=262144, context_length=131072, head_size=256, global_head_size=512,
+        rope_proportional=0.25, attn_scalar=1.0,
+        positions="rope", rope_theta=1000000.0, rope_local_theta=10000.0, norm="rmsnorm",
+        norm_eps=1e-6, norm_placement="sandwich", scale_embeddings=True, mlp="geglu",
+        qk_norm=True, v_norm=True, layer_scalar=True, bias=False, sliding_window=512,
+        sliding_window_pattern=6, tie_embeddings=True, logit_softcap=30.0, dtype="bf16",
+    )
+    return ModelConfig(**{**family, **sizes})
+
+
 def _olmo3(**sizes) -> ModelConfig:
     """Olmo 3: 100k vocabulary, norms after each sub-layer (no pre-norm), QK-norm over all
     heads at once, three sliding-window layers to one global layer, whose RoPE YaRN
@@ -184,6 +200,22 @@ PRESETS: dict[str, ModelConfig] = {
     "gemma3-tiny": _gemma3(vocab_size=512, context_length=256, n_layer=6, n_head=4,
                            n_kv_head=2, n_embd=64, head_size=16, attn_scalar=16,
                            mlp_hidden=128, sliding_window=8, dtype="fp32"),
+    # The text models of Gemma 4 E2B and E4B, their sizes as gemma.cpp's configs, Ollama's GGUF
+    # metadata (E2B) and NVIDIA's Megatron recipe (E4B) state them (not checked against their
+    # config.json here): 4.63B and 7.46B parameters, of which the per-layer input table holds
+    # 2.35B and 2.82B; the rest, 2.28B and 4.64B, is what Google calls "effective" (2.3B, 4.5B).
+    "gemma-4-e2b": _gemma4(n_layer=35, n_head=8, n_kv_head=1, n_embd=1536, mlp_hidden=6144,
+                           sliding_window_pattern=5, kv_shared_layers=20,
+                           kv_shared_mlp_double=True, per_layer_input=256),
+    "gemma-4-e4b": _gemma4(n_layer=42, n_head=8, n_kv_head=2, n_embd=2560, mlp_hidden=10240,
+                           kv_shared_layers=18, per_layer_input=256),
+    # Six layers: local, local, global, twice; the last two (one of each kind) reuse the keys
+    # and values of layers 3 and 2, with a double-wide MLP; global heads twice as wide.
+    "gemma4-tiny": _gemma4(vocab_size=512, context_length=256, n_layer=6, n_head=4, n_kv_head=2,
+                           n_embd=64, head_size=16, mlp_hidden=128, sliding_window=8,
+                           sliding_window_pattern=3, kv_shared_layers=2,
+                           kv_shared_mlp_double=True, per_layer_input=8, global_head_size=32,
+                           dtype="fp32"),
     "olmo-3-7b": _olmo3(n_layer=32, n_head=32, n_embd=4096, mlp_hidden=11008),
     "olmo-3-32b": _olmo3(n_layer=64, n_head=40, n_kv_head=8, n_embd=5120, mlp_hidden=27648),
     # Four layers: three local (a window of 8 tokens) and one global.

@@ -33,12 +33,18 @@ def rope_frequencies(config: ModelConfig, device: torch.device | str | None = No
     """Rotation frequency of each feature pair, in radians per token: (P,) float32.
 
     `local`: for a local layer, which uses `rope_local_theta` unscaled when it is set.
+    A global layer may have wider heads (`global_head_size`) and turn only its first
+    pairs (`rope_proportional`: Gemma 4's "proportional" RoPE).
     """
     own_base = local and config.rope_local_theta > 0
     theta = config.rope_local_theta if own_base else config.rope_theta
     dim = config.rope_dim  # the rotated features: Dh, or its first part (Qwen3-Next)
+    if not local and config.global_head_size:  # Gemma 4: the global layers' wider heads
+        dim = config.global_head_size
     exponents = torch.arange(0, dim, 2, device=device, dtype=torch.float32)  # (P,)
     freqs = 1.0 / theta ** (exponents / dim)  # (P,)
+    if not local and config.rope_proportional:  # Gemma 4: only the fastest pairs turn
+        freqs[int(config.rope_proportional * dim // 2):] = 0.0  # cos 1, sin 0: left as is
     if own_base:
         return freqs
     if config.rope_scaling == "llama3":

@@ -55,16 +55,19 @@ from llmscratch.errors import LLMScratchError
 from llmscratch.model.attention import CausalSelfAttention, visible_keys
 from llmscratch.model.config import ModelConfig
 from llmscratch.model.heads import (
+    ROWS_PER_CHUNK,
     SequenceHead,
     layer_cross_entropy,
     linear_cross_entropy,
     linear_log_probs,
 )
 from llmscratch.model.kv_cache import KVCache
+from llmscratch.model.kv_sharing import SharedKVAttention, caches_keys, kv_source
 from llmscratch.model.latent_attention import LatentAttention
 from llmscratch.model.linear_attention import GatedDeltaNet, state_shapes
 from llmscratch.model.moe import MoE
 from llmscratch.model.norms import RMSNorm, make_norm
+from llmscratch.model.per_layer_inputs import PerLayerBranch, PerLayerInputs
 from llmscratch.model.rope import rope_angles, rope_frequencies, rope_gain
 
 
@@ -134,6 +137,8 @@ def make_mlp(config: ModelConfig, layer_idx: int) -> nn.Module:
         return SwiGLU(c, c.dense_mlp_hidden)
     if c.mlp == "moe" and c.n_shared_expert:
         return MoE(c, shared=SwiGLU(c, c.n_shared_expert * c.mlp_dim))
+    if c.kv_shared_mlp_double and kv_source(c, layer_idx) is not None:  # Gemma 4
+        return MLPS[c.mlp](c, 2 * c.mlp_dim)
     return MLPS[c.mlp](c)
 
 
@@ -158,6 +163,8 @@ class Block(nn.Module):
         self.linear = config.layer_is_linear(layer_idx)
         if self.linear:  # Qwen3-Next: a Gated DeltaNet layer in attention's place
             self.attn = GatedDeltaNet(config, layer_idx)
+        elif kv_source(config, layer_idx) is not None:  # Gemma 4: an earlier layer's keys
+            self.attn = SharedKVAttention(config, layer_idx)
         else:
             self.attn = (LatentAttention if config.kv_lora_rank else CausalSelfAttention)(
                 config, layer_idx)
@@ -165,6 +172,11 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config, D) if pre else nn.Identity()
         self.mlp = make_mlp(config, layer_idx)
         self.post_ln_2 = make_norm(config, D) if post else nn.Identity()
+        # Gemma 4: the block's output is multiplied by a fixed number (a buffer, stored with
+        # the weights but not trained).
+        self.scalar = nn.Buffer(torch.ones(1)) if config.layer_scalar else None
+        # Gemma 4 E2B and E4B: one more branch, reading this layer's own input.
+        self.per_layer = PerLayerBranch(config) if config.per_layer_input else None
 
     def forward(
         self,
@@ -173,13 +185,32 @@ class Block(nn.Module):
         cache: KVCache | None = None,
         visible: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        shared: dict | None = None,
+        layer_input: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if self.linear:  # it reads the mask itself: padding, and where packed sequences start
             x = x + self.post_ln_1(self.attn(self.ln_1(x), cache, attention_mask))  # (B, T, D)
+        elif shared is not None:  # Gemma 4: layers publish or reuse keys (kv_sharing.py)
+            x = x + self.post_ln_1(self.attn(self.ln_1(x), rope, cache, visible, shared))
         else:
             x = x + self.post_ln_1(self.attn(self.ln_1(x), rope, cache, visible))  # (B, T, D)
         x = x + self.post_ln_2(self.mlp(self.ln_2(x)))  # (B, T, D)
+        if self.per_layer is not None:
+            x = self.per_layer(x, layer_input)  # (B, T, D)
+        if self.scalar is not None:
+            x = x * self.scalar.to(x.dtype)  # (B, T, D)
         return x
+
+
+def capped_cross_entropy(hidden: torch.Tensor, logits_of, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of `logits_of(hidden)` (soft-capped logits: Gemma 4), a chunk of
+    ROWS_PER_CHUNK rows at a time, through autograd: hidden (N, D), targets (N,) -> fp32."""
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.size(0), ROWS_PER_CHUNK):
+        logits = logits_of(hidden[start:start + ROWS_PER_CHUNK]).float()  # (n, V)
+        total = total + F.cross_entropy(logits, targets[start:start + ROWS_PER_CHUNK],
+                                        ignore_index=-100, reduction="sum")
+    return total
 
 
 def segment_positions(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -211,6 +242,7 @@ class GPT(nn.Module):
         )
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_f = make_norm(config, config.n_embd)
+        self.per_layer = PerLayerInputs(config) if config.per_layer_input else None
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
@@ -301,6 +333,8 @@ class GPT(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
             elif isinstance(module, GatedDeltaNet):
                 module.init_decay()
+            elif isinstance(module, Block) and module.scalar is not None:
+                nn.init.ones_(module.scalar)  # Gemma 4's layer scalar: 1 until loaded
             elif isinstance(module, RMSNorm) and module.zero_centred:
                 nn.init.zeros_(module.weight)  # a gain of 1 + 0
             elif isinstance(module, (nn.LayerNorm, RMSNorm)):
@@ -356,6 +390,8 @@ class GPT(nn.Module):
             x = x * torch.tensor(math.sqrt(c.n_embd)).to(x.dtype)
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)  # (B, T, D)
+        # Gemma 4 E2B, E4B: every layer's own input, (B, T, L, P)
+        layer_inputs = self.per_layer(input_ids, x) if self.per_layer is not None else None
         # What attention needs, once per kind of layer (local: through the sliding window).
         rope, visible = {}, {}
         for local in {c.layer_is_local(i) for i in range(c.n_layer)}:
@@ -369,9 +405,11 @@ class GPT(nn.Module):
             if not paged and (attention_mask is not None or window):
                 visible[local] = visible_keys(T, S, device, window, attention_mask)
         x = F.dropout(x, c.dropout, self.training)
+        shared = {} if c.kv_shared_layers else None  # Gemma 4: keys and values, by kind
         for i, block in enumerate(self.blocks):
             local = c.layer_is_local(i)
-            x = block(x, rope[local], cache, visible[local], attention_mask)  # (B, T, D)
+            layer_input = layer_inputs[:, :, i] if layer_inputs is not None else None
+            x = block(x, rope[local], cache, visible[local], attention_mask, shared, layer_input)
         if cache is not None:
             cache.advance(T)
         return self.ln_f(x)  # (B, T, D)
@@ -379,8 +417,11 @@ class GPT(nn.Module):
     # --- heads on the hidden states --------------------------------------------------
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Next-token logits from hidden states: (..., D) -> (..., V)."""
-        return self.lm_head(hidden)
+        """Next-token logits from hidden states: (..., D) -> (..., V). With `logit_softcap` c
+        (Gemma 4), c tanh(logits / c): about the same for small logits, never beyond +-c."""
+        logits = self.lm_head(hidden)  # (..., V)
+        cap = self.config.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap else logits
 
     def next_token_loss(self, hidden: torch.Tensor, targets: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -394,6 +435,9 @@ class GPT(nn.Module):
         layer a chunk of rows at a time (model/heads.py).
         """
         flat_targets = targets.flatten()  # (B T,)
+        if self.config.logit_softcap:  # heads.py's closed-form gradient is for raw logits
+            return (capped_cross_entropy(hidden.flatten(0, 1), self.logits, flat_targets),
+                    (flat_targets != -100).sum())
         if type(self.lm_head) is not nn.Linear:  # packed or quantized for inference: no weight
             return (layer_cross_entropy(hidden.flatten(0, 1), self.lm_head, flat_targets),
                     (flat_targets != -100).sum())
@@ -407,6 +451,10 @@ class GPT(nn.Module):
         at a time, so preference and RL objectives never hold (B, T, V) logits.
         """
         B, T = targets.shape
+        if self.config.logit_softcap:  # Gemma 4: through autograd, all (B, T, V) log-probs
+            log_probs = torch.log_softmax(self.logits(hidden).float(), dim=-1)  # (B, T, V)
+            picked = log_probs.gather(-1, targets.clamp_min(0)[..., None]).squeeze(-1)
+            return picked.masked_fill(targets == -100, 0.0)  # (B, T)
         flat = linear_log_probs(hidden.flatten(0, 1), self.lm_head.weight, targets.flatten())
         return flat.view(B, T)
 
@@ -420,6 +468,10 @@ class GPT(nn.Module):
         return KVCache(
             c.n_layer, batch_size, heads, max_len or c.context_length, key_width,
             dtype=param.dtype, device=param.device, value_dim=value_width, recurrent=recurrent,
+            uncached=[i for i in range(c.n_layer) if not c.layer_is_linear(i)
+                      and not caches_keys(c, i)],  # Gemma 4's sharing layers: nothing
+            shapes={i: c.layer_cache_widths(i)[:2] for i in range(c.n_layer)
+                    if c.layer_cache_widths(i) != c.cache_widths},  # Gemma 4's global layers
         )
 
     def num_params(self, non_embedding: bool = False, active: bool = False) -> int:
@@ -436,6 +488,8 @@ class GPT(nn.Module):
             n -= self.tok_emb.weight.numel()
             if self.pos_emb is not None:
                 n -= self.pos_emb.weight.numel()
+            if self.per_layer is not None:  # Gemma 4's per-layer input table
+                n -= self.per_layer.embed.weight.numel()
             if not self.config.tie_embeddings:
                 n -= self.lm_head.weight.numel()
         if active and self.config.mlp == "moe":
@@ -471,8 +525,13 @@ class GPT(nn.Module):
         n_matmul = self.num_params(active=True)
         if self.pos_emb is not None:
             n_matmul -= self.pos_emb.weight.numel()
+        if self.per_layer is not None:  # a lookup too
+            n_matmul -= self.per_layer.embed.weight.numel()
         if not c.tie_embeddings:
             n_matmul -= self.tok_emb.weight.numel()
         value_dim = c.v_head_dim if c.kv_lora_rank else c.head_dim
-        forward = 2 * n_matmul + 2 * keys * c.n_head * (c.head_dim + value_dim) + memory
+        # Gemma 4's global layers have wider heads: q . k and the weighted sum grow with them.
+        wider = sum(4 * T * c.n_head * (c.layer_head_dim(i) - c.head_dim)
+                    for i in range(c.n_layer) if not c.layer_is_local(i))
+        forward = 2 * n_matmul + 2 * keys * c.n_head * (c.head_dim + value_dim) + memory + wider
         return 3 * forward if training else forward
