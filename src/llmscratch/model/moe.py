@@ -32,7 +32,10 @@ DeepSeek-AI, 2024, "DeepSeek-V3", section 2.1.2); here it is loaded and kept.
 Compute is batched by expert, not by token: the N K (token, expert)
 assignments are sorted by expert, so each expert's tokens form one slice and
 one matmul; a loop visits the E experts (not the N tokens), and the outputs
-are added back to their tokens with one `index_add_`.
+are put back in token order (the inverse of the sort) and summed, K to a
+token. (An `index_add_` into the tokens would do the same, but on the CPU it
+always starts its threads: at batch-1 decode, on a busy machine, waiting
+for them cost more than the layer's arithmetic; bench/family_decode.py.)
 
 Qwen3-Next adds a shared expert (`moe_shared_hidden`): one more SwiGLU that
 every token goes through, its output scaled by sigmoid(x . w), a gate of its
@@ -151,9 +154,9 @@ class MoE(nn.Module):
                 continue  # no token chose this expert
             outputs.append(self.expert(e, chunk))  # (n_e, D)
         expert_outputs = torch.cat(outputs)  # (N K, D), in the sorted order
-        expert_outputs = expert_outputs * weights.flatten()[order].unsqueeze(-1)  # (N K, D)
-
-        combined = torch.zeros_like(tokens).index_add_(0, token_of, expert_outputs)  # (N, D)
+        # Back in token order (the inverse permutation), then each token's weighted sum.
+        unsorted = expert_outputs[order.argsort()].view(B * T, self.top_k, D)  # (N, K, D)
+        combined = (unsorted * weights.unsqueeze(-1)).sum(dim=1)  # (N, D)
         if self.shared is not None:  # DeepSeek's and Qwen3-Next's shared experts
             combined = combined + self.shared(tokens)  # (N, D)
         return combined.view(B, T, D)  # (B, T, D)
