@@ -211,8 +211,7 @@ def bench_family(family: str, precisions: list[str], new_tokens: int, rounds: in
 def describe(row: dict) -> str:
     """One line of the markdown table for a result row."""
     if row["engine_tokens_per_s"] is None:
-        engine, versus = "refused (Gated DeltaNet)", f"{row['generate_vs_transformers']:.2f}x " \
-            "(`generate`)"
+        engine, versus = "refused", f"{row['generate_vs_transformers']:.2f}x (`generate`)"
     else:
         engine = f"{row['engine_tokens_per_s']:.1f}"
         versus = f"{row['engine_vs_transformers']:.2f}x (`generate` " \
@@ -231,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--families", default=",".join(FAMILIES),
                         help=f"comma list of: {', '.join(FAMILIES)}")
     parser.add_argument("--precision", default="fp32,bf16", help="comma list: fp32, bf16")
-    parser.add_argument("--new-tokens", type=int, default=48, help="tokens per round")
+    parser.add_argument("--new-tokens", type=int, default=32, help="tokens per round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", action="store_true", help="print one JSON object")

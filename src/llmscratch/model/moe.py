@@ -81,6 +81,9 @@ class MoE(nn.Module):
             self.proj_bias = nn.Parameter(torch.zeros(E, D))  # (E, D)
         if config.moe_shared_hidden:  # Qwen3-Next: a shared expert with a gate of its own
             self.shared = SharedExpert(D, config.moe_shared_hidden)
+        # Inference on a CPU only: each expert's (gate, up, proj) as linear layers whose
+        # weights oneDNN packed (generation/cpu_weights.py), used instead of the stacks above.
+        self.packed_experts: list[tuple[nn.Module, nn.Module, nn.Module]] | None = None
 
     def route(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each token's K experts and their weights: (N, K) weights, (N, K) expert ids."""
@@ -130,6 +133,9 @@ class MoE(nn.Module):
 
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """Expert e on its tokens x (n, D): (n, D)."""
+        if self.packed_experts is not None:  # the same products, by oneDNN's kernel
+            gate, up, proj = self.packed_experts[e]
+            return proj(self.expert_activation(gate(x), up(x)))  # biases included
         gate, up = x @ self.gate[e].T, x @ self.up[e].T  # (n, F) each
         if self.gate_bias is not None:
             gate, up = gate + self.gate_bias[e], up + self.up_bias[e]
