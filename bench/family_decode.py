@@ -13,8 +13,8 @@ saves it, imports it with our converter (`load_hf_model`, what `convert
 from-hf` runs), and times decoding at batch 1: a 16-token prompt, `--new-tokens`
 new ones, greedy, no stop token, in fp32 and bf16 on `--threads` threads.
 
-Ours runs as `llmscratch generate` runs it, its linear layers packed for
-oneDNN where that measures faster (`generation/cpu_weights.py`), twice: the
+Ours runs as `llmscratch generate` runs it, its linear layers and experts
+packed for oneDNN where that measures faster (`generation/cpu_weights.py`), twice: the
 engine (paged cache, `Engine.generate`) and the single-request loop
 (`generation/sampling.py: generate`, dense cache). Where the engine refuses a
 family (Gated DeltaNet layers, until the engine has a state pool), its row says
