@@ -3,6 +3,8 @@
     .venv/bin/python bench/family_decode.py
     .venv/bin/python bench/family_decode.py --families gpt_oss,deepseek_v3 --precision fp32 --json
 
+(Each row is also printed to stderr as one JSON line as soon as it is measured.)
+
 For each family with a `transformers` reference (the `FAMILIES` table below:
 one function a family, returning its config), builds a random-weight
 `transformers` model of one small shape shared family-wide where the family
@@ -33,6 +35,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -205,7 +208,11 @@ def bench_family(family: str, precisions: list[str], new_tokens: int, rounds: in
     hf = hf_model(family)
     with tempfile.TemporaryDirectory() as folder:  # our converter reads the saved layout
         hf.save_pretrained(folder)
-        return [measure(family, folder, hf, p, new_tokens, rounds) for p in precisions]
+        rows = []
+        for precision in precisions:
+            rows.append(measure(family, folder, hf, precision, new_tokens, rounds))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # kept if cut short
+        return rows
 
 
 def describe(row: dict) -> str:
