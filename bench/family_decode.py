@@ -226,7 +226,8 @@ def describe(row: dict) -> str:
     same = f"{row['generate_agrees_with_transformers']}"
     if row["engine_agrees_with_generate"] is not None:
         same += f"; engine = generate {row['engine_agrees_with_generate']}"
-    return (f"| {row['family']} | {row['parameters'] / 1e6:.0f}M | {row['precision']} | "
+    kernel = "packed" if row["packed_linear_layers"] else "nn.Linear"  # packing_pays' verdict
+    return (f"| {row['family']} | {row['parameters'] / 1e6:.0f}M | {row['precision']}, {kernel} | "
             f"{engine} | {row['generate_tokens_per_s']:.1f} | "
             f"{row['transformers_tokens_per_s']:.1f} | {versus} | {same} |")
 
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{machine['threads']} threads, torch {machine['torch']}, load average "
           f"{machine['load_average'][0]} to {machine['load_average'][1]}; median of "
           f"{args.rounds} interleaved rounds; {machine['seconds']} s in all")
-    print("| family | parameters | precision | engine tok/s | `generate` tok/s | "
+    print("| family | parameters | precision, linear layers | engine tok/s | `generate` tok/s | "
           "transformers tok/s | ours / transformers | greedy ids: ours = transformers |")
     print("|---|---:|---|---:|---:|---:|---:|---|")
     for row in rows:
