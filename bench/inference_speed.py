@@ -148,7 +148,7 @@ def weight_products(model: GPT, dtype: torch.dtype) -> callable:
     """Only the matrix products of one decode step at batch 1 (oneDNN, packed weights)."""
     shapes = [(m.out_features, m.in_features) for m in model.modules()
               if isinstance(m, (torch.nn.Linear, PackedLinear))]
-    layers = [PackedLinear(torch.nn.Linear(k, n, bias=False, dtype=dtype)) for n, k in shapes]
+    layers = [PackedLinear(torch.randn(n, k, dtype=dtype)) for n, k in shapes]
     inputs = {k: torch.randn(1, k, dtype=dtype) for _, k in shapes}
     return lambda: [layer(inputs[layer.in_features]) for layer in layers]
 
@@ -294,7 +294,8 @@ def matmul_rate(model: GPT, rows: tuple[int, ...] = (512, 2048), seconds: float 
               if isinstance(m, (torch.nn.Linear, PackedLinear))}
     for (n, k), m in itertools.product(shapes, rows):
         layer = torch.nn.Linear(k, n, bias=False, dtype=dtype, device=device)
-        layer = PackedLinear(layer) if device.type == "cpu" and can_pack(layer) else layer
+        if device.type == "cpu" and can_pack(layer):
+            layer = PackedLinear.from_linear(layer)
         x = torch.randn(m, k, dtype=dtype, device=device)
         with torch.no_grad():
             layer(x)

@@ -11,6 +11,7 @@ from llmscratch.generation.cpu_weights import can_pack, pack_linear_weights
 from llmscratch.generation.engine import Engine
 from llmscratch.generation.sampling import SamplingConfig
 from llmscratch.model import GPT
+from llmscratch.model.moe import MoE
 from tests.test_families import tiny  # a tiny model of a family, its norms perturbed
 
 FAMILIES = ["gpt2-tiny", "llama-3-tiny", "qwen3-tiny", "qwen3-moe-tiny", "gemma3-tiny",
@@ -263,8 +264,11 @@ def test_packed_linear_weights_compute_the_same_model(name, dtype):
         assert pack_linear_weights(packed, measure=False) == 0
         assert sum(type(m) is torch.nn.Linear for m in packed.modules()) == linears
         pytest.skip(f"oneDNN cannot pack {dtype} weights on this CPU")
-    assert pack_linear_weights(packed, measure=False) == linears > 0
+    moes = [m for m in packed.modules() if isinstance(m, MoE)]
+    experts = sum(3 * m.n_expert for m in moes)  # each expert's gate, up and proj
+    assert pack_linear_weights(packed, measure=False) == linears + experts > 0
     assert not any(type(m) is torch.nn.Linear for m in packed.modules())
+    assert all(m.packed_experts is not None and m.gate is None for m in moes)
     ids = torch.tensor(prompts([11, 11]))
     with torch.no_grad():
         expected = model.logits(model(ids)).float()

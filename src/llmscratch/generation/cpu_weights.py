@@ -14,6 +14,10 @@ here it is done by hand, for an eager model, by swapping modules:
     model, tokenizer, settings = load_for_inference("runs/demo")
     pack_linear_weights(model)     # in place: every nn.Linear -> PackedLinear
 
+A mixture of experts keeps its experts' weights stacked, (E, F, D), not as
+`nn.Linear`s; each expert's three matrices are packed too, into the MoE's
+`packed_experts` (model/moe.py), which it then uses in their place.
+
 The packed model computes the same function (to rounding: oneDNN sums in
 another order) but is for inference only: the packed weights are not
 parameters, so it no longer trains, and its state_dict lacks them.
@@ -32,18 +36,25 @@ import time
 import torch
 from torch import nn
 
+from llmscratch.model.moe import MoE
+
 
 class PackedLinear(nn.Module):
     """`nn.Linear`'s function, its weight held in oneDNN's packed layout (CPU only)."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        """weight (out, in) and bias (out,): an `nn.Linear`'s, or one expert's slice of a
+        stack (model/moe.py)."""
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        weight = linear.weight.detach()
+        self.out_features, self.in_features = weight.shape
         # An opaque oneDNN tensor (layout torch._mkldnn), kept as a plain attribute: it is
         # not a parameter and cannot be moved, saved or trained.
-        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight, None)
-        self.bias = None if linear.bias is None else linear.bias.detach()
+        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
+        self.bias = None if bias is None else bias.detach()
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> PackedLinear:
+        return cls(linear.weight, linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., in_features) -> (..., out_features)."""
@@ -87,7 +98,7 @@ def packing_pays(dtype: torch.dtype, in_features: int, out_features: int) -> boo
     measured, not assumed.
     """
     linear = nn.Linear(in_features, out_features, bias=False, dtype=dtype)
-    packed = PackedLinear(linear)
+    packed = PackedLinear.from_linear(linear)
     spent = {"plain": 0.0, "packed": 0.0}
     for rows in (1, 16):
         x = torch.randn(rows, in_features, dtype=dtype)
@@ -108,10 +119,11 @@ def pack_linear_weights(model: nn.Module, measure: bool = True) -> int:
     """Replace every `nn.Linear` of an inference-only CPU model by a `PackedLinear`, in place,
     where that is faster on this machine.
 
-    Returns how many were replaced (0 when packing does not apply, see `can_pack`,
-    or, with `measure`, when `packing_pays` finds plain `nn.Linear` faster for the
-    shape of the model's middle-sized layer). A weight shared by two modules (an output layer tied
-    to the embedding) is packed for the linear layer and kept as it is for the other.
+    Returns how many weight matrices were packed, the experts' included (0 when
+    packing does not apply, see `can_pack`, or, with `measure`, when `packing_pays`
+    finds plain `nn.Linear` faster for the shape of the model's middle-sized layer).
+    A weight shared by two modules (an output layer tied to the embedding) is packed
+    for the linear layer and kept as it is for the other.
     """
     if not can_pack(model):
         return 0
@@ -126,6 +138,28 @@ def pack_linear_weights(model: nn.Module, measure: bool = True) -> int:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
-                setattr(parent, name, PackedLinear(child))
+                setattr(parent, name, PackedLinear.from_linear(child))
                 replaced += 1
+    for moe in (m for m in model.modules() if isinstance(m, MoE)):
+        replaced += pack_experts(moe)
     return replaced
+
+
+def pack_experts(moe: MoE) -> int:
+    """Each expert's gate, up and proj (and biases) as `PackedLinear`s, in
+    `moe.packed_experts`; returns how many matrices that packed (3 E).
+
+    The stacked parameters are then dropped, as a packed `nn.Linear` is: the
+    packed copies replace them, and the experts (most of a large MoE's weights)
+    are not held twice.
+    """
+    names = ("gate", "up", "proj")
+    moe.packed_experts = [
+        tuple(PackedLinear(getattr(moe, name)[e], getattr(moe, f"{name}_bias")[e]
+                           if getattr(moe, f"{name}_bias") is not None else None)
+              for name in names)
+        for e in range(moe.n_expert)]
+    for name in names:
+        setattr(moe, name, None)
+        setattr(moe, f"{name}_bias", None)
+    return 3 * moe.n_expert

@@ -32,7 +32,10 @@ DeepSeek-AI, 2024, "DeepSeek-V3", section 2.1.2); here it is loaded and kept.
 Compute is batched by expert, not by token: the N K (token, expert)
 assignments are sorted by expert, so each expert's tokens form one slice and
 one matmul; a loop visits the E experts (not the N tokens), and the outputs
-are added back to their tokens with one `index_add_`.
+are put back in token order (the inverse of the sort) and summed, K to a
+token. (An `index_add_` into the tokens would do the same, but on the CPU it
+always starts its threads: at batch-1 decode, on a busy machine, waiting
+for them cost more than the layer's arithmetic; bench/family_decode.py.)
 
 Qwen3-Next adds a shared expert (`moe_shared_hidden`): one more SwiGLU that
 every token goes through, its output scaled by sigmoid(x . w), a gate of its
@@ -78,6 +81,9 @@ class MoE(nn.Module):
             self.proj_bias = nn.Parameter(torch.zeros(E, D))  # (E, D)
         if config.moe_shared_hidden:  # Qwen3-Next: a shared expert with a gate of its own
             self.shared = SharedExpert(D, config.moe_shared_hidden)
+        # Inference on a CPU only: each expert's (gate, up, proj) as linear layers whose
+        # weights oneDNN packed (generation/cpu_weights.py), used instead of the stacks above.
+        self.packed_experts: list[tuple[nn.Module, nn.Module, nn.Module]] | None = None
 
     def route(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each token's K experts and their weights: (N, K) weights, (N, K) expert ids."""
@@ -127,6 +133,9 @@ class MoE(nn.Module):
 
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """Expert e on its tokens x (n, D): (n, D)."""
+        if self.packed_experts is not None:  # the same products, by oneDNN's kernel
+            gate, up, proj = self.packed_experts[e]
+            return proj(self.expert_activation(gate(x), up(x)))  # biases included
         gate, up = x @ self.gate[e].T, x @ self.up[e].T  # (n, F) each
         if self.gate_bias is not None:
             gate, up = gate + self.gate_bias[e], up + self.up_bias[e]
@@ -151,9 +160,9 @@ class MoE(nn.Module):
                 continue  # no token chose this expert
             outputs.append(self.expert(e, chunk))  # (n_e, D)
         expert_outputs = torch.cat(outputs)  # (N K, D), in the sorted order
-        expert_outputs = expert_outputs * weights.flatten()[order].unsqueeze(-1)  # (N K, D)
-
-        combined = torch.zeros_like(tokens).index_add_(0, token_of, expert_outputs)  # (N, D)
+        # Back in token order (the inverse permutation), then each token's weighted sum.
+        unsorted = expert_outputs[order.argsort()].view(B * T, self.top_k, D)  # (N, K, D)
+        combined = (unsorted * weights.unsqueeze(-1)).sum(dim=1)  # (N, D)
         if self.shared is not None:  # DeepSeek's and Qwen3-Next's shared experts
             combined = combined + self.shared(tokens)  # (N, D)
         return combined.view(B, T, D)  # (B, T, D)
