@@ -520,10 +520,11 @@ def test_kv_sharing_layers_cache_nothing_and_read_their_sources_keys():
     c = model.config
     assert [kv_source(c, i) for i in range(c.n_layer)] == [None, None, None, None, 3, 2]
     assert [b.mlp.gate.out_features for b in model.blocks] == [128] * 4 + [256] * 2
-    cache = model.new_cache(batch_size=2, max_len=100)
+    # Within the window (8 tokens), where the local layers keep every token they are given.
+    cache = model.new_cache(batch_size=2, max_len=c.sliding_window)
     assert [k is None for k in cache.keys] == [False] * 4 + [True] * 2
     held = sum(t.nbytes for t in [*cache.keys, *cache.values] if t is not None)
-    assert footprint(c, batch=2, seq=100)["memory_bytes"]["kv_cache"] == held
+    assert footprint(c, batch=2, seq=c.sliding_window)["memory_bytes"]["kv_cache"] == held
     # Layers 0, 1, 3: k and v of 2 heads of 16; layer 2 (global): of 32; in fp32.
     assert footprint(c)["kv_cache_bytes_per_token"] == (3 * 2 * 2 * 16 + 2 * 2 * 32) * 4
     paged = Engine(model, block_size=4, max_batch=2).cache
