@@ -68,6 +68,23 @@ def gemma3_text():
                             query_pre_attn_scalar=64)
 
 
+def gemma4_text():
+    """Gemma 4: three local layers to one global, wider global heads (128, a quarter of
+    them rotated), per-layer input embeddings, soft-capped logits, and the last 2 layers
+    reading an earlier layer's keys and values (KV sharing, with double-wide MLPs)."""
+    from transformers import Gemma4TextConfig
+
+    kinds = ["full_attention" if (i + 1) % 4 == 0 else "sliding_attention" for i in range(8)]
+    rope = {"full_attention": {"rope_type": "proportional", "rope_theta": 1e6,
+                               "partial_rotary_factor": 0.25},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}
+    return Gemma4TextConfig(**SHAPE, **DENSE, sliding_window=WINDOW, layer_types=kinds,
+                            global_head_dim=128, hidden_size_per_layer_input=64,
+                            vocab_size_per_layer_input=SHAPE["vocab_size"],
+                            num_kv_shared_layers=2, use_double_wide_mlp=True,
+                            final_logit_softcapping=30.0, rope_parameters=rope)
+
+
 def olmo3():
     """Olmo 3: three local layers to one global, post-norms, QK-norm."""
     from transformers import Olmo3Config
@@ -126,7 +143,7 @@ def qwen3_5_text():
 
 # Family (transformers' model_type) -> its config. A new family is one more entry.
 FAMILIES: dict[str, Callable] = {f.__name__: f for f in (
-    gemma3_text, olmo3, gpt_oss, deepseek_v3, qwen3_next, qwen3_5_text)}
+    gemma3_text, gemma4_text, olmo3, gpt_oss, deepseek_v3, qwen3_next, qwen3_5_text)}
 
 
 def hf_model(family: str):
