@@ -165,7 +165,8 @@ def gguf_step_bytes(path: Path, source: Path) -> tuple[int, dict[str, int]]:
     """Bytes of weights one decode step reads from a GGUF file (all tensors but the
     embeddings; the token embedding again where it is also the output layer), and how many
     tensors of each type the file holds. Read with the converter's own gguf-py."""
-    sys.path.insert(0, str(source / "gguf-py"))
+    if str(source / "gguf-py") not in sys.path:
+        sys.path.insert(0, str(source / "gguf-py"))
     from gguf import GGUFReader
 
     tensors = {t.name: t for t in GGUFReader(path).tensors}
@@ -374,8 +375,12 @@ def describe_llama_cpp(missing: str | None, extra_bufts: bool) -> str:
     import llama_cpp
 
     features = llama_cpp.llama_print_system_info().decode().strip()
+    defaults = llama_cpp.llama_context_default_params()
+    cache = "f16" if defaults.type_k == llama_cpp.GGML_TYPE_F16 else f"ggml type {defaults.type_k}"
+    attention = llama_cpp.llama_flash_attn_type_name(defaults.flash_attn_type).decode()
     return f"llama-cpp-python {llama_cpp.__version__}, extra buffer types " \
-           f"{'on' if extra_bufts else 'off'} (use_extra_bufts), {features}"
+           f"{'on' if extra_bufts else 'off'} (use_extra_bufts), KV cache {cache}, flash " \
+           f"attention {attention} (its defaults), {features}"
 
 
 def main() -> None:
