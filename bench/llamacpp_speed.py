@@ -72,7 +72,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy
@@ -80,8 +80,8 @@ import torch
 from safetensors.torch import save_file
 
 from llmscratch.generation import Engine, SamplingConfig
-from llmscratch.generation.cpu_weights import pack_linear_weights
-from llmscratch.generation.quantize import quantize_linear_weights
+from llmscratch.generation.cpu_weights import PackedLinear, pack_linear_weights
+from llmscratch.generation.quantize import Int4Linear, Int8Linear, quantize_linear_weights
 from llmscratch.model import GPT, get_preset
 from llmscratch.model.hf_config import config_to_hf
 from llmscratch.model.hf_weights import hf_tensors
@@ -196,15 +196,29 @@ def our_models(folder: Path) -> dict[str, GPT]:
     return models
 
 
+LINEAR_LAYERS = (torch.nn.Linear, PackedLinear, Int8Linear, Int4Linear)
+
+
 class Ours:
-    """Our engine with one sequence: greedy tokens for a prompt."""
+    """Our engine with one sequence: greedy tokens for a prompt; and the matrix products of
+    its decode steps alone, through the same layers (the most its kernels allow)."""
 
     def __init__(self, model: GPT) -> None:
         self.engine, self.step_bytes = Engine(model, max_batch=1), step_bytes(model)
+        dtype = model.tok_emb.weight.dtype
+        self.layers = [(layer, torch.randn(1, layer.in_features, dtype=dtype))
+                       for layer in model.modules() if isinstance(layer, LINEAR_LAYERS)]
 
     def greedy(self, prompt: list[int], new_tokens: int) -> list[int]:
         config = SamplingConfig(max_new_tokens=new_tokens, temperature=0)
         return self.engine.generate([prompt], config)[0]
+
+    @torch.no_grad()
+    def products(self, steps: int) -> None:
+        """Every linear layer once on one row, `steps` times: a decode step's products."""
+        for _ in range(steps):
+            for layer, x in self.layers:
+                layer(x)
 
 
 class LlamaCpp:
@@ -284,6 +298,7 @@ class Timings:
     decode: list[float]
     prefill: list[float]
     ids: list[int]
+    products: list[float] = field(default_factory=list)  # ours only
 
 
 def measure(runners: dict[str, Ours | LlamaCpp], new_tokens: int, rounds: int
@@ -302,6 +317,10 @@ def measure(runners: dict[str, Ours | LlamaCpp], new_tokens: int, rounds: int
             started = time.perf_counter()
             run.greedy(long, 1)
             timings[name].prefill.append(time.perf_counter() - started)
+            if isinstance(run, Ours):
+                started = time.perf_counter()
+                run.products(new_tokens)
+                timings[name].products.append(time.perf_counter() - started)
     return timings
 
 
@@ -319,6 +338,8 @@ def rows(timings: dict[str, Timings], runners: dict, new_tokens: int, bandwidth:
             row[f"{side}_step_weight_mb"] = runners[name].step_bytes / 1e6 if t else None
             row[f"{side}_of_bandwidth_limit"] = \
                 rate * runners[name].step_bytes / bandwidth if t else None
+        row["ours_products_alone_tokens_per_s"] = \
+            new_tokens / statistics.median(timings[ours].products)
         if theirs in timings:
             row["decode_ratio"] = row["ours_decode_tokens_per_s"] \
                 / row["llama_cpp_decode_tokens_per_s"]
@@ -342,7 +363,10 @@ def print_table(figures: dict) -> None:
     print(f"{figures['machine']}, torch {figures['torch']}, {figures['threads']} threads each, "
           f"copy bandwidth {figures['copy_gb_per_s']:.1f} GB/s; {figures['weights']}")
     print(f"llama.cpp: {figures['llama_cpp']}")
-    print(f"{'ours':<5} {'llama.cpp':<9} {'decode tok/s':>17} {'ratio':>6} "
+    print("decode tok/s: ours, llama.cpp, the ratio, and our step's matrix products alone; "
+          "of the bandwidth limit and MB read per step: ours, llama.cpp; prefill: ours, "
+          "llama.cpp, and how many times faster ours is")
+    print(f"{'ours':<5} {'llama.cpp':<9} {'decode tok/s':>17} {'ratio':>6} {'products':>8} "
           f"{'of bandwidth limit':>19} {'MB/step':>13} {'prefill 512 ms':>15} {'ours x':>7} "
           f"{'same ids':>9}")
     for r in figures["rows"]:
@@ -351,6 +375,7 @@ def print_table(figures: dict) -> None:
             f"{r['ours_decode_tokens_per_s']:8.1f}",
             number(r["llama_cpp_decode_tokens_per_s"], "8.1f"),
             number(r.get("decode_ratio"), "5.2f", "x"),
+            f"{r['ours_products_alone_tokens_per_s']:8.1f}",
             f"{r['ours_of_bandwidth_limit']:9.0%}",
             number(r["llama_cpp_of_bandwidth_limit"], "9.0%"),
             f"{r['ours_step_weight_mb']:6.0f}", number(r["llama_cpp_step_weight_mb"], "6.0f"),
