@@ -303,13 +303,18 @@ class Timings:
 
 def measure(runners: dict[str, Ours | LlamaCpp], new_tokens: int, rounds: int
             ) -> dict[str, Timings]:
-    """Interleaved rounds: every runner decodes, then prefills, once per round."""
+    """Interleaved rounds: every runner decodes, then prefills, once per round.
+
+    Each round has prompts of its own: the engine caches the blocks of a prompt it has
+    seen (prefix caching), so a prompt repeated would be no prefill at all.
+    """
     gen = torch.Generator().manual_seed(1)
-    short = torch.randint(0, 50257, (16,), generator=gen).tolist()
-    long = torch.randint(0, 50257, (512,), generator=gen).tolist()
-    timings = {name: Timings([], [], run.greedy(short, new_tokens))  # the warm-up
+    prompts = [(torch.randint(0, 50257, (16,), generator=gen).tolist(),
+                torch.randint(0, 50257, (512,), generator=gen).tolist())
+               for _ in range(rounds + 1)]
+    timings = {name: Timings([], [], run.greedy(prompts[0][0], new_tokens))  # the warm-up
                for name, run in runners.items()}
-    for _ in range(rounds):
+    for short, long in prompts[1:]:
         for name, run in runners.items():
             started = time.perf_counter()
             run.greedy(short, new_tokens)
