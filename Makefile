@@ -41,10 +41,26 @@ notebooks: setup
 docs: setup
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
-# The book's package, a peer in bench/train_speed.py; its declared dependencies
-# are pins the benchmark does not need.
-bench-setup: setup
+# The benchmarks' peers. The book's package, a peer in bench/train_speed.py (its declared
+# dependencies are pins the benchmark does not need). llama.cpp, the peer in
+# bench/llamacpp_speed.py: llama-cpp-python built from source for this CPU (GGML_NATIVE; its
+# build takes minutes; the stamp .installed makes it once), and its source tree unpacked
+# in .venv/src for llama.cpp's own GGUF converter (vendor/llama.cpp/convert_hf_to_gguf.py).
+LLAMA_CPP_PYTHON := 0.3.36
+LLAMA_CPP_SRC    := $(VENV)/src/llama_cpp_python-$(LLAMA_CPP_PYTHON)
+LLAMA_CPP_CMAKE  := -DGGML_NATIVE=ON -DGGML_BLAS=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF \
+                    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+
+bench-setup: setup $(LLAMA_CPP_SRC)/.installed
 	$(PY) -m pip install --quiet --no-deps llms-from-scratch==1.0.19
+
+$(LLAMA_CPP_SRC)/.installed: | $(STAMP)
+	$(PY) -m pip download --quiet --no-deps --no-binary :all: --dest $(VENV)/src \
+	    llama-cpp-python==$(LLAMA_CPP_PYTHON)
+	tar -xzf $(VENV)/src/llama_cpp_python-$(LLAMA_CPP_PYTHON).tar.gz -C $(VENV)/src
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE)" $(PY) -m pip install -c constraints.txt \
+	    --no-binary llama-cpp-python llama-cpp-python==$(LLAMA_CPP_PYTHON)
+	@touch $@
 
 lint: setup
 	$(VENV)/bin/ruff check .

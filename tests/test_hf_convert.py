@@ -706,6 +706,9 @@ def test_our_pretrained_run_exports_to_gpt2(tiny_run, tmp_path):
     model, _, _ = load_for_inference(tiny_run)
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     assert type(reloaded).__name__ == "GPT2LMHeadModel"
+    # GPT-2's own config.json field, which llama.cpp's converter reads (bench/llamacpp_speed.py)
+    config = json.loads((out / "config.json").read_text())
+    assert config["n_ctx"] == config["n_positions"] == model.config.context_length
     ids = torch.randint(0, model.config.vocab_size, (2, 30))
     with torch.no_grad():
         assert max_diff(reloaded(ids).logits, logits(model, ids)) <= TOLERANCE

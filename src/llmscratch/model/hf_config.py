@@ -474,8 +474,11 @@ def config_to_hf(config: ModelConfig) -> dict:
               "vocab_size": c.vocab_size, "tie_word_embeddings": c.tie_embeddings,
               "torch_dtype": HF_DTYPE_NAMES[c.dtype], "bos_token_id": None, "eos_token_id": None}
     if family == "gpt2":
-        return {**common, "n_positions": c.context_length, "n_layer": c.n_layer,
-                "n_head": c.n_head, "n_embd": c.n_embd, "n_inner": c.mlp_hidden or None,
+        # n_ctx repeats n_positions, as GPT-2's own config.json does: transformers 5 no
+        # longer writes it, and llama.cpp's converter (convert_hf_to_gguf.py) reads it.
+        return {**common, "n_positions": c.context_length, "n_ctx": c.context_length,
+                "n_layer": c.n_layer, "n_head": c.n_head, "n_embd": c.n_embd,
+                "n_inner": c.mlp_hidden or None,
                 "activation_function": "gelu_new", "layer_norm_epsilon": c.norm_eps,
                 "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": 0.0}
     hf = {**common, "hidden_size": c.n_embd, "intermediate_size": c.mlp_dim,
