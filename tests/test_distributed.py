@@ -80,10 +80,10 @@ def fsdp_run(tmp_path_factory, data):
     return out
 
 
-def assert_same_losses(run, reference, steps=range(1, STEPS + 1)):
+def assert_same_losses(run, reference, steps=range(1, STEPS + 1), tolerance=1e-5):
     got, want = losses(run), losses(reference)
     for step in steps:
-        assert got[step] == pytest.approx(want[step], abs=1e-5), step
+        assert got[step] == pytest.approx(want[step], abs=tolerance), step
 
 
 def test_ddp_two_processes_match_one(tmp_path, data, one_process):
@@ -124,6 +124,21 @@ def test_fsdp_run_resumes_with_two_processes_or_one(processes, fsdp_run, one_pro
     got = load_file(export)
     for name, tensor in ref.items():
         torch.testing.assert_close(got[name], tensor, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["deepseek-v3-tiny", "qwen3-next-tiny", "gemma4-tiny"])
+def test_fsdp_two_processes_match_one_for_the_newer_families(preset, tmp_path, data):
+    """Latent attention and experts with a router-bias buffer (DeepSeek V3), Gated DeltaNet
+    layers (Qwen3-Next), layers reading an earlier layer's keys (Gemma 4): each block is
+    sharded on its own, and the losses are one process's."""
+    model = [f"model.preset={preset}", "model.vocab_size=512", "train.seq_len=64"]
+    pretrain(tmp_path / "one", data, 1, *model)
+    pretrain(tmp_path / "fsdp", data, 2, *model, "train.parallel=fsdp")
+    # Gemma 4's unscaled scores make a sharper softmax, where summing the gradients in
+    # another order moves the loss by up to 2e-5 after a few steps (test_families.py's
+    # kernel-agreement tests give it the same 5e-5).
+    assert_same_losses(tmp_path / "fsdp", tmp_path / "one",
+                       tolerance=5e-5 if preset == "gemma4-tiny" else 1e-5)
 
 
 def test_muon_under_ddp_two_processes_match_one(tmp_path, data):

@@ -165,6 +165,23 @@ def use_fused_kernel(attn_impl: str, q: torch.Tensor, k: torch.Tensor) -> bool:
     return not short_cpu_bf16
 
 
+class SharedKV:
+    """What the source layers publish, in one forward pass, for the KV-sharing layers after
+    them (Gemma 4, kv_sharing.py): (keys, values) by kind (`window`: 0 for global layers).
+    A plain object rather than a dict on purpose: FSDP2 and activation checkpointing
+    rebuild the dicts, lists and tuples passed to a block (to move the tensors inside), so
+    a source's write into a dict would land in a copy the later layers never see."""
+
+    def __init__(self) -> None:
+        self.by_window: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __setitem__(self, window: int, kv: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self.by_window[window] = kv
+
+    def __getitem__(self, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.by_window[window]
+
+
 class CausalSelfAttention(nn.Module):
     """One fused q/k/v projection, optional QK-norm and RoPE, H heads, an output projection.
 
@@ -231,7 +248,7 @@ class CausalSelfAttention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: KVCache | None = None,
         visible: torch.Tensor | None = None,
-        shared: dict | None = None,
+        shared: SharedKV | None = None,
     ) -> torch.Tensor:
         """x: (B, T, D); `rope`: (cos, sin) from rope.rope_angles, or None for
         learned positions; `visible`: a mask from `visible_keys`, None for plain

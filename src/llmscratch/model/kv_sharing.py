@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from llmscratch.model.attention import CausalSelfAttention
+from llmscratch.model.attention import CausalSelfAttention, SharedKV
 from llmscratch.model.kv_cache import KVCache
 from llmscratch.model.rope import apply_rope
 
@@ -84,7 +84,7 @@ class SharedKVAttention(CausalSelfAttention):
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: KVCache | None = None,
         visible: torch.Tensor | None = None,
-        shared: dict | None = None,
+        shared: SharedKV | None = None,
     ) -> torch.Tensor:
         """x: (B, T, D) -> (B, T, D); `shared[window]` holds the source's (k, v)."""
         B, T, _ = x.shape

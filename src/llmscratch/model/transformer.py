@@ -62,7 +62,7 @@ from llmscratch.model.heads import (
     linear_log_probs,
 )
 from llmscratch.model.kv_cache import KVCache
-from llmscratch.model.kv_sharing import SharedKVAttention, caches_keys, kv_source
+from llmscratch.model.kv_sharing import SharedKV, SharedKVAttention, caches_keys, kv_source
 from llmscratch.model.latent_attention import LatentAttention
 from llmscratch.model.linear_attention import GatedDeltaNet, state_shapes
 from llmscratch.model.moe import MoE
@@ -185,7 +185,7 @@ class Block(nn.Module):
         cache: KVCache | None = None,
         visible: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        shared: dict | None = None,
+        shared: SharedKV | None = None,
         layer_input: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if self.linear:  # it reads the mask itself: padding, and where packed sequences start
@@ -405,7 +405,7 @@ class GPT(nn.Module):
             if not paged and (attention_mask is not None or window):
                 visible[local] = visible_keys(T, S, device, window, attention_mask)
         x = F.dropout(x, c.dropout, self.training)
-        shared = {} if c.kv_shared_layers else None  # Gemma 4: keys and values, by kind
+        shared = SharedKV() if c.kv_shared_layers else None  # Gemma 4: keys and values, by kind
         for i, block in enumerate(self.blocks):
             local = c.layer_is_local(i)
             layer_input = layer_inputs[:, :, i] if layer_inputs is not None else None
