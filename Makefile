@@ -21,8 +21,9 @@ demo: setup
 	$(VENV)/bin/llmscratch demo
 
 # The guide's pages run in order on one worker (their xdist_group); the rest spread over two.
+# The 15 slowest tests are listed at the end: the suite must stay near ten minutes.
 test: setup
-	$(VENV)/bin/pytest -n 2 --dist loadgroup
+	$(VENV)/bin/pytest -n 2 --dist loadgroup --durations=15
 
 # The guide's pages alone (docs/guide/), each run as a notebook.
 test-guide: setup
