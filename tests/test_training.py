@@ -349,17 +349,21 @@ def test_plots_leave_the_users_matplotlib_backend_alone(tmp_path):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def assert_trains_8_steps_and_loss_falls(preset: str, out, small_text) -> None:
+    """8 fp32 steps of `preset` on the small text: finite losses, the last one clearly lower."""
+    config = load_config(TINY_CONFIG, [f"model.preset={preset}", "train.max_steps=8",
+                                       "train.log_every=1", "train.dtype=fp32"])
+    config.data.files = [str(small_text)]
+    pretrain_module.pretrain(config, out)
+    losses = [r["loss"] for r in MetricsLog(out / "metrics.jsonl").read() if "loss" in r]
+    assert len(losses) == 8 and all(map(math.isfinite, losses))
+    assert losses[-1] < losses[0] - 0.25
+
+
 def test_gemma4_tiny_trains_and_its_loss_falls(tmp_path, small_text):
     """KV-sharing layers (queries only, over earlier layers' keys) train end to end; the
     checkpoint holds the layer scalars, untrained, and no key or value rows for them."""
-    config = load_config(TINY_CONFIG, ["model.preset=gemma4-tiny", "train.max_steps=8",
-                                       "train.log_every=1", "train.dtype=fp32"])
-    config.data.files = [str(small_text)]
-    pretrain_module.pretrain(config, tmp_path / "run")
-    losses = [r["loss"] for r in MetricsLog(tmp_path / "run" / "metrics.jsonl").read()
-              if "loss" in r]
-    assert len(losses) == 8 and all(map(math.isfinite, losses))
-    assert losses[-1] < losses[0] - 0.25
+    assert_trains_8_steps_and_loss_falls("gemma4-tiny", tmp_path / "run", small_text)
     weights = load_file(latest_checkpoint(Run(tmp_path / "run")) / "model.safetensors")
     assert torch.equal(weights["blocks.5.scalar"], torch.ones(1))
     assert weights["blocks.3.attn.qkv.weight"].shape == (4 * 16 + 2 * 2 * 16, 64)  # q, k, v
@@ -369,11 +373,4 @@ def test_gemma4_tiny_trains_and_its_loss_falls(tmp_path, small_text):
 def test_qwen3_next_tiny_trains_and_its_loss_falls(tmp_path, small_text):
     """Gated DeltaNet layers, the gated attention and the shared expert train end to end
     (the recipe's closing sample decodes through their cached state)."""
-    config = load_config(TINY_CONFIG, ["model.preset=qwen3-next-tiny", "train.max_steps=8",
-                                       "train.log_every=1", "train.dtype=fp32"])
-    config.data.files = [str(small_text)]
-    pretrain_module.pretrain(config, tmp_path / "run")
-    losses = [r["loss"] for r in MetricsLog(tmp_path / "run" / "metrics.jsonl").read()
-              if "loss" in r]
-    assert len(losses) == 8 and all(map(math.isfinite, losses))
-    assert losses[-1] < losses[0] - 0.25
+    assert_trains_8_steps_and_loss_falls("qwen3-next-tiny", tmp_path / "run", small_text)
