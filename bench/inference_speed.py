@@ -25,10 +25,11 @@ from PyTorch's kernels on this machine.
 
 throughput: 64 requests (`--requests`), prompts of 16 to 512 tokens and
 outputs of 16 to 256 (fixed seed), all submitted at once. Ours: the engine
-(every request in one batch), its decode attention reading the cache either
-by copying each step's keys out through the block tables (the default) or
-with flex_attention reading the blocks in place (compiled once, before
-timing).
+(every request in one batch), its decode attention reading the cache by
+copying each step's keys out through the block tables (the default), and
+with `--flex` also with flex_attention reading the blocks in place (compiled
+once, before timing: a minute or more on a 2-core CPU, hence off by
+default).
 Theirs: `transformers`' continuous batching (its paged cache,
 `init_continuous_batching`, warmed up and reused) and padded static
 batches of `generate` (`--static-batch` requests at a time, each batch run
@@ -311,24 +312,24 @@ def matmul_rate(model: GPT, rows: tuple[int, ...] = (512, 2048), seconds: float 
 
 
 def throughput(precision: str, rounds: int, static_batch: int, bandwidth: float,
-               setup: Setup, requests: int = 64) -> list[dict]:
+               setup: Setup, requests: int = 64, flex: bool = False) -> list[dict]:
     dtype = torch_dtype(precision)
     ours, theirs = models(dtype, setup)
     prompts, lengths = workload(requests, vocab=min(50257, ours.config.vocab_size))
     settings = [SamplingConfig(max_new_tokens=n, temperature=0) for n in lengths]
     # Cache blocks for every request at its full length: no request waits for memory.
     blocks = sum(-(-(len(p) + n) // 16) for p, n in zip(prompts, lengths, strict=True))
-    engine = Engine(ours, num_blocks=blocks, block_size=16, max_batch=requests)
-    flex = Engine(ours, num_blocks=blocks, block_size=16, max_batch=requests,
-                  paged_attention="flex")
+    engines = {"llmscratch engine": Engine(ours, num_blocks=blocks, block_size=16,
+                                           max_batch=requests)}
+    if flex:
+        engines["llmscratch engine, flex_attention decode"] = Engine(
+            ours, num_blocks=blocks, block_size=16, max_batch=requests, paged_attention="flex")
     alone = Engine(ours, max_batch=1)
     alone_name = f"llmscratch engine, batch 1 ({len(prompts[:8])} requests)"
-    runs = {"llmscratch engine": lambda: engine.generate(prompts, settings),
-            "llmscratch engine, flex_attention decode": lambda: flex.generate(prompts,
-                                                                               settings),
-            alone_name:
-                lambda: [alone.generate([p], s) for p, s in zip(prompts[:8], settings[:8],
-                                                                 strict=True)]}
+    runs = {name: (lambda e=engine: e.generate(prompts, settings))
+            for name, engine in engines.items()}
+    runs[alone_name] = lambda: [alone.generate([p], s)
+                                for p, s in zip(prompts[:8], settings[:8], strict=True)]
     manager = None
     if setup.peers:
         manager, hf_run = hf_continuous(theirs, prompts, lengths)
@@ -337,8 +338,8 @@ def throughput(precision: str, rounds: int, static_batch: int, bandwidth: float,
         runs[f"transformers generate, batches of {static_batch}"] = \
             lambda: hf_static(theirs, prompts, lengths, static_batch)
     try:
-        engine.generate(prompts[:4], settings[:4])
-        flex.generate(prompts[:4], settings[:4])  # and flex_attention is compiled
+        for engine in engines.values():  # warm-up (flex_attention is compiled here)
+            engine.generate(prompts[:4], settings[:4])
         seconds: dict[str, list[float]] = {name: [] for name in runs}
         outputs = {}
         for _ in range(rounds):
@@ -420,6 +421,8 @@ def main() -> None:
                         help="time ours only (no transformers rows)")
     parser.add_argument("--requests", type=int, default=64,
                         help="throughput: requests in the workload (one batch)")
+    parser.add_argument("--flex", action="store_true",
+                        help="throughput: also time the engine with flex_attention decode")
     args = parser.parse_args()
     parts, precisions = args.parts.split(","), args.precision.split(",")
     if args.preset != "gpt2" and not args.no_peers:
@@ -434,7 +437,7 @@ def main() -> None:
             rows += decode(precision, args.new_tokens, args.rounds, bandwidth, setup)
         if "throughput" in parts:
             rows += throughput(precision, args.throughput_rounds, args.static_batch, bandwidth,
-                               setup, args.requests)
+                               setup, args.requests, args.flex)
     if "memory" in parts:
         rows += memory()
     machine = describe_machine(setup, precisions)

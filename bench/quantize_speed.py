@@ -13,12 +13,13 @@ decode: a 16-token prompt and `--new-tokens` greedy tokens; median tokens/s
 over interleaved rounds (a busy machine slows all alike), the weight bytes
 one step reads, and the fraction of the memory-bandwidth limit: a step reads
 every weight once, so tokens/s is at most (copy bandwidth) / (weight bytes).
-prefill: a 512-token prompt to its first token; median milliseconds.
+prefill: a 512-token prompt to its first token; median milliseconds (a new
+prompt each round, so the engine's prefix cache cannot serve it).
 "ids as float": greedy tokens equal to the float model's before the first
 difference (random weights give nearly flat logits, so a quantized model may
 differ from the first token: a check of the plumbing, not of quality, which
-bench/quantize_quality.py measures). The llama.cpp comparison (Q8_0, Q4_K)
-is issue 33's next part.
+bench/quantize_quality.py measures). Against llama.cpp's Q8_0 and Q4_K_M:
+bench/llamacpp_speed.py.
 
 Why the quantized layers compute in bf16 (generation/quantize.py,
 KERNEL_DTYPE): one 3,072 x 768 layer, one thread, EPYC with AVX-512,
@@ -101,7 +102,8 @@ def measure(precision: str, new_tokens: int, rounds: int, bandwidth: float) -> l
     models = variants(precision)
     gen = torch.Generator().manual_seed(1)
     short = torch.randint(0, 50257, (16,), generator=gen).tolist()
-    long = torch.randint(0, 50257, (512,), generator=gen).tolist()
+    # A new 512-token prompt each round: the engine's prefix cache would serve a repeated one.
+    longs = [torch.randint(0, 50257, (512,), generator=gen).tolist() for _ in range(rounds)]
     greedy = SamplingConfig(max_new_tokens=new_tokens, temperature=0)
     first = SamplingConfig(max_new_tokens=1, temperature=0)
     engines = {name: Engine(model, max_batch=1) for name, model in models.items()}
@@ -110,7 +112,7 @@ def measure(precision: str, new_tokens: int, rounds: int, bandwidth: float) -> l
     tokens = {}
     for name, engine in engines.items():  # warm-up
         tokens[name] = engine.generate([short], greedy)[0]
-    for _ in range(rounds):
+    for long in longs:
         for name, engine in engines.items():
             started = time.perf_counter()
             engine.generate([short], greedy)
