@@ -462,18 +462,18 @@ def test_blocks_are_hashed_once_when_they_fill(monkeypatch):
 @pytest.mark.parametrize("name", ["gemma3-tiny", "olmo3-tiny", "gemma4-tiny"])
 def test_sliding_window_layers_hold_only_their_window_on_a_long_generation(name):
     """Local layers (a window of 8) keep their keys in a pool of their own, and give back
-    each block no later query sees: over 200 new tokens, a sequence holds at most
+    each block no later query sees: over 64 new tokens (8 windows), a sequence holds at most
     8 / 4 + 2 of them while its global layers' blocks grow with the text; the tokens stay
     those of the uncached forward pass."""
     model = tiny(name)
     prompt = prompts([10])[0]
     engine = Engine(model, block_size=4, max_batch=2)
-    seq = engine.add(prompt, SamplingConfig(max_new_tokens=200, temperature=0))
+    seq = engine.add(prompt, SamplingConfig(max_new_tokens=64, temperature=0))
     held = []
     while not engine.scheduler.idle:
         engine.step()
         held.append(engine.blocks.window_pool.used)
-    assert seq.output_ids == uncached_greedy(model, prompt, 200)
+    assert seq.output_ids == uncached_greedy(model, prompt, 64)
     assert max(held[1:]) <= 8 // 4 + 2  # after the prefill
     assert max(held) >= -(-10 // 4)  # the prefill wrote all 10 positions
     # The pool: room for 2 windows and one full context (256 / 4), not 2 full contexts.
