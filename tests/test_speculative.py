@@ -158,6 +158,21 @@ def chi_square(counts: dict, probs: dict, runs: int) -> tuple[float, int]:
     return statistic, cells + 1
 
 
+def target_and_contrary_draft() -> tuple[GPT, GPT]:
+    """A 4-token target whose next-token distribution is spread but far from uniform, and a
+    draft that leans away from it: the statistical tests' pair."""
+    torch.manual_seed(0)
+    config = get_preset("gpt2-tiny", vocab_size=4, context_length=16, n_layer=1,
+                        tie_embeddings=False)
+    model = GPT(config).eval()
+    draft = GPT(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(15)  # spread, but far from uniform
+        draft.load_state_dict(model.state_dict())
+        draft.lm_head.weight.mul_(-0.3)  # a draft that leans away from the target
+    return model, draft
+
+
 @pytest.mark.parametrize("drafter", ["prompt-lookup", "draft-model"])
 def test_sampled_speculation_follows_the_targets_distribution(drafter):
     """Three tokens from a 4-token vocabulary, 600 times (seeds 0 to 599, two drafts a
@@ -168,15 +183,7 @@ def test_sampled_speculation_follows_the_targets_distribution(drafter):
     residual gives 97 with the draft model and 123 with prompt lookup; accepting every
     draft, over 2,000.
     """
-    torch.manual_seed(0)
-    config = get_preset("gpt2-tiny", vocab_size=4, context_length=16, n_layer=1,
-                        tie_embeddings=False)
-    model = GPT(config).eval()
-    draft = GPT(config).eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(15)  # spread, but far from uniform
-        draft.load_state_dict(model.state_dict())
-        draft.lm_head.weight.mul_(-0.3)  # a draft that leans away from the target
+    model, draft = target_and_contrary_draft()
     prompt = [0, 1, 2, 0, 1]  # prompt lookup proposes "2 0 1" after "0 1"
     exact = exact_distribution(model, prompt, SamplingConfig(temperature=1.0), 3)
     counts = dict.fromkeys(exact, 0)
@@ -289,15 +296,7 @@ def test_engine_speculation_ends_where_plain_decoding_does_even_inside_a_step():
 def test_engine_speculation_keeps_the_targets_distribution(drafter, greedy):
     """The statistical test of `test_sampled_speculation_follows_the_targets_distribution`,
     through the engine: 600 seeded requests batched, drafting 2 tokens a step."""
-    torch.manual_seed(0)
-    config = get_preset("gpt2-tiny", vocab_size=4, context_length=16, n_layer=1,
-                        tie_embeddings=False)
-    model = GPT(config).eval()
-    draft = GPT(config).eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(15)
-        draft.load_state_dict(model.state_dict())
-        draft.lm_head.weight.mul_(-0.3)  # a draft that leans away from the target
+    model, draft = target_and_contrary_draft()
     prompt = [0, 1, 2, 0, 1]
     cfg = SamplingConfig(3, temperature=0 if greedy else 1.0)
     exact = exact_distribution(model, prompt, cfg, 3)
