@@ -187,18 +187,26 @@ def test_every_family_trains_resumes_bit_exact_and_fine_tunes(preset, tmp_path, 
         assert len(losses) == 2 and all(map(math.isfinite, losses)), (method, losses)
 
 
-def test_compiled_run_gives_the_losses_of_the_eager_run(tmp_path, small_text):
-    """train.compile=true changes how the forward runs, not what it computes."""
-    losses = {}
+def test_compiled_run_gives_the_losses_of_the_eager_run(tmp_path, small_text, monkeypatch):
+    """train.compile=true changes how the forward runs, not what it computes; and it compiles
+    the training step once: validation (every 2 steps, then over the whole held-out text,
+    whose last window is shorter) and the samples (a growing cache) run the plain forward,
+    where each of their shapes would otherwise compile it again."""
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    losses, val_losses = {}, {}
     for compile_ in ("false", "true"):
         config = load_config(TINY_CONFIG, ["train.max_steps=4", "train.log_every=1",
-                                           "train.dtype=fp32", f"train.compile={compile_}"])
+                                           "train.eval_every=2", "train.dtype=fp32",
+                                           f"train.compile={compile_}"])
         config.data.files = [str(small_text)]
-        pretrain_module.pretrain(config, tmp_path / compile_)
+        result = pretrain_module.pretrain(config, tmp_path / compile_)
         records = MetricsLog(tmp_path / compile_ / "metrics.jsonl").read()
         losses[compile_] = [r["loss"] for r in records if "loss" in r]
-    assert len(losses["true"]) == 4
+        val_losses[compile_] = [r["val_loss"] for r in records if "val_loss" in r]
+        assert result.samples and all(text for _, text in result.samples)
+    assert len(losses["true"]) == 4 and len(val_losses["true"]) == 2
     np.testing.assert_allclose(losses["true"], losses["false"], rtol=1e-5)
+    np.testing.assert_allclose(val_losses["true"], val_losses["false"], rtol=1e-5)
 
 
 def step_clock(monkeypatch, seconds_per_step, *modules) -> None:

@@ -66,7 +66,7 @@ from llmscratch.tokenizer import Tokenizer
 from llmscratch.training.loop import BatchSource, Trainer
 from llmscratch.training.objectives import Objective
 from llmscratch.training.optim import Schedule, build_optimizer
-from llmscratch.training.parallel import check_global_batch, parallelize
+from llmscratch.training.parallel import check_global_batch, eager_forward, parallelize
 from llmscratch.training.plots import plot_losses, plot_training
 
 
@@ -363,7 +363,8 @@ def _train(config: RunConfig, run: Run, method: Method, model: GPT, ckpt: Path |
     started, first_step = time.perf_counter(), state.step
     state = trainer.fit(state)
     train_seconds = time.perf_counter() - started
-    after = method.score(model, "after", run if info.is_main else None)
+    with eager_forward():  # scoring generates and reads other shapes than training
+        after = method.score(model, "after", run if info.is_main else None)
     if info.is_main:
         _write_json(run.eval_dir / "after.json", after)
         records = run.metrics.read()

@@ -52,7 +52,7 @@ from llmscratch.runs.run import END_OF_TEXT_TOKENS, GenerationSettings, Run, Run
 from llmscratch.training.loop import Callback, Trainer
 from llmscratch.training.objectives import NextTokenPrediction
 from llmscratch.training.optim import Schedule, build_optimizer
-from llmscratch.training.parallel import check_global_batch, parallelize
+from llmscratch.training.parallel import check_global_batch, eager_forward, parallelize
 from llmscratch.training.plots import plot_losses, plot_training
 from llmscratch.training.precision import autocast_dtype
 
@@ -93,8 +93,9 @@ class SampleText(Callback):
     def sample(self, step: int) -> list[tuple[str, str]]:
         outs = []
         for prompt in self.prompts:  # every rank generates (FSDP needs all), rank 0 writes
-            ids = generate(self.model, self.tokenizer.encode(prompt), self.sampling,
-                           self.stop_ids, self.tokenizer.vocab_size)
+            with eager_forward():  # the cache grows each token: a new shape each time
+                ids = generate(self.model, self.tokenizer.encode(prompt), self.sampling,
+                               self.stop_ids, self.tokenizer.vocab_size)
             outs.append((prompt, self.tokenizer.decode(ids)))
         if self.info.is_main and outs:
             write_samples(self.run.samples_path, step, outs)
@@ -238,8 +239,9 @@ def _finish(config: RunConfig, run: Run, model: GPT, data: RunData, samples: Sam
             state: TrainState, info: DistInfo, train_seconds: float,
             tok_per_s: float) -> PretrainResult:
     """Score the whole validation text; write samples, metrics, plots and report.md."""
-    nats, n_tokens = score_windows(model, data.val_ids, config.model.context_length,
-                                   autocast_dtype=autocast_dtype(config.train.dtype))
+    with eager_forward():  # its last window is shorter: a new shape to compile for
+        nats, n_tokens = score_windows(model, data.val_ids, config.model.context_length,
+                                       autocast_dtype=autocast_dtype(config.train.dtype))
     loss = nats / max(n_tokens, 1)
     final = EvalResult(loss=loss, perplexity=math.exp(min(loss, 700.0)),
                        bpb=nats / math.log(2) / max(data.val_bytes, 1), tokens=n_tokens,

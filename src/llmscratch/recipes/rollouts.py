@@ -47,6 +47,7 @@ from llmscratch.recipes.reward import conversation_scores
 from llmscratch.runs.config import AlignConfig
 from llmscratch.tokenizer import Tokenizer
 from llmscratch.training.objectives import RolloutBatch, group_advantages
+from llmscratch.training.parallel import eager_forward
 
 
 def import_from_here(module_name: str):
@@ -193,7 +194,8 @@ class Rollouts(ExampleBatches):
                                                temperature=self.align.temperature,
                                                seed=seed % 2**62))
                 prompts.append(row.ids)
-        seqs = engine.run(prompts, settings, self.stop_ids)
+        with eager_forward():  # the engine's batches change shape every step
+            seqs = engine.run(prompts, settings, self.stop_ids)
         policy.train(was_training)
         return seqs
 

@@ -53,6 +53,7 @@ from llmscratch.runs.run import Run
 from llmscratch.training.allocator import keep_freed_memory
 from llmscratch.training.objectives import Objective
 from llmscratch.training.optim import Schedule
+from llmscratch.training.parallel import eager_forward
 from llmscratch.training.precision import autocast_dtype
 from llmscratch.training.throughput import memory_gb, mfu, peak_flops
 
@@ -393,7 +394,8 @@ class Trainer:
         return done or (every > 0 and step % every == 0)
 
     def _validate(self, state: TrainState) -> None:
-        result = self.evaluate(self.model)
+        with eager_forward():  # a compiled forward would compile again for eval shapes
+            result = self.evaluate(self.model)
         if not result:  # nothing held out to validate on: no line, no record
             return
         state.best_val_loss = min(state.best_val_loss, result.get("val_loss", math.inf))

@@ -14,7 +14,9 @@ The model (model/) is plain math. Here, from outside, a training run may add:
     gradient and optimizer state in 1/N slices, gathering a block's weights
     just before its forward and backward (Zhao et al., 2023, "PyTorch FSDP").
     Memory per device falls roughly N-fold; the result is the same as DDP;
-- `torch.compile` of the forward (in place: parameter names do not change).
+- `torch.compile` of the forward (in place: parameter names do not change),
+  for the training step only: validation and sampling run the plain forward
+  (`eager_forward`).
 
 The order matters and is fixed in `parallelize`: checkpointing wraps each
 block's forward first, sharding then sees the blocks, compile comes last.
@@ -75,6 +77,18 @@ def parallelize(model: nn.Module, cfg: TrainConfig, info: DistInfo, device: torc
     if cfg.compile:
         model.compile()
     return model
+
+
+def eager_forward():
+    """A context in which a compiled model runs its plain (eager) forward.
+
+    The training step's shapes never change, so its forward compiles once. Validation and
+    sampling change them (a shorter last batch, a cache that grows by a token each step),
+    and each new shape would compile the forward again: seconds each on a CPU, minutes for
+    a large model on a GPU, and after `torch._dynamo.config.recompile_limit` of them the
+    training step too would run uncompiled. Where nothing is compiled, this changes nothing.
+    """
+    return torch.compiler.set_stance("force_eager")
 
 
 def check_global_batch(cfg: TrainConfig, info: DistInfo) -> int:
