@@ -1,5 +1,6 @@
 """Shared fixtures: a small text file and a tiny trained run (built once per session)."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,19 @@ from llmscratch.tokenizer import train_bpe
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = str(REPO / "configs" / "tiny.yaml")
+
+
+def pytest_configure(config) -> None:
+    """Under `pytest -n N` each worker computes on cores / N threads (at least 1).
+
+    PyTorch takes every core in each process by default: with two workers on two cores,
+    four threads would share two cores, and a thread waiting for its slice stalls the
+    others' parallel loops. Subprocesses a test starts choose their own count."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        import torch
+
+        torch.set_num_threads(max(1, torch.get_num_threads() // int(workers)))
 
 
 def pytest_collection_modifyitems(config, items) -> None:
