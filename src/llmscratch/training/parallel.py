@@ -82,10 +82,11 @@ def parallelize(model: nn.Module, cfg: TrainConfig, info: DistInfo, device: torc
 def eager_forward():
     """A context in which a compiled model runs its plain (eager) forward.
 
-    The training step's shapes never change, so its forward compiles once. Validation and
-    sampling change them (a shorter last batch, a cache that grows by a token each step),
-    and each new shape would compile the forward again: seconds each on a CPU, minutes for
-    a large model on a GPU, and after `torch._dynamo.config.recompile_limit` of them the
+    A pretraining step's shapes never change, so its forward compiles once (fine-tuning's
+    batches vary in length: compiled once more, for any length). Validation and sampling
+    bring new shapes (a shorter last batch, a cache that grows by a token each step), and
+    each would compile the forward again: seconds each on a CPU, minutes for a large model
+    on a GPU, and after `torch._dynamo.config.recompile_limit` of them the
     training step too would run uncompiled. Where nothing is compiled, this changes nothing.
     """
     return torch.compiler.set_stance("force_eager")
