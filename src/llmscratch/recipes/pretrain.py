@@ -92,11 +92,11 @@ class SampleText(Callback):
 
     def sample(self, step: int) -> list[tuple[str, str]]:
         outs = []
-        for prompt in self.prompts:  # every rank generates (FSDP needs all), rank 0 writes
-            with eager_forward():  # the cache grows each token: a new shape each time
+        with eager_forward():  # the cache grows each token: a new shape each time
+            for prompt in self.prompts:  # every rank generates (FSDP needs all), rank 0 writes
                 ids = generate(self.model, self.tokenizer.encode(prompt), self.sampling,
                                self.stop_ids, self.tokenizer.vocab_size)
-            outs.append((prompt, self.tokenizer.decode(ids)))
+                outs.append((prompt, self.tokenizer.decode(ids)))
         if self.info.is_main and outs:
             write_samples(self.run.samples_path, step, outs)
         return outs
