@@ -25,8 +25,10 @@ from PyTorch's kernels on this machine.
 
 throughput: 64 requests (`--requests`), prompts of 16 to 512 tokens and
 outputs of 16 to 256 (fixed seed), all submitted at once. Ours: the engine
-(every request in one batch), its decode attention reading the cache by
-copying each step's keys out through the block tables (the default), and
+(every request in one batch) as it chooses by default (on the CPU, decode
+attention through the C++ kernel that reads the blocks in place:
+generation/paged_attention.py), again reading the cache by copying each
+step's keys out through the block tables (`paged_attention="gather"`), and
 with `--flex` also with flex_attention reading the blocks in place (compiled
 once, before timing: a minute or more on a 2-core CPU, hence off by
 default).
@@ -321,6 +323,9 @@ def throughput(precision: str, rounds: int, static_batch: int, bandwidth: float,
     blocks = sum(-(-(len(p) + n) // 16) for p, n in zip(prompts, lengths, strict=True))
     engines = {"llmscratch engine": Engine(ours, num_blocks=blocks, block_size=16,
                                            max_batch=requests)}
+    if engines["llmscratch engine"].paged_attention != "gather":  # the copy, for comparison
+        engines["llmscratch engine, copy through the block tables"] = Engine(
+            ours, num_blocks=blocks, block_size=16, max_batch=requests, paged_attention="gather")
     if flex:
         engines["llmscratch engine, flex_attention decode"] = Engine(
             ours, num_blocks=blocks, block_size=16, max_batch=requests, paged_attention="flex")

@@ -9,6 +9,7 @@ import torch
 from llmscratch.errors import LLMScratchError
 from llmscratch.generation.cpu_weights import can_pack, pack_linear_weights
 from llmscratch.generation.engine import Engine
+from llmscratch.generation.paged_attention import kernel_missing
 from llmscratch.generation.sampling import SamplingConfig
 from llmscratch.model import GPT
 from llmscratch.model.moe import MoE
@@ -34,12 +35,19 @@ def prompts(lengths, seed=1) -> list[list[int]]:
     return [torch.randint(0, 512, (n,), generator=gen).tolist() for n in lengths]
 
 
+@pytest.mark.parametrize("paged_attention", ["auto", "gather"])
 @pytest.mark.parametrize("name", FAMILIES)
-def test_a_batch_of_mixed_lengths_gives_each_request_its_uncached_greedy_output(name):
+def test_a_batch_of_mixed_lengths_gives_each_request_its_uncached_greedy_output(
+        name, paged_attention):
+    """Both decode paths: "auto" is the C++ kernel where it builds (not for DeepSeek's
+    latents or gpt-oss's sinks), "gather" the copy through the block tables."""
     model = tiny(name, sliding_window=6) if name == "qwen3-tiny" else tiny(name)
     batch = prompts([3, 17, 9, 30, 1])
     expected = [uncached_greedy(model, p, 16) for p in batch]
-    engine = Engine(model, block_size=4, max_batch=8)
+    engine = Engine(model, block_size=4, max_batch=8, paged_attention=paged_attention)
+    kernel_serves = kernel_missing() is None and name not in ("deepseek-v3-tiny", "gpt-oss-tiny")
+    assert engine.paged_attention == ("kernel" if paged_attention == "auto" and kernel_serves
+                                      else "gather")
     assert engine.generate(batch, GREEDY) == expected
     assert [engine.generate([p], GREEDY)[0] for p in batch] == expected  # and alone
     assert engine.blocks.used == 0  # every block given back
@@ -546,6 +554,69 @@ def test_flex_attention_decode_reads_the_blocks_in_place_to_the_same_tokens():
     engine = Engine(model, block_size=4, max_batch=8, paged_attention="flex")
     assert engine.generate(batch, GREEDY) == expected
     assert engine.blocks.used == 0
+
+
+def kernel_or_skip() -> None:
+    if kernel_missing():
+        pytest.skip(kernel_missing())
+
+
+def paged_reference(q, keys, values, tables, totals, block_size, window, scale):
+    """Decode attention worked out plainly, in float64: each sequence's visible positions
+    looked up through its block table one by one, each query head over its group's keys."""
+    B, H, _ = q.shape
+    G = H // keys.size(0)
+    out = torch.empty(B, H, values.size(-1), dtype=torch.float64)
+    for b in range(B):
+        total = int(totals[b])
+        first = max(0, total - window) if window else 0
+        slots = [int(tables[b, p // block_size]) * block_size + p % block_size
+                 for p in range(first, total)]
+        for h in range(H):
+            k = keys[h // G, slots].double()  # (n, Dh)
+            v = values[h // G, slots].double()  # (n, Dv)
+            weights = torch.softmax(k @ q[b, h].double() * scale, dim=0)  # (n,)
+            out[b, h] = weights @ v
+    return out
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("window", [0, 5])
+def test_the_paged_decode_kernel_equals_attention_through_the_block_tables(
+        dtype, tolerance, window):
+    """The C++ kernel against the definition: scattered blocks, sequences of 1 to 40
+    positions (not whole blocks), grouped-query heads (6 query heads on 2), a window."""
+    kernel_or_skip()
+    gen = torch.Generator().manual_seed(0)
+    block_size, Hkv, H, Dh, Dv = 4, 2, 6, 16, 16
+    totals = torch.tensor([1, 4, 5, 17, 40])
+    blocks = [-(-int(t) // block_size) for t in totals]
+    order = torch.randperm(sum(blocks) + 3, generator=gen)  # blocks anywhere in the pool
+    tables = torch.full((len(blocks), max(blocks)), -1, dtype=torch.int64)
+    for b, start in enumerate(torch.tensor([0, *blocks]).cumsum(0)[:-1].tolist()):
+        tables[b, :blocks[b]] = order[start:start + blocks[b]]
+    keys = torch.randn(Hkv, len(order) * block_size, Dh, generator=gen).to(dtype)
+    values = torch.randn(Hkv, len(order) * block_size, Dv, generator=gen).to(dtype)
+    q = torch.randn(len(blocks), H, Dh, generator=gen).to(dtype)
+    out = torch.ops.llmscratch.paged_decode(q, keys, values, tables, totals, block_size,
+                                            window, 0.3)
+    expected = paged_reference(q, keys, values, tables, totals, block_size, window, 0.3)
+    assert out.dtype == dtype and out.shape == (len(blocks), H, Dv)
+    torch.testing.assert_close(out.double(), expected, atol=tolerance, rtol=tolerance)
+
+
+def test_without_the_kernel_auto_reads_through_the_copy_and_kernel_says_why(monkeypatch):
+    """No C++ compiler: "auto" falls back to the copy, and asking for the kernel by name is
+    one clear error; latent attention never takes the kernel."""
+    model = tiny("gpt2-tiny")
+    monkeypatch.setattr("llmscratch.generation.engine.kernel_missing", lambda: "no compiler here")
+    assert Engine(model, block_size=4).paged_attention == "gather"
+    with pytest.raises(LLMScratchError, match="no compiler here"):
+        Engine(model, block_size=4, paged_attention="kernel")
+    with pytest.raises(LLMScratchError, match="latent attention"):
+        Engine(tiny("deepseek-v3-tiny"), block_size=4, paged_attention="kernel")
+    with pytest.raises(LLMScratchError, match="must be auto"):
+        Engine(model, block_size=4, paged_attention="fast")
 
 
 def uncached_greedy_on(model: GPT, prompt: list[int], n: int) -> list[int]:

@@ -29,6 +29,8 @@ import torch
 
 from llmscratch.errors import LLMScratchError
 from llmscratch.generation.block_manager import BlockManager
+from llmscratch.generation.paged_attention import DTYPES as KERNEL_DTYPES
+from llmscratch.generation.paged_attention import KernelDecode, kernel_missing
 from llmscratch.generation.paged_cache import FlexDecode, PagedKVCache, StepBatch
 from llmscratch.generation.sampling import SamplingConfig, TokenCounts, sample_rows
 from llmscratch.generation.scheduler import Scheduler
@@ -55,6 +57,34 @@ def blocks_per_sequence(num_tokens: int, block_size: int) -> int:
     return -(-num_tokens // block_size)
 
 
+def choose_paged_attention(choice: str, config, embedding: torch.Tensor) -> str:
+    """Which way decode steps read the cache (Engine's `paged_attention`): "auto" becomes
+    "kernel" where the C++ kernel serves this model, else "gather"; a path asked for by
+    name that cannot serve it is refused with the reason."""
+    if choice not in ("auto", "kernel", "gather", "flex"):
+        raise LLMScratchError("paged_attention must be auto, kernel, gather or flex, "
+                              f"not {choice!r}")
+    if choice == "gather":
+        return choice
+    if config.kv_lora_rank:  # keys are rebuilt from the cached latents: only the copy does that
+        if choice != "auto":
+            raise LLMScratchError(f"paged_attention={choice!r} reads keys and values in place; "
+                                  "latent attention (DeepSeek V3) caches latents: use 'gather'")
+        return "gather"
+    if choice == "flex":
+        return choice
+    if embedding.device.type != "cpu" or embedding.dtype not in KERNEL_DTYPES:
+        why_not = (f"the kernel is for fp32 or bf16 on a CPU, not {embedding.dtype} "
+                   f"on {embedding.device}")
+    elif config.attn_sinks:
+        why_not = "the kernel has no attention sinks (gpt-oss)"
+    else:
+        why_not = kernel_missing()
+    if why_not and choice == "kernel":
+        raise LLMScratchError(f"paged_attention='kernel': {why_not}")
+    return "gather" if why_not else "kernel"
+
+
 class StepFailed(Exception):
     """A step raised; the sequences it ran were ended with finish_reason "error"."""
 
@@ -72,9 +102,12 @@ class Engine:
     otherwise reserve more memory than the machine has). Sliding-window
     layers get a smaller pool: `max_batch` windows and one full context. vocab_size: the
     tokenizer's, when the output layer is wider (ids past it are never drawn).
-    paged_attention: how a decode step reads the cache: "gather" (its keys copied
-    out through the block tables, then PyTorch's attention) or "flex" (compiled
-    flex_attention reading the blocks in place; paged_cache.py says which is faster).
+    paged_attention: how a decode step reads the cache: "kernel" (a C++ kernel reading
+    the blocks in place, on the CPU: paged_attention.py), "gather" (its keys copied
+    out through the block tables, then PyTorch's attention), "flex" (compiled
+    flex_attention reading the blocks in place), or "auto": the kernel where it serves
+    (a CPU, fp32 or bf16, no attention sinks or latent attention, a C++ compiler), else
+    "gather" (docs/benchmarks.md has the figures); `paged_attention` says which ran.
     draft_tokens: > 0 makes every request speculate with up to this many draft tokens a
     step, unless `add` says otherwise (speculative.py), drafted by `draft_model` (a smaller
     model reading the same tokens) or else by prompt lookup; `speculation` counts what
@@ -87,7 +120,7 @@ class Engine:
     def __init__(self, model: GPT, num_blocks: int | None = None,
                  block_size: int = DEFAULT_BLOCK_SIZE, max_batch: int = 32,
                  max_batch_tokens: int = 4096, vocab_size: int | None = None,
-                 cache_bytes: int = DEFAULT_CACHE_BYTES, paged_attention: str = "gather",
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, paged_attention: str = "auto",
                  draft_tokens: int = 0, draft_model: GPT | None = None) -> None:
         check_draft_tokens(draft_tokens, model.config)  # a model that cannot rewind: refused
         if draft_model is not None:
@@ -119,13 +152,12 @@ class Engine:
         self.cache = PagedKVCache(c, num_blocks, block_size, embedding.dtype, self.device,
                                   window_blocks)
         self.cache.states = states
-        if paged_attention == "flex":  # decode reads the blocks in place (paged_cache.py)
-            if c.kv_lora_rank:
-                raise LLMScratchError("paged_attention='flex' reads keys and values in place; "
-                                      "latent attention (DeepSeek V3) caches latents: use "
-                                      "'gather'")
+        self.paged_attention = choose_paged_attention(paged_attention, c, embedding)
+        if self.paged_attention == "kernel":  # decode reads the blocks in place
+            self.cache.in_place = KernelDecode()
+        elif self.paged_attention == "flex":
             pools = {"all": num_blocks, "window": window_blocks} if window else {"all": num_blocks}
-            self.cache.flex = FlexDecode(max_batch, block_size, pools, self.device)
+            self.cache.in_place = FlexDecode(max_batch, block_size, pools, self.device)
         self.scheduler = Scheduler(self.blocks, max_batch, max_batch_tokens)
         self.vocab_size = vocab_size
         self.draft_tokens = draft_tokens

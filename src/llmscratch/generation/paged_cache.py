@@ -35,23 +35,18 @@ runs the layer on each sequence's state, kept in a slot of the state pool
 prompts one by one.
 
 How a decode step reads through the block tables was chosen by measuring
-(docs/benchmarks.md, "Inference: attention that reads the pages"). PyTorch
-has no paged attention kernel for the CPU in eager mode. By default a decode
-step copies the keys it reads into one buffer (`index_select`, reused between
-layers and steps), laid out heads first so that each head's S x Dh keys are
-one dense matrix, and the model's kernel reads that: in a micro-benchmark of
-one layer's decode attention (64 sequences of 16 to 700 positions, GPT-2's
-heads) 2.2x faster in fp32 and 1.9x in bf16 than the earlier layout, which
-copied positions first and then had to reorder bf16 keys once more.
-`FlexDecode` (Engine(paged_attention="flex")) reads the blocks in place with
-PyTorch's compiled flex_attention, its block mask made of the block tables:
-2.1x faster than the copy in that micro-benchmark, but over a whole
-throughput workload on a busy machine only 8% (32.9 against 30.4 tokens/s,
-the median of two rounds that disagreed: 0.98x and 1.25x; it pads every
-step to `max_batch` queries and builds its block mask each step), and it
-needs a C++ compiler and 20 to 100 seconds of compiling per model and
-process; so it is there to choose, not the default. The same code runs on a GPU, where
-flex_attention is the natural choice.
+(docs/benchmarks.md, "Attention that reads the pages"). On a CPU the engine
+hands it to a small C++ kernel that reads the blocks in place
+(paged_attention.py, `KernelDecode`). Without it (no C++ compiler, a GPU,
+attention sinks, latent attention) a decode step copies the keys it reads
+into one buffer (`index_select`, reused between layers and steps), laid out
+heads first so that each head's S x Dh keys are one dense matrix, and the
+model's kernel reads that. `FlexDecode` (Engine(paged_attention="flex"))
+reads the blocks in place with PyTorch's compiled flex_attention, its block
+mask made of the block tables: on the CPU it gained little over the copy on a
+whole workload (it pads every step to `max_batch` queries and builds its
+block mask each step) and needs 20 to 100 seconds of compiling per model and
+process, so it is there to choose; on a GPU it is the natural choice.
 """
 
 from __future__ import annotations
@@ -103,7 +98,9 @@ class PagedKVCache:
             slots = blocks * block_size
             self.keys.append(torch.zeros(heads, slots, key_width, dtype=dtype, device=device))
             self.values.append(torch.zeros(heads, slots, value_width, dtype=dtype, device=device))
-        self.flex: FlexDecode | None = None  # set by the engine to read blocks in place
+        # Set by the engine where a decode step reads the blocks in place: a KernelDecode
+        # (paged_attention.py) or a FlexDecode (below); None: through the copy.
+        self.in_place: Callable[..., torch.Tensor] | None = None
         self.states: StatePool | None = None  # set by the engine for Gated DeltaNet layers
         # Where a decode step's keys and values are read into: buffers reused by every layer
         # and step (attention is done with one layer's before the next layer reads). Allocating
@@ -143,6 +140,7 @@ class StepBatch:
                  state_slots: list[int] | None = None) -> None:
         self.cache, self.cached, self.new = cache, cached, new
         self.totals = [c + n for c, n in zip(cached, new, strict=True)]
+        self.lengths = torch.tensor(self.totals, device=device)  # (B,) the same, as a tensor
         self.device = device
         self.tables = {"all": self._table(block_tables)}  # (B, blocks) per pool
         if window_tables is not None:
@@ -222,8 +220,8 @@ class StepBatch:
     def _decode(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                 kernel: Kernel, window: int) -> torch.Tensor:
         """All B new tokens at once, each over the keys it sees: (1, H, B, Dh) out."""
-        if self.cache.flex is not None:
-            return self.cache.flex(self, q, keys, values, kernel, window)
+        if self.cache.in_place is not None:
+            return self.cache.in_place(self, q, keys, values, kernel, window)
         where, visible = self._reading(window)  # (B S,), (B, 1, 1, S)
         B, S = visible.size(0), visible.size(-1)
         (Hkv, _, Dh), Dv = keys.shape, values.size(-1)  # (Dv: Dh, or a RoPE key's width)
@@ -247,7 +245,7 @@ class StepBatch:
         same for every layer of one window, so worked out once a step.
         """
         if window not in self._reads:
-            totals = torch.tensor(self.totals, device=self.device)  # (B,)
+            totals = self.lengths  # (B,)
             seen = totals.clamp(max=window) if window else totals  # (B,)
             S = int(seen.max())
             positions = totals[:, None] - S + torch.arange(S, device=self.device)  # (B, S)
