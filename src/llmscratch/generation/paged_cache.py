@@ -35,7 +35,7 @@ runs the layer on each sequence's state, kept in a slot of the state pool
 prompts one by one.
 
 How a decode step reads through the block tables was chosen by measuring
-(docs/benchmarks.md, "Attention that reads the pages"). On a CPU the engine
+(docs/benchmarks.md, "A kernel of our own that reads the pages"). On a CPU the engine
 hands it to a small C++ kernel that reads the blocks in place
 (paged_attention.py, `KernelDecode`). Without it (no C++ compiler, a GPU,
 attention sinks, latent attention) a decode step copies the keys it reads
