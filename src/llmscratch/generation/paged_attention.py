@@ -25,6 +25,7 @@ import functools
 from pathlib import Path
 
 import torch
+from torch.utils.cpp_extension import load
 
 SOURCE = Path(__file__).with_suffix(".cpp")
 DTYPES = (torch.float32, torch.bfloat16)  # the kernel's: it computes in fp32 either way
@@ -35,8 +36,6 @@ def kernel_missing() -> str | None:
     """Build (or load the cached build of) the kernel: None once `torch.ops.llmscratch
     .paged_decode` is there, else why it is not (one line)."""
     try:
-        from torch.utils.cpp_extension import load
-
         # -fopenmp: the kernel shares its work out with at::parallel_for, which is OpenMP
         # in PyTorch's CPU builds; without the flag it would run on one thread.
         load(name="llmscratch_paged_attention", sources=[str(SOURCE)],
