@@ -46,6 +46,7 @@ from llmscratch.generation.speculative import (
 )
 from llmscratch.generation.state_pool import NO_PREFIX_CACHING, StatePool
 from llmscratch.model import GPT
+from llmscratch.model.config import ModelConfig
 from llmscratch.model.footprint import kv_cache_bytes
 
 DEFAULT_BLOCK_SIZE = 16
@@ -57,7 +58,7 @@ def blocks_per_sequence(num_tokens: int, block_size: int) -> int:
     return -(-num_tokens // block_size)
 
 
-def choose_paged_attention(choice: str, config, embedding: torch.Tensor) -> str:
+def choose_paged_attention(choice: str, config: ModelConfig, embedding: torch.Tensor) -> str:
     """Which way decode steps read the cache (Engine's `paged_attention`): "auto" becomes
     "kernel" where the C++ kernel serves this model, else "gather"; a path asked for by
     name that cannot serve it is refused with the reason."""

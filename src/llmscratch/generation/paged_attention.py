@@ -12,7 +12,7 @@ with the G query heads of a group sharing each row read. It is about a
 hundred lines, written to be read.
 
 PyTorch builds it with the machine's C++ compiler the first time it is asked
-for (`torch.utils.cpp_extension.load`: about ten seconds on two cores) and
+for (`torch.utils.cpp_extension.load`: about 8 seconds on two cores) and
 keeps the build in its extensions cache (~/.cache/torch_extensions, or
 TORCH_EXTENSIONS_DIR), so later processes load it at once. Where there is no
 compiler, or the build fails, `kernel_missing` says why and the engine reads
