@@ -352,7 +352,7 @@ class FlexDecode:
         self.owner[pool][table[real]] = rows[real]
         self.index[pool][table[real]] = places[real]
         self.totals.zero_()
-        self.totals[:B] = torch.tensor(batch.totals, device=table.device)
+        self.totals[:B] = batch.lengths
         counts = torch.zeros(1, 1, self.rows, dtype=torch.int32, device=table.device)
         counts[0, 0, :B] = real.sum(dim=1).int()
         indices = torch.zeros(1, 1, self.rows, nblocks, dtype=torch.int32, device=table.device)
